@@ -1,0 +1,257 @@
+//! The catalog: an application, its versions, and their publication.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{event_payload, Aggregate, Ctx};
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Application {
+    pub registered: bool,
+    pub name: String,
+    /// Keyed by the canonical semver string (without a leading `v`).
+    pub versions: BTreeMap<String, Version>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Version {
+    pub version: String,
+    pub image: String,
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+impl Application {
+    /// The version `text` names, written with or without a leading `v`.
+    pub fn version(&self, text: &str) -> Option<&Version> {
+        let canonical = canonical_version(text).ok()?;
+        self.versions.get(&canonical)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApplicationCommand {
+    Register { name: String },
+    AddVersion { version: String, image: String },
+    Publish { version: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplicationEvent {
+    Registered { name: String },
+    VersionAdded { version: String, image: String },
+    VersionPublished { version: String, published_at: DateTime<Utc> },
+}
+
+event_payload!(ApplicationEvent, "application", {
+    Registered => "registered",
+    VersionAdded => "version_added",
+    VersionPublished => "version_published",
+});
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplicationRejection {
+    #[error("the application is already registered")]
+    AlreadyRegistered,
+    #[error("the application is not registered")]
+    NotRegistered,
+    #[error("name must not be empty")]
+    EmptyName,
+    #[error("version `{version}` is not semver: {reason}")]
+    InvalidVersion { version: String, reason: String },
+    #[error("version {version} already exists")]
+    VersionExists { version: String },
+    #[error("image `{image}` is not an image reference: {reason}")]
+    InvalidImage { image: String, reason: String },
+    #[error("version {version} does not exist")]
+    UnknownVersion { version: String },
+    #[error("version {version} is already published")]
+    AlreadyPublished { version: String },
+}
+
+impl Aggregate for Application {
+    const TYPE: &'static str = "application";
+    type Command = ApplicationCommand;
+    type Event = ApplicationEvent;
+    type Rejection = ApplicationRejection;
+
+    fn decide(&self, command: &ApplicationCommand, ctx: &Ctx) -> Result<Vec<ApplicationEvent>, ApplicationRejection> {
+        use ApplicationCommand as C;
+        use ApplicationRejection as R;
+        match command {
+            C::Register { .. } if self.registered => Err(R::AlreadyRegistered),
+            C::Register { name } if name.trim().is_empty() => Err(R::EmptyName),
+            C::Register { name } => Ok(vec![ApplicationEvent::Registered { name: name.trim().to_owned() }]),
+            _ if !self.registered => Err(R::NotRegistered),
+            C::AddVersion { version, image } => {
+                let version = canonical_version(version)?;
+                if self.versions.contains_key(&version) {
+                    return Err(R::VersionExists { version });
+                }
+                check_image(image)?;
+                Ok(vec![ApplicationEvent::VersionAdded { version, image: image.clone() }])
+            }
+            C::Publish { version } => {
+                let version = canonical_version(version)?;
+                match self.versions.get(&version) {
+                    None => Err(R::UnknownVersion { version }),
+                    Some(v) if v.published_at.is_some() => Err(R::AlreadyPublished { version }),
+                    Some(_) => Ok(vec![ApplicationEvent::VersionPublished { version, published_at: ctx.now }]),
+                }
+            }
+        }
+    }
+
+    fn evolve(mut self, event: &ApplicationEvent) -> Application {
+        match event {
+            ApplicationEvent::Registered { name } => {
+                self.registered = true;
+                self.name = name.clone();
+            }
+            ApplicationEvent::VersionAdded { version, image } => {
+                let entry = Version { version: version.clone(), image: image.clone(), published_at: None };
+                self.versions.insert(version.clone(), entry);
+            }
+            ApplicationEvent::VersionPublished { version, published_at } => {
+                if let Some(v) = self.versions.get_mut(version) {
+                    v.published_at = Some(*published_at);
+                }
+            }
+        }
+        self
+    }
+}
+
+/// Semver, with a leading `v` allowed (`v1.2.3-4`); returns the canonical form without it.
+pub fn canonical_version(text: &str) -> Result<String, ApplicationRejection> {
+    let trimmed = text.strip_prefix('v').unwrap_or(text);
+    semver::Version::parse(trimmed)
+        .map(|v| v.to_string())
+        .map_err(|e| ApplicationRejection::InvalidVersion { version: text.to_owned(), reason: e.to_string() })
+}
+
+/// The checks a reference must pass before a node ever sees it; the node's engine has the
+/// last word on whether it exists.
+fn check_image(image: &str) -> Result<(), ApplicationRejection> {
+    let reason = if image.is_empty() {
+        Some("it is empty")
+    } else if image.len() > 255 {
+        Some("it is longer than 255 characters")
+    } else if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("it contains whitespace")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ApplicationRejection::InvalidImage { image: image.to_owned(), reason: reason.to_owned() }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{given, now};
+    use ApplicationCommand as C;
+    use ApplicationEvent as E;
+    use ApplicationRejection as R;
+
+    fn registered() -> E {
+        E::Registered { name: "Sample".into() }
+    }
+    fn added(v: &str) -> E {
+        E::VersionAdded { version: v.into(), image: format!("127.0.0.1:5000/sample/app:{v}") }
+    }
+
+    #[test]
+    fn register() {
+        given::<Application>([])
+            .when(C::Register { name: " Sample ".into() })
+            .then([E::Registered { name: "Sample".into() }]);
+    }
+
+    #[test]
+    fn register_twice_is_rejected() {
+        given::<Application>([registered()])
+            .when(C::Register { name: "Sample".into() })
+            .then_rejected(R::AlreadyRegistered);
+    }
+
+    #[test]
+    fn register_without_a_name_is_rejected() {
+        given::<Application>([]).when(C::Register { name: "  ".into() }).then_rejected(R::EmptyName);
+    }
+
+    #[test]
+    fn add_version_accepts_a_leading_v_and_a_prerelease() {
+        given::<Application>([registered()])
+            .when(C::AddVersion { version: "v1.2.3-4".into(), image: "127.0.0.1:5000/sample/app:1.2.3-4".into() })
+            .then([E::VersionAdded { version: "1.2.3-4".into(), image: "127.0.0.1:5000/sample/app:1.2.3-4".into() }]);
+    }
+
+    #[test]
+    fn add_version_to_an_unknown_application_is_rejected() {
+        given::<Application>([])
+            .when(C::AddVersion { version: "1.0.0".into(), image: "x:1".into() })
+            .then_rejected(R::NotRegistered);
+    }
+
+    #[test]
+    fn add_version_that_is_not_semver_is_rejected() {
+        given::<Application>([registered()])
+            .when(C::AddVersion { version: "one".into(), image: "x:1".into() })
+            .then_rejected(R::InvalidVersion {
+                version: "one".into(),
+                reason: "unexpected character 'o' while parsing major version number".into(),
+            });
+    }
+
+    #[test]
+    fn add_version_twice_is_rejected() {
+        given::<Application>([registered(), added("1.0.0")])
+            .when(C::AddVersion { version: "v1.0.0".into(), image: "x:1".into() })
+            .then_rejected(R::VersionExists { version: "1.0.0".into() });
+    }
+
+    #[test]
+    fn add_version_with_a_bad_image_is_rejected() {
+        given::<Application>([registered()])
+            .when(C::AddVersion { version: "1.0.0".into(), image: "a b".into() })
+            .then_rejected(R::InvalidImage { image: "a b".into(), reason: "it contains whitespace".into() });
+        given::<Application>([registered()])
+            .when(C::AddVersion { version: "1.0.0".into(), image: "".into() })
+            .then_rejected(R::InvalidImage { image: "".into(), reason: "it is empty".into() });
+    }
+
+    #[test]
+    fn publish() {
+        given::<Application>([registered(), added("1.0.0")])
+            .when(C::Publish { version: "v1.0.0".into() })
+            .then([E::VersionPublished { version: "1.0.0".into(), published_at: now() }]);
+    }
+
+    #[test]
+    fn publish_twice_is_rejected() {
+        given::<Application>([
+            registered(),
+            added("1.0.0"),
+            E::VersionPublished { version: "1.0.0".into(), published_at: now() },
+        ])
+        .when(C::Publish { version: "1.0.0".into() })
+        .then_rejected(R::AlreadyPublished { version: "1.0.0".into() });
+    }
+
+    #[test]
+    fn publish_an_unknown_version_is_rejected() {
+        given::<Application>([registered(), added("1.0.0")])
+            .when(C::Publish { version: "2.0.0".into() })
+            .then_rejected(R::UnknownVersion { version: "2.0.0".into() });
+    }
+
+    #[test]
+    fn publish_on_an_unknown_application_is_rejected() {
+        given::<Application>([]).when(C::Publish { version: "1.0.0".into() }).then_rejected(R::NotRegistered);
+    }
+}

@@ -1,0 +1,323 @@
+//! A deployment: one application version launched onto a set of nodes, and what each node
+//! says of it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{event_payload, Aggregate, Ctx};
+use crate::application::Application;
+use crate::status::{Failure, Status};
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Deployment {
+    pub launched: bool,
+    pub application: String,
+    pub version: String,
+    pub image: String,
+    pub nodes: BTreeMap<String, NodeProgress>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeProgress {
+    pub status: Status,
+    pub error: Option<Failure>,
+}
+
+/// A launch, with what the engine read of the catalog and the fleet when it was asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub application_id: String,
+    pub application: Application,
+    pub version: String,
+    pub nodes: Vec<String>,
+    /// The requested nodes that are registered.
+    pub registered_nodes: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeploymentCommand {
+    Launch(Launch),
+    ReportNodeState { node: String, status: Status, error: Option<Failure>, reported_at: DateTime<Utc> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentEvent {
+    Launched { application: String, version: String, image: String, nodes: Vec<String> },
+    NodeStateReported { node: String, status: Status, error: Option<Failure>, reported_at: DateTime<Utc> },
+}
+
+event_payload!(DeploymentEvent, "deployment", {
+    Launched => "launched",
+    NodeStateReported => "node_state_reported",
+});
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeploymentRejection {
+    #[error("the deployment exists already")]
+    AlreadyLaunched,
+    #[error("the deployment does not exist")]
+    NotLaunched,
+    #[error("application `{0}` does not exist")]
+    UnknownApplication(String),
+    #[error("application `{application}` has no version {version}")]
+    UnknownVersion { application: String, version: String },
+    #[error("version {version} of `{application}` is not published")]
+    VersionNotPublished { application: String, version: String },
+    #[error("at least one node is needed")]
+    NoNodes,
+    #[error("node `{0}` is not registered")]
+    UnknownNode(String),
+    #[error("node `{0}` is named twice")]
+    DuplicateNode(String),
+    #[error("node `{0}` is not a target of this deployment")]
+    NotATarget(String),
+    #[error("`{0}` is the server's status; a node cannot report it")]
+    NotANodeStatus(Status),
+    #[error("a failed status needs an error code and message")]
+    FailureWithoutError,
+}
+
+impl Aggregate for Deployment {
+    const TYPE: &'static str = "deployment";
+    type Command = DeploymentCommand;
+    type Event = DeploymentEvent;
+    type Rejection = DeploymentRejection;
+
+    fn decide(&self, command: &DeploymentCommand, _ctx: &Ctx) -> Result<Vec<DeploymentEvent>, DeploymentRejection> {
+        use DeploymentRejection as R;
+        match command {
+            DeploymentCommand::Launch(_) if self.launched => Err(R::AlreadyLaunched),
+            DeploymentCommand::Launch(launch) => {
+                let app = &launch.application;
+                let name = &launch.application_id;
+                if !app.registered {
+                    return Err(R::UnknownApplication(name.clone()));
+                }
+                let version = app
+                    .version(&launch.version)
+                    .ok_or_else(|| R::UnknownVersion { application: name.clone(), version: launch.version.clone() })?;
+                if version.published_at.is_none() {
+                    return Err(R::VersionNotPublished { application: name.clone(), version: version.version.clone() });
+                }
+                if launch.nodes.is_empty() {
+                    return Err(R::NoNodes);
+                }
+                let mut seen = BTreeSet::new();
+                for node in &launch.nodes {
+                    if !seen.insert(node) {
+                        return Err(R::DuplicateNode(node.clone()));
+                    }
+                    if !launch.registered_nodes.contains(node) {
+                        return Err(R::UnknownNode(node.clone()));
+                    }
+                }
+                Ok(vec![DeploymentEvent::Launched {
+                    application: name.clone(),
+                    version: version.version.clone(),
+                    image: version.image.clone(),
+                    nodes: launch.nodes.clone(),
+                }])
+            }
+            DeploymentCommand::ReportNodeState { .. } if !self.launched => Err(R::NotLaunched),
+            DeploymentCommand::ReportNodeState { node, status, error, reported_at } => {
+                let Some(current) = self.nodes.get(node) else {
+                    return Err(R::NotATarget(node.clone()));
+                };
+                if *status == Status::PendingDeploy {
+                    return Err(R::NotANodeStatus(*status));
+                }
+                if *status == Status::Failed && error.is_none() {
+                    return Err(R::FailureWithoutError);
+                }
+                if current.status == *status && current.error == *error {
+                    return Ok(vec![]);
+                }
+                Ok(vec![DeploymentEvent::NodeStateReported {
+                    node: node.clone(),
+                    status: *status,
+                    error: error.clone(),
+                    reported_at: *reported_at,
+                }])
+            }
+        }
+    }
+
+    fn evolve(mut self, event: &DeploymentEvent) -> Deployment {
+        match event {
+            DeploymentEvent::Launched { application, version, image, nodes } => {
+                self.launched = true;
+                self.application = application.clone();
+                self.version = version.clone();
+                self.image = image.clone();
+                self.nodes = nodes
+                    .iter()
+                    .map(|n| (n.clone(), NodeProgress { status: Status::PendingDeploy, error: None }))
+                    .collect();
+            }
+            DeploymentEvent::NodeStateReported { node, status, error, .. } => {
+                if let Some(progress) = self.nodes.get_mut(node) {
+                    progress.status = *status;
+                    progress.error = error.clone();
+                }
+            }
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::application::ApplicationEvent;
+    use crate::testing::{given, now};
+    use DeploymentCommand as C;
+    use DeploymentEvent as E;
+    use DeploymentRejection as R;
+
+    fn catalog(published: bool) -> Application {
+        let mut events = vec![
+            ApplicationEvent::Registered { name: "Sample".into() },
+            ApplicationEvent::VersionAdded { version: "1.0.0".into(), image: "127.0.0.1:5000/sample/app:1.0.0".into() },
+        ];
+        if published {
+            events.push(ApplicationEvent::VersionPublished { version: "1.0.0".into(), published_at: now() });
+        }
+        Application::fold(&events)
+    }
+
+    fn launch(nodes: &[&str]) -> Launch {
+        Launch {
+            application_id: "sample".into(),
+            application: catalog(true),
+            version: "v1.0.0".into(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            registered_nodes: ["edge-1", "edge-2"].iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    fn launched() -> E {
+        E::Launched {
+            application: "sample".into(),
+            version: "1.0.0".into(),
+            image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+            nodes: vec!["edge-1".into(), "edge-2".into()],
+        }
+    }
+
+    fn report(node: &str, status: Status, error: Option<Failure>) -> C {
+        C::ReportNodeState { node: node.into(), status, error, reported_at: now() }
+    }
+
+    #[test]
+    fn launch_on_explicit_nodes() {
+        let state = given::<Deployment>([]).when(C::Launch(launch(&["edge-1", "edge-2"]))).then([launched()]);
+        assert_eq!(state.nodes["edge-1"].status, Status::PendingDeploy);
+    }
+
+    #[test]
+    fn launch_twice_is_rejected() {
+        given::<Deployment>([launched()]).when(C::Launch(launch(&["edge-1"]))).then_rejected(R::AlreadyLaunched);
+    }
+
+    #[test]
+    fn launch_of_an_unknown_application_is_rejected() {
+        let mut l = launch(&["edge-1"]);
+        l.application = Application::default();
+        given::<Deployment>([]).when(C::Launch(l)).then_rejected(R::UnknownApplication("sample".into()));
+    }
+
+    #[test]
+    fn launch_of_an_unknown_version_is_rejected() {
+        let mut l = launch(&["edge-1"]);
+        l.version = "2.0.0".into();
+        given::<Deployment>([])
+            .when(C::Launch(l))
+            .then_rejected(R::UnknownVersion { application: "sample".into(), version: "2.0.0".into() });
+    }
+
+    #[test]
+    fn launch_of_an_unpublished_version_is_rejected() {
+        let mut l = launch(&["edge-1"]);
+        l.application = catalog(false);
+        given::<Deployment>([])
+            .when(C::Launch(l))
+            .then_rejected(R::VersionNotPublished { application: "sample".into(), version: "1.0.0".into() });
+    }
+
+    #[test]
+    fn launch_without_nodes_is_rejected() {
+        given::<Deployment>([]).when(C::Launch(launch(&[]))).then_rejected(R::NoNodes);
+    }
+
+    #[test]
+    fn launch_on_an_unknown_node_is_rejected() {
+        given::<Deployment>([])
+            .when(C::Launch(launch(&["edge-1", "edge-9"])))
+            .then_rejected(R::UnknownNode("edge-9".into()));
+    }
+
+    #[test]
+    fn launch_naming_a_node_twice_is_rejected() {
+        given::<Deployment>([])
+            .when(C::Launch(launch(&["edge-1", "edge-1"])))
+            .then_rejected(R::DuplicateNode("edge-1".into()));
+    }
+
+    #[test]
+    fn report_node_state() {
+        let state = given::<Deployment>([launched()]).when(report("edge-1", Status::Running, None)).then([
+            E::NodeStateReported { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() },
+        ]);
+        assert_eq!(state.nodes["edge-1"].status, Status::Running);
+        assert_eq!(state.nodes["edge-2"].status, Status::PendingDeploy);
+    }
+
+    #[test]
+    fn report_a_failure_with_its_error() {
+        let error = Failure { code: "image_not_found".into(), message: "manifest unknown".into() };
+        given::<Deployment>([launched()]).when(report("edge-1", Status::Failed, Some(error.clone()))).then([
+            E::NodeStateReported {
+                node: "edge-1".into(),
+                status: Status::Failed,
+                error: Some(error),
+                reported_at: now(),
+            },
+        ]);
+    }
+
+    #[test]
+    fn report_the_same_state_again_changes_nothing() {
+        let first =
+            E::NodeStateReported { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() };
+        given::<Deployment>([launched(), first]).when(report("edge-1", Status::Running, None)).then([]);
+    }
+
+    #[test]
+    fn report_from_a_node_that_is_not_a_target_is_rejected() {
+        given::<Deployment>([launched()])
+            .when(report("edge-3", Status::Running, None))
+            .then_rejected(R::NotATarget("edge-3".into()));
+    }
+
+    #[test]
+    fn report_on_an_unknown_deployment_is_rejected() {
+        given::<Deployment>([]).when(report("edge-1", Status::Running, None)).then_rejected(R::NotLaunched);
+    }
+
+    #[test]
+    fn report_of_the_servers_own_status_is_rejected() {
+        given::<Deployment>([launched()])
+            .when(report("edge-1", Status::PendingDeploy, None))
+            .then_rejected(R::NotANodeStatus(Status::PendingDeploy));
+    }
+
+    #[test]
+    fn report_of_a_failure_without_an_error_is_rejected() {
+        given::<Deployment>([launched()])
+            .when(report("edge-1", Status::Failed, None))
+            .then_rejected(R::FailureWithoutError);
+    }
+}

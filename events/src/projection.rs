@@ -1,0 +1,4 @@
+//! Read models as pure folds over the log, shared by the engine's live projectors and by
+//! `replay`.
+
+pub mod deployments;

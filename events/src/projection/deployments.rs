@@ -1,0 +1,154 @@
+//! The deployments read model: one view per deployment, with the status of each node and the
+//! rolled-up status of the whole.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::deployment::DeploymentEvent;
+use crate::envelope::Envelope;
+use crate::status::{Failure, Status};
+
+/// The reason every `pending_deploy` carries until the node answers.
+pub const PENDING_REASON: &str = "waiting for the node to receive the deployment";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentView {
+    pub id: String,
+    pub tenant: String,
+    pub application: String,
+    pub version: String,
+    pub image: String,
+    /// The most severe status of its nodes.
+    pub status: Status,
+    pub nodes: BTreeMap<String, NodeView>,
+    pub launched_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<Failure>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Folds one deployment event into the view of its deployment.
+pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &DeploymentEvent) -> Option<DeploymentView> {
+    match (view, event) {
+        (_, DeploymentEvent::Launched { application, version, image, nodes }) => {
+            let pending = NodeView {
+                status: Status::PendingDeploy,
+                error: None,
+                reason: Some(PENDING_REASON.to_owned()),
+                updated_at: envelope.time,
+            };
+            Some(DeploymentView {
+                id: envelope.aggregate_id.clone(),
+                tenant: envelope.tenant.clone(),
+                application: application.clone(),
+                version: version.clone(),
+                image: image.clone(),
+                status: Status::PendingDeploy,
+                nodes: nodes.iter().map(|n| (n.clone(), pending.clone())).collect(),
+                launched_by: envelope.actor.clone(),
+                created_at: envelope.time,
+                updated_at: envelope.time,
+            })
+        }
+        (Some(mut view), DeploymentEvent::NodeStateReported { node, status, error, reported_at }) => {
+            view.nodes.insert(
+                node.clone(),
+                NodeView { status: *status, error: error.clone(), reason: None, updated_at: *reported_at },
+            );
+            view.status = Status::roll_up(view.nodes.values().map(|n| n.status)).unwrap_or(Status::PendingDeploy);
+            view.updated_at = envelope.time;
+            Some(view)
+        }
+        // A report for a deployment this model never saw launched: nothing to show.
+        (None, DeploymentEvent::NodeStateReported { .. }) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Metadata;
+    use crate::testing::now;
+    use expect_test::expect;
+    use uuid::Uuid;
+
+    fn envelope(event: &DeploymentEvent) -> Envelope {
+        let meta = Metadata {
+            tenant: "acme".into(),
+            actor: "ops".into(),
+            correlation_id: Uuid::from_u128(7),
+            causation_id: Uuid::from_u128(7),
+        };
+        Envelope::new(Uuid::from_u128(1), now(), "deployment", "d1", &meta, event, None)
+    }
+
+    fn fold(events: &[DeploymentEvent]) -> Option<DeploymentView> {
+        events.iter().fold(None, |view, e| apply(view, &envelope(e), e))
+    }
+
+    #[test]
+    fn a_launch_is_pending_with_a_reason_then_rolls_up_the_nodes() {
+        let launched = DeploymentEvent::Launched {
+            application: "sample".into(),
+            version: "1.0.0".into(),
+            image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+            nodes: vec!["edge-1".into(), "edge-2".into()],
+        };
+        let running = |node: &str| DeploymentEvent::NodeStateReported {
+            node: node.into(),
+            status: Status::Running,
+            error: None,
+            reported_at: now(),
+        };
+        let view = fold(&[launched.clone(), running("edge-1")]).unwrap();
+        assert_eq!(view.status, Status::PendingDeploy);
+        expect![[r#"
+            {
+              "id": "d1",
+              "tenant": "acme",
+              "application": "sample",
+              "version": "1.0.0",
+              "image": "127.0.0.1:5000/sample/app:1.0.0",
+              "status": "pending_deploy",
+              "nodes": {
+                "edge-1": {
+                  "status": "running",
+                  "updated_at": "2026-03-01T12:00:00Z"
+                },
+                "edge-2": {
+                  "status": "pending_deploy",
+                  "reason": "waiting for the node to receive the deployment",
+                  "updated_at": "2026-03-01T12:00:00Z"
+                }
+              },
+              "launched_by": "ops",
+              "created_at": "2026-03-01T12:00:00Z",
+              "updated_at": "2026-03-01T12:00:00Z"
+            }"#]]
+        .assert_eq(&serde_json::to_string_pretty(&view).unwrap());
+        let view = fold(&[launched, running("edge-1"), running("edge-2")]).unwrap();
+        assert_eq!(view.status, Status::Running);
+    }
+
+    #[test]
+    fn a_report_without_a_launch_shows_nothing() {
+        let report = DeploymentEvent::NodeStateReported {
+            node: "edge-1".into(),
+            status: Status::Running,
+            error: None,
+            reported_at: now(),
+        };
+        assert_eq!(fold(&[report]), None);
+    }
+}

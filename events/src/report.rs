@@ -1,0 +1,25 @@
+//! What a node says, on `ev.<tenant>.node.<node>.state`, published from its outbox. The
+//! engine turns each report into a command on the node or deployment it concerns.
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::event_payload;
+use crate::node::Labels;
+use crate::status::{Failure, Status};
+
+/// The `aggregate_type` of report envelopes; the aggregate id is the node.
+pub const AGGREGATE_TYPE: &str = "node_report";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeReport {
+    /// The node (re)started and is connected; registers it with these labels.
+    Online { labels: Labels, agent_version: String },
+    /// A deployment reached a new status on this node.
+    DeploymentState { deployment: String, status: Status, error: Option<Failure> },
+}
+
+event_payload!(NodeReport, "report", {
+    Online => "online",
+    DeploymentState => "deployment_state",
+});

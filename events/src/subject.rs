@@ -1,0 +1,59 @@
+//! The subjects of the `EVENTS` stream, and the ids that may appear in them.
+//!
+//! - `ev.<tenant>.<aggregate type>.<id>`: the events of one aggregate;
+//! - `ev.<tenant>.node.<node>.desired`: work the engine addresses to one node;
+//! - `ev.<tenant>.node.<node>.state`: reports one node sends back.
+
+pub const STREAM: &str = "EVENTS";
+pub const ALL: &str = "ev.>";
+pub const ALL_DEPLOYMENTS: &str = "ev.*.deployment.*";
+pub const ALL_NODE_REPORTS: &str = "ev.*.node.*.state";
+
+pub fn aggregate(tenant: &str, aggregate_type: &str, id: &str) -> String {
+    format!("ev.{tenant}.{aggregate_type}.{id}")
+}
+
+pub fn node_desired(tenant: &str, node: &str) -> String {
+    format!("ev.{tenant}.node.{node}.desired")
+}
+
+pub fn node_reports(tenant: &str, node: &str) -> String {
+    format!("ev.{tenant}.node.{node}.state")
+}
+
+/// Checks that `value` can be one token of a subject: 1 to 64 of `[A-Za-z0-9_-]`.
+pub fn check_token(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if value.len() > 64 {
+        return Err(format!("{what} `{value}` is longer than 64 characters"));
+    }
+    if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+        return Err(format!("{what} `{value}` has `{bad}`: use letters, digits, `-` and `_`"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_refuse_what_would_change_the_subject() {
+        assert!(check_token("node", "edge-1_a").is_ok());
+        assert_eq!(check_token("node", "").unwrap_err(), "node must not be empty");
+        assert_eq!(check_token("node", "a.b").unwrap_err(), "node `a.b` has `.`: use letters, digits, `-` and `_`");
+        assert!(check_token("node", "a*").is_err());
+        assert!(check_token("node", "a>").is_err());
+        assert!(check_token("node", "a b").is_err());
+        assert!(check_token("node", &"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn subjects_follow_the_documented_layout() {
+        assert_eq!(aggregate("acme", "deployment", "d1"), "ev.acme.deployment.d1");
+        assert_eq!(node_desired("acme", "n1"), "ev.acme.node.n1.desired");
+        assert_eq!(node_reports("acme", "n1"), "ev.acme.node.n1.state");
+    }
+}
