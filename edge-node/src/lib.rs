@@ -1,1 +1,40 @@
-//! placeholder
+//! The edge agent. It consumes the work addressed to its node, runs it on the container
+//! runtime, and reports every step back through a durable outbox.
+//!
+//! The decisions live in [`agent`], a state machine with no I/O; the [`driver`] does the I/O;
+//! [`docker`] is the only module that talks to Docker. It deliberately knows nothing of the
+//! engine's read models or API: all it shares with the engine is the `events` vocabulary.
+
+pub mod agent;
+pub mod docker;
+pub mod driver;
+pub mod outbox;
+pub mod runtime;
+
+use std::path::PathBuf;
+
+use events::node::Labels;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub nats_url: String,
+    pub tenant: String,
+    pub node: String,
+    pub labels: Labels,
+    /// The sled directory of the outbox and the local state.
+    pub data_dir: PathBuf,
+    pub stream: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            tenant: "default".to_owned(),
+            node: "edge-1".to_owned(),
+            labels: Labels::new(),
+            data_dir: PathBuf::from("edge-node-data"),
+            stream: events::subject::STREAM.to_owned(),
+        }
+    }
+}

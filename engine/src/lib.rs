@@ -1,1 +1,96 @@
-//! placeholder
+//! The orchestration engine: the command path onto the JetStream event store, the projectors
+//! that keep read models in sled, the router that addresses work to nodes, the ingestor of node
+//! reports, and the HTTP API. The `engine` binary also carries the operator CLI.
+//!
+//! It deliberately holds no state of its own beyond its read models: delete the sled directory
+//! and it rebuilds them from the log. It never talks to Docker; edge nodes do.
+
+pub mod api;
+pub mod cli;
+pub mod command;
+pub mod projector;
+pub mod read_model;
+pub mod store;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+
+use crate::command::CommandHandler;
+use crate::projector::ProjectorConfig;
+use crate::read_model::Deployments;
+use crate::store::{EventStore, StoreConfig};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub nats_url: String,
+    /// Where the HTTP API listens; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The sled directory of the read models.
+    pub data_dir: PathBuf,
+    pub store: StoreConfig,
+    pub projector: ProjectorConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("engine-data"),
+            store: StoreConfig::default(),
+            projector: ProjectorConfig::default(),
+        }
+    }
+}
+
+/// A running engine. Dropping it stops every task.
+#[derive(Debug)]
+pub struct Engine {
+    pub api_addr: SocketAddr,
+    pub commands: CommandHandler,
+    pub deployments: Deployments,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Engine {
+    pub async fn start(config: EngineConfig) -> anyhow::Result<Engine> {
+        let client = async_nats::ConnectOptions::new()
+            .name("engine")
+            .retry_on_initial_connect()
+            .connect(&config.nats_url)
+            .await
+            .with_context(|| format!("connecting to {}", config.nats_url))?;
+        let store = EventStore::open(client, &config.store).await.context("opening the event store")?;
+        let db = sled::open(&config.data_dir)
+            .with_context(|| format!("opening the read models in {}", config.data_dir.display()))?;
+        let deployments = Deployments::open(&db)?;
+        let commands = CommandHandler::new(store.clone());
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let api_addr = listener.local_addr()?;
+        let app = api::router(api::AppState { commands: commands.clone(), deployments: deployments.clone() });
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(projector::run(store.clone(), deployments.clone(), deployments.tree().clone(), config.projector));
+        tasks.spawn(worker::route(store.clone()));
+        tasks.spawn(worker::ingest(commands.clone()));
+        tasks.spawn(async move { axum::serve(listener, app).await.context("serving the API") });
+        tracing::info!(%api_addr, "engine started");
+        Ok(Engine { api_addr, commands, deployments, tasks })
+    }
+
+    /// Runs until a task fails; returns its error.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        match self.tasks.join_next().await {
+            Some(Ok(result)) => result.and_then(|()| anyhow::bail!("an engine task ended")),
+            Some(Err(e)) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}

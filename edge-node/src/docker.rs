@@ -1,0 +1,107 @@
+//! The container runtime on Docker, through bollard: the only module that touches Docker.
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{CreateContainerOptions, CreateImageOptions};
+use bollard::Docker;
+use futures::StreamExt;
+
+use crate::runtime::{ContainerRuntime, ContainerSpec, ContainerState, ErrorCode, RuntimeError};
+
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+impl DockerRuntime {
+    /// Connects where `DOCKER_HOST` says (or the default socket) and agrees on an API version.
+    pub async fn connect() -> Result<DockerRuntime, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
+        let docker = docker.negotiate_version().await.map_err(unavailable)?;
+        docker.ping().await.map_err(unavailable)?;
+        Ok(DockerRuntime { docker })
+    }
+}
+
+fn unavailable(e: DockerError) -> RuntimeError {
+    RuntimeError::new(ErrorCode::RuntimeUnavailable, e.to_string())
+}
+
+/// Sorts Docker's answers into the failure codes a node reports.
+fn classify(e: DockerError) -> RuntimeError {
+    let message = match &e {
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        DockerError::DockerStreamError { error } => error.clone(),
+        _ => e.to_string(),
+    };
+    let lower = message.to_lowercase();
+    let code = if lower.contains("invalid reference format") || lower.contains("invalid tag format") {
+        ErrorCode::InvalidImageReference
+    } else if lower.contains("manifest unknown")
+        || lower.contains("not found")
+        || lower.contains("does not exist")
+        || lower.contains("no such image")
+    {
+        ErrorCode::ImageNotFound
+    } else if matches!(e, DockerError::HyperResponseError { .. } | DockerError::IOError { .. }) {
+        ErrorCode::RuntimeUnavailable
+    } else {
+        ErrorCode::Runtime
+    };
+    RuntimeError::new(code, message)
+}
+
+impl ContainerRuntime for DockerRuntime {
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        let options = CreateImageOptions { from_image: Some(image.to_owned()), ..Default::default() };
+        let mut progress = self.docker.create_image(Some(options), None, None);
+        while let Some(step) = progress.next().await {
+            let step = step.map_err(classify)?;
+            if let Some(detail) = step.error_detail {
+                let message = detail.message.unwrap_or_else(|| "the pull failed".to_owned());
+                return Err(classify(DockerError::DockerStreamError { error: message }));
+            }
+            if let (Some(status), Some(detail)) = (&step.status, &step.progress_detail) {
+                tracing::debug!(image, status, current = detail.current, total = detail.total, "pulling");
+            }
+        }
+        Ok(())
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        if let Ok(existing) = self.docker.inspect_container(&spec.name, None).await {
+            if let Some(id) = existing.id {
+                return Ok(id);
+            }
+        }
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            labels: Some(spec.labels.clone()),
+            host_config: Some(HostConfig {
+                // An init process forwards signals, so a stop never waits for the kill timeout.
+                init: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions { name: Some(spec.name.clone()), ..Default::default() };
+        let created = self.docker.create_container(Some(options), body).await.map_err(classify)?;
+        Ok(created.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<ContainerState, RuntimeError> {
+        match self.docker.start_container(id, None).await {
+            Ok(()) => {}
+            // 304: already started.
+            Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => {}
+            Err(e) => return Err(classify(e)),
+        }
+        let inspected = self.docker.inspect_container(id, None).await.map_err(classify)?;
+        let state = inspected.state.unwrap_or_default();
+        Ok(ContainerState {
+            running: state.running.unwrap_or(false),
+            exit_code: state.exit_code,
+            error: state.error.filter(|e| !e.is_empty()),
+        })
+    }
+}

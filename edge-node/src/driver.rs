@@ -1,0 +1,197 @@
+//! The driver: the one place the agent meets the world. It feeds the agent work from the
+//! node's durable consumer and outcomes from the runtime, and carries out its actions:
+//! runtime steps as tasks, reports into the outbox, and the outbox onto JetStream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer};
+use chrono::Utc;
+use futures::StreamExt;
+use tokio::sync::{mpsc, Notify};
+use uuid::Uuid;
+
+use events::envelope::Metadata;
+use events::report::NodeReport;
+use events::work::NodeWork;
+use events::Envelope;
+
+use crate::agent::{Action, Agent, Input};
+use crate::outbox::Outbox;
+use crate::runtime::ContainerRuntime;
+use crate::NodeConfig;
+
+/// Runs the node until its connection to JetStream fails for good.
+pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> anyhow::Result<()> {
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("edge-node {}", config.node))
+        .retry_on_initial_connect()
+        .connect(&config.nats_url)
+        .await
+        .with_context(|| format!("connecting to {}", config.nats_url))?;
+    let js = jetstream::new(client);
+    let db = sled::open(&config.data_dir).with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let outbox = Outbox::open(&db)?;
+    let sent = Arc::new(Notify::new());
+    let actor = format!("node:{}", config.node);
+
+    let hello = Uuid::now_v7();
+    let online = NodeReport::Online { labels: config.labels.clone(), agent_version: env!("CARGO_PKG_VERSION").into() };
+    let meta = Metadata { tenant: config.tenant.clone(), actor: actor.clone(), correlation_id: hello, causation_id: hello };
+    outbox.push(&config.node, &meta, &online, Utc::now())?;
+
+    let publisher = tokio::spawn(publish_outbox(js.clone(), outbox.clone(), sent.clone(), config.clone()));
+    let _publisher = AbortOnDrop(publisher);
+
+    let mut work = subscribe(&js, &config).await?.messages().await.map_err(|e| anyhow::anyhow!(e))?;
+    let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Input>();
+    let mut agent = Agent::new(&config.tenant, &config.node);
+    // The work event each deployment came from: its reports are caused by it.
+    let mut causes: HashMap<String, Metadata> = HashMap::new();
+    tracing::info!(node = %config.node, tenant = %config.tenant, "edge node started");
+
+    loop {
+        let input = tokio::select! {
+            message = work.next() => {
+                let message = message.context("the work subscription ended")?.map_err(|e| anyhow::anyhow!(e))?;
+                let envelope = match Envelope::decode(&message.payload) {
+                    Ok(envelope) => envelope,
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping malformed work");
+                        message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+                        continue;
+                    }
+                };
+                let item: NodeWork = match envelope.event() {
+                    Ok(item) => item,
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping work of an unknown kind");
+                        message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+                        continue;
+                    }
+                };
+                causes.insert(item.deployment().to_owned(), Metadata {
+                    tenant: config.tenant.clone(),
+                    actor: actor.clone(),
+                    correlation_id: envelope.correlation_id,
+                    causation_id: envelope.id,
+                });
+                message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+                Input::Work(item)
+            }
+            Some(outcome) = outcomes.recv() => outcome,
+        };
+        agent.handle(input);
+        while let Some(action) = agent.poll_action() {
+            match action {
+                Action::Report(report) => {
+                    let meta = match &report {
+                        NodeReport::DeploymentState { deployment, .. } => causes.get(deployment).cloned(),
+                        NodeReport::Online { .. } => None,
+                    }
+                    .unwrap_or_else(|| meta.clone());
+                    outbox.push(&config.node, &meta, &report, Utc::now())?;
+                    sent.notify_one();
+                }
+                Action::Pull { deployment, image } => {
+                    let (runtime, tx) = (runtime.clone(), outcomes_tx.clone());
+                    tokio::spawn(async move {
+                        let result = runtime.pull(&image).await;
+                        let _ = tx.send(Input::Pulled { deployment, result });
+                    });
+                }
+                Action::Create { deployment, spec } => {
+                    let (runtime, tx) = (runtime.clone(), outcomes_tx.clone());
+                    tokio::spawn(async move {
+                        let result = runtime.create(&spec).await;
+                        let _ = tx.send(Input::Created { deployment, result });
+                    });
+                }
+                Action::Start { deployment, container } => {
+                    let (runtime, tx) = (runtime.clone(), outcomes_tx.clone());
+                    tokio::spawn(async move {
+                        let result = runtime.start(&container).await;
+                        let _ = tx.send(Input::Started { deployment, result });
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The node's durable consumer on its own work subject; waits for the stream to exist.
+async fn subscribe(js: &jetstream::Context, config: &NodeConfig) -> anyhow::Result<consumer::PullConsumer> {
+    let name = format!("node-{}-{}", config.tenant, config.node);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match js.get_stream(&config.stream).await {
+            Ok(stream) => {
+                return stream
+                    .get_or_create_consumer(
+                        &name,
+                        consumer::pull::Config {
+                            durable_name: Some(name.clone()),
+                            filter_subject: events::subject::node_desired(&config.tenant, &config.node),
+                            ack_policy: consumer::AckPolicy::Explicit,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| anyhow::anyhow!("creating consumer {name}: {e}"));
+            }
+            Err(e) => {
+                tracing::info!(stream = %config.stream, error = %e, "waiting for the event stream");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Publishes the outbox in order, removing each report once JetStream acknowledged it.
+async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<Notify>, config: NodeConfig) {
+    let subject = events::subject::node_reports(&config.tenant, &config.node);
+    loop {
+        let pending = match outbox.oldest(256) {
+            Ok(pending) => pending,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "reading the outbox");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if pending.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), sent.notified()).await;
+            continue;
+        }
+        for report in pending {
+            let message = jetstream::message::PublishMessage::build().payload(report.bytes).message_id(&report.msg_id);
+            let acked = match js.send_publish(subject.clone(), message).await {
+                Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match acked {
+                Ok(_) => {
+                    if let Err(e) = outbox.remove(report.key) {
+                        tracing::error!(error = %e, "removing a sent report from the outbox");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, pending = outbox.len(), "the outbox waits for the link");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

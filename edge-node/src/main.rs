@@ -1,0 +1,79 @@
+//! The `edge-node` binary: runs the agent of one node against Docker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use edge_node::docker::DockerRuntime;
+use edge_node::NodeConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "edge-node", about = "The edge agent: runs deployments on Docker and reports back", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent.
+    Run {
+        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long)]
+        node: String,
+        /// A label `key=value`; repeat for several.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        #[arg(long, default_value = "edge-node-data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("label `{text}` is not key=value"))?;
+    events::subject::check_token("label key", key)?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { nats, tenant, node, labels, data_dir } => {
+            events::subject::check_token("tenant", &tenant).map_err(anyhow::Error::msg)?;
+            events::subject::check_token("node", &node).map_err(anyhow::Error::msg)?;
+            let runtime = DockerRuntime::connect().await.context("connecting to Docker")?;
+            let config = NodeConfig {
+                nats_url: nats,
+                tenant,
+                node,
+                labels: labels.into_iter().collect(),
+                data_dir,
+                ..NodeConfig::default()
+            };
+            edge_node::driver::run(config, Arc::new(runtime)).await
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

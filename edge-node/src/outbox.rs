@@ -1,0 +1,79 @@
+//! The outbox: every report is written to sled first, then published from here in order with
+//! its event id as `Nats-Msg-Id`, and removed only once JetStream acknowledged it. A node that
+//! loses its link or restarts loses no report, and a report sent twice is stored once.
+
+use bytes::Bytes;
+use sled::Transactional;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use events::envelope::{chain_hash, Metadata};
+use events::report::{self, NodeReport};
+use events::Envelope;
+
+const LAST_HASH: &[u8] = b"last_hash";
+
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    db: sled::Db,
+    pending: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// A report waiting to be published.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub key: u64,
+    pub msg_id: String,
+    pub bytes: Bytes,
+}
+
+impl Outbox {
+    pub fn open(db: &sled::Db) -> sled::Result<Outbox> {
+        Ok(Outbox { db: db.clone(), pending: db.open_tree("outbox")?, meta: db.open_tree("outbox_meta")? })
+    }
+
+    /// Wraps `report` in an envelope chained to the node's previous report and stores it.
+    pub fn push(&self, node: &str, meta: &Metadata, report: &NodeReport, now: DateTime<Utc>) -> anyhow::Result<Uuid> {
+        let prev_hash = self.meta.get(LAST_HASH)?.map(|h| String::from_utf8_lossy(&h).into_owned());
+        let id = Uuid::now_v7();
+        let envelope = Envelope::new(id, now, report::AGGREGATE_TYPE, node, meta, report, prev_hash);
+        let bytes = envelope.encode();
+        let key = self.db.generate_id()?;
+        // The report and the new end of the chain are written together.
+        (&self.pending, &self.meta)
+            .transaction(|(pending, meta)| {
+                pending.insert(&key.to_be_bytes(), bytes.as_slice())?;
+                meta.insert(LAST_HASH, chain_hash(&bytes).as_bytes())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| anyhow::anyhow!("writing the outbox: {e:?}"))?;
+        Ok(id)
+    }
+
+    /// The oldest reports not yet acknowledged, at most `limit`.
+    pub fn oldest(&self, limit: usize) -> anyhow::Result<Vec<Pending>> {
+        self.pending
+            .iter()
+            .take(limit)
+            .map(|entry| {
+                let (key, bytes) = entry?;
+                let key = u64::from_be_bytes(key.as_ref().try_into()?);
+                let envelope = Envelope::decode(&bytes)?;
+                Ok(Pending { key, msg_id: envelope.id.to_string(), bytes: Bytes::copy_from_slice(&bytes) })
+            })
+            .collect()
+    }
+
+    pub fn remove(&self, key: u64) -> sled::Result<()> {
+        self.pending.remove(key.to_be_bytes()).map(|_| ())
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}

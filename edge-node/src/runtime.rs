@@ -1,0 +1,76 @@
+//! What the agent needs of a container engine, as a trait: the Docker implementation is in
+//! `docker`, a simulated one may stand behind it for fleet-scale benchmarks.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+/// The label that ties a container to its deployment.
+pub const DEPLOYMENT_LABEL: &str = "io.edge-orchestrator.deployment";
+pub const NODE_LABEL: &str = "io.edge-orchestrator.node";
+pub const TENANT_LABEL: &str = "io.edge-orchestrator.tenant";
+pub const APPLICATION_LABEL: &str = "io.edge-orchestrator.application";
+pub const VERSION_LABEL: &str = "io.edge-orchestrator.version";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// Stable failure codes, carried in `failed` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    ImageNotFound,
+    InvalidImageReference,
+    RuntimeUnavailable,
+    ContainerExited,
+    Runtime,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ImageNotFound => "image_not_found",
+            ErrorCode::InvalidImageReference => "invalid_image_reference",
+            ErrorCode::RuntimeUnavailable => "runtime_unavailable",
+            ErrorCode::ContainerExited => "container_exited",
+            ErrorCode::Runtime => "runtime_error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct RuntimeError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RuntimeError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> RuntimeError {
+        RuntimeError { code, message: message.into() }
+    }
+
+    pub fn failure(&self) -> events::Failure {
+        events::Failure { code: self.code.as_str().to_owned(), message: self.message.clone() }
+    }
+}
+
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Makes `image` present locally.
+    fn pull(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Creates the container, or finds the one already created under `spec.name`; returns its id.
+    fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
+    /// Starts it (a running container is left alone) and says how it is once started.
+    fn start(&self, id: &str) -> impl Future<Output = Result<ContainerState, RuntimeError>> + Send;
+}

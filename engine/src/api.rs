@@ -1,0 +1,400 @@
+//! The HTTP JSON API. Every error is a 4xx or 5xx with `{"error": ..., "field": ...}`, the
+//! field naming what was wrong.
+
+use std::time::Duration;
+
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use events::application::{Application, ApplicationCommand, ApplicationRejection};
+use events::deployment::{Deployment, DeploymentCommand, DeploymentRejection, Launch};
+use events::node::Node;
+use events::projection::deployments::DeploymentView;
+use events::subject::check_token;
+
+use crate::command::{CommandError, CommandHandler, CommandMeta, Committed};
+use crate::read_model::{Deployments, Page};
+use crate::store::StoreError;
+
+/// How long a launch waits for its deployment to reach the read model before answering.
+const READ_YOUR_WRITE: Duration = Duration::from_secs(5);
+const MAX_PAGE: usize = 500;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub commands: CommandHandler,
+    pub deployments: Deployments,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/applications", post(register_application))
+        .route("/v1/applications/{id}", get(get_application))
+        .route("/v1/applications/{id}/versions", post(add_version))
+        .route("/v1/applications/{id}/versions/{version}/publish", post(publish))
+        .route("/v1/deployments", post(launch).get(list_deployments))
+        .route("/v1/deployments/{id}", get(get_deployment))
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, field: Option<&str>, error: impl std::fmt::Display) -> ApiError {
+        ApiError { status, error: error.to_string(), field: field.map(str::to_owned) }
+    }
+
+    fn invalid(field: &str, error: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some(field), error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(&self)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        tracing::error!(error = %e, "store failure");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, e)
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> ApiError {
+        tracing::error!(error = format!("{e:#}"), "internal failure");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, format!("{e:#}"))
+    }
+}
+
+/// Maps a domain rejection to a status and the field it is about.
+trait Rejection: std::error::Error {
+    fn status_and_field(&self) -> (StatusCode, &'static str);
+}
+
+impl Rejection for ApplicationRejection {
+    fn status_and_field(&self) -> (StatusCode, &'static str) {
+        use ApplicationRejection as R;
+        match self {
+            R::AlreadyRegistered => (StatusCode::CONFLICT, "id"),
+            R::NotRegistered => (StatusCode::NOT_FOUND, "id"),
+            R::EmptyName => (StatusCode::UNPROCESSABLE_ENTITY, "name"),
+            R::InvalidVersion { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "version"),
+            R::VersionExists { .. } | R::AlreadyPublished { .. } => (StatusCode::CONFLICT, "version"),
+            R::InvalidImage { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "image"),
+            R::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "version"),
+        }
+    }
+}
+
+impl Rejection for DeploymentRejection {
+    fn status_and_field(&self) -> (StatusCode, &'static str) {
+        use DeploymentRejection as R;
+        match self {
+            R::AlreadyLaunched => (StatusCode::CONFLICT, "id"),
+            R::NotLaunched => (StatusCode::NOT_FOUND, "id"),
+            R::UnknownApplication(_) => (StatusCode::UNPROCESSABLE_ENTITY, "application"),
+            R::UnknownVersion { .. } | R::VersionNotPublished { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "version"),
+            R::NoNodes | R::UnknownNode(_) | R::DuplicateNode(_) | R::NotATarget(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "nodes")
+            }
+            R::NotANodeStatus(_) | R::FailureWithoutError => (StatusCode::UNPROCESSABLE_ENTITY, "status"),
+        }
+    }
+}
+
+impl<R: Rejection> From<CommandError<R>> for ApiError {
+    fn from(e: CommandError<R>) -> ApiError {
+        match e {
+            CommandError::Rejected(r) => {
+                let (status, field) = r.status_and_field();
+                ApiError::new(status, Some(field), r)
+            }
+            CommandError::Contention { .. } => ApiError::new(StatusCode::CONFLICT, None, e),
+            CommandError::Store(e) => e.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extractors
+
+/// A JSON body whose errors name the field at fault.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = bytes::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, None, e.body_text()))?;
+        let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(deserializer).map(Body).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.inner().to_string();
+            let field = missing_field(&message)
+                .map(|f| if path == "." { f.to_owned() } else { format!("{path}.{f}") })
+                .unwrap_or(path);
+            let field = if field == "." { None } else { Some(field) };
+            let error = match &field {
+                Some(f) => format!("{f}: {message}"),
+                None => format!("the body is not valid JSON: {message}"),
+            };
+            ApiError { status: StatusCode::BAD_REQUEST, error, field }
+        })
+    }
+}
+
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+/// Who is asking: `x-tenant` (default `default`), `x-actor` (default `operator`) and an
+/// optional `idempotency-key` (a UUID) that makes a retried command harmless.
+fn meta(headers: &HeaderMap) -> Result<CommandMeta, ApiError> {
+    let header = |name: &str| -> Result<Option<&str>, ApiError> {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, Some(name), "not ASCII")))
+            .transpose()
+    };
+    let tenant = header("x-tenant")?.unwrap_or("default");
+    check_token("tenant", tenant).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, Some("x-tenant"), e))?;
+    let actor = header("x-actor")?.unwrap_or("operator");
+    let mut meta = CommandMeta::new(tenant, actor);
+    if let Some(key) = header("idempotency-key")? {
+        let id = Uuid::parse_str(key)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, Some("idempotency-key"), format!("not a UUID: {e}")))?;
+        meta.command_id = id;
+        meta.correlation_id = id;
+    }
+    Ok(meta)
+}
+
+fn status_of(committed: &Committed) -> StatusCode {
+    if committed.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Catalog
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterApplication {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApplicationBody {
+    pub id: String,
+    pub name: String,
+    pub versions: Vec<VersionBody>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VersionBody {
+    pub version: String,
+    pub image: String,
+    pub published: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn application_body(id: &str, app: &Application) -> ApplicationBody {
+    ApplicationBody {
+        id: id.to_owned(),
+        name: app.name.clone(),
+        versions: app
+            .versions
+            .values()
+            .map(|v| VersionBody {
+                version: v.version.clone(),
+                image: v.image.clone(),
+                published: v.published_at.is_some(),
+                published_at: v.published_at,
+            })
+            .collect(),
+    }
+}
+
+async fn application_response(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+    status: StatusCode,
+) -> Result<(StatusCode, Json<ApplicationBody>), ApiError> {
+    let app: Application = state.commands.state(tenant, id).await?;
+    Ok((status, Json(application_body(id, &app))))
+}
+
+async fn register_application(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(body): Body<RegisterApplication>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = meta(&headers)?;
+    check_token("id", &body.id).map_err(|e| ApiError::invalid("id", e))?;
+    let command = ApplicationCommand::Register { name: body.name };
+    let committed = state.commands.execute::<Application>(&body.id, &command, &meta).await?;
+    application_response(&state, &meta.tenant, &body.id, status_of(&committed)).await
+}
+
+async fn get_application(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = meta(&headers)?;
+    check_token("id", &id).map_err(|e| ApiError::invalid("id", e))?;
+    let app: Application = state.commands.state(&meta.tenant, &id).await?;
+    if !app.registered {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("application `{id}` does not exist")));
+    }
+    Ok(Json(application_body(&id, &app)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddVersion {
+    pub version: String,
+    pub image: String,
+}
+
+async fn add_version(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Body(body): Body<AddVersion>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = meta(&headers)?;
+    check_token("id", &id).map_err(|e| ApiError::invalid("id", e))?;
+    let command = ApplicationCommand::AddVersion { version: body.version, image: body.image };
+    let committed = state.commands.execute::<Application>(&id, &command, &meta).await?;
+    application_response(&state, &meta.tenant, &id, status_of(&committed)).await
+}
+
+async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = meta(&headers)?;
+    check_token("id", &id).map_err(|e| ApiError::invalid("id", e))?;
+    let command = ApplicationCommand::Publish { version };
+    state.commands.execute::<Application>(&id, &command, &meta).await?;
+    application_response(&state, &meta.tenant, &id, StatusCode::OK).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deployments
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchRequest {
+    pub application: String,
+    pub version: String,
+    pub nodes: Vec<String>,
+}
+
+async fn launch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(body): Body<LaunchRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = meta(&headers)?;
+    check_token("application", &body.application).map_err(|e| ApiError::invalid("application", e))?;
+    for node in &body.nodes {
+        check_token("node", node).map_err(|e| ApiError::invalid("nodes", e))?;
+    }
+    let application: Application = state.commands.state(&meta.tenant, &body.application).await?;
+    let mut registered_nodes = std::collections::BTreeSet::new();
+    for node in &body.nodes {
+        let known: Node = state.commands.state(&meta.tenant, node).await?;
+        if known.registered {
+            registered_nodes.insert(node.clone());
+        }
+    }
+    // With an idempotency key, the deployment id is the key: a retried launch finds it.
+    let id = meta.command_id.to_string();
+    let command = DeploymentCommand::Launch(Launch {
+        application_id: body.application,
+        application,
+        version: body.version,
+        nodes: body.nodes,
+        registered_nodes,
+    });
+    let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await?;
+    let sequence = committed.events.last().map_or(0, |e| e.sequence);
+    crate::projector::wait_for(state.deployments.tree(), sequence, READ_YOUR_WRITE).await?;
+    let view = state.deployments.get(&meta.tenant, &id)?;
+    Ok((status_of(&committed), Json(LaunchResponse { id, sequence, deployment: view })))
+}
+
+#[derive(Debug, Serialize)]
+pub struct LaunchResponse {
+    pub id: String,
+    /// The stream sequence of the launch event.
+    pub sequence: u64,
+    /// The deployment as the read model shows it, once it has caught up.
+    pub deployment: Option<DeploymentView>,
+}
+
+async fn get_deployment(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let meta = meta(&headers)?;
+    state
+        .deployments
+        .get(&meta.tenant, &id)?
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("deployment `{id}` does not exist")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+async fn list_deployments(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<DeploymentView>>, ApiError> {
+    let meta = meta(&headers)?;
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, Some("query"), e.body_text()))?;
+    let limit = query.limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, Some("limit"), format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    Ok(Json(state.deployments.list(&meta.tenant, query.cursor.as_deref(), limit)?))
+}

@@ -1,0 +1,239 @@
+//! The operator command line: `serve` runs the engine, every other verb calls its HTTP API.
+
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use events::projection::deployments::DeploymentView;
+use events::Status;
+
+use crate::{Engine, EngineConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "engine", about = "Event-sourced orchestration of edge applications", version)]
+pub struct Cli {
+    /// The engine's HTTP API.
+    #[arg(long, global = true, env = "ENGINE_API", default_value = "http://127.0.0.1:8080")]
+    api: String,
+    #[arg(long, global = true, env = "ENGINE_TENANT", default_value = "default")]
+    tenant: String,
+    #[arg(long, global = true, env = "ENGINE_ACTOR", default_value = "operator")]
+    actor: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the engine: API, projectors, router and report ingestor.
+    Serve {
+        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "engine-data")]
+        data_dir: PathBuf,
+    },
+    /// Manage the catalog.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Launch a published version onto nodes.
+    Launch {
+        #[arg(long = "app")]
+        application: String,
+        #[arg(long)]
+        version: String,
+        /// A target node; repeat for several.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+        /// Follow the status until every node is running or failed.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List deployments, a page at a time.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one deployment.
+    Get { id: String },
+    /// Follow a deployment's status as it changes, until every node is running or failed.
+    Watch {
+        id: String,
+        #[arg(long, default_value = "120s", value_parser = humantime_secs)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AppCommand {
+    /// Register an application.
+    Register {
+        id: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Add a draft version with its image.
+    AddVersion {
+        id: String,
+        version: String,
+        #[arg(long)]
+        image: String,
+    },
+    /// Publish a version: it becomes launchable and immutable.
+    Publish { id: String, version: String },
+    /// Show an application and its versions.
+    Show { id: String },
+}
+
+fn humantime_secs(text: &str) -> Result<Duration, String> {
+    let digits = text.strip_suffix('s').unwrap_or(text);
+    digits.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("`{text}` is not a number of seconds"))
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let client = Client { http: reqwest::Client::new(), cli: &self };
+        match &self.command {
+            Command::Serve { nats, listen, data_dir } => {
+                let config = EngineConfig {
+                    nats_url: nats.clone(),
+                    listen: *listen,
+                    data_dir: data_dir.clone(),
+                    ..EngineConfig::default()
+                };
+                Engine::start(config).await?.wait().await?;
+            }
+            Command::App(AppCommand::Register { id, name }) => {
+                print_json(&client.post("/v1/applications", json!({ "id": id, "name": name })).await?)
+            }
+            Command::App(AppCommand::AddVersion { id, version, image }) => print_json(
+                &client.post(&format!("/v1/applications/{id}/versions"), json!({"version": version, "image": image})).await?,
+            ),
+            Command::App(AppCommand::Publish { id, version }) => {
+                print_json(&client.post(&format!("/v1/applications/{id}/versions/{version}/publish"), json!({})).await?)
+            }
+            Command::App(AppCommand::Show { id }) => print_json(&client.get(&format!("/v1/applications/{id}")).await?),
+            Command::Launch { application, version, nodes, watch } => {
+                let body = json!({ "application": application, "version": version, "nodes": nodes });
+                let launched = client.post("/v1/deployments", body).await?;
+                let id = launched["id"].as_str().context("the launch answer has no id")?.to_owned();
+                println!("launched deployment {id}");
+                if *watch {
+                    return client.watch(&id, Duration::from_secs(120)).await;
+                }
+            }
+            Command::List { limit, cursor } => {
+                let mut path = format!("/v1/deployments?limit={limit}");
+                if let Some(cursor) = cursor {
+                    path.push_str(&format!("&cursor={cursor}"));
+                }
+                let page = client.get(&path).await?;
+                let items: Vec<DeploymentView> = serde_json::from_value(page["items"].clone())?;
+                println!("{:<36}  {:<16}  {:<10}  {:<14}  NODES", "ID", "APPLICATION", "VERSION", "STATUS");
+                for d in items {
+                    println!(
+                        "{:<36}  {:<16}  {:<10}  {:<14}  {}",
+                        d.id,
+                        d.application,
+                        d.version,
+                        d.status,
+                        d.nodes.keys().cloned().collect::<Vec<_>>().join(",")
+                    );
+                }
+                if let Some(next) = page["next_cursor"].as_str() {
+                    println!("next page: --cursor {next}");
+                }
+            }
+            Command::Get { id } => print_json(&client.get(&format!("/v1/deployments/{id}")).await?),
+            Command::Watch { id, timeout } => return client.watch(id, *timeout).await,
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+struct Client<'a> {
+    http: reqwest::Client,
+    cli: &'a Cli,
+}
+
+impl Client<'_> {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.cli.api.trim_end_matches('/')))
+            .header("x-tenant", &self.cli.tenant)
+            .header("x-actor", &self.cli.actor)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request.send().await.with_context(|| format!("calling the engine at {}", self.cli.api))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = body["error"].as_str().unwrap_or("no message");
+            anyhow::bail!("{status}: {message}");
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(self.request(reqwest::Method::POST, path).json(&body)).await
+    }
+
+    /// Prints each node's status as it changes; succeeds when all run, fails if one fails.
+    async fn watch(&self, id: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut shown: BTreeMap<String, Status> = BTreeMap::new();
+        loop {
+            let view: DeploymentView = serde_json::from_value(self.get(&format!("/v1/deployments/{id}")).await?)?;
+            for (node, progress) in &view.nodes {
+                if shown.get(node) != Some(&progress.status) {
+                    shown.insert(node.clone(), progress.status);
+                    let detail = match (&progress.error, &progress.reason) {
+                        (Some(error), _) => format!("  {}: {}", error.code, error.message),
+                        (None, Some(reason)) => format!("  ({reason})"),
+                        (None, None) => String::new(),
+                    };
+                    println!(
+                        "{}  {node:<12} {:<14}{detail}",
+                        progress.updated_at.format("%H:%M:%S%.3f"),
+                        progress.status.as_str()
+                    );
+                }
+            }
+            match view.status {
+                Status::Running => {
+                    println!("deployment {id} is running on {} node(s)", view.nodes.len());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Status::Failed if view.nodes.values().all(|n| matches!(n.status, Status::Running | Status::Failed)) => {
+                    println!("deployment {id} failed");
+                    return Ok(ExitCode::FAILURE);
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("deployment {id} is still {} after {}s", view.status, timeout.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

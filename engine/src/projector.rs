@@ -1,0 +1,144 @@
+//! Projectors: ordered JetStream consumers that fold events into sled trees. The checkpoint
+//! (last stream sequence folded) is written in the same atomic batch as the read-model change,
+//! so a crash never applies an event twice or skips one.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use futures::StreamExt;
+
+use crate::store::{EventStore, StoreError, StoredEvent};
+
+const CHECKPOINT_KEY: &[u8] = b"meta/checkpoint";
+
+/// A read model kept in one sled tree.
+pub trait Projection: Send + Sync + 'static {
+    /// Name of the sled tree.
+    const NAME: &'static str;
+
+    /// The subjects it folds.
+    fn subjects(&self) -> Vec<String>;
+
+    /// Folds one event into `batch`. An event that does not decode is refused, skipped and
+    /// logged; the projector goes on.
+    fn apply(&self, batch: &mut Overlay<'_>, event: &StoredEvent) -> Result<(), events::DecodeError>;
+}
+
+/// Pending changes over a tree: reads see earlier writes of the same batch.
+#[derive(Debug)]
+pub struct Overlay<'a> {
+    tree: &'a sled::Tree,
+    changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Overlay { tree, changes: BTreeMap::new() }
+    }
+
+    pub fn get(&self, key: &[u8]) -> sled::Result<Option<Vec<u8>>> {
+        match self.changes.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => Ok(self.tree.get(key)?.map(|v| v.to_vec())),
+        }
+    }
+
+    pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.changes.insert(key, Some(value));
+    }
+
+    pub fn remove(&mut self, key: Vec<u8>) {
+        self.changes.insert(key, None);
+    }
+
+    /// Writes the changes and the checkpoint in one atomic batch.
+    fn commit(self, checkpoint: u64) -> sled::Result<()> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.changes {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch.insert(CHECKPOINT_KEY, &checkpoint.to_be_bytes());
+        self.tree.apply_batch(batch)
+    }
+}
+
+/// The last stream sequence folded into `tree`; 0 for a fresh one.
+pub fn checkpoint(tree: &sled::Tree) -> sled::Result<u64> {
+    Ok(tree
+        .get(CHECKPOINT_KEY)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    /// At most this many events per sled batch.
+    pub batch_size: usize,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        ProjectorConfig { batch_size: 512 }
+    }
+}
+
+/// Runs `projection` on `tree` from its checkpoint, forever (until the task is dropped).
+pub async fn run<P: Projection>(
+    store: EventStore,
+    projection: P,
+    tree: sled::Tree,
+    config: ProjectorConfig,
+) -> anyhow::Result<()> {
+    let start = checkpoint(&tree)? + 1;
+    tracing::info!(projection = P::NAME, start, "projector starting");
+    let consumer = store
+        .stream()
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subjects: projection.subjects(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the {} consumer: {e}", P::NAME))?;
+    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!(e))?;
+    let mut batch = Overlay::new(&tree);
+    let mut in_batch = 0usize;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| anyhow::anyhow!(e))?;
+        let info = message.info().map_err(|e| anyhow::anyhow!(e))?;
+        let (sequence, pending) = (info.stream_sequence, info.pending);
+        match StoredEvent::decode(sequence, message.payload.clone()) {
+            Ok(event) => {
+                if let Err(e) = projection.apply(&mut batch, &event) {
+                    tracing::error!(projection = P::NAME, sequence, error = %e, "skipping an event that does not decode");
+                }
+            }
+            Err(e) => tracing::error!(projection = P::NAME, sequence, error = %e, "skipping a malformed event"),
+        }
+        in_batch += 1;
+        if pending == 0 || in_batch >= config.batch_size {
+            std::mem::replace(&mut batch, Overlay::new(&tree)).commit(sequence)?;
+            in_batch = 0;
+        }
+    }
+    anyhow::bail!("the {} consumer ended", P::NAME)
+}
+
+/// Waits until `tree` has folded the stream up to `sequence`; false if `timeout` passed first.
+pub async fn wait_for(tree: &sled::Tree, sequence: u64, timeout: Duration) -> Result<bool, StoreError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if checkpoint(tree).map_err(|e| StoreError::Nats(e.to_string()))? >= sequence {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

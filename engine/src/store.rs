@@ -1,0 +1,213 @@
+//! The event store on JetStream: the `EVENTS` stream, loads of one subject, and appends that
+//! are conditional on the subject's last sequence and deduplicated by message id.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use events::{DecodeError, Envelope};
+
+/// How the `EVENTS` stream is created.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub stream: String,
+    /// Copies of every event across a JetStream cluster (1 on a single server).
+    pub replicas: usize,
+    /// How long a `Nats-Msg-Id` is remembered: the horizon within which a retried append or a
+    /// re-sent edge report is stored once.
+    pub duplicate_window: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            stream: events::subject::STREAM.to_owned(),
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("another writer appended to {subject} first")]
+    Conflict { subject: String },
+    #[error("event at stream sequence {sequence} does not decode: {source}")]
+    Corrupt { sequence: u64, source: DecodeError },
+    #[error("jetstream: {0}")]
+    Nats(String),
+}
+
+fn nats(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Nats(e.to_string())
+}
+
+/// One event as stored: its stream sequence, its envelope and the exact bytes (the hash chain
+/// is over those).
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub sequence: u64,
+    pub envelope: Envelope,
+    pub bytes: Bytes,
+}
+
+impl StoredEvent {
+    pub fn decode(sequence: u64, bytes: Bytes) -> Result<StoredEvent, StoreError> {
+        let envelope = Envelope::decode(&bytes).map_err(|source| StoreError::Corrupt { sequence, source })?;
+        Ok(StoredEvent { sequence, envelope, bytes })
+    }
+}
+
+/// The events of one subject, and the sequence an append must expect.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub subject: String,
+    pub events: Vec<StoredEvent>,
+    /// The stream sequence of the subject's last event; 0 when it has none.
+    pub last_sequence: u64,
+}
+
+impl Loaded {
+    /// The hash the next event's `prev_hash` must carry.
+    pub fn last_hash(&self) -> Option<String> {
+        self.events.last().map(|e| events::envelope::chain_hash(&e.bytes))
+    }
+}
+
+/// A message to append: its dedup id and its encoded envelope.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub msg_id: String,
+    pub bytes: Bytes,
+}
+
+#[derive(Clone)]
+pub struct EventStore {
+    js: jetstream::Context,
+    stream: stream::Stream,
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore").finish_non_exhaustive()
+    }
+}
+
+impl EventStore {
+    /// Opens the stream, creating it on first use.
+    pub async fn open(client: async_nats::Client, config: &StoreConfig) -> Result<EventStore, StoreError> {
+        let js = jetstream::new(client);
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: config.stream.clone(),
+                subjects: vec![events::subject::ALL.to_owned()],
+                storage: stream::StorageType::File,
+                num_replicas: config.replicas,
+                duplicate_window: config.duplicate_window,
+                allow_direct: true,
+                // The log is immutable: nothing is ever deleted from it.
+                deny_delete: true,
+                deny_purge: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        Ok(EventStore { js, stream })
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn stream(&self) -> &stream::Stream {
+        &self.stream
+    }
+
+    /// The stream's last sequence now.
+    pub async fn last_sequence(&self) -> Result<u64, StoreError> {
+        Ok(self.stream.get_info().await.map_err(nats)?.state.last_sequence)
+    }
+
+    /// The last event of `subject`, if it has any.
+    pub async fn last(&self, subject: &str) -> Result<Option<StoredEvent>, StoreError> {
+        match self.stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(Some(StoredEvent::decode(message.sequence, message.payload)?)),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(nats(e)),
+        }
+    }
+
+    /// Every event of `subject`, in order.
+    pub async fn load(&self, subject: &str) -> Result<Loaded, StoreError> {
+        let mut loaded = Loaded { subject: subject.to_owned(), ..Loaded::default() };
+        let Some(last) = self.last(subject).await? else {
+            return Ok(loaded);
+        };
+        loaded.last_sequence = last.sequence;
+        // An event without a previous hash opens its chain: the subject holds it alone, so
+        // a new aggregate loads without a consumer.
+        if last.envelope.prev_hash.is_none() {
+            loaded.events.push(last);
+            return Ok(loaded);
+        }
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject.to_owned(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        let mut messages = consumer.messages().await.map_err(nats)?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(nats)?;
+            let sequence = message.info().map_err(nats)?.stream_sequence;
+            loaded.events.push(StoredEvent::decode(sequence, message.payload.clone())?);
+            if sequence >= last.sequence {
+                break;
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Appends `messages` to `subject` if its last sequence is still `expected_last`; each
+    /// later message expects the one before it. Returns their stream sequences.
+    pub async fn append(
+        &self,
+        subject: &str,
+        expected_last: u64,
+        messages: Vec<Outgoing>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut expected = expected_last;
+        let mut sequences = Vec::with_capacity(messages.len());
+        for message in messages {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(message.bytes)
+                .message_id(&message.msg_id)
+                .expected_last_subject_sequence(expected);
+            let ack = self.js.send_publish(subject.to_owned(), publish).await.map_err(nats)?;
+            match ack.await {
+                Ok(ack) => {
+                    expected = ack.sequence;
+                    sequences.push(ack.sequence);
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    return Err(StoreError::Conflict { subject: subject.to_owned() })
+                }
+                Err(e) => return Err(nats(e)),
+            }
+        }
+        Ok(sequences)
+    }
+
+    /// Appends one message with no condition but its dedup id: for subjects with a single
+    /// writer, such as a node's reports.
+    pub async fn publish(&self, subject: &str, message: Outgoing) -> Result<u64, StoreError> {
+        let publish = jetstream::message::PublishMessage::build().payload(message.bytes).message_id(&message.msg_id);
+        let ack = self.js.send_publish(subject.to_owned(), publish).await.map_err(nats)?;
+        Ok(ack.await.map_err(nats)?.sequence)
+    }
+}

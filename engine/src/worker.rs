@@ -1,0 +1,157 @@
+//! Durable JetStream consumers that turn events into more events: the `router` (deployment
+//! events to work on each node's subject) and the `ingest` (node reports to commands).
+//!
+//! Each message is acked once handled. A handler error leaves it unacked, so it comes again
+//! after `ack_wait`; the appends it makes are deduplicated by message id.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, pull};
+use bytes::Bytes;
+use futures::StreamExt;
+use uuid::Uuid;
+
+use events::deployment::{Deployment, DeploymentCommand, DeploymentEvent, DeploymentRejection};
+use events::envelope::{chain_hash, Metadata};
+use events::node::{Node, NodeCommand};
+use events::report::NodeReport;
+use events::work::{self, NodeWork};
+use events::Envelope;
+
+use crate::command::{CommandError, CommandHandler, CommandMeta};
+use crate::store::{EventStore, Outgoing, StoreError, StoredEvent};
+
+async fn durable(store: &EventStore, name: &str, filter: &str) -> anyhow::Result<consumer::Consumer<pull::Config>> {
+    store
+        .stream()
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.to_owned()),
+                filter_subject: filter.to_owned(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(10),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("creating consumer {name}: {e}"))
+}
+
+/// Feeds every message of durable consumer `name` to `handle`, acking the ones it handled.
+async fn consume<F, Fut>(store: &EventStore, name: &str, filter: &str, mut handle: F) -> anyhow::Result<()>
+where
+    F: FnMut(StoredEvent) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let consumer = durable(store, name, filter).await?;
+    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!(e))?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| anyhow::anyhow!(e))?;
+        let sequence = message.info().map_err(|e| anyhow::anyhow!(e))?.stream_sequence;
+        let outcome = match StoredEvent::decode(sequence, message.payload.clone()) {
+            Ok(event) => handle(event).await,
+            Err(e) => {
+                tracing::error!(consumer = name, sequence, error = %e, "skipping a malformed event");
+                Ok(())
+            }
+        };
+        match outcome {
+            Ok(()) => message.ack().await.map_err(|e| anyhow::anyhow!(e))?,
+            Err(e) => tracing::warn!(consumer = name, sequence, error = format!("{e:#}"), "will retry"),
+        }
+    }
+    anyhow::bail!("consumer {name} ended")
+}
+
+/// Translates deployment events into work on the subject of each target node.
+pub async fn route(store: EventStore) -> anyhow::Result<()> {
+    consume(&store, "router", events::subject::ALL_DEPLOYMENTS, |event| route_one(&store, event)).await
+}
+
+async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()> {
+    let envelope = &stored.envelope;
+    let DeploymentEvent::Launched { application, version, image, nodes } = envelope.event()? else {
+        return Ok(());
+    };
+    for node in nodes {
+        let work = NodeWork::Deploy {
+            deployment: envelope.aggregate_id.clone(),
+            application: application.clone(),
+            version: version.clone(),
+            image: image.clone(),
+        };
+        let subject = events::subject::node_desired(&envelope.tenant, &node);
+        let meta = Metadata {
+            tenant: envelope.tenant.clone(),
+            actor: envelope.actor.clone(),
+            correlation_id: envelope.correlation_id,
+            causation_id: envelope.id,
+        };
+        append_chained(store, &subject, &node, &meta, &work, format!("{}:{node}", envelope.id)).await?;
+    }
+    Ok(())
+}
+
+/// Appends one work event to a node's subject, chained to the last one there.
+async fn append_chained(
+    store: &EventStore,
+    subject: &str,
+    node: &str,
+    meta: &Metadata,
+    work: &NodeWork,
+    msg_id: String,
+) -> anyhow::Result<()> {
+    loop {
+        let last = store.last(subject).await?;
+        let prev_hash = last.as_ref().map(|e| chain_hash(&e.bytes));
+        let envelope =
+            Envelope::new(Uuid::now_v7(), chrono::Utc::now(), work::AGGREGATE_TYPE, node, meta, work, prev_hash);
+        let outgoing = Outgoing { msg_id: msg_id.clone(), bytes: Bytes::from(envelope.encode()) };
+        let expected = last.map_or(0, |e| e.sequence);
+        match store.append(subject, expected, vec![outgoing]).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Turns node reports into commands on the node and deployment aggregates.
+pub async fn ingest(handler: CommandHandler) -> anyhow::Result<()> {
+    let store = handler.store().clone();
+    consume(&store, "ingest", events::subject::ALL_NODE_REPORTS, |event| ingest_one(&handler, event)).await
+}
+
+async fn ingest_one(handler: &CommandHandler, stored: StoredEvent) -> anyhow::Result<()> {
+    let envelope = &stored.envelope;
+    let node = &envelope.aggregate_id;
+    // The report is the cause; its id makes the command idempotent.
+    let meta = CommandMeta {
+        tenant: envelope.tenant.clone(),
+        actor: envelope.actor.clone(),
+        command_id: envelope.id,
+        correlation_id: envelope.correlation_id,
+    };
+    match envelope.event::<NodeReport>()? {
+        NodeReport::Online { labels, .. } => {
+            handler.execute::<Node>(node, &NodeCommand::Register { labels }, &meta).await?;
+            let heartbeat = CommandMeta { command_id: Uuid::new_v5(&envelope.id, b"heartbeat"), ..meta };
+            handler.execute::<Node>(node, &NodeCommand::Heartbeat, &heartbeat).await?;
+        }
+        NodeReport::DeploymentState { deployment, status, error } => {
+            let command =
+                DeploymentCommand::ReportNodeState { node: node.clone(), status, error, reported_at: envelope.time };
+            match handler.execute::<Deployment>(&deployment, &command, &meta).await {
+                Ok(_) => {}
+                Err(CommandError::Rejected(rejection)) => log_refused(node, &deployment, &rejection),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn log_refused(node: &str, deployment: &str, rejection: &DeploymentRejection) {
+    tracing::warn!(node, deployment, %rejection, "report refused");
+}
