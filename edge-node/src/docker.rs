@@ -16,7 +16,11 @@ pub struct DockerRuntime {
 impl DockerRuntime {
     /// Connects where `DOCKER_HOST` says (or the default socket) and agrees on an API version.
     pub async fn connect() -> Result<DockerRuntime, RuntimeError> {
-        let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
+        DockerRuntime::with(Docker::connect_with_local_defaults().map_err(unavailable)?).await
+    }
+
+    /// Uses an existing connection, agreeing on an API version first.
+    pub async fn with(docker: Docker) -> Result<DockerRuntime, RuntimeError> {
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
         docker.ping().await.map_err(unavailable)?;
         Ok(DockerRuntime { docker })

@@ -39,7 +39,8 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
 
     let hello = Uuid::now_v7();
     let online = NodeReport::Online { labels: config.labels.clone(), agent_version: env!("CARGO_PKG_VERSION").into() };
-    let meta = Metadata { tenant: config.tenant.clone(), actor: actor.clone(), correlation_id: hello, causation_id: hello };
+    let meta =
+        Metadata { tenant: config.tenant.clone(), actor: actor.clone(), correlation_id: hello, causation_id: hello };
     outbox.push(&config.node, &meta, &online, Utc::now())?;
 
     let publisher = tokio::spawn(publish_outbox(js.clone(), outbox.clone(), sent.clone(), config.clone()));

@@ -3,8 +3,8 @@
 //! loses its link or restarts loses no report, and a report sent twice is stored once.
 
 use bytes::Bytes;
-use sled::Transactional;
 use chrono::{DateTime, Utc};
+use sled::Transactional;
 use uuid::Uuid;
 
 use events::envelope::{chain_hash, Metadata};

@@ -17,6 +17,7 @@ use events::deployment::{Deployment, DeploymentCommand, DeploymentRejection, Lau
 use events::node::Node;
 use events::projection::deployments::DeploymentView;
 use events::subject::check_token;
+use events::Aggregate;
 
 use crate::command::{CommandError, CommandHandler, CommandMeta, Committed};
 use crate::read_model::{Deployments, Page};
@@ -41,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/applications/{id}/versions/{version}/publish", post(publish))
         .route("/v1/deployments", post(launch).get(list_deployments))
         .route("/v1/deployments/{id}", get(get_deployment))
+        .route("/v1/deployments/{id}/history", get(deployment_history))
+        .route("/v1/nodes/{id}", get(get_node))
         .with_state(state)
 }
 
@@ -378,6 +381,54 @@ async fn get_deployment(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("deployment `{id}` does not exist")))
 }
 
+/// One step of a deployment's history, read from the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub sequence: u64,
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub actor: String,
+    pub node: Option<String>,
+    pub status: events::Status,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<events::Failure>,
+}
+
+/// Every status the deployment went through, on every node, in order: the log's own account,
+/// not the read model's latest.
+async fn deployment_history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    use events::deployment::DeploymentEvent;
+    let meta = meta(&headers)?;
+    check_token("id", &id).map_err(|e| ApiError::invalid("id", e))?;
+    let subject = events::subject::aggregate(&meta.tenant, Deployment::TYPE, &id);
+    let loaded = state.commands.store().load(&subject).await?;
+    if loaded.events.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("deployment `{id}` does not exist")));
+    }
+    let mut history = Vec::with_capacity(loaded.events.len());
+    for stored in &loaded.events {
+        let envelope = &stored.envelope;
+        let event: DeploymentEvent =
+            envelope.event().map_err(|source| StoreError::Corrupt { sequence: stored.sequence, source })?;
+        let (node, status, error) = match event {
+            DeploymentEvent::Launched { .. } => (None, events::Status::PendingDeploy, None),
+            DeploymentEvent::NodeStateReported { node, status, error, .. } => (Some(node), status, error),
+        };
+        history.push(HistoryEntry {
+            sequence: stored.sequence,
+            time: envelope.time,
+            actor: envelope.actor.clone(),
+            node,
+            status,
+            error,
+        });
+    }
+    Ok(Json(history))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -397,4 +448,29 @@ async fn list_deployments(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, Some("limit"), format!("limit must be 1 to {MAX_PAGE}")));
     }
     Ok(Json(state.deployments.list(&meta.tenant, query.cursor.as_deref(), limit)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nodes
+
+#[derive(Debug, Serialize)]
+pub struct NodeBody {
+    pub id: String,
+    pub labels: events::node::Labels,
+    pub state: Option<events::node::NodeState>,
+    pub last_heartbeat: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn get_node(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<NodeBody>, ApiError> {
+    let meta = meta(&headers)?;
+    check_token("id", &id).map_err(|e| ApiError::invalid("id", e))?;
+    let node: Node = state.commands.state(&meta.tenant, &id).await?;
+    if !node.registered {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("node `{id}` is not registered")));
+    }
+    Ok(Json(NodeBody { id, labels: node.labels, state: node.state, last_heartbeat: node.last_heartbeat }))
 }

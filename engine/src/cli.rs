@@ -2,7 +2,6 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +14,7 @@ use serde_json::{json, Value};
 use events::projection::deployments::DeploymentView;
 use events::Status;
 
+use crate::api::HistoryEntry;
 use crate::{Engine, EngineConfig};
 
 #[derive(Debug, Parser)]
@@ -118,7 +118,9 @@ impl Cli {
                 print_json(&client.post("/v1/applications", json!({ "id": id, "name": name })).await?)
             }
             Command::App(AppCommand::AddVersion { id, version, image }) => print_json(
-                &client.post(&format!("/v1/applications/{id}/versions"), json!({"version": version, "image": image})).await?,
+                &client
+                    .post(&format!("/v1/applications/{id}/versions"), json!({"version": version, "image": image}))
+                    .await?,
             ),
             Command::App(AppCommand::Publish { id, version }) => {
                 print_json(&client.post(&format!("/v1/applications/{id}/versions/{version}/publish"), json!({})).await?)
@@ -198,37 +200,38 @@ impl Client<'_> {
         self.send(self.request(reqwest::Method::POST, path).json(&body)).await
     }
 
-    /// Prints each node's status as it changes; succeeds when all run, fails if one fails.
+    /// Prints every status the deployment goes through, from the log, as it happens; succeeds
+    /// when every node runs, fails when every node has settled and one failed.
     async fn watch(&self, id: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut shown: BTreeMap<String, Status> = BTreeMap::new();
+        let mut shown = 0u64;
         loop {
-            let view: DeploymentView = serde_json::from_value(self.get(&format!("/v1/deployments/{id}")).await?)?;
-            for (node, progress) in &view.nodes {
-                if shown.get(node) != Some(&progress.status) {
-                    shown.insert(node.clone(), progress.status);
-                    let detail = match (&progress.error, &progress.reason) {
-                        (Some(error), _) => format!("  {}: {}", error.code, error.message),
-                        (None, Some(reason)) => format!("  ({reason})"),
-                        (None, None) => String::new(),
-                    };
-                    println!(
-                        "{}  {node:<12} {:<14}{detail}",
-                        progress.updated_at.format("%H:%M:%S%.3f"),
-                        progress.status.as_str()
-                    );
-                }
+            let history: Vec<HistoryEntry> =
+                serde_json::from_value(self.get(&format!("/v1/deployments/{id}/history")).await?)?;
+            let since = shown;
+            for entry in history.iter().filter(|e| e.sequence > since) {
+                let detail = match &entry.error {
+                    Some(error) => format!("  {}: {}", error.code, error.message),
+                    None => String::new(),
+                };
+                let node = entry.node.as_deref().unwrap_or("-");
+                println!(
+                    "{}  {node:<12} {:<15} {:<14}{detail}",
+                    entry.time.format("%H:%M:%S%.3f"),
+                    entry.status,
+                    entry.actor
+                );
+                shown = entry.sequence;
             }
-            match view.status {
-                Status::Running => {
+            let view: DeploymentView = serde_json::from_value(self.get(&format!("/v1/deployments/{id}")).await?)?;
+            let settled = view.nodes.values().all(|n| matches!(n.status, Status::Running | Status::Failed));
+            if settled && history.last().is_some_and(|e| e.sequence == shown) {
+                if view.status == Status::Running {
                     println!("deployment {id} is running on {} node(s)", view.nodes.len());
                     return Ok(ExitCode::SUCCESS);
                 }
-                Status::Failed if view.nodes.values().all(|n| matches!(n.status, Status::Running | Status::Failed)) => {
-                    println!("deployment {id} failed");
-                    return Ok(ExitCode::FAILURE);
-                }
-                _ => {}
+                println!("deployment {id} failed");
+                return Ok(ExitCode::FAILURE);
             }
             if tokio::time::Instant::now() >= deadline {
                 anyhow::bail!("deployment {id} is still {} after {}s", view.status, timeout.as_secs());

@@ -127,10 +127,8 @@ impl CommandHandler {
 /// Folds the loaded events into the aggregate's state.
 pub fn fold<A: Aggregate>(loaded: &Loaded) -> Result<A, StoreError> {
     loaded.events.iter().try_fold(A::default(), |state, stored| {
-        let event: A::Event = stored
-            .envelope
-            .event()
-            .map_err(|source| StoreError::Corrupt { sequence: stored.sequence, source })?;
+        let event: A::Event =
+            stored.envelope.event().map_err(|source| StoreError::Corrupt { sequence: stored.sequence, source })?;
         Ok(state.evolve(&event))
     })
 }
@@ -142,7 +140,13 @@ fn msg_id(meta: &CommandMeta, subject: &str, index: usize) -> String {
 }
 
 /// Wraps decided events into envelopes chained to the loaded history (sequences not known yet).
-fn wrap<A: Aggregate>(loaded: &Loaded, id: &str, meta: &CommandMeta, decided: &[A::Event], ctx: &Ctx) -> Vec<StoredEvent> {
+fn wrap<A: Aggregate>(
+    loaded: &Loaded,
+    id: &str,
+    meta: &CommandMeta,
+    decided: &[A::Event],
+    ctx: &Ctx,
+) -> Vec<StoredEvent> {
     let metadata = Metadata {
         tenant: meta.tenant.clone(),
         actor: meta.actor.clone(),

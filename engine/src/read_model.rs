@@ -81,11 +81,7 @@ impl Projection for Deployments {
         let envelope = &stored.envelope;
         let event: DeploymentEvent = envelope.event()?;
         let key = key(&envelope.tenant, &envelope.aggregate_id);
-        let current = batch
-            .get(&key)
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_slice::<DeploymentView>(&v).ok());
+        let current = batch.get(&key).ok().flatten().and_then(|v| serde_json::from_slice::<DeploymentView>(&v).ok());
         match deployments::apply(current, envelope, &event) {
             Some(view) => batch.insert(key, serde_json::to_vec(&view).expect("a view always serializes")),
             None => batch.remove(key),

@@ -1,1 +1,7 @@
-fn main() {}
+//! Integration tests on a real nats-server (one per test) and the real Docker engine.
+
+mod api;
+mod deploy;
+mod harness;
+mod projector;
+mod store;

