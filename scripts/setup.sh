@@ -47,13 +47,15 @@ elif ping_docker /var/run/docker.sock; then
   docker_sock=/var/run/docker.sock
   log "using the Docker engine at /var/run/docker.sock"
 else
-  docker_sock="$docker_dir/docker.sock"
+  # Sockets live under a short path: a unix socket path may not exceed 108 bytes.
+  short="/tmp/eo-$(printf '%s' "$root" | md5sum | cut -c1-10)"
+  docker_sock="$short/docker.sock"
   if ! ping_docker "$docker_sock"; then
     log "starting dockerd (traffic kept on this machine)"
-    mkdir -p "$docker_dir"
-    if [ -f "$docker_dir/dockerd.pid" ]; then
-      kill "$(cat "$docker_dir/dockerd.pid")" 2>/dev/null || true
-      rm -f "$docker_dir/dockerd.pid"
+    mkdir -p "$docker_dir" "$short"
+    if [ -f "$short/dockerd.pid" ]; then
+      kill "$(cat "$short/dockerd.pid")" 2>/dev/null || true
+      rm -f "$short/dockerd.pid"
     fi
     rm -f "$docker_sock"
     echo "nameserver 127.0.0.1" >"$docker_dir/resolv.conf"
@@ -62,8 +64,8 @@ else
       setsid unshare --mount --propagation slave -- sh -c "
         mount --bind '$docker_dir/resolv.conf' /etc/resolv.conf && exec dockerd \
           --storage-driver=vfs --iptables=false --ip6tables=false --ip-forward=false \
-          --host 'unix://$docker_sock' --data-root '$docker_dir/data' --exec-root '$docker_dir/exec' \
-          --pidfile '$docker_dir/dockerd.pid' --shutdown-timeout 3 --dns 127.0.0.1" \
+          --host 'unix://$docker_sock' --data-root '$docker_dir/data' --exec-root '$short/exec' \
+          --pidfile '$short/dockerd.pid' --shutdown-timeout 3 --dns 127.0.0.1" \
       >"$docker_dir/dockerd.log" 2>&1 </dev/null &
     for _ in $(seq 1 300); do ping_docker "$docker_sock" && break; sleep 0.1; done
     ping_docker "$docker_sock" || { tail -20 "$docker_dir/dockerd.log" >&2; log "dockerd did not start"; exit 1; }
