@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite on the real parts: sets up what is missing (scripts/setup.sh), then
 # runs every test. Each test starts its own nats-server; the Docker tests use the project's
-# dockerd and the registry on 127.0.0.1:5000.
+# dockerd and the registry on 127.0.0.1:5000. Ends with one line: "tests: N passed, N failed".
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 source .run/env
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+exit "$status"

@@ -3,11 +3,15 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 
 use events::{DecodeError, Envelope};
+
+/// Events read per direct-get request when loading a subject.
+const DIRECT_BATCH: usize = 1000;
+const DIRECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the `EVENTS` stream is created.
 #[derive(Debug, Clone)]
@@ -85,8 +89,10 @@ pub struct Outgoing {
 
 #[derive(Clone)]
 pub struct EventStore {
+    client: async_nats::Client,
     js: jetstream::Context,
     stream: stream::Stream,
+    name: String,
 }
 
 impl std::fmt::Debug for EventStore {
@@ -98,7 +104,7 @@ impl std::fmt::Debug for EventStore {
 impl EventStore {
     /// Opens the stream, creating it on first use.
     pub async fn open(client: async_nats::Client, config: &StoreConfig) -> Result<EventStore, StoreError> {
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let stream = js
             .get_or_create_stream(stream::Config {
                 name: config.stream.clone(),
@@ -114,7 +120,7 @@ impl EventStore {
             })
             .await
             .map_err(nats)?;
-        Ok(EventStore { js, stream })
+        Ok(EventStore { client, js, stream, name: config.stream.clone() })
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
@@ -152,25 +158,58 @@ impl EventStore {
             loaded.events.push(last);
             return Ok(loaded);
         }
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subject.to_owned(),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(nats)?;
-        let mut messages = consumer.messages().await.map_err(nats)?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(nats)?;
-            let sequence = message.info().map_err(nats)?.stream_sequence;
-            loaded.events.push(StoredEvent::decode(sequence, message.payload.clone())?);
-            if sequence >= last.sequence {
+        let mut from = 1;
+        while from <= last.sequence {
+            let batch = self.direct_batch(subject, from, last.sequence).await?;
+            let Some(end) = batch.last().map(|e| e.sequence) else {
                 break;
-            }
+            };
+            loaded.events.extend(batch);
+            from = end + 1;
         }
         Ok(loaded)
+    }
+
+    /// One batched direct get: the events of `subject` from sequence `from` up to `up_to`,
+    /// at most `DIRECT_BATCH` of them. It leaves nothing on the server (no consumer), and any
+    /// replica may answer.
+    async fn direct_batch(&self, subject: &str, from: u64, up_to: u64) -> Result<Vec<StoredEvent>, StoreError> {
+        let inbox = self.client.new_inbox();
+        let mut replies = self.client.subscribe(inbox.clone()).await.map_err(nats)?;
+        let request = serde_json::json!({
+            "seq": from,
+            "next_by_subj": subject,
+            "batch": DIRECT_BATCH,
+            "up_to_seq": up_to,
+        });
+        self.client
+            .publish_with_reply(format!("$JS.API.DIRECT.GET.{}", self.name), inbox, request.to_string().into())
+            .await
+            .map_err(nats)?;
+        let mut events = Vec::new();
+        loop {
+            let reply = tokio::time::timeout(DIRECT_TIMEOUT, replies.next())
+                .await
+                .map_err(|_| StoreError::Nats(format!("no answer to a direct get on {subject}")))?
+                .ok_or_else(|| StoreError::Nats("the direct get subscription ended".to_owned()))?;
+            match reply.status {
+                // The end of the batch (204), or nothing (more) on the subject (404).
+                Some(status) if status.as_u16() == 204 || status == async_nats::StatusCode::NOT_FOUND => break,
+                Some(status) if status != async_nats::StatusCode::OK => {
+                    let why = reply.description.unwrap_or_default();
+                    return Err(StoreError::Nats(format!("direct get on {subject}: {status} {why}")));
+                }
+                _ => {}
+            }
+            let sequence = reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Sequence"))
+                .and_then(|v| v.as_str().parse::<u64>().ok())
+                .ok_or_else(|| StoreError::Nats("a direct get reply without Nats-Sequence".to_owned()))?;
+            events.push(StoredEvent::decode(sequence, reply.payload)?);
+        }
+        Ok(events)
     }
 
     /// Appends `messages` to `subject` if its last sequence is still `expected_last`; each

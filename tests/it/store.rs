@@ -1,8 +1,8 @@
 //! The event store and the command path on a real nats-server: optimistic concurrency,
 //! deduplication and the hash chain.
 
-use engine::command::{CommandError, CommandMeta};
-use engine::store::{Outgoing, StoreError};
+use engine::command::{CommandError, CommandHandler, CommandMeta};
+use engine::store::{Loaded, Outgoing, StoreError};
 use events::application::{Application, ApplicationCommand, ApplicationRejection};
 use events::envelope::chain_hash;
 use events::subject;
@@ -14,18 +14,22 @@ fn add(version: &str) -> ApplicationCommand {
     ApplicationCommand::AddVersion { version: version.into(), image: format!("127.0.0.1:5000/sample/app:{version}") }
 }
 
+/// Two writers on one registered application: B has read it, then A added `version`.
+/// Returns A, B and what B read.
+async fn race(nats: &NatsServer, version: &str) -> (CommandHandler, CommandHandler, Loaded) {
+    let (a, b) = (handler(nats).await, handler(nats).await);
+    let register = ApplicationCommand::Register { name: "Sample".into() };
+    a.execute::<Application>("sample", &register, &meta()).await.unwrap();
+    let stale = b.store().load(&subject::aggregate("default", "application", "sample")).await.unwrap();
+    let won = a.execute::<Application>("sample", &add(version), &meta()).await.unwrap();
+    assert_eq!(won.attempts, 1);
+    (a, b, stale)
+}
+
 #[tokio::test]
 async fn two_writers_racing_on_one_aggregate_one_wins_the_other_re_decides() {
     let nats = NatsServer::start().await;
-    let (a, b) = (handler(&nats).await, handler(&nats).await);
-    let register = ApplicationCommand::Register { name: "Sample".into() };
-    a.execute::<Application>("sample", &register, &meta()).await.unwrap();
-
-    // B reads the aggregate, then A writes before B does.
-    let subject = subject::aggregate("default", "application", "sample");
-    let stale = b.store().load(&subject).await.unwrap();
-    let won = a.execute::<Application>("sample", &add("1.0.0"), &meta()).await.unwrap();
-    assert_eq!(won.attempts, 1);
+    let (a, b, stale) = race(&nats, "1.0.0").await;
     let redecided = b.execute_from::<Application>(stale, "sample", &add("2.0.0"), &meta()).await.unwrap();
     assert_eq!(redecided.attempts, 2, "B's first append must conflict and be decided again");
 
@@ -37,13 +41,7 @@ async fn two_writers_racing_on_one_aggregate_one_wins_the_other_re_decides() {
 #[tokio::test]
 async fn a_re_decision_sees_the_winners_event_and_may_reject() {
     let nats = NatsServer::start().await;
-    let (a, b) = (handler(&nats).await, handler(&nats).await);
-    let register = ApplicationCommand::Register { name: "Sample".into() };
-    a.execute::<Application>("sample", &register, &meta()).await.unwrap();
-    let subject = subject::aggregate("default", "application", "sample");
-    let stale = b.store().load(&subject).await.unwrap();
-    a.execute::<Application>("sample", &add("1.0.0"), &meta()).await.unwrap();
-
+    let (a, b, stale) = race(&nats, "1.0.0").await;
     let err = b.execute_from::<Application>(stale, "sample", &add("1.0.0"), &meta()).await.unwrap_err();
     assert!(
         matches!(err, CommandError::Rejected(ApplicationRejection::VersionExists { ref version }) if version == "1.0.0"),
@@ -129,4 +127,34 @@ async fn each_event_carries_the_hash_of_the_previous_one() {
     for pair in loaded.events.windows(2) {
         assert_eq!(pair[1].envelope.prev_hash.as_deref(), Some(chain_hash(&pair[0].bytes).as_str()));
     }
+}
+
+#[tokio::test]
+async fn a_subject_longer_than_one_read_batch_loads_whole_in_order_and_leaves_no_consumer() {
+    let nats = NatsServer::start().await;
+    let a = handler(&nats).await;
+    let register = ApplicationCommand::Register { name: "Sample".into() };
+    let first = a.execute::<Application>("sample", &register, &meta()).await.unwrap();
+    // 2,500 more events on one subject, appended the way the store chains them.
+    let subject = subject::aggregate("default", "application", "sample");
+    let mut last = first.events[0].sequence;
+    let mut previous = first.events[0].bytes.clone();
+    let template = first.events[0].envelope.clone();
+    for i in 0..2500 {
+        let envelope =
+            events::Envelope { id: uuid::Uuid::now_v7(), prev_hash: Some(chain_hash(&previous)), ..template.clone() };
+        previous = envelope.encode().into();
+        let outgoing = Outgoing { msg_id: format!("long-{i}"), bytes: previous.clone() };
+        last = a.store().append(&subject, last, vec![outgoing]).await.unwrap()[0];
+    }
+    // Other subjects interleaved must not leak in.
+    a.execute::<Application>("other", &register, &meta()).await.unwrap();
+
+    let loaded = a.store().load(&subject).await.unwrap();
+    assert_eq!(loaded.events.len(), 2501);
+    assert_eq!(loaded.last_sequence, last);
+    assert!(loaded.events.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    assert!(loaded.events.iter().all(|e| e.envelope.aggregate_id == "sample"));
+    let info = a.store().stream().get_info().await.unwrap();
+    assert_eq!(info.state.consumer_count, 0, "a load leaves no consumer on the server");
 }

@@ -1,0 +1,185 @@
+//! The command path and the projector beside raw JetStream, on a fresh local nats-server.
+//!
+//! `cargo bench -p benches` (set `BENCH_SCALE=10` for ten times the work).
+
+#![allow(clippy::print_stdout)]
+
+use std::future::IntoFuture;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use benches::Figures;
+use engine::command::{CommandHandler, CommandMeta};
+use engine::projector::{self, ProjectorConfig};
+use engine::read_model::Deployments;
+use engine::store::{EventStore, StoreConfig};
+use events::application::{Application, ApplicationCommand};
+use events::deployment::{Deployment, DeploymentCommand, Launch};
+use events::node::{Labels, Node, NodeCommand};
+use events::Status;
+use futures::StreamExt;
+use tests::NatsServer;
+
+fn meta() -> CommandMeta {
+    CommandMeta::new("bench", "bench")
+}
+
+/// A representative event body: a launch envelope as the store writes it.
+fn sample_payload() -> bytes::Bytes {
+    let meta = events::envelope::Metadata {
+        tenant: "bench".into(),
+        actor: "bench".into(),
+        correlation_id: uuid::Uuid::now_v7(),
+        causation_id: uuid::Uuid::now_v7(),
+    };
+    let event = events::deployment::DeploymentEvent::Launched {
+        application: "sample".into(),
+        version: "1.0.0".into(),
+        image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+        nodes: vec!["edge-1".into()],
+    };
+    let envelope =
+        events::Envelope::new(uuid::Uuid::now_v7(), chrono::Utc::now(), "deployment", "d", &meta, &event, None);
+    envelope.encode().into()
+}
+
+async fn raw_awaited(js: &jetstream::Context, n: usize) -> Figures {
+    let payload = sample_payload();
+    let mut latencies = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        let message =
+            jetstream::message::PublishMessage::build().payload(payload.clone()).message_id(format!("raw-{i}"));
+        js.send_publish(format!("ev.raw.deployment.r{i}"), message).await.unwrap().await.unwrap();
+        latencies.push(t.elapsed());
+    }
+    Figures::from(latencies, start.elapsed())
+}
+
+async fn raw_pipelined(js: &jetstream::Context, n: usize) -> Figures {
+    let payload = sample_payload();
+    let start = Instant::now();
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for i in 0..n {
+        let message =
+            jetstream::message::PublishMessage::build().payload(payload.clone()).message_id(format!("pipe-{i}"));
+        acks.push(js.send_publish(format!("ev.pipe.deployment.p{i}"), message).await.unwrap().into_future());
+        while acks.len() >= 1024 {
+            acks.next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack.unwrap();
+    }
+    Figures::rate(n, start.elapsed())
+}
+
+/// Commands creating new aggregates, one after the other: load (no consumer), decide, append.
+async fn command_new(handler: &CommandHandler, n: usize) -> Figures {
+    let mut latencies = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        let register = ApplicationCommand::Register { name: format!("app {i}") };
+        handler.execute::<Application>(&format!("app{i}"), &register, &meta()).await.unwrap();
+        latencies.push(t.elapsed());
+    }
+    Figures::from(latencies, start.elapsed())
+}
+
+/// Commands on aggregates holding `history` events: the load reads them with a consumer.
+async fn command_existing(handler: &CommandHandler, n: usize) -> Figures {
+    let mut latencies = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        let add = ApplicationCommand::AddVersion { version: "1.0.0".into(), image: format!("127.0.0.1:5000/a:{i}") };
+        handler.execute::<Application>(&format!("app{i}"), &add, &meta()).await.unwrap();
+        latencies.push(t.elapsed());
+    }
+    Figures::from(latencies, start.elapsed())
+}
+
+/// Launches and status reports, `n` deployments of 5 events each, 64 at a time.
+async fn deployment_history(handler: &CommandHandler, n: usize) -> Figures {
+    let app = ApplicationCommand::Register { name: "Sample".into() };
+    handler.execute::<Application>("sample", &app, &meta()).await.unwrap();
+    let add =
+        ApplicationCommand::AddVersion { version: "1.0.0".into(), image: "127.0.0.1:5000/sample/app:1.0.0".into() };
+    handler.execute::<Application>("sample", &add, &meta()).await.unwrap();
+    let publish = ApplicationCommand::Publish { version: "1.0.0".into() };
+    handler.execute::<Application>("sample", &publish, &meta()).await.unwrap();
+    handler.execute::<Node>("edge-1", &NodeCommand::Register { labels: Labels::new() }, &meta()).await.unwrap();
+    let application: Application = handler.state("bench", "sample").await.unwrap();
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (handler, application) = (handler.clone(), application.clone());
+        tasks.spawn(async move {
+            let id = uuid::Uuid::now_v7().to_string();
+            let launch = Launch {
+                application_id: "sample".into(),
+                application,
+                version: "1.0.0".into(),
+                nodes: vec!["edge-1".into()],
+                registered_nodes: ["edge-1".to_owned()].into(),
+            };
+            handler.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &meta()).await.unwrap();
+            for status in [Status::Received, Status::Downloading, Status::Starting, Status::Running] {
+                let report = DeploymentCommand::ReportNodeState {
+                    node: "edge-1".into(),
+                    status,
+                    error: None,
+                    reported_at: chrono::Utc::now(),
+                };
+                handler.execute::<Deployment>(&id, &report, &meta()).await.unwrap();
+            }
+        });
+        if tasks.len() >= 64 {
+            tasks.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    Figures::rate(n * 5, start.elapsed())
+}
+
+async fn projection(store: &EventStore, events: usize) -> Figures {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let model = Deployments::open(&db).unwrap();
+    let last = store.last_sequence().await.unwrap();
+    let start = Instant::now();
+    let run =
+        tokio::spawn(projector::run(store.clone(), model.clone(), model.tree().clone(), ProjectorConfig::default()));
+    assert!(projector::wait_for(model.tree(), last, Duration::from_secs(600)).await.unwrap());
+    let wall = start.elapsed();
+    run.abort();
+    Figures::rate(events, wall)
+}
+
+#[tokio::main]
+async fn main() {
+    let scale: usize = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let nats = NatsServer::start().await;
+    let client = nats.client().await;
+    let store = EventStore::open(client.clone(), &StoreConfig::default()).await.unwrap();
+    let js = store.jetstream().clone();
+    let handler = CommandHandler::new(store.clone());
+
+    println!("raw JetStream, awaiting each ack         {}", raw_awaited(&js, 2000 * scale).await);
+    println!("raw JetStream, pipelined (1024 in flight) {}", raw_pipelined(&js, 20000 * scale).await);
+    println!("command path, new aggregate             {}", command_new(&handler, 1000 * scale).await);
+    println!("command path, aggregate with 1 event    {}", command_existing(&handler, 1000 * scale).await);
+
+    // A fresh server for the deployment history, so the projector folds only that.
+    drop(handler);
+    let nats = NatsServer::start().await;
+    let store = EventStore::open(nats.client().await, &StoreConfig::default()).await.unwrap();
+    let handler = CommandHandler::new(store.clone());
+    let deployments = 2000 * scale;
+    println!("command path, 64 writers, 5 events/deployment {}", deployment_history(&handler, deployments).await);
+    println!("projector into sled (deployments)       {}", projection(&store, deployments * 5).await);
+}
