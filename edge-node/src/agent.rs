@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use events::deployment::Desired;
 use events::report::NodeReport;
 use events::work::NodeWork;
 use events::{Failure, Status};
@@ -11,7 +12,7 @@ use events::{Failure, Status};
 use crate::runtime::{ContainerSpec, ContainerState, ErrorCode, RuntimeError};
 use crate::runtime::{APPLICATION_LABEL, DEPLOYMENT_LABEL, NODE_LABEL, TENANT_LABEL, VERSION_LABEL};
 
-/// What the node runs for one deployment.
+/// What the node runs for one deployment: what it should be doing, and what is true of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
     pub deployment: String,
@@ -19,7 +20,25 @@ pub struct Workload {
     pub version: String,
     pub image: String,
     pub status: Status,
+    pub desired: Desired,
+    pub pulled: bool,
     pub container: Option<String>,
+    pub running: bool,
+    /// A runtime step is under way; the next waits for its outcome.
+    busy: bool,
+    /// The last step failed; nothing more is tried until new work arrives.
+    failed: bool,
+}
+
+impl Workload {
+    /// The container's id once created, its name before.
+    fn container_ref(&self) -> String {
+        self.container.clone().unwrap_or_else(|| container_name(&self.application, &self.deployment))
+    }
+}
+
+fn container_name(application: &str, deployment: &str) -> String {
+    format!("{application}-{deployment}")
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +47,8 @@ pub enum Input {
     Pulled { deployment: String, result: Result<(), RuntimeError> },
     Created { deployment: String, result: Result<String, RuntimeError> },
     Started { deployment: String, result: Result<ContainerState, RuntimeError> },
+    Stopped { deployment: String, result: Result<(), RuntimeError> },
+    Removed { deployment: String, result: Result<(), RuntimeError> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +57,8 @@ pub enum Action {
     Pull { deployment: String, image: String },
     Create { deployment: String, spec: ContainerSpec },
     Start { deployment: String, container: String },
+    Stop { deployment: String, container: String },
+    Remove { deployment: String, container: String, image: String },
 }
 
 #[derive(Debug)]
@@ -60,7 +83,7 @@ impl Agent {
     }
 
     pub fn handle(&mut self, input: Input) {
-        match input {
+        let deployment = match input {
             Input::Work(NodeWork::Deploy { deployment, application, version, image }) => {
                 if self.workloads.contains_key(&deployment) {
                     // Delivered again: it is in hand already.
@@ -70,50 +93,120 @@ impl Agent {
                     deployment: deployment.clone(),
                     application,
                     version,
-                    image: image.clone(),
+                    image,
                     status: Status::Received,
+                    desired: Desired::Running,
+                    pulled: false,
                     container: None,
+                    running: false,
+                    busy: false,
+                    failed: false,
                 };
                 self.workloads.insert(deployment.clone(), workload);
                 self.report(&deployment, Status::Received, None);
-                self.report(&deployment, Status::Downloading, None);
-                self.actions.push_back(Action::Pull { deployment, image });
+                deployment
             }
-            Input::Pulled { deployment, result } => match result {
-                Ok(()) => {
-                    if let Some(spec) = self.spec(&deployment) {
-                        self.report(&deployment, Status::Deploying, None);
-                        self.actions.push_back(Action::Create { deployment, spec });
+            Input::Work(NodeWork::Stop { deployment }) => self.want(deployment, Desired::Stopped),
+            Input::Work(NodeWork::Start { deployment }) => self.want(deployment, Desired::Running),
+            Input::Work(NodeWork::Remove { deployment }) => self.want(deployment, Desired::Removed),
+            Input::Pulled { deployment, result } => self.outcome(deployment, result, |w, ()| w.pulled = true),
+            Input::Created { deployment, result } => self.outcome(deployment, result, |w, id| w.container = Some(id)),
+            Input::Started { deployment, result } => {
+                let result = result.and_then(|state| match state.running {
+                    true => Ok(()),
+                    false => {
+                        let mut message = format!("the container exited with code {}", state.exit_code.unwrap_or(-1));
+                        if let Some(error) = state.error {
+                            message.push_str(&format!(": {error}"));
+                        }
+                        Err(RuntimeError::new(ErrorCode::ContainerExited, message))
                     }
+                });
+                self.outcome(deployment, result, |w, ()| w.running = true)
+            }
+            Input::Stopped { deployment, result } => self.outcome(deployment, result, |w, ()| w.running = false),
+            Input::Removed { deployment, result } => {
+                let deployment = self.outcome(deployment, result, |w, ()| {
+                    w.container = None;
+                    w.running = false;
+                });
+                if self.workloads.get(&deployment).is_some_and(|w| !w.failed) {
+                    self.report(&deployment, Status::Removed, None);
+                    self.workloads.remove(&deployment);
                 }
-                Err(e) => self.fail(&deployment, e),
-            },
-            Input::Created { deployment, result } => match result {
-                Ok(container) => {
-                    if let Some(w) = self.workloads.get_mut(&deployment) {
-                        w.container = Some(container.clone());
-                        self.report(&deployment, Status::Starting, None);
-                        self.actions.push_back(Action::Start { deployment, container });
-                    }
-                }
-                Err(e) => self.fail(&deployment, e),
-            },
-            Input::Started { deployment, result } => match result {
-                Ok(state) if state.running => self.report(&deployment, Status::Running, None),
-                Ok(state) => {
-                    let mut message = format!("the container exited with code {}", state.exit_code.unwrap_or(-1));
-                    if let Some(error) = state.error {
-                        message.push_str(&format!(": {error}"));
-                    }
-                    self.fail(&deployment, RuntimeError::new(ErrorCode::ContainerExited, message));
-                }
-                Err(e) => self.fail(&deployment, e),
-            },
-        }
+                deployment
+            }
+        };
+        self.converge(&deployment);
     }
 
-    fn spec(&self, deployment: &str) -> Option<ContainerSpec> {
-        let w = self.workloads.get(deployment)?;
+    /// Records what the engine now wants of a deployment.
+    fn want(&mut self, deployment: String, desired: Desired) -> String {
+        if let Some(w) = self.workloads.get_mut(&deployment) {
+            w.desired = desired;
+            w.failed = false;
+        }
+        deployment
+    }
+
+    /// Records the outcome of a runtime step: on success, what it made true.
+    fn outcome<T>(
+        &mut self,
+        deployment: String,
+        result: Result<T, RuntimeError>,
+        success: impl FnOnce(&mut Workload, T),
+    ) -> String {
+        if let Some(w) = self.workloads.get_mut(&deployment) {
+            w.busy = false;
+            match result {
+                Ok(value) => success(w, value),
+                Err(e) => {
+                    w.failed = true;
+                    self.report(&deployment, Status::Failed, Some(e.failure()));
+                }
+            }
+        }
+        deployment
+    }
+
+    /// Takes the next step from what is true towards what is wanted, if none is under way.
+    fn converge(&mut self, deployment: &str) {
+        let Some(w) = self.workloads.get(deployment) else { return };
+        if w.busy || w.failed {
+            return;
+        }
+        let (status, action) = match w.desired {
+            Desired::Running if !w.pulled => {
+                (Status::Downloading, Action::Pull { deployment: deployment.to_owned(), image: w.image.clone() })
+            }
+            Desired::Running if w.container.is_none() => {
+                (Status::Deploying, Action::Create { deployment: deployment.to_owned(), spec: self.spec(w) })
+            }
+            Desired::Running if !w.running => {
+                (Status::Starting, Action::Start { deployment: deployment.to_owned(), container: w.container_ref() })
+            }
+            Desired::Running => return self.report(deployment, Status::Running, None),
+            Desired::Stopped if w.running => {
+                (Status::Stopping, Action::Stop { deployment: deployment.to_owned(), container: w.container_ref() })
+            }
+            Desired::Stopped => return self.report(deployment, Status::Stopped, None),
+            Desired::Removed => (
+                Status::Removing,
+                Action::Remove {
+                    deployment: deployment.to_owned(),
+                    container: w.container_ref(),
+                    image: w.image.clone(),
+                },
+            ),
+        };
+        self.report(deployment, status, None);
+        if let Some(w) = self.workloads.get_mut(deployment) {
+            w.busy = true;
+        }
+        self.actions.push_back(action);
+    }
+
+    fn spec(&self, w: &Workload) -> ContainerSpec {
         let labels = [
             (DEPLOYMENT_LABEL, w.deployment.as_str()),
             (NODE_LABEL, self.node.as_str()),
@@ -121,19 +214,19 @@ impl Agent {
             (APPLICATION_LABEL, w.application.as_str()),
             (VERSION_LABEL, w.version.as_str()),
         ];
-        Some(ContainerSpec {
-            name: format!("{}-{}", w.application, w.deployment),
+        ContainerSpec {
+            name: container_name(&w.application, &w.deployment),
             image: w.image.clone(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        })
+        }
     }
 
-    fn fail(&mut self, deployment: &str, error: RuntimeError) {
-        self.report(deployment, Status::Failed, Some(error.failure()));
-    }
-
+    /// Reports a new status; saying the same thing twice says nothing.
     fn report(&mut self, deployment: &str, status: Status, error: Option<Failure>) {
         if let Some(w) = self.workloads.get_mut(deployment) {
+            if w.status == status && error.is_none() && status != Status::Received {
+                return;
+            }
             w.status = status;
             self.actions.push_back(Action::Report(NodeReport::DeploymentState {
                 deployment: deployment.to_owned(),
@@ -239,6 +332,84 @@ mod tests {
         };
         assert_eq!(failure.code, "container_exited");
         assert_eq!(failure.message, "the container exited with code 127");
+    }
+
+    fn work(kind: fn(String) -> NodeWork) -> Input {
+        Input::Work(kind("d1".into()))
+    }
+
+    /// An agent with d1 running in container c1.
+    fn running() -> Agent {
+        let mut agent = Agent::new("acme", "edge-1");
+        agent.handle(deploy());
+        agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
+        agent.handle(Input::Created { deployment: "d1".into(), result: Ok("c1".into()) });
+        let state = ContainerState { running: true, exit_code: None, error: None };
+        agent.handle(Input::Started { deployment: "d1".into(), result: Ok(state) });
+        drain(&mut agent);
+        agent
+    }
+
+    #[test]
+    fn stop_then_start_keeps_the_container() {
+        let mut agent = running();
+        agent.handle(work(|deployment| NodeWork::Stop { deployment }));
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Stopping]);
+        assert_eq!(actions.last(), Some(&Action::Stop { deployment: "d1".into(), container: "c1".into() }));
+        agent.handle(Input::Stopped { deployment: "d1".into(), result: Ok(()) });
+        assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
+
+        agent.handle(work(|deployment| NodeWork::Start { deployment }));
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Starting]);
+        assert_eq!(actions.last(), Some(&Action::Start { deployment: "d1".into(), container: "c1".into() }));
+    }
+
+    #[test]
+    fn remove_takes_the_container_and_image_and_forgets_the_workload() {
+        let mut agent = running();
+        agent.handle(work(|deployment| NodeWork::Remove { deployment }));
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Removing]);
+        let expected = Action::Remove {
+            deployment: "d1".into(),
+            container: "c1".into(),
+            image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+        };
+        assert_eq!(actions.last(), Some(&expected));
+        agent.handle(Input::Removed { deployment: "d1".into(), result: Ok(()) });
+        assert_eq!(reported(&drain(&mut agent)), [Status::Removed]);
+        assert_eq!(agent.workloads().count(), 0);
+    }
+
+    #[test]
+    fn a_stop_during_the_pull_leaves_it_stopped_without_a_container() {
+        let mut agent = Agent::new("acme", "edge-1");
+        agent.handle(deploy());
+        drain(&mut agent);
+        agent.handle(work(|deployment| NodeWork::Stop { deployment }));
+        assert_eq!(drain(&mut agent), [], "the pull is still under way");
+        agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
+        assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
+        agent.handle(work(|deployment| NodeWork::Start { deployment }));
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Deploying]);
+        assert!(matches!(actions.last(), Some(Action::Create { .. })));
+    }
+
+    #[test]
+    fn a_failed_workload_waits_for_new_work_and_can_still_be_removed() {
+        let mut agent = Agent::new("acme", "edge-1");
+        agent.handle(deploy());
+        drain(&mut agent);
+        let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
+        agent.handle(Input::Pulled { deployment: "d1".into(), result: Err(error) });
+        drain(&mut agent);
+        agent.handle(work(|deployment| NodeWork::Remove { deployment }));
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Removing]);
+        assert!(matches!(actions.last(), Some(Action::Remove { container, .. }) if container == "sample-d1"));
     }
 
     #[test]

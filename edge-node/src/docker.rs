@@ -2,11 +2,17 @@
 
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{CreateContainerOptions, CreateImageOptions};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions, RemoveImageOptions,
+    StopContainerOptions,
+};
 use bollard::Docker;
 use futures::StreamExt;
 
 use crate::runtime::{ContainerRuntime, ContainerSpec, ContainerState, ErrorCode, RuntimeError};
+
+/// How long a container has to stop on SIGTERM before it is killed.
+const STOP_GRACE_SECONDS: i32 = 10;
 
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
@@ -107,5 +113,37 @@ impl ContainerRuntime for DockerRuntime {
             exit_code: state.exit_code,
             error: state.error.filter(|e| !e.is_empty()),
         })
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = StopContainerOptions { t: Some(STOP_GRACE_SECONDS), ..Default::default() };
+        match self.docker.stop_container(id, Some(options)).await {
+            // 304: already stopped.
+            Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn remove(&self, id: &str, image: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptions { force: true, ..Default::default() };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) => return Err(classify(e)),
+        }
+        // Removing one of several tags of an image only untags it, whoever uses it: keep it while
+        // a container was created from this very reference. (The last tag of content in use
+        // is refused by Docker itself, with 409.)
+        let filters = [("ancestor".to_owned(), vec![image.to_owned()])].into_iter().collect();
+        let users = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+        match self.docker.list_containers(Some(users)).await {
+            Ok(users) if users.iter().any(|c| c.image.as_deref() == Some(image)) => return Ok(()),
+            Ok(_) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) => return Err(classify(e)),
+        }
+        match self.docker.remove_image(image, None::<RemoveImageOptions>, None).await {
+            // 409: another container uses it; 404: gone already. Either way it stays as it is.
+            Ok(_) | Err(DockerError::DockerResponseServerError { status_code: 404 | 409, .. }) => Ok(()),
+            Err(e) => Err(classify(e)),
+        }
     }
 }

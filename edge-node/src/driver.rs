@@ -96,30 +96,38 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                     outbox.push(&config.node, &meta, &report, Utc::now())?;
                     sent.notify_one();
                 }
-                Action::Pull { deployment, image } => {
-                    let (runtime, tx) = (runtime.clone(), outcomes_tx.clone());
-                    tokio::spawn(async move {
-                        let result = runtime.pull(&image).await;
-                        let _ = tx.send(Input::Pulled { deployment, result });
-                    });
-                }
-                Action::Create { deployment, spec } => {
-                    let (runtime, tx) = (runtime.clone(), outcomes_tx.clone());
-                    tokio::spawn(async move {
-                        let result = runtime.create(&spec).await;
-                        let _ = tx.send(Input::Created { deployment, result });
-                    });
-                }
-                Action::Start { deployment, container } => {
-                    let (runtime, tx) = (runtime.clone(), outcomes_tx.clone());
-                    tokio::spawn(async move {
-                        let result = runtime.start(&container).await;
-                        let _ = tx.send(Input::Started { deployment, result });
-                    });
-                }
+                Action::Pull { deployment, image } => step(&runtime, &outcomes_tx, move |rt| async move {
+                    Input::Pulled { result: rt.pull(&image).await, deployment }
+                }),
+                Action::Create { deployment, spec } => step(&runtime, &outcomes_tx, move |rt| async move {
+                    Input::Created { result: rt.create(&spec).await, deployment }
+                }),
+                Action::Start { deployment, container } => step(&runtime, &outcomes_tx, move |rt| async move {
+                    Input::Started { result: rt.start(&container).await, deployment }
+                }),
+                Action::Stop { deployment, container } => step(&runtime, &outcomes_tx, move |rt| async move {
+                    Input::Stopped { result: rt.stop(&container).await, deployment }
+                }),
+                Action::Remove { deployment, container, image } => step(&runtime, &outcomes_tx, move |rt| async move {
+                    Input::Removed { result: rt.remove(&container, &image).await, deployment }
+                }),
             }
         }
     }
+}
+
+/// Runs one runtime step as a task; its outcome comes back to the loop as an input.
+fn step<R, F, Fut>(runtime: &Arc<R>, outcomes: &mpsc::UnboundedSender<Input>, run: F)
+where
+    R: ContainerRuntime,
+    F: FnOnce(Arc<R>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Input> + Send + 'static,
+{
+    let (runtime, outcomes) = (runtime.clone(), outcomes.clone());
+    tokio::spawn(async move {
+        // The loop only ends with the node; an outcome that finds it gone has nowhere to go.
+        let _ = outcomes.send(run(runtime).await);
+    });
 }
 
 /// The node's durable consumer on its own work subject; waits for the stream to exist.

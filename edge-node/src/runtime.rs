@@ -73,4 +73,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// Starts it (a running container is left alone) and says how it is once started.
     fn start(&self, id: &str) -> impl Future<Output = Result<ContainerState, RuntimeError>> + Send;
+
+    /// Stops it (a stopped one is left alone).
+    fn stop(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Removes the container (a missing one is fine), then `image` unless a container still
+    /// uses it.
+    fn remove(&self, id: &str, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }

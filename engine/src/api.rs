@@ -41,7 +41,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/applications/{id}/versions", post(add_version))
         .route("/v1/applications/{id}/versions/{version}/publish", post(publish))
         .route("/v1/deployments", post(launch).get(list_deployments))
-        .route("/v1/deployments/{id}", get(get_deployment))
+        .route("/v1/deployments/{id}", get(get_deployment).delete(uninstall))
+        .route("/v1/deployments/{id}/stop", post(stop))
+        .route("/v1/deployments/{id}/start", post(start))
         .route("/v1/deployments/{id}/history", get(deployment_history))
         .route("/v1/nodes/{id}", get(get_node))
         .with_state(state)
@@ -121,6 +123,7 @@ impl Rejection for DeploymentRejection {
                 (StatusCode::UNPROCESSABLE_ENTITY, "nodes")
             }
             R::NotANodeStatus(_) | R::FailureWithoutError => (StatusCode::UNPROCESSABLE_ENTITY, "status"),
+            R::AlreadyDesired(_) | R::Uninstalled => (StatusCode::CONFLICT, "id"),
         }
     }
 }
@@ -353,10 +356,59 @@ async fn launch(
         registered_nodes,
     });
     let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await?;
+    deployment_response(&state, &meta.tenant, id, &committed).await
+}
+
+/// Answers a deployment command with the deployment as the read model shows it once it has
+/// caught up with the command's events.
+async fn deployment_response(
+    state: &AppState,
+    tenant: &str,
+    id: String,
+    committed: &Committed,
+) -> Result<(StatusCode, Json<LaunchResponse>), ApiError> {
     let sequence = committed.events.last().map_or(0, |e| e.sequence);
     crate::projector::wait_for(state.deployments.tree(), sequence, READ_YOUR_WRITE).await?;
-    let view = state.deployments.get(&meta.tenant, &id)?;
-    Ok((status_of(&committed), Json(LaunchResponse { id, sequence, deployment: view })))
+    let view = state.deployments.get(tenant, &id)?;
+    Ok((status_of(committed), Json(LaunchResponse { id, sequence, deployment: view })))
+}
+
+async fn deployment_command(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: String,
+    command: DeploymentCommand,
+) -> Result<(StatusCode, Json<LaunchResponse>), ApiError> {
+    let meta = meta(headers)?;
+    check_token("id", &id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, Some("id"), e))?;
+    let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await?;
+    let (status, body) = deployment_response(state, &meta.tenant, id, &committed).await?;
+    // The request is accepted; the nodes carry it out.
+    Ok((if status == StatusCode::CREATED { StatusCode::ACCEPTED } else { status }, body))
+}
+
+async fn stop(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    deployment_command(&state, &headers, id, DeploymentCommand::Stop).await
+}
+
+async fn start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    deployment_command(&state, &headers, id, DeploymentCommand::Start).await
+}
+
+async fn uninstall(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    deployment_command(&state, &headers, id, DeploymentCommand::Uninstall).await
 }
 
 #[derive(Debug, Serialize)]
@@ -415,6 +467,9 @@ async fn deployment_history(
             envelope.event().map_err(|source| StoreError::Corrupt { sequence: stored.sequence, source })?;
         let (node, status, error) = match event {
             DeploymentEvent::Launched { .. } => (None, events::Status::PendingDeploy, None),
+            DeploymentEvent::StopRequested { .. } => (None, events::Status::PendingStop, None),
+            DeploymentEvent::StartRequested { .. } => (None, events::Status::PendingStart, None),
+            DeploymentEvent::UninstallRequested { .. } => (None, events::Status::PendingRemove, None),
             DeploymentEvent::NodeStateReported { node, status, error, .. } => (Some(node), status, error),
         };
         history.push(HistoryEntry {

@@ -58,6 +58,24 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Stop a deployment's containers on every node; they and their images stay.
+    Stop {
+        id: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Start a stopped deployment again.
+    Start {
+        id: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Remove a deployment's containers from every node, and the images nothing else uses.
+    Uninstall {
+        id: String,
+        #[arg(long)]
+        watch: bool,
+    },
     /// List deployments, a page at a time.
     List {
         #[arg(long, default_value_t = 50)]
@@ -135,6 +153,9 @@ impl Cli {
                     return client.watch(&id, Duration::from_secs(120)).await;
                 }
             }
+            Command::Stop { id, watch } => return client.request_change(id, "stop", *watch).await,
+            Command::Start { id, watch } => return client.request_change(id, "start", *watch).await,
+            Command::Uninstall { id, watch } => return client.request_change(id, "uninstall", *watch).await,
             Command::List { limit, cursor } => {
                 let mut path = format!("/v1/deployments?limit={limit}");
                 if let Some(cursor) = cursor {
@@ -200,8 +221,23 @@ impl Client<'_> {
         self.send(self.request(reqwest::Method::POST, path).json(&body)).await
     }
 
-    /// Prints every status the deployment goes through, from the log, as it happens; succeeds
-    /// when every node runs, fails when every node has settled and one failed.
+    /// Asks for a stop, a start or an uninstall, and follows it if asked to.
+    async fn request_change(&self, id: &str, verb: &str, watch: bool) -> anyhow::Result<ExitCode> {
+        let path = format!("/v1/deployments/{id}");
+        let answer = match verb {
+            "uninstall" => self.send(self.request(reqwest::Method::DELETE, &path)).await?,
+            _ => self.post(&format!("{path}/{verb}"), json!({})).await?,
+        };
+        let status = answer["deployment"]["status"].as_str().unwrap_or("unknown");
+        println!("{verb} of deployment {id} requested: {status}");
+        if watch {
+            return self.watch(id, Duration::from_secs(120)).await;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Prints every status the deployment goes through, from the log, as it happens, until
+    /// every node has settled; fails if one failed.
     async fn watch(&self, id: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut shown = 0u64;
@@ -224,10 +260,10 @@ impl Client<'_> {
                 shown = entry.sequence;
             }
             let view: DeploymentView = serde_json::from_value(self.get(&format!("/v1/deployments/{id}")).await?)?;
-            let settled = view.nodes.values().all(|n| matches!(n.status, Status::Running | Status::Failed));
+            let settled = view.nodes.values().all(|n| n.status.is_settled());
             if settled && history.last().is_some_and(|e| e.sequence == shown) {
-                if view.status == Status::Running {
-                    println!("deployment {id} is running on {} node(s)", view.nodes.len());
+                if view.status != Status::Failed {
+                    println!("deployment {id} is {} on {} node(s)", view.status, view.nodes.len());
                     return Ok(ExitCode::SUCCESS);
                 }
                 println!("deployment {id} failed");

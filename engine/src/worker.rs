@@ -16,7 +16,7 @@ use events::envelope::{chain_hash, Metadata};
 use events::node::{Node, NodeCommand};
 use events::report::NodeReport;
 use events::work::{self, NodeWork};
-use events::Envelope;
+use events::{Aggregate, Envelope};
 
 use crate::command::{CommandError, CommandHandler, CommandMeta};
 use crate::store::{EventStore, Outgoing, StoreError, StoredEvent};
@@ -71,26 +71,37 @@ pub async fn route(store: EventStore) -> anyhow::Result<()> {
 
 async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()> {
     let envelope = &stored.envelope;
-    let DeploymentEvent::Launched { application, version, image, nodes } = envelope.event()? else {
-        return Ok(());
+    let deployment = envelope.aggregate_id.clone();
+    let (work, nodes): (NodeWork, Vec<String>) = match envelope.event::<DeploymentEvent>()? {
+        DeploymentEvent::Launched { application, version, image, nodes } => {
+            (NodeWork::Deploy { deployment, application, version, image }, nodes)
+        }
+        DeploymentEvent::StopRequested { .. } => (NodeWork::Stop { deployment }, targets(store, envelope).await?),
+        DeploymentEvent::StartRequested { .. } => (NodeWork::Start { deployment }, targets(store, envelope).await?),
+        DeploymentEvent::UninstallRequested { .. } => {
+            (NodeWork::Remove { deployment }, targets(store, envelope).await?)
+        }
+        DeploymentEvent::NodeStateReported { .. } => return Ok(()),
+    };
+    let meta = Metadata {
+        tenant: envelope.tenant.clone(),
+        actor: envelope.actor.clone(),
+        correlation_id: envelope.correlation_id,
+        causation_id: envelope.id,
     };
     for node in nodes {
-        let work = NodeWork::Deploy {
-            deployment: envelope.aggregate_id.clone(),
-            application: application.clone(),
-            version: version.clone(),
-            image: image.clone(),
-        };
         let subject = events::subject::node_desired(&envelope.tenant, &node);
-        let meta = Metadata {
-            tenant: envelope.tenant.clone(),
-            actor: envelope.actor.clone(),
-            correlation_id: envelope.correlation_id,
-            causation_id: envelope.id,
-        };
         append_chained(store, &subject, &node, &meta, &work, format!("{}:{node}", envelope.id)).await?;
     }
     Ok(())
+}
+
+/// The nodes of the deployment `envelope` belongs to, as of that event.
+async fn targets(store: &EventStore, envelope: &Envelope) -> anyhow::Result<Vec<String>> {
+    let subject = events::subject::aggregate(&envelope.tenant, Deployment::TYPE, &envelope.aggregate_id);
+    let loaded = store.load(&subject).await?;
+    let state: Deployment = crate::command::fold(&loaded)?;
+    Ok(state.nodes.into_keys().collect())
 }
 
 /// Appends one work event to a node's subject, chained to the last one there.

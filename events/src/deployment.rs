@@ -13,10 +13,22 @@ use crate::status::{Failure, Status};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Deployment {
     pub launched: bool,
+    /// What the operator last asked for.
+    pub desired: Desired,
     pub application: String,
     pub version: String,
     pub image: String,
     pub nodes: BTreeMap<String, NodeProgress>,
+}
+
+/// What a deployment should be doing on its nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Desired {
+    #[default]
+    Running,
+    Stopped,
+    Removed,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,18 +51,35 @@ pub struct Launch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeploymentCommand {
     Launch(Launch),
-    ReportNodeState { node: String, status: Status, error: Option<Failure>, reported_at: DateTime<Utc> },
+    /// Stop the containers, keep them and their images.
+    Stop,
+    /// Start stopped containers again.
+    Start,
+    /// Remove the containers, and the images no other container uses.
+    Uninstall,
+    ReportNodeState {
+        node: String,
+        status: Status,
+        error: Option<Failure>,
+        reported_at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentEvent {
     Launched { application: String, version: String, image: String, nodes: Vec<String> },
+    StopRequested { at: DateTime<Utc> },
+    StartRequested { at: DateTime<Utc> },
+    UninstallRequested { at: DateTime<Utc> },
     NodeStateReported { node: String, status: Status, error: Option<Failure>, reported_at: DateTime<Utc> },
 }
 
 event_payload!(DeploymentEvent, "deployment", {
     Launched => "launched",
+    StopRequested => "stop_requested",
+    StartRequested => "start_requested",
+    UninstallRequested => "uninstall_requested",
     NodeStateReported => "node_state_reported",
 });
 
@@ -78,6 +107,10 @@ pub enum DeploymentRejection {
     NotANodeStatus(Status),
     #[error("a failed status needs an error code and message")]
     FailureWithoutError,
+    #[error("the deployment is already {0}")]
+    AlreadyDesired(&'static str),
+    #[error("the deployment is uninstalled")]
+    Uninstalled,
 }
 
 impl Aggregate for Deployment {
@@ -86,7 +119,7 @@ impl Aggregate for Deployment {
     type Event = DeploymentEvent;
     type Rejection = DeploymentRejection;
 
-    fn decide(&self, command: &DeploymentCommand, _ctx: &Ctx) -> Result<Vec<DeploymentEvent>, DeploymentRejection> {
+    fn decide(&self, command: &DeploymentCommand, ctx: &Ctx) -> Result<Vec<DeploymentEvent>, DeploymentRejection> {
         use DeploymentRejection as R;
         match command {
             DeploymentCommand::Launch(_) if self.launched => Err(R::AlreadyLaunched),
@@ -121,12 +154,22 @@ impl Aggregate for Deployment {
                     nodes: launch.nodes.clone(),
                 }])
             }
-            DeploymentCommand::ReportNodeState { .. } if !self.launched => Err(R::NotLaunched),
+            _ if !self.launched => Err(R::NotLaunched),
+            DeploymentCommand::Stop | DeploymentCommand::Start | DeploymentCommand::Uninstall
+                if self.desired == Desired::Removed =>
+            {
+                Err(R::Uninstalled)
+            }
+            DeploymentCommand::Stop if self.desired == Desired::Stopped => Err(R::AlreadyDesired("stopped")),
+            DeploymentCommand::Stop => Ok(vec![DeploymentEvent::StopRequested { at: ctx.now }]),
+            DeploymentCommand::Start if self.desired == Desired::Running => Err(R::AlreadyDesired("running")),
+            DeploymentCommand::Start => Ok(vec![DeploymentEvent::StartRequested { at: ctx.now }]),
+            DeploymentCommand::Uninstall => Ok(vec![DeploymentEvent::UninstallRequested { at: ctx.now }]),
             DeploymentCommand::ReportNodeState { node, status, error, reported_at } => {
                 let Some(current) = self.nodes.get(node) else {
                     return Err(R::NotATarget(node.clone()));
                 };
-                if *status == Status::PendingDeploy {
+                if status.is_pending() {
                     return Err(R::NotANodeStatus(*status));
                 }
                 if *status == Status::Failed && error.is_none() {
@@ -157,6 +200,9 @@ impl Aggregate for Deployment {
                     .map(|n| (n.clone(), NodeProgress { status: Status::PendingDeploy, error: None }))
                     .collect();
             }
+            DeploymentEvent::StopRequested { .. } => self.request(Desired::Stopped, Status::PendingStop),
+            DeploymentEvent::StartRequested { .. } => self.request(Desired::Running, Status::PendingStart),
+            DeploymentEvent::UninstallRequested { .. } => self.request(Desired::Removed, Status::PendingRemove),
             DeploymentEvent::NodeStateReported { node, status, error, .. } => {
                 if let Some(progress) = self.nodes.get_mut(node) {
                     progress.status = *status;
@@ -165,6 +211,16 @@ impl Aggregate for Deployment {
             }
         }
         self
+    }
+}
+
+impl Deployment {
+    fn request(&mut self, desired: Desired, pending: Status) {
+        self.desired = desired;
+        for progress in self.nodes.values_mut() {
+            progress.status = pending;
+            progress.error = None;
+        }
     }
 }
 
@@ -266,6 +322,71 @@ mod tests {
             .then_rejected(R::DuplicateNode("edge-1".into()));
     }
 
+    fn at() -> chrono::DateTime<chrono::Utc> {
+        now()
+    }
+
+    #[test]
+    fn stop() {
+        let state = given::<Deployment>([launched()]).when(C::Stop).then([E::StopRequested { at: at() }]);
+        assert_eq!(state.desired, Desired::Stopped);
+        assert_eq!(state.nodes["edge-1"].status, Status::PendingStop);
+    }
+
+    #[test]
+    fn stop_twice_is_rejected() {
+        given::<Deployment>([launched(), E::StopRequested { at: at() }])
+            .when(C::Stop)
+            .then_rejected(R::AlreadyDesired("stopped"));
+    }
+
+    #[test]
+    fn stop_an_unknown_deployment_is_rejected() {
+        given::<Deployment>([]).when(C::Stop).then_rejected(R::NotLaunched);
+    }
+
+    #[test]
+    fn start_after_a_stop() {
+        let state = given::<Deployment>([launched(), E::StopRequested { at: at() }])
+            .when(C::Start)
+            .then([E::StartRequested { at: at() }]);
+        assert_eq!(state.desired, Desired::Running);
+        assert_eq!(state.nodes["edge-2"].status, Status::PendingStart);
+    }
+
+    #[test]
+    fn start_a_running_deployment_is_rejected() {
+        given::<Deployment>([launched()]).when(C::Start).then_rejected(R::AlreadyDesired("running"));
+    }
+
+    #[test]
+    fn uninstall() {
+        let state = given::<Deployment>([launched()]).when(C::Uninstall).then([E::UninstallRequested { at: at() }]);
+        assert_eq!(state.desired, Desired::Removed);
+        assert_eq!(state.nodes["edge-1"].status, Status::PendingRemove);
+    }
+
+    #[test]
+    fn uninstall_a_stopped_deployment() {
+        given::<Deployment>([launched(), E::StopRequested { at: at() }])
+            .when(C::Uninstall)
+            .then([E::UninstallRequested { at: at() }]);
+    }
+
+    #[test]
+    fn nothing_but_reports_after_an_uninstall() {
+        let history = [launched(), E::UninstallRequested { at: at() }];
+        for command in [C::Stop, C::Start, C::Uninstall] {
+            given::<Deployment>(history.clone()).when(command).then_rejected(R::Uninstalled);
+        }
+        given::<Deployment>(history).when(report("edge-1", Status::Removed, None)).then([E::NodeStateReported {
+            node: "edge-1".into(),
+            status: Status::Removed,
+            error: None,
+            reported_at: now(),
+        }]);
+    }
+
     #[test]
     fn report_node_state() {
         let state = given::<Deployment>([launched()]).when(report("edge-1", Status::Running, None)).then([
@@ -312,6 +433,9 @@ mod tests {
         given::<Deployment>([launched()])
             .when(report("edge-1", Status::PendingDeploy, None))
             .then_rejected(R::NotANodeStatus(Status::PendingDeploy));
+        given::<Deployment>([launched()])
+            .when(report("edge-1", Status::PendingStop, None))
+            .then_rejected(R::NotANodeStatus(Status::PendingStop));
     }
 
     #[test]

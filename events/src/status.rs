@@ -2,31 +2,59 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Where a deployment stands on one node. `PendingDeploy` is the server's word until the node
-/// has said anything; the others are the node's own.
+/// Where a deployment stands on one node. The `pending_*` statuses are the server's word
+/// between a request and the node's first answer to it; the others are the node's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     PendingDeploy,
+    PendingStart,
+    PendingStop,
+    PendingRemove,
     Received,
     Downloading,
     Deploying,
     Starting,
     Running,
+    Stopping,
+    Stopped,
+    Removing,
+    Removed,
     Failed,
 }
 
 impl Status {
-    /// Higher is more severe: a failure outranks everything, then the least progressed step.
+    /// Every status, in declaration order.
+    pub const ALL: [Status; 14] = [
+        Status::PendingDeploy,
+        Status::PendingStart,
+        Status::PendingStop,
+        Status::PendingRemove,
+        Status::Received,
+        Status::Downloading,
+        Status::Deploying,
+        Status::Starting,
+        Status::Running,
+        Status::Stopping,
+        Status::Stopped,
+        Status::Removing,
+        Status::Removed,
+        Status::Failed,
+    ];
+
+    /// Higher is more severe: a failure outranks everything, then what the server still waits
+    /// for, then the least progressed step; a settled state is the least severe.
     pub fn severity(self) -> u8 {
         match self {
-            Status::Running => 0,
-            Status::Starting => 1,
-            Status::Deploying => 2,
-            Status::Downloading => 3,
-            Status::Received => 4,
-            Status::PendingDeploy => 5,
-            Status::Failed => 6,
+            Status::Removed => 0,
+            Status::Running => 1,
+            Status::Stopped => 2,
+            Status::Starting | Status::Stopping | Status::Removing => 3,
+            Status::Deploying => 4,
+            Status::Downloading => 5,
+            Status::Received => 6,
+            Status::PendingDeploy | Status::PendingStart | Status::PendingStop | Status::PendingRemove => 7,
+            Status::Failed => 8,
         }
     }
 
@@ -35,14 +63,31 @@ impl Status {
         parts.into_iter().max_by_key(|s| s.severity())
     }
 
+    /// Said by the server, never by a node.
+    pub fn is_pending(self) -> bool {
+        matches!(self, Status::PendingDeploy | Status::PendingStart | Status::PendingStop | Status::PendingRemove)
+    }
+
+    /// Nothing is in flight: the node has reached where it was sent, or failed.
+    pub fn is_settled(self) -> bool {
+        matches!(self, Status::Running | Status::Stopped | Status::Removed | Status::Failed)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::PendingDeploy => "pending_deploy",
+            Status::PendingStart => "pending_start",
+            Status::PendingStop => "pending_stop",
+            Status::PendingRemove => "pending_remove",
             Status::Received => "received",
             Status::Downloading => "downloading",
             Status::Deploying => "deploying",
             Status::Starting => "starting",
             Status::Running => "running",
+            Status::Stopping => "stopping",
+            Status::Stopped => "stopped",
+            Status::Removing => "removing",
+            Status::Removed => "removed",
             Status::Failed => "failed",
         }
     }
@@ -70,6 +115,18 @@ mod tests {
         assert_eq!(Status::roll_up([Status::Running, Status::Starting]), Some(Status::Starting));
         assert_eq!(Status::roll_up([Status::Running, Status::Failed, Status::Received]), Some(Status::Failed));
         assert_eq!(Status::roll_up([Status::Running, Status::PendingDeploy]), Some(Status::PendingDeploy));
+        assert_eq!(Status::roll_up([Status::Stopped, Status::Running]), Some(Status::Stopped));
+        assert_eq!(Status::roll_up([Status::Removed, Status::Removed]), Some(Status::Removed));
+        assert_eq!(Status::roll_up([Status::Removed, Status::PendingRemove]), Some(Status::PendingRemove));
         assert_eq!(Status::roll_up([]), None);
+    }
+
+    #[test]
+    fn the_wire_names_are_the_display_names() {
+        for status in Status::ALL {
+            let json = format!("{:?}", status.as_str());
+            let text = String::from_utf8(rmp_serde::to_vec(&status).unwrap()[1..].to_vec()).unwrap();
+            assert_eq!(format!("{text:?}"), json, "{status:?}");
+        }
     }
 }

@@ -13,16 +13,28 @@ pub const AGGREGATE_TYPE: &str = "node_work";
 pub enum NodeWork {
     /// Pull the image and run it for this deployment.
     Deploy { deployment: String, application: String, version: String, image: String },
+    /// Stop the deployment's containers; keep them.
+    Stop { deployment: String },
+    /// Start the deployment's stopped containers.
+    Start { deployment: String },
+    /// Remove the deployment's containers, and its images if no other container uses them.
+    Remove { deployment: String },
 }
 
 event_payload!(NodeWork, "work", {
     Deploy => "deploy",
+    Stop => "stop",
+    Start => "start",
+    Remove => "remove",
 });
 
 impl NodeWork {
     pub fn deployment(&self) -> &str {
         match self {
-            NodeWork::Deploy { deployment, .. } => deployment,
+            NodeWork::Deploy { deployment, .. }
+            | NodeWork::Stop { deployment }
+            | NodeWork::Start { deployment }
+            | NodeWork::Remove { deployment } => deployment,
         }
     }
 }

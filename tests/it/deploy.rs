@@ -133,3 +133,90 @@ async fn a_launch_of_a_malformed_image_reference_fails_with_its_own_code() {
     assert_eq!(error["code"], "invalid_image_reference", "{view}");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_start_and_uninstall_act_on_the_containers_in_docker() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    let docker = docker().await;
+    let image = tests::unique_image(&docker, IMAGE_1_0_0, "lifecycle").await.unwrap();
+    engine.publish_sample(&image).await;
+    let id = launch(&engine, &node.name).await;
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let container = |state: bollard::models::ContainerSummaryStateEnum| {
+        let (docker, id) = (docker.clone(), id.clone());
+        async move {
+            let found = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
+            (found.len() == 1 && found[0].state == Some(state)).then(|| found[0].id.clone().unwrap())
+        }
+    };
+    use bollard::models::ContainerSummaryStateEnum::{EXITED, RUNNING};
+    let first = eventually("the container to run", TIMEOUT, || container(RUNNING)).await;
+
+    let (status, body) = engine.post(&format!("/v1/deployments/{id}/stop"), json!({})).await;
+    assert_eq!((status, &body["deployment"]["status"]), (202, &json!("pending_stop")), "{body}");
+    let view = engine.wait_deployment(&id, "the deployment to stop", |v| v["status"] == "stopped").await;
+    assert_eq!(view["desired"], "stopped");
+    let stopped = eventually("the container to exit", TIMEOUT, || container(EXITED)).await;
+    assert_eq!(stopped, first, "a stop keeps the container");
+    let (status, body) = engine.post(&format!("/v1/deployments/{id}/stop"), json!({})).await;
+    assert_eq!((status, body["field"].as_str()), (409, Some("id")), "stopping twice is refused: {body}");
+
+    let (status, _) = engine.post(&format!("/v1/deployments/{id}/start"), json!({})).await;
+    assert_eq!(status, 202);
+    engine.wait_deployment(&id, "the deployment to run again", |v| v["status"] == "running").await;
+    let restarted = eventually("the container to run again", TIMEOUT, || container(RUNNING)).await;
+    assert_eq!(restarted, first, "a start reuses the container");
+
+    let response = engine.http.delete(engine.url(&format!("/v1/deployments/{id}"))).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let view = engine.wait_deployment(&id, "the deployment to be removed", |v| v["status"] == "removed").await;
+    assert_eq!(view["desired"], "removed");
+    assert!(tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap().is_empty(), "the container is gone");
+    assert!(!tests::has_image(&docker, &image).await, "the image no one else uses is gone");
+
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
+    let statuses: Vec<&str> = history.as_array().unwrap().iter().map(|e| e["status"].as_str().unwrap()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "pending_deploy",
+            "received",
+            "downloading",
+            "deploying",
+            "starting",
+            "running",
+            "pending_stop",
+            "stopping",
+            "stopped",
+            "pending_start",
+            "starting",
+            "running",
+            "pending_remove",
+            "removing",
+            "removed",
+        ]
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_keeps_an_image_another_deployment_still_runs() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    let docker = docker().await;
+    let image = tests::unique_image(&docker, IMAGE_1_0_0, "shared").await.unwrap();
+    engine.publish_sample(&image).await;
+    let (first, second) = (launch(&engine, &node.name).await, launch(&engine, &node.name).await);
+    for id in [&first, &second] {
+        engine.wait_deployment(id, "both deployments to run", |v| v["status"] == "running").await;
+    }
+    let response = engine.http.delete(engine.url(&format!("/v1/deployments/{first}"))).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    engine.wait_deployment(&first, "the first to be removed", |v| v["status"] == "removed").await;
+    assert!(tests::has_image(&docker, &image).await, "the second deployment still uses the image");
+    assert_eq!(tests::containers(&docker, DEPLOYMENT_LABEL, &second).await.unwrap().len(), 1);
+    node.stop().await;
+}

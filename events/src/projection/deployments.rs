@@ -6,12 +6,20 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::deployment::DeploymentEvent;
+use crate::deployment::{DeploymentEvent, Desired};
 use crate::envelope::Envelope;
 use crate::status::{Failure, Status};
 
-/// The reason every `pending_deploy` carries until the node answers.
-pub const PENDING_REASON: &str = "waiting for the node to receive the deployment";
+/// The reason a `pending_*` status carries until the node answers.
+pub fn pending_reason(status: Status) -> Option<&'static str> {
+    match status {
+        Status::PendingDeploy => Some("waiting for the node to receive the deployment"),
+        Status::PendingStart => Some("waiting for the node to start the deployment"),
+        Status::PendingStop => Some("waiting for the node to stop the deployment"),
+        Status::PendingRemove => Some("waiting for the node to remove the deployment"),
+        _ => None,
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentView {
@@ -22,6 +30,8 @@ pub struct DeploymentView {
     pub image: String,
     /// The most severe status of its nodes.
     pub status: Status,
+    /// What the operator last asked for.
+    pub desired: Desired,
     pub nodes: BTreeMap<String, NodeView>,
     pub launched_by: String,
     pub created_at: DateTime<Utc>,
@@ -40,39 +50,53 @@ pub struct NodeView {
 
 /// Folds one deployment event into the view of its deployment.
 pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &DeploymentEvent) -> Option<DeploymentView> {
-    match (view, event) {
+    let pending = |status: Status| NodeView {
+        status,
+        error: None,
+        reason: pending_reason(status).map(str::to_owned),
+        updated_at: envelope.time,
+    };
+    let mut view = match (view, event) {
         (_, DeploymentEvent::Launched { application, version, image, nodes }) => {
-            let pending = NodeView {
-                status: Status::PendingDeploy,
-                error: None,
-                reason: Some(PENDING_REASON.to_owned()),
-                updated_at: envelope.time,
-            };
-            Some(DeploymentView {
+            return Some(DeploymentView {
                 id: envelope.aggregate_id.clone(),
                 tenant: envelope.tenant.clone(),
                 application: application.clone(),
                 version: version.clone(),
                 image: image.clone(),
                 status: Status::PendingDeploy,
-                nodes: nodes.iter().map(|n| (n.clone(), pending.clone())).collect(),
+                desired: Desired::Running,
+                nodes: nodes.iter().map(|n| (n.clone(), pending(Status::PendingDeploy))).collect(),
                 launched_by: envelope.actor.clone(),
                 created_at: envelope.time,
                 updated_at: envelope.time,
             })
         }
-        (Some(mut view), DeploymentEvent::NodeStateReported { node, status, error, reported_at }) => {
-            view.nodes.insert(
-                node.clone(),
-                NodeView { status: *status, error: error.clone(), reason: None, updated_at: *reported_at },
-            );
-            view.status = Status::roll_up(view.nodes.values().map(|n| n.status)).unwrap_or(Status::PendingDeploy);
-            view.updated_at = envelope.time;
-            Some(view)
+        (Some(view), _) => view,
+        // An event for a deployment this model never saw launched: nothing to show.
+        (None, _) => return None,
+    };
+    let request = match event {
+        DeploymentEvent::StopRequested { .. } => Some((Desired::Stopped, Status::PendingStop)),
+        DeploymentEvent::StartRequested { .. } => Some((Desired::Running, Status::PendingStart)),
+        DeploymentEvent::UninstallRequested { .. } => Some((Desired::Removed, Status::PendingRemove)),
+        DeploymentEvent::Launched { .. } | DeploymentEvent::NodeStateReported { .. } => None,
+    };
+    if let Some((desired, status)) = request {
+        view.desired = desired;
+        for node in view.nodes.values_mut() {
+            *node = pending(status);
         }
-        // A report for a deployment this model never saw launched: nothing to show.
-        (None, DeploymentEvent::NodeStateReported { .. }) => None,
     }
+    if let DeploymentEvent::NodeStateReported { node, status, error, reported_at } = event {
+        view.nodes.insert(
+            node.clone(),
+            NodeView { status: *status, error: error.clone(), reason: None, updated_at: *reported_at },
+        );
+    }
+    view.status = Status::roll_up(view.nodes.values().map(|n| n.status)).unwrap_or(Status::PendingDeploy);
+    view.updated_at = envelope.time;
+    Some(view)
 }
 
 #[cfg(test)]
@@ -121,6 +145,7 @@ mod tests {
               "version": "1.0.0",
               "image": "127.0.0.1:5000/sample/app:1.0.0",
               "status": "pending_deploy",
+              "desired": "running",
               "nodes": {
                 "edge-1": {
                   "status": "running",
@@ -137,8 +162,13 @@ mod tests {
               "updated_at": "2026-03-01T12:00:00Z"
             }"#]]
         .assert_eq(&serde_json::to_string_pretty(&view).unwrap());
-        let view = fold(&[launched, running("edge-1"), running("edge-2")]).unwrap();
+        let view = fold(&[launched.clone(), running("edge-1"), running("edge-2")]).unwrap();
         assert_eq!(view.status, Status::Running);
+
+        let stop = DeploymentEvent::StopRequested { at: now() };
+        let view = fold(&[launched, running("edge-1"), running("edge-2"), stop]).unwrap();
+        assert_eq!((view.status, view.desired), (Status::PendingStop, Desired::Stopped));
+        assert_eq!(view.nodes["edge-1"].reason.as_deref(), pending_reason(Status::PendingStop));
     }
 
     #[test]
