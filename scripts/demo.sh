@@ -71,6 +71,12 @@ say "vendor: publish 1.0.0 (1.1.0 stays a draft)"
 say "operator: launch sample 1.0.0 on $node, watching its status"
 "$bin/engine" launch --app sample --version 1.0.0 --node "$node" --watch
 
+id=$("$bin/engine" list --limit 1 | awk 'NR==2 {print $1}')
+
+say "operator: stop the deployment, then start it again (the container is kept)"
+"$bin/engine" stop "$id" --watch
+"$bin/engine" start "$id" --watch
+
 say "operator: launching the draft 1.1.0 is refused"
 "$bin/engine" launch --app sample --version 1.1.0 --node "$node" || true
 

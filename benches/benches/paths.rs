@@ -88,7 +88,7 @@ async fn command_new(handler: &CommandHandler, n: usize) -> Figures {
     Figures::from(latencies, start.elapsed())
 }
 
-/// Commands on aggregates holding `history` events: the load reads them with a consumer.
+/// Commands on aggregates holding one event: the load is one direct get.
 async fn command_existing(handler: &CommandHandler, n: usize) -> Figures {
     let mut latencies = Vec::with_capacity(n);
     let start = Instant::now();

@@ -9,7 +9,7 @@ use events::report::NodeReport;
 use events::work::NodeWork;
 use events::{Failure, Status};
 
-use crate::runtime::{ContainerSpec, ContainerState, ErrorCode, RuntimeError};
+use crate::runtime::{ContainerSpec, ContainerState, ErrorCode, Observed, RuntimeError};
 use crate::runtime::{APPLICATION_LABEL, DEPLOYMENT_LABEL, NODE_LABEL, TENANT_LABEL, VERSION_LABEL};
 
 /// What the node runs for one deployment: what it should be doing, and what is true of it.
@@ -37,18 +37,39 @@ impl Workload {
     }
 }
 
-fn container_name(application: &str, deployment: &str) -> String {
+/// The name of a deployment's container: the same on every start, so it can be found again.
+pub fn container_name(application: &str, deployment: &str) -> String {
     format!("{application}-{deployment}")
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Work(NodeWork),
-    Pulled { deployment: String, result: Result<(), RuntimeError> },
-    Created { deployment: String, result: Result<String, RuntimeError> },
-    Started { deployment: String, result: Result<ContainerState, RuntimeError> },
-    Stopped { deployment: String, result: Result<(), RuntimeError> },
-    Removed { deployment: String, result: Result<(), RuntimeError> },
+    /// A deployment taken up again after a restart, with what the runtime has of it.
+    Recovered {
+        work: NodeWork,
+        observed: Observed,
+    },
+    Pulled {
+        deployment: String,
+        result: Result<(), RuntimeError>,
+    },
+    Created {
+        deployment: String,
+        result: Result<String, RuntimeError>,
+    },
+    Started {
+        deployment: String,
+        result: Result<ContainerState, RuntimeError>,
+    },
+    Stopped {
+        deployment: String,
+        result: Result<(), RuntimeError>,
+    },
+    Removed {
+        deployment: String,
+        result: Result<(), RuntimeError>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +127,25 @@ impl Agent {
                 self.report(&deployment, Status::Received, None);
                 deployment
             }
+            Input::Recovered { work: NodeWork::Deploy { deployment, application, version, image }, observed } => {
+                let workload = Workload {
+                    deployment: deployment.clone(),
+                    application,
+                    version,
+                    image,
+                    // Nothing said yet by this run: the next report says where it stands.
+                    status: Status::PendingDeploy,
+                    desired: Desired::Running,
+                    pulled: observed.image_present || observed.container.is_some(),
+                    running: observed.container.as_ref().is_some_and(|(_, running)| *running),
+                    container: observed.container.map(|(id, _)| id),
+                    busy: false,
+                    failed: false,
+                };
+                self.workloads.insert(deployment.clone(), workload);
+                deployment
+            }
+            Input::Recovered { work, .. } => return self.handle(Input::Work(work)),
             Input::Work(NodeWork::Stop { deployment }) => self.want(deployment, Desired::Stopped),
             Input::Work(NodeWork::Start { deployment }) => self.want(deployment, Desired::Running),
             Input::Work(NodeWork::Remove { deployment }) => self.want(deployment, Desired::Removed),
@@ -334,7 +374,7 @@ mod tests {
         assert_eq!(failure.message, "the container exited with code 127");
     }
 
-    fn work(kind: fn(String) -> NodeWork) -> Input {
+    fn work_for(kind: fn(String) -> NodeWork) -> Input {
         Input::Work(kind("d1".into()))
     }
 
@@ -353,14 +393,14 @@ mod tests {
     #[test]
     fn stop_then_start_keeps_the_container() {
         let mut agent = running();
-        agent.handle(work(|deployment| NodeWork::Stop { deployment }));
+        agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Stopping]);
         assert_eq!(actions.last(), Some(&Action::Stop { deployment: "d1".into(), container: "c1".into() }));
         agent.handle(Input::Stopped { deployment: "d1".into(), result: Ok(()) });
         assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
 
-        agent.handle(work(|deployment| NodeWork::Start { deployment }));
+        agent.handle(work_for(|deployment| NodeWork::Start { deployment }));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Starting]);
         assert_eq!(actions.last(), Some(&Action::Start { deployment: "d1".into(), container: "c1".into() }));
@@ -369,7 +409,7 @@ mod tests {
     #[test]
     fn remove_takes_the_container_and_image_and_forgets_the_workload() {
         let mut agent = running();
-        agent.handle(work(|deployment| NodeWork::Remove { deployment }));
+        agent.handle(work_for(|deployment| NodeWork::Remove { deployment }));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Removing]);
         let expected = Action::Remove {
@@ -388,11 +428,11 @@ mod tests {
         let mut agent = Agent::new("acme", "edge-1");
         agent.handle(deploy());
         drain(&mut agent);
-        agent.handle(work(|deployment| NodeWork::Stop { deployment }));
+        agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         assert_eq!(drain(&mut agent), [], "the pull is still under way");
         agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
         assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
-        agent.handle(work(|deployment| NodeWork::Start { deployment }));
+        agent.handle(work_for(|deployment| NodeWork::Start { deployment }));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Deploying]);
         assert!(matches!(actions.last(), Some(Action::Create { .. })));
@@ -406,10 +446,32 @@ mod tests {
         let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
         agent.handle(Input::Pulled { deployment: "d1".into(), result: Err(error) });
         drain(&mut agent);
-        agent.handle(work(|deployment| NodeWork::Remove { deployment }));
+        agent.handle(work_for(|deployment| NodeWork::Remove { deployment }));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Removing]);
         assert!(matches!(actions.last(), Some(Action::Remove { container, .. }) if container == "sample-d1"));
+    }
+
+    #[test]
+    fn a_recovered_running_deployment_is_reported_running_without_a_pull() {
+        let mut agent = Agent::new("acme", "edge-1");
+        let Input::Work(work) = deploy() else { unreachable!() };
+        let observed = Observed { container: Some(("c1".into(), true)), image_present: true };
+        agent.handle(Input::Recovered { work, observed });
+        assert_eq!(reported(&drain(&mut agent)), [Status::Running]);
+        agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
+        let actions = drain(&mut agent);
+        assert_eq!(actions.last(), Some(&Action::Stop { deployment: "d1".into(), container: "c1".into() }));
+    }
+
+    #[test]
+    fn a_recovered_deployment_whose_container_is_gone_is_created_again_without_a_pull() {
+        let mut agent = Agent::new("acme", "edge-1");
+        let Input::Work(work) = deploy() else { unreachable!() };
+        agent.handle(Input::Recovered { work, observed: Observed { container: None, image_present: true } });
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Deploying]);
+        assert!(matches!(actions.last(), Some(Action::Create { .. })));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::StreamExt;
 
-use crate::runtime::{ContainerRuntime, ContainerSpec, ContainerState, ErrorCode, RuntimeError};
+use crate::runtime::{ContainerRuntime, ContainerSpec, ContainerState, ErrorCode, Observed, RuntimeError};
 
 /// How long a container has to stop on SIGTERM before it is killed.
 const STOP_GRACE_SECONDS: i32 = 10;
@@ -37,20 +37,31 @@ fn unavailable(e: DockerError) -> RuntimeError {
     RuntimeError::new(ErrorCode::RuntimeUnavailable, e.to_string())
 }
 
+/// The step whose failure is being sorted: the same words mean different things in each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Pull,
+    Create,
+    Other,
+}
+
 /// Sorts Docker's answers into the failure codes a node reports.
-fn classify(e: DockerError) -> RuntimeError {
+fn classify(step: Step, e: DockerError) -> RuntimeError {
     let message = match &e {
         DockerError::DockerResponseServerError { message, .. } => message.clone(),
         DockerError::DockerStreamError { error } => error.clone(),
         _ => e.to_string(),
     };
     let lower = message.to_lowercase();
+    let status = match &e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    };
     let code = if lower.contains("invalid reference format") || lower.contains("invalid tag format") {
         ErrorCode::InvalidImageReference
-    } else if lower.contains("manifest unknown")
-        || lower.contains("not found")
-        || lower.contains("does not exist")
-        || lower.contains("no such image")
+    } else if (step == Step::Pull
+        && (status == Some(404) || lower.contains("manifest unknown") || lower.contains("not found")))
+        || (step == Step::Create && lower.contains("no such image"))
     {
         ErrorCode::ImageNotFound
     } else if matches!(e, DockerError::HyperResponseError { .. } | DockerError::IOError { .. }) {
@@ -62,14 +73,37 @@ fn classify(e: DockerError) -> RuntimeError {
 }
 
 impl ContainerRuntime for DockerRuntime {
+    async fn observe(&self, name: &str, image: &str) -> Result<Observed, RuntimeError> {
+        let container = match self.docker.inspect_container(name, None).await {
+            Ok(found) => {
+                let running = found.state.and_then(|s| s.running).unwrap_or(false);
+                found.id.map(|id| (id, running))
+            }
+            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => None,
+            Err(e) => return Err(classify(Step::Other, e)),
+        };
+        let image_present = match self.docker.inspect_image(image).await {
+            Ok(_) => true,
+            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => false,
+            Err(e) => return Err(classify(Step::Other, e)),
+        };
+        Ok(Observed { container, image_present })
+    }
+
     async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
-        let options = CreateImageOptions { from_image: Some(image.to_owned()), ..Default::default() };
+        // Without a tag the engine would pull every tag of the repository: name one.
+        let (from_image, tag) = split_tag(image);
+        let options = CreateImageOptions {
+            from_image: Some(from_image.to_owned()),
+            tag: Some(tag.to_owned()),
+            ..Default::default()
+        };
         let mut progress = self.docker.create_image(Some(options), None, None);
         while let Some(step) = progress.next().await {
-            let step = step.map_err(classify)?;
+            let step = step.map_err(|e| classify(Step::Pull, e))?;
             if let Some(detail) = step.error_detail {
                 let message = detail.message.unwrap_or_else(|| "the pull failed".to_owned());
-                return Err(classify(DockerError::DockerStreamError { error: message }));
+                return Err(classify(Step::Pull, DockerError::DockerStreamError { error: message }));
             }
             if let (Some(status), Some(detail)) = (&step.status, &step.progress_detail) {
                 tracing::debug!(image, status, current = detail.current, total = detail.total, "pulling");
@@ -95,7 +129,7 @@ impl ContainerRuntime for DockerRuntime {
             ..Default::default()
         };
         let options = CreateContainerOptions { name: Some(spec.name.clone()), ..Default::default() };
-        let created = self.docker.create_container(Some(options), body).await.map_err(classify)?;
+        let created = self.docker.create_container(Some(options), body).await.map_err(|e| classify(Step::Create, e))?;
         Ok(created.id)
     }
 
@@ -104,9 +138,9 @@ impl ContainerRuntime for DockerRuntime {
             Ok(()) => {}
             // 304: already started.
             Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => {}
-            Err(e) => return Err(classify(e)),
+            Err(e) => return Err(classify(Step::Other, e)),
         }
-        let inspected = self.docker.inspect_container(id, None).await.map_err(classify)?;
+        let inspected = self.docker.inspect_container(id, None).await.map_err(|e| classify(Step::Other, e))?;
         let state = inspected.state.unwrap_or_default();
         Ok(ContainerState {
             running: state.running.unwrap_or(false),
@@ -120,7 +154,7 @@ impl ContainerRuntime for DockerRuntime {
         match self.docker.stop_container(id, Some(options)).await {
             // 304: already stopped.
             Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
-            Err(e) => Err(classify(e)),
+            Err(e) => Err(classify(Step::Other, e)),
         }
     }
 
@@ -128,7 +162,7 @@ impl ContainerRuntime for DockerRuntime {
         let options = RemoveContainerOptions { force: true, ..Default::default() };
         match self.docker.remove_container(id, Some(options)).await {
             Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
-            Err(e) => return Err(classify(e)),
+            Err(e) => return Err(classify(Step::Other, e)),
         }
         // Removing one of several tags of an image only untags it, whoever uses it: keep it while
         // a container was created from this very reference. (The last tag of content in use
@@ -138,12 +172,38 @@ impl ContainerRuntime for DockerRuntime {
         match self.docker.list_containers(Some(users)).await {
             Ok(users) if users.iter().any(|c| c.image.as_deref() == Some(image)) => return Ok(()),
             Ok(_) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
-            Err(e) => return Err(classify(e)),
+            Err(e) => return Err(classify(Step::Other, e)),
         }
         match self.docker.remove_image(image, None::<RemoveImageOptions>, None).await {
             // 409: another container uses it; 404: gone already. Either way it stays as it is.
             Ok(_) | Err(DockerError::DockerResponseServerError { status_code: 404 | 409, .. }) => Ok(()),
-            Err(e) => Err(classify(e)),
+            Err(e) => Err(classify(Step::Other, e)),
         }
+    }
+}
+
+/// Splits a reference into what to pull and its tag (or digest); `latest` when it has neither.
+fn split_tag(image: &str) -> (&str, &str) {
+    if let Some((name, digest)) = image.split_once('@') {
+        return (name, digest);
+    }
+    // A colon after the last slash is a tag; before it, a registry port.
+    let last = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last..].rfind(':') {
+        Some(colon) => (&image[..last + colon], &image[last + colon + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_tag;
+
+    #[test]
+    fn a_reference_is_split_into_name_and_tag() {
+        assert_eq!(split_tag("127.0.0.1:5000/sample/app:1.0.0"), ("127.0.0.1:5000/sample/app", "1.0.0"));
+        assert_eq!(split_tag("127.0.0.1:5000/sample/app"), ("127.0.0.1:5000/sample/app", "latest"));
+        assert_eq!(split_tag("app"), ("app", "latest"));
+        assert_eq!(split_tag("127.0.0.1:5000/app@sha256:abc"), ("127.0.0.1:5000/app", "sha256:abc"));
     }
 }

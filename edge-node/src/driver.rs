@@ -16,11 +16,12 @@ use uuid::Uuid;
 use events::envelope::Metadata;
 use events::report::NodeReport;
 use events::work::NodeWork;
-use events::Envelope;
+use events::{Envelope, Status};
 
 use crate::agent::{Action, Agent, Input};
+use crate::desired::Desired;
 use crate::outbox::Outbox;
-use crate::runtime::ContainerRuntime;
+use crate::runtime::{ContainerRuntime, Observed};
 use crate::NodeConfig;
 
 /// Runs the node until its connection to JetStream fails for good.
@@ -34,6 +35,7 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
     let js = jetstream::new(client);
     let db = sled::open(&config.data_dir).with_context(|| format!("opening {}", config.data_dir.display()))?;
     let outbox = Outbox::open(&db)?;
+    let desired = Desired::open(&db)?;
     let sent = Arc::new(Notify::new());
     let actor = format!("node:{}", config.node);
 
@@ -53,41 +55,32 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
     let mut causes: HashMap<String, Metadata> = HashMap::new();
     tracing::info!(node = %config.node, tenant = %config.tenant, "edge node started");
 
-    loop {
-        let input = tokio::select! {
-            message = work.next() => {
-                let message = message.context("the work subscription ended")?.map_err(|e| anyhow::anyhow!(e))?;
-                let envelope = match Envelope::decode(&message.payload) {
-                    Ok(envelope) => envelope,
-                    Err(e) => {
-                        tracing::error!(error = %e, "skipping malformed work");
-                        message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
-                        continue;
-                    }
-                };
-                let item: NodeWork = match envelope.event() {
-                    Ok(item) => item,
-                    Err(e) => {
-                        tracing::error!(error = %e, "skipping work of an unknown kind");
-                        message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
-                        continue;
-                    }
-                };
-                causes.insert(item.deployment().to_owned(), Metadata {
-                    tenant: config.tenant.clone(),
-                    actor: actor.clone(),
-                    correlation_id: envelope.correlation_id,
-                    causation_id: envelope.id,
+    // What was accepted before a restart is taken up again.
+    // A deploy is taken up from what the runtime really has, so nothing is pulled twice.
+    for envelope in desired.all()? {
+        let input = match accept(&envelope, &config, &actor, &mut causes) {
+            Some(Input::Work(work @ NodeWork::Deploy { .. })) => {
+                let NodeWork::Deploy { deployment, application, image, .. } = &work else { unreachable!() };
+                let name = crate::agent::container_name(application, deployment);
+                let observed = runtime.observe(&name, image).await.unwrap_or_else(|e| {
+                    tracing::warn!(deployment, error = %e, "could not observe; starting over");
+                    Observed::default()
                 });
-                message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
-                Input::Work(item)
+                Input::Recovered { work, observed }
             }
-            Some(outcome) = outcomes.recv() => outcome,
+            Some(input) => input,
+            None => continue,
         };
         agent.handle(input);
+    }
+
+    loop {
         while let Some(action) = agent.poll_action() {
             match action {
                 Action::Report(report) => {
+                    if let NodeReport::DeploymentState { deployment, status: Status::Removed, .. } = &report {
+                        desired.forget(deployment)?;
+                    }
                     let meta = match &report {
                         NodeReport::DeploymentState { deployment, .. } => causes.get(deployment).cloned(),
                         NodeReport::Online { .. } => None,
@@ -113,7 +106,58 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                 }),
             }
         }
+        let input = tokio::select! {
+            message = work.next() => {
+                let message = message.context("the work subscription ended")?.map_err(|e| anyhow::anyhow!(e))?;
+                let input = match Envelope::decode(&message.payload) {
+                    Ok(envelope) => {
+                        let input = accept(&envelope, &config, &actor, &mut causes);
+                        if let Some(Input::Work(work)) = &input {
+                            desired.keep(work, &envelope)?;
+                        }
+                        input
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping malformed work");
+                        None
+                    }
+                };
+                // Kept (or refused) first, acked after: a crash in between brings it again.
+                message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+                match input {
+                    Some(input) => input,
+                    None => continue,
+                }
+            }
+            Some(outcome) = outcomes.recv() => outcome,
+        };
+        agent.handle(input);
     }
+}
+
+/// Reads a work envelope into an input for the agent, remembering what caused it; `None` for
+/// work of a kind this node does not know.
+fn accept(
+    envelope: &Envelope,
+    config: &NodeConfig,
+    actor: &str,
+    causes: &mut HashMap<String, Metadata>,
+) -> Option<Input> {
+    let work: NodeWork = match envelope.event() {
+        Ok(work) => work,
+        Err(e) => {
+            tracing::error!(error = %e, "skipping work of an unknown kind");
+            return None;
+        }
+    };
+    let meta = Metadata {
+        tenant: config.tenant.clone(),
+        actor: actor.to_owned(),
+        correlation_id: envelope.correlation_id,
+        causation_id: envelope.id,
+    };
+    causes.insert(work.deployment().to_owned(), meta);
+    Some(Input::Work(work))
 }
 
 /// Runs one runtime step as a task; its outcome comes back to the loop as an input.

@@ -6,6 +6,7 @@
 //! engine's read models or API: all it shares with the engine is the `events` vocabulary.
 
 pub mod agent;
+pub mod desired;
 pub mod docker;
 pub mod driver;
 pub mod outbox;

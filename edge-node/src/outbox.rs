@@ -48,6 +48,8 @@ impl Outbox {
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| anyhow::anyhow!("writing the outbox: {e:?}"))?;
+        // On disk before anything else happens: a crash after this loses no report.
+        self.db.flush()?;
         Ok(id)
     }
 

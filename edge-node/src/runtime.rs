@@ -64,7 +64,18 @@ impl RuntimeError {
     }
 }
 
+/// What the engine has of a deployment: its container (by id, and whether it runs) and
+/// whether its image is present.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    pub container: Option<(String, bool)>,
+    pub image_present: bool,
+}
+
 pub trait ContainerRuntime: Send + Sync + 'static {
+    /// What exists of container `name` and `image`, without changing anything.
+    fn observe(&self, name: &str, image: &str) -> impl Future<Output = Result<Observed, RuntimeError>> + Send;
+
     /// Makes `image` present locally.
     fn pull(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 

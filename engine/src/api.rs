@@ -80,7 +80,11 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         tracing::error!(error = %e, "store failure");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, e)
+        let status = match e {
+            StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            StoreError::Conflict { .. } | StoreError::Nats(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, None, e)
     }
 }
 
@@ -135,7 +139,9 @@ impl<R: Rejection> From<CommandError<R>> for ApiError {
                 let (status, field) = r.status_and_field();
                 ApiError::new(status, Some(field), r)
             }
-            CommandError::Contention { .. } => ApiError::new(StatusCode::CONFLICT, None, e),
+            CommandError::Contention { .. } | CommandError::Interrupted { .. } => {
+                ApiError::new(StatusCode::CONFLICT, None, e)
+            }
             CommandError::Store(e) => e.into(),
         }
     }
@@ -152,9 +158,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = bytes::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, None, e.body_text()))?;
+        let bytes =
+            bytes::Bytes::from_request(req, state).await.map_err(|e| ApiError::new(e.status(), None, e.body_text()))?;
         let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(deserializer).map(Body).map_err(|e| {
             let path = e.path().to_string();
@@ -170,6 +175,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
             ApiError { status: StatusCode::BAD_REQUEST, error, field }
         })
     }
+}
+
+/// `value` as one subject token, or a 422 naming `field`.
+fn token(field: &str, value: &str) -> Result<(), ApiError> {
+    check_token(field, value).map_err(|e| ApiError::invalid(field, e))
 }
 
 fn missing_field(message: &str) -> Option<&str> {
@@ -190,8 +200,12 @@ fn meta(headers: &HeaderMap) -> Result<CommandMeta, ApiError> {
     let actor = header("x-actor")?.unwrap_or("operator");
     let mut meta = CommandMeta::new(tenant, actor);
     if let Some(key) = header("idempotency-key")? {
-        let id = Uuid::parse_str(key)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, Some("idempotency-key"), format!("not a UUID: {e}")))?;
+        let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, Some("idempotency-key"), why);
+        let id = Uuid::parse_str(key).map_err(|e| bad(format!("not a UUID: {e}")))?;
+        // A launch takes the key as its deployment id, and deployments list in id order.
+        if id.get_version_num() != 7 {
+            return Err(bad("must be a UUID v7 (time-ordered)".to_owned()));
+        }
         meta.command_id = id;
         meta.correlation_id = id;
     }
@@ -265,7 +279,7 @@ async fn register_application(
     Body(body): Body<RegisterApplication>,
 ) -> Result<impl IntoResponse, ApiError> {
     let meta = meta(&headers)?;
-    check_token("id", &body.id).map_err(|e| ApiError::invalid("id", e))?;
+    token("id", &body.id)?;
     let command = ApplicationCommand::Register { name: body.name };
     let committed = state.commands.execute::<Application>(&body.id, &command, &meta).await?;
     application_response(&state, &meta.tenant, &body.id, status_of(&committed)).await
@@ -277,7 +291,7 @@ async fn get_application(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let meta = meta(&headers)?;
-    check_token("id", &id).map_err(|e| ApiError::invalid("id", e))?;
+    token("id", &id)?;
     let app: Application = state.commands.state(&meta.tenant, &id).await?;
     if !app.registered {
         return Err(ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("application `{id}` does not exist")));
@@ -299,7 +313,7 @@ async fn add_version(
     Body(body): Body<AddVersion>,
 ) -> Result<impl IntoResponse, ApiError> {
     let meta = meta(&headers)?;
-    check_token("id", &id).map_err(|e| ApiError::invalid("id", e))?;
+    token("id", &id)?;
     let command = ApplicationCommand::AddVersion { version: body.version, image: body.image };
     let committed = state.commands.execute::<Application>(&id, &command, &meta).await?;
     application_response(&state, &meta.tenant, &id, status_of(&committed)).await
@@ -311,7 +325,7 @@ async fn publish(
     Path((id, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let meta = meta(&headers)?;
-    check_token("id", &id).map_err(|e| ApiError::invalid("id", e))?;
+    token("id", &id)?;
     let command = ApplicationCommand::Publish { version };
     state.commands.execute::<Application>(&id, &command, &meta).await?;
     application_response(&state, &meta.tenant, &id, StatusCode::OK).await
@@ -334,7 +348,7 @@ async fn launch(
     Body(body): Body<LaunchRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let meta = meta(&headers)?;
-    check_token("application", &body.application).map_err(|e| ApiError::invalid("application", e))?;
+    token("application", &body.application)?;
     for node in &body.nodes {
         check_token("node", node).map_err(|e| ApiError::invalid("nodes", e))?;
     }
@@ -368,7 +382,10 @@ async fn deployment_response(
     committed: &Committed,
 ) -> Result<(StatusCode, Json<LaunchResponse>), ApiError> {
     let sequence = committed.events.last().map_or(0, |e| e.sequence);
-    crate::projector::wait_for(state.deployments.tree(), sequence, READ_YOUR_WRITE).await?;
+    if !crate::projector::wait_for(state.deployments.tree(), sequence, READ_YOUR_WRITE).await? {
+        // Stored, but the read model has not caught up: accepted, to be read later.
+        return Ok((StatusCode::ACCEPTED, Json(LaunchResponse { id, sequence, deployment: None })));
+    }
     let view = state.deployments.get(tenant, &id)?;
     Ok((status_of(committed), Json(LaunchResponse { id, sequence, deployment: view })))
 }
@@ -454,7 +471,7 @@ async fn deployment_history(
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     use events::deployment::DeploymentEvent;
     let meta = meta(&headers)?;
-    check_token("id", &id).map_err(|e| ApiError::invalid("id", e))?;
+    token("id", &id)?;
     let subject = events::subject::aggregate(&meta.tenant, Deployment::TYPE, &id);
     let loaded = state.commands.store().load(&subject).await?;
     if loaded.events.is_empty() {
@@ -484,25 +501,25 @@ async fn deployment_history(
     Ok(Json(history))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    pub limit: Option<usize>,
-    pub cursor: Option<String>,
-}
-
 async fn list_deployments(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Page<DeploymentView>>, ApiError> {
     let meta = meta(&headers)?;
-    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, Some("query"), e.body_text()))?;
-    let limit = query.limit.unwrap_or(50);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, Some("limit"), format!("limit must be 1 to {MAX_PAGE}")));
+    let bad = |field: &str, why: String| ApiError::new(StatusCode::BAD_REQUEST, Some(field), why);
+    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "limit" | "cursor")) {
+        return Err(bad(unknown, format!("unknown parameter `{unknown}`, expected `limit` or `cursor`")));
     }
-    Ok(Json(state.deployments.list(&meta.tenant, query.cursor.as_deref(), limit)?))
+    let limit = match query.get("limit") {
+        Some(text) => text.parse::<usize>().map_err(|e| bad("limit", format!("limit `{text}`: {e}")))?,
+        None => 50,
+    };
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(bad("limit", format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    let cursor = query.get("cursor").map(String::as_str);
+    Ok(Json(state.deployments.list(&meta.tenant, cursor, limit)?))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -522,7 +539,7 @@ async fn get_node(
     Path(id): Path<String>,
 ) -> Result<Json<NodeBody>, ApiError> {
     let meta = meta(&headers)?;
-    check_token("id", &id).map_err(|e| ApiError::invalid("id", e))?;
+    token("id", &id)?;
     let node: Node = state.commands.state(&meta.tenant, &id).await?;
     if !node.registered {
         return Err(ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("node `{id}` is not registered")));

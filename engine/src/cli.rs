@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use events::projection::deployments::DeploymentView;
 use events::Status;
 
-use crate::api::HistoryEntry;
-use crate::{Engine, EngineConfig};
+use engine::api::HistoryEntry;
+use engine::{Engine, EngineConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "engine", about = "Event-sourced orchestration of edge applications", version)]
@@ -57,6 +57,9 @@ enum Command {
         /// Follow the status until every node is running or failed.
         #[arg(long)]
         watch: bool,
+        /// How long `--watch` follows it.
+        #[arg(long, default_value = "120s", value_parser = humantime_secs)]
+        timeout: Duration,
     },
     /// Stop a deployment's containers on every node; they and their images stay.
     Stop {
@@ -144,13 +147,13 @@ impl Cli {
                 print_json(&client.post(&format!("/v1/applications/{id}/versions/{version}/publish"), json!({})).await?)
             }
             Command::App(AppCommand::Show { id }) => print_json(&client.get(&format!("/v1/applications/{id}")).await?),
-            Command::Launch { application, version, nodes, watch } => {
+            Command::Launch { application, version, nodes, watch, timeout } => {
                 let body = json!({ "application": application, "version": version, "nodes": nodes });
                 let launched = client.post("/v1/deployments", body).await?;
                 let id = launched["id"].as_str().context("the launch answer has no id")?.to_owned();
                 println!("launched deployment {id}");
                 if *watch {
-                    return client.watch(&id, Duration::from_secs(120)).await;
+                    return client.watch(&id, *timeout).await;
                 }
             }
             Command::Stop { id, watch } => return client.request_change(id, "stop", *watch).await,

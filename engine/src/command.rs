@@ -45,6 +45,10 @@ pub enum CommandError<R: std::error::Error> {
     Rejected(R),
     #[error("gave up after {attempts} conflicting writes to {subject}")]
     Contention { subject: String, attempts: u32 },
+    /// Another writer came between two events of this command: the first `stored` of its
+    /// `decided` events are in the log, the rest are not.
+    #[error("another writer interrupted the command on {subject}: {stored} of {decided} events stored")]
+    Interrupted { subject: String, stored: usize, decided: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -112,6 +116,10 @@ impl CommandHandler {
                     let events =
                         stored.into_iter().zip(sequences).map(|(e, sequence)| StoredEvent { sequence, ..e }).collect();
                     return Ok(Committed { events, attempts: attempt, duplicate: false });
+                }
+                Err(StoreError::Conflict { appended, .. }) if appended > 0 => {
+                    let (subject, decided) = (loaded.subject, stored.len());
+                    return Err(CommandError::Interrupted { subject, stored: appended, decided });
                 }
                 Err(StoreError::Conflict { .. }) => {
                     tracing::debug!(subject = %loaded.subject, attempt, "conflict, deciding again");

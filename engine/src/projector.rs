@@ -20,9 +20,31 @@ pub trait Projection: Send + Sync + 'static {
     /// The subjects it folds.
     fn subjects(&self) -> Vec<String>;
 
-    /// Folds one event into `batch`. An event that does not decode is refused, skipped and
-    /// logged; the projector goes on.
-    fn apply(&self, batch: &mut Overlay<'_>, event: &StoredEvent) -> Result<(), events::DecodeError>;
+    /// Folds one event into `batch`. An event that does not decode is skipped and logged, and
+    /// the projector goes on; a failure of the read model stops it.
+    fn apply(&self, batch: &mut Overlay<'_>, event: &StoredEvent) -> Result<(), ProjectionError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The event is unreadable: skipped.
+    #[error(transparent)]
+    Decode(#[from] events::DecodeError),
+    /// The read model could not be read or written: the projector stops.
+    #[error("read model: {0}")]
+    ReadModel(String),
+}
+
+impl From<sled::Error> for ProjectionError {
+    fn from(e: sled::Error) -> Self {
+        ProjectionError::ReadModel(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for ProjectionError {
+    fn from(e: serde_json::Error) -> Self {
+        ProjectionError::ReadModel(e.to_string())
+    }
 }
 
 /// Pending changes over a tree: reads see earlier writes of the same batch.
@@ -113,11 +135,13 @@ pub async fn run<P: Projection>(
         let info = message.info().map_err(|e| anyhow::anyhow!(e))?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
         match StoredEvent::decode(sequence, message.payload.clone()) {
-            Ok(event) => {
-                if let Err(e) = projection.apply(&mut batch, &event) {
-                    tracing::error!(projection = P::NAME, sequence, error = %e, "skipping an event that does not decode");
+            Ok(event) => match projection.apply(&mut batch, &event) {
+                Ok(()) => {}
+                Err(ProjectionError::Decode(e)) => {
+                    tracing::error!(projection = P::NAME, sequence, error = %e, "skipping an event that does not decode")
                 }
-            }
+                Err(e) => anyhow::bail!("{} at stream sequence {sequence}: {e}", P::NAME),
+            },
             Err(e) => tracing::error!(projection = P::NAME, sequence, error = %e, "skipping a malformed event"),
         }
         in_batch += 1;

@@ -4,7 +4,7 @@
 use events::deployment::DeploymentEvent;
 use events::projection::deployments::{self, DeploymentView};
 
-use crate::projector::{Overlay, Projection};
+use crate::projector::{Overlay, Projection, ProjectionError};
 use crate::store::StoredEvent;
 
 /// One page of a listing, and the cursor of the next one.
@@ -77,7 +77,7 @@ impl Projection for Deployments {
         vec![events::subject::ALL_DEPLOYMENTS.to_owned()]
     }
 
-    fn apply(&self, batch: &mut Overlay<'_>, stored: &StoredEvent) -> Result<(), events::DecodeError> {
+    fn apply(&self, batch: &mut Overlay<'_>, stored: &StoredEvent) -> Result<(), ProjectionError> {
         let envelope = &stored.envelope;
         let event: DeploymentEvent = envelope.event()?;
         let key = key(&envelope.tenant, &envelope.aggregate_id);

@@ -36,8 +36,9 @@ impl Default for StoreConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another writer appended first; `appended` of the messages were stored before that.
     #[error("another writer appended to {subject} first")]
-    Conflict { subject: String },
+    Conflict { subject: String, appended: usize },
     #[error("event at stream sequence {sequence} does not decode: {source}")]
     Corrupt { sequence: u64, source: DecodeError },
     #[error("jetstream: {0}")]
@@ -234,7 +235,7 @@ impl EventStore {
                     sequences.push(ack.sequence);
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    return Err(StoreError::Conflict { subject: subject.to_owned() })
+                    return Err(StoreError::Conflict { subject: subject.to_owned(), appended: sequences.len() })
                 }
                 Err(e) => return Err(nats(e)),
             }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use uuid::Uuid;
 
-use events::deployment::{Deployment, DeploymentCommand, DeploymentEvent, DeploymentRejection};
+use events::deployment::{Deployment, DeploymentCommand, DeploymentEvent};
 use events::envelope::{chain_hash, Metadata};
 use events::node::{Node, NodeCommand};
 use events::report::NodeReport;
@@ -38,10 +38,11 @@ async fn durable(store: &EventStore, name: &str, filter: &str) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("creating consumer {name}: {e}"))
 }
 
-/// Feeds every message of durable consumer `name` to `handle`, acking the ones it handled.
+/// Feeds every message of durable consumer `name` to `handle`, with the subject it arrived
+/// on, acking the ones it handled.
 async fn consume<F, Fut>(store: &EventStore, name: &str, filter: &str, mut handle: F) -> anyhow::Result<()>
 where
-    F: FnMut(StoredEvent) -> Fut,
+    F: FnMut(String, StoredEvent) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let consumer = durable(store, name, filter).await?;
@@ -50,7 +51,7 @@ where
         let message = message.map_err(|e| anyhow::anyhow!(e))?;
         let sequence = message.info().map_err(|e| anyhow::anyhow!(e))?.stream_sequence;
         let outcome = match StoredEvent::decode(sequence, message.payload.clone()) {
-            Ok(event) => handle(event).await,
+            Ok(event) => handle(message.subject.to_string(), event).await,
             Err(e) => {
                 tracing::error!(consumer = name, sequence, error = %e, "skipping a malformed event");
                 Ok(())
@@ -66,7 +67,7 @@ where
 
 /// Translates deployment events into work on the subject of each target node.
 pub async fn route(store: EventStore) -> anyhow::Result<()> {
-    consume(&store, "router", events::subject::ALL_DEPLOYMENTS, |event| route_one(&store, event)).await
+    consume(&store, "router", events::subject::ALL_DEPLOYMENTS, |_, event| route_one(&store, event)).await
 }
 
 async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()> {
@@ -113,7 +114,7 @@ async fn append_chained(
     work: &NodeWork,
     msg_id: String,
 ) -> anyhow::Result<()> {
-    loop {
+    for _ in 0..ROUTE_ATTEMPTS {
         let last = store.last(subject).await?;
         let prev_hash = last.as_ref().map(|e| chain_hash(&e.bytes));
         let envelope =
@@ -126,43 +127,80 @@ async fn append_chained(
             Err(e) => return Err(e.into()),
         }
     }
+    anyhow::bail!("gave up after {ROUTE_ATTEMPTS} conflicting writes to {subject}")
 }
+
+/// Conflicts on a node's work subject tolerated before the event is left for redelivery.
+const ROUTE_ATTEMPTS: u32 = 8;
 
 /// Turns node reports into commands on the node and deployment aggregates.
+///
+/// A report speaks for the node whose subject it arrived on, whatever its envelope claims. A
+/// report that does not decode, or that the aggregate refuses, is logged and acked: it would
+/// be refused again. Only a failure of the store leaves it for redelivery.
 pub async fn ingest(handler: CommandHandler) -> anyhow::Result<()> {
     let store = handler.store().clone();
-    consume(&store, "ingest", events::subject::ALL_NODE_REPORTS, |event| ingest_one(&handler, event)).await
+    consume(&store, "ingest", events::subject::ALL_NODE_REPORTS, |subject, event| ingest_one(&handler, subject, event))
+        .await
 }
 
-async fn ingest_one(handler: &CommandHandler, stored: StoredEvent) -> anyhow::Result<()> {
+async fn ingest_one(handler: &CommandHandler, subject: String, stored: StoredEvent) -> anyhow::Result<()> {
     let envelope = &stored.envelope;
-    let node = &envelope.aggregate_id;
+    let sequence = stored.sequence;
+    // ev.<tenant>.node.<node>.state
+    let [_, tenant, _, node, _] = subject.split('.').collect::<Vec<_>>()[..] else {
+        tracing::error!(sequence, subject, "a report on an unexpected subject");
+        return Ok(());
+    };
+    if envelope.tenant != tenant || envelope.aggregate_id != node {
+        tracing::warn!(sequence, subject, claimed = %envelope.aggregate_id, "a report claims another node; using the subject's");
+    }
+    let report = match envelope.event::<NodeReport>() {
+        Ok(report) => report,
+        Err(e) => {
+            tracing::error!(sequence, node, error = %e, "skipping a report that does not decode");
+            return Ok(());
+        }
+    };
     // The report is the cause; its id makes the command idempotent.
     let meta = CommandMeta {
-        tenant: envelope.tenant.clone(),
-        actor: envelope.actor.clone(),
+        tenant: tenant.to_owned(),
+        actor: format!("node:{node}"),
         command_id: envelope.id,
         correlation_id: envelope.correlation_id,
     };
-    match envelope.event::<NodeReport>()? {
+    let refused = match report {
         NodeReport::Online { labels, .. } => {
-            handler.execute::<Node>(node, &NodeCommand::Register { labels }, &meta).await?;
+            let register = handler.execute::<Node>(node, &NodeCommand::Register { labels }, &meta).await;
             let heartbeat = CommandMeta { command_id: Uuid::new_v5(&envelope.id, b"heartbeat"), ..meta };
-            handler.execute::<Node>(node, &NodeCommand::Heartbeat, &heartbeat).await?;
-        }
-        NodeReport::DeploymentState { deployment, status, error } => {
-            let command =
-                DeploymentCommand::ReportNodeState { node: node.clone(), status, error, reported_at: envelope.time };
-            match handler.execute::<Deployment>(&deployment, &command, &meta).await {
-                Ok(_) => {}
-                Err(CommandError::Rejected(rejection)) => log_refused(node, &deployment, &rejection),
-                Err(e) => return Err(e.into()),
+            match register {
+                Ok(_) => refusal(handler.execute::<Node>(node, &NodeCommand::Heartbeat, &heartbeat).await)?,
+                Err(e) => refusal(Err(e))?,
             }
         }
+        NodeReport::DeploymentState { deployment, status, error } => {
+            if let Err(e) = events::subject::check_token("deployment", &deployment) {
+                tracing::warn!(sequence, node, error = %e, "report refused");
+                return Ok(());
+            }
+            let command =
+                DeploymentCommand::ReportNodeState { node: node.to_owned(), status, error, reported_at: envelope.time };
+            refusal(handler.execute::<Deployment>(&deployment, &command, &meta).await)?
+        }
+    };
+    if let Some(rejection) = refused {
+        tracing::warn!(sequence, node, %rejection, "report refused");
     }
     Ok(())
 }
 
-fn log_refused(node: &str, deployment: &str, rejection: &DeploymentRejection) {
-    tracing::warn!(node, deployment, %rejection, "report refused");
+/// A rejection as a value to log; any other failure as an error to retry.
+fn refusal<R: std::error::Error>(
+    result: Result<crate::command::Committed, CommandError<R>>,
+) -> anyhow::Result<Option<String>> {
+    match result {
+        Ok(_) => Ok(None),
+        Err(CommandError::Rejected(rejection)) => Ok(Some(rejection.to_string())),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
 }

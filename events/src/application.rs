@@ -251,6 +251,24 @@ mod tests {
     }
 
     #[test]
+    fn publish_a_version_that_is_not_semver_is_rejected() {
+        given::<Application>([registered(), added("1.0.0")]).when(C::Publish { version: "1.0".into() }).then_rejected(
+            R::InvalidVersion {
+                version: "1.0".into(),
+                reason: "unexpected end of input while parsing minor version number".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn add_version_with_an_overlong_image_is_rejected() {
+        let image = format!("127.0.0.1:5000/{}", "a".repeat(250));
+        given::<Application>([registered()])
+            .when(C::AddVersion { version: "1.0.0".into(), image: image.clone() })
+            .then_rejected(R::InvalidImage { image, reason: "it is longer than 255 characters".into() });
+    }
+
+    #[test]
     fn publish_on_an_unknown_application_is_rejected() {
         given::<Application>([]).when(C::Publish { version: "1.0.0".into() }).then_rejected(R::NotRegistered);
     }

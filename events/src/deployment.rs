@@ -35,6 +35,8 @@ pub enum Desired {
 pub struct NodeProgress {
     pub status: Status,
     pub error: Option<Failure>,
+    /// When the node said so; a report older than this one is stale.
+    pub reported_at: Option<DateTime<Utc>>,
 }
 
 /// A launch, with what the engine read of the catalog and the fleet when it was asked.
@@ -175,7 +177,8 @@ impl Aggregate for Deployment {
                 if *status == Status::Failed && error.is_none() {
                     return Err(R::FailureWithoutError);
                 }
-                if current.status == *status && current.error == *error {
+                let stale = current.reported_at.is_some_and(|last| *reported_at < last);
+                if stale || (current.status == *status && current.error == *error) {
                     return Ok(vec![]);
                 }
                 Ok(vec![DeploymentEvent::NodeStateReported {
@@ -197,16 +200,19 @@ impl Aggregate for Deployment {
                 self.image = image.clone();
                 self.nodes = nodes
                     .iter()
-                    .map(|n| (n.clone(), NodeProgress { status: Status::PendingDeploy, error: None }))
+                    .map(|n| {
+                        (n.clone(), NodeProgress { status: Status::PendingDeploy, error: None, reported_at: None })
+                    })
                     .collect();
             }
             DeploymentEvent::StopRequested { .. } => self.request(Desired::Stopped, Status::PendingStop),
             DeploymentEvent::StartRequested { .. } => self.request(Desired::Running, Status::PendingStart),
             DeploymentEvent::UninstallRequested { .. } => self.request(Desired::Removed, Status::PendingRemove),
-            DeploymentEvent::NodeStateReported { node, status, error, .. } => {
+            DeploymentEvent::NodeStateReported { node, status, error, reported_at } => {
                 if let Some(progress) = self.nodes.get_mut(node) {
                     progress.status = *status;
                     progress.error = error.clone();
+                    progress.reported_at = Some(*reported_at);
                 }
             }
         }
@@ -414,6 +420,14 @@ mod tests {
         let first =
             E::NodeStateReported { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() };
         given::<Deployment>([launched(), first]).when(report("edge-1", Status::Running, None)).then([]);
+    }
+
+    #[test]
+    fn a_report_older_than_the_last_one_changes_nothing() {
+        let later = now() + chrono::Duration::seconds(5);
+        let running =
+            E::NodeStateReported { node: "edge-1".into(), status: Status::Running, error: None, reported_at: later };
+        given::<Deployment>([launched(), running]).when(report("edge-1", Status::Downloading, None)).then([]);
     }
 
     #[test]

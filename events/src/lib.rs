@@ -17,6 +17,7 @@ pub mod projection;
 pub mod report;
 pub mod status;
 pub mod subject;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod work;
 

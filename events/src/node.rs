@@ -154,6 +154,15 @@ mod tests {
     }
 
     #[test]
+    fn changing_to_a_bad_label_key_is_rejected() {
+        given::<Node>([E::Registered { labels: labels(&[("site", "north")]) }])
+            .when(C::Register { labels: labels(&[("bad key", "x")]) })
+            .then_rejected(NodeRejection::InvalidLabel(
+                "key `bad key` has ` `: use letters, digits, `-` and `_`".into(),
+            ));
+    }
+
+    #[test]
     fn report_state() {
         given::<Node>([E::Registered { labels: Labels::new() }])
             .when(C::ReportState { state: NodeState::Offline })

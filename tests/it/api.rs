@@ -137,6 +137,16 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
     assert_eq!(response.status().as_u16(), 400);
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["field"], "idempotency-key");
+    let v4 = "3b241101-e2bb-4255-8caf-4136c566a962";
+    let response = engine
+        .http
+        .post(engine.url("/v1/deployments"))
+        .header("idempotency-key", v4)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400, "a key that is not time-ordered is refused");
 
     assert_eq!(stored(&commands).await, before, "a refused request stores nothing");
 }
@@ -201,6 +211,8 @@ async fn deployments_are_listed_a_page_at_a_time() {
         }
     }
     assert_eq!(seen, launched, "every deployment once, in launch order");
-    let (status, body) = engine.get("/v1/deployments?limit=0").await;
-    assert_eq!((status, body["field"].as_str()), (400, Some("limit")));
+    for (query, field) in [("limit=0", "limit"), ("limit=abc", "limit"), ("page=2", "page")] {
+        let (status, body) = engine.get(&format!("/v1/deployments?{query}")).await;
+        assert_eq!((status, body["field"].as_str()), (400, Some(field)), "{query}: {body}");
+    }
 }

@@ -15,13 +15,27 @@ use crate::harness::{TestEngine, IMAGE_1_0_0, TIMEOUT};
 struct TestNode {
     name: String,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _data: tempfile::TempDir,
+    data: Option<tempfile::TempDir>,
 }
 
 impl TestNode {
     async fn start(nats: &NatsServer, engine: &TestEngine) -> TestNode {
         let name = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-        let data = tempfile::tempdir().unwrap();
+        TestNode::start_on(nats, engine, name, tempfile::tempdir().unwrap()).await
+    }
+
+    /// Stops the agent as a crash would (its containers stay) and starts it again on the same
+    /// local state.
+    async fn restart(mut self, nats: &NatsServer, engine: &TestEngine) -> TestNode {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        let data = self.data.take().unwrap();
+        // Handed over: this value's drop leaves the containers to the new one.
+        let name = std::mem::take(&mut self.name);
+        TestNode::start_on(nats, engine, name, data).await
+    }
+
+    async fn start_on(nats: &NatsServer, engine: &TestEngine, name: String, data: tempfile::TempDir) -> TestNode {
         let config = NodeConfig {
             nats_url: nats.url(),
             node: name.clone(),
@@ -36,7 +50,7 @@ impl TestNode {
             (status == 200 && body["state"] == "online").then_some(())
         })
         .await;
-        TestNode { name, task, _data: data }
+        TestNode { name, task, data: Some(data) }
     }
 
     async fn stop(self) {
@@ -49,6 +63,9 @@ impl Drop for TestNode {
     /// Removes the node's containers even when the test failed half-way.
     fn drop(&mut self) {
         self.task.abort();
+        if self.name.is_empty() {
+            return;
+        }
         let name = self.name.clone();
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -218,5 +235,30 @@ async fn uninstall_keeps_an_image_another_deployment_still_runs() {
     engine.wait_deployment(&first, "the first to be removed", |v| v["status"] == "removed").await;
     assert!(tests::has_image(&docker, &image).await, "the second deployment still uses the image");
     assert_eq!(tests::containers(&docker, DEPLOYMENT_LABEL, &second).await.unwrap().len(), 1);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_takes_up_its_deployments_from_its_local_state() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let id = launch(&engine, &node.name).await;
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let docker = docker().await;
+    let before = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
+
+    let node = node.restart(&nats, &engine).await;
+    let (status, _) = engine.post(&format!("/v1/deployments/{id}/stop"), json!({})).await;
+    assert_eq!(status, 202);
+    engine.wait_deployment(&id, "the restarted node to stop it", |v| v["status"] == "stopped").await;
+    let after = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
+    assert_eq!(after.len(), 1, "no second container: {after:?}");
+    assert_eq!(after[0].id, before[0].id);
+    assert_eq!(after[0].state, Some(bollard::models::ContainerSummaryStateEnum::EXITED));
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
+    let downloads = history.as_array().unwrap().iter().filter(|e| e["status"] == "downloading").count();
+    assert_eq!(downloads, 1, "the restarted node does not download again: {history}");
     node.stop().await;
 }

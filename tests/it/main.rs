@@ -3,5 +3,6 @@
 mod api;
 mod deploy;
 mod harness;
+mod ingest;
 mod projector;
 mod store;

@@ -1,0 +1,74 @@
+//! The report ingestor on a real nats-server: what a node says becomes events of the
+//! deployment, attributed to the node whose subject it arrived on; a report that cannot be
+//! applied is refused without holding up the ones after it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use engine::store::Outgoing;
+use events::deployment::{Deployment, DeploymentCommand, Launch};
+use events::envelope::Metadata;
+use events::report::NodeReport;
+use events::{Envelope, Status};
+use tests::{eventually, NatsServer};
+
+use crate::harness::{handler, meta, seed, TestEngine};
+
+fn report(claimed_node: &str, deployment: &str, status: Status) -> Outgoing {
+    let id = uuid::Uuid::now_v7();
+    let meta = Metadata {
+        tenant: "default".into(),
+        actor: format!("node:{claimed_node}"),
+        correlation_id: id,
+        causation_id: id,
+    };
+    let report = NodeReport::DeploymentState { deployment: deployment.into(), status, error: None };
+    let envelope =
+        Envelope::new(id, chrono::Utc::now(), events::report::AGGREGATE_TYPE, claimed_node, &meta, &report, None);
+    Outgoing { msg_id: id.to_string(), bytes: Bytes::from(envelope.encode()) }
+}
+
+#[tokio::test]
+async fn reports_that_cannot_be_applied_are_refused_and_the_rest_go_through() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let commands = handler(&nats).await;
+    seed(&commands, &["edge-1", "edge-2"]).await;
+    let application = commands.state("default", "sample").await.unwrap();
+    let launch = Launch {
+        application_id: "sample".into(),
+        application,
+        version: "1.0.0".into(),
+        nodes: vec!["edge-1".into(), "edge-2".into()],
+        registered_nodes: ["edge-1".to_owned(), "edge-2".to_owned()].into(),
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    commands.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &meta()).await.unwrap();
+
+    let store = commands.store();
+    let subject = events::subject::node_reports("default", "edge-1");
+    let garbage = Outgoing { msg_id: "garbage".into(), bytes: Bytes::from_static(b"\xc1 not messagepack") };
+    store.publish(&subject, garbage).await.unwrap();
+    store.publish(&subject, report("edge-1", "no-such-deployment", Status::Running)).await.unwrap();
+    store.publish(&subject, report("edge-1", "bad.id", Status::Running)).await.unwrap();
+    // Arrives on edge-1's subject but claims to be edge-2: it counts for edge-1.
+    store.publish(&subject, report("edge-2", &id, Status::Running)).await.unwrap();
+
+    let view = engine
+        .wait_deployment(&id, "edge-1's report to be applied", |v| v["nodes"]["edge-1"]["status"] == "running")
+        .await;
+    assert_eq!(view["nodes"]["edge-2"]["status"], "pending_deploy", "edge-2 said nothing: {view}");
+    let loaded = store.load(&events::subject::aggregate("default", "deployment", &id)).await.unwrap();
+    assert_eq!(loaded.events.last().unwrap().envelope.actor, "node:edge-1");
+
+    let consumer =
+        store.stream().get_consumer::<async_nats::jetstream::consumer::pull::Config>("ingest").await.unwrap();
+    eventually("the ingestor to have acked every report", Duration::from_secs(30), || {
+        let mut consumer = consumer.clone();
+        async move {
+            let info = consumer.info().await.ok()?;
+            (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+        }
+    })
+    .await;
+}
