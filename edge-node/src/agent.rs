@@ -24,6 +24,9 @@ pub struct Workload {
     pub pulled: bool,
     pub container: Option<String>,
     pub running: bool,
+    /// The previous version's container during an update: it runs until the new image is
+    /// present, then goes.
+    pub old: Option<String>,
     /// A runtime step is under way; the next waits for its outcome.
     busy: bool,
     /// The last step failed; nothing more is tried until new work arrives.
@@ -70,16 +73,41 @@ pub enum Input {
         deployment: String,
         result: Result<(), RuntimeError>,
     },
+    Retired {
+        deployment: String,
+        result: Result<(), RuntimeError>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Report(NodeReport),
-    Pull { deployment: String, image: String },
-    Create { deployment: String, spec: ContainerSpec },
-    Start { deployment: String, container: String },
-    Stop { deployment: String, container: String },
-    Remove { deployment: String, container: String, image: String },
+    Pull {
+        deployment: String,
+        image: String,
+    },
+    Create {
+        deployment: String,
+        spec: ContainerSpec,
+    },
+    Start {
+        deployment: String,
+        container: String,
+    },
+    Stop {
+        deployment: String,
+        container: String,
+    },
+    Remove {
+        deployment: String,
+        container: String,
+        image: String,
+    },
+    /// Remove the previous version's container, keeping its image.
+    Retire {
+        deployment: String,
+        container: String,
+    },
 }
 
 #[derive(Debug)]
@@ -115,11 +143,12 @@ impl Agent {
                     application,
                     version,
                     image,
-                    status: Status::Received,
+                    status: Status::PendingDeploy,
                     desired: Desired::Running,
                     pulled: false,
                     container: None,
                     running: false,
+                    old: None,
                     busy: false,
                     failed: false,
                 };
@@ -139,6 +168,7 @@ impl Agent {
                     pulled: observed.image_present || observed.container.is_some(),
                     running: observed.container.as_ref().is_some_and(|(_, running)| *running),
                     container: observed.container.map(|(id, _)| id),
+                    old: None,
                     busy: false,
                     failed: false,
                 };
@@ -149,6 +179,27 @@ impl Agent {
             Input::Work(NodeWork::Stop { deployment }) => self.want(deployment, Desired::Stopped),
             Input::Work(NodeWork::Start { deployment }) => self.want(deployment, Desired::Running),
             Input::Work(NodeWork::Remove { deployment }) => self.want(deployment, Desired::Removed),
+            Input::Work(NodeWork::Update { deployment, version, image }) => {
+                if let Some(w) = self.workloads.get_mut(&deployment) {
+                    if w.image != image {
+                        w.version = version;
+                        w.image = image;
+                        w.pulled = false;
+                        // A container not yet retired from an earlier update goes first.
+                        if w.old.is_none() {
+                            w.old = w.container.take();
+                        } else {
+                            w.container = None;
+                        }
+                        w.running = false;
+                        w.desired = Desired::Running;
+                        w.failed = false;
+                        w.status = Status::PendingDeploy;
+                        self.report(&deployment, Status::Received, None);
+                    }
+                }
+                deployment
+            }
             Input::Pulled { deployment, result } => self.outcome(deployment, result, |w, ()| w.pulled = true),
             Input::Created { deployment, result } => self.outcome(deployment, result, |w, id| w.container = Some(id)),
             Input::Started { deployment, result } => {
@@ -165,6 +216,7 @@ impl Agent {
                 self.outcome(deployment, result, |w, ()| w.running = true)
             }
             Input::Stopped { deployment, result } => self.outcome(deployment, result, |w, ()| w.running = false),
+            Input::Retired { deployment, result } => self.outcome(deployment, result, |w, ()| w.old = None),
             Input::Removed { deployment, result } => {
                 let deployment = self.outcome(deployment, result, |w, ()| {
                     w.container = None;
@@ -215,10 +267,16 @@ impl Agent {
         if w.busy || w.failed {
             return;
         }
+        let retire = |status| {
+            let container = w.old.clone().unwrap_or_default();
+            (status, Action::Retire { deployment: deployment.to_owned(), container })
+        };
         let (status, action) = match w.desired {
             Desired::Running if !w.pulled => {
                 (Status::Downloading, Action::Pull { deployment: deployment.to_owned(), image: w.image.clone() })
             }
+            // The new image is here: now the old container goes, and the new one comes.
+            Desired::Running if w.old.is_some() => retire(Status::Deploying),
             Desired::Running if w.container.is_none() => {
                 (Status::Deploying, Action::Create { deployment: deployment.to_owned(), spec: self.spec(w) })
             }
@@ -226,6 +284,9 @@ impl Agent {
                 (Status::Starting, Action::Start { deployment: deployment.to_owned(), container: w.container_ref() })
             }
             Desired::Running => return self.report(deployment, Status::Running, None),
+            Desired::Stopped | Desired::Removed if w.old.is_some() => {
+                retire(if w.desired == Desired::Stopped { Status::Stopping } else { Status::Removing })
+            }
             Desired::Stopped if w.running => {
                 (Status::Stopping, Action::Stop { deployment: deployment.to_owned(), container: w.container_ref() })
             }
@@ -264,7 +325,7 @@ impl Agent {
     /// Reports a new status; saying the same thing twice says nothing.
     fn report(&mut self, deployment: &str, status: Status, error: Option<Failure>) {
         if let Some(w) = self.workloads.get_mut(deployment) {
-            if w.status == status && error.is_none() && status != Status::Received {
+            if w.status == status && error.is_none() {
                 return;
             }
             w.status = status;
@@ -472,6 +533,60 @@ mod tests {
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Deploying]);
         assert!(matches!(actions.last(), Some(Action::Create { .. })));
+    }
+
+    fn update_to(version: &str) -> Input {
+        Input::Work(NodeWork::Update {
+            deployment: "d1".into(),
+            version: version.into(),
+            image: format!("127.0.0.1:5000/sample/app:{version}"),
+        })
+    }
+
+    #[test]
+    fn an_update_pulls_while_the_old_container_runs_then_switches() {
+        let mut agent = running();
+        agent.handle(update_to("1.1.0"));
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Received, Status::Downloading]);
+        assert!(matches!(actions.last(), Some(Action::Pull { image, .. }) if image.ends_with(":1.1.0")));
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Retire { .. } | Action::Stop { .. })),
+            "the old one runs on"
+        );
+
+        agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Deploying]);
+        assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
+
+        agent.handle(Input::Retired { deployment: "d1".into(), result: Ok(()) });
+        let actions = drain(&mut agent);
+        let Some(Action::Create { spec, .. }) = actions.last() else { panic!("{actions:?}") };
+        assert_eq!(spec.image, "127.0.0.1:5000/sample/app:1.1.0");
+        assert_eq!(spec.labels[VERSION_LABEL], "1.1.0");
+    }
+
+    #[test]
+    fn an_update_whose_pull_fails_leaves_the_old_container_running() {
+        let mut agent = running();
+        agent.handle(update_to("9.9.9"));
+        drain(&mut agent);
+        let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
+        agent.handle(Input::Pulled { deployment: "d1".into(), result: Err(error) });
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Failed]);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Retire { .. })));
+        assert_eq!(agent.workloads().next().unwrap().old.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn an_update_delivered_twice_is_handled_once() {
+        let mut agent = running();
+        agent.handle(update_to("1.1.0"));
+        drain(&mut agent);
+        agent.handle(update_to("1.1.0"));
+        assert_eq!(drain(&mut agent), []);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The work the node has accepted, kept in sled before it is acked, so that a restarted node
-//! takes up again what it was asked to do: for each deployment, the `deploy` and the latest
-//! change (stop, start or remove) after it.
+//! takes up again what it was asked to do: for each deployment, the `deploy`, the latest
+//! `update` and the latest change (stop, start or remove).
 
 use events::work::NodeWork;
 use events::Envelope;
@@ -24,6 +24,7 @@ impl Desired {
     pub fn keep(&self, work: &NodeWork, envelope: &Envelope) -> sled::Result<()> {
         let slot = match work {
             NodeWork::Deploy { .. } => "deploy",
+            NodeWork::Update { .. } => "update",
             NodeWork::Stop { .. } | NodeWork::Start { .. } | NodeWork::Remove { .. } => "change",
         };
         self.tree.insert(key(work.deployment(), slot), envelope.encode())?;
@@ -33,24 +34,26 @@ impl Desired {
 
     /// Forgets a deployment that is gone from the node.
     pub fn forget(&self, deployment: &str) -> sled::Result<()> {
-        self.tree.remove(key(deployment, "deploy"))?;
-        self.tree.remove(key(deployment, "change"))?;
+        for slot in ["deploy", "update", "change"] {
+            self.tree.remove(key(deployment, slot))?;
+        }
         Ok(())
     }
 
-    /// Every kept work envelope, each deployment's `deploy` before its change.
+    /// Every kept work envelope: each deployment's `deploy`, then its latest update, then its
+    /// latest change.
     pub fn all(&self) -> anyhow::Result<Vec<Envelope>> {
-        let mut deploys = Vec::new();
-        let mut changes = Vec::new();
+        let (mut deploys, mut updates, mut changes) = (Vec::new(), Vec::new(), Vec::new());
         for entry in self.tree.iter() {
             let (key, bytes) = entry?;
             let envelope = Envelope::decode(&bytes)?;
-            if key.ends_with(b"/deploy") {
-                deploys.push(envelope);
-            } else {
-                changes.push(envelope);
+            match () {
+                _ if key.ends_with(b"/deploy") => deploys.push(envelope),
+                _ if key.ends_with(b"/update") => updates.push(envelope),
+                _ => changes.push(envelope),
             }
         }
+        deploys.extend(updates);
         deploys.extend(changes);
         Ok(deploys)
     }

@@ -158,12 +158,13 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn remove(&self, id: &str, image: &str) -> Result<(), RuntimeError> {
+    async fn remove(&self, id: &str, image: Option<&str>) -> Result<(), RuntimeError> {
         let options = RemoveContainerOptions { force: true, ..Default::default() };
         match self.docker.remove_container(id, Some(options)).await {
             Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
             Err(e) => return Err(classify(Step::Other, e)),
         }
+        let Some(image) = image else { return Ok(()) };
         // Removing one of several tags of an image only untags it, whoever uses it: keep it while
         // a container was created from this very reference. (The last tag of content in use
         // is refused by Docker itself, with 409.)

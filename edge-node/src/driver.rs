@@ -101,8 +101,11 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                 Action::Stop { deployment, container } => step(&runtime, &outcomes_tx, move |rt| async move {
                     Input::Stopped { result: rt.stop(&container).await, deployment }
                 }),
+                Action::Retire { deployment, container } => step(&runtime, &outcomes_tx, move |rt| async move {
+                    Input::Retired { result: rt.remove(&container, None).await, deployment }
+                }),
                 Action::Remove { deployment, container, image } => step(&runtime, &outcomes_tx, move |rt| async move {
-                    Input::Removed { result: rt.remove(&container, &image).await, deployment }
+                    Input::Removed { result: rt.remove(&container, Some(&image)).await, deployment }
                 }),
             }
         }

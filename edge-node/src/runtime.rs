@@ -88,7 +88,7 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Stops it (a stopped one is left alone).
     fn stop(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
-    /// Removes the container (a missing one is fine), then `image` unless a container still
-    /// uses it.
-    fn remove(&self, id: &str, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes the container (a missing one is fine), then `image`, if given, unless a
+    /// container still uses it.
+    fn remove(&self, id: &str, image: Option<&str>) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }

@@ -20,7 +20,7 @@ use events::subject::check_token;
 use events::Aggregate;
 
 use crate::command::{CommandError, CommandHandler, CommandMeta, Committed};
-use crate::read_model::{Deployments, Page};
+use crate::read_model::{Deployments, Notifications, Page};
 use crate::store::StoreError;
 
 /// How long a launch waits for its deployment to reach the read model before answering.
@@ -31,6 +31,7 @@ const MAX_PAGE: usize = 500;
 pub struct AppState {
     pub commands: CommandHandler,
     pub deployments: Deployments,
+    pub notifications: Notifications,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -44,6 +45,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deployments/{id}", get(get_deployment).delete(uninstall))
         .route("/v1/deployments/{id}/stop", post(stop))
         .route("/v1/deployments/{id}/start", post(start))
+        .route("/v1/deployments/{id}/update", post(update))
+        .route("/v1/notifications", get(list_notifications))
         .route("/v1/deployments/{id}/history", get(deployment_history))
         .route("/v1/nodes/{id}", get(get_node))
         .with_state(state)
@@ -420,6 +423,29 @@ async fn start(
     deployment_command(&state, &headers, id, DeploymentCommand::Start).await
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    pub version: String,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Body(body): Body<UpdateRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = meta(&headers)?;
+    token("id", &id)?;
+    let deployment: Deployment = state.commands.state(&meta.tenant, &id).await?;
+    let application: Application = if deployment.launched {
+        state.commands.state(&meta.tenant, &deployment.application).await?
+    } else {
+        Application::default()
+    };
+    deployment_command(&state, &headers, id, DeploymentCommand::Update { application, version: body.version }).await
+}
+
 async fn uninstall(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -487,6 +513,7 @@ async fn deployment_history(
             DeploymentEvent::StopRequested { .. } => (None, events::Status::PendingStop, None),
             DeploymentEvent::StartRequested { .. } => (None, events::Status::PendingStart, None),
             DeploymentEvent::UninstallRequested { .. } => (None, events::Status::PendingRemove, None),
+            DeploymentEvent::UpdateRequested { .. } => (None, events::Status::PendingDeploy, None),
             DeploymentEvent::NodeStateReported { node, status, error, .. } => (Some(node), status, error),
         };
         history.push(HistoryEntry {
@@ -501,12 +528,8 @@ async fn deployment_history(
     Ok(Json(history))
 }
 
-async fn list_deployments(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(query): Query<std::collections::HashMap<String, String>>,
-) -> Result<Json<Page<DeploymentView>>, ApiError> {
-    let meta = meta(&headers)?;
+/// `limit` (1 to `MAX_PAGE`, 50 by default) and `cursor` from a query; anything else is refused.
+fn page_params(query: &std::collections::HashMap<String, String>) -> Result<(usize, Option<&str>), ApiError> {
     let bad = |field: &str, why: String| ApiError::new(StatusCode::BAD_REQUEST, Some(field), why);
     if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "limit" | "cursor")) {
         return Err(bad(unknown, format!("unknown parameter `{unknown}`, expected `limit` or `cursor`")));
@@ -518,8 +541,28 @@ async fn list_deployments(
     if limit == 0 || limit > MAX_PAGE {
         return Err(bad("limit", format!("limit must be 1 to {MAX_PAGE}")));
     }
-    let cursor = query.get("cursor").map(String::as_str);
+    Ok((limit, query.get("cursor").map(String::as_str)))
+}
+
+async fn list_deployments(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Page<DeploymentView>>, ApiError> {
+    let meta = meta(&headers)?;
+    let (limit, cursor) = page_params(&query)?;
     Ok(Json(state.deployments.list(&meta.tenant, cursor, limit)?))
+}
+
+/// Deployments running an older version than the newest published one of their application.
+async fn list_notifications(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Page<events::projection::notifications::Notification>>, ApiError> {
+    let meta = meta(&headers)?;
+    let (limit, cursor) = page_params(&query)?;
+    Ok(Json(state.notifications.list(&meta.tenant, cursor, limit)?))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -79,6 +79,21 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Move a deployment to another published version: download first, switch after.
+    Update {
+        id: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Deployments running an older version than the newest published one.
+    Notifications {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// List deployments, a page at a time.
     List {
         #[arg(long, default_value_t = 50)]
@@ -159,12 +174,41 @@ impl Cli {
             Command::Stop { id, watch } => return client.request_change(id, "stop", *watch).await,
             Command::Start { id, watch } => return client.request_change(id, "start", *watch).await,
             Command::Uninstall { id, watch } => return client.request_change(id, "uninstall", *watch).await,
-            Command::List { limit, cursor } => {
-                let mut path = format!("/v1/deployments?limit={limit}");
-                if let Some(cursor) = cursor {
-                    path.push_str(&format!("&cursor={cursor}"));
+            Command::Update { id, version, watch } => {
+                let answer =
+                    client.post(&format!("/v1/deployments/{id}/update"), json!({ "version": version })).await?;
+                let status = answer["deployment"]["status"].as_str().unwrap_or("unknown");
+                println!("update of deployment {id} to {version} requested: {status}");
+                if *watch {
+                    return client.watch(id, Duration::from_secs(120)).await;
                 }
-                let page = client.get(&path).await?;
+            }
+            Command::Notifications { limit, cursor } => {
+                let page = client.get(&paged("/v1/notifications", *limit, cursor.as_deref())).await?;
+                println!(
+                    "{:<36}  {:<16}  {:<10}  {:<10}  {:<24}  NODES",
+                    "DEPLOYMENT", "APPLICATION", "RUNS", "AVAILABLE", "PUBLISHED"
+                );
+                for n in page["items"].as_array().into_iter().flatten() {
+                    let text = |key: &str| n[key].as_str().unwrap_or_default().to_owned();
+                    let nodes: Vec<&str> =
+                        n["nodes"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+                    println!(
+                        "{:<36}  {:<16}  {:<10}  {:<10}  {:<24}  {}",
+                        text("deployment"),
+                        text("application"),
+                        text("current_version"),
+                        text("available_version"),
+                        text("published_at"),
+                        nodes.join(",")
+                    );
+                }
+                if let Some(next) = page["next_cursor"].as_str() {
+                    println!("next page: --cursor {next}");
+                }
+            }
+            Command::List { limit, cursor } => {
+                let page = client.get(&paged("/v1/deployments", *limit, cursor.as_deref())).await?;
                 let items: Vec<DeploymentView> = serde_json::from_value(page["items"].clone())?;
                 println!("{:<36}  {:<16}  {:<10}  {:<14}  NODES", "ID", "APPLICATION", "VERSION", "STATUS");
                 for d in items {
@@ -185,6 +229,13 @@ impl Cli {
             Command::Watch { id, timeout } => return client.watch(id, *timeout).await,
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn paged(path: &str, limit: usize, cursor: Option<&str>) -> String {
+    match cursor {
+        Some(cursor) => format!("{path}?limit={limit}&cursor={cursor}"),
+        None => format!("{path}?limit={limit}"),
     }
 }
 

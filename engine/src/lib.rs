@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::command::CommandHandler;
 use crate::projector::ProjectorConfig;
-use crate::read_model::Deployments;
+use crate::read_model::{Deployments, Notifications};
 use crate::store::{EventStore, StoreConfig};
 
 #[derive(Debug, Clone)]
@@ -52,6 +52,7 @@ pub struct Engine {
     pub api_addr: SocketAddr,
     pub commands: CommandHandler,
     pub deployments: Deployments,
+    pub notifications: Notifications,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
@@ -67,21 +68,29 @@ impl Engine {
         let db = sled::open(&config.data_dir)
             .with_context(|| format!("opening the read models in {}", config.data_dir.display()))?;
         let deployments = Deployments::open(&db)?;
+        let notifications = Notifications::open(&db)?;
         let commands = CommandHandler::new(store.clone());
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let api_addr = listener.local_addr()?;
-        let app = api::router(api::AppState { commands: commands.clone(), deployments: deployments.clone() });
+        let app = api::router(api::AppState {
+            commands: commands.clone(),
+            deployments: deployments.clone(),
+            notifications: notifications.clone(),
+        });
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(projector::run(store.clone(), deployments.clone(), deployments.tree().clone(), config.projector));
+        let tree = deployments.tree().clone();
+        tasks.spawn(projector::run(store.clone(), deployments.clone(), tree, config.projector.clone()));
+        let tree = notifications.tree().clone();
+        tasks.spawn(projector::run(store.clone(), notifications.clone(), tree, config.projector));
         tasks.spawn(worker::route(store.clone()));
         tasks.spawn(worker::ingest(commands.clone()));
         tasks.spawn(async move { axum::serve(listener, app).await.context("serving the API") });
         tracing::info!(%api_addr, "engine started");
-        Ok(Engine { api_addr, commands, deployments, tasks })
+        Ok(Engine { api_addr, commands, deployments, notifications, tasks })
     }
 
     /// Runs until a task fails; returns its error.

@@ -1,8 +1,10 @@
 //! The deployments read model in sled: its projection (the pure fold of
 //! `events::projection::deployments`) and its queries.
 
+use events::application::ApplicationEvent;
 use events::deployment::DeploymentEvent;
 use events::projection::deployments::{self, DeploymentView};
+use events::projection::notifications::{ApplicationUpdates, Notification};
 
 use crate::projector::{Overlay, Projection, ProjectionError};
 use crate::store::StoredEvent;
@@ -86,6 +88,93 @@ impl Projection for Deployments {
             Some(view) => batch.insert(key, serde_json::to_vec(&view).expect("a view always serializes")),
             None => batch.remove(key),
         }
+        Ok(())
+    }
+}
+
+/// The update notifications read model: per application, its newest published version and
+/// its live deployments (`a/<tenant>/<application>`), and which application each deployment
+/// belongs to (`d/<tenant>/<deployment>`).
+#[derive(Debug, Clone)]
+pub struct Notifications {
+    tree: sled::Tree,
+}
+
+impl Notifications {
+    pub fn open(db: &sled::Db) -> sled::Result<Notifications> {
+        Ok(Notifications { tree: db.open_tree(<Notifications as Projection>::NAME)? })
+    }
+
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// The notifications of `tenant`, by deployment id, `limit` a page, after `cursor`.
+    pub fn list(&self, tenant: &str, cursor: Option<&str>, limit: usize) -> anyhow::Result<Page<Notification>> {
+        let mut all = Vec::new();
+        for entry in self.tree.scan_prefix(format!("a/{tenant}/")) {
+            let (key, value) = entry?;
+            let application = String::from_utf8_lossy(&key).rsplit('/').next().unwrap_or_default().to_owned();
+            let updates: ApplicationUpdates = serde_json::from_slice(&value)?;
+            all.extend(updates.notifications(&application));
+        }
+        all.sort_by(|a, b| a.deployment.cmp(&b.deployment));
+        let mut items: Vec<Notification> =
+            all.into_iter().filter(|n| cursor.is_none_or(|c| n.deployment.as_str() > c)).take(limit + 1).collect();
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|n| n.deployment.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+}
+
+/// An event routed to the application it concerns.
+enum Change {
+    Application(ApplicationEvent),
+    Deployment(DeploymentEvent),
+}
+
+impl Projection for Notifications {
+    const NAME: &'static str = "notifications";
+
+    fn subjects(&self) -> Vec<String> {
+        vec![events::subject::ALL_APPLICATIONS.to_owned(), events::subject::ALL_DEPLOYMENTS.to_owned()]
+    }
+
+    fn apply(&self, batch: &mut Overlay<'_>, stored: &StoredEvent) -> Result<(), ProjectionError> {
+        let envelope = &stored.envelope;
+        let tenant = &envelope.tenant;
+        let (application, change) = match envelope.aggregate_type.as_str() {
+            "application" => (envelope.aggregate_id.clone(), Change::Application(envelope.event()?)),
+            _ => {
+                let event: DeploymentEvent = envelope.event()?;
+                let index = format!("d/{tenant}/{}", envelope.aggregate_id).into_bytes();
+                let application = match &event {
+                    DeploymentEvent::Launched { application, .. } => {
+                        batch.insert(index, application.clone().into_bytes());
+                        application.clone()
+                    }
+                    _ => match batch.get(&index)? {
+                        Some(name) => String::from_utf8_lossy(&name).into_owned(),
+                        None => return Ok(()),
+                    },
+                };
+                (application, Change::Deployment(event))
+            }
+        };
+        let key = format!("a/{tenant}/{application}").into_bytes();
+        let mut updates = match batch.get(&key)? {
+            Some(bytes) => serde_json::from_slice(&bytes)?,
+            None => ApplicationUpdates::default(),
+        };
+        match change {
+            Change::Application(event) => updates.apply_application(&event),
+            Change::Deployment(event) => updates.apply_deployment(&envelope.aggregate_id, &event),
+        }
+        batch.insert(key, serde_json::to_vec(&updates)?);
         Ok(())
     }
 }

@@ -82,6 +82,9 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
         DeploymentEvent::UninstallRequested { .. } => {
             (NodeWork::Remove { deployment }, targets(store, envelope).await?)
         }
+        DeploymentEvent::UpdateRequested { version, image, .. } => {
+            (NodeWork::Update { deployment, version, image }, targets(store, envelope).await?)
+        }
         DeploymentEvent::NodeStateReported { .. } => return Ok(()),
     };
     let meta = Metadata {

@@ -59,6 +59,12 @@ pub enum DeploymentCommand {
     Start,
     /// Remove the containers, and the images no other container uses.
     Uninstall,
+    /// Move to another published version of the same application (the catalog as read when
+    /// asked): download first, switch after.
+    Update {
+        application: Application,
+        version: String,
+    },
     ReportNodeState {
         node: String,
         status: Status,
@@ -74,6 +80,7 @@ pub enum DeploymentEvent {
     StopRequested { at: DateTime<Utc> },
     StartRequested { at: DateTime<Utc> },
     UninstallRequested { at: DateTime<Utc> },
+    UpdateRequested { from_version: String, version: String, image: String, at: DateTime<Utc> },
     NodeStateReported { node: String, status: Status, error: Option<Failure>, reported_at: DateTime<Utc> },
 }
 
@@ -82,6 +89,7 @@ event_payload!(DeploymentEvent, "deployment", {
     StopRequested => "stop_requested",
     StartRequested => "start_requested",
     UninstallRequested => "uninstall_requested",
+    UpdateRequested => "update_requested",
     NodeStateReported => "node_state_reported",
 });
 
@@ -126,17 +134,8 @@ impl Aggregate for Deployment {
         match command {
             DeploymentCommand::Launch(_) if self.launched => Err(R::AlreadyLaunched),
             DeploymentCommand::Launch(launch) => {
-                let app = &launch.application;
                 let name = &launch.application_id;
-                if !app.registered {
-                    return Err(R::UnknownApplication(name.clone()));
-                }
-                let version = app
-                    .version(&launch.version)
-                    .ok_or_else(|| R::UnknownVersion { application: name.clone(), version: launch.version.clone() })?;
-                if version.published_at.is_none() {
-                    return Err(R::VersionNotPublished { application: name.clone(), version: version.version.clone() });
-                }
+                let version = published(name, &launch.application, &launch.version)?;
                 if launch.nodes.is_empty() {
                     return Err(R::NoNodes);
                 }
@@ -157,10 +156,25 @@ impl Aggregate for Deployment {
                 }])
             }
             _ if !self.launched => Err(R::NotLaunched),
-            DeploymentCommand::Stop | DeploymentCommand::Start | DeploymentCommand::Uninstall
+            DeploymentCommand::Stop
+            | DeploymentCommand::Start
+            | DeploymentCommand::Uninstall
+            | DeploymentCommand::Update { .. }
                 if self.desired == Desired::Removed =>
             {
                 Err(R::Uninstalled)
+            }
+            DeploymentCommand::Update { application, version } => {
+                let target = published(&self.application, application, version)?;
+                if target.version == self.version {
+                    return Err(R::AlreadyDesired("at that version"));
+                }
+                Ok(vec![DeploymentEvent::UpdateRequested {
+                    from_version: self.version.clone(),
+                    version: target.version.clone(),
+                    image: target.image.clone(),
+                    at: ctx.now,
+                }])
             }
             DeploymentCommand::Stop if self.desired == Desired::Stopped => Err(R::AlreadyDesired("stopped")),
             DeploymentCommand::Stop => Ok(vec![DeploymentEvent::StopRequested { at: ctx.now }]),
@@ -208,6 +222,11 @@ impl Aggregate for Deployment {
             DeploymentEvent::StopRequested { .. } => self.request(Desired::Stopped, Status::PendingStop),
             DeploymentEvent::StartRequested { .. } => self.request(Desired::Running, Status::PendingStart),
             DeploymentEvent::UninstallRequested { .. } => self.request(Desired::Removed, Status::PendingRemove),
+            DeploymentEvent::UpdateRequested { version, image, .. } => {
+                self.version = version.clone();
+                self.image = image.clone();
+                self.request(Desired::Running, Status::PendingDeploy);
+            }
             DeploymentEvent::NodeStateReported { node, status, error, reported_at } => {
                 if let Some(progress) = self.nodes.get_mut(node) {
                     progress.status = *status;
@@ -218,6 +237,28 @@ impl Aggregate for Deployment {
         }
         self
     }
+}
+
+/// The version `version` of application `name`, if it exists and is published.
+fn published<'a>(
+    name: &str,
+    application: &'a Application,
+    version: &str,
+) -> Result<&'a crate::application::Version, DeploymentRejection> {
+    if !application.registered {
+        return Err(DeploymentRejection::UnknownApplication(name.to_owned()));
+    }
+    let found = application.version(version).ok_or_else(|| DeploymentRejection::UnknownVersion {
+        application: name.to_owned(),
+        version: version.to_owned(),
+    })?;
+    if found.published_at.is_none() {
+        return Err(DeploymentRejection::VersionNotPublished {
+            application: name.to_owned(),
+            version: found.version.clone(),
+        });
+    }
+    Ok(found)
 }
 
 impl Deployment {
@@ -391,6 +432,70 @@ mod tests {
             error: None,
             reported_at: now(),
         }]);
+    }
+
+    fn catalog_with(versions: &[(&str, bool)]) -> Application {
+        let mut events = vec![ApplicationEvent::Registered { name: "Sample".into() }];
+        for (version, published) in versions {
+            let image = format!("127.0.0.1:5000/sample/app:{version}");
+            events.push(ApplicationEvent::VersionAdded { version: version.to_string(), image });
+            if *published {
+                events.push(ApplicationEvent::VersionPublished { version: version.to_string(), published_at: now() });
+            }
+        }
+        Application::fold(&events)
+    }
+
+    fn update(versions: &[(&str, bool)], to: &str) -> C {
+        C::Update { application: catalog_with(versions), version: to.into() }
+    }
+
+    #[test]
+    fn update_to_a_published_version() {
+        let state =
+            given::<Deployment>([launched()]).when(update(&[("1.0.0", true), ("1.1.0", true)], "v1.1.0")).then([
+                E::UpdateRequested {
+                    from_version: "1.0.0".into(),
+                    version: "1.1.0".into(),
+                    image: "127.0.0.1:5000/sample/app:1.1.0".into(),
+                    at: now(),
+                },
+            ]);
+        assert_eq!((state.version.as_str(), state.desired), ("1.1.0", Desired::Running));
+        assert_eq!(state.nodes["edge-1"].status, Status::PendingDeploy);
+    }
+
+    #[test]
+    fn update_to_a_draft_is_rejected() {
+        given::<Deployment>([launched()])
+            .when(update(&[("1.0.0", true), ("1.1.0", false)], "1.1.0"))
+            .then_rejected(R::VersionNotPublished { application: "sample".into(), version: "1.1.0".into() });
+    }
+
+    #[test]
+    fn update_to_an_unknown_version_is_rejected() {
+        given::<Deployment>([launched()])
+            .when(update(&[("1.0.0", true)], "2.0.0"))
+            .then_rejected(R::UnknownVersion { application: "sample".into(), version: "2.0.0".into() });
+    }
+
+    #[test]
+    fn update_to_the_current_version_is_rejected() {
+        given::<Deployment>([launched()])
+            .when(update(&[("1.0.0", true)], "1.0.0"))
+            .then_rejected(R::AlreadyDesired("at that version"));
+    }
+
+    #[test]
+    fn update_an_uninstalled_deployment_is_rejected() {
+        given::<Deployment>([launched(), E::UninstallRequested { at: at() }])
+            .when(update(&[("1.0.0", true), ("1.1.0", true)], "1.1.0"))
+            .then_rejected(R::Uninstalled);
+    }
+
+    #[test]
+    fn update_an_unknown_deployment_is_rejected() {
+        given::<Deployment>([]).when(update(&[("1.1.0", true)], "1.1.0")).then_rejected(R::NotLaunched);
     }
 
     #[test]

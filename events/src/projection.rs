@@ -2,3 +2,4 @@
 //! `replay`.
 
 pub mod deployments;
+pub mod notifications;

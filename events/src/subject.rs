@@ -6,6 +6,7 @@
 
 pub const STREAM: &str = "EVENTS";
 pub const ALL: &str = "ev.>";
+pub const ALL_APPLICATIONS: &str = "ev.*.application.*";
 pub const ALL_DEPLOYMENTS: &str = "ev.*.deployment.*";
 pub const ALL_NODE_REPORTS: &str = "ev.*.node.*.state";
 

@@ -19,6 +19,8 @@ pub enum NodeWork {
     Start { deployment: String },
     /// Remove the deployment's containers, and its images if no other container uses them.
     Remove { deployment: String },
+    /// Move the deployment to another version: pull it while the old one runs, then switch.
+    Update { deployment: String, version: String, image: String },
 }
 
 event_payload!(NodeWork, "work", {
@@ -26,6 +28,7 @@ event_payload!(NodeWork, "work", {
     Stop => "stop",
     Start => "start",
     Remove => "remove",
+    Update => "update",
 });
 
 impl NodeWork {
@@ -34,7 +37,8 @@ impl NodeWork {
             NodeWork::Deploy { deployment, .. }
             | NodeWork::Stop { deployment }
             | NodeWork::Start { deployment }
-            | NodeWork::Remove { deployment } => deployment,
+            | NodeWork::Remove { deployment }
+            | NodeWork::Update { deployment, .. } => deployment,
         }
     }
 }

@@ -9,7 +9,7 @@ use edge_node::NodeConfig;
 use serde_json::json;
 use tests::{docker, eventually, NatsServer};
 
-use crate::harness::{TestEngine, IMAGE_1_0_0, TIMEOUT};
+use crate::harness::{TestEngine, IMAGE_1_0_0, IMAGE_1_1_0, TIMEOUT};
 
 /// An edge node in this process, on its own sled directory; its containers are removed on drop.
 struct TestNode {
@@ -260,5 +260,84 @@ async fn a_restarted_node_takes_up_its_deployments_from_its_local_state() {
     let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
     let downloads = history.as_array().unwrap().iter().filter(|e| e["status"] == "downloading").count();
     assert_eq!(downloads, 1, "the restarted node does not download again: {history}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_downloads_first_and_switches_after_with_notifications_on_publish() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let add = |version: &str, image: &str| {
+        engine.post("/v1/applications/sample/versions", json!({"version": version, "image": image}))
+    };
+    assert_eq!(add("1.0.1", "127.0.0.1:5000/sample/missing:1.0.1").await.0, 201);
+    assert_eq!(add("1.1.0", IMAGE_1_1_0).await.0, 201);
+    let engine = &engine;
+    let publish = |version: &'static str| async move {
+        engine.post(&format!("/v1/applications/sample/versions/{version}/publish"), json!({})).await
+    };
+    let notifications = || async {
+        let (status, page) = engine.get("/v1/notifications").await;
+        assert_eq!(status, 200, "{page}");
+        page["items"].as_array().unwrap().clone()
+    };
+
+    let id = launch(engine, &node.name).await;
+    engine.wait_deployment(&id, "1.0.0 to run", |v| v["status"] == "running").await;
+    let docker = docker().await;
+    let running = |image: &'static str| {
+        let (docker, id) = (docker.clone(), id.clone());
+        async move {
+            let found = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
+            let running = bollard::models::ContainerSummaryStateEnum::RUNNING;
+            (found.len() == 1 && found[0].state == Some(running) && found[0].image.as_deref() == Some(image))
+                .then(|| found[0].id.clone().unwrap())
+        }
+    };
+    let first = eventually("1.0.0's container to run", TIMEOUT, || running(IMAGE_1_0_0)).await;
+    assert!(notifications().await.is_empty(), "nothing newer is published yet");
+
+    // A newer version is published: the deployment shows it.
+    assert_eq!(publish("1.0.1").await.0, 200);
+    let shown = eventually("a notification for 1.0.1", TIMEOUT, || async {
+        let items = notifications().await;
+        (items.len() == 1).then(|| items[0].clone())
+    })
+    .await;
+    assert_eq!((shown["deployment"].as_str(), shown["current_version"].as_str()), (Some(id.as_str()), Some("1.0.0")));
+    assert_eq!(shown["available_version"], "1.0.1");
+    assert_eq!(shown["nodes"], json!([node.name]));
+
+    // Its image cannot be downloaded: the update fails and 1.0.0 runs on, untouched.
+    let (status, body) = engine.post(&format!("/v1/deployments/{id}/update"), json!({"version": "1.0.1"})).await;
+    assert_eq!(status, 202, "{body}");
+    let view = engine.wait_deployment(&id, "the update to fail", |v| v["status"] == "failed").await;
+    assert_eq!(view["nodes"][&node.name]["error"]["code"], "image_not_found");
+    assert_eq!(running(IMAGE_1_0_0).await, Some(first.clone()), "the old container runs until a new image is present");
+    assert!(notifications().await.is_empty(), "the deployment is at the newest version now");
+
+    // 1.1.0 is published and the update goes through: pulled first, switched after.
+    assert_eq!(publish("1.1.0").await.0, 200);
+    eventually("a notification for 1.1.0", TIMEOUT, || async {
+        let items = notifications().await;
+        (items.len() == 1 && items[0]["available_version"] == "1.1.0").then_some(())
+    })
+    .await;
+    let (status, _) = engine.post(&format!("/v1/deployments/{id}/update"), json!({"version": "1.1.0"})).await;
+    assert_eq!(status, 202);
+    let view = engine.wait_deployment(&id, "1.1.0 to run", |v| v["status"] == "running").await;
+    assert_eq!((view["version"].as_str(), view["image"].as_str()), (Some("1.1.0"), Some(IMAGE_1_1_0)));
+    let second = eventually("1.1.0's container to run", TIMEOUT, || running(IMAGE_1_1_0)).await;
+    assert_ne!(second, first);
+    assert!(notifications().await.is_empty(), "the update clears the notification");
+
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
+    let tail: Vec<&str> =
+        history.as_array().unwrap().iter().rev().take(6).rev().map(|e| e["status"].as_str().unwrap()).collect();
+    assert_eq!(tail, ["pending_deploy", "received", "downloading", "deploying", "starting", "running"]);
+    let (status, body) = engine.post(&format!("/v1/deployments/{id}/update"), json!({"version": "1.1.0"})).await;
+    assert_eq!((status, body["field"].as_str()), (409, Some("id")), "{body}");
     node.stop().await;
 }

@@ -80,6 +80,11 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         DeploymentEvent::StopRequested { .. } => Some((Desired::Stopped, Status::PendingStop)),
         DeploymentEvent::StartRequested { .. } => Some((Desired::Running, Status::PendingStart)),
         DeploymentEvent::UninstallRequested { .. } => Some((Desired::Removed, Status::PendingRemove)),
+        DeploymentEvent::UpdateRequested { version, image, .. } => {
+            view.version = version.clone();
+            view.image = image.clone();
+            Some((Desired::Running, Status::PendingDeploy))
+        }
         DeploymentEvent::Launched { .. } | DeploymentEvent::NodeStateReported { .. } => None,
     };
     if let Some((desired, status)) = request {

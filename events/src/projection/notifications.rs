@@ -1,0 +1,172 @@
+//! Update notifications: every live deployment running an older version of an application
+//! than the newest published one shows a notification, cleared when it is updated or
+//! uninstalled.
+//!
+//! The state is kept per application (its newest published version and its live deployments);
+//! the caller stores it and routes deployment events to their application.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::application::ApplicationEvent;
+use crate::deployment::DeploymentEvent;
+
+/// What is known of one application for its notifications.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApplicationUpdates {
+    pub latest: Option<Published>,
+    /// Live deployments of the application, by id.
+    pub deployments: BTreeMap<String, Tracked>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    pub version: String,
+    pub published_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tracked {
+    pub version: String,
+    pub nodes: Vec<String>,
+}
+
+/// "Deployment D on these nodes runs `current_version`; `available_version` is published."
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub deployment: String,
+    pub application: String,
+    pub nodes: Vec<String>,
+    pub current_version: String,
+    pub available_version: String,
+    pub published_at: DateTime<Utc>,
+}
+
+/// Whether semver `a` is newer than `b` (unparsable versions are never newer).
+pub fn newer(a: &str, b: &str) -> bool {
+    match (semver::Version::parse(a), semver::Version::parse(b)) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => false,
+    }
+}
+
+impl ApplicationUpdates {
+    pub fn apply_application(&mut self, event: &ApplicationEvent) {
+        if let ApplicationEvent::VersionPublished { version, published_at } = event {
+            if self.latest.as_ref().is_none_or(|latest| newer(version, &latest.version)) {
+                self.latest = Some(Published { version: version.clone(), published_at: *published_at });
+            }
+        }
+    }
+
+    /// Folds an event of deployment `id`, which belongs to this application.
+    pub fn apply_deployment(&mut self, id: &str, event: &DeploymentEvent) {
+        match event {
+            DeploymentEvent::Launched { version, nodes, .. } => {
+                self.deployments.insert(id.to_owned(), Tracked { version: version.clone(), nodes: nodes.clone() });
+            }
+            DeploymentEvent::UpdateRequested { version, .. } => {
+                if let Some(tracked) = self.deployments.get_mut(id) {
+                    tracked.version = version.clone();
+                }
+            }
+            DeploymentEvent::UninstallRequested { .. } => {
+                self.deployments.remove(id);
+            }
+            DeploymentEvent::StopRequested { .. }
+            | DeploymentEvent::StartRequested { .. }
+            | DeploymentEvent::NodeStateReported { .. } => {}
+        }
+    }
+
+    /// The notifications of this application's deployments, by deployment id.
+    pub fn notifications(&self, application: &str) -> Vec<Notification> {
+        let Some(latest) = &self.latest else { return vec![] };
+        self.deployments
+            .iter()
+            .filter(|(_, tracked)| newer(&latest.version, &tracked.version))
+            .map(|(id, tracked)| Notification {
+                deployment: id.clone(),
+                application: application.to_owned(),
+                nodes: tracked.nodes.clone(),
+                current_version: tracked.version.clone(),
+                available_version: latest.version.clone(),
+                published_at: latest.published_at,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::now;
+
+    fn published(version: &str) -> ApplicationEvent {
+        ApplicationEvent::VersionPublished { version: version.into(), published_at: now() }
+    }
+
+    fn launched(version: &str) -> DeploymentEvent {
+        DeploymentEvent::Launched {
+            application: "sample".into(),
+            version: version.into(),
+            image: format!("127.0.0.1:5000/sample/app:{version}"),
+            nodes: vec!["edge-1".into()],
+        }
+    }
+
+    fn available(state: &ApplicationUpdates) -> Vec<(String, String, String)> {
+        state
+            .notifications("sample")
+            .into_iter()
+            .map(|n| (n.deployment, n.current_version, n.available_version))
+            .collect()
+    }
+
+    #[test]
+    fn publishing_a_newer_version_notifies_every_deployment_of_an_older_one() {
+        let mut state = ApplicationUpdates::default();
+        state.apply_application(&published("1.0.0"));
+        state.apply_deployment("d1", &launched("1.0.0"));
+        state.apply_deployment("d2", &launched("1.0.0"));
+        assert_eq!(available(&state), []);
+        state.apply_application(&published("1.1.0"));
+        let expected = |d: &str| (d.to_owned(), "1.0.0".to_owned(), "1.1.0".to_owned());
+        assert_eq!(available(&state), [expected("d1"), expected("d2")]);
+    }
+
+    #[test]
+    fn publishing_an_older_version_after_a_newer_one_changes_nothing() {
+        let mut state = ApplicationUpdates::default();
+        state.apply_application(&published("2.0.0"));
+        state.apply_application(&published("1.5.0"));
+        assert_eq!(state.latest.as_ref().map(|l| l.version.as_str()), Some("2.0.0"));
+    }
+
+    #[test]
+    fn an_update_or_an_uninstall_clears_the_notification() {
+        let mut state = ApplicationUpdates::default();
+        state.apply_deployment("d1", &launched("1.0.0"));
+        state.apply_deployment("d2", &launched("1.0.0"));
+        state.apply_application(&published("1.1.0"));
+        let update = DeploymentEvent::UpdateRequested {
+            from_version: "1.0.0".into(),
+            version: "1.1.0".into(),
+            image: "x".into(),
+            at: now(),
+        };
+        state.apply_deployment("d1", &update);
+        state.apply_deployment("d2", &DeploymentEvent::UninstallRequested { at: now() });
+        assert_eq!(available(&state), []);
+    }
+
+    #[test]
+    fn prereleases_order_by_semver() {
+        assert!(newer("1.0.0", "1.0.0-4"));
+        assert!(newer("1.10.0", "1.9.0"));
+        assert!(!newer("1.0.0", "1.0.0"));
+        assert!(!newer("garbage", "1.0.0"));
+    }
+}
