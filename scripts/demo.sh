@@ -80,6 +80,20 @@ say "operator: stop the deployment, then start it again (the container is kept)"
 say "operator: launching the draft 1.1.0 is refused"
 "$bin/engine" launch --app sample --version 1.1.0 --node "$node" || true
 
+say "vendor: publish 1.1.0: the deployment shows an update notification"
+"$bin/engine" --actor vendor app publish sample 1.1.0 >/dev/null
+for _ in $(seq 1 50); do
+  "$bin/engine" notifications | grep -q 1.1.0 && break
+  sleep 0.1
+done
+"$bin/engine" notifications
+
+say "operator: update the deployment to 1.1.0 (downloaded first, switched after)"
+"$bin/engine" update "$id" --version 1.1.0 --watch
+
+say "no notification left"
+"$bin/engine" notifications
+
 say "the deployments"
 "$bin/engine" list
 

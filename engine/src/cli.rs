@@ -168,7 +168,7 @@ impl Cli {
                 let id = launched["id"].as_str().context("the launch answer has no id")?.to_owned();
                 println!("launched deployment {id}");
                 if *watch {
-                    return client.watch(&id, *timeout).await;
+                    return client.watch(&id, *timeout, 0).await;
                 }
             }
             Command::Stop { id, watch } => return client.request_change(id, "stop", *watch).await,
@@ -180,7 +180,7 @@ impl Cli {
                 let status = answer["deployment"]["status"].as_str().unwrap_or("unknown");
                 println!("update of deployment {id} to {version} requested: {status}");
                 if *watch {
-                    return client.watch(id, Duration::from_secs(120)).await;
+                    return client.watch(id, Duration::from_secs(120), since(&answer)).await;
                 }
             }
             Command::Notifications { limit, cursor } => {
@@ -226,10 +226,15 @@ impl Cli {
                 }
             }
             Command::Get { id } => print_json(&client.get(&format!("/v1/deployments/{id}")).await?),
-            Command::Watch { id, timeout } => return client.watch(id, *timeout).await,
+            Command::Watch { id, timeout } => return client.watch(id, *timeout, 0).await,
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The sequence just before a request's event: a watch shows from that event on.
+fn since(answer: &Value) -> u64 {
+    answer["sequence"].as_u64().unwrap_or(1).saturating_sub(1)
 }
 
 fn paged(path: &str, limit: usize, cursor: Option<&str>) -> String {
@@ -285,16 +290,16 @@ impl Client<'_> {
         let status = answer["deployment"]["status"].as_str().unwrap_or("unknown");
         println!("{verb} of deployment {id} requested: {status}");
         if watch {
-            return self.watch(id, Duration::from_secs(120)).await;
+            return self.watch(id, Duration::from_secs(120), since(&answer)).await;
         }
         Ok(ExitCode::SUCCESS)
     }
 
     /// Prints every status the deployment goes through, from the log, as it happens, until
     /// every node has settled; fails if one failed.
-    async fn watch(&self, id: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
+    async fn watch(&self, id: &str, timeout: Duration, since: u64) -> anyhow::Result<ExitCode> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut shown = 0u64;
+        let mut shown = since;
         loop {
             let history: Vec<HistoryEntry> =
                 serde_json::from_value(self.get(&format!("/v1/deployments/{id}/history")).await?)?;
