@@ -5,10 +5,14 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use events::deployment::Desired;
+#[cfg(test)]
+use events::deployment::Mode;
 use events::report::NodeReport;
 use events::work::NodeWork;
 use events::{Failure, Status};
 
+#[cfg(test)]
+use crate::runtime::ObservedContainer;
 use crate::runtime::{ContainerSpec, ContainerState, ErrorCode, Observed, RuntimeError};
 use crate::runtime::{APPLICATION_LABEL, DEPLOYMENT_LABEL, NODE_LABEL, TENANT_LABEL, VERSION_LABEL};
 
@@ -21,6 +25,8 @@ pub struct Workload {
     pub image: String,
     pub status: Status,
     pub desired: Desired,
+    /// Staged and not applied: once downloaded it waits (`ready`).
+    pub hold: bool,
     pub pulled: bool,
     pub container: Option<String>,
     pub running: bool,
@@ -40,6 +46,21 @@ impl Workload {
     }
 }
 
+/// What a restarted node must look for of a deployment, given the work it received: its
+/// container's name and the image it should now run.
+pub fn recovery_target(works: &[NodeWork]) -> Option<(String, String)> {
+    let Some(NodeWork::Deploy { deployment, application, image, .. }) = works.first() else { return None };
+    let image = works
+        .iter()
+        .rev()
+        .find_map(|w| match w {
+            NodeWork::Update { image, .. } => Some(image),
+            _ => None,
+        })
+        .unwrap_or(image);
+    Some((container_name(application, deployment), image.clone()))
+}
+
 /// The name of a deployment's container: the same on every start, so it can be found again.
 pub fn container_name(application: &str, deployment: &str) -> String {
     format!("{application}-{deployment}")
@@ -48,9 +69,10 @@ pub fn container_name(application: &str, deployment: &str) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Work(NodeWork),
-    /// A deployment taken up again after a restart, with what the runtime has of it.
+    /// A deployment taken up again after a restart: every piece of work it received, in
+    /// order, and what the runtime has of it.
     Recovered {
-        work: NodeWork,
+        works: Vec<NodeWork>,
         observed: Observed,
     },
     Pulled {
@@ -133,71 +155,38 @@ impl Agent {
 
     pub fn handle(&mut self, input: Input) {
         let deployment = match input {
-            Input::Work(NodeWork::Deploy { deployment, application, version, image }) => {
-                if self.workloads.contains_key(&deployment) {
-                    // Delivered again: it is in hand already.
-                    return;
-                }
-                let workload = Workload {
-                    deployment: deployment.clone(),
-                    application,
-                    version,
-                    image,
-                    status: Status::PendingDeploy,
-                    desired: Desired::Running,
-                    pulled: false,
-                    container: None,
-                    running: false,
-                    old: None,
-                    busy: false,
-                    failed: false,
+            Input::Work(work) => {
+                let announce = match &work {
+                    NodeWork::Deploy { mode, .. } | NodeWork::Update { mode, .. } => Some(mode.staged),
+                    _ => None,
                 };
-                self.workloads.insert(deployment.clone(), workload);
-                self.report(&deployment, Status::Received, None);
-                deployment
-            }
-            Input::Recovered { work: NodeWork::Deploy { deployment, application, version, image }, observed } => {
-                let workload = Workload {
-                    deployment: deployment.clone(),
-                    application,
-                    version,
-                    image,
-                    // Nothing said yet by this run: the next report says where it stands.
-                    status: Status::PendingDeploy,
-                    desired: Desired::Running,
-                    pulled: observed.image_present || observed.container.is_some(),
-                    running: observed.container.as_ref().is_some_and(|(_, running)| *running),
-                    container: observed.container.map(|(id, _)| id),
-                    old: None,
-                    busy: false,
-                    failed: false,
-                };
-                self.workloads.insert(deployment.clone(), workload);
-                deployment
-            }
-            Input::Recovered { work, .. } => return self.handle(Input::Work(work)),
-            Input::Work(NodeWork::Stop { deployment }) => self.want(deployment, Desired::Stopped),
-            Input::Work(NodeWork::Start { deployment }) => self.want(deployment, Desired::Running),
-            Input::Work(NodeWork::Remove { deployment }) => self.want(deployment, Desired::Removed),
-            Input::Work(NodeWork::Update { deployment, version, image }) => {
-                if let Some(w) = self.workloads.get_mut(&deployment) {
-                    if w.image != image {
-                        w.version = version;
-                        w.image = image;
-                        w.pulled = false;
-                        // A container not yet retired from an earlier update goes first.
-                        if w.old.is_none() {
-                            w.old = w.container.take();
-                        } else {
-                            w.container = None;
-                        }
-                        w.running = false;
-                        w.desired = Desired::Running;
-                        w.failed = false;
-                        w.status = Status::PendingDeploy;
-                        self.report(&deployment, Status::Received, None);
+                // Work delivered again changes nothing.
+                let Some(deployment) = self.record(work) else { return };
+                if let Some(staged) = announce {
+                    self.report(&deployment, Status::Received, None);
+                    if staged {
+                        self.report(&deployment, Status::Processing, None);
                     }
                 }
+                deployment
+            }
+            Input::Recovered { works, observed } => {
+                let Some(deployment) = works.first().map(|w| w.deployment().to_owned()) else { return };
+                for work in works {
+                    self.record(work);
+                }
+                let Some(w) = self.workloads.get_mut(&deployment) else { return };
+                match observed.container {
+                    Some(found) if found.image == w.image => {
+                        w.pulled = true;
+                        w.running = found.running;
+                        w.container = Some(found.id);
+                    }
+                    // The previous version's container: it runs on until the switch.
+                    Some(found) => w.old = Some(found.id),
+                    None => {}
+                }
+                w.pulled |= observed.image_present;
                 deployment
             }
             Input::Pulled { deployment, result } => self.outcome(deployment, result, |w, ()| w.pulled = true),
@@ -232,13 +221,68 @@ impl Agent {
         self.converge(&deployment);
     }
 
-    /// Records what the engine now wants of a deployment.
-    fn want(&mut self, deployment: String, desired: Desired) -> String {
-        if let Some(w) = self.workloads.get_mut(&deployment) {
-            w.desired = desired;
-            w.failed = false;
+    /// Records what a piece of work asks, without acting on it; `None` when it changes
+    /// nothing (delivered again, or for a deployment this node does not hold).
+    fn record(&mut self, work: NodeWork) -> Option<String> {
+        match work {
+            NodeWork::Deploy { deployment, application, version, image, mode } => {
+                if self.workloads.contains_key(&deployment) {
+                    return None;
+                }
+                let workload = Workload {
+                    deployment: deployment.clone(),
+                    application,
+                    version,
+                    image,
+                    status: Status::PendingDeploy,
+                    desired: Desired::Running,
+                    hold: mode.waits_for_apply(),
+                    pulled: false,
+                    container: None,
+                    running: false,
+                    old: None,
+                    busy: false,
+                    failed: false,
+                };
+                self.workloads.insert(deployment.clone(), workload);
+                Some(deployment)
+            }
+            NodeWork::Update { deployment, version, image, mode } => {
+                let w = self.workloads.get_mut(&deployment).filter(|w| w.image != image)?;
+                w.version = version;
+                w.image = image;
+                w.hold = mode.waits_for_apply();
+                w.pulled = false;
+                // A container not yet retired from an earlier update goes first.
+                if w.old.is_none() {
+                    w.old = w.container.take();
+                } else {
+                    w.container = None;
+                }
+                w.running = false;
+                w.desired = Desired::Running;
+                w.failed = false;
+                w.status = Status::PendingDeploy;
+                Some(deployment)
+            }
+            NodeWork::Apply { deployment } => {
+                let w = self.workloads.get_mut(&deployment).filter(|w| w.hold)?;
+                w.hold = false;
+                w.failed = false;
+                Some(deployment)
+            }
+            NodeWork::Stop { deployment } => self.want(deployment, Desired::Stopped),
+            NodeWork::Start { deployment } => self.want(deployment, Desired::Running),
+            NodeWork::Remove { deployment } => self.want(deployment, Desired::Removed),
         }
-        deployment
+    }
+
+    /// Records what the engine now wants of a deployment.
+    fn want(&mut self, deployment: String, desired: Desired) -> Option<String> {
+        let w = self.workloads.get_mut(&deployment)?;
+        w.desired = desired;
+        w.failed = false;
+        Some(deployment)
     }
 
     /// Records the outcome of a runtime step: on success, what it made true.
@@ -275,6 +319,7 @@ impl Agent {
             Desired::Running if !w.pulled => {
                 (Status::Downloading, Action::Pull { deployment: deployment.to_owned(), image: w.image.clone() })
             }
+            Desired::Running if w.hold => return self.report(deployment, Status::Ready, None),
             // The new image is here: now the old container goes, and the new one comes.
             Desired::Running if w.old.is_some() => retire(Status::Deploying),
             Desired::Running if w.container.is_none() => {
@@ -342,13 +387,18 @@ impl Agent {
 mod tests {
     use super::*;
 
-    fn deploy() -> Input {
-        Input::Work(NodeWork::Deploy {
+    fn deploy_work(mode: Mode) -> NodeWork {
+        NodeWork::Deploy {
             deployment: "d1".into(),
             application: "sample".into(),
             version: "1.0.0".into(),
             image: "127.0.0.1:5000/sample/app:1.0.0".into(),
-        })
+            mode,
+        }
+    }
+
+    fn deploy() -> Input {
+        Input::Work(deploy_work(Mode::default()))
     }
 
     fn drain(agent: &mut Agent) -> Vec<Action> {
@@ -516,9 +566,8 @@ mod tests {
     #[test]
     fn a_recovered_running_deployment_is_reported_running_without_a_pull() {
         let mut agent = Agent::new("acme", "edge-1");
-        let Input::Work(work) = deploy() else { unreachable!() };
-        let observed = Observed { container: Some(("c1".into(), true)), image_present: true };
-        agent.handle(Input::Recovered { work, observed });
+        let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
+        agent.handle(Input::Recovered { works: vec![deploy_work(Mode::default())], observed });
         assert_eq!(reported(&drain(&mut agent)), [Status::Running]);
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         let actions = drain(&mut agent);
@@ -528,19 +577,92 @@ mod tests {
     #[test]
     fn a_recovered_deployment_whose_container_is_gone_is_created_again_without_a_pull() {
         let mut agent = Agent::new("acme", "edge-1");
-        let Input::Work(work) = deploy() else { unreachable!() };
-        agent.handle(Input::Recovered { work, observed: Observed { container: None, image_present: true } });
+        let observed = Observed { container: None, image_present: true };
+        agent.handle(Input::Recovered { works: vec![deploy_work(Mode::default())], observed });
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Deploying]);
         assert!(matches!(actions.last(), Some(Action::Create { .. })));
     }
 
-    fn update_to(version: &str) -> Input {
-        Input::Work(NodeWork::Update {
+    fn update_work(version: &str, mode: Mode) -> NodeWork {
+        NodeWork::Update {
             deployment: "d1".into(),
             version: version.into(),
             image: format!("127.0.0.1:5000/sample/app:{version}"),
-        })
+            mode,
+        }
+    }
+
+    fn update_to(version: &str) -> Input {
+        Input::Work(update_work(version, Mode::default()))
+    }
+
+    fn found(id: &str, running: bool, version: &str) -> ObservedContainer {
+        ObservedContainer { id: id.into(), running, image: format!("127.0.0.1:5000/sample/app:{version}") }
+    }
+
+    const STAGED: Mode = Mode { staged: true, instantly_apply: false };
+
+    #[test]
+    fn a_staged_deploy_downloads_then_waits_for_an_apply() {
+        let mut agent = Agent::new("acme", "edge-1");
+        agent.handle(Input::Work(deploy_work(STAGED)));
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Received, Status::Processing, Status::Downloading]);
+        agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Ready]);
+        assert_eq!(actions.len(), 1, "nothing is created before the apply: {actions:?}");
+        agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Deploying]);
+        assert!(matches!(actions.last(), Some(Action::Create { .. })));
+    }
+
+    #[test]
+    fn a_staged_update_keeps_the_old_container_running_until_the_apply() {
+        let mut agent = running();
+        agent.handle(Input::Work(update_work("1.1.0", STAGED)));
+        agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions).last(), Some(&Status::Ready));
+        assert!(!actions.iter().any(|a| matches!(a, Action::Retire { .. })), "the old one runs on: {actions:?}");
+        agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
+        let actions = drain(&mut agent);
+        assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
+    }
+
+    #[test]
+    fn an_apply_with_nothing_staged_changes_nothing() {
+        let mut agent = running();
+        agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
+        assert_eq!(drain(&mut agent), []);
+    }
+
+    #[test]
+    fn recovery_folds_every_work_received_before_acting_once() {
+        let mut agent = Agent::new("acme", "edge-1");
+        let works = vec![
+            deploy_work(Mode::default()),
+            NodeWork::Stop { deployment: "d1".into() },
+            NodeWork::Start { deployment: "d1".into() },
+        ];
+        let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
+        agent.handle(Input::Recovered { works, observed });
+        let actions = drain(&mut agent);
+        assert_eq!(actions.len(), 1, "a running container is not stopped and started again: {actions:?}");
+        assert_eq!(reported(&actions), [Status::Running]);
+    }
+
+    #[test]
+    fn recovery_mid_update_sees_the_old_container_for_what_it_is() {
+        let mut agent = Agent::new("acme", "edge-1");
+        let works = vec![deploy_work(Mode::default()), update_work("1.1.0", Mode::default())];
+        assert_eq!(recovery_target(&works).unwrap().1, "127.0.0.1:5000/sample/app:1.1.0");
+        let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
+        agent.handle(Input::Recovered { works, observed });
+        let actions = drain(&mut agent);
+        assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
     }
 
     #[test]

@@ -1,8 +1,7 @@
 //! The work the node has accepted, kept in sled before it is acked, so that a restarted node
-//! takes up again what it was asked to do: for each deployment, the `deploy`, the latest
-//! `update` and the latest change (stop, start or remove).
+//! takes up again what it was asked to do: for each deployment, every piece of work it
+//! received, in order, until it is removed.
 
-use events::work::NodeWork;
 use events::Envelope;
 
 #[derive(Debug, Clone)]
@@ -11,8 +10,11 @@ pub struct Desired {
     tree: sled::Tree,
 }
 
-fn key(deployment: &str, slot: &str) -> Vec<u8> {
-    format!("{deployment}/{slot}").into_bytes()
+/// `<deployment>/<order>`: a deployment's work sorts together, in the order received.
+fn key(deployment: &str, order: u64) -> Vec<u8> {
+    let mut key = format!("{deployment}/").into_bytes();
+    key.extend_from_slice(&order.to_be_bytes());
+    key
 }
 
 impl Desired {
@@ -20,41 +22,34 @@ impl Desired {
         Ok(Desired { db: db.clone(), tree: db.open_tree("desired")? })
     }
 
-    /// Keeps a work envelope, durably, before it is acked.
-    pub fn keep(&self, work: &NodeWork, envelope: &Envelope) -> sled::Result<()> {
-        let slot = match work {
-            NodeWork::Deploy { .. } => "deploy",
-            NodeWork::Update { .. } => "update",
-            NodeWork::Stop { .. } | NodeWork::Start { .. } | NodeWork::Remove { .. } => "change",
-        };
-        self.tree.insert(key(work.deployment(), slot), envelope.encode())?;
+    /// Keeps a work envelope of `deployment`, durably, before it is acked.
+    pub fn keep(&self, deployment: &str, envelope: &Envelope) -> sled::Result<()> {
+        self.tree.insert(key(deployment, self.db.generate_id()?), envelope.encode())?;
         self.db.flush()?;
         Ok(())
     }
 
     /// Forgets a deployment that is gone from the node.
     pub fn forget(&self, deployment: &str) -> sled::Result<()> {
-        for slot in ["deploy", "update", "change"] {
-            self.tree.remove(key(deployment, slot))?;
+        for entry in self.tree.scan_prefix(format!("{deployment}/")) {
+            self.tree.remove(entry?.0)?;
         }
         Ok(())
     }
 
-    /// Every kept work envelope: each deployment's `deploy`, then its latest update, then its
-    /// latest change.
-    pub fn all(&self) -> anyhow::Result<Vec<Envelope>> {
-        let (mut deploys, mut updates, mut changes) = (Vec::new(), Vec::new(), Vec::new());
+    /// Every kept work envelope, grouped by deployment, each group in the order received.
+    pub fn all(&self) -> anyhow::Result<Vec<Vec<Envelope>>> {
+        let mut groups: Vec<(String, Vec<Envelope>)> = Vec::new();
         for entry in self.tree.iter() {
             let (key, bytes) = entry?;
+            let deployment = key.split(|b| *b == b'/').next().unwrap_or_default().to_vec();
+            let deployment = String::from_utf8_lossy(&deployment).into_owned();
             let envelope = Envelope::decode(&bytes)?;
-            match () {
-                _ if key.ends_with(b"/deploy") => deploys.push(envelope),
-                _ if key.ends_with(b"/update") => updates.push(envelope),
-                _ => changes.push(envelope),
+            match groups.last_mut() {
+                Some((last, group)) if *last == deployment => group.push(envelope),
+                _ => groups.push((deployment, vec![envelope])),
             }
         }
-        deploys.extend(updates);
-        deploys.extend(changes);
-        Ok(deploys)
+        Ok(groups.into_iter().map(|(_, group)| group).collect())
     }
 }

@@ -9,7 +9,9 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::StreamExt;
 
-use crate::runtime::{ContainerRuntime, ContainerSpec, ContainerState, ErrorCode, Observed, RuntimeError};
+use crate::runtime::{
+    ContainerRuntime, ContainerSpec, ContainerState, ErrorCode, Observed, ObservedContainer, RuntimeError,
+};
 
 /// How long a container has to stop on SIGTERM before it is killed.
 const STOP_GRACE_SECONDS: i32 = 10;
@@ -77,7 +79,8 @@ impl ContainerRuntime for DockerRuntime {
         let container = match self.docker.inspect_container(name, None).await {
             Ok(found) => {
                 let running = found.state.and_then(|s| s.running).unwrap_or(false);
-                found.id.map(|id| (id, running))
+                let image = found.config.and_then(|c| c.image).unwrap_or_default();
+                found.id.map(|id| ObservedContainer { id, running, image })
             }
             Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => None,
             Err(e) => return Err(classify(Step::Other, e)),

@@ -56,22 +56,17 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
     tracing::info!(node = %config.node, tenant = %config.tenant, "edge node started");
 
     // What was accepted before a restart is taken up again.
-    // A deploy is taken up from what the runtime really has, so nothing is pulled twice.
-    for envelope in desired.all()? {
-        let input = match accept(&envelope, &config, &actor, &mut causes) {
-            Some(Input::Work(work @ NodeWork::Deploy { .. })) => {
-                let NodeWork::Deploy { deployment, application, image, .. } = &work else { unreachable!() };
-                let name = crate::agent::container_name(application, deployment);
-                let observed = runtime.observe(&name, image).await.unwrap_or_else(|e| {
-                    tracing::warn!(deployment, error = %e, "could not observe; starting over");
-                    Observed::default()
-                });
-                Input::Recovered { work, observed }
-            }
-            Some(input) => input,
-            None => continue,
-        };
-        agent.handle(input);
+    // Each deployment is taken up from all the work it received and from what the runtime
+    // really has, so nothing is pulled, created or restarted twice.
+    for group in desired.all()? {
+        let works: Vec<NodeWork> =
+            group.iter().filter_map(|e| accept(e, &config, &actor, &mut causes)).filter_map(as_work).collect();
+        let Some((name, image)) = crate::agent::recovery_target(&works) else { continue };
+        let observed = runtime.observe(&name, &image).await.unwrap_or_else(|e| {
+            tracing::warn!(container = name, error = %e, "could not observe; starting over");
+            Observed::default()
+        });
+        agent.handle(Input::Recovered { works, observed });
     }
 
     loop {
@@ -116,7 +111,7 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                     Ok(envelope) => {
                         let input = accept(&envelope, &config, &actor, &mut causes);
                         if let Some(Input::Work(work)) = &input {
-                            desired.keep(work, &envelope)?;
+                            desired.keep(work.deployment(), &envelope)?;
                         }
                         input
                     }
@@ -161,6 +156,13 @@ fn accept(
     };
     causes.insert(work.deployment().to_owned(), meta);
     Some(Input::Work(work))
+}
+
+fn as_work(input: Input) -> Option<NodeWork> {
+    match input {
+        Input::Work(work) => Some(work),
+        _ => None,
+    }
 }
 
 /// Runs one runtime step as a task; its outcome comes back to the loop as an input.

@@ -64,12 +64,20 @@ impl RuntimeError {
     }
 }
 
-/// What the engine has of a deployment: its container (by id, and whether it runs) and
-/// whether its image is present.
+/// What the engine has of a deployment: its container, and whether the image it should run
+/// is present.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Observed {
-    pub container: Option<(String, bool)>,
+    pub container: Option<ObservedContainer>,
     pub image_present: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub running: bool,
+    /// The reference it was created from.
+    pub image: String,
 }
 
 pub trait ContainerRuntime: Send + Sync + 'static {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use events::application::{Application, ApplicationCommand, ApplicationRejection};
-use events::deployment::{Deployment, DeploymentCommand, DeploymentRejection, Launch};
+use events::deployment::{Deployment, DeploymentCommand, DeploymentRejection, Launch, Mode};
 use events::node::Node;
 use events::projection::deployments::DeploymentView;
 use events::subject::check_token;
@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deployments/{id}/stop", post(stop))
         .route("/v1/deployments/{id}/start", post(start))
         .route("/v1/deployments/{id}/update", post(update))
+        .route("/v1/deployments/apply", post(apply))
         .route("/v1/notifications", get(list_notifications))
         .route("/v1/deployments/{id}/history", get(deployment_history))
         .route("/v1/nodes/{id}", get(get_node))
@@ -130,7 +131,8 @@ impl Rejection for DeploymentRejection {
                 (StatusCode::UNPROCESSABLE_ENTITY, "nodes")
             }
             R::NotANodeStatus(_) | R::FailureWithoutError => (StatusCode::UNPROCESSABLE_ENTITY, "status"),
-            R::AlreadyDesired(_) | R::Uninstalled => (StatusCode::CONFLICT, "id"),
+            R::AlreadyDesired(_) | R::Uninstalled | R::NothingToApply => (StatusCode::CONFLICT, "id"),
+            R::NeverApplied => (StatusCode::UNPROCESSABLE_ENTITY, "instantly_apply"),
         }
     }
 }
@@ -343,6 +345,16 @@ pub struct LaunchRequest {
     pub application: String,
     pub version: String,
     pub nodes: Vec<String>,
+    /// Download in the background first (Kelvin's `staged`); default false.
+    #[serde(default)]
+    pub staged: bool,
+    /// Start as soon as downloaded; with `staged`, false waits for an apply. Default true.
+    #[serde(default = "yes")]
+    pub instantly_apply: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 async fn launch(
@@ -371,6 +383,7 @@ async fn launch(
         version: body.version,
         nodes: body.nodes,
         registered_nodes,
+        mode: Mode { staged: body.staged, instantly_apply: body.instantly_apply },
     });
     let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await?;
     deployment_response(&state, &meta.tenant, id, &committed).await
@@ -427,6 +440,10 @@ async fn start(
 #[serde(deny_unknown_fields)]
 pub struct UpdateRequest {
     pub version: String,
+    #[serde(default)]
+    pub staged: bool,
+    #[serde(default = "yes")]
+    pub instantly_apply: bool,
 }
 
 async fn update(
@@ -443,7 +460,50 @@ async fn update(
     } else {
         Application::default()
     };
-    deployment_command(&state, &headers, id, DeploymentCommand::Update { application, version: body.version }).await
+    let mode = Mode { staged: body.staged, instantly_apply: body.instantly_apply };
+    deployment_command(&state, &headers, id, DeploymentCommand::Update { application, version: body.version, mode })
+        .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    pub deployments: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApplyResponse {
+    /// One answer per deployment, in the order asked.
+    pub results: Vec<ApplyResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApplyResult {
+    pub id: String,
+    /// 202 when applied; otherwise the error for that deployment alone.
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Applies several staged deployments at once; each succeeds or fails on its own.
+async fn apply(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(body): Body<ApplyRequest>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    if body.deployments.is_empty() {
+        return Err(ApiError::invalid("deployments", "name at least one deployment"));
+    }
+    let mut results = Vec::with_capacity(body.deployments.len());
+    for id in body.deployments {
+        let result = match deployment_command(&state, &headers, id.clone(), DeploymentCommand::Apply).await {
+            Ok((status, _)) => ApplyResult { id, status: status.as_u16(), error: None },
+            Err(e) => ApplyResult { id, status: e.status.as_u16(), error: Some(e.error) },
+        };
+        results.push(result);
+    }
+    Ok(Json(ApplyResponse { results }))
 }
 
 async fn uninstall(
@@ -514,6 +574,7 @@ async fn deployment_history(
             DeploymentEvent::StartRequested { .. } => (None, events::Status::PendingStart, None),
             DeploymentEvent::UninstallRequested { .. } => (None, events::Status::PendingRemove, None),
             DeploymentEvent::UpdateRequested { .. } => (None, events::Status::PendingDeploy, None),
+            DeploymentEvent::ApplyRequested { .. } => (None, events::Status::PendingApply, None),
             DeploymentEvent::NodeStateReported { node, status, error, .. } => (Some(node), status, error),
         };
         history.push(HistoryEntry {
@@ -528,11 +589,17 @@ async fn deployment_history(
     Ok(Json(history))
 }
 
-/// `limit` (1 to `MAX_PAGE`, 50 by default) and `cursor` from a query; anything else is refused.
-fn page_params(query: &std::collections::HashMap<String, String>) -> Result<(usize, Option<&str>), ApiError> {
+/// `limit` (1 to `MAX_PAGE`, 50 by default) and `cursor` from a query; a parameter neither
+/// these nor one of `filters` is refused.
+fn page_params<'q>(
+    query: &'q std::collections::HashMap<String, String>,
+    filters: &[&str],
+) -> Result<(usize, Option<&'q str>), ApiError> {
     let bad = |field: &str, why: String| ApiError::new(StatusCode::BAD_REQUEST, Some(field), why);
-    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "limit" | "cursor")) {
-        return Err(bad(unknown, format!("unknown parameter `{unknown}`, expected `limit` or `cursor`")));
+    let known = |k: &str| k == "limit" || k == "cursor" || filters.contains(&k);
+    if let Some(unknown) = query.keys().find(|k| !known(k)) {
+        let expected = ["limit", "cursor"].iter().chain(filters).map(|f| format!("`{f}`")).collect::<Vec<_>>();
+        return Err(bad(unknown, format!("unknown parameter `{unknown}`, expected one of {}", expected.join(", "))));
     }
     let limit = match query.get("limit") {
         Some(text) => text.parse::<usize>().map_err(|e| bad("limit", format!("limit `{text}`: {e}")))?,
@@ -550,8 +617,25 @@ async fn list_deployments(
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Page<DeploymentView>>, ApiError> {
     let meta = meta(&headers)?;
-    let (limit, cursor) = page_params(&query)?;
-    Ok(Json(state.deployments.list(&meta.tenant, cursor, limit)?))
+    let (limit, cursor) = page_params(&query, &["staged", "status"])?;
+    let bad = |field: &str, why: String| ApiError::new(StatusCode::BAD_REQUEST, Some(field), why);
+    let staged = match query.get("staged").map(String::as_str) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(other) => return Err(bad("staged", format!("staged `{other}`: expected true or false"))),
+    };
+    let status = match query.get("status") {
+        None => None,
+        Some(text) => Some(
+            events::Status::ALL
+                .into_iter()
+                .find(|s| s.as_str() == text)
+                .ok_or_else(|| bad("status", format!("status `{text}` is not one of the statuses")))?,
+        ),
+    };
+    let wanted = |d: &DeploymentView| staged.is_none_or(|s| d.staged == s) && status.is_none_or(|s| d.status == s);
+    Ok(Json(state.deployments.list(&meta.tenant, cursor, limit, wanted)?))
 }
 
 /// Deployments running an older version than the newest published one of their application.
@@ -561,7 +645,7 @@ async fn list_notifications(
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Page<events::projection::notifications::Notification>>, ApiError> {
     let meta = meta(&headers)?;
-    let (limit, cursor) = page_params(&query)?;
+    let (limit, cursor) = page_params(&query, &[])?;
     Ok(Json(state.notifications.list(&meta.tenant, cursor, limit)?))
 }
 

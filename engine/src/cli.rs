@@ -54,6 +54,8 @@ enum Command {
         /// A target node; repeat for several.
         #[arg(long = "node", required = true)]
         nodes: Vec<String>,
+        #[command(flatten)]
+        mode: ModeArgs,
         /// Follow the status until every node is running or failed.
         #[arg(long)]
         watch: bool,
@@ -84,6 +86,15 @@ enum Command {
         id: String,
         #[arg(long)]
         version: String,
+        #[command(flatten)]
+        mode: ModeArgs,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Start staged deployments, one or several at once.
+    Apply {
+        #[arg(required = true)]
+        ids: Vec<String>,
         #[arg(long)]
         watch: bool,
     },
@@ -100,6 +111,12 @@ enum Command {
         limit: usize,
         #[arg(long)]
         cursor: Option<String>,
+        /// Only staged (true) or only not staged (false) deployments.
+        #[arg(long)]
+        staged: Option<bool>,
+        /// Only deployments in this status.
+        #[arg(long)]
+        status: Option<String>,
     },
     /// Show one deployment.
     Get { id: String },
@@ -109,6 +126,16 @@ enum Command {
         #[arg(long, default_value = "120s", value_parser = humantime_secs)]
         timeout: Duration,
     },
+}
+
+/// Kelvin's modes: `--staged` downloads first; with `--instantly-apply false` it then waits
+/// for `engine apply`.
+#[derive(Debug, clap::Args)]
+struct ModeArgs {
+    #[arg(long)]
+    staged: bool,
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    instantly_apply: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,8 +189,14 @@ impl Cli {
                 print_json(&client.post(&format!("/v1/applications/{id}/versions/{version}/publish"), json!({})).await?)
             }
             Command::App(AppCommand::Show { id }) => print_json(&client.get(&format!("/v1/applications/{id}")).await?),
-            Command::Launch { application, version, nodes, watch, timeout } => {
-                let body = json!({ "application": application, "version": version, "nodes": nodes });
+            Command::Launch { application, version, nodes, mode, watch, timeout } => {
+                let body = json!({
+                    "application": application,
+                    "version": version,
+                    "nodes": nodes,
+                    "staged": mode.staged,
+                    "instantly_apply": mode.instantly_apply,
+                });
                 let launched = client.post("/v1/deployments", body).await?;
                 let id = launched["id"].as_str().context("the launch answer has no id")?.to_owned();
                 println!("launched deployment {id}");
@@ -174,9 +207,10 @@ impl Cli {
             Command::Stop { id, watch } => return client.request_change(id, "stop", *watch).await,
             Command::Start { id, watch } => return client.request_change(id, "start", *watch).await,
             Command::Uninstall { id, watch } => return client.request_change(id, "uninstall", *watch).await,
-            Command::Update { id, version, watch } => {
-                let answer =
-                    client.post(&format!("/v1/deployments/{id}/update"), json!({ "version": version })).await?;
+            Command::Update { id, version, mode, watch } => {
+                let body =
+                    json!({ "version": version, "staged": mode.staged, "instantly_apply": mode.instantly_apply });
+                let answer = client.post(&format!("/v1/deployments/{id}/update"), body).await?;
                 let status = answer["deployment"]["status"].as_str().unwrap_or("unknown");
                 println!("update of deployment {id} to {version} requested: {status}");
                 if *watch {
@@ -207,8 +241,37 @@ impl Cli {
                     println!("next page: --cursor {next}");
                 }
             }
-            Command::List { limit, cursor } => {
-                let page = client.get(&paged("/v1/deployments", *limit, cursor.as_deref())).await?;
+            Command::Apply { ids, watch } => {
+                let answer = client.post("/v1/deployments/apply", json!({ "deployments": ids })).await?;
+                let mut failed = false;
+                for result in answer["results"].as_array().into_iter().flatten() {
+                    let id = result["id"].as_str().unwrap_or_default();
+                    match result["error"].as_str() {
+                        None => println!("apply of deployment {id} requested"),
+                        Some(error) => {
+                            failed = true;
+                            println!("apply of deployment {id} refused: {error}");
+                        }
+                    }
+                }
+                if *watch {
+                    for id in ids {
+                        if client.watch(id, Duration::from_secs(120), 0).await? != ExitCode::SUCCESS {
+                            failed = true;
+                        }
+                    }
+                }
+                return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+            }
+            Command::List { limit, cursor, staged, status } => {
+                let mut path = paged("/v1/deployments", *limit, cursor.as_deref());
+                if let Some(staged) = staged {
+                    path.push_str(&format!("&staged={staged}"));
+                }
+                if let Some(status) = status {
+                    path.push_str(&format!("&status={status}"));
+                }
+                let page = client.get(&path).await?;
                 let items: Vec<DeploymentView> = serde_json::from_value(page["items"].clone())?;
                 println!("{:<36}  {:<16}  {:<10}  {:<14}  NODES", "ID", "APPLICATION", "VERSION", "STATUS");
                 for d in items {

@@ -38,8 +38,15 @@ impl Deployments {
         self.tree.get(key(tenant, id))?.map(|v| Ok(serde_json::from_slice(&v)?)).transpose()
     }
 
-    /// Deployments of `tenant` in launch order (ids are UUID v7), `limit` a page, after `cursor`.
-    pub fn list(&self, tenant: &str, cursor: Option<&str>, limit: usize) -> anyhow::Result<Page<DeploymentView>> {
+    /// Deployments of `tenant` that `wanted` keeps, in launch order (ids are UUID v7), `limit` a
+    /// page, after `cursor`.
+    pub fn list(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        wanted: impl Fn(&DeploymentView) -> bool,
+    ) -> anyhow::Result<Page<DeploymentView>> {
         let prefix = key(tenant, "");
         let start = match cursor {
             Some(c) => {
@@ -56,11 +63,15 @@ impl Deployments {
             if !k.starts_with(&prefix) {
                 break;
             }
+            let view = serde_json::from_slice::<DeploymentView>(&v)?;
+            if !wanted(&view) {
+                continue;
+            }
             if items.len() == limit {
                 more = true;
                 break;
             }
-            items.push(serde_json::from_slice::<DeploymentView>(&v)?);
+            items.push(view);
         }
         let next_cursor = if more { items.last().map(|d| d.id.clone()) } else { None };
         Ok(Page { items, next_cursor })

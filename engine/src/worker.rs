@@ -74,17 +74,18 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
     let envelope = &stored.envelope;
     let deployment = envelope.aggregate_id.clone();
     let (work, nodes): (NodeWork, Vec<String>) = match envelope.event::<DeploymentEvent>()? {
-        DeploymentEvent::Launched { application, version, image, nodes } => {
-            (NodeWork::Deploy { deployment, application, version, image }, nodes)
+        DeploymentEvent::Launched { application, version, image, nodes, mode } => {
+            (NodeWork::Deploy { deployment, application, version, image, mode }, nodes)
         }
         DeploymentEvent::StopRequested { .. } => (NodeWork::Stop { deployment }, targets(store, envelope).await?),
         DeploymentEvent::StartRequested { .. } => (NodeWork::Start { deployment }, targets(store, envelope).await?),
         DeploymentEvent::UninstallRequested { .. } => {
             (NodeWork::Remove { deployment }, targets(store, envelope).await?)
         }
-        DeploymentEvent::UpdateRequested { version, image, .. } => {
-            (NodeWork::Update { deployment, version, image }, targets(store, envelope).await?)
+        DeploymentEvent::UpdateRequested { version, image, mode, .. } => {
+            (NodeWork::Update { deployment, version, image, mode }, targets(store, envelope).await?)
         }
+        DeploymentEvent::ApplyRequested { .. } => (NodeWork::Apply { deployment }, targets(store, envelope).await?),
         DeploymentEvent::NodeStateReported { .. } => return Ok(()),
     };
     let meta = Metadata {

@@ -18,7 +18,39 @@ pub struct Deployment {
     pub application: String,
     pub version: String,
     pub image: String,
+    pub mode: Mode,
+    /// Staged and not yet applied: an apply is what it waits for.
+    pub awaiting_apply: bool,
     pub nodes: BTreeMap<String, NodeProgress>,
+}
+
+/// How a deployment reaches its nodes (Kelvin's `staged` and `instantly_apply`):
+/// - not staged, applied at once (the default): pull and start;
+/// - staged, not applied at once: download in the background, then wait for an apply;
+/// - staged, applied at once: download everything first, then switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mode {
+    #[serde(default)]
+    pub staged: bool,
+    #[serde(default = "yes")]
+    pub instantly_apply: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Mode {
+    fn default() -> Self {
+        Mode { staged: false, instantly_apply: true }
+    }
+}
+
+impl Mode {
+    /// Whether the node waits for an apply once the images are in.
+    pub fn waits_for_apply(self) -> bool {
+        !self.instantly_apply
+    }
 }
 
 /// What a deployment should be doing on its nodes.
@@ -48,6 +80,7 @@ pub struct Launch {
     pub nodes: Vec<String>,
     /// The requested nodes that are registered.
     pub registered_nodes: BTreeSet<String>,
+    pub mode: Mode,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +97,10 @@ pub enum DeploymentCommand {
     Update {
         application: Application,
         version: String,
+        mode: Mode,
     },
+    /// Start what was staged.
+    Apply,
     ReportNodeState {
         node: String,
         status: Status,
@@ -76,12 +112,40 @@ pub enum DeploymentCommand {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentEvent {
-    Launched { application: String, version: String, image: String, nodes: Vec<String> },
-    StopRequested { at: DateTime<Utc> },
-    StartRequested { at: DateTime<Utc> },
-    UninstallRequested { at: DateTime<Utc> },
-    UpdateRequested { from_version: String, version: String, image: String, at: DateTime<Utc> },
-    NodeStateReported { node: String, status: Status, error: Option<Failure>, reported_at: DateTime<Utc> },
+    Launched {
+        application: String,
+        version: String,
+        image: String,
+        nodes: Vec<String>,
+        #[serde(default)]
+        mode: Mode,
+    },
+    StopRequested {
+        at: DateTime<Utc>,
+    },
+    StartRequested {
+        at: DateTime<Utc>,
+    },
+    UninstallRequested {
+        at: DateTime<Utc>,
+    },
+    UpdateRequested {
+        from_version: String,
+        version: String,
+        image: String,
+        #[serde(default)]
+        mode: Mode,
+        at: DateTime<Utc>,
+    },
+    ApplyRequested {
+        at: DateTime<Utc>,
+    },
+    NodeStateReported {
+        node: String,
+        status: Status,
+        error: Option<Failure>,
+        reported_at: DateTime<Utc>,
+    },
 }
 
 event_payload!(DeploymentEvent, "deployment", {
@@ -90,6 +154,7 @@ event_payload!(DeploymentEvent, "deployment", {
     StartRequested => "start_requested",
     UninstallRequested => "uninstall_requested",
     UpdateRequested => "update_requested",
+    ApplyRequested => "apply_requested",
     NodeStateReported => "node_state_reported",
 });
 
@@ -121,6 +186,10 @@ pub enum DeploymentRejection {
     AlreadyDesired(&'static str),
     #[error("the deployment is uninstalled")]
     Uninstalled,
+    #[error("staged=false with instantly_apply=false would never start: stage it, or apply at once")]
+    NeverApplied,
+    #[error("the deployment has nothing staged to apply")]
+    NothingToApply,
 }
 
 impl Aggregate for Deployment {
@@ -136,6 +205,7 @@ impl Aggregate for Deployment {
             DeploymentCommand::Launch(launch) => {
                 let name = &launch.application_id;
                 let version = published(name, &launch.application, &launch.version)?;
+                check_mode(launch.mode)?;
                 if launch.nodes.is_empty() {
                     return Err(R::NoNodes);
                 }
@@ -153,6 +223,7 @@ impl Aggregate for Deployment {
                     version: version.version.clone(),
                     image: version.image.clone(),
                     nodes: launch.nodes.clone(),
+                    mode: launch.mode,
                 }])
             }
             _ if !self.launched => Err(R::NotLaunched),
@@ -160,12 +231,16 @@ impl Aggregate for Deployment {
             | DeploymentCommand::Start
             | DeploymentCommand::Uninstall
             | DeploymentCommand::Update { .. }
+            | DeploymentCommand::Apply
                 if self.desired == Desired::Removed =>
             {
                 Err(R::Uninstalled)
             }
-            DeploymentCommand::Update { application, version } => {
+            DeploymentCommand::Apply if !self.awaiting_apply => Err(R::NothingToApply),
+            DeploymentCommand::Apply => Ok(vec![DeploymentEvent::ApplyRequested { at: ctx.now }]),
+            DeploymentCommand::Update { application, version, mode } => {
                 let target = published(&self.application, application, version)?;
+                check_mode(*mode)?;
                 if target.version == self.version {
                     return Err(R::AlreadyDesired("at that version"));
                 }
@@ -173,6 +248,7 @@ impl Aggregate for Deployment {
                     from_version: self.version.clone(),
                     version: target.version.clone(),
                     image: target.image.clone(),
+                    mode: *mode,
                     at: ctx.now,
                 }])
             }
@@ -207,8 +283,10 @@ impl Aggregate for Deployment {
 
     fn evolve(mut self, event: &DeploymentEvent) -> Deployment {
         match event {
-            DeploymentEvent::Launched { application, version, image, nodes } => {
+            DeploymentEvent::Launched { application, version, image, nodes, mode } => {
                 self.launched = true;
+                self.mode = *mode;
+                self.awaiting_apply = mode.waits_for_apply();
                 self.application = application.clone();
                 self.version = version.clone();
                 self.image = image.clone();
@@ -222,10 +300,16 @@ impl Aggregate for Deployment {
             DeploymentEvent::StopRequested { .. } => self.request(Desired::Stopped, Status::PendingStop),
             DeploymentEvent::StartRequested { .. } => self.request(Desired::Running, Status::PendingStart),
             DeploymentEvent::UninstallRequested { .. } => self.request(Desired::Removed, Status::PendingRemove),
-            DeploymentEvent::UpdateRequested { version, image, .. } => {
+            DeploymentEvent::UpdateRequested { version, image, mode, .. } => {
                 self.version = version.clone();
                 self.image = image.clone();
+                self.mode = *mode;
+                self.awaiting_apply = mode.waits_for_apply();
                 self.request(Desired::Running, Status::PendingDeploy);
+            }
+            DeploymentEvent::ApplyRequested { .. } => {
+                self.awaiting_apply = false;
+                self.request(Desired::Running, Status::PendingApply);
             }
             DeploymentEvent::NodeStateReported { node, status, error, reported_at } => {
                 if let Some(progress) = self.nodes.get_mut(node) {
@@ -236,6 +320,13 @@ impl Aggregate for Deployment {
             }
         }
         self
+    }
+}
+
+fn check_mode(mode: Mode) -> Result<(), DeploymentRejection> {
+    match mode {
+        Mode { staged: false, instantly_apply: false } => Err(DeploymentRejection::NeverApplied),
+        _ => Ok(()),
     }
 }
 
@@ -298,6 +389,7 @@ mod tests {
             version: "v1.0.0".into(),
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             registered_nodes: ["edge-1", "edge-2"].iter().map(|n| n.to_string()).collect(),
+            mode: Mode::default(),
         }
     }
 
@@ -307,6 +399,7 @@ mod tests {
             version: "1.0.0".into(),
             image: "127.0.0.1:5000/sample/app:1.0.0".into(),
             nodes: vec!["edge-1".into(), "edge-2".into()],
+            mode: Mode::default(),
         }
     }
 
@@ -447,7 +540,96 @@ mod tests {
     }
 
     fn update(versions: &[(&str, bool)], to: &str) -> C {
-        C::Update { application: catalog_with(versions), version: to.into() }
+        C::Update { application: catalog_with(versions), version: to.into(), mode: Mode::default() }
+    }
+
+    const STAGED: Mode = Mode { staged: true, instantly_apply: false };
+
+    fn staged_launch() -> E {
+        let E::Launched { application, version, image, nodes, .. } = launched() else { unreachable!() };
+        E::Launched { application, version, image, nodes, mode: STAGED }
+    }
+
+    #[test]
+    fn a_launch_stored_before_modes_existed_reads_as_the_default_mode() {
+        use crate::aggregate::EventPayload;
+        #[derive(serde::Serialize)]
+        struct LaunchedV1 {
+            application: String,
+            version: String,
+            image: String,
+            nodes: Vec<String>,
+        }
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Old {
+            Launched(LaunchedV1),
+        }
+        let old = Old::Launched(LaunchedV1 {
+            application: "sample".into(),
+            version: "1.0.0".into(),
+            image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+            nodes: vec!["edge-1".into(), "edge-2".into()],
+        });
+        let bytes = rmp_serde::to_vec_named(&old).unwrap();
+        let read = DeploymentEvent::from_payload("deployment.launched", 1, &bytes).unwrap();
+        assert_eq!(read, launched());
+    }
+
+    #[test]
+    fn launch_staged_waits_for_an_apply() {
+        let mut l = launch(&["edge-1", "edge-2"]);
+        l.mode = STAGED;
+        let state = given::<Deployment>([]).when(C::Launch(l)).then([staged_launch()]);
+        assert!(state.awaiting_apply);
+    }
+
+    #[test]
+    fn launch_neither_staged_nor_applied_is_rejected() {
+        let mut l = launch(&["edge-1"]);
+        l.mode = Mode { staged: false, instantly_apply: false };
+        given::<Deployment>([]).when(C::Launch(l)).then_rejected(R::NeverApplied);
+    }
+
+    #[test]
+    fn apply_a_staged_deployment() {
+        let state = given::<Deployment>([staged_launch()]).when(C::Apply).then([E::ApplyRequested { at: at() }]);
+        assert!(!state.awaiting_apply);
+        assert_eq!(state.nodes["edge-1"].status, Status::PendingApply);
+    }
+
+    #[test]
+    fn apply_twice_is_rejected() {
+        given::<Deployment>([staged_launch(), E::ApplyRequested { at: at() }])
+            .when(C::Apply)
+            .then_rejected(R::NothingToApply);
+    }
+
+    #[test]
+    fn apply_what_was_not_staged_is_rejected() {
+        given::<Deployment>([launched()]).when(C::Apply).then_rejected(R::NothingToApply);
+    }
+
+    #[test]
+    fn apply_an_unknown_deployment_is_rejected() {
+        given::<Deployment>([]).when(C::Apply).then_rejected(R::NotLaunched);
+    }
+
+    #[test]
+    fn a_staged_update_waits_for_an_apply() {
+        let command = C::Update {
+            application: catalog_with(&[("1.0.0", true), ("1.1.0", true)]),
+            version: "1.1.0".into(),
+            mode: STAGED,
+        };
+        let state = given::<Deployment>([launched()]).when(command).then([E::UpdateRequested {
+            from_version: "1.0.0".into(),
+            version: "1.1.0".into(),
+            image: "127.0.0.1:5000/sample/app:1.1.0".into(),
+            mode: STAGED,
+            at: now(),
+        }]);
+        assert!(state.awaiting_apply);
     }
 
     #[test]
@@ -458,6 +640,7 @@ mod tests {
                     from_version: "1.0.0".into(),
                     version: "1.1.0".into(),
                     image: "127.0.0.1:5000/sample/app:1.1.0".into(),
+                    mode: Mode::default(),
                     at: now(),
                 },
             ]);

@@ -11,8 +11,11 @@ pub enum Status {
     PendingStart,
     PendingStop,
     PendingRemove,
+    PendingApply,
     Received,
+    Processing,
     Downloading,
+    Ready,
     Deploying,
     Starting,
     Running,
@@ -25,13 +28,16 @@ pub enum Status {
 
 impl Status {
     /// Every status, in declaration order.
-    pub const ALL: [Status; 14] = [
+    pub const ALL: [Status; 17] = [
         Status::PendingDeploy,
         Status::PendingStart,
         Status::PendingStop,
         Status::PendingRemove,
+        Status::PendingApply,
         Status::Received,
+        Status::Processing,
         Status::Downloading,
+        Status::Ready,
         Status::Deploying,
         Status::Starting,
         Status::Running,
@@ -48,12 +54,16 @@ impl Status {
         match self {
             Status::Removed => 0,
             Status::Running => 1,
-            Status::Stopped => 2,
+            Status::Stopped | Status::Ready => 2,
             Status::Starting | Status::Stopping | Status::Removing => 3,
             Status::Deploying => 4,
             Status::Downloading => 5,
-            Status::Received => 6,
-            Status::PendingDeploy | Status::PendingStart | Status::PendingStop | Status::PendingRemove => 7,
+            Status::Received | Status::Processing => 6,
+            Status::PendingDeploy
+            | Status::PendingStart
+            | Status::PendingStop
+            | Status::PendingRemove
+            | Status::PendingApply => 7,
             Status::Failed => 8,
         }
     }
@@ -65,12 +75,20 @@ impl Status {
 
     /// Said by the server, never by a node.
     pub fn is_pending(self) -> bool {
-        matches!(self, Status::PendingDeploy | Status::PendingStart | Status::PendingStop | Status::PendingRemove)
+        matches!(
+            self,
+            Status::PendingDeploy
+                | Status::PendingStart
+                | Status::PendingStop
+                | Status::PendingRemove
+                | Status::PendingApply
+        )
     }
 
-    /// Nothing is in flight: the node has reached where it was sent, or failed.
+    /// Nothing is in flight: the node has reached where it was sent (`ready` waits for an
+    /// apply), or failed.
     pub fn is_settled(self) -> bool {
-        matches!(self, Status::Running | Status::Stopped | Status::Removed | Status::Failed)
+        matches!(self, Status::Running | Status::Stopped | Status::Removed | Status::Ready | Status::Failed)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -79,8 +97,11 @@ impl Status {
             Status::PendingStart => "pending_start",
             Status::PendingStop => "pending_stop",
             Status::PendingRemove => "pending_remove",
+            Status::PendingApply => "pending_apply",
             Status::Received => "received",
+            Status::Processing => "processing",
             Status::Downloading => "downloading",
+            Status::Ready => "ready",
             Status::Deploying => "deploying",
             Status::Starting => "starting",
             Status::Running => "running",

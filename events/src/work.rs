@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::event_payload;
+use crate::deployment::Mode;
 
 /// The `aggregate_type` of work envelopes; the aggregate id is the node.
 pub const AGGREGATE_TYPE: &str = "node_work";
@@ -12,7 +13,14 @@ pub const AGGREGATE_TYPE: &str = "node_work";
 #[serde(rename_all = "snake_case")]
 pub enum NodeWork {
     /// Pull the image and run it for this deployment.
-    Deploy { deployment: String, application: String, version: String, image: String },
+    Deploy {
+        deployment: String,
+        application: String,
+        version: String,
+        image: String,
+        #[serde(default)]
+        mode: Mode,
+    },
     /// Stop the deployment's containers; keep them.
     Stop { deployment: String },
     /// Start the deployment's stopped containers.
@@ -20,7 +28,15 @@ pub enum NodeWork {
     /// Remove the deployment's containers, and its images if no other container uses them.
     Remove { deployment: String },
     /// Move the deployment to another version: pull it while the old one runs, then switch.
-    Update { deployment: String, version: String, image: String },
+    Update {
+        deployment: String,
+        version: String,
+        image: String,
+        #[serde(default)]
+        mode: Mode,
+    },
+    /// Go on with what was staged: switch to the downloaded version.
+    Apply { deployment: String },
 }
 
 event_payload!(NodeWork, "work", {
@@ -29,6 +45,7 @@ event_payload!(NodeWork, "work", {
     Start => "start",
     Remove => "remove",
     Update => "update",
+    Apply => "apply",
 });
 
 impl NodeWork {
@@ -38,7 +55,8 @@ impl NodeWork {
             | NodeWork::Stop { deployment }
             | NodeWork::Start { deployment }
             | NodeWork::Remove { deployment }
-            | NodeWork::Update { deployment, .. } => deployment,
+            | NodeWork::Update { deployment, .. }
+            | NodeWork::Apply { deployment } => deployment,
         }
     }
 }

@@ -82,6 +82,21 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
             "version",
             "has no version 9.9.9",
         ),
+        // A mode that would never start.
+        (
+            "/v1/deployments",
+            json!({"application": "sample", "version": "1.0.0", "nodes": ["edge-1"], "instantly_apply": false}),
+            422,
+            "instantly_apply",
+            "would never start",
+        ),
+        (
+            "/v1/deployments",
+            json!({"application": "sample", "version": "1.0.0", "nodes": ["edge-1"], "staged": "yes"}),
+            400,
+            "staged",
+            "invalid type",
+        ),
         // A field that does not exist.
         (
             "/v1/deployments",
@@ -211,7 +226,13 @@ async fn deployments_are_listed_a_page_at_a_time() {
         }
     }
     assert_eq!(seen, launched, "every deployment once, in launch order");
-    for (query, field) in [("limit=0", "limit"), ("limit=abc", "limit"), ("page=2", "page")] {
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("page=2", "page"),
+        ("staged=maybe", "staged"),
+        ("status=lost", "status"),
+    ] {
         let (status, body) = engine.get(&format!("/v1/deployments?{query}")).await;
         assert_eq!((status, body["field"].as_str()), (400, Some(field)), "{query}: {body}");
     }

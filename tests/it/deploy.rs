@@ -341,3 +341,81 @@ async fn an_update_downloads_first_and_switches_after_with_notifications_on_publ
     assert_eq!((status, body["field"].as_str()), (409, Some("id")), "{body}");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_deployment_downloads_then_waits_for_an_apply() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let version = json!({"version": "1.1.0", "image": IMAGE_1_1_0});
+    assert_eq!(engine.post("/v1/applications/sample/versions", version).await.0, 201);
+    assert_eq!(engine.post("/v1/applications/sample/versions/1.1.0/publish", json!({})).await.0, 200);
+    let docker = docker().await;
+
+    // Staged, not applied at once: downloaded, then it waits with no container.
+    let body = json!({"application": "sample", "version": "1.0.0", "nodes": [node.name], "staged": true, "instantly_apply": false});
+    let (status, launched) = engine.post("/v1/deployments", body).await;
+    assert_eq!(status, 201, "{launched}");
+    let id = launched["id"].as_str().unwrap().to_owned();
+    let view = engine.wait_deployment(&id, "the download to finish", |v| v["status"] == "ready").await;
+    assert_eq!((view["staged"].as_bool(), view["awaiting_apply"].as_bool()), (Some(true), Some(true)));
+    assert!(
+        tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap().is_empty(),
+        "nothing runs before the apply"
+    );
+    let (_, page) = engine.get("/v1/deployments?staged=true&status=ready").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+    let (_, page) = engine.get("/v1/deployments?staged=false").await;
+    assert!(page["items"].as_array().unwrap().is_empty(), "{page}");
+
+    // One apply for several deployments: each answers for itself.
+    let apply = json!({"deployments": [id, "01a20000-0000-7000-8000-000000000000"]});
+    let (status, answer) = engine.post("/v1/deployments/apply", apply).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][0]["status"], 202, "{answer}");
+    assert_eq!(answer["results"][1]["status"], 404, "{answer}");
+    engine.wait_deployment(&id, "the applied deployment to run", |v| v["status"] == "running").await;
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
+    let statuses: Vec<&str> = history.as_array().unwrap().iter().map(|e| e["status"].as_str().unwrap()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "pending_deploy",
+            "received",
+            "processing",
+            "downloading",
+            "ready",
+            "pending_apply",
+            "deploying",
+            "starting",
+            "running"
+        ]
+    );
+
+    // A staged update: the old version runs on, `ready`, until the apply.
+    let update = json!({"version": "1.1.0", "staged": true, "instantly_apply": false});
+    assert_eq!(engine.post(&format!("/v1/deployments/{id}/update"), update).await.0, 202);
+    engine.wait_deployment(&id, "the new version to be downloaded", |v| v["status"] == "ready").await;
+    let found = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].image.as_deref(), Some(IMAGE_1_0_0));
+    assert_eq!(
+        found[0].state,
+        Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+        "the old version runs until the apply"
+    );
+    let (status, answer) = engine.post("/v1/deployments/apply", json!({"deployments": [id]})).await;
+    assert_eq!((status, &answer["results"][0]["status"]), (200, &json!(202)), "{answer}");
+    engine
+        .wait_deployment(&id, "the new version to run", |v| v["status"] == "running" && v["version"] == "1.1.0")
+        .await;
+    eventually("1.1.0 to run in Docker", TIMEOUT, || async {
+        let found = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
+        (found.len() == 1 && found[0].image.as_deref() == Some(IMAGE_1_1_0)).then_some(())
+    })
+    .await;
+    let (status, answer) = engine.post("/v1/deployments/apply", json!({"deployments": [id]})).await;
+    assert_eq!((status, &answer["results"][0]["status"]), (200, &json!(409)), "nothing left to apply: {answer}");
+    node.stop().await;
+}

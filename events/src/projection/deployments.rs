@@ -17,6 +17,7 @@ pub fn pending_reason(status: Status) -> Option<&'static str> {
         Status::PendingStart => Some("waiting for the node to start the deployment"),
         Status::PendingStop => Some("waiting for the node to stop the deployment"),
         Status::PendingRemove => Some("waiting for the node to remove the deployment"),
+        Status::PendingApply => Some("waiting for the node to apply the staged deployment"),
         _ => None,
     }
 }
@@ -32,6 +33,10 @@ pub struct DeploymentView {
     pub status: Status,
     /// What the operator last asked for.
     pub desired: Desired,
+    /// Launched (or last updated) staged.
+    pub staged: bool,
+    /// Staged and not yet applied.
+    pub awaiting_apply: bool,
     pub nodes: BTreeMap<String, NodeView>,
     pub launched_by: String,
     pub created_at: DateTime<Utc>,
@@ -57,7 +62,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         updated_at: envelope.time,
     };
     let mut view = match (view, event) {
-        (_, DeploymentEvent::Launched { application, version, image, nodes }) => {
+        (_, DeploymentEvent::Launched { application, version, image, nodes, mode }) => {
             return Some(DeploymentView {
                 id: envelope.aggregate_id.clone(),
                 tenant: envelope.tenant.clone(),
@@ -66,6 +71,8 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
                 image: image.clone(),
                 status: Status::PendingDeploy,
                 desired: Desired::Running,
+                staged: mode.staged,
+                awaiting_apply: mode.waits_for_apply(),
                 nodes: nodes.iter().map(|n| (n.clone(), pending(Status::PendingDeploy))).collect(),
                 launched_by: envelope.actor.clone(),
                 created_at: envelope.time,
@@ -80,10 +87,16 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         DeploymentEvent::StopRequested { .. } => Some((Desired::Stopped, Status::PendingStop)),
         DeploymentEvent::StartRequested { .. } => Some((Desired::Running, Status::PendingStart)),
         DeploymentEvent::UninstallRequested { .. } => Some((Desired::Removed, Status::PendingRemove)),
-        DeploymentEvent::UpdateRequested { version, image, .. } => {
+        DeploymentEvent::UpdateRequested { version, image, mode, .. } => {
             view.version = version.clone();
             view.image = image.clone();
+            view.staged = mode.staged;
+            view.awaiting_apply = mode.waits_for_apply();
             Some((Desired::Running, Status::PendingDeploy))
+        }
+        DeploymentEvent::ApplyRequested { .. } => {
+            view.awaiting_apply = false;
+            Some((Desired::Running, Status::PendingApply))
         }
         DeploymentEvent::Launched { .. } | DeploymentEvent::NodeStateReported { .. } => None,
     };
@@ -133,6 +146,7 @@ mod tests {
             version: "1.0.0".into(),
             image: "127.0.0.1:5000/sample/app:1.0.0".into(),
             nodes: vec!["edge-1".into(), "edge-2".into()],
+            mode: Default::default(),
         };
         let running = |node: &str| DeploymentEvent::NodeStateReported {
             node: node.into(),
@@ -151,6 +165,8 @@ mod tests {
               "image": "127.0.0.1:5000/sample/app:1.0.0",
               "status": "pending_deploy",
               "desired": "running",
+              "staged": false,
+              "awaiting_apply": false,
               "nodes": {
                 "edge-1": {
                   "status": "running",

@@ -77,6 +77,7 @@ impl ApplicationUpdates {
             }
             DeploymentEvent::StopRequested { .. }
             | DeploymentEvent::StartRequested { .. }
+            | DeploymentEvent::ApplyRequested { .. }
             | DeploymentEvent::NodeStateReported { .. } => {}
         }
     }
@@ -114,6 +115,7 @@ mod tests {
             version: version.into(),
             image: format!("127.0.0.1:5000/sample/app:{version}"),
             nodes: vec!["edge-1".into()],
+            mode: Default::default(),
         }
     }
 
@@ -155,6 +157,7 @@ mod tests {
             from_version: "1.0.0".into(),
             version: "1.1.0".into(),
             image: "x".into(),
+            mode: Default::default(),
             at: now(),
         };
         state.apply_deployment("d1", &update);
