@@ -77,6 +77,19 @@ say "operator: stop the deployment, then start it again (the container is kept)"
 "$bin/engine" stop "$id" --watch
 "$bin/engine" start "$id" --watch
 
+say "operator: launch a second copy staged: downloaded now, started on apply"
+staged_out=$("$bin/engine" launch --app sample --version 1.0.0 --node "$node" --staged --instantly-apply false)
+echo "$staged_out"
+staged_id=$(echo "$staged_out" | awk '{print $3}')
+for _ in $(seq 1 100); do
+  "$bin/engine" list --staged true --status ready | grep -q "$staged_id" && break
+  sleep 0.1
+done
+"$bin/engine" list --staged true
+
+say "operator: apply it"
+"$bin/engine" apply "$staged_id" --watch
+
 say "operator: launching the draft 1.1.0 is refused"
 "$bin/engine" launch --app sample --version 1.1.0 --node "$node" || true
 
@@ -88,8 +101,11 @@ for _ in $(seq 1 50); do
 done
 "$bin/engine" notifications
 
-say "operator: update the deployment to 1.1.0 (downloaded first, switched after)"
+say "operator: update the first to 1.1.0 (downloaded while 1.0.0 runs, switched after)"
 "$bin/engine" update "$id" --version 1.1.0 --watch
+
+say "operator: update the second staged, applied at once (everything downloaded first, then switched)"
+"$bin/engine" update "$staged_id" --version 1.1.0 --staged --watch
 
 say "no notification left"
 "$bin/engine" notifications
