@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deployments/{id}/update", post(update))
         .route("/v1/deployments/apply", post(apply))
         .route("/v1/notifications", get(list_notifications))
+        .route("/v1/summary", get(summary))
         .route("/v1/deployments/{id}/history", get(deployment_history))
         .route("/v1/nodes/{id}", get(get_node))
         .with_state(state)
@@ -672,4 +673,15 @@ async fn get_node(
         return Err(ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("node `{id}` is not registered")));
     }
     Ok(Json(NodeBody { id, labels: node.labels, state: node.state, last_heartbeat: node.last_heartbeat }))
+}
+
+/// Counts (running, failed, pending, stopped, total) per deployment, per node and per
+/// application and version, over the tenant's deployments.
+async fn summary(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<events::projection::summary::Summary>, ApiError> {
+    let meta = meta(&headers)?;
+    let views = state.deployments.all_of(&meta.tenant)?;
+    Ok(Json(events::projection::summary::summarize(&views)))
 }

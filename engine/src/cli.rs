@@ -98,6 +98,8 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Counts (running, failed, pending, stopped, total) per deployment, node, application and version.
+    Summary,
     /// Deployments running an older version than the newest published one.
     Notifications {
         #[arg(long, default_value_t = 50)]
@@ -215,6 +217,32 @@ impl Cli {
                 println!("update of deployment {id} to {version} requested: {status}");
                 if *watch {
                     return client.watch(id, Duration::from_secs(120), since(&answer)).await;
+                }
+            }
+            Command::Summary => {
+                let summary = client.get("/v1/summary").await?;
+                let groups = [
+                    ("DEPLOYMENT", "by_deployment"),
+                    ("NODE", "by_node"),
+                    ("APPLICATION@VERSION", "by_application_version"),
+                ];
+                for (title, key) in groups {
+                    println!(
+                        "{title:<38} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                        "RUNNING", "FAILED", "PENDING", "STOPPED", "TOTAL"
+                    );
+                    for (name, c) in summary[key].as_object().into_iter().flatten() {
+                        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+                        println!(
+                            "{name:<38} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                            n("running"),
+                            n("failed"),
+                            n("pending"),
+                            n("stopped"),
+                            n("total")
+                        );
+                    }
+                    println!();
                 }
             }
             Command::Notifications { limit, cursor } => {

@@ -77,6 +77,11 @@ impl Deployments {
         Ok(Page { items, next_cursor })
     }
 
+    /// Every view of `tenant`, in launch order.
+    pub fn all_of(&self, tenant: &str) -> anyhow::Result<Vec<DeploymentView>> {
+        self.tree.scan_prefix(key(tenant, "")).map(|e| Ok(serde_json::from_slice(&e?.1)?)).collect()
+    }
+
     /// Every view of every tenant, in key order: what a rebuild must reproduce.
     pub fn all(&self) -> anyhow::Result<Vec<DeploymentView>> {
         self.tree.scan_prefix(b"d/").map(|e| Ok(serde_json::from_slice(&e?.1)?)).collect()

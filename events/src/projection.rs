@@ -3,3 +3,4 @@
 
 pub mod deployments;
 pub mod notifications;
+pub mod summary;

@@ -237,3 +237,52 @@ async fn deployments_are_listed_a_page_at_a_time() {
         assert_eq!((status, body["field"].as_str()), (400, Some(field)), "{query}: {body}");
     }
 }
+
+#[tokio::test]
+async fn the_summary_counts_per_deployment_node_and_version() {
+    use events::deployment::{Deployment, DeploymentCommand, Launch};
+    use events::{Failure, Status};
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let commands = handler(&nats).await;
+    seed(&commands, &["edge-1", "edge-2"]).await;
+    let application: events::application::Application = commands.state("default", "sample").await.unwrap();
+    let reports = [[Status::Running, Status::Failed], [Status::Downloading, Status::Running]];
+    let mut ids = Vec::new();
+    for [first, second] in reports {
+        let id = uuid::Uuid::now_v7().to_string();
+        let launch = Launch {
+            application_id: "sample".into(),
+            application: application.clone(),
+            version: "1.0.0".into(),
+            nodes: vec!["edge-1".into(), "edge-2".into()],
+            registered_nodes: ["edge-1".to_owned(), "edge-2".to_owned()].into(),
+            mode: Default::default(),
+        };
+        commands.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &crate::harness::meta()).await.unwrap();
+        for (node, status) in [("edge-1", first), ("edge-2", second)] {
+            let error = (status == Status::Failed).then(|| Failure { code: "x".into(), message: "y".into() });
+            let report = DeploymentCommand::ReportNodeState {
+                node: node.into(),
+                status,
+                error,
+                reported_at: chrono::Utc::now(),
+            };
+            commands.execute::<Deployment>(&id, &report, &crate::harness::meta()).await.unwrap();
+        }
+        ids.push(id);
+    }
+    let last = commands.store().last_sequence().await.unwrap();
+    assert!(engine::projector::wait_for(engine.engine.deployments.tree(), last, std::time::Duration::from_secs(30))
+        .await
+        .unwrap());
+
+    let (status, summary) = engine.get("/v1/summary").await;
+    assert_eq!(status, 200, "{summary}");
+    let counts = |running: u64, failed: u64, pending: u64| json!({"running": running, "failed": failed, "pending": pending, "stopped": 0, "total": running + failed + pending});
+    assert_eq!(summary["by_deployment"][&ids[0]], counts(1, 1, 0));
+    assert_eq!(summary["by_deployment"][&ids[1]], counts(1, 0, 1));
+    assert_eq!(summary["by_node"]["edge-1"], counts(1, 0, 1));
+    assert_eq!(summary["by_node"]["edge-2"], counts(1, 1, 0));
+    assert_eq!(summary["by_application_version"]["sample@1.0.0"], counts(2, 1, 1));
+}
