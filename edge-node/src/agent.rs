@@ -29,7 +29,11 @@ pub struct Workload {
     pub hold: bool,
     pub pulled: bool,
     pub container: Option<String>,
+    /// The ID of the image the container runs, once known.
+    pub image_id: Option<String>,
     pub running: bool,
+    /// A forced update is under way: pull the same tag again, then compare image IDs.
+    pub refreshing: bool,
     /// The previous version's container during an update: it runs until the new image is
     /// present, then goes.
     pub old: Option<String>,
@@ -99,6 +103,11 @@ pub enum Input {
         deployment: String,
         result: Result<(), RuntimeError>,
     },
+    /// The tag was pulled again: the ID of the image it now names.
+    Refreshed {
+        deployment: String,
+        result: Result<Option<String>, RuntimeError>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +138,11 @@ pub enum Action {
     Retire {
         deployment: String,
         container: String,
+    },
+    /// Pull the tag again and say which image it names now.
+    Refresh {
+        deployment: String,
+        image: String,
     },
 }
 
@@ -181,6 +195,7 @@ impl Agent {
                         w.pulled = true;
                         w.running = found.running;
                         w.container = Some(found.id);
+                        w.image_id = Some(found.image_id);
                     }
                     // The previous version's container: it runs on until the switch.
                     Some(found) => w.old = Some(found.id),
@@ -193,7 +208,7 @@ impl Agent {
             Input::Created { deployment, result } => self.outcome(deployment, result, |w, id| w.container = Some(id)),
             Input::Started { deployment, result } => {
                 let result = result.and_then(|state| match state.running {
-                    true => Ok(()),
+                    true => Ok(state.image_id),
                     false => {
                         let mut message = format!("the container exited with code {}", state.exit_code.unwrap_or(-1));
                         if let Some(error) = state.error {
@@ -202,10 +217,21 @@ impl Agent {
                         Err(RuntimeError::new(ErrorCode::ContainerExited, message))
                     }
                 });
-                self.outcome(deployment, result, |w, ()| w.running = true)
+                self.outcome(deployment, result, |w, image_id| {
+                    w.running = true;
+                    w.image_id = Some(image_id);
+                })
             }
             Input::Stopped { deployment, result } => self.outcome(deployment, result, |w, ()| w.running = false),
             Input::Retired { deployment, result } => self.outcome(deployment, result, |w, ()| w.old = None),
+            Input::Refreshed { deployment, result } => self.outcome(deployment, result, |w, image_id| {
+                w.refreshing = false;
+                // Only a container whose image changed is recreated.
+                if image_id.is_some() && image_id != w.image_id && w.old.is_none() {
+                    w.old = w.container.take();
+                    w.running = false;
+                }
+            }),
             Input::Removed { deployment, result } => {
                 let deployment = self.outcome(deployment, result, |w, ()| {
                     w.container = None;
@@ -239,7 +265,9 @@ impl Agent {
                     hold: mode.waits_for_apply(),
                     pulled: false,
                     container: None,
+                    image_id: None,
                     running: false,
+                    refreshing: false,
                     old: None,
                     busy: false,
                     failed: false,
@@ -269,6 +297,14 @@ impl Agent {
                 let w = self.workloads.get_mut(&deployment).filter(|w| w.hold)?;
                 w.hold = false;
                 w.failed = false;
+                Some(deployment)
+            }
+            NodeWork::Refresh { deployment } => {
+                let w = self.workloads.get_mut(&deployment)?;
+                w.refreshing = true;
+                w.desired = Desired::Running;
+                w.failed = false;
+                w.status = Status::PendingDeploy;
                 Some(deployment)
             }
             NodeWork::Stop { deployment } => self.want(deployment, Desired::Stopped),
@@ -318,6 +354,9 @@ impl Agent {
         let (status, action) = match w.desired {
             Desired::Running if !w.pulled => {
                 (Status::Downloading, Action::Pull { deployment: deployment.to_owned(), image: w.image.clone() })
+            }
+            Desired::Running if w.refreshing => {
+                (Status::Downloading, Action::Refresh { deployment: deployment.to_owned(), image: w.image.clone() })
             }
             Desired::Running if w.hold => return self.report(deployment, Status::Ready, None),
             // The new image is here: now the old container goes, and the new one comes.
@@ -436,7 +475,7 @@ mod tests {
         assert_eq!(reported(&actions), [Status::Starting]);
         assert_eq!(actions.last(), Some(&Action::Start { deployment: "d1".into(), container: "c1".into() }));
 
-        let state = ContainerState { running: true, exit_code: None, error: None };
+        let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
         agent.handle(Input::Started { deployment: "d1".into(), result: Ok(state) });
         assert_eq!(reported(&drain(&mut agent)), [Status::Running]);
         assert_eq!(agent.workloads().next().map(|w| w.status), Some(Status::Running));
@@ -475,7 +514,7 @@ mod tests {
         agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
         agent.handle(Input::Created { deployment: "d1".into(), result: Ok("c1".into()) });
         drain(&mut agent);
-        let state = ContainerState { running: false, exit_code: Some(127), error: None };
+        let state = ContainerState { image_id: "sha256:one".into(), running: false, exit_code: Some(127), error: None };
         agent.handle(Input::Started { deployment: "d1".into(), result: Ok(state) });
         let actions = drain(&mut agent);
         let [Action::Report(NodeReport::DeploymentState { error: Some(failure), .. })] = actions.as_slice() else {
@@ -495,7 +534,7 @@ mod tests {
         agent.handle(deploy());
         agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
         agent.handle(Input::Created { deployment: "d1".into(), result: Ok("c1".into()) });
-        let state = ContainerState { running: true, exit_code: None, error: None };
+        let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
         agent.handle(Input::Started { deployment: "d1".into(), result: Ok(state) });
         drain(&mut agent);
         agent
@@ -598,7 +637,12 @@ mod tests {
     }
 
     fn found(id: &str, running: bool, version: &str) -> ObservedContainer {
-        ObservedContainer { id: id.into(), running, image: format!("127.0.0.1:5000/sample/app:{version}") }
+        ObservedContainer {
+            id: id.into(),
+            running,
+            image: format!("127.0.0.1:5000/sample/app:{version}"),
+            image_id: format!("sha256:{version}"),
+        }
     }
 
     const STAGED: Mode = Mode { staged: true, instantly_apply: false };
@@ -709,6 +753,26 @@ mod tests {
         drain(&mut agent);
         agent.handle(update_to("1.1.0"));
         assert_eq!(drain(&mut agent), []);
+    }
+
+    #[test]
+    fn a_forced_update_recreates_the_container_only_when_the_image_changed() {
+        let mut agent = running();
+        let refresh = || work_for(|deployment| NodeWork::Refresh { deployment });
+        agent.handle(refresh());
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Downloading]);
+        assert!(matches!(actions.last(), Some(Action::Refresh { image, .. }) if image.ends_with(":1.0.0")));
+        // The same image: the container stays.
+        agent.handle(Input::Refreshed { deployment: "d1".into(), result: Ok(Some("sha256:one".into())) });
+        assert_eq!(reported(&drain(&mut agent)), [Status::Running]);
+
+        agent.handle(refresh());
+        drain(&mut agent);
+        // Another image under the same tag: the container is replaced.
+        agent.handle(Input::Refreshed { deployment: "d1".into(), result: Ok(Some("sha256:two".into())) });
+        let actions = drain(&mut agent);
+        assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
     }
 
     #[test]

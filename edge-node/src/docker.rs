@@ -80,7 +80,8 @@ impl ContainerRuntime for DockerRuntime {
             Ok(found) => {
                 let running = found.state.and_then(|s| s.running).unwrap_or(false);
                 let image = found.config.and_then(|c| c.image).unwrap_or_default();
-                found.id.map(|id| ObservedContainer { id, running, image })
+                let image_id = found.image.unwrap_or_default();
+                found.id.map(|id| ObservedContainer { id, running, image, image_id })
             }
             Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => None,
             Err(e) => return Err(classify(Step::Other, e)),
@@ -115,6 +116,14 @@ impl ContainerRuntime for DockerRuntime {
         Ok(())
     }
 
+    async fn image_id(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(found) => Ok(found.id),
+            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(e) => Err(classify(Step::Other, e)),
+        }
+    }
+
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         if let Ok(existing) = self.docker.inspect_container(&spec.name, None).await {
             if let Some(id) = existing.id {
@@ -146,6 +155,7 @@ impl ContainerRuntime for DockerRuntime {
         let inspected = self.docker.inspect_container(id, None).await.map_err(|e| classify(Step::Other, e))?;
         let state = inspected.state.unwrap_or_default();
         Ok(ContainerState {
+            image_id: inspected.image.unwrap_or_default(),
             running: state.running.unwrap_or(false),
             exit_code: state.exit_code,
             error: state.error.filter(|e| !e.is_empty()),

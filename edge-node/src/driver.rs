@@ -96,6 +96,13 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                 Action::Stop { deployment, container } => step(&runtime, &outcomes_tx, move |rt| async move {
                     Input::Stopped { result: rt.stop(&container).await, deployment }
                 }),
+                Action::Refresh { deployment, image } => step(&runtime, &outcomes_tx, move |rt| async move {
+                    let result = match rt.pull(&image).await {
+                        Ok(()) => rt.image_id(&image).await,
+                        Err(e) => Err(e),
+                    };
+                    Input::Refreshed { result, deployment }
+                }),
                 Action::Retire { deployment, container } => step(&runtime, &outcomes_tx, move |rt| async move {
                     Input::Retired { result: rt.remove(&container, None).await, deployment }
                 }),

@@ -20,6 +20,8 @@ pub struct ContainerSpec {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerState {
+    /// The ID of the image the container runs.
+    pub image_id: String,
     pub running: bool,
     pub exit_code: Option<i64>,
     pub error: Option<String>,
@@ -78,6 +80,8 @@ pub struct ObservedContainer {
     pub running: bool,
     /// The reference it was created from.
     pub image: String,
+    /// The ID of the image it runs.
+    pub image_id: String,
 }
 
 pub trait ContainerRuntime: Send + Sync + 'static {
@@ -86,6 +90,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// Makes `image` present locally.
     fn pull(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// The ID of local image `image`, if present: two IDs differ when the content does.
+    fn image_id(&self, image: &str) -> impl Future<Output = Result<Option<String>, RuntimeError>> + Send;
 
     /// Creates the container, or finds the one already created under `spec.name`; returns its id.
     fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, RuntimeError>> + Send;

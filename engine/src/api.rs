@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deployments/{id}/stop", post(stop))
         .route("/v1/deployments/{id}/start", post(start))
         .route("/v1/deployments/{id}/update", post(update))
+        .route("/v1/deployments/{id}/force-update", post(force_update))
         .route("/v1/deployments/apply", post(apply))
         .route("/v1/notifications", get(list_notifications))
         .route("/v1/summary", get(summary))
@@ -507,6 +508,15 @@ async fn apply(
     Ok(Json(ApplyResponse { results }))
 }
 
+/// Pulls the same tags again on every node and recreates only what changed.
+async fn force_update(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    deployment_command(&state, &headers, id, DeploymentCommand::ForceUpdate).await
+}
+
 async fn uninstall(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -576,6 +586,7 @@ async fn deployment_history(
             DeploymentEvent::UninstallRequested { .. } => (None, events::Status::PendingRemove, None),
             DeploymentEvent::UpdateRequested { .. } => (None, events::Status::PendingDeploy, None),
             DeploymentEvent::ApplyRequested { .. } => (None, events::Status::PendingApply, None),
+            DeploymentEvent::ForceUpdateRequested { .. } => (None, events::Status::PendingDeploy, None),
             DeploymentEvent::NodeStateReported { node, status, error, .. } => (Some(node), status, error),
         };
         history.push(HistoryEntry {

@@ -91,6 +91,12 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Pull the same tags again; recreate only the containers whose image changed.
+    ForceUpdate {
+        id: String,
+        #[arg(long)]
+        watch: bool,
+    },
     /// Start staged deployments, one or several at once.
     Apply {
         #[arg(required = true)]
@@ -209,6 +215,7 @@ impl Cli {
             Command::Stop { id, watch } => return client.request_change(id, "stop", *watch).await,
             Command::Start { id, watch } => return client.request_change(id, "start", *watch).await,
             Command::Uninstall { id, watch } => return client.request_change(id, "uninstall", *watch).await,
+            Command::ForceUpdate { id, watch } => return client.request_change(id, "force-update", *watch).await,
             Command::Update { id, version, mode, watch } => {
                 let body =
                     json!({ "version": version, "staged": mode.staged, "instantly_apply": mode.instantly_apply });

@@ -86,6 +86,9 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
             (NodeWork::Update { deployment, version, image, mode }, targets(store, envelope).await?)
         }
         DeploymentEvent::ApplyRequested { .. } => (NodeWork::Apply { deployment }, targets(store, envelope).await?),
+        DeploymentEvent::ForceUpdateRequested { .. } => {
+            (NodeWork::Refresh { deployment }, targets(store, envelope).await?)
+        }
         DeploymentEvent::NodeStateReported { .. } => return Ok(()),
     };
     let meta = Metadata {

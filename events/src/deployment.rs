@@ -101,6 +101,8 @@ pub enum DeploymentCommand {
     },
     /// Start what was staged.
     Apply,
+    /// Pull the same tags again; recreate only the containers whose image changed.
+    ForceUpdate,
     ReportNodeState {
         node: String,
         status: Status,
@@ -140,6 +142,9 @@ pub enum DeploymentEvent {
     ApplyRequested {
         at: DateTime<Utc>,
     },
+    ForceUpdateRequested {
+        at: DateTime<Utc>,
+    },
     NodeStateReported {
         node: String,
         status: Status,
@@ -155,6 +160,7 @@ event_payload!(DeploymentEvent, "deployment", {
     UninstallRequested => "uninstall_requested",
     UpdateRequested => "update_requested",
     ApplyRequested => "apply_requested",
+    ForceUpdateRequested => "force_update_requested",
     NodeStateReported => "node_state_reported",
 });
 
@@ -232,12 +238,14 @@ impl Aggregate for Deployment {
             | DeploymentCommand::Uninstall
             | DeploymentCommand::Update { .. }
             | DeploymentCommand::Apply
+            | DeploymentCommand::ForceUpdate
                 if self.desired == Desired::Removed =>
             {
                 Err(R::Uninstalled)
             }
             DeploymentCommand::Apply if !self.awaiting_apply => Err(R::NothingToApply),
             DeploymentCommand::Apply => Ok(vec![DeploymentEvent::ApplyRequested { at: ctx.now }]),
+            DeploymentCommand::ForceUpdate => Ok(vec![DeploymentEvent::ForceUpdateRequested { at: ctx.now }]),
             DeploymentCommand::Update { application, version, mode } => {
                 let target = published(&self.application, application, version)?;
                 check_mode(*mode)?;
@@ -311,6 +319,7 @@ impl Aggregate for Deployment {
                 self.awaiting_apply = false;
                 self.request(Desired::Running, Status::PendingApply);
             }
+            DeploymentEvent::ForceUpdateRequested { .. } => self.request(Desired::Running, Status::PendingDeploy),
             DeploymentEvent::NodeStateReported { node, status, error, reported_at } => {
                 if let Some(progress) = self.nodes.get_mut(node) {
                     progress.status = *status;
@@ -589,6 +598,26 @@ mod tests {
         let mut l = launch(&["edge-1"]);
         l.mode = Mode { staged: false, instantly_apply: false };
         given::<Deployment>([]).when(C::Launch(l)).then_rejected(R::NeverApplied);
+    }
+
+    #[test]
+    fn force_update() {
+        let state = given::<Deployment>([launched(), E::StopRequested { at: at() }])
+            .when(C::ForceUpdate)
+            .then([E::ForceUpdateRequested { at: at() }]);
+        assert_eq!((state.desired, state.nodes["edge-1"].status), (Desired::Running, Status::PendingDeploy));
+    }
+
+    #[test]
+    fn force_update_an_uninstalled_deployment_is_rejected() {
+        given::<Deployment>([launched(), E::UninstallRequested { at: at() }])
+            .when(C::ForceUpdate)
+            .then_rejected(R::Uninstalled);
+    }
+
+    #[test]
+    fn force_update_an_unknown_deployment_is_rejected() {
+        given::<Deployment>([]).when(C::ForceUpdate).then_rejected(R::NotLaunched);
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum NodeWork {
     },
     /// Go on with what was staged: switch to the downloaded version.
     Apply { deployment: String },
+    /// Pull the same tags again; recreate the containers whose image changed.
+    Refresh { deployment: String },
 }
 
 event_payload!(NodeWork, "work", {
@@ -46,6 +48,7 @@ event_payload!(NodeWork, "work", {
     Remove => "remove",
     Update => "update",
     Apply => "apply",
+    Refresh => "refresh",
 });
 
 impl NodeWork {
@@ -56,7 +59,8 @@ impl NodeWork {
             | NodeWork::Start { deployment }
             | NodeWork::Remove { deployment }
             | NodeWork::Update { deployment, .. }
-            | NodeWork::Apply { deployment } => deployment,
+            | NodeWork::Apply { deployment }
+            | NodeWork::Refresh { deployment } => deployment,
         }
     }
 }

@@ -419,3 +419,47 @@ async fn a_staged_deployment_downloads_then_waits_for_an_apply() {
     assert_eq!((status, &answer["results"][0]["status"]), (200, &json!(409)), "nothing left to apply: {answer}");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_update_recreates_the_container_only_when_its_image_changed() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    let docker = docker().await;
+    let image = tests::unique_image(&docker, IMAGE_1_0_0, "forced").await.unwrap();
+    engine.publish_sample(&image).await;
+    let id = launch(&engine, &node.name).await;
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let container = || async {
+        let found = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        (found[0].id.clone().unwrap(), found[0].image_id.clone().unwrap())
+    };
+    let (first, first_image) = container().await;
+    let force = || async {
+        let (status, body) = engine.post(&format!("/v1/deployments/{id}/force-update"), json!({})).await;
+        assert_eq!(status, 202, "{body}");
+        let sequence = body["sequence"].as_u64().unwrap();
+        // Settled again after this request: `running`, reported after the request's event.
+        tests::eventually("the node's answer to the forced update", TIMEOUT, || async {
+            let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
+            let last = history.as_array()?.last()?.clone();
+            (last["sequence"].as_u64()? > sequence && last["status"] == "running").then_some(())
+        })
+        .await;
+    };
+
+    // Nothing changed under the tag: the container stays.
+    force().await;
+    assert_eq!(container().await, (first.clone(), first_image.clone()), "an unchanged image keeps its container");
+
+    // Another image is pushed under the same tag: the container is recreated from it.
+    tests::push_as(&docker, IMAGE_1_1_0, &image).await.unwrap();
+    force().await;
+    let (second, second_image) = container().await;
+    assert_ne!(second, first, "a changed image gets a new container");
+    assert_ne!(second_image, first_image);
+    let expected = docker.inspect_image(IMAGE_1_1_0).await.unwrap().id.unwrap();
+    assert_eq!(second_image, expected, "the new container runs the new content");
+    node.stop().await;
+}

@@ -158,26 +158,32 @@ where
 /// `127.0.0.1:5000/test/<name>:<tag>`, and forgets the local copies, so that a test may pull,
 /// remove or replace it without touching anyone else's. Returns the new reference.
 pub async fn unique_image(docker: &bollard::Docker, source: &str, name: &str) -> anyhow::Result<String> {
+    let tag = format!("t{}", std::process::id() as u128 * 1_000_000 + free_port() as u128);
+    let reference = format!("127.0.0.1:5000/test/{name}:{tag}");
+    push_as(docker, source, &reference).await?;
+    Ok(reference)
+}
+
+/// Pushes the content of `source` (an image in the local registry) under `reference`
+/// (`<repo>:<tag>` in the local registry), replacing what the tag named, then forgets the
+/// local tag.
+pub async fn push_as(docker: &bollard::Docker, source: &str, reference: &str) -> anyhow::Result<()> {
     use bollard::query_parameters::{CreateImageOptions, PushImageOptions, RemoveImageOptions, TagImageOptions};
     use futures::TryStreamExt;
 
+    let (repo, tag) = reference.rsplit_once(':').context("a reference with a tag")?;
     let pull = CreateImageOptions { from_image: Some(source.to_owned()), ..Default::default() };
     docker.create_image(Some(pull), None, None).try_collect::<Vec<_>>().await.context("pulling the source image")?;
-    let repo = format!("127.0.0.1:5000/test/{name}");
-    let tag = format!("t{}", std::process::id() as u128 * 1_000_000 + free_port() as u128);
-    docker
-        .tag_image(source, Some(TagImageOptions { repo: Some(repo.clone()), tag: Some(tag.clone()) }))
-        .await
-        .context("tagging")?;
-    let reference = format!("{repo}:{tag}");
-    let push = PushImageOptions { tag: Some(tag.clone()), ..Default::default() };
-    for step in docker.push_image(&repo, Some(push), None).try_collect::<Vec<_>>().await.context("pushing")? {
+    let options = TagImageOptions { repo: Some(repo.to_owned()), tag: Some(tag.to_owned()) };
+    docker.tag_image(source, Some(options)).await.context("tagging")?;
+    let push = PushImageOptions { tag: Some(tag.to_owned()), ..Default::default() };
+    for step in docker.push_image(repo, Some(push), None).try_collect::<Vec<_>>().await.context("pushing")? {
         if let Some(error) = step.error_detail.and_then(|e| e.message) {
             anyhow::bail!("pushing {reference}: {error}");
         }
     }
-    docker.remove_image(&reference, None::<RemoveImageOptions>, None).await.context("forgetting the local copy")?;
-    Ok(reference)
+    docker.remove_image(reference, None::<RemoveImageOptions>, None).await.context("forgetting the local tag")?;
+    Ok(())
 }
 
 /// Whether the engine holds `image` locally.

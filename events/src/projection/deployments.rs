@@ -98,6 +98,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
             view.awaiting_apply = false;
             Some((Desired::Running, Status::PendingApply))
         }
+        DeploymentEvent::ForceUpdateRequested { .. } => Some((Desired::Running, Status::PendingDeploy)),
         DeploymentEvent::Launched { .. } | DeploymentEvent::NodeStateReported { .. } => None,
     };
     if let Some((desired, status)) = request {

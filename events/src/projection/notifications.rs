@@ -78,6 +78,7 @@ impl ApplicationUpdates {
             DeploymentEvent::StopRequested { .. }
             | DeploymentEvent::StartRequested { .. }
             | DeploymentEvent::ApplyRequested { .. }
+            | DeploymentEvent::ForceUpdateRequested { .. }
             | DeploymentEvent::NodeStateReported { .. } => {}
         }
     }
