@@ -100,9 +100,11 @@ fi
 # --- sample images ------------------------------------------------------------------------
 # 127.0.0.1:5000/sample/app:<version>: busybox httpd serving its own version on port 8080.
 in_registry() { curl -sf --max-time 2 -o /dev/null -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' "http://127.0.0.1:5000/v2/$1/manifests/$2"; }
-build_sample() {
-  local version=$1 image="127.0.0.1:5000/sample/app:$1"
-  in_registry sample/app "$version" && return 0
+build_sample() { # version [name [command]]
+  local version=$1 name=${2:-app}
+  local image="127.0.0.1:5000/sample/$name:$version"
+  local cmd=${3:-'["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]'}
+  in_registry "sample/$name" "$version" && return 0
   log "building and pushing $image"
   local rootfs
   rootfs=$(mktemp -d)
@@ -114,7 +116,7 @@ build_sample() {
   echo "$version" >"$rootfs/VERSION"
   echo "sample app $version" >"$rootfs/www/index.html"
   tar -C "$rootfs" -c . | docker import \
-    --change 'CMD ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]' \
+    --change "CMD $cmd" \
     --change 'EXPOSE 8080' - "$image" >/dev/null
   rm -rf "$rootfs"
   docker push -q "$image" >/dev/null
@@ -123,6 +125,9 @@ build_sample() {
 }
 build_sample 1.0.0
 build_sample 1.1.0
+# Prints 450 numbered lines, then serves like the others: for the logs.
+build_sample 1.0.0 logger '["/bin/sh", "-c", "i=1; while [ $i -le 450 ]; do echo line $i; i=$((i+1)); done; exec httpd -f -p 8080 -h /www"]'
+
 
 cat >"$run/env" <<EOF
 export DOCKER_HOST=$DOCKER_HOST

@@ -163,6 +163,12 @@ impl Agent {
         self.workloads.values()
     }
 
+    /// The containers of a deployment, by name and reference, for reading their logs.
+    pub fn containers(&self, deployment: &str) -> Option<Vec<(String, String)>> {
+        let w = self.workloads.get(deployment)?;
+        Some(vec![(container_name(&w.application, &w.deployment), w.container_ref())])
+    }
+
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }

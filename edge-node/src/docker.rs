@@ -3,8 +3,8 @@
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions, RemoveImageOptions,
-    StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+    RemoveImageOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -160,6 +160,19 @@ impl ContainerRuntime for DockerRuntime {
             exit_code: state.exit_code,
             error: state.error.filter(|e| !e.is_empty()),
         })
+    }
+
+    async fn logs(&self, id: &str, offset: u64, limit: usize) -> Result<(Vec<String>, bool), RuntimeError> {
+        let options = LogsOptions { stdout: true, stderr: true, ..Default::default() };
+        let mut output = self.docker.logs(id, Some(options));
+        let mut text = Vec::new();
+        while let Some(chunk) = output.next().await {
+            text.extend_from_slice(&chunk.map_err(|e| classify(Step::Other, e))?.into_bytes());
+        }
+        let text = String::from_utf8_lossy(&text);
+        let mut lines = text.lines().skip(offset as usize);
+        let page: Vec<String> = lines.by_ref().take(limit).map(str::to_owned).collect();
+        Ok((page, lines.next().is_some()))
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
 use events::envelope::Metadata;
+use events::logs::{ContainerLogs, LogsReply, LogsRequest};
 use events::report::NodeReport;
 use events::work::NodeWork;
 use events::{Envelope, Status};
@@ -32,7 +33,7 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
         .connect(&config.nats_url)
         .await
         .with_context(|| format!("connecting to {}", config.nats_url))?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let db = sled::open(&config.data_dir).with_context(|| format!("opening {}", config.data_dir.display()))?;
     let outbox = Outbox::open(&db)?;
     let desired = Desired::open(&db)?;
@@ -49,6 +50,7 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
     let _publisher = AbortOnDrop(publisher);
 
     let mut work = subscribe(&js, &config).await?.messages().await.map_err(|e| anyhow::anyhow!(e))?;
+    let mut log_requests = client.subscribe(events::logs::subject(&config.tenant, &config.node)).await?;
     let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Input>();
     let mut agent = Agent::new(&config.tenant, &config.node);
     // The work event each deployment came from: its reports are caused by it.
@@ -135,6 +137,13 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                 }
             }
             Some(outcome) = outcomes.recv() => outcome,
+            Some(request) = log_requests.next() => {
+                let containers = serde_json::from_slice::<LogsRequest>(&request.payload)
+                    .ok()
+                    .map(|r| { let found = agent.containers(&r.deployment); (r, found) });
+                tokio::spawn(answer_logs(client.clone(), runtime.clone(), request, containers));
+                continue;
+            }
         };
         agent.handle(input);
     }
@@ -169,6 +178,42 @@ fn as_work(input: Input) -> Option<NodeWork> {
     match input {
         Input::Work(work) => Some(work),
         _ => None,
+    }
+}
+
+/// Answers a logs request with a page per container; a container that fails says so alone.
+async fn answer_logs<R: ContainerRuntime>(
+    client: async_nats::Client,
+    runtime: Arc<R>,
+    request: async_nats::Message,
+    parsed: Option<(LogsRequest, Option<Vec<(String, String)>>)>,
+) {
+    let Some(reply_to) = request.reply else { return };
+    let failure = |code: &str, message: String| events::Failure { code: code.to_owned(), message };
+    let reply = match parsed {
+        None => LogsReply { containers: vec![], error: Some(failure("bad_request", "not a logs request".into())) },
+        Some((request, None)) => {
+            let message = format!("deployment `{}` is not on this node", request.deployment);
+            LogsReply { containers: vec![], error: Some(failure("unknown_deployment", message)) }
+        }
+        Some((request, Some(containers))) => {
+            let mut pages = Vec::with_capacity(containers.len());
+            for (name, reference) in containers {
+                let offset = request.cursor.get(&name).copied().unwrap_or(0);
+                pages.push(match runtime.logs(&reference, offset, request.limit).await {
+                    Ok((lines, more)) => {
+                        let next = more.then_some(offset + lines.len() as u64);
+                        ContainerLogs { container: name, lines, next, error: None }
+                    }
+                    Err(e) => ContainerLogs { container: name, lines: vec![], next: None, error: Some(e.failure()) },
+                });
+            }
+            LogsReply { containers: pages, error: None }
+        }
+    };
+    let payload = serde_json::to_vec(&reply).expect("a reply always serializes");
+    if let Err(e) = client.publish(reply_to, payload.into()).await {
+        tracing::warn!(error = %e, "answering a logs request");
     }
 }
 

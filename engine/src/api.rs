@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/notifications", get(list_notifications))
         .route("/v1/summary", get(summary))
         .route("/v1/deployments/{id}/history", get(deployment_history))
+        .route("/v1/deployments/{id}/logs", get(deployment_logs))
         .route("/v1/nodes/{id}", get(get_node))
         .with_state(state)
 }
@@ -695,4 +696,59 @@ async fn summary(
     let meta = meta(&headers)?;
     let views = state.deployments.all_of(&meta.tenant)?;
     Ok(Json(events::projection::summary::summarize(&views)))
+}
+
+/// How long the engine waits for a node to answer a logs request.
+const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Serialize)]
+pub struct LogsPage {
+    pub node: String,
+    pub containers: Vec<events::logs::ContainerLogs>,
+    /// Pass as `cursor` for the next page; absent when every container is read to the end.
+    pub next_cursor: Option<String>,
+}
+
+/// A page (200 lines) of a deployment's container logs on one node, fetched from the node.
+async fn deployment_logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<LogsPage>, ApiError> {
+    use events::logs::{LogsReply, LogsRequest};
+    let meta = meta(&headers)?;
+    let bad = |field: &str, why: String| ApiError::new(StatusCode::BAD_REQUEST, Some(field), why);
+    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "node" | "cursor")) {
+        return Err(bad(unknown, format!("unknown parameter `{unknown}`, expected `node` or `cursor`")));
+    }
+    let view = state
+        .deployments
+        .get(&meta.tenant, &id)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("deployment `{id}` does not exist")))?;
+    let node = match query.get("node") {
+        Some(node) if view.nodes.contains_key(node) => node.clone(),
+        Some(node) => return Err(bad("node", format!("node `{node}` is not a target of this deployment"))),
+        None if view.nodes.len() == 1 => view.nodes.keys().next().cloned().unwrap_or_default(),
+        None => return Err(bad("node", "the deployment has several nodes: name one".to_owned())),
+    };
+    let cursor = match query.get("cursor") {
+        Some(text) => events::logs::decode_cursor(text).map_err(|e| bad("cursor", e))?,
+        None => Default::default(),
+    };
+    let request = LogsRequest { deployment: id, cursor, limit: events::logs::PAGE_LINES };
+    let payload = serde_json::to_vec(&request).map_err(anyhow::Error::from)?;
+    let subject = events::logs::subject(&meta.tenant, &node);
+    let answer = tokio::time::timeout(LOGS_TIMEOUT, state.commands.store().client().request(subject, payload.into()))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::GATEWAY_TIMEOUT, Some("node"), format!("node `{node}` did not answer")))?
+        .map_err(|e| {
+            ApiError::new(StatusCode::BAD_GATEWAY, Some("node"), format!("node `{node}` is not reachable: {e}"))
+        })?;
+    let reply: LogsReply = serde_json::from_slice(&answer.payload).map_err(anyhow::Error::from)?;
+    if let Some(error) = reply.error {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("{}: {}", error.code, error.message)));
+    }
+    let next_cursor = events::logs::encode_cursor(&reply.next_cursor());
+    Ok(Json(LogsPage { node, containers: reply.containers, next_cursor }))
 }

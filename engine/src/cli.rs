@@ -126,6 +126,16 @@ enum Command {
         #[arg(long)]
         status: Option<String>,
     },
+    /// A page of a deployment's container logs (200 lines); `--all` follows the cursor to the end.
+    Logs {
+        id: String,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
     /// Show one deployment.
     Get { id: String },
     /// Follow a deployment's status as it changes, until every node is running or failed.
@@ -321,6 +331,35 @@ impl Cli {
                 }
                 if let Some(next) = page["next_cursor"].as_str() {
                     println!("next page: --cursor {next}");
+                }
+            }
+            Command::Logs { id, node, cursor, all } => {
+                let mut cursor = cursor.clone();
+                loop {
+                    let mut query = Vec::new();
+                    if let Some(node) = node {
+                        query.push(format!("node={node}"));
+                    }
+                    if let Some(cursor) = &cursor {
+                        query.push(format!("cursor={cursor}"));
+                    }
+                    let page = client.get(&format!("/v1/deployments/{id}/logs?{}", query.join("&"))).await?;
+                    for container in page["containers"].as_array().into_iter().flatten() {
+                        let name = container["container"].as_str().unwrap_or_default();
+                        if let Some(error) = container["error"]["message"].as_str() {
+                            println!("[{name}] error: {error}");
+                        }
+                        for line in container["lines"].as_array().into_iter().flatten() {
+                            println!("[{name}] {}", line.as_str().unwrap_or_default());
+                        }
+                    }
+                    cursor = page["next_cursor"].as_str().map(str::to_owned);
+                    match (&cursor, all) {
+                        (Some(_), true) => continue,
+                        (Some(next), false) => println!("next page: --cursor {next}"),
+                        (None, _) => {}
+                    }
+                    break;
                 }
             }
             Command::Get { id } => print_json(&client.get(&format!("/v1/deployments/{id}")).await?),

@@ -124,6 +124,10 @@ impl EventStore {
         Ok(EventStore { client, js, stream, name: config.stream.clone() })
     }
 
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }

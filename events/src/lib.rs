@@ -12,6 +12,7 @@ pub mod aggregate;
 pub mod application;
 pub mod deployment;
 pub mod envelope;
+pub mod logs;
 pub mod node;
 pub mod projection;
 pub mod report;

@@ -463,3 +463,61 @@ async fn a_forced_update_recreates_the_container_only_when_its_image_changed() {
     assert_eq!(second_image, expected, "the new container runs the new content");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_read_through_the_engine_a_page_of_200_lines_at_a_time() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    engine.publish_sample("127.0.0.1:5000/sample/logger:1.0.0").await;
+    let id = launch(&engine, &node.name).await;
+    engine.wait_deployment(&id, "the logger to run", |v| v["status"] == "running").await;
+
+    let (engine, id) = (&engine, &id);
+    let page = |cursor: Option<String>| {
+        let path = match cursor {
+            Some(c) => format!("/v1/deployments/{id}/logs?cursor={c}"),
+            None => format!("/v1/deployments/{id}/logs"),
+        };
+        async move { engine.get(&path).await }
+    };
+    // The container writes its 450 lines as it starts; wait until the last one is there.
+    eventually("all 450 lines to be written", TIMEOUT, || async {
+        let (status, body) = page(Some(format!("sample-{id}:449"))).await;
+        (status == 200 && body["containers"][0]["lines"] == json!(["line 450"])).then_some(())
+    })
+    .await;
+
+    let mut lines = Vec::new();
+    let mut sizes = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (status, body) = page(cursor.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["node"], node.name.as_str());
+        let container = &body["containers"][0];
+        assert_eq!(container["container"], format!("sample-{id}"));
+        let got: Vec<String> = serde_json::from_value(container["lines"].clone()).unwrap();
+        sizes.push(got.len());
+        lines.extend(got);
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [200, 200, 50]);
+    let expected: Vec<String> = (1..=450).map(|i| format!("line {i}")).collect();
+    assert_eq!(lines, expected);
+
+    for (query, field) in [("cursor=nonsense", "cursor"), ("node=elsewhere", "node"), ("tail=5", "tail")] {
+        let (status, body) = engine.get(&format!("/v1/deployments/{id}/logs?{query}")).await;
+        assert_eq!((status, body["field"].as_str()), (400, Some(field)), "{query}: {body}");
+    }
+
+    // A node that is gone does not answer: the engine says so instead of hanging.
+    node.task.abort();
+    let (status, body) = page(None).await;
+    assert!(matches!(status, 502 | 504), "{status}: {body}");
+    assert_eq!(body["field"], "node");
+    node.stop().await;
+}
