@@ -138,10 +138,10 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
             }
             Some(outcome) = outcomes.recv() => outcome,
             Some(request) = log_requests.next() => {
-                let containers = serde_json::from_slice::<LogsRequest>(&request.payload)
+                let target = serde_json::from_slice::<LogsRequest>(&request.payload)
                     .ok()
-                    .map(|r| { let found = agent.containers(&r.deployment); (r, found) });
-                tokio::spawn(answer_logs(client.clone(), runtime.clone(), request, containers));
+                    .map(|r| LogTarget { containers: agent.containers(&r.deployment), request: r });
+                tokio::spawn(answer_logs(client.clone(), runtime.clone(), request, target));
                 continue;
             }
         };
@@ -181,22 +181,29 @@ fn as_work(input: Input) -> Option<NodeWork> {
     }
 }
 
+/// A logs request and the containers (name, reference) of its deployment on this node, if
+/// it has it.
+struct LogTarget {
+    request: LogsRequest,
+    containers: Option<Vec<(String, String)>>,
+}
+
 /// Answers a logs request with a page per container; a container that fails says so alone.
 async fn answer_logs<R: ContainerRuntime>(
     client: async_nats::Client,
     runtime: Arc<R>,
     request: async_nats::Message,
-    parsed: Option<(LogsRequest, Option<Vec<(String, String)>>)>,
+    parsed: Option<LogTarget>,
 ) {
     let Some(reply_to) = request.reply else { return };
     let failure = |code: &str, message: String| events::Failure { code: code.to_owned(), message };
     let reply = match parsed {
         None => LogsReply { containers: vec![], error: Some(failure("bad_request", "not a logs request".into())) },
-        Some((request, None)) => {
+        Some(LogTarget { request, containers: None }) => {
             let message = format!("deployment `{}` is not on this node", request.deployment);
             LogsReply { containers: vec![], error: Some(failure("unknown_deployment", message)) }
         }
-        Some((request, Some(containers))) => {
+        Some(LogTarget { request, containers: Some(containers) }) => {
             let mut pages = Vec::with_capacity(containers.len());
             for (name, reference) in containers {
                 let offset = request.cursor.get(&name).copied().unwrap_or(0);
