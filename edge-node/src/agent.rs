@@ -169,6 +169,20 @@ impl Agent {
         Some(vec![(container_name(&w.application, &w.deployment), w.container_ref())])
     }
 
+    /// The containers that exist, for telemetry.
+    pub fn watched(&self) -> Vec<crate::telemetry::Watched> {
+        self.workloads
+            .values()
+            .filter_map(|w| {
+                Some(crate::telemetry::Watched {
+                    deployment: w.deployment.clone(),
+                    name: container_name(&w.application, &w.deployment),
+                    reference: w.container.clone()?,
+                })
+            })
+            .collect()
+    }
+
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }

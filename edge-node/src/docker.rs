@@ -4,13 +4,13 @@ use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-    RemoveImageOptions, StopContainerOptions,
+    RemoveImageOptions, StatsOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
 
 use crate::runtime::{
-    ContainerRuntime, ContainerSpec, ContainerState, ErrorCode, Observed, ObservedContainer, RuntimeError,
+    ContainerRuntime, ContainerSpec, ContainerState, ErrorCode, Observed, ObservedContainer, RuntimeError, Sample,
 };
 
 /// How long a container has to stop on SIGTERM before it is killed.
@@ -114,6 +114,27 @@ impl ContainerRuntime for DockerRuntime {
             }
         }
         Ok(())
+    }
+
+    async fn sample(&self, id: &str) -> Result<Sample, RuntimeError> {
+        let inspected = self.docker.inspect_container(id, None).await.map_err(|e| classify(Step::Other, e))?;
+        let state = inspected.state.and_then(|s| s.status).map(|s| s.to_string()).unwrap_or_default();
+        let restarts = inspected.restart_count.unwrap_or(0).max(0) as u64;
+        let options = StatsOptions { stream: false, one_shot: true };
+        let stats = match self.docker.stats(id, Some(options)).next().await {
+            Some(Ok(stats)) => stats,
+            Some(Err(e)) => return Err(classify(Step::Other, e)),
+            None => return Ok(Sample { state, restarts, ..Sample::default() }),
+        };
+        let cpu = stats.cpu_stats.unwrap_or_default();
+        Ok(Sample {
+            state,
+            restarts,
+            cpu_total: cpu.cpu_usage.and_then(|u| u.total_usage).unwrap_or(0),
+            cpu_system: cpu.system_cpu_usage.unwrap_or(0),
+            online_cpus: cpu.online_cpus.unwrap_or(1) as u64,
+            memory_bytes: stats.memory_stats.and_then(|m| m.usage).unwrap_or(0),
+        })
     }
 
     async fn image_id(&self, image: &str) -> Result<Option<String>, RuntimeError> {

@@ -48,6 +48,9 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
 
     let publisher = tokio::spawn(publish_outbox(js.clone(), outbox.clone(), sent.clone(), config.clone()));
     let _publisher = AbortOnDrop(publisher);
+    let (watched_tx, watched) = tokio::sync::watch::channel(Vec::new());
+    let heartbeat = tokio::spawn(crate::telemetry::beat(client.clone(), runtime.clone(), config.clone(), watched));
+    let _heartbeat = AbortOnDrop(heartbeat);
 
     let mut work = subscribe(&js, &config).await?.messages().await.map_err(|e| anyhow::anyhow!(e))?;
     let mut log_requests = client.subscribe(events::logs::subject(&config.tenant, &config.node)).await?;
@@ -72,6 +75,12 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
     }
 
     loop {
+        watched_tx.send_if_modified(|watched| {
+            let now = agent.watched();
+            let changed = *watched != now;
+            *watched = now;
+            changed
+        });
         while let Some(action) = agent.poll_action() {
             match action {
                 Action::Report(report) => {

@@ -11,6 +11,7 @@ pub mod docker;
 pub mod driver;
 pub mod outbox;
 pub mod runtime;
+pub mod telemetry;
 
 use std::path::PathBuf;
 
@@ -25,6 +26,8 @@ pub struct NodeConfig {
     /// The sled directory of the outbox and the local state.
     pub data_dir: PathBuf,
     pub stream: String,
+    /// How often the node sends a heartbeat with its containers' telemetry.
+    pub heartbeat: std::time::Duration,
 }
 
 impl Default for NodeConfig {
@@ -36,6 +39,7 @@ impl Default for NodeConfig {
             labels: Labels::new(),
             data_dir: PathBuf::from("edge-node-data"),
             stream: events::subject::STREAM.to_owned(),
+            heartbeat: std::time::Duration::from_secs(5),
         }
     }
 }

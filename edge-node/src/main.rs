@@ -32,6 +32,9 @@ enum Command {
         labels: Vec<(String, String)>,
         #[arg(long, default_value = "edge-node-data")]
         data_dir: PathBuf,
+        /// Seconds between heartbeats (with the containers' telemetry).
+        #[arg(long, default_value_t = 5.0)]
+        heartbeat: f64,
     },
 }
 
@@ -43,7 +46,10 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { nats, tenant, node, labels, data_dir } => {
+        Command::Run { nats, tenant, node, labels, data_dir, heartbeat } => {
+            if !(0.1..=3600.0).contains(&heartbeat) {
+                anyhow::bail!("--heartbeat must be 0.1 to 3600 seconds, not {heartbeat}");
+            }
             events::subject::check_token("tenant", &tenant).map_err(anyhow::Error::msg)?;
             events::subject::check_token("node", &node).map_err(anyhow::Error::msg)?;
             let runtime = DockerRuntime::connect().await.context("connecting to Docker")?;
@@ -53,6 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node,
                 labels: labels.into_iter().collect(),
                 data_dir,
+                heartbeat: std::time::Duration::from_secs_f64(heartbeat),
                 ..NodeConfig::default()
             };
             edge_node::driver::run(config, Arc::new(runtime)).await

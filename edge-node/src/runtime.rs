@@ -84,7 +84,33 @@ pub struct ObservedContainer {
     pub image_id: String,
 }
 
+/// A container's counters at one moment; CPU is cumulative, so a rate needs two samples.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sample {
+    pub state: String,
+    pub restarts: u64,
+    pub cpu_total: u64,
+    pub cpu_system: u64,
+    pub online_cpus: u64,
+    pub memory_bytes: u64,
+}
+
+impl Sample {
+    /// CPU use between `earlier` and this sample, in percent of one CPU.
+    pub fn cpu_percent_since(&self, earlier: &Sample) -> f64 {
+        let used = self.cpu_total.saturating_sub(earlier.cpu_total) as f64;
+        let elapsed = self.cpu_system.saturating_sub(earlier.cpu_system) as f64;
+        if elapsed == 0.0 {
+            return 0.0;
+        }
+        used / elapsed * self.online_cpus.max(1) as f64 * 100.0
+    }
+}
+
 pub trait ContainerRuntime: Send + Sync + 'static {
+    /// The container's state and counters now.
+    fn sample(&self, id: &str) -> impl Future<Output = Result<Sample, RuntimeError>> + Send;
+
     /// What exists of container `name` and `image`, without changing anything.
     fn observe(&self, name: &str, image: &str) -> impl Future<Output = Result<Observed, RuntimeError>> + Send;
 

@@ -32,6 +32,7 @@ pub struct AppState {
     pub commands: CommandHandler,
     pub deployments: Deployments,
     pub notifications: Notifications,
+    pub liveness: crate::liveness::Liveness,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deployments/{id}/history", get(deployment_history))
         .route("/v1/deployments/{id}/logs", get(deployment_logs))
         .route("/v1/nodes/{id}", get(get_node))
+        .route("/v1/nodes/{id}/telemetry", get(node_telemetry))
         .with_state(state)
 }
 
@@ -751,4 +753,21 @@ async fn deployment_logs(
     }
     let next_cursor = events::logs::encode_cursor(&reply.next_cursor());
     Ok(Json(LogsPage { node, containers: reply.containers, next_cursor }))
+}
+
+/// The node's latest heartbeat: its containers' state, restarts, CPU and memory.
+async fn node_telemetry(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<events::telemetry::Heartbeat>, ApiError> {
+    let meta = meta(&headers)?;
+    token("id", &id)?;
+    state.liveness.latest(&meta.tenant, &id).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            Some("id"),
+            format!("no heartbeat from node `{id}` since the engine started"),
+        )
+    })
 }

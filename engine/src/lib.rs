@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod command;
+pub mod liveness;
 pub mod projector;
 pub mod read_model;
 pub mod store;
@@ -53,6 +54,7 @@ pub struct Engine {
     pub commands: CommandHandler,
     pub deployments: Deployments,
     pub notifications: Notifications,
+    pub liveness: liveness::Liveness,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
@@ -70,6 +72,8 @@ impl Engine {
         let deployments = Deployments::open(&db)?;
         let notifications = Notifications::open(&db)?;
         let commands = CommandHandler::new(store.clone());
+        liveness::open_stream(store.jetstream(), config.store.replicas).await?;
+        let liveness = liveness::Liveness::default();
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -79,6 +83,7 @@ impl Engine {
             commands: commands.clone(),
             deployments: deployments.clone(),
             notifications: notifications.clone(),
+            liveness: liveness.clone(),
         });
 
         let mut tasks = JoinSet::new();
@@ -88,9 +93,10 @@ impl Engine {
         tasks.spawn(projector::run(store.clone(), notifications.clone(), tree, config.projector));
         tasks.spawn(worker::route(store.clone()));
         tasks.spawn(worker::ingest(commands.clone()));
+        tasks.spawn(liveness::run(commands.clone(), liveness.clone()));
         tasks.spawn(async move { axum::serve(listener, app).await.context("serving the API") });
         tracing::info!(%api_addr, "engine started");
-        Ok(Engine { api_addr, commands, deployments, notifications, tasks })
+        Ok(Engine { api_addr, commands, deployments, notifications, liveness, tasks })
     }
 
     /// Runs until a task fails; returns its error.

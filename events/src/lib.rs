@@ -18,6 +18,7 @@ pub mod projection;
 pub mod report;
 pub mod status;
 pub mod subject;
+pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod work;

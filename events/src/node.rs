@@ -27,6 +27,9 @@ pub struct Node {
 pub enum NodeState {
     Online,
     Offline,
+    /// Its heartbeats stopped: the engine does not know what it runs now. The last known state
+    /// of its deployments stands.
+    Unreachable,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -198,6 +201,20 @@ mod tests {
         given::<Node>(history.clone()).at(now() + Duration::seconds(10)).when(C::Heartbeat).then([]);
         let later = now() + HEARTBEAT_RECORD_INTERVAL;
         given::<Node>(history).at(later).when(C::Heartbeat).then([E::HeartbeatRecorded { at: later }]);
+    }
+
+    #[test]
+    fn an_unreachable_node_is_back_online_with_its_next_heartbeat() {
+        let history = [E::Registered { labels: Labels::new() }, E::StateChanged { state: NodeState::Online }];
+        let state = given::<Node>(history.clone())
+            .when(C::ReportState { state: NodeState::Unreachable })
+            .then([E::StateChanged { state: NodeState::Unreachable }]);
+        assert_eq!(state.state, Some(NodeState::Unreachable));
+        let mut history = history.to_vec();
+        history.push(E::StateChanged { state: NodeState::Unreachable });
+        given::<Node>(history)
+            .when(C::Heartbeat)
+            .then([E::StateChanged { state: NodeState::Online }, E::HeartbeatRecorded { at: now() }]);
     }
 
     #[test]

@@ -41,6 +41,7 @@ impl TestNode {
             node: name.clone(),
             labels: [("site".to_owned(), "lab".to_owned())].into(),
             data_dir: data.path().join("node"),
+            heartbeat: std::time::Duration::from_millis(300),
             ..NodeConfig::default()
         };
         let runtime = DockerRuntime::with(docker().await).await.expect("the Docker engine answers");
@@ -519,5 +520,56 @@ async fn logs_are_read_through_the_engine_a_page_of_200_lines_at_a_time() {
     let (status, body) = page(None).await;
     assert!(matches!(status, 502 | 504), "{status}: {body}");
     assert_eq!(body["field"], "node");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_turns_unreachable_without_touching_its_deployments_state() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let id = launch(&engine, &node.name).await;
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+
+    // Heartbeats carry the containers' telemetry.
+    let telemetry = eventually("a heartbeat with the container", TIMEOUT, || async {
+        let (status, beat) = engine.get(&format!("/v1/nodes/{}/telemetry", node.name)).await;
+        (status == 200 && beat["containers"][0]["state"] == "running").then_some(beat)
+    })
+    .await;
+    let container = &telemetry["containers"][0];
+    assert_eq!(container["deployment"], id.as_str());
+    assert!(container["memory_bytes"].as_u64().unwrap() > 0, "{telemetry}");
+    assert_eq!(telemetry["interval_ms"], 300);
+
+    // The node goes silent (its process dies; its container runs on).
+    node.task.abort();
+    eventually("the node to be unreachable", TIMEOUT, || async {
+        (engine.node_state(&node.name).await.as_deref() == Some("unreachable")).then_some(())
+    })
+    .await;
+    let (_, view) = engine.get(&format!("/v1/deployments/{id}")).await;
+    assert_eq!(view["status"], "running", "the deployment keeps its last known state: {view}");
+    assert_eq!(view["nodes"][&node.name]["status"], "running");
+
+    // Back: online with its first heartbeat.
+    let node = node.restart(&nats, &engine).await;
+    assert_eq!(engine.node_state(&node.name).await.as_deref(), Some("online"));
+    let loaded =
+        engine.engine.commands.store().load(&events::subject::aggregate("default", "node", &node.name)).await.unwrap();
+    let states: Vec<String> = loaded
+        .events
+        .iter()
+        .filter_map(|e| match e.envelope.event().unwrap() {
+            events::node::NodeEvent::StateChanged { state } => Some(format!("{state:?}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, ["Online", "Unreachable", "Online"], "only the changes are in the event log");
+    let telemetry = engine.engine.commands.store().jetstream().get_stream("TELEMETRY").await.unwrap();
+    let info = telemetry.get_info().await.unwrap();
+    assert!(info.state.messages > 0);
+    assert_eq!(info.config.max_age, engine::liveness::TELEMETRY_MAX_AGE);
     node.stop().await;
 }

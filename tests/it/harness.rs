@@ -58,6 +58,12 @@ impl TestEngine {
         assert_eq!(status, 200, "{body}");
     }
 
+    /// The node's state as the API shows it.
+    pub async fn node_state(&self, node: &str) -> Option<String> {
+        let (_, body) = self.get(&format!("/v1/nodes/{node}")).await;
+        body["state"].as_str().map(str::to_owned)
+    }
+
     /// Polls the deployment until `ready` says yes; returns the view.
     pub async fn wait_deployment(&self, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
         tests::eventually(what, TIMEOUT, || async {

@@ -1,0 +1,124 @@
+//! Liveness: the engine listens to the nodes' heartbeats (`tm.<tenant>.<node>`), keeps the
+//! latest of each node for the API, and turns silence into a node event: `unreachable` after
+//! `events::telemetry::MISSED_BEATS` missed beats, `online` again with the next beat. The
+//! heartbeats themselves stay in the `TELEMETRY` stream, which forgets them after
+//! `TELEMETRY_MAX_AGE`; only the changes reach the event log. A node's unreachability never
+//! touches the last known state of its deployments.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use chrono::Utc;
+use futures::StreamExt;
+
+use events::node::{Node, NodeCommand, NodeState};
+use events::telemetry::Heartbeat;
+
+use crate::command::{CommandHandler, CommandMeta};
+
+/// How long the `TELEMETRY` stream keeps a heartbeat.
+pub const TELEMETRY_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// How often silence is looked for.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// The latest heartbeat of each node, by (tenant, node).
+#[derive(Debug, Clone, Default)]
+pub struct Liveness {
+    latest: Arc<RwLock<HashMap<(String, String), Seen>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    heartbeat: Heartbeat,
+    /// What this engine last made the node's state; `None` until it did.
+    state: Option<NodeState>,
+}
+
+impl Liveness {
+    pub fn latest(&self, tenant: &str, node: &str) -> Option<Heartbeat> {
+        let latest = self.latest.read().expect("the liveness map is never poisoned");
+        latest.get(&(tenant.to_owned(), node.to_owned())).map(|s| s.heartbeat.clone())
+    }
+}
+
+/// Creates the `TELEMETRY` stream if it is missing.
+pub async fn open_stream(js: &jetstream::Context, replicas: usize) -> anyhow::Result<()> {
+    js.get_or_create_stream(stream::Config {
+        name: events::telemetry::STREAM.to_owned(),
+        subjects: vec![events::telemetry::ALL.to_owned()],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        max_age: TELEMETRY_MAX_AGE,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("creating the telemetry stream: {e}"))?;
+    Ok(())
+}
+
+/// Follows the heartbeats and records each node's changes of reachability, forever.
+pub async fn run(handler: CommandHandler, liveness: Liveness) -> anyhow::Result<()> {
+    let client = handler.store().client().clone();
+    let mut beats = client.subscribe(events::telemetry::ALL).await?;
+    let mut checks = tokio::time::interval(CHECK_EVERY);
+    loop {
+        tokio::select! {
+            beat = beats.next() => {
+                let Some(beat) = beat else { anyhow::bail!("the heartbeat subscription ended") };
+                let Ok(heartbeat) = serde_json::from_slice::<Heartbeat>(&beat.payload) else {
+                    tracing::warn!(subject = %beat.subject, "skipping a heartbeat that does not decode");
+                    continue;
+                };
+                let key = (heartbeat.tenant.clone(), heartbeat.node.clone());
+                let was = {
+                    let mut latest = liveness.latest.write().expect("the liveness map is never poisoned");
+                    let was = latest.get(&key).and_then(|s| s.state);
+                    latest.insert(key.clone(), Seen { heartbeat, state: was });
+                    was
+                };
+                if was != Some(NodeState::Online) {
+                    change(&handler, &liveness, &key, NodeCommand::Heartbeat, NodeState::Online).await;
+                }
+            }
+            _ = checks.tick() => {
+                let now = Utc::now();
+                let silent: Vec<(String, String)> = liveness
+                    .latest
+                    .read()
+                    .expect("the liveness map is never poisoned")
+                    .iter()
+                    .filter(|(_, s)| s.state != Some(NodeState::Unreachable) && s.heartbeat.silent_after() < now)
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in silent {
+                    let command = NodeCommand::ReportState { state: NodeState::Unreachable };
+                    change(&handler, &liveness, &key, command, NodeState::Unreachable).await;
+                }
+            }
+        }
+    }
+}
+
+/// Records a change of reachability; on failure it is tried again at the next beat or check.
+async fn change(
+    handler: &CommandHandler,
+    liveness: &Liveness,
+    key: &(String, String),
+    command: NodeCommand,
+    to: NodeState,
+) {
+    let (tenant, node) = key;
+    let meta = CommandMeta::new(tenant, "engine:liveness");
+    match handler.execute::<Node>(node, &command, &meta).await {
+        Ok(_) => {
+            tracing::info!(tenant, node, state = ?to, "node reachability changed");
+            if let Some(seen) = liveness.latest.write().expect("the liveness map is never poisoned").get_mut(key) {
+                seen.state = Some(to);
+            }
+        }
+        Err(e) => tracing::warn!(tenant, node, error = %e, "recording reachability"),
+    }
+}
