@@ -38,6 +38,7 @@ fn sample_payload() -> bytes::Bytes {
         image: "127.0.0.1:5000/sample/app:1.0.0".into(),
         nodes: vec!["edge-1".into()],
         mode: Default::default(),
+        selector: None,
     };
     let envelope =
         events::Envelope::new(uuid::Uuid::now_v7(), chrono::Utc::now(), "deployment", "d", &meta, &event, None);
@@ -126,6 +127,7 @@ async fn deployment_history(handler: &CommandHandler, n: usize) -> Figures {
                 nodes: vec!["edge-1".into()],
                 registered_nodes: ["edge-1".to_owned()].into(),
                 mode: Default::default(),
+                selector: None,
             };
             handler.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &meta()).await.unwrap();
             for status in [Status::Received, Status::Downloading, Status::Starting, Status::Running] {

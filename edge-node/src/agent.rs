@@ -20,6 +20,8 @@ use crate::runtime::{APPLICATION_LABEL, DEPLOYMENT_LABEL, NODE_LABEL, TENANT_LAB
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
     pub deployment: String,
+    /// The node it runs on: part of its container's name.
+    pub node: String,
     pub application: String,
     pub version: String,
     pub image: String,
@@ -46,13 +48,13 @@ pub struct Workload {
 impl Workload {
     /// The container's id once created, its name before.
     fn container_ref(&self) -> String {
-        self.container.clone().unwrap_or_else(|| container_name(&self.application, &self.deployment))
+        self.container.clone().unwrap_or_else(|| container_name(&self.application, &self.deployment, &self.node))
     }
 }
 
 /// What a restarted node must look for of a deployment, given the work it received: its
 /// container's name and the image it should now run.
-pub fn recovery_target(works: &[NodeWork]) -> Option<(String, String)> {
+pub fn recovery_target(works: &[NodeWork], node: &str) -> Option<(String, String)> {
     let Some(NodeWork::Deploy { deployment, application, image, .. }) = works.first() else { return None };
     let image = works
         .iter()
@@ -62,12 +64,13 @@ pub fn recovery_target(works: &[NodeWork]) -> Option<(String, String)> {
             _ => None,
         })
         .unwrap_or(image);
-    Some((container_name(application, deployment), image.clone()))
+    Some((container_name(application, deployment, node), image.clone()))
 }
 
-/// The name of a deployment's container: the same on every start, so it can be found again.
-pub fn container_name(application: &str, deployment: &str) -> String {
-    format!("{application}-{deployment}")
+/// The name of a deployment's container: the same on every start, so it can be found again,
+/// and distinct per node, so that nodes sharing one engine never take each other's.
+pub fn container_name(application: &str, deployment: &str, node: &str) -> String {
+    format!("{application}-{deployment}-{node}")
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,7 +169,7 @@ impl Agent {
     /// The containers of a deployment, by name and reference, for reading their logs.
     pub fn containers(&self, deployment: &str) -> Option<Vec<(String, String)>> {
         let w = self.workloads.get(deployment)?;
-        Some(vec![(container_name(&w.application, &w.deployment), w.container_ref())])
+        Some(vec![(container_name(&w.application, &w.deployment, &w.node), w.container_ref())])
     }
 
     /// The containers that exist, for telemetry.
@@ -176,7 +179,7 @@ impl Agent {
             .filter_map(|w| {
                 Some(crate::telemetry::Watched {
                     deployment: w.deployment.clone(),
-                    name: container_name(&w.application, &w.deployment),
+                    name: container_name(&w.application, &w.deployment, &w.node),
                     reference: w.container.clone()?,
                 })
             })
@@ -277,6 +280,7 @@ impl Agent {
                 }
                 let workload = Workload {
                     deployment: deployment.clone(),
+                    node: self.node.clone(),
                     application,
                     version,
                     image,
@@ -420,7 +424,7 @@ impl Agent {
             (VERSION_LABEL, w.version.as_str()),
         ];
         ContainerSpec {
-            name: container_name(&w.application, &w.deployment),
+            name: container_name(&w.application, &w.deployment, &w.node),
             image: w.image.clone(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
@@ -488,7 +492,7 @@ mod tests {
         let Some(Action::Create { spec, .. }) = actions.last() else { panic!("{actions:?}") };
         assert_eq!(spec.labels[DEPLOYMENT_LABEL], "d1");
         assert_eq!(spec.labels[NODE_LABEL], "edge-1");
-        assert_eq!(spec.name, "sample-d1");
+        assert_eq!(spec.name, "sample-d1-edge-1");
 
         agent.handle(Input::Created { deployment: "d1".into(), result: Ok("c1".into()) });
         let actions = drain(&mut agent);
@@ -619,7 +623,7 @@ mod tests {
         agent.handle(work_for(|deployment| NodeWork::Remove { deployment }));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Removing]);
-        assert!(matches!(actions.last(), Some(Action::Remove { container, .. }) if container == "sample-d1"));
+        assert!(matches!(actions.last(), Some(Action::Remove { container, .. }) if container == "sample-d1-edge-1"));
     }
 
     #[test]
@@ -722,7 +726,7 @@ mod tests {
     fn recovery_mid_update_sees_the_old_container_for_what_it_is() {
         let mut agent = Agent::new("acme", "edge-1");
         let works = vec![deploy_work(Mode::default()), update_work("1.1.0", Mode::default())];
-        assert_eq!(recovery_target(&works).unwrap().1, "127.0.0.1:5000/sample/app:1.1.0");
+        assert_eq!(recovery_target(&works, "edge-1").unwrap().1, "127.0.0.1:5000/sample/app:1.1.0");
         let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
         agent.handle(Input::Recovered { works, observed });
         let actions = drain(&mut agent);

@@ -66,7 +66,7 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
     for group in desired.all()? {
         let works: Vec<NodeWork> =
             group.iter().filter_map(|e| accept(e, &config, &actor, &mut causes)).filter_map(as_work).collect();
-        let Some((name, image)) = crate::agent::recovery_target(&works) else { continue };
+        let Some((name, image)) = crate::agent::recovery_target(&works, &config.node) else { continue };
         let observed = runtime.observe(&name, &image).await.unwrap_or_else(|e| {
             tracing::warn!(container = name, error = %e, "could not observe; starting over");
             Observed::default()

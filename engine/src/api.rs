@@ -32,6 +32,7 @@ pub struct AppState {
     pub commands: CommandHandler,
     pub deployments: Deployments,
     pub notifications: Notifications,
+    pub nodes: crate::read_model::Nodes,
     pub liveness: crate::liveness::Liveness,
 }
 
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/summary", get(summary))
         .route("/v1/deployments/{id}/history", get(deployment_history))
         .route("/v1/deployments/{id}/logs", get(deployment_logs))
+        .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}", get(get_node))
         .route("/v1/nodes/{id}/telemetry", get(node_telemetry))
         .with_state(state)
@@ -138,6 +140,7 @@ impl Rejection for DeploymentRejection {
             R::NotANodeStatus(_) | R::FailureWithoutError => (StatusCode::UNPROCESSABLE_ENTITY, "status"),
             R::AlreadyDesired(_) | R::Uninstalled | R::NothingToApply => (StatusCode::CONFLICT, "id"),
             R::NeverApplied => (StatusCode::UNPROCESSABLE_ENTITY, "instantly_apply"),
+            R::NoSelector | R::EmptySelector => (StatusCode::UNPROCESSABLE_ENTITY, "selector"),
         }
     }
 }
@@ -349,7 +352,12 @@ async fn publish(
 pub struct LaunchRequest {
     pub application: String,
     pub version: String,
-    pub nodes: Vec<String>,
+    /// Explicit target nodes; or else a `selector`.
+    #[serde(default)]
+    pub nodes: Option<Vec<String>>,
+    /// Every node whose labels include these pairs, now and as nodes join or change.
+    #[serde(default)]
+    pub selector: Option<events::node::Labels>,
     /// Download in the background first (Kelvin's `staged`); default false.
     #[serde(default)]
     pub staged: bool,
@@ -369,26 +377,41 @@ async fn launch(
 ) -> Result<impl IntoResponse, ApiError> {
     let meta = meta(&headers)?;
     token("application", &body.application)?;
-    for node in &body.nodes {
-        check_token("node", node).map_err(|e| ApiError::invalid("nodes", e))?;
-    }
-    let application: Application = state.commands.state(&meta.tenant, &body.application).await?;
-    let mut registered_nodes = std::collections::BTreeSet::new();
-    for node in &body.nodes {
-        let known: Node = state.commands.state(&meta.tenant, node).await?;
-        if known.registered {
-            registered_nodes.insert(node.clone());
+    let (nodes, registered_nodes) = match (&body.nodes, &body.selector) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid("selector", "name the nodes or a selector, not both")),
+        (None, None) => return Err(ApiError::invalid("nodes", "name the nodes or a selector")),
+        (Some(nodes), None) => {
+            let mut registered = std::collections::BTreeSet::new();
+            for node in nodes {
+                check_token("node", node).map_err(|e| ApiError::invalid("nodes", e))?;
+                let known: Node = state.commands.state(&meta.tenant, node).await?;
+                if known.registered {
+                    registered.insert(node.clone());
+                }
+            }
+            (nodes.clone(), registered)
         }
-    }
+        (None, Some(selector)) => {
+            for key in selector.keys() {
+                check_token("selector key", key).map_err(|e| ApiError::invalid("selector", e))?;
+            }
+            let matching: Vec<String> =
+                state.nodes.all_of(&meta.tenant)?.into_iter().filter(|n| n.matches(selector)).map(|n| n.id).collect();
+            let registered = matching.iter().cloned().collect();
+            (matching, registered)
+        }
+    };
+    let application: Application = state.commands.state(&meta.tenant, &body.application).await?;
     // With an idempotency key, the deployment id is the key: a retried launch finds it.
     let id = meta.command_id.to_string();
     let command = DeploymentCommand::Launch(Launch {
         application_id: body.application,
         application,
         version: body.version,
-        nodes: body.nodes,
+        nodes,
         registered_nodes,
         mode: Mode { staged: body.staged, instantly_apply: body.instantly_apply },
+        selector: body.selector,
     });
     let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await?;
     deployment_response(&state, &meta.tenant, id, &committed).await
@@ -590,6 +613,8 @@ async fn deployment_history(
             DeploymentEvent::UpdateRequested { .. } => (None, events::Status::PendingDeploy, None),
             DeploymentEvent::ApplyRequested { .. } => (None, events::Status::PendingApply, None),
             DeploymentEvent::ForceUpdateRequested { .. } => (None, events::Status::PendingDeploy, None),
+            DeploymentEvent::TargetAdded { node, .. } => (Some(node), events::Status::PendingDeploy, None),
+            DeploymentEvent::TargetRemoved { node, .. } => (Some(node), events::Status::PendingRemove, None),
             DeploymentEvent::NodeStateReported { node, status, error, .. } => (Some(node), status, error),
         };
         history.push(HistoryEntry {
@@ -770,4 +795,13 @@ async fn node_telemetry(
             format!("no heartbeat from node `{id}` since the engine started"),
         )
     })
+}
+
+/// Every node of the tenant: labels and state.
+async fn list_nodes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<events::projection::nodes::NodeRecord>>, ApiError> {
+    let meta = meta(&headers)?;
+    Ok(Json(state.nodes.all_of(&meta.tenant)?))
 }

@@ -52,8 +52,11 @@ enum Command {
         #[arg(long)]
         version: String,
         /// A target node; repeat for several.
-        #[arg(long = "node", required = true)]
+        #[arg(long = "node", required_unless_present = "selector", conflicts_with = "selector")]
         nodes: Vec<String>,
+        /// Every node with these labels (`key=value,key=value`), as nodes come and go.
+        #[arg(long)]
+        selector: Option<String>,
         #[command(flatten)]
         mode: ModeArgs,
         /// Follow the status until every node is running or failed.
@@ -207,14 +210,24 @@ impl Cli {
                 print_json(&client.post(&format!("/v1/applications/{id}/versions/{version}/publish"), json!({})).await?)
             }
             Command::App(AppCommand::Show { id }) => print_json(&client.get(&format!("/v1/applications/{id}")).await?),
-            Command::Launch { application, version, nodes, mode, watch, timeout } => {
-                let body = json!({
+            Command::Launch { application, version, nodes, selector, mode, watch, timeout } => {
+                let mut body = json!({
                     "application": application,
                     "version": version,
-                    "nodes": nodes,
                     "staged": mode.staged,
                     "instantly_apply": mode.instantly_apply,
                 });
+                match selector {
+                    Some(selector) => {
+                        let mut labels = serde_json::Map::new();
+                        for pair in selector.split(',').filter(|p| !p.is_empty()) {
+                            let (k, v) = pair.split_once('=').with_context(|| format!("`{pair}` is not key=value"))?;
+                            labels.insert(k.to_owned(), Value::String(v.to_owned()));
+                        }
+                        body["selector"] = Value::Object(labels);
+                    }
+                    None => body["nodes"] = json!(nodes),
+                }
                 let launched = client.post("/v1/deployments", body).await?;
                 let id = launched["id"].as_str().context("the launch answer has no id")?.to_owned();
                 println!("launched deployment {id}");

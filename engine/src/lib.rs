@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::command::CommandHandler;
 use crate::projector::ProjectorConfig;
-use crate::read_model::{Deployments, Notifications};
+use crate::read_model::{Deployments, Nodes, Notifications};
 use crate::store::{EventStore, StoreConfig};
 
 #[derive(Debug, Clone)]
@@ -54,6 +54,7 @@ pub struct Engine {
     pub commands: CommandHandler,
     pub deployments: Deployments,
     pub notifications: Notifications,
+    pub nodes: Nodes,
     pub liveness: liveness::Liveness,
     tasks: JoinSet<anyhow::Result<()>>,
 }
@@ -71,6 +72,7 @@ impl Engine {
             .with_context(|| format!("opening the read models in {}", config.data_dir.display()))?;
         let deployments = Deployments::open(&db)?;
         let notifications = Notifications::open(&db)?;
+        let nodes = Nodes::open(&db)?;
         let commands = CommandHandler::new(store.clone());
         liveness::open_stream(store.jetstream(), config.store.replicas).await?;
         let liveness = liveness::Liveness::default();
@@ -83,6 +85,7 @@ impl Engine {
             commands: commands.clone(),
             deployments: deployments.clone(),
             notifications: notifications.clone(),
+            nodes: nodes.clone(),
             liveness: liveness.clone(),
         });
 
@@ -90,13 +93,16 @@ impl Engine {
         let tree = deployments.tree().clone();
         tasks.spawn(projector::run(store.clone(), deployments.clone(), tree, config.projector.clone()));
         let tree = notifications.tree().clone();
-        tasks.spawn(projector::run(store.clone(), notifications.clone(), tree, config.projector));
+        tasks.spawn(projector::run(store.clone(), notifications.clone(), tree, config.projector.clone()));
+        let tree = nodes.tree().clone();
+        tasks.spawn(projector::run(store.clone(), nodes.clone(), tree, config.projector));
+        tasks.spawn(worker::membership(commands.clone(), deployments.clone()));
         tasks.spawn(worker::route(store.clone()));
         tasks.spawn(worker::ingest(commands.clone()));
         tasks.spawn(liveness::run(commands.clone(), liveness.clone()));
         tasks.spawn(async move { axum::serve(listener, app).await.context("serving the API") });
         tracing::info!(%api_addr, "engine started");
-        Ok(Engine { api_addr, commands, deployments, notifications, liveness, tasks })
+        Ok(Engine { api_addr, commands, deployments, notifications, nodes, liveness, tasks })
     }
 
     /// Runs until a task fails; returns its error.

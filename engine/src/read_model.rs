@@ -3,7 +3,9 @@
 
 use events::application::ApplicationEvent;
 use events::deployment::DeploymentEvent;
+use events::node::NodeEvent;
 use events::projection::deployments::{self, DeploymentView};
+use events::projection::nodes::NodeRecord;
 use events::projection::notifications::{ApplicationUpdates, Notification};
 
 use crate::projector::{Overlay, Projection, ProjectionError};
@@ -191,6 +193,49 @@ impl Projection for Notifications {
             Change::Deployment(event) => updates.apply_deployment(&envelope.aggregate_id, &event),
         }
         batch.insert(key, serde_json::to_vec(&updates)?);
+        Ok(())
+    }
+}
+
+/// The nodes read model: `n/<tenant>/<node>`.
+#[derive(Debug, Clone)]
+pub struct Nodes {
+    tree: sled::Tree,
+}
+
+impl Nodes {
+    pub fn open(db: &sled::Db) -> sled::Result<Nodes> {
+        Ok(Nodes { tree: db.open_tree(<Nodes as Projection>::NAME)? })
+    }
+
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// Every node of `tenant`, by id.
+    pub fn all_of(&self, tenant: &str) -> anyhow::Result<Vec<NodeRecord>> {
+        self.tree.scan_prefix(format!("n/{tenant}/")).map(|e| Ok(serde_json::from_slice(&e?.1)?)).collect()
+    }
+}
+
+impl Projection for Nodes {
+    const NAME: &'static str = "nodes";
+
+    fn subjects(&self) -> Vec<String> {
+        vec![events::subject::ALL_NODES.to_owned()]
+    }
+
+    fn apply(&self, batch: &mut Overlay<'_>, stored: &StoredEvent) -> Result<(), ProjectionError> {
+        let envelope = &stored.envelope;
+        let event: NodeEvent = envelope.event()?;
+        let key = format!("n/{}/{}", envelope.tenant, envelope.aggregate_id).into_bytes();
+        let current = match batch.get(&key)? {
+            Some(bytes) => Some(serde_json::from_slice::<NodeRecord>(&bytes)?),
+            None => None,
+        };
+        if let Some(record) = events::projection::nodes::apply(current, envelope, &event) {
+            batch.insert(key, serde_json::to_vec(&record)?);
+        }
         Ok(())
     }
 }

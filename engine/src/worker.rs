@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use events::deployment::{Deployment, DeploymentCommand, DeploymentEvent};
 use events::envelope::{chain_hash, Metadata};
-use events::node::{Node, NodeCommand};
+use events::node::{Node, NodeCommand, NodeEvent};
 use events::report::NodeReport;
 use events::work::{self, NodeWork};
 use events::{Aggregate, Envelope};
@@ -74,9 +74,22 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
     let envelope = &stored.envelope;
     let deployment = envelope.aggregate_id.clone();
     let (work, nodes): (NodeWork, Vec<String>) = match envelope.event::<DeploymentEvent>()? {
-        DeploymentEvent::Launched { application, version, image, nodes, mode } => {
+        DeploymentEvent::Launched { application, version, image, nodes, mode, .. } => {
             (NodeWork::Deploy { deployment, application, version, image, mode }, nodes)
         }
+        DeploymentEvent::TargetAdded { node, .. } => {
+            // What it runs now, as of this event.
+            let state = deployment_as_of(store, envelope).await?;
+            let work = NodeWork::Deploy {
+                deployment,
+                application: state.application,
+                version: state.version,
+                image: state.image,
+                mode: state.mode,
+            };
+            (work, vec![node])
+        }
+        DeploymentEvent::TargetRemoved { node, .. } => (NodeWork::Remove { deployment }, vec![node]),
         DeploymentEvent::StopRequested { .. } => (NodeWork::Stop { deployment }, targets(store, envelope).await?),
         DeploymentEvent::StartRequested { .. } => (NodeWork::Start { deployment }, targets(store, envelope).await?),
         DeploymentEvent::UninstallRequested { .. } => {
@@ -104,12 +117,66 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
     Ok(())
 }
 
-/// The nodes of the deployment `envelope` belongs to, as of that event.
+/// The nodes the deployment of `envelope` targets, as of that event.
 async fn targets(store: &EventStore, envelope: &Envelope) -> anyhow::Result<Vec<String>> {
+    Ok(deployment_as_of(store, envelope).await?.targets().cloned().collect())
+}
+
+/// The deployment `envelope` belongs to, folded up to and including that event.
+async fn deployment_as_of(store: &EventStore, envelope: &Envelope) -> anyhow::Result<Deployment> {
     let subject = events::subject::aggregate(&envelope.tenant, Deployment::TYPE, &envelope.aggregate_id);
-    let loaded = store.load(&subject).await?;
-    let state: Deployment = crate::command::fold(&loaded)?;
-    Ok(state.nodes.into_keys().collect())
+    let mut loaded = store.load(&subject).await?;
+    if let Some(at) = loaded.events.iter().position(|e| e.envelope.id == envelope.id) {
+        loaded.events.truncate(at + 1);
+    }
+    Ok(crate::command::fold(&loaded)?)
+}
+
+/// Keeps selector deployments' targets in step with the nodes: a node that registers or whose
+/// labels change is added to every live selector deployment it now matches, and removed from
+/// those it no longer matches, each with its reason.
+pub async fn membership(handler: CommandHandler, deployments: crate::read_model::Deployments) -> anyhow::Result<()> {
+    let store = handler.store().clone();
+    consume(&store, "membership", events::subject::ALL_NODES, |_, event| membership_one(&handler, &deployments, event))
+        .await
+}
+
+async fn membership_one(
+    handler: &CommandHandler,
+    deployments: &crate::read_model::Deployments,
+    stored: StoredEvent,
+) -> anyhow::Result<()> {
+    let envelope = &stored.envelope;
+    let (NodeEvent::Registered { labels } | NodeEvent::LabelsChanged { labels }) = envelope.event::<NodeEvent>()?
+    else {
+        return Ok(());
+    };
+    let node = &envelope.aggregate_id;
+    for view in deployments.all_of(&envelope.tenant)? {
+        let Some(selector) = &view.selector else { continue };
+        if view.desired == events::deployment::Desired::Removed {
+            continue;
+        }
+        let shown = selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        let command = if events::projection::nodes::matches(&labels, selector) {
+            DeploymentCommand::AddTarget { node: node.clone(), reason: format!("node `{node}` matches {shown}") }
+        } else {
+            DeploymentCommand::RemoveTarget {
+                node: node.clone(),
+                reason: format!("node `{node}` no longer matches {shown}"),
+            }
+        };
+        let meta = CommandMeta {
+            tenant: envelope.tenant.clone(),
+            actor: "engine:membership".to_owned(),
+            command_id: Uuid::new_v5(&envelope.id, view.id.as_bytes()),
+            correlation_id: envelope.correlation_id,
+        };
+        if let Some(rejection) = refusal(handler.execute::<Deployment>(&view.id, &command, &meta).await)? {
+            tracing::warn!(node, deployment = %view.id, %rejection, "membership change refused");
+        }
+    }
+    Ok(())
 }
 
 /// Appends one work event to a node's subject, chained to the last one there.

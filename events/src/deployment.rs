@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{event_payload, Aggregate, Ctx};
 use crate::application::Application;
+use crate::node::Labels;
 use crate::status::{Failure, Status};
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -21,6 +22,7 @@ pub struct Deployment {
     pub mode: Mode,
     /// Staged and not yet applied: an apply is what it waits for.
     pub awaiting_apply: bool,
+    pub selector: Option<Labels>,
     pub nodes: BTreeMap<String, NodeProgress>,
 }
 
@@ -65,6 +67,9 @@ pub enum Desired {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeProgress {
+    /// A target now; a node that stopped matching the selector stays, inactive, for its
+    /// last reports.
+    pub active: bool,
     pub status: Status,
     pub error: Option<Failure>,
     /// When the node said so; a report older than this one is stale.
@@ -77,10 +82,13 @@ pub struct Launch {
     pub application_id: String,
     pub application: Application,
     pub version: String,
+    /// The nodes named, or with a selector the registered nodes it matches now (maybe none).
     pub nodes: Vec<String>,
     /// The requested nodes that are registered.
     pub registered_nodes: BTreeSet<String>,
     pub mode: Mode,
+    /// Targets every node whose labels include these, now and as nodes join or change.
+    pub selector: Option<Labels>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +111,16 @@ pub enum DeploymentCommand {
     Apply,
     /// Pull the same tags again; recreate only the containers whose image changed.
     ForceUpdate,
+    /// A node now matches the selector.
+    AddTarget {
+        node: String,
+        reason: String,
+    },
+    /// A node no longer matches the selector.
+    RemoveTarget {
+        node: String,
+        reason: String,
+    },
     ReportNodeState {
         node: String,
         status: Status,
@@ -121,6 +139,8 @@ pub enum DeploymentEvent {
         nodes: Vec<String>,
         #[serde(default)]
         mode: Mode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        selector: Option<Labels>,
     },
     StopRequested {
         at: DateTime<Utc>,
@@ -145,6 +165,14 @@ pub enum DeploymentEvent {
     ForceUpdateRequested {
         at: DateTime<Utc>,
     },
+    TargetAdded {
+        node: String,
+        reason: String,
+    },
+    TargetRemoved {
+        node: String,
+        reason: String,
+    },
     NodeStateReported {
         node: String,
         status: Status,
@@ -161,6 +189,8 @@ event_payload!(DeploymentEvent, "deployment", {
     UpdateRequested => "update_requested",
     ApplyRequested => "apply_requested",
     ForceUpdateRequested => "force_update_requested",
+    TargetAdded => "target_added",
+    TargetRemoved => "target_removed",
     NodeStateReported => "node_state_reported",
 });
 
@@ -196,6 +226,10 @@ pub enum DeploymentRejection {
     NeverApplied,
     #[error("the deployment has nothing staged to apply")]
     NothingToApply,
+    #[error("the deployment targets explicit nodes, not a selector")]
+    NoSelector,
+    #[error("the selector must name at least one label")]
+    EmptySelector,
 }
 
 impl Aggregate for Deployment {
@@ -212,8 +246,10 @@ impl Aggregate for Deployment {
                 let name = &launch.application_id;
                 let version = published(name, &launch.application, &launch.version)?;
                 check_mode(launch.mode)?;
-                if launch.nodes.is_empty() {
-                    return Err(R::NoNodes);
+                match &launch.selector {
+                    None if launch.nodes.is_empty() => return Err(R::NoNodes),
+                    Some(selector) if selector.is_empty() => return Err(R::EmptySelector),
+                    _ => {}
                 }
                 let mut seen = BTreeSet::new();
                 for node in &launch.nodes {
@@ -230,6 +266,7 @@ impl Aggregate for Deployment {
                     image: version.image.clone(),
                     nodes: launch.nodes.clone(),
                     mode: launch.mode,
+                    selector: launch.selector.clone(),
                 }])
             }
             _ if !self.launched => Err(R::NotLaunched),
@@ -239,6 +276,7 @@ impl Aggregate for Deployment {
             | DeploymentCommand::Update { .. }
             | DeploymentCommand::Apply
             | DeploymentCommand::ForceUpdate
+            | DeploymentCommand::AddTarget { .. }
                 if self.desired == Desired::Removed =>
             {
                 Err(R::Uninstalled)
@@ -246,6 +284,19 @@ impl Aggregate for Deployment {
             DeploymentCommand::Apply if !self.awaiting_apply => Err(R::NothingToApply),
             DeploymentCommand::Apply => Ok(vec![DeploymentEvent::ApplyRequested { at: ctx.now }]),
             DeploymentCommand::ForceUpdate => Ok(vec![DeploymentEvent::ForceUpdateRequested { at: ctx.now }]),
+            DeploymentCommand::AddTarget { .. } | DeploymentCommand::RemoveTarget { .. } if self.selector.is_none() => {
+                Err(R::NoSelector)
+            }
+            DeploymentCommand::AddTarget { node, reason } => Ok(match self.nodes.get(node) {
+                Some(progress) if progress.active => vec![],
+                _ => vec![DeploymentEvent::TargetAdded { node: node.clone(), reason: reason.clone() }],
+            }),
+            DeploymentCommand::RemoveTarget { node, reason } => Ok(match self.nodes.get(node) {
+                Some(progress) if progress.active => {
+                    vec![DeploymentEvent::TargetRemoved { node: node.clone(), reason: reason.clone() }]
+                }
+                _ => vec![],
+            }),
             DeploymentCommand::Update { application, version, mode } => {
                 let target = published(&self.application, application, version)?;
                 check_mode(*mode)?;
@@ -291,8 +342,9 @@ impl Aggregate for Deployment {
 
     fn evolve(mut self, event: &DeploymentEvent) -> Deployment {
         match event {
-            DeploymentEvent::Launched { application, version, image, nodes, mode } => {
+            DeploymentEvent::Launched { application, version, image, nodes, mode, selector } => {
                 self.launched = true;
+                self.selector = selector.clone();
                 self.mode = *mode;
                 self.awaiting_apply = mode.waits_for_apply();
                 self.application = application.clone();
@@ -301,7 +353,15 @@ impl Aggregate for Deployment {
                 self.nodes = nodes
                     .iter()
                     .map(|n| {
-                        (n.clone(), NodeProgress { status: Status::PendingDeploy, error: None, reported_at: None })
+                        (
+                            n.clone(),
+                            NodeProgress {
+                                active: true,
+                                status: Status::PendingDeploy,
+                                error: None,
+                                reported_at: None,
+                            },
+                        )
                     })
                     .collect();
             }
@@ -320,6 +380,18 @@ impl Aggregate for Deployment {
                 self.request(Desired::Running, Status::PendingApply);
             }
             DeploymentEvent::ForceUpdateRequested { .. } => self.request(Desired::Running, Status::PendingDeploy),
+            DeploymentEvent::TargetAdded { node, .. } => {
+                let progress =
+                    NodeProgress { active: true, status: Status::PendingDeploy, error: None, reported_at: None };
+                self.nodes.insert(node.clone(), progress);
+            }
+            DeploymentEvent::TargetRemoved { node, .. } => {
+                if let Some(progress) = self.nodes.get_mut(node) {
+                    progress.active = false;
+                    progress.status = Status::PendingRemove;
+                    progress.error = None;
+                }
+            }
             DeploymentEvent::NodeStateReported { node, status, error, reported_at } => {
                 if let Some(progress) = self.nodes.get_mut(node) {
                     progress.status = *status;
@@ -362,9 +434,14 @@ fn published<'a>(
 }
 
 impl Deployment {
+    /// The nodes it targets now.
+    pub fn targets(&self) -> impl Iterator<Item = &String> {
+        self.nodes.iter().filter(|(_, p)| p.active).map(|(node, _)| node)
+    }
+
     fn request(&mut self, desired: Desired, pending: Status) {
         self.desired = desired;
-        for progress in self.nodes.values_mut() {
+        for progress in self.nodes.values_mut().filter(|p| p.active) {
             progress.status = pending;
             progress.error = None;
         }
@@ -399,6 +476,7 @@ mod tests {
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             registered_nodes: ["edge-1", "edge-2"].iter().map(|n| n.to_string()).collect(),
             mode: Mode::default(),
+            selector: None,
         }
     }
 
@@ -409,6 +487,7 @@ mod tests {
             image: "127.0.0.1:5000/sample/app:1.0.0".into(),
             nodes: vec!["edge-1".into(), "edge-2".into()],
             mode: Mode::default(),
+            selector: None,
         }
     }
 
@@ -556,7 +635,7 @@ mod tests {
 
     fn staged_launch() -> E {
         let E::Launched { application, version, image, nodes, .. } = launched() else { unreachable!() };
-        E::Launched { application, version, image, nodes, mode: STAGED }
+        E::Launched { application, version, image, nodes, mode: STAGED, selector: None }
     }
 
     #[test]
@@ -598,6 +677,75 @@ mod tests {
         let mut l = launch(&["edge-1"]);
         l.mode = Mode { staged: false, instantly_apply: false };
         given::<Deployment>([]).when(C::Launch(l)).then_rejected(R::NeverApplied);
+    }
+
+    fn lab() -> Labels {
+        [("site".to_owned(), "lab".to_owned())].into()
+    }
+
+    fn selector_launched(nodes: &[&str]) -> E {
+        E::Launched {
+            application: "sample".into(),
+            version: "1.0.0".into(),
+            image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            mode: Mode::default(),
+            selector: Some(lab()),
+        }
+    }
+
+    #[test]
+    fn launch_on_a_selector_that_matches_no_node_yet() {
+        let mut l = launch(&[]);
+        l.selector = Some(lab());
+        given::<Deployment>([]).when(C::Launch(l)).then([selector_launched(&[])]);
+    }
+
+    #[test]
+    fn launch_on_an_empty_selector_is_rejected() {
+        let mut l = launch(&[]);
+        l.selector = Some(Labels::new());
+        given::<Deployment>([]).when(C::Launch(l)).then_rejected(R::EmptySelector);
+    }
+
+    #[test]
+    fn a_node_that_comes_to_match_is_added_once() {
+        let add = || C::AddTarget { node: "edge-3".into(), reason: "labels match".into() };
+        let state = given::<Deployment>([selector_launched(&["edge-1"])])
+            .when(add())
+            .then([E::TargetAdded { node: "edge-3".into(), reason: "labels match".into() }]);
+        assert_eq!(state.targets().collect::<Vec<_>>(), ["edge-1", "edge-3"]);
+        let added = E::TargetAdded { node: "edge-3".into(), reason: "labels match".into() };
+        given::<Deployment>([selector_launched(&["edge-1"]), added]).when(add()).then([]);
+    }
+
+    #[test]
+    fn a_node_that_stops_matching_is_removed_once() {
+        let remove = || C::RemoveTarget { node: "edge-1".into(), reason: "labels changed".into() };
+        let state = given::<Deployment>([selector_launched(&["edge-1"])])
+            .when(remove())
+            .then([E::TargetRemoved { node: "edge-1".into(), reason: "labels changed".into() }]);
+        assert_eq!(state.targets().count(), 0);
+        assert_eq!(state.nodes["edge-1"].status, Status::PendingRemove);
+        let removed = E::TargetRemoved { node: "edge-1".into(), reason: "labels changed".into() };
+        given::<Deployment>([selector_launched(&["edge-1"]), removed]).when(remove()).then([]);
+        given::<Deployment>([selector_launched(&["edge-1"])])
+            .when(C::RemoveTarget { node: "edge-9".into(), reason: "x".into() })
+            .then([]);
+    }
+
+    #[test]
+    fn targets_change_only_on_selector_deployments() {
+        given::<Deployment>([launched()])
+            .when(C::AddTarget { node: "edge-3".into(), reason: "x".into() })
+            .then_rejected(R::NoSelector);
+    }
+
+    #[test]
+    fn no_target_joins_an_uninstalled_deployment() {
+        given::<Deployment>([selector_launched(&[]), E::UninstallRequested { at: at() }])
+            .when(C::AddTarget { node: "edge-3".into(), reason: "x".into() })
+            .then_rejected(R::Uninstalled);
     }
 
     #[test]

@@ -2,5 +2,6 @@
 //! `replay`.
 
 pub mod deployments;
+pub mod nodes;
 pub mod notifications;
 pub mod summary;

@@ -26,10 +26,32 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
         (
             "/v1/deployments",
             json!({"application": "sample", "version": "1.0.0"}),
-            400,
+            422,
             "nodes",
-            "missing field `nodes`",
+            "name the nodes or a selector",
         ),
+        (
+            "/v1/deployments",
+            json!({"application": "sample", "version": "1.0.0", "nodes": ["edge-1"], "selector": {"a": "b"}}),
+            422,
+            "selector",
+            "not both",
+        ),
+        (
+            "/v1/deployments",
+            json!({"application": "sample", "version": "1.0.0", "selector": {}}),
+            422,
+            "selector",
+            "at least one label",
+        ),
+        (
+            "/v1/deployments",
+            json!({"application": "sample", "version": "1.0.0", "selector": {"a.b": "c"}}),
+            422,
+            "selector",
+            "has `.`",
+        ),
+        ("/v1/applications", json!({"id": "sample"}), 400, "name", "missing field `name`"),
         // A wrong type.
         (
             "/v1/deployments",
@@ -258,6 +280,7 @@ async fn the_summary_counts_per_deployment_node_and_version() {
             nodes: vec!["edge-1".into(), "edge-2".into()],
             registered_nodes: ["edge-1".to_owned(), "edge-2".to_owned()].into(),
             mode: Default::default(),
+            selector: None,
         };
         commands.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &crate::harness::meta()).await.unwrap();
         for (node, status) in [("edge-1", first), ("edge-2", second)] {

@@ -20,26 +20,42 @@ struct TestNode {
 
 impl TestNode {
     async fn start(nats: &NatsServer, engine: &TestEngine) -> TestNode {
+        TestNode::start_labelled(nats, engine, "lab").await
+    }
+
+    /// A node with the label `site=<site>`.
+    async fn start_labelled(nats: &NatsServer, engine: &TestEngine, site: &str) -> TestNode {
         let name = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-        TestNode::start_on(nats, engine, name, tempfile::tempdir().unwrap()).await
+        TestNode::start_on(nats, engine, name, tempfile::tempdir().unwrap(), site).await
     }
 
     /// Stops the agent as a crash would (its containers stay) and starts it again on the same
     /// local state.
-    async fn restart(mut self, nats: &NatsServer, engine: &TestEngine) -> TestNode {
+    async fn restart(self, nats: &NatsServer, engine: &TestEngine) -> TestNode {
+        self.restart_labelled(nats, engine, "lab").await
+    }
+
+    /// Restarts it (as `restart`) with the label `site=<site>`.
+    async fn restart_labelled(mut self, nats: &NatsServer, engine: &TestEngine, site: &str) -> TestNode {
         self.task.abort();
         let _ = (&mut self.task).await;
         let data = self.data.take().unwrap();
         // Handed over: this value's drop leaves the containers to the new one.
         let name = std::mem::take(&mut self.name);
-        TestNode::start_on(nats, engine, name, data).await
+        TestNode::start_on(nats, engine, name, data, site).await
     }
 
-    async fn start_on(nats: &NatsServer, engine: &TestEngine, name: String, data: tempfile::TempDir) -> TestNode {
+    async fn start_on(
+        nats: &NatsServer,
+        engine: &TestEngine,
+        name: String,
+        data: tempfile::TempDir,
+        site: &str,
+    ) -> TestNode {
         let config = NodeConfig {
             nats_url: nats.url(),
             node: name.clone(),
-            labels: [("site".to_owned(), "lab".to_owned())].into(),
+            labels: [("site".to_owned(), site.to_owned())].into(),
             data_dir: data.path().join("node"),
             heartbeat: std::time::Duration::from_millis(300),
             ..NodeConfig::default()
@@ -484,7 +500,7 @@ async fn logs_are_read_through_the_engine_a_page_of_200_lines_at_a_time() {
     };
     // The container writes its 450 lines as it starts; wait until the last one is there.
     eventually("all 450 lines to be written", TIMEOUT, || async {
-        let (status, body) = page(Some(format!("sample-{id}:449"))).await;
+        let (status, body) = page(Some(format!("sample-{id}-{}:449", node.name))).await;
         (status == 200 && body["containers"][0]["lines"] == json!(["line 450"])).then_some(())
     })
     .await;
@@ -497,7 +513,7 @@ async fn logs_are_read_through_the_engine_a_page_of_200_lines_at_a_time() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["node"], node.name.as_str());
         let container = &body["containers"][0];
-        assert_eq!(container["container"], format!("sample-{id}"));
+        assert_eq!(container["container"], format!("sample-{id}-{}", node.name));
         let got: Vec<String> = serde_json::from_value(container["lines"].clone()).unwrap();
         sizes.push(got.len());
         lines.extend(got);
@@ -572,4 +588,79 @@ async fn a_silent_node_turns_unreachable_without_touching_its_deployments_state(
     assert!(info.state.messages > 0);
     assert_eq!(info.config.max_age, engine::liveness::TELEMETRY_MAX_AGE);
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_launch_follows_nodes_as_they_join_and_change_labels() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let first = TestNode::start_labelled(&nats, &engine, "lab").await;
+    let other = TestNode::start_labelled(&nats, &engine, "other").await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let docker = docker().await;
+    // The nodes read model must know both before the selector is resolved.
+    eventually("both nodes in the nodes read model", TIMEOUT, || async {
+        let (_, nodes) = engine.get("/v1/nodes").await;
+        (nodes.as_array().map_or(0, |n| n.len()) == 2).then_some(())
+    })
+    .await;
+
+    let body = json!({"application": "sample", "version": "1.0.0", "selector": {"site": "lab"}});
+    let (status, launched) = engine.post("/v1/deployments", body).await;
+    assert_eq!(status, 201, "{launched}");
+    let id = launched["id"].as_str().unwrap().to_owned();
+    assert_eq!(launched["deployment"]["nodes"].as_object().unwrap().keys().collect::<Vec<_>>(), [&first.name]);
+    let on = |node: String| {
+        let (docker, id) = (docker.clone(), id.clone());
+        async move {
+            let found = tests::containers(&docker, NODE_LABEL, &node).await.unwrap();
+            found.iter().filter(|c| c.labels.as_ref().is_some_and(|l| l.get(DEPLOYMENT_LABEL) == Some(&id))).count()
+        }
+    };
+    engine.wait_deployment(&id, "the first node to run it", |v| v["nodes"][&first.name]["status"] == "running").await;
+    assert_eq!(on(other.name.clone()).await, 0, "a node that does not match gets nothing");
+
+    // A node that joins with matching labels receives it.
+    let joined = TestNode::start_labelled(&nats, &engine, "lab").await;
+    engine
+        .wait_deployment(&id, "the joining node to run it", |v| v["nodes"][&joined.name]["status"] == "running")
+        .await;
+    assert_eq!(on(joined.name.clone()).await, 1);
+
+    // A node whose labels stop matching has it removed.
+    let first = first.restart_labelled(&nats, &engine, "elsewhere").await;
+    engine
+        .wait_deployment(&id, "the first node to remove it", |v| v["nodes"][&first.name]["status"] == "removed")
+        .await;
+    eventually("the first node's container to go", TIMEOUT, || async {
+        (on(first.name.clone()).await == 0).then_some(())
+    })
+    .await;
+    let (_, view) = engine.get(&format!("/v1/deployments/{id}")).await;
+    assert_eq!(view["status"], "running", "the deployment still runs where it matches: {view}");
+
+    // Each change of membership is an event with its reason.
+    let loaded =
+        engine.engine.commands.store().load(&events::subject::aggregate("default", "deployment", &id)).await.unwrap();
+    let changes: Vec<(String, String, String)> = loaded
+        .events
+        .iter()
+        .filter_map(|e| match e.envelope.event().unwrap() {
+            events::deployment::DeploymentEvent::TargetAdded { node, reason } => Some(("added".into(), node, reason)),
+            events::deployment::DeploymentEvent::TargetRemoved { node, reason } => {
+                Some(("removed".into(), node, reason))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("added".to_owned(), joined.name.clone(), format!("node `{}` matches site=lab", joined.name)),
+            ("removed".to_owned(), first.name.clone(), format!("node `{}` no longer matches site=lab", first.name)),
+        ]
+    );
+    for node in [first, other, joined] {
+        node.stop().await;
+    }
 }

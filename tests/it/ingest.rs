@@ -42,6 +42,7 @@ async fn reports_that_cannot_be_applied_are_refused_and_the_rest_go_through() {
         nodes: vec!["edge-1".into(), "edge-2".into()],
         registered_nodes: ["edge-1".to_owned(), "edge-2".to_owned()].into(),
         mode: Default::default(),
+        selector: None,
     };
     let id = uuid::Uuid::now_v7().to_string();
     commands.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &meta()).await.unwrap();

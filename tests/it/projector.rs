@@ -27,6 +27,7 @@ async fn history(nats: &NatsServer, count: usize) {
             nodes: vec!["edge-1".into(), "edge-2".into()],
             registered_nodes: ["edge-1".to_owned(), "edge-2".to_owned()].into(),
             mode: Default::default(),
+            selector: None,
         };
         tasks.spawn(async move {
             let id = uuid::Uuid::now_v7().to_string();

@@ -37,6 +37,9 @@ pub struct DeploymentView {
     pub staged: bool,
     /// Staged and not yet applied.
     pub awaiting_apply: bool,
+    /// Targets the nodes whose labels include these, as they come and go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<crate::node::Labels>,
     pub nodes: BTreeMap<String, NodeView>,
     pub launched_by: String,
     pub created_at: DateTime<Utc>,
@@ -62,7 +65,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         updated_at: envelope.time,
     };
     let mut view = match (view, event) {
-        (_, DeploymentEvent::Launched { application, version, image, nodes, mode }) => {
+        (_, DeploymentEvent::Launched { application, version, image, nodes, mode, selector }) => {
             return Some(DeploymentView {
                 id: envelope.aggregate_id.clone(),
                 tenant: envelope.tenant.clone(),
@@ -73,6 +76,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
                 desired: Desired::Running,
                 staged: mode.staged,
                 awaiting_apply: mode.waits_for_apply(),
+                selector: selector.clone(),
                 nodes: nodes.iter().map(|n| (n.clone(), pending(Status::PendingDeploy))).collect(),
                 launched_by: envelope.actor.clone(),
                 created_at: envelope.time,
@@ -99,11 +103,23 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
             Some((Desired::Running, Status::PendingApply))
         }
         DeploymentEvent::ForceUpdateRequested { .. } => Some((Desired::Running, Status::PendingDeploy)),
+        DeploymentEvent::TargetAdded { node, reason } => {
+            let joined = NodeView { reason: Some(reason.clone()), ..pending(Status::PendingDeploy) };
+            view.nodes.insert(node.clone(), joined);
+            None
+        }
+        DeploymentEvent::TargetRemoved { node, reason } => {
+            let left = NodeView { reason: Some(reason.clone()), ..pending(Status::PendingRemove) };
+            view.nodes.insert(node.clone(), left);
+            None
+        }
         DeploymentEvent::Launched { .. } | DeploymentEvent::NodeStateReported { .. } => None,
     };
     if let Some((desired, status)) = request {
         view.desired = desired;
-        for node in view.nodes.values_mut() {
+        // Nodes on their way out keep going out.
+        let leaving = |n: &NodeView| matches!(n.status, Status::PendingRemove | Status::Removing | Status::Removed);
+        for node in view.nodes.values_mut().filter(|n| desired == Desired::Removed || !leaving(n)) {
             *node = pending(status);
         }
     }
@@ -148,6 +164,7 @@ mod tests {
             image: "127.0.0.1:5000/sample/app:1.0.0".into(),
             nodes: vec!["edge-1".into(), "edge-2".into()],
             mode: Default::default(),
+            selector: None,
         };
         let running = |node: &str| DeploymentEvent::NodeStateReported {
             node: node.into(),

@@ -79,6 +79,8 @@ impl ApplicationUpdates {
             | DeploymentEvent::StartRequested { .. }
             | DeploymentEvent::ApplyRequested { .. }
             | DeploymentEvent::ForceUpdateRequested { .. }
+            | DeploymentEvent::TargetAdded { .. }
+            | DeploymentEvent::TargetRemoved { .. }
             | DeploymentEvent::NodeStateReported { .. } => {}
         }
     }
@@ -117,6 +119,7 @@ mod tests {
             image: format!("127.0.0.1:5000/sample/app:{version}"),
             nodes: vec!["edge-1".into()],
             mode: Default::default(),
+            selector: None,
         }
     }
 

@@ -75,6 +75,7 @@ mod tests {
             desired: Desired::Running,
             staged: false,
             awaiting_apply: false,
+            selector: None,
             nodes: nodes
                 .iter()
                 .map(|(n, s)| (n.to_string(), NodeView { status: *s, error: None, reason: None, updated_at: now() }))
