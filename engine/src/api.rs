@@ -17,6 +17,7 @@ use events::deployment::{Deployment, DeploymentCommand, DeploymentRejection, Lau
 use events::node::Node;
 use events::projection::deployments::DeploymentView;
 use events::subject::check_token;
+use events::tenant::{Tenant, TenantCommand, TenantRejection};
 use events::Aggregate;
 
 use crate::command::{CommandError, CommandHandler, CommandMeta, Committed};
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/summary", get(summary))
         .route("/v1/deployments/{id}/history", get(deployment_history))
         .route("/v1/deployments/{id}/logs", get(deployment_logs))
+        .route("/v1/tenants/{id}", axum::routing::delete(delete_tenant))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}", get(get_node))
         .route("/v1/nodes/{id}/telemetry", get(node_telemetry))
@@ -225,6 +227,16 @@ fn meta(headers: &HeaderMap) -> Result<CommandMeta, ApiError> {
     Ok(meta)
 }
 
+/// `meta` for a command: refused (410) once the tenant is deleted.
+async fn live_meta(state: &AppState, headers: &HeaderMap) -> Result<CommandMeta, ApiError> {
+    let meta = meta(headers)?;
+    let tenant: Tenant = state.commands.state(&meta.tenant, &meta.tenant).await?;
+    if tenant.deleted {
+        return Err(ApiError::new(StatusCode::GONE, Some("x-tenant"), format!("tenant `{}` is deleted", meta.tenant)));
+    }
+    Ok(meta)
+}
+
 fn status_of(committed: &Committed) -> StatusCode {
     if committed.duplicate {
         StatusCode::OK
@@ -291,7 +303,7 @@ async fn register_application(
     headers: HeaderMap,
     Body(body): Body<RegisterApplication>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = live_meta(&state, &headers).await?;
     token("id", &body.id)?;
     let command = ApplicationCommand::Register { name: body.name };
     let committed = state.commands.execute::<Application>(&body.id, &command, &meta).await?;
@@ -325,7 +337,7 @@ async fn add_version(
     Path(id): Path<String>,
     Body(body): Body<AddVersion>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = live_meta(&state, &headers).await?;
     token("id", &id)?;
     let command = ApplicationCommand::AddVersion { version: body.version, image: body.image };
     let committed = state.commands.execute::<Application>(&id, &command, &meta).await?;
@@ -337,7 +349,7 @@ async fn publish(
     headers: HeaderMap,
     Path((id, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = live_meta(&state, &headers).await?;
     token("id", &id)?;
     let command = ApplicationCommand::Publish { version };
     state.commands.execute::<Application>(&id, &command, &meta).await?;
@@ -375,7 +387,7 @@ async fn launch(
     headers: HeaderMap,
     Body(body): Body<LaunchRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = live_meta(&state, &headers).await?;
     token("application", &body.application)?;
     let (nodes, registered_nodes) = match (&body.nodes, &body.selector) {
         (Some(_), Some(_)) => return Err(ApiError::invalid("selector", "name the nodes or a selector, not both")),
@@ -440,7 +452,7 @@ async fn deployment_command(
     id: String,
     command: DeploymentCommand,
 ) -> Result<(StatusCode, Json<LaunchResponse>), ApiError> {
-    let meta = meta(headers)?;
+    let meta = live_meta(state, headers).await?;
     check_token("id", &id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, Some("id"), e))?;
     let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await?;
     let (status, body) = deployment_response(state, &meta.tenant, id, &committed).await?;
@@ -480,7 +492,7 @@ async fn update(
     Path(id): Path<String>,
     Body(body): Body<UpdateRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = live_meta(&state, &headers).await?;
     token("id", &id)?;
     let deployment: Deployment = state.commands.state(&meta.tenant, &id).await?;
     let application: Application = if deployment.launched {
@@ -804,4 +816,27 @@ async fn list_nodes(
 ) -> Result<Json<Vec<events::projection::nodes::NodeRecord>>, ApiError> {
     let meta = meta(&headers)?;
     Ok(Json(state.nodes.all_of(&meta.tenant)?))
+}
+
+impl Rejection for TenantRejection {
+    fn status_and_field(&self) -> (StatusCode, &'static str) {
+        match self {
+            TenantRejection::Deleted => (StatusCode::GONE, "id"),
+        }
+    }
+}
+
+/// Deletes a tenant: its deployments are removed from every node, its read models forgotten,
+/// and no further command is taken for it.
+async fn delete_tenant(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut meta = meta(&headers)?;
+    token("id", &id)?;
+    meta.tenant = id.clone();
+    let committed = state.commands.execute::<Tenant>(&id, &TenantCommand::Delete, &meta).await?;
+    let sequence = committed.events.last().map_or(0, |e| e.sequence);
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "tenant": id, "sequence": sequence }))))
 }

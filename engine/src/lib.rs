@@ -97,6 +97,7 @@ impl Engine {
         let tree = nodes.tree().clone();
         tasks.spawn(projector::run(store.clone(), nodes.clone(), tree, config.projector));
         tasks.spawn(worker::membership(commands.clone(), deployments.clone()));
+        tasks.spawn(worker::tenants(commands.clone()));
         tasks.spawn(worker::route(store.clone()));
         tasks.spawn(worker::ingest(commands.clone()));
         tasks.spawn(liveness::run(commands.clone(), liveness.clone()));

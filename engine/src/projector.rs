@@ -74,6 +74,18 @@ impl<'a> Overlay<'a> {
         self.changes.insert(key, None);
     }
 
+    /// Removes every key that starts with `prefix`, stored or pending.
+    pub fn remove_prefix(&mut self, prefix: &[u8]) -> sled::Result<()> {
+        let mut doomed: Vec<Vec<u8>> = self.changes.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        for entry in self.tree.scan_prefix(prefix) {
+            doomed.push(entry?.0.to_vec());
+        }
+        for key in doomed {
+            self.remove(key);
+        }
+        Ok(())
+    }
+
     /// Writes the changes and the checkpoint in one atomic batch.
     fn commit(self, checkpoint: u64) -> sled::Result<()> {
         let mut batch = sled::Batch::default();

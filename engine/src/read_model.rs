@@ -11,6 +11,23 @@ use events::projection::notifications::{ApplicationUpdates, Notification};
 use crate::projector::{Overlay, Projection, ProjectionError};
 use crate::store::StoredEvent;
 
+/// For a tenant event: forgets everything of that tenant under each of `prefixes` (the tenant
+/// follows the prefix in every key) and says it handled the event.
+fn forget_deleted_tenant(
+    batch: &mut Overlay<'_>,
+    envelope: &events::Envelope,
+    prefixes: &[&str],
+) -> Result<bool, ProjectionError> {
+    if envelope.aggregate_type != <events::tenant::Tenant as events::Aggregate>::TYPE {
+        return Ok(false);
+    }
+    let events::tenant::TenantEvent::Deleted { .. } = envelope.event()?;
+    for prefix in prefixes {
+        batch.remove_prefix(format!("{prefix}{}/", envelope.tenant).as_bytes())?;
+    }
+    Ok(true)
+}
+
 /// One page of a listing, and the cursor of the next one.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Page<T> {
@@ -94,11 +111,14 @@ impl Projection for Deployments {
     const NAME: &'static str = "deployments";
 
     fn subjects(&self) -> Vec<String> {
-        vec![events::subject::ALL_DEPLOYMENTS.to_owned()]
+        vec![events::subject::ALL_DEPLOYMENTS.to_owned(), events::subject::ALL_TENANTS.to_owned()]
     }
 
     fn apply(&self, batch: &mut Overlay<'_>, stored: &StoredEvent) -> Result<(), ProjectionError> {
         let envelope = &stored.envelope;
+        if forget_deleted_tenant(batch, envelope, &["d/"])? {
+            return Ok(());
+        }
         let event: DeploymentEvent = envelope.event()?;
         let key = key(&envelope.tenant, &envelope.aggregate_id);
         let current = batch.get(&key).ok().flatten().and_then(|v| serde_json::from_slice::<DeploymentView>(&v).ok());
@@ -159,11 +179,18 @@ impl Projection for Notifications {
     const NAME: &'static str = "notifications";
 
     fn subjects(&self) -> Vec<String> {
-        vec![events::subject::ALL_APPLICATIONS.to_owned(), events::subject::ALL_DEPLOYMENTS.to_owned()]
+        vec![
+            events::subject::ALL_APPLICATIONS.to_owned(),
+            events::subject::ALL_DEPLOYMENTS.to_owned(),
+            events::subject::ALL_TENANTS.to_owned(),
+        ]
     }
 
     fn apply(&self, batch: &mut Overlay<'_>, stored: &StoredEvent) -> Result<(), ProjectionError> {
         let envelope = &stored.envelope;
+        if forget_deleted_tenant(batch, envelope, &["a/", "d/"])? {
+            return Ok(());
+        }
         let tenant = &envelope.tenant;
         let (application, change) = match envelope.aggregate_type.as_str() {
             "application" => (envelope.aggregate_id.clone(), Change::Application(envelope.event()?)),
@@ -222,11 +249,14 @@ impl Projection for Nodes {
     const NAME: &'static str = "nodes";
 
     fn subjects(&self) -> Vec<String> {
-        vec![events::subject::ALL_NODES.to_owned()]
+        vec![events::subject::ALL_NODES.to_owned(), events::subject::ALL_TENANTS.to_owned()]
     }
 
     fn apply(&self, batch: &mut Overlay<'_>, stored: &StoredEvent) -> Result<(), ProjectionError> {
         let envelope = &stored.envelope;
+        if forget_deleted_tenant(batch, envelope, &["n/"])? {
+            return Ok(());
+        }
         let event: NodeEvent = envelope.event()?;
         let key = format!("n/{}/{}", envelope.tenant, envelope.aggregate_id).into_bytes();
         let current = match batch.get(&key)? {

@@ -141,6 +141,17 @@ impl EventStore {
         Ok(self.stream.get_info().await.map_err(nats)?.state.last_sequence)
     }
 
+    /// Every subject of the stream that matches `filter` (wildcards allowed).
+    pub async fn subjects(&self, filter: &str) -> Result<Vec<String>, StoreError> {
+        let mut found = self.stream.info_with_subjects(filter).await.map_err(nats)?;
+        let mut subjects = Vec::new();
+        while let Some(entry) = found.next().await {
+            subjects.push(entry.map_err(nats)?.0);
+        }
+        subjects.sort();
+        Ok(subjects)
+    }
+
     /// The last event of `subject`, if it has any.
     pub async fn last(&self, subject: &str) -> Result<Option<StoredEvent>, StoreError> {
         match self.stream.get_last_raw_message_by_subject(subject).await {

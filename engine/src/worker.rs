@@ -278,3 +278,31 @@ fn refusal<R: std::error::Error>(
         Err(e) => Err(anyhow::anyhow!("{e}")),
     }
 }
+
+/// Carries out a tenant's deletion: every deployment it has in the log is uninstalled, which
+/// removes it from every node. The deployments are found from the stream's subjects, not from a
+/// read model that the same deletion empties.
+pub async fn tenants(handler: CommandHandler) -> anyhow::Result<()> {
+    let store = handler.store().clone();
+    consume(&store, "tenants", events::subject::ALL_TENANTS, |_, event| tenant_one(&handler, event)).await
+}
+
+async fn tenant_one(handler: &CommandHandler, stored: StoredEvent) -> anyhow::Result<()> {
+    let envelope = &stored.envelope;
+    let events::tenant::TenantEvent::Deleted { .. } = envelope.event()?;
+    let pattern = events::subject::aggregate(&envelope.tenant, Deployment::TYPE, "*");
+    for subject in handler.store().subjects(&pattern).await? {
+        let Some(id) = subject.rsplit('.').next() else { continue };
+        let meta = CommandMeta {
+            tenant: envelope.tenant.clone(),
+            actor: envelope.actor.clone(),
+            command_id: Uuid::new_v5(&envelope.id, id.as_bytes()),
+            correlation_id: envelope.correlation_id,
+        };
+        if let Some(rejection) = refusal(handler.execute::<Deployment>(id, &DeploymentCommand::Uninstall, &meta).await)?
+        {
+            tracing::debug!(deployment = id, %rejection, "nothing to uninstall");
+        }
+    }
+    Ok(())
+}

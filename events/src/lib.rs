@@ -19,6 +19,7 @@ pub mod report;
 pub mod status;
 pub mod subject;
 pub mod telemetry;
+pub mod tenant;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod work;

@@ -8,6 +8,7 @@ pub const STREAM: &str = "EVENTS";
 pub const ALL: &str = "ev.>";
 pub const ALL_APPLICATIONS: &str = "ev.*.application.*";
 pub const ALL_DEPLOYMENTS: &str = "ev.*.deployment.*";
+pub const ALL_TENANTS: &str = "ev.*.tenant.*";
 /// The node aggregates only (their work and report subjects have a fifth token).
 pub const ALL_NODES: &str = "ev.*.node.*";
 pub const ALL_NODE_REPORTS: &str = "ev.*.node.*.state";

@@ -664,3 +664,47 @@ async fn a_selector_launch_follows_nodes_as_they_join_and_change_labels() {
         node.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_tenant_removes_its_deployments_from_every_node_and_the_read_models_forget_it() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let (one, two) = (TestNode::start(&nats, &engine).await, TestNode::start(&nats, &engine).await);
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let first = launch(&engine, &one.name).await;
+    let body = json!({"application": "sample", "version": "1.0.0", "nodes": [one.name, two.name]});
+    let (status, launched) = engine.post("/v1/deployments", body).await;
+    assert_eq!(status, 201, "{launched}");
+    let second = launched["id"].as_str().unwrap().to_owned();
+    for id in [&first, &second] {
+        engine.wait_deployment(id, "the deployments to run", |v| v["status"] == "running").await;
+    }
+    let docker = docker().await;
+
+    let response = engine.http.delete(engine.url("/v1/tenants/default")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    for id in [&first, &second] {
+        eventually("the tenant's containers to go", TIMEOUT, || async {
+            tests::containers(&docker, DEPLOYMENT_LABEL, id).await.unwrap().is_empty().then_some(())
+        })
+        .await;
+    }
+    eventually("the read models to forget the tenant", TIMEOUT, || async {
+        let (_, deployments) = engine.get("/v1/deployments").await;
+        let (_, nodes) = engine.get("/v1/nodes").await;
+        let forgotten = deployments["items"].as_array()?.is_empty() && nodes.as_array()?.is_empty();
+        forgotten.then_some(())
+    })
+    .await;
+    let (status, _) = engine.get(&format!("/v1/deployments/{first}")).await;
+    assert_eq!(status, 404);
+
+    let (status, body) =
+        engine.post("/v1/deployments", json!({"application": "sample", "version": "1.0.0", "nodes": [one.name]})).await;
+    assert_eq!((status, body["field"].as_str()), (410, Some("x-tenant")), "{body}");
+    let response = engine.http.delete(engine.url("/v1/tenants/default")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 410);
+    for node in [one, two] {
+        node.stop().await;
+    }
+}
