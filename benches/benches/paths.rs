@@ -39,6 +39,9 @@ fn sample_payload() -> bytes::Bytes {
         nodes: vec!["edge-1".into()],
         mode: Default::default(),
         selector: None,
+        profile: None,
+        overrides: Default::default(),
+        env: Default::default(),
     };
     let envelope =
         events::Envelope::new(uuid::Uuid::now_v7(), chrono::Utc::now(), "deployment", "d", &meta, &event, None);
@@ -96,7 +99,8 @@ async fn command_existing(handler: &CommandHandler, n: usize) -> Figures {
     let start = Instant::now();
     for i in 0..n {
         let t = Instant::now();
-        let add = ApplicationCommand::AddVersion { version: "1.0.0".into(), image: format!("127.0.0.1:5000/a:{i}") };
+        let image = format!("127.0.0.1:5000/a:{i}");
+        let add = ApplicationCommand::AddVersion { version: "1.0.0".into(), image, settings: Default::default() };
         handler.execute::<Application>(&format!("app{i}"), &add, &meta()).await.unwrap();
         latencies.push(t.elapsed());
     }
@@ -107,8 +111,11 @@ async fn command_existing(handler: &CommandHandler, n: usize) -> Figures {
 async fn deployment_history(handler: &CommandHandler, n: usize) -> Figures {
     let app = ApplicationCommand::Register { name: "Sample".into() };
     handler.execute::<Application>("sample", &app, &meta()).await.unwrap();
-    let add =
-        ApplicationCommand::AddVersion { version: "1.0.0".into(), image: "127.0.0.1:5000/sample/app:1.0.0".into() };
+    let add = ApplicationCommand::AddVersion {
+        version: "1.0.0".into(),
+        image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+        settings: Default::default(),
+    };
     handler.execute::<Application>("sample", &add, &meta()).await.unwrap();
     let publish = ApplicationCommand::Publish { version: "1.0.0".into() };
     handler.execute::<Application>("sample", &publish, &meta()).await.unwrap();
@@ -120,15 +127,7 @@ async fn deployment_history(handler: &CommandHandler, n: usize) -> Figures {
         let (handler, application) = (handler.clone(), application.clone());
         tasks.spawn(async move {
             let id = uuid::Uuid::now_v7().to_string();
-            let launch = Launch {
-                application_id: "sample".into(),
-                application,
-                version: "1.0.0".into(),
-                nodes: vec!["edge-1".into()],
-                registered_nodes: ["edge-1".to_owned()].into(),
-                mode: Default::default(),
-                selector: None,
-            };
+            let launch = Launch::new("sample", application, "1.0.0", &["edge-1"]);
             handler.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &meta()).await.unwrap();
             for status in [Status::Received, Status::Downloading, Status::Starting, Status::Running] {
                 let report = DeploymentCommand::ReportNodeState {

@@ -25,6 +25,8 @@ pub struct Workload {
     pub application: String,
     pub version: String,
     pub image: String,
+    /// The container's environment.
+    pub env: std::collections::BTreeMap<String, String>,
     pub status: Status,
     pub desired: Desired,
     /// Staged and not applied: once downloaded it waits (`ready`).
@@ -274,7 +276,7 @@ impl Agent {
     /// nothing (delivered again, or for a deployment this node does not hold).
     fn record(&mut self, work: NodeWork) -> Option<String> {
         match work {
-            NodeWork::Deploy { deployment, application, version, image, mode } => {
+            NodeWork::Deploy { deployment, application, version, image, mode, env } => {
                 if self.workloads.contains_key(&deployment) {
                     return None;
                 }
@@ -284,6 +286,7 @@ impl Agent {
                     application,
                     version,
                     image,
+                    env,
                     status: Status::PendingDeploy,
                     desired: Desired::Running,
                     hold: mode.waits_for_apply(),
@@ -299,8 +302,9 @@ impl Agent {
                 self.workloads.insert(deployment.clone(), workload);
                 Some(deployment)
             }
-            NodeWork::Update { deployment, version, image, mode } => {
-                let w = self.workloads.get_mut(&deployment).filter(|w| w.image != image)?;
+            NodeWork::Update { deployment, version, image, mode, env } => {
+                let w = self.workloads.get_mut(&deployment).filter(|w| w.image != image || w.env != env)?;
+                w.env = env;
                 w.version = version;
                 w.image = image;
                 w.hold = mode.waits_for_apply();
@@ -426,6 +430,7 @@ impl Agent {
         ContainerSpec {
             name: container_name(&w.application, &w.deployment, &w.node),
             image: w.image.clone(),
+            env: w.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
@@ -457,6 +462,7 @@ mod tests {
             version: "1.0.0".into(),
             image: "127.0.0.1:5000/sample/app:1.0.0".into(),
             mode,
+            env: Default::default(),
         }
     }
 
@@ -653,6 +659,7 @@ mod tests {
             version: version.into(),
             image: format!("127.0.0.1:5000/sample/app:{version}"),
             mode,
+            env: Default::default(),
         }
     }
 

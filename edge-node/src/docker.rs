@@ -153,6 +153,7 @@ impl ContainerRuntime for DockerRuntime {
         }
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
+            env: Some(spec.env.clone()),
             labels: Some(spec.labels.clone()),
             host_config: Some(HostConfig {
                 // An init process forwards signals, so a stop never waits for the kill timeout.

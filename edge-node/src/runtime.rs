@@ -15,6 +15,8 @@ pub const VERSION_LABEL: &str = "io.edge-orchestrator.version";
 pub struct ContainerSpec {
     pub name: String,
     pub image: String,
+    /// `NAME=value` pairs.
+    pub env: Vec<String>,
     pub labels: HashMap<String, String>,
 }
 

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use events::application::{Application, ApplicationCommand, ApplicationRejection};
+use events::application::{Application, ApplicationCommand, ApplicationRejection, Settings, SettingsError};
 use events::deployment::{Deployment, DeploymentCommand, DeploymentRejection, Launch, Mode};
 use events::node::Node;
 use events::projection::deployments::DeploymentView;
@@ -123,6 +123,8 @@ impl Rejection for ApplicationRejection {
             R::InvalidVersion { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "version"),
             R::VersionExists { .. } | R::AlreadyPublished { .. } => (StatusCode::CONFLICT, "version"),
             R::InvalidImage { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "image"),
+            R::InvalidSettings(SettingsError::InvalidParameter(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "parameters"),
+            R::InvalidSettings(_) => (StatusCode::UNPROCESSABLE_ENTITY, "profiles"),
             R::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "version"),
         }
     }
@@ -143,6 +145,8 @@ impl Rejection for DeploymentRejection {
             R::AlreadyDesired(_) | R::Uninstalled | R::NothingToApply => (StatusCode::CONFLICT, "id"),
             R::NeverApplied => (StatusCode::UNPROCESSABLE_ENTITY, "instantly_apply"),
             R::NoSelector | R::EmptySelector => (StatusCode::UNPROCESSABLE_ENTITY, "selector"),
+            R::Settings(SettingsError::UnknownProfile(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "profile"),
+            R::Settings(_) => (StatusCode::UNPROCESSABLE_ENTITY, "overrides"),
         }
     }
 }
@@ -266,6 +270,8 @@ pub struct ApplicationBody {
 pub struct VersionBody {
     pub version: String,
     pub image: String,
+    #[serde(flatten)]
+    pub settings: Settings,
     pub published: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub published_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -281,6 +287,7 @@ fn application_body(id: &str, app: &Application) -> ApplicationBody {
             .map(|v| VersionBody {
                 version: v.version.clone(),
                 image: v.image.clone(),
+                settings: v.settings.clone(),
                 published: v.published_at.is_some(),
                 published_at: v.published_at,
             })
@@ -329,6 +336,12 @@ async fn get_application(
 pub struct AddVersion {
     pub version: String,
     pub image: String,
+    /// Environment variables the launch may set, with their defaults.
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, String>,
+    /// Named sets of values for some parameters.
+    #[serde(default)]
+    pub profiles: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 async fn add_version(
@@ -339,7 +352,8 @@ async fn add_version(
 ) -> Result<impl IntoResponse, ApiError> {
     let meta = live_meta(&state, &headers).await?;
     token("id", &id)?;
-    let command = ApplicationCommand::AddVersion { version: body.version, image: body.image };
+    let settings = Settings { parameters: body.parameters, profiles: body.profiles };
+    let command = ApplicationCommand::AddVersion { version: body.version, image: body.image, settings };
     let committed = state.commands.execute::<Application>(&id, &command, &meta).await?;
     application_response(&state, &meta.tenant, &id, status_of(&committed)).await
 }
@@ -370,6 +384,12 @@ pub struct LaunchRequest {
     /// Every node whose labels include these pairs, now and as nodes join or change.
     #[serde(default)]
     pub selector: Option<events::node::Labels>,
+    /// A profile of the version.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Single parameter values over the defaults and the profile.
+    #[serde(default)]
+    pub overrides: std::collections::BTreeMap<String, String>,
     /// Download in the background first (Kelvin's `staged`); default false.
     #[serde(default)]
     pub staged: bool,
@@ -424,6 +444,8 @@ async fn launch(
         registered_nodes,
         mode: Mode { staged: body.staged, instantly_apply: body.instantly_apply },
         selector: body.selector,
+        profile: body.profile,
+        overrides: body.overrides,
     });
     let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await?;
     deployment_response(&state, &meta.tenant, id, &committed).await

@@ -74,8 +74,8 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
     let envelope = &stored.envelope;
     let deployment = envelope.aggregate_id.clone();
     let (work, nodes): (NodeWork, Vec<String>) = match envelope.event::<DeploymentEvent>()? {
-        DeploymentEvent::Launched { application, version, image, nodes, mode, .. } => {
-            (NodeWork::Deploy { deployment, application, version, image, mode }, nodes)
+        DeploymentEvent::Launched { application, version, image, nodes, mode, env, .. } => {
+            (NodeWork::Deploy { deployment, application, version, image, mode, env }, nodes)
         }
         DeploymentEvent::TargetAdded { node, .. } => {
             // What it runs now, as of this event.
@@ -86,6 +86,7 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
                 version: state.version,
                 image: state.image,
                 mode: state.mode,
+                env: state.env,
             };
             (work, vec![node])
         }
@@ -95,8 +96,8 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
         DeploymentEvent::UninstallRequested { .. } => {
             (NodeWork::Remove { deployment }, targets(store, envelope).await?)
         }
-        DeploymentEvent::UpdateRequested { version, image, mode, .. } => {
-            (NodeWork::Update { deployment, version, image, mode }, targets(store, envelope).await?)
+        DeploymentEvent::UpdateRequested { version, image, mode, env, .. } => {
+            (NodeWork::Update { deployment, version, image, mode, env }, targets(store, envelope).await?)
         }
         DeploymentEvent::ApplyRequested { .. } => (NodeWork::Apply { deployment }, targets(store, envelope).await?),
         DeploymentEvent::ForceUpdateRequested { .. } => {

@@ -15,10 +15,72 @@ pub struct Application {
     pub versions: BTreeMap<String, Version>,
 }
 
+/// A version's parameters (environment variables with their defaults) and named profiles
+/// (sets of values for some of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub profiles: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Settings {
+    /// The environment of a launch: the defaults, then the profile's values, then the
+    /// overrides. A profile or an override must name what the version declares.
+    pub fn resolve(
+        &self,
+        profile: Option<&str>,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, SettingsError> {
+        let mut env = self.parameters.clone();
+        if let Some(name) = profile {
+            let values = self.profiles.get(name).ok_or_else(|| SettingsError::UnknownProfile(name.to_owned()))?;
+            env.extend(values.clone());
+        }
+        for (name, value) in overrides {
+            if !self.parameters.contains_key(name) {
+                return Err(SettingsError::UnknownParameter(name.clone()));
+            }
+            env.insert(name.clone(), value.clone());
+        }
+        Ok(env)
+    }
+
+    fn check(&self) -> Result<(), SettingsError> {
+        for name in self.parameters.keys() {
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(SettingsError::InvalidParameter(name.clone()));
+            }
+        }
+        for (profile, values) in &self.profiles {
+            if let Some(unknown) = values.keys().find(|k| !self.parameters.contains_key(*k)) {
+                return Err(SettingsError::ProfileParameter { profile: profile.clone(), parameter: unknown.clone() });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("parameter `{0}` is not an environment variable name (letters, digits, `_`)")]
+    InvalidParameter(String),
+    #[error("profile `{profile}` sets `{parameter}`, which is not a parameter of the version")]
+    ProfileParameter { profile: String, parameter: String },
+    #[error("profile `{0}` does not exist")]
+    UnknownProfile(String),
+    #[error("`{0}` is not a parameter of the version")]
+    UnknownParameter(String),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Version {
     pub version: String,
     pub image: String,
+    pub settings: Settings,
     pub published_at: Option<DateTime<Utc>>,
 }
 
@@ -33,16 +95,26 @@ impl Application {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApplicationCommand {
     Register { name: String },
-    AddVersion { version: String, image: String },
+    AddVersion { version: String, image: String, settings: Settings },
     Publish { version: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApplicationEvent {
-    Registered { name: String },
-    VersionAdded { version: String, image: String },
-    VersionPublished { version: String, published_at: DateTime<Utc> },
+    Registered {
+        name: String,
+    },
+    VersionAdded {
+        version: String,
+        image: String,
+        #[serde(default, skip_serializing_if = "is_default")]
+        settings: Settings,
+    },
+    VersionPublished {
+        version: String,
+        published_at: DateTime<Utc>,
+    },
 }
 
 event_payload!(ApplicationEvent, "application", {
@@ -69,6 +141,8 @@ pub enum ApplicationRejection {
     UnknownVersion { version: String },
     #[error("version {version} is already published")]
     AlreadyPublished { version: String },
+    #[error("{0}")]
+    InvalidSettings(SettingsError),
 }
 
 impl Aggregate for Application {
@@ -85,13 +159,14 @@ impl Aggregate for Application {
             C::Register { name } if name.trim().is_empty() => Err(R::EmptyName),
             C::Register { name } => Ok(vec![ApplicationEvent::Registered { name: name.trim().to_owned() }]),
             _ if !self.registered => Err(R::NotRegistered),
-            C::AddVersion { version, image } => {
+            C::AddVersion { version, image, settings } => {
                 let version = canonical_version(version)?;
                 if self.versions.contains_key(&version) {
                     return Err(R::VersionExists { version });
                 }
                 check_image(image)?;
-                Ok(vec![ApplicationEvent::VersionAdded { version, image: image.clone() }])
+                settings.check().map_err(ApplicationRejection::InvalidSettings)?;
+                Ok(vec![ApplicationEvent::VersionAdded { version, image: image.clone(), settings: settings.clone() }])
             }
             C::Publish { version } => {
                 let version = canonical_version(version)?;
@@ -110,8 +185,13 @@ impl Aggregate for Application {
                 self.registered = true;
                 self.name = name.clone();
             }
-            ApplicationEvent::VersionAdded { version, image } => {
-                let entry = Version { version: version.clone(), image: image.clone(), published_at: None };
+            ApplicationEvent::VersionAdded { version, image, settings } => {
+                let entry = Version {
+                    version: version.clone(),
+                    image: image.clone(),
+                    settings: settings.clone(),
+                    published_at: None,
+                };
                 self.versions.insert(version.clone(), entry);
             }
             ApplicationEvent::VersionPublished { version, published_at } => {
@@ -122,6 +202,10 @@ impl Aggregate for Application {
         }
         self
     }
+}
+
+fn is_default(settings: &Settings) -> bool {
+    *settings == Settings::default()
 }
 
 /// Semver, with a leading `v` allowed (`v1.2.3-4`); returns the canonical form without it.
@@ -162,7 +246,11 @@ mod tests {
         E::Registered { name: "Sample".into() }
     }
     fn added(v: &str) -> E {
-        E::VersionAdded { version: v.into(), image: format!("127.0.0.1:5000/sample/app:{v}") }
+        E::VersionAdded {
+            version: v.into(),
+            image: format!("127.0.0.1:5000/sample/app:{v}"),
+            settings: Settings::default(),
+        }
     }
 
     #[test]
@@ -187,21 +275,29 @@ mod tests {
     #[test]
     fn add_version_accepts_a_leading_v_and_a_prerelease() {
         given::<Application>([registered()])
-            .when(C::AddVersion { version: "v1.2.3-4".into(), image: "127.0.0.1:5000/sample/app:1.2.3-4".into() })
-            .then([E::VersionAdded { version: "1.2.3-4".into(), image: "127.0.0.1:5000/sample/app:1.2.3-4".into() }]);
+            .when(C::AddVersion {
+                version: "v1.2.3-4".into(),
+                image: "127.0.0.1:5000/sample/app:1.2.3-4".into(),
+                settings: Default::default(),
+            })
+            .then([E::VersionAdded {
+                version: "1.2.3-4".into(),
+                image: "127.0.0.1:5000/sample/app:1.2.3-4".into(),
+                settings: Default::default(),
+            }]);
     }
 
     #[test]
     fn add_version_to_an_unknown_application_is_rejected() {
         given::<Application>([])
-            .when(C::AddVersion { version: "1.0.0".into(), image: "x:1".into() })
+            .when(C::AddVersion { version: "1.0.0".into(), image: "x:1".into(), settings: Default::default() })
             .then_rejected(R::NotRegistered);
     }
 
     #[test]
     fn add_version_that_is_not_semver_is_rejected() {
         given::<Application>([registered()])
-            .when(C::AddVersion { version: "one".into(), image: "x:1".into() })
+            .when(C::AddVersion { version: "one".into(), image: "x:1".into(), settings: Default::default() })
             .then_rejected(R::InvalidVersion {
                 version: "one".into(),
                 reason: "unexpected character 'o' while parsing major version number".into(),
@@ -211,18 +307,66 @@ mod tests {
     #[test]
     fn add_version_twice_is_rejected() {
         given::<Application>([registered(), added("1.0.0")])
-            .when(C::AddVersion { version: "v1.0.0".into(), image: "x:1".into() })
+            .when(C::AddVersion { version: "v1.0.0".into(), image: "x:1".into(), settings: Default::default() })
             .then_rejected(R::VersionExists { version: "1.0.0".into() });
     }
 
     #[test]
     fn add_version_with_a_bad_image_is_rejected() {
         given::<Application>([registered()])
-            .when(C::AddVersion { version: "1.0.0".into(), image: "a b".into() })
+            .when(C::AddVersion { version: "1.0.0".into(), image: "a b".into(), settings: Default::default() })
             .then_rejected(R::InvalidImage { image: "a b".into(), reason: "it contains whitespace".into() });
         given::<Application>([registered()])
-            .when(C::AddVersion { version: "1.0.0".into(), image: "".into() })
+            .when(C::AddVersion { version: "1.0.0".into(), image: "".into(), settings: Default::default() })
             .then_rejected(R::InvalidImage { image: "".into(), reason: "it is empty".into() });
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            parameters: [("GREETING".into(), "hello".into()), ("MODE".into(), "prod".into())].into(),
+            profiles: [("test".into(), [("MODE".into(), "test".into())].into())].into(),
+        }
+    }
+
+    #[test]
+    fn add_version_with_parameters_and_profiles() {
+        let add = C::AddVersion { version: "1.0.0".into(), image: "x:1".into(), settings: settings() };
+        given::<Application>([registered()]).when(add).then([E::VersionAdded {
+            version: "1.0.0".into(),
+            image: "x:1".into(),
+            settings: settings(),
+        }]);
+    }
+
+    #[test]
+    fn add_version_with_a_profile_setting_an_undeclared_parameter_is_rejected() {
+        let mut bad = settings();
+        bad.profiles.insert("x".into(), [("COLOR".into(), "red".into())].into());
+        given::<Application>([registered()])
+            .when(C::AddVersion { version: "1.0.0".into(), image: "x:1".into(), settings: bad })
+            .then_rejected(R::InvalidSettings(SettingsError::ProfileParameter {
+                profile: "x".into(),
+                parameter: "COLOR".into(),
+            }));
+    }
+
+    #[test]
+    fn add_version_with_a_parameter_that_is_no_variable_name_is_rejected() {
+        let bad = Settings { parameters: [("1X".into(), "".into())].into(), ..Settings::default() };
+        given::<Application>([registered()])
+            .when(C::AddVersion { version: "1.0.0".into(), image: "x:1".into(), settings: bad })
+            .then_rejected(R::InvalidSettings(SettingsError::InvalidParameter("1X".into())));
+    }
+
+    #[test]
+    fn a_launch_environment_is_defaults_then_profile_then_overrides() {
+        let s = settings();
+        let overrides = [("GREETING".to_owned(), "hi".to_owned())].into();
+        let env = s.resolve(Some("test"), &overrides).unwrap();
+        assert_eq!(env, [("GREETING".to_owned(), "hi".to_owned()), ("MODE".to_owned(), "test".to_owned())].into());
+        assert_eq!(s.resolve(Some("nope"), &Default::default()), Err(SettingsError::UnknownProfile("nope".into())));
+        let unknown = [("COLOR".to_owned(), "red".to_owned())].into();
+        assert_eq!(s.resolve(None, &unknown), Err(SettingsError::UnknownParameter("COLOR".into())));
     }
 
     #[test]
@@ -264,7 +408,7 @@ mod tests {
     fn add_version_with_an_overlong_image_is_rejected() {
         let image = format!("127.0.0.1:5000/{}", "a".repeat(250));
         given::<Application>([registered()])
-            .when(C::AddVersion { version: "1.0.0".into(), image: image.clone() })
+            .when(C::AddVersion { version: "1.0.0".into(), image: image.clone(), settings: Default::default() })
             .then_rejected(R::InvalidImage { image, reason: "it is longer than 255 characters".into() });
     }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{event_payload, Aggregate, Ctx};
-use crate::application::Application;
+use crate::application::{Application, SettingsError};
 use crate::node::Labels;
 use crate::status::{Failure, Status};
 
@@ -23,6 +23,10 @@ pub struct Deployment {
     /// Staged and not yet applied: an apply is what it waits for.
     pub awaiting_apply: bool,
     pub selector: Option<Labels>,
+    pub profile: Option<String>,
+    pub overrides: BTreeMap<String, String>,
+    /// The environment its containers get.
+    pub env: BTreeMap<String, String>,
     pub nodes: BTreeMap<String, NodeProgress>,
 }
 
@@ -89,6 +93,27 @@ pub struct Launch {
     pub mode: Mode,
     /// Targets every node whose labels include these, now and as nodes join or change.
     pub selector: Option<Labels>,
+    /// A profile of the version, and single values over it.
+    pub profile: Option<String>,
+    pub overrides: BTreeMap<String, String>,
+}
+
+impl Launch {
+    /// A launch of `version` on `nodes`, all registered, in the default mode, with the
+    /// version's defaults.
+    pub fn new(application_id: &str, application: Application, version: &str, nodes: &[&str]) -> Launch {
+        Launch {
+            application_id: application_id.to_owned(),
+            application,
+            version: version.to_owned(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            registered_nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            mode: Mode::default(),
+            selector: None,
+            profile: None,
+            overrides: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -141,6 +166,13 @@ pub enum DeploymentEvent {
         mode: Mode,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         selector: Option<Labels>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        profile: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        overrides: BTreeMap<String, String>,
+        /// The resolved environment: defaults, then the profile, then the overrides.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
     },
     StopRequested {
         at: DateTime<Utc>,
@@ -157,6 +189,10 @@ pub enum DeploymentEvent {
         image: String,
         #[serde(default)]
         mode: Mode,
+        /// The environment resolved for the new version with the deployment's profile and
+        /// overrides.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
         at: DateTime<Utc>,
     },
     ApplyRequested {
@@ -230,6 +266,8 @@ pub enum DeploymentRejection {
     NoSelector,
     #[error("the selector must name at least one label")]
     EmptySelector,
+    #[error("{0}")]
+    Settings(SettingsError),
 }
 
 impl Aggregate for Deployment {
@@ -246,6 +284,8 @@ impl Aggregate for Deployment {
                 let name = &launch.application_id;
                 let version = published(name, &launch.application, &launch.version)?;
                 check_mode(launch.mode)?;
+                let env =
+                    version.settings.resolve(launch.profile.as_deref(), &launch.overrides).map_err(R::Settings)?;
                 match &launch.selector {
                     None if launch.nodes.is_empty() => return Err(R::NoNodes),
                     Some(selector) if selector.is_empty() => return Err(R::EmptySelector),
@@ -267,6 +307,9 @@ impl Aggregate for Deployment {
                     nodes: launch.nodes.clone(),
                     mode: launch.mode,
                     selector: launch.selector.clone(),
+                    profile: launch.profile.clone(),
+                    overrides: launch.overrides.clone(),
+                    env,
                 }])
             }
             _ if !self.launched => Err(R::NotLaunched),
@@ -300,6 +343,7 @@ impl Aggregate for Deployment {
             DeploymentCommand::Update { application, version, mode } => {
                 let target = published(&self.application, application, version)?;
                 check_mode(*mode)?;
+                let env = target.settings.resolve(self.profile.as_deref(), &self.overrides).map_err(R::Settings)?;
                 if target.version == self.version {
                     return Err(R::AlreadyDesired("at that version"));
                 }
@@ -308,6 +352,7 @@ impl Aggregate for Deployment {
                     version: target.version.clone(),
                     image: target.image.clone(),
                     mode: *mode,
+                    env,
                     at: ctx.now,
                 }])
             }
@@ -342,9 +387,22 @@ impl Aggregate for Deployment {
 
     fn evolve(mut self, event: &DeploymentEvent) -> Deployment {
         match event {
-            DeploymentEvent::Launched { application, version, image, nodes, mode, selector } => {
+            DeploymentEvent::Launched {
+                application,
+                version,
+                image,
+                nodes,
+                mode,
+                selector,
+                profile,
+                overrides,
+                env,
+            } => {
                 self.launched = true;
                 self.selector = selector.clone();
+                self.profile = profile.clone();
+                self.overrides = overrides.clone();
+                self.env = env.clone();
                 self.mode = *mode;
                 self.awaiting_apply = mode.waits_for_apply();
                 self.application = application.clone();
@@ -368,7 +426,8 @@ impl Aggregate for Deployment {
             DeploymentEvent::StopRequested { .. } => self.request(Desired::Stopped, Status::PendingStop),
             DeploymentEvent::StartRequested { .. } => self.request(Desired::Running, Status::PendingStart),
             DeploymentEvent::UninstallRequested { .. } => self.request(Desired::Removed, Status::PendingRemove),
-            DeploymentEvent::UpdateRequested { version, image, mode, .. } => {
+            DeploymentEvent::UpdateRequested { version, image, mode, env, .. } => {
+                self.env = env.clone();
                 self.version = version.clone();
                 self.image = image.clone();
                 self.mode = *mode;
@@ -460,7 +519,11 @@ mod tests {
     fn catalog(published: bool) -> Application {
         let mut events = vec![
             ApplicationEvent::Registered { name: "Sample".into() },
-            ApplicationEvent::VersionAdded { version: "1.0.0".into(), image: "127.0.0.1:5000/sample/app:1.0.0".into() },
+            ApplicationEvent::VersionAdded {
+                version: "1.0.0".into(),
+                image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+                settings: Default::default(),
+            },
         ];
         if published {
             events.push(ApplicationEvent::VersionPublished { version: "1.0.0".into(), published_at: now() });
@@ -477,6 +540,8 @@ mod tests {
             registered_nodes: ["edge-1", "edge-2"].iter().map(|n| n.to_string()).collect(),
             mode: Mode::default(),
             selector: None,
+            profile: None,
+            overrides: BTreeMap::new(),
         }
     }
 
@@ -488,6 +553,9 @@ mod tests {
             nodes: vec!["edge-1".into(), "edge-2".into()],
             mode: Mode::default(),
             selector: None,
+            profile: None,
+            overrides: BTreeMap::new(),
+            env: BTreeMap::new(),
         }
     }
 
@@ -619,7 +687,11 @@ mod tests {
         let mut events = vec![ApplicationEvent::Registered { name: "Sample".into() }];
         for (version, published) in versions {
             let image = format!("127.0.0.1:5000/sample/app:{version}");
-            events.push(ApplicationEvent::VersionAdded { version: version.to_string(), image });
+            events.push(ApplicationEvent::VersionAdded {
+                version: version.to_string(),
+                image,
+                settings: Default::default(),
+            });
             if *published {
                 events.push(ApplicationEvent::VersionPublished { version: version.to_string(), published_at: now() });
             }
@@ -635,7 +707,17 @@ mod tests {
 
     fn staged_launch() -> E {
         let E::Launched { application, version, image, nodes, .. } = launched() else { unreachable!() };
-        E::Launched { application, version, image, nodes, mode: STAGED, selector: None }
+        E::Launched {
+            application,
+            version,
+            image,
+            nodes,
+            mode: STAGED,
+            selector: None,
+            profile: None,
+            overrides: BTreeMap::new(),
+            env: BTreeMap::new(),
+        }
     }
 
     #[test]
@@ -662,6 +744,54 @@ mod tests {
         let bytes = rmp_serde::to_vec_named(&old).unwrap();
         let read = DeploymentEvent::from_payload("deployment.launched", 1, &bytes).unwrap();
         assert_eq!(read, launched());
+    }
+
+    fn catalog_with_settings() -> Application {
+        use crate::application::Settings;
+        let settings = Settings {
+            parameters: [("GREETING".into(), "hello".into()), ("MODE".into(), "prod".into())].into(),
+            profiles: [("test".into(), [("MODE".into(), "test".into())].into())].into(),
+        };
+        Application::fold(&[
+            ApplicationEvent::Registered { name: "Sample".into() },
+            ApplicationEvent::VersionAdded { version: "1.0.0".into(), image: "x:1".into(), settings },
+            ApplicationEvent::VersionPublished { version: "1.0.0".into(), published_at: now() },
+        ])
+    }
+
+    #[test]
+    fn launch_with_a_profile_and_an_override_resolves_the_environment() {
+        let mut l = launch(&["edge-1"]);
+        l.application = catalog_with_settings();
+        l.profile = Some("test".into());
+        l.overrides = [("GREETING".to_owned(), "hi".to_owned())].into();
+        let state = given::<Deployment>([]).when(C::Launch(l)).then([E::Launched {
+            application: "sample".into(),
+            version: "1.0.0".into(),
+            image: "x:1".into(),
+            nodes: vec!["edge-1".into()],
+            mode: Mode::default(),
+            selector: None,
+            profile: Some("test".into()),
+            overrides: [("GREETING".to_owned(), "hi".to_owned())].into(),
+            env: [("GREETING".to_owned(), "hi".to_owned()), ("MODE".to_owned(), "test".to_owned())].into(),
+        }]);
+        assert_eq!(state.env["MODE"], "test");
+    }
+
+    #[test]
+    fn launch_with_an_unknown_profile_or_parameter_is_rejected() {
+        let mut l = launch(&["edge-1"]);
+        l.application = catalog_with_settings();
+        l.profile = Some("nope".into());
+        given::<Deployment>([])
+            .when(C::Launch(l.clone()))
+            .then_rejected(R::Settings(SettingsError::UnknownProfile("nope".into())));
+        l.profile = None;
+        l.overrides = [("COLOR".to_owned(), "red".to_owned())].into();
+        given::<Deployment>([])
+            .when(C::Launch(l))
+            .then_rejected(R::Settings(SettingsError::UnknownParameter("COLOR".into())));
     }
 
     #[test]
@@ -691,6 +821,9 @@ mod tests {
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             mode: Mode::default(),
             selector: Some(lab()),
+            profile: None,
+            overrides: BTreeMap::new(),
+            env: BTreeMap::new(),
         }
     }
 
@@ -804,6 +937,7 @@ mod tests {
             version: "1.1.0".into(),
             image: "127.0.0.1:5000/sample/app:1.1.0".into(),
             mode: STAGED,
+            env: BTreeMap::new(),
             at: now(),
         }]);
         assert!(state.awaiting_apply);
@@ -818,6 +952,7 @@ mod tests {
                     version: "1.1.0".into(),
                     image: "127.0.0.1:5000/sample/app:1.1.0".into(),
                     mode: Mode::default(),
+                    env: BTreeMap::new(),
                     at: now(),
                 },
             ]);

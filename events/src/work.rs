@@ -1,6 +1,8 @@
 //! Work addressed to one node, on `ev.<tenant>.node.<node>.desired`. The engine translates
 //! deployment events into these; the node's durable consumer receives them.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::event_payload;
@@ -20,6 +22,9 @@ pub enum NodeWork {
         image: String,
         #[serde(default)]
         mode: Mode,
+        /// The container's environment.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
     },
     /// Stop the deployment's containers; keep them.
     Stop { deployment: String },
@@ -34,6 +39,8 @@ pub enum NodeWork {
         image: String,
         #[serde(default)]
         mode: Mode,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
     },
     /// Go on with what was staged: switch to the downloaded version.
     Apply { deployment: String },

@@ -273,15 +273,7 @@ async fn the_summary_counts_per_deployment_node_and_version() {
     let mut ids = Vec::new();
     for [first, second] in reports {
         let id = uuid::Uuid::now_v7().to_string();
-        let launch = Launch {
-            application_id: "sample".into(),
-            application: application.clone(),
-            version: "1.0.0".into(),
-            nodes: vec!["edge-1".into(), "edge-2".into()],
-            registered_nodes: ["edge-1".to_owned(), "edge-2".to_owned()].into(),
-            mode: Default::default(),
-            selector: None,
-        };
+        let launch = Launch::new("sample", application.clone(), "1.0.0", &["edge-1", "edge-2"]);
         commands.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &crate::harness::meta()).await.unwrap();
         for (node, status) in [("edge-1", first), ("edge-2", second)] {
             let error = (status == Status::Failed).then(|| Failure { code: "x".into(), message: "y".into() });

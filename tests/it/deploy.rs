@@ -708,3 +708,47 @@ async fn deleting_a_tenant_removes_its_deployments_from_every_node_and_the_read_
         node.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_with_a_profile_and_overrides_gives_the_container_its_resolved_environment() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    assert_eq!(engine.post("/v1/applications", json!({"id": "sample", "name": "Sample"})).await.0, 201);
+    let version = json!({
+        "version": "1.0.0",
+        "image": IMAGE_1_0_0,
+        "parameters": {"GREETING": "hello", "MODE": "prod", "PORT": "8080"},
+        "profiles": {"test": {"MODE": "test"}},
+    });
+    let (status, app) = engine.post("/v1/applications/sample/versions", version).await;
+    assert_eq!(status, 201, "{app}");
+    assert_eq!(app["versions"][0]["profiles"]["test"]["MODE"], "test");
+    let bad = json!({"version": "2.0.0", "image": IMAGE_1_0_0, "profiles": {"x": {"COLOR": "red"}}});
+    let (status, body) = engine.post("/v1/applications/sample/versions", bad).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("profiles")), "{body}");
+    assert_eq!(engine.post("/v1/applications/sample/versions/1.0.0/publish", json!({})).await.0, 200);
+
+    let launch = |profile: &str, overrides: serde_json::Value| {
+        let body = json!({"application": "sample", "version": "1.0.0", "nodes": [node.name], "profile": profile, "overrides": overrides});
+        engine.post("/v1/deployments", body)
+    };
+    let (status, body) = launch("nope", json!({})).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("profile")), "{body}");
+    let (status, body) = launch("test", json!({"COLOR": "red"})).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("overrides")), "{body}");
+
+    let (status, launched) = launch("test", json!({"GREETING": "hi"})).await;
+    assert_eq!(status, 201, "{launched}");
+    let id = launched["id"].as_str().unwrap().to_owned();
+    assert_eq!(launched["deployment"]["env"], json!({"GREETING": "hi", "MODE": "test", "PORT": "8080"}));
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let docker = docker().await;
+    let found = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
+    let inspected = docker.inspect_container(found[0].id.as_deref().unwrap(), None).await.unwrap();
+    let env = inspected.config.unwrap().env.unwrap();
+    for pair in ["GREETING=hi", "MODE=test", "PORT=8080"] {
+        assert!(env.iter().any(|e| e == pair), "{pair} in {env:?}");
+    }
+    node.stop().await;
+}

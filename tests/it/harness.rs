@@ -87,7 +87,11 @@ pub fn meta() -> CommandMeta {
 pub async fn seed(handler: &CommandHandler, nodes: &[&str]) {
     let commands = [
         ApplicationCommand::Register { name: "Sample".into() },
-        ApplicationCommand::AddVersion { version: "1.0.0".into(), image: IMAGE_1_0_0.into() },
+        ApplicationCommand::AddVersion {
+            version: "1.0.0".into(),
+            image: IMAGE_1_0_0.into(),
+            settings: Default::default(),
+        },
         ApplicationCommand::Publish { version: "1.0.0".into() },
     ];
     for command in commands {

@@ -35,15 +35,7 @@ async fn reports_that_cannot_be_applied_are_refused_and_the_rest_go_through() {
     let commands = handler(&nats).await;
     seed(&commands, &["edge-1", "edge-2"]).await;
     let application = commands.state("default", "sample").await.unwrap();
-    let launch = Launch {
-        application_id: "sample".into(),
-        application,
-        version: "1.0.0".into(),
-        nodes: vec!["edge-1".into(), "edge-2".into()],
-        registered_nodes: ["edge-1".to_owned(), "edge-2".to_owned()].into(),
-        mode: Default::default(),
-        selector: None,
-    };
+    let launch = Launch::new("sample", application, "1.0.0", &["edge-1", "edge-2"]);
     let id = uuid::Uuid::now_v7().to_string();
     commands.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &meta()).await.unwrap();
 

@@ -20,15 +20,7 @@ async fn history(nats: &NatsServer, count: usize) {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..count {
         let commands = commands.clone();
-        let launch = Launch {
-            application_id: "sample".into(),
-            application: application.clone(),
-            version: "1.0.0".into(),
-            nodes: vec!["edge-1".into(), "edge-2".into()],
-            registered_nodes: ["edge-1".to_owned(), "edge-2".to_owned()].into(),
-            mode: Default::default(),
-            selector: None,
-        };
+        let launch = Launch::new("sample", application.clone(), "1.0.0", &["edge-1", "edge-2"]);
         tasks.spawn(async move {
             let id = uuid::Uuid::now_v7().to_string();
             commands.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &meta()).await.unwrap();

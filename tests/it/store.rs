@@ -11,7 +11,8 @@ use tests::NatsServer;
 use crate::harness::{handler, meta, stored};
 
 fn add(version: &str) -> ApplicationCommand {
-    ApplicationCommand::AddVersion { version: version.into(), image: format!("127.0.0.1:5000/sample/app:{version}") }
+    let image = format!("127.0.0.1:5000/sample/app:{version}");
+    ApplicationCommand::AddVersion { version: version.into(), image, settings: Default::default() }
 }
 
 /// Two writers on one registered application: B has read it, then A added `version`.

@@ -40,6 +40,11 @@ pub struct DeploymentView {
     /// Targets the nodes whose labels include these, as they come and go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<crate::node::Labels>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The environment its containers get.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
     pub nodes: BTreeMap<String, NodeView>,
     pub launched_by: String,
     pub created_at: DateTime<Utc>,
@@ -65,7 +70,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         updated_at: envelope.time,
     };
     let mut view = match (view, event) {
-        (_, DeploymentEvent::Launched { application, version, image, nodes, mode, selector }) => {
+        (_, DeploymentEvent::Launched { application, version, image, nodes, mode, selector, profile, env, .. }) => {
             return Some(DeploymentView {
                 id: envelope.aggregate_id.clone(),
                 tenant: envelope.tenant.clone(),
@@ -77,6 +82,8 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
                 staged: mode.staged,
                 awaiting_apply: mode.waits_for_apply(),
                 selector: selector.clone(),
+                profile: profile.clone(),
+                env: env.clone(),
                 nodes: nodes.iter().map(|n| (n.clone(), pending(Status::PendingDeploy))).collect(),
                 launched_by: envelope.actor.clone(),
                 created_at: envelope.time,
@@ -91,7 +98,8 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         DeploymentEvent::StopRequested { .. } => Some((Desired::Stopped, Status::PendingStop)),
         DeploymentEvent::StartRequested { .. } => Some((Desired::Running, Status::PendingStart)),
         DeploymentEvent::UninstallRequested { .. } => Some((Desired::Removed, Status::PendingRemove)),
-        DeploymentEvent::UpdateRequested { version, image, mode, .. } => {
+        DeploymentEvent::UpdateRequested { version, image, mode, env, .. } => {
+            view.env = env.clone();
             view.version = version.clone();
             view.image = image.clone();
             view.staged = mode.staged;
@@ -165,6 +173,9 @@ mod tests {
             nodes: vec!["edge-1".into(), "edge-2".into()],
             mode: Default::default(),
             selector: None,
+            profile: None,
+            overrides: Default::default(),
+            env: Default::default(),
         };
         let running = |node: &str| DeploymentEvent::NodeStateReported {
             node: node.into(),

@@ -120,6 +120,9 @@ mod tests {
             nodes: vec!["edge-1".into()],
             mode: Default::default(),
             selector: None,
+            profile: None,
+            overrides: Default::default(),
+            env: Default::default(),
         }
     }
 
@@ -162,6 +165,7 @@ mod tests {
             version: "1.1.0".into(),
             image: "x".into(),
             mode: Default::default(),
+            env: Default::default(),
             at: now(),
         };
         state.apply_deployment("d1", &update);

@@ -76,6 +76,8 @@ mod tests {
             staged: false,
             awaiting_apply: false,
             selector: None,
+            profile: None,
+            env: Default::default(),
             nodes: nodes
                 .iter()
                 .map(|(n, s)| (n.to_string(), NodeView { status: *s, error: None, reason: None, updated_at: now() }))
