@@ -84,16 +84,21 @@ pub enum Input {
         works: Vec<NodeWork>,
         observed: Observed,
     },
+    /// Outcomes say what they were about, so that one arriving after an update is not
+    /// credited to the new version.
     Pulled {
         deployment: String,
+        image: String,
         result: Result<(), RuntimeError>,
     },
     Created {
         deployment: String,
+        image: String,
         result: Result<String, RuntimeError>,
     },
     Started {
         deployment: String,
+        container: String,
         result: Result<ContainerState, RuntimeError>,
     },
     Stopped {
@@ -199,8 +204,11 @@ impl Agent {
                     NodeWork::Deploy { mode, .. } | NodeWork::Update { mode, .. } => Some(mode.staged),
                     _ => None,
                 };
-                // Work delivered again changes nothing.
-                let Some(deployment) = self.record(work) else { return };
+                let target = work.deployment().to_owned();
+                // Work delivered again changes nothing, but the engine hears where it stands.
+                let Some(deployment) = self.record(work) else {
+                    return self.repeat_status(&target);
+                };
                 if let Some(staged) = announce {
                     self.report(&deployment, Status::Received, None);
                     if staged {
@@ -229,9 +237,22 @@ impl Agent {
                 w.pulled |= observed.image_present;
                 deployment
             }
-            Input::Pulled { deployment, result } => self.outcome(deployment, result, |w, ()| w.pulled = true),
-            Input::Created { deployment, result } => self.outcome(deployment, result, |w, id| w.container = Some(id)),
-            Input::Started { deployment, result } => {
+            Input::Pulled { deployment, image, result } => self.outcome(deployment, result, |w, ()| {
+                // A pull of what it ran before an update proves nothing of the new image.
+                w.pulled |= w.image == image;
+            }),
+            Input::Created { deployment, image, result } => self.outcome(deployment, result, |w, id| {
+                w.running = false;
+                if w.image == image {
+                    w.container = Some(id);
+                } else if w.old.is_none() {
+                    // Created for the version before an update: it is the old one now.
+                    w.old = Some(id);
+                }
+            }),
+            Input::Started { deployment, container, result } => {
+                let current =
+                    self.workloads.get(&deployment).is_some_and(|w| w.container.as_deref() == Some(&container));
                 let result = result.and_then(|state| match state.running {
                     true => Ok(state.image_id),
                     false => {
@@ -243,8 +264,11 @@ impl Agent {
                     }
                 });
                 self.outcome(deployment, result, |w, image_id| {
-                    w.running = true;
-                    w.image_id = Some(image_id);
+                    // A start of the container an update retired since does not count.
+                    if current {
+                        w.running = true;
+                        w.image_id = Some(image_id);
+                    }
                 })
             }
             Input::Stopped { deployment, result } => self.outcome(deployment, result, |w, ()| w.running = false),
@@ -262,7 +286,7 @@ impl Agent {
                     w.container = None;
                     w.running = false;
                 });
-                if self.workloads.get(&deployment).is_some_and(|w| !w.failed) {
+                if self.workloads.get(&deployment).is_some_and(|w| !w.failed && w.desired == Desired::Removed) {
                     self.report(&deployment, Status::Removed, None);
                     self.workloads.remove(&deployment);
                 }
@@ -277,8 +301,15 @@ impl Agent {
     fn record(&mut self, work: NodeWork) -> Option<String> {
         match work {
             NodeWork::Deploy { deployment, application, version, image, mode, env } => {
-                if self.workloads.contains_key(&deployment) {
-                    return None;
+                if let Some(w) = self.workloads.get_mut(&deployment) {
+                    if w.desired != Desired::Removed {
+                        return None;
+                    }
+                    // Sent away, then back (a selector that flapped): wanted again.
+                    w.desired = Desired::Running;
+                    w.hold = mode.waits_for_apply();
+                    w.failed = false;
+                    return Some(deployment);
                 }
                 let workload = Workload {
                     deployment: deployment.clone(),
@@ -303,7 +334,10 @@ impl Agent {
                 Some(deployment)
             }
             NodeWork::Update { deployment, version, image, mode, env } => {
-                let w = self.workloads.get_mut(&deployment).filter(|w| w.image != image || w.env != env)?;
+                let w = self
+                    .workloads
+                    .get_mut(&deployment)
+                    .filter(|w| w.image != image || w.env != env || w.version != version)?;
                 w.env = env;
                 w.version = version;
                 w.image = image;
@@ -324,6 +358,7 @@ impl Agent {
             NodeWork::Apply { deployment } => {
                 let w = self.workloads.get_mut(&deployment).filter(|w| w.hold)?;
                 w.hold = false;
+                w.desired = Desired::Running;
                 w.failed = false;
                 Some(deployment)
             }
@@ -435,6 +470,18 @@ impl Agent {
         }
     }
 
+    /// Says the current status again, for work that changed nothing but may be waiting for an
+    /// answer.
+    fn repeat_status(&mut self, deployment: &str) {
+        if let Some(w) = self.workloads.get(deployment).filter(|w| !w.busy) {
+            self.actions.push_back(Action::Report(NodeReport::DeploymentState {
+                deployment: deployment.to_owned(),
+                status: w.status,
+                error: None,
+            }));
+        }
+    }
+
     /// Reports a new status; saying the same thing twice says nothing.
     fn report(&mut self, deployment: &str, status: Status, error: Option<Failure>) {
         if let Some(w) = self.workloads.get_mut(deployment) {
@@ -454,6 +501,8 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const IMAGE: &str = "127.0.0.1:5000/sample/app:1.0.0";
 
     fn deploy_work(mode: Mode) -> NodeWork {
         NodeWork::Deploy {
@@ -492,7 +541,7 @@ mod tests {
         assert_eq!(reported(&actions), [Status::Received, Status::Downloading]);
         assert!(matches!(actions.last(), Some(Action::Pull { image, .. }) if image.ends_with("app:1.0.0")));
 
-        agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
+        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Deploying]);
         let Some(Action::Create { spec, .. }) = actions.last() else { panic!("{actions:?}") };
@@ -500,13 +549,13 @@ mod tests {
         assert_eq!(spec.labels[NODE_LABEL], "edge-1");
         assert_eq!(spec.name, "sample-d1-edge-1");
 
-        agent.handle(Input::Created { deployment: "d1".into(), result: Ok("c1".into()) });
+        agent.handle(Input::Created { deployment: "d1".into(), image: IMAGE.into(), result: Ok("c1".into()) });
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Starting]);
         assert_eq!(actions.last(), Some(&Action::Start { deployment: "d1".into(), container: "c1".into() }));
 
         let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
-        agent.handle(Input::Started { deployment: "d1".into(), result: Ok(state) });
+        agent.handle(Input::Started { deployment: "d1".into(), container: "c1".into(), result: Ok(state) });
         assert_eq!(reported(&drain(&mut agent)), [Status::Running]);
         assert_eq!(agent.workloads().next().map(|w| w.status), Some(Status::Running));
     }
@@ -526,7 +575,7 @@ mod tests {
         agent.handle(deploy());
         drain(&mut agent);
         let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
-        agent.handle(Input::Pulled { deployment: "d1".into(), result: Err(error) });
+        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Err(error) });
         let actions = drain(&mut agent);
         let [Action::Report(NodeReport::DeploymentState { status, error: Some(failure), .. })] = actions.as_slice()
         else {
@@ -541,11 +590,11 @@ mod tests {
     fn a_container_that_exits_at_once_is_a_failure() {
         let mut agent = Agent::new("acme", "edge-1");
         agent.handle(deploy());
-        agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
-        agent.handle(Input::Created { deployment: "d1".into(), result: Ok("c1".into()) });
+        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
+        agent.handle(Input::Created { deployment: "d1".into(), image: IMAGE.into(), result: Ok("c1".into()) });
         drain(&mut agent);
         let state = ContainerState { image_id: "sha256:one".into(), running: false, exit_code: Some(127), error: None };
-        agent.handle(Input::Started { deployment: "d1".into(), result: Ok(state) });
+        agent.handle(Input::Started { deployment: "d1".into(), container: "c1".into(), result: Ok(state) });
         let actions = drain(&mut agent);
         let [Action::Report(NodeReport::DeploymentState { error: Some(failure), .. })] = actions.as_slice() else {
             panic!("{actions:?}")
@@ -562,10 +611,10 @@ mod tests {
     fn running() -> Agent {
         let mut agent = Agent::new("acme", "edge-1");
         agent.handle(deploy());
-        agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
-        agent.handle(Input::Created { deployment: "d1".into(), result: Ok("c1".into()) });
+        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
+        agent.handle(Input::Created { deployment: "d1".into(), image: IMAGE.into(), result: Ok("c1".into()) });
         let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
-        agent.handle(Input::Started { deployment: "d1".into(), result: Ok(state) });
+        agent.handle(Input::Started { deployment: "d1".into(), container: "c1".into(), result: Ok(state) });
         drain(&mut agent);
         agent
     }
@@ -610,7 +659,7 @@ mod tests {
         drain(&mut agent);
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         assert_eq!(drain(&mut agent), [], "the pull is still under way");
-        agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
+        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
         assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
         agent.handle(work_for(|deployment| NodeWork::Start { deployment }));
         let actions = drain(&mut agent);
@@ -624,7 +673,7 @@ mod tests {
         agent.handle(deploy());
         drain(&mut agent);
         let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
-        agent.handle(Input::Pulled { deployment: "d1".into(), result: Err(error) });
+        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Err(error) });
         drain(&mut agent);
         agent.handle(work_for(|deployment| NodeWork::Remove { deployment }));
         let actions = drain(&mut agent);
@@ -684,7 +733,7 @@ mod tests {
         agent.handle(Input::Work(deploy_work(STAGED)));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Received, Status::Processing, Status::Downloading]);
-        agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
+        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Ready]);
         assert_eq!(actions.len(), 1, "nothing is created before the apply: {actions:?}");
@@ -698,7 +747,11 @@ mod tests {
     fn a_staged_update_keeps_the_old_container_running_until_the_apply() {
         let mut agent = running();
         agent.handle(Input::Work(update_work("1.1.0", STAGED)));
-        agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            image: "127.0.0.1:5000/sample/app:1.1.0".into(),
+            result: Ok(()),
+        });
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions).last(), Some(&Status::Ready));
         assert!(!actions.iter().any(|a| matches!(a, Action::Retire { .. })), "the old one runs on: {actions:?}");
@@ -708,10 +761,53 @@ mod tests {
     }
 
     #[test]
-    fn an_apply_with_nothing_staged_changes_nothing() {
+    fn an_apply_with_nothing_staged_only_says_where_it_stands() {
         let mut agent = running();
         agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
-        assert_eq!(drain(&mut agent), []);
+        assert_eq!(
+            drain(&mut agent),
+            [Action::Report(NodeReport::DeploymentState {
+                deployment: "d1".into(),
+                status: Status::Running,
+                error: None,
+            })]
+        );
+    }
+
+    #[test]
+    fn an_apply_after_a_stop_starts_it() {
+        let mut agent = Agent::new("acme", "edge-1");
+        agent.handle(Input::Work(deploy_work(STAGED)));
+        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
+        agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
+        drain(&mut agent);
+        agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
+        assert!(matches!(drain(&mut agent).last(), Some(Action::Create { .. })));
+    }
+
+    #[test]
+    fn a_pull_from_before_an_update_does_not_count_for_the_new_image() {
+        let mut agent = Agent::new("acme", "edge-1");
+        agent.handle(deploy());
+        agent.handle(update_to("1.1.0"));
+        drain(&mut agent);
+        // The 1.0.0 pull that was under way ends now.
+        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
+        let actions = drain(&mut agent);
+        assert!(matches!(actions.last(), Some(Action::Pull { image, .. }) if image.ends_with(":1.1.0")), "{actions:?}");
+    }
+
+    #[test]
+    fn a_deploy_that_arrives_during_a_removal_keeps_the_workload() {
+        let mut agent = running();
+        agent.handle(work_for(|deployment| NodeWork::Remove { deployment }));
+        agent.handle(Input::Work(deploy_work(Mode::default())));
+        drain(&mut agent);
+        agent.handle(Input::Removed { deployment: "d1".into(), result: Ok(()) });
+        let actions = drain(&mut agent);
+        assert!(!reported(&actions).contains(&Status::Removed), "{actions:?}");
+        assert!(matches!(actions.last(), Some(Action::Create { .. })), "created again: {actions:?}");
+        assert_eq!(agent.workloads().count(), 1);
     }
 
     #[test]
@@ -752,7 +848,11 @@ mod tests {
             "the old one runs on"
         );
 
-        agent.handle(Input::Pulled { deployment: "d1".into(), result: Ok(()) });
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            image: "127.0.0.1:5000/sample/app:1.1.0".into(),
+            result: Ok(()),
+        });
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Deploying]);
         assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
@@ -770,7 +870,11 @@ mod tests {
         agent.handle(update_to("9.9.9"));
         drain(&mut agent);
         let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
-        agent.handle(Input::Pulled { deployment: "d1".into(), result: Err(error) });
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            image: "127.0.0.1:5000/sample/app:9.9.9".into(),
+            result: Err(error),
+        });
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Failed]);
         assert!(!actions.iter().any(|a| matches!(a, Action::Retire { .. })));
@@ -809,8 +913,8 @@ mod tests {
     #[test]
     fn outcomes_for_an_unknown_deployment_are_ignored() {
         let mut agent = Agent::new("acme", "edge-1");
-        agent.handle(Input::Pulled { deployment: "nope".into(), result: Ok(()) });
-        agent.handle(Input::Created { deployment: "nope".into(), result: Ok("c".into()) });
+        agent.handle(Input::Pulled { deployment: "nope".into(), image: IMAGE.into(), result: Ok(()) });
+        agent.handle(Input::Created { deployment: "nope".into(), image: IMAGE.into(), result: Ok("c".into()) });
         assert_eq!(drain(&mut agent), []);
     }
 }

@@ -96,13 +96,13 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                     sent.notify_one();
                 }
                 Action::Pull { deployment, image } => step(&runtime, &outcomes_tx, move |rt| async move {
-                    Input::Pulled { result: rt.pull(&image).await, deployment }
+                    Input::Pulled { result: rt.pull(&image).await, deployment, image }
                 }),
                 Action::Create { deployment, spec } => step(&runtime, &outcomes_tx, move |rt| async move {
-                    Input::Created { result: rt.create(&spec).await, deployment }
+                    Input::Created { result: rt.create(&spec).await, deployment, image: spec.image }
                 }),
                 Action::Start { deployment, container } => step(&runtime, &outcomes_tx, move |rt| async move {
-                    Input::Started { result: rt.start(&container).await, deployment }
+                    Input::Started { result: rt.start(&container).await, deployment, container }
                 }),
                 Action::Stop { deployment, container } => step(&runtime, &outcomes_tx, move |rt| async move {
                     Input::Stopped { result: rt.stop(&container).await, deployment }

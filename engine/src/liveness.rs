@@ -33,6 +33,8 @@ pub struct Liveness {
 #[derive(Debug, Clone)]
 struct Seen {
     heartbeat: Heartbeat,
+    /// When this engine received it: silence is measured on this clock, not the node's.
+    received: chrono::DateTime<Utc>,
     /// What this engine last made the node's state; `None` until it did.
     state: Option<NodeState>,
 }
@@ -68,15 +70,20 @@ pub async fn run(handler: CommandHandler, liveness: Liveness) -> anyhow::Result<
         tokio::select! {
             beat = beats.next() => {
                 let Some(beat) = beat else { anyhow::bail!("the heartbeat subscription ended") };
-                let Ok(heartbeat) = serde_json::from_slice::<Heartbeat>(&beat.payload) else {
+                // tm.<tenant>.<node>: a beat speaks for the node whose subject it came on.
+                let (Some(tenant), Some(node)) = (beat.subject.split('.').nth(1), beat.subject.split('.').nth(2)) else {
+                    continue;
+                };
+                let Ok(mut heartbeat) = serde_json::from_slice::<Heartbeat>(&beat.payload) else {
                     tracing::warn!(subject = %beat.subject, "skipping a heartbeat that does not decode");
                     continue;
                 };
+                (heartbeat.tenant, heartbeat.node) = (tenant.to_owned(), node.to_owned());
                 let key = (heartbeat.tenant.clone(), heartbeat.node.clone());
                 let was = {
                     let mut latest = liveness.latest.write().expect("the liveness map is never poisoned");
                     let was = latest.get(&key).and_then(|s| s.state);
-                    latest.insert(key.clone(), Seen { heartbeat, state: was });
+                    latest.insert(key.clone(), Seen { heartbeat, received: Utc::now(), state: was });
                     was
                 };
                 if was != Some(NodeState::Online) {
@@ -90,7 +97,10 @@ pub async fn run(handler: CommandHandler, liveness: Liveness) -> anyhow::Result<
                     .read()
                     .expect("the liveness map is never poisoned")
                     .iter()
-                    .filter(|(_, s)| s.state != Some(NodeState::Unreachable) && s.heartbeat.silent_after() < now)
+                    .filter(|(_, s)| {
+                        let silent_since = s.received + (s.heartbeat.silent_after() - s.heartbeat.at);
+                        s.state != Some(NodeState::Unreachable) && silent_since < now
+                    })
                     .map(|(key, _)| key.clone())
                     .collect();
                 for key in silent {
@@ -112,13 +122,24 @@ async fn change(
 ) {
     let (tenant, node) = key;
     let meta = CommandMeta::new(tenant, "engine:liveness");
-    match handler.execute::<Node>(node, &command, &meta).await {
+    let recorded = match handler.execute::<Node>(node, &command, &meta).await {
         Ok(_) => {
             tracing::info!(tenant, node, state = ?to, "node reachability changed");
-            if let Some(seen) = liveness.latest.write().expect("the liveness map is never poisoned").get_mut(key) {
-                seen.state = Some(to);
-            }
+            true
         }
-        Err(e) => tracing::warn!(tenant, node, error = %e, "recording reachability"),
+        // A node the engine does not know: nothing to record, and no use asking again.
+        Err(crate::command::CommandError::Rejected(rejection)) => {
+            tracing::debug!(tenant, node, %rejection, "reachability not recorded");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(tenant, node, error = %e, "recording reachability");
+            false
+        }
+    };
+    if recorded {
+        if let Some(seen) = liveness.latest.write().expect("the liveness map is never poisoned").get_mut(key) {
+            seen.state = Some(to);
+        }
     }
 }

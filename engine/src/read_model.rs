@@ -1,5 +1,5 @@
-//! The deployments read model in sled: its projection (the pure fold of
-//! `events::projection::deployments`) and its queries.
+//! The read models in sled (deployments, update notifications, nodes): their projections,
+//! each the pure fold of `events::projection`, and their queries.
 
 use events::application::ApplicationEvent;
 use events::deployment::DeploymentEvent;
@@ -121,10 +121,13 @@ impl Projection for Deployments {
         }
         let event: DeploymentEvent = envelope.event()?;
         let key = key(&envelope.tenant, &envelope.aggregate_id);
-        let current = batch.get(&key).ok().flatten().and_then(|v| serde_json::from_slice::<DeploymentView>(&v).ok());
-        match deployments::apply(current, envelope, &event) {
-            Some(view) => batch.insert(key, serde_json::to_vec(&view).expect("a view always serializes")),
-            None => batch.remove(key),
+        let current = match batch.get(&key)? {
+            Some(bytes) => Some(serde_json::from_slice::<DeploymentView>(&bytes)?),
+            None => None,
+        };
+        // A fold that shows nothing (an event before its launch) leaves the model as it is.
+        if let Some(view) = deployments::apply(current, envelope, &event) {
+            batch.insert(key, serde_json::to_vec(&view)?);
         }
         Ok(())
     }

@@ -1,5 +1,7 @@
 //! Durable JetStream consumers that turn events into more events: the `router` (deployment
-//! events to work on each node's subject) and the `ingest` (node reports to commands).
+//! events to work on each node's subject), the `ingest` (node reports to commands), the
+//! `membership` (node events to selector targets) and the `tenants` (a tenant's deletion to
+//! the uninstall of its deployments).
 //!
 //! Each message is acked once handled. A handler error leaves it unacked, so it comes again
 //! after `ack_wait`; the appends it makes are deduplicated by message id.
@@ -11,7 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use uuid::Uuid;
 
-use events::deployment::{Deployment, DeploymentCommand, DeploymentEvent};
+use events::deployment::{Deployment, DeploymentCommand, DeploymentEvent, Desired, Mode};
 use events::envelope::{chain_hash, Metadata};
 use events::node::{Node, NodeCommand, NodeEvent};
 use events::report::NodeReport;
@@ -20,6 +22,9 @@ use events::{Aggregate, Envelope};
 
 use crate::command::{CommandError, CommandHandler, CommandMeta};
 use crate::store::{EventStore, Outgoing, StoreError, StoredEvent};
+
+/// Deliveries of one event before a consumer gives up on it.
+const MAX_DELIVERIES: i64 = 5;
 
 async fn durable(store: &EventStore, name: &str, filter: &str) -> anyhow::Result<consumer::Consumer<pull::Config>> {
     store
@@ -57,8 +62,21 @@ where
                 Ok(())
             }
         };
+        let delivered = message.info().map_err(|e| anyhow::anyhow!(e))?.delivered;
         match outcome {
             Ok(()) => message.ack().await.map_err(|e| anyhow::anyhow!(e))?,
+            Err(e) if delivered >= MAX_DELIVERIES => {
+                // It fails the same way each time: a poison message. It is left in the log,
+                // named here, and no longer holds the consumer up.
+                tracing::error!(
+                    consumer = name,
+                    sequence,
+                    delivered,
+                    error = format!("{e:#}"),
+                    "giving up on an event"
+                );
+                message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+            }
             Err(e) => tracing::warn!(consumer = name, sequence, error = format!("{e:#}"), "will retry"),
         }
     }
@@ -78,17 +96,32 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
             (NodeWork::Deploy { deployment, application, version, image, mode, env }, nodes)
         }
         DeploymentEvent::TargetAdded { node, .. } => {
-            // What it runs now, as of this event.
+            // What the others run now, as of this event: an applied deployment does not wait
+            // for an apply on the newcomer, a stopped one is stopped there too.
             let state = deployment_as_of(store, envelope).await?;
+            let mode = Mode { staged: state.mode.staged, instantly_apply: !state.awaiting_apply };
+            let stopped = state.desired == Desired::Stopped;
             let work = NodeWork::Deploy {
-                deployment,
+                deployment: deployment.clone(),
                 application: state.application,
                 version: state.version,
                 image: state.image,
-                mode: state.mode,
+                mode,
                 env: state.env,
             };
-            (work, vec![node])
+            let meta = Metadata {
+                tenant: envelope.tenant.clone(),
+                actor: envelope.actor.clone(),
+                correlation_id: envelope.correlation_id,
+                causation_id: envelope.id,
+            };
+            let subject = events::subject::node_desired(&envelope.tenant, &node);
+            append_chained(store, &subject, &node, &meta, &work, format!("{}:{node}", envelope.id)).await?;
+            if stopped {
+                let stop = NodeWork::Stop { deployment };
+                append_chained(store, &subject, &node, &meta, &stop, format!("{}:{node}:stop", envelope.id)).await?;
+            }
+            return Ok(());
         }
         DeploymentEvent::TargetRemoved { node, .. } => (NodeWork::Remove { deployment }, vec![node]),
         DeploymentEvent::StopRequested { .. } => (NodeWork::Stop { deployment }, targets(store, envelope).await?),

@@ -10,6 +10,14 @@ use crate::deployment::{DeploymentEvent, Desired};
 use crate::envelope::Envelope;
 use crate::status::{Failure, Status};
 
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
 /// The reason a `pending_*` status carries until the node answers.
 pub fn pending_reason(status: Status) -> Option<&'static str> {
     match status {
@@ -32,10 +40,13 @@ pub struct DeploymentView {
     /// The most severe status of its nodes.
     pub status: Status,
     /// What the operator last asked for.
+    #[serde(default)]
     pub desired: Desired,
     /// Launched (or last updated) staged.
+    #[serde(default)]
     pub staged: bool,
     /// Staged and not yet applied.
+    #[serde(default)]
     pub awaiting_apply: bool,
     /// Targets the nodes whose labels include these, as they come and go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,6 +64,9 @@ pub struct DeploymentView {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
+    /// A target now; false for a node that left a selector deployment (kept for its history).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub active: bool,
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<Failure>,
@@ -64,6 +78,7 @@ pub struct NodeView {
 /// Folds one deployment event into the view of its deployment.
 pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &DeploymentEvent) -> Option<DeploymentView> {
     let pending = |status: Status| NodeView {
+        active: true,
         status,
         error: None,
         reason: pending_reason(status).map(str::to_owned),
@@ -117,7 +132,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
             None
         }
         DeploymentEvent::TargetRemoved { node, reason } => {
-            let left = NodeView { reason: Some(reason.clone()), ..pending(Status::PendingRemove) };
+            let left = NodeView { active: false, reason: Some(reason.clone()), ..pending(Status::PendingRemove) };
             view.nodes.insert(node.clone(), left);
             None
         }
@@ -125,16 +140,16 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
     };
     if let Some((desired, status)) = request {
         view.desired = desired;
-        // Nodes on their way out keep going out.
-        let leaving = |n: &NodeView| matches!(n.status, Status::PendingRemove | Status::Removing | Status::Removed);
-        for node in view.nodes.values_mut().filter(|n| desired == Desired::Removed || !leaving(n)) {
+        // As in the aggregate: a request concerns the nodes the deployment targets now.
+        for node in view.nodes.values_mut().filter(|n| n.active) {
             *node = pending(status);
         }
     }
     if let DeploymentEvent::NodeStateReported { node, status, error, reported_at } = event {
+        let active = view.nodes.get(node).is_none_or(|n| n.active);
         view.nodes.insert(
             node.clone(),
-            NodeView { status: *status, error: error.clone(), reason: None, updated_at: *reported_at },
+            NodeView { active, status: *status, error: error.clone(), reason: None, updated_at: *reported_at },
         );
     }
     view.status = Status::roll_up(view.nodes.values().map(|n| n.status)).unwrap_or(Status::PendingDeploy);
@@ -219,6 +234,33 @@ mod tests {
         let view = fold(&[launched, running("edge-1"), running("edge-2"), stop]).unwrap();
         assert_eq!((view.status, view.desired), (Status::PendingStop, Desired::Stopped));
         assert_eq!(view.nodes["edge-1"].reason.as_deref(), pending_reason(Status::PendingStop));
+    }
+
+    #[test]
+    fn a_node_that_left_is_not_touched_by_later_requests() {
+        let launched = DeploymentEvent::Launched {
+            application: "sample".into(),
+            version: "1.0.0".into(),
+            image: "x:1".into(),
+            nodes: vec!["edge-1".into(), "edge-2".into()],
+            mode: Default::default(),
+            selector: Some([("site".to_owned(), "lab".to_owned())].into()),
+            profile: None,
+            overrides: Default::default(),
+            env: Default::default(),
+        };
+        let left = DeploymentEvent::TargetRemoved { node: "edge-2".into(), reason: "labels changed".into() };
+        let removed = DeploymentEvent::NodeStateReported {
+            node: "edge-2".into(),
+            status: Status::Removed,
+            error: None,
+            reported_at: now(),
+        };
+        let uninstall = DeploymentEvent::UninstallRequested { at: now() };
+        let view = fold(&[launched, left, removed, uninstall]).unwrap();
+        assert_eq!(view.nodes["edge-2"].status, Status::Removed, "it left before: it stays removed");
+        assert!(!view.nodes["edge-2"].active);
+        assert_eq!(view.nodes["edge-1"].status, Status::PendingRemove);
     }
 
     #[test]

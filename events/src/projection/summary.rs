@@ -80,7 +80,9 @@ mod tests {
             env: Default::default(),
             nodes: nodes
                 .iter()
-                .map(|(n, s)| (n.to_string(), NodeView { status: *s, error: None, reason: None, updated_at: now() }))
+                .map(|(n, s)| {
+                    (n.to_string(), NodeView { active: true, status: *s, error: None, reason: None, updated_at: now() })
+                })
                 .collect(),
             launched_by: "ops".into(),
             created_at: now(),
