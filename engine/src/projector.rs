@@ -12,12 +12,16 @@ use crate::store::{EventStore, StoreError, StoredEvent};
 
 const CHECKPOINT_KEY: &[u8] = b"meta/checkpoint";
 
+/// A batch in the making is committed once the stream has been quiet this long.
+const IDLE_COMMIT: Duration = Duration::from_millis(2);
+
 /// A read model kept in one sled tree.
 pub trait Projection: Send + Sync + 'static {
     /// Name of the sled tree.
     const NAME: &'static str;
 
-    /// The subjects it folds.
+    /// The subjects it folds. Keep it to one: a consumer with several filter subjects runs
+    /// about ten times slower (measured: 3.2k against 30k events/s).
     fn subjects(&self) -> Vec<String>;
 
     /// Folds one event into `batch`. An event that does not decode is skipped and logged, and
@@ -142,10 +146,26 @@ pub async fn run<P: Projection>(
     let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!(e))?;
     let mut batch = Overlay::new(&tree);
     let mut in_batch = 0usize;
-    while let Some(message) = messages.next().await {
+    let mut last = 0;
+    loop {
+        // A batch is committed when full, or as soon as the stream pauses: a consumer's
+        // pending count cannot be trusted for that with several filter subjects.
+        let next = if in_batch == 0 {
+            messages.next().await
+        } else {
+            match tokio::time::timeout(IDLE_COMMIT, messages.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    std::mem::replace(&mut batch, Overlay::new(&tree)).commit(last)?;
+                    in_batch = 0;
+                    continue;
+                }
+            }
+        };
+        let Some(message) = next else { break };
         let message = message.map_err(|e| anyhow::anyhow!(e))?;
-        let info = message.info().map_err(|e| anyhow::anyhow!(e))?;
-        let (sequence, pending) = (info.stream_sequence, info.pending);
+        let sequence = message.info().map_err(|e| anyhow::anyhow!(e))?.stream_sequence;
+        last = sequence;
         match StoredEvent::decode(sequence, message.payload.clone()) {
             Ok(event) => match projection.apply(&mut batch, &event) {
                 Ok(()) => {}
@@ -157,7 +177,7 @@ pub async fn run<P: Projection>(
             Err(e) => tracing::error!(projection = P::NAME, sequence, error = %e, "skipping a malformed event"),
         }
         in_batch += 1;
-        if pending == 0 || in_batch >= config.batch_size {
+        if in_batch >= config.batch_size {
             std::mem::replace(&mut batch, Overlay::new(&tree)).commit(sequence)?;
             in_batch = 0;
         }

@@ -111,12 +111,12 @@ impl Projection for Deployments {
     const NAME: &'static str = "deployments";
 
     fn subjects(&self) -> Vec<String> {
-        vec![events::subject::ALL_DEPLOYMENTS.to_owned(), events::subject::ALL_TENANTS.to_owned()]
+        vec![events::subject::ALL_AGGREGATES.to_owned()]
     }
 
     fn apply(&self, batch: &mut Overlay<'_>, stored: &StoredEvent) -> Result<(), ProjectionError> {
         let envelope = &stored.envelope;
-        if forget_deleted_tenant(batch, envelope, &["d/"])? {
+        if forget_deleted_tenant(batch, envelope, &["d/"])? || envelope.aggregate_type != "deployment" {
             return Ok(());
         }
         let event: DeploymentEvent = envelope.event()?;
@@ -182,16 +182,13 @@ impl Projection for Notifications {
     const NAME: &'static str = "notifications";
 
     fn subjects(&self) -> Vec<String> {
-        vec![
-            events::subject::ALL_APPLICATIONS.to_owned(),
-            events::subject::ALL_DEPLOYMENTS.to_owned(),
-            events::subject::ALL_TENANTS.to_owned(),
-        ]
+        vec![events::subject::ALL_AGGREGATES.to_owned()]
     }
 
     fn apply(&self, batch: &mut Overlay<'_>, stored: &StoredEvent) -> Result<(), ProjectionError> {
         let envelope = &stored.envelope;
-        if forget_deleted_tenant(batch, envelope, &["a/", "d/"])? {
+        let relevant = matches!(envelope.aggregate_type.as_str(), "application" | "deployment");
+        if forget_deleted_tenant(batch, envelope, &["a/", "d/"])? || !relevant {
             return Ok(());
         }
         let tenant = &envelope.tenant;
@@ -252,12 +249,12 @@ impl Projection for Nodes {
     const NAME: &'static str = "nodes";
 
     fn subjects(&self) -> Vec<String> {
-        vec![events::subject::ALL_NODES.to_owned(), events::subject::ALL_TENANTS.to_owned()]
+        vec![events::subject::ALL_AGGREGATES.to_owned()]
     }
 
     fn apply(&self, batch: &mut Overlay<'_>, stored: &StoredEvent) -> Result<(), ProjectionError> {
         let envelope = &stored.envelope;
-        if forget_deleted_tenant(batch, envelope, &["n/"])? {
+        if forget_deleted_tenant(batch, envelope, &["n/"])? || envelope.aggregate_type != "node" {
             return Ok(());
         }
         let event: NodeEvent = envelope.event()?;

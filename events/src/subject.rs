@@ -6,6 +6,9 @@
 
 pub const STREAM: &str = "EVENTS";
 pub const ALL: &str = "ev.>";
+/// Every aggregate of every type (`ev.<tenant>.<type>.<id>`), not the node work and reports: one
+/// filter, which keeps a consumer on JetStream's fast path.
+pub const ALL_AGGREGATES: &str = "ev.*.*.*";
 pub const ALL_APPLICATIONS: &str = "ev.*.application.*";
 pub const ALL_DEPLOYMENTS: &str = "ev.*.deployment.*";
 pub const ALL_TENANTS: &str = "ev.*.tenant.*";
