@@ -92,6 +92,22 @@ impl Drop for TestNode {
     }
 }
 
+/// A test's own nats-server and engine, and one edge node on the project's Docker engine.
+struct Lab {
+    nats: NatsServer,
+    engine: TestEngine,
+    node: TestNode,
+}
+
+impl Lab {
+    async fn start() -> Lab {
+        let nats = NatsServer::start().await;
+        let engine = TestEngine::start(&nats).await;
+        let node = TestNode::start(&nats, &engine).await;
+        Lab { nats, engine, node }
+    }
+}
+
 async fn launch(engine: &TestEngine, node: &str) -> String {
     let body = json!({"application": "sample", "version": "1.0.0", "nodes": [node]});
     let (status, body) = engine.post("/v1/deployments", body).await;
@@ -101,9 +117,7 @@ async fn launch(engine: &TestEngine, node: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_runs_in_docker_and_the_read_model_says_running() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
     engine.publish_sample(IMAGE_1_0_0).await;
     let id = launch(&engine, &node.name).await;
 
@@ -139,9 +153,7 @@ async fn a_launch_runs_in_docker_and_the_read_model_says_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_of_an_image_missing_from_the_registry_fails_with_a_code_and_message() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
     engine.publish_sample("127.0.0.1:5000/sample/missing:9.9.9").await;
     let id = launch(&engine, &node.name).await;
 
@@ -156,9 +168,7 @@ async fn a_launch_of_an_image_missing_from_the_registry_fails_with_a_code_and_me
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_of_a_malformed_image_reference_fails_with_its_own_code() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
     engine.publish_sample("127.0.0.1:5000/Sample/UPPER::1").await;
     let id = launch(&engine, &node.name).await;
 
@@ -170,9 +180,7 @@ async fn a_launch_of_a_malformed_image_reference_fails_with_its_own_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_start_and_uninstall_act_on_the_containers_in_docker() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
     let docker = docker().await;
     let image = tests::unique_image(&docker, IMAGE_1_0_0, "lifecycle").await.unwrap();
     engine.publish_sample(&image).await;
@@ -237,9 +245,7 @@ async fn stop_start_and_uninstall_act_on_the_containers_in_docker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uninstall_keeps_an_image_another_deployment_still_runs() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
     let docker = docker().await;
     let image = tests::unique_image(&docker, IMAGE_1_0_0, "shared").await.unwrap();
     engine.publish_sample(&image).await;
@@ -257,9 +263,7 @@ async fn uninstall_keeps_an_image_another_deployment_still_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_takes_up_its_deployments_from_its_local_state() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
+    let Lab { nats, engine, node } = Lab::start().await;
     engine.publish_sample(IMAGE_1_0_0).await;
     let id = launch(&engine, &node.name).await;
     engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
@@ -282,9 +286,7 @@ async fn a_restarted_node_takes_up_its_deployments_from_its_local_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_downloads_first_and_switches_after_with_notifications_on_publish() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
     engine.publish_sample(IMAGE_1_0_0).await;
     let add = |version: &str, image: &str| {
         engine.post("/v1/applications/sample/versions", json!({"version": version, "image": image}))
@@ -361,9 +363,7 @@ async fn an_update_downloads_first_and_switches_after_with_notifications_on_publ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staged_deployment_downloads_then_waits_for_an_apply() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
     engine.publish_sample(IMAGE_1_0_0).await;
     let version = json!({"version": "1.1.0", "image": IMAGE_1_1_0});
     assert_eq!(engine.post("/v1/applications/sample/versions", version).await.0, 201);
@@ -439,9 +439,7 @@ async fn a_staged_deployment_downloads_then_waits_for_an_apply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_update_recreates_the_container_only_when_its_image_changed() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
     let docker = docker().await;
     let image = tests::unique_image(&docker, IMAGE_1_0_0, "forced").await.unwrap();
     engine.publish_sample(&image).await;
@@ -483,9 +481,7 @@ async fn a_forced_update_recreates_the_container_only_when_its_image_changed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_read_through_the_engine_a_page_of_200_lines_at_a_time() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
     engine.publish_sample("127.0.0.1:5000/sample/logger:1.0.0").await;
     let id = launch(&engine, &node.name).await;
     engine.wait_deployment(&id, "the logger to run", |v| v["status"] == "running").await;
@@ -541,9 +537,7 @@ async fn logs_are_read_through_the_engine_a_page_of_200_lines_at_a_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_turns_unreachable_without_touching_its_deployments_state() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
+    let Lab { nats, engine, node } = Lab::start().await;
     engine.publish_sample(IMAGE_1_0_0).await;
     let id = launch(&engine, &node.name).await;
     engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
@@ -711,9 +705,7 @@ async fn deleting_a_tenant_removes_its_deployments_from_every_node_and_the_read_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_with_a_profile_and_overrides_gives_the_container_its_resolved_environment() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
     assert_eq!(engine.post("/v1/applications", json!({"id": "sample", "name": "Sample"})).await.0, 201);
     let version = json!({
         "version": "1.0.0",
