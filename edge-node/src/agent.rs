@@ -41,6 +41,9 @@ pub struct Workload {
     /// The previous version's container during an update: it runs until the new image is
     /// present, then goes.
     pub old: Option<String>,
+    /// `container` is still the previous version's: a staged update waits for its apply, and
+    /// until then stop and start act on what runs.
+    pub stale: bool,
     /// A runtime step is under way; the next waits for its outcome.
     busy: bool,
     /// The last step failed; nothing more is tried until new work arrives.
@@ -230,6 +233,12 @@ impl Agent {
                         w.container = Some(found.id);
                         w.image_id = Some(found.image_id);
                     }
+                    // The previous version's container, waiting for an apply: still the current one.
+                    Some(found) if w.hold => {
+                        w.running = found.running;
+                        w.container = Some(found.id);
+                        w.stale = true;
+                    }
                     // The previous version's container: it runs on until the switch.
                     Some(found) => w.old = Some(found.id),
                     None => {}
@@ -327,6 +336,7 @@ impl Agent {
                     running: false,
                     refreshing: false,
                     old: None,
+                    stale: false,
                     busy: false,
                     failed: false,
                 };
@@ -343,13 +353,19 @@ impl Agent {
                 w.image = image;
                 w.hold = mode.waits_for_apply();
                 w.pulled = false;
-                // A container not yet retired from an earlier update goes first.
-                if w.old.is_none() {
-                    w.old = w.container.take();
+                if w.hold && w.old.is_none() {
+                    // Staged: what runs stays the current container until the apply.
+                    w.stale = w.container.is_some();
                 } else {
-                    w.container = None;
+                    // A container not yet retired from an earlier update goes first.
+                    if w.old.is_none() {
+                        w.old = w.container.take();
+                    } else {
+                        w.container = None;
+                    }
+                    w.running = false;
+                    w.stale = false;
                 }
-                w.running = false;
                 w.desired = Desired::Running;
                 w.failed = false;
                 w.status = Status::PendingDeploy;
@@ -358,6 +374,12 @@ impl Agent {
             NodeWork::Apply { deployment } => {
                 let w = self.workloads.get_mut(&deployment).filter(|w| w.hold)?;
                 w.hold = false;
+                if w.stale {
+                    // Now the previous version's container makes way.
+                    w.old = w.container.take();
+                    w.running = false;
+                    w.stale = false;
+                }
                 w.desired = Desired::Running;
                 w.failed = false;
                 Some(deployment)
@@ -420,6 +442,10 @@ impl Agent {
             }
             Desired::Running if w.refreshing => {
                 (Status::Downloading, Action::Refresh { deployment: deployment.to_owned(), image: w.image.clone() })
+            }
+            // Waiting for an apply; a previous version that was stopped meanwhile runs again.
+            Desired::Running if w.hold && w.stale && !w.running => {
+                (Status::Starting, Action::Start { deployment: deployment.to_owned(), container: w.container_ref() })
             }
             Desired::Running if w.hold => return self.report(deployment, Status::Ready, None),
             // The new image is here: now the old container goes, and the new one comes.
@@ -755,6 +781,32 @@ mod tests {
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions).last(), Some(&Status::Ready));
         assert!(!actions.iter().any(|a| matches!(a, Action::Retire { .. })), "the old one runs on: {actions:?}");
+        agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
+        let actions = drain(&mut agent);
+        assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
+    }
+
+    #[test]
+    fn a_stop_during_a_staged_update_stops_what_runs_and_a_start_brings_it_back() {
+        let mut agent = running();
+        agent.handle(Input::Work(update_work("1.1.0", STAGED)));
+        let new_image = "127.0.0.1:5000/sample/app:1.1.0";
+        agent.handle(Input::Pulled { deployment: "d1".into(), image: new_image.into(), result: Ok(()) });
+        assert_eq!(reported(&drain(&mut agent)).last(), Some(&Status::Ready));
+
+        agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
+        let actions = drain(&mut agent);
+        assert_eq!(actions.last(), Some(&Action::Stop { deployment: "d1".into(), container: "c1".into() }));
+        agent.handle(Input::Stopped { deployment: "d1".into(), result: Ok(()) });
+        assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
+
+        agent.handle(work_for(|deployment| NodeWork::Start { deployment }));
+        let actions = drain(&mut agent);
+        assert_eq!(actions.last(), Some(&Action::Start { deployment: "d1".into(), container: "c1".into() }));
+        let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
+        agent.handle(Input::Started { deployment: "d1".into(), container: "c1".into(), result: Ok(state) });
+        assert_eq!(reported(&drain(&mut agent)), [Status::Ready], "still waiting for the apply");
+
         agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
         let actions = drain(&mut agent);
         assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
