@@ -11,9 +11,7 @@ use events::report::NodeReport;
 use events::work::NodeWork;
 use events::{Failure, Status};
 
-#[cfg(test)]
-use crate::runtime::ObservedContainer;
-use crate::runtime::{ContainerSpec, ContainerState, ErrorCode, Observed, RuntimeError};
+use crate::runtime::{ContainerSpec, ContainerState, ErrorCode, Observed, ObservedContainer, RuntimeError};
 use crate::runtime::{APPLICATION_LABEL, DEPLOYMENT_LABEL, NODE_LABEL, TENANT_LABEL, VERSION_LABEL};
 
 /// What the node runs for one deployment: what it should be doing, and what is true of it.
@@ -226,8 +224,12 @@ impl Agent {
                     self.record(work);
                 }
                 let Some(w) = self.workloads.get_mut(&deployment) else { return };
+                // The container of what is wanted now: its image, with every wanted variable.
+                let wanted = |found: &ObservedContainer| {
+                    found.image == w.image && w.env.iter().all(|(k, v)| found.env.contains(&format!("{k}={v}")))
+                };
                 match observed.container {
-                    Some(found) if found.image == w.image => {
+                    Some(found) if wanted(&found) => {
                         w.pulled = true;
                         w.running = found.running;
                         w.container = Some(found.id);
@@ -748,6 +750,7 @@ mod tests {
             running,
             image: format!("127.0.0.1:5000/sample/app:{version}"),
             image_id: format!("sha256:{version}"),
+            env: vec!["PATH=/bin".into()],
         }
     }
 
@@ -875,6 +878,22 @@ mod tests {
         let actions = drain(&mut agent);
         assert_eq!(actions.len(), 1, "a running container is not stopped and started again: {actions:?}");
         assert_eq!(reported(&actions), [Status::Running]);
+    }
+
+    #[test]
+    fn recovery_replaces_a_container_whose_environment_is_not_the_wanted_one() {
+        let mut agent = Agent::new("acme", "edge-1");
+        let NodeWork::Deploy { deployment, application, version, image, mode, .. } = deploy_work(Mode::default())
+        else {
+            unreachable!()
+        };
+        let env = [("MODE".to_owned(), "test".to_owned())].into();
+        let works = vec![NodeWork::Deploy { deployment, application, version, image, mode, env }];
+        // The container found was made before the environment changed.
+        let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
+        agent.handle(Input::Recovered { works, observed });
+        let actions = drain(&mut agent);
+        assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
     }
 
     #[test]

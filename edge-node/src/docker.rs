@@ -79,9 +79,10 @@ impl ContainerRuntime for DockerRuntime {
         let container = match self.docker.inspect_container(name, None).await {
             Ok(found) => {
                 let running = found.state.and_then(|s| s.running).unwrap_or(false);
-                let image = found.config.and_then(|c| c.image).unwrap_or_default();
+                let config = found.config.unwrap_or_default();
+                let (image, env) = (config.image.unwrap_or_default(), config.env.unwrap_or_default());
                 let image_id = found.image.unwrap_or_default();
-                found.id.map(|id| ObservedContainer { id, running, image, image_id })
+                found.id.map(|id| ObservedContainer { id, running, image, image_id, env })
             }
             Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => None,
             Err(e) => return Err(classify(Step::Other, e)),

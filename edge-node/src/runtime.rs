@@ -84,6 +84,8 @@ pub struct ObservedContainer {
     pub image: String,
     /// The ID of the image it runs.
     pub image_id: String,
+    /// Its environment, `NAME=value`, the image's own variables included.
+    pub env: Vec<String>,
 }
 
 /// A container's counters at one moment; CPU is cumulative, so a rate needs two samples.
