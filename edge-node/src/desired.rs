@@ -37,6 +37,18 @@ impl Desired {
         Ok(())
     }
 
+    /// Drops a deployment's `refresh` work once it was carried out, so that a restart does not
+    /// do it again.
+    pub fn done_refreshing(&self, deployment: &str) -> anyhow::Result<()> {
+        for entry in self.tree.scan_prefix(format!("{deployment}/")) {
+            let (key, bytes) = entry?;
+            if Envelope::decode(&bytes)?.event_type == "work.refresh" {
+                self.tree.remove(key)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every kept work envelope, grouped by deployment, each group in the order received.
     pub fn all(&self) -> anyhow::Result<Vec<Vec<Envelope>>> {
         let mut groups: Vec<(String, Vec<Envelope>)> = Vec::new();
@@ -51,5 +63,49 @@ impl Desired {
             }
         }
         Ok(groups.into_iter().map(|(_, group)| group).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::envelope::Metadata;
+    use events::work::NodeWork;
+    use uuid::Uuid;
+
+    fn envelope(work: &NodeWork) -> Envelope {
+        let id = Uuid::from_u128(1);
+        let meta = Metadata { tenant: "t".into(), actor: "engine".into(), correlation_id: id, causation_id: id };
+        let time = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().to_utc();
+        Envelope::new(id, time, events::work::AGGREGATE_TYPE, "n", &meta, work, None)
+    }
+
+    #[test]
+    fn work_is_kept_in_order_per_deployment_and_a_done_refresh_is_dropped() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let desired = Desired::open(&db).unwrap();
+        let deploy = NodeWork::Deploy {
+            deployment: "d1".into(),
+            application: "a".into(),
+            version: "1.0.0".into(),
+            image: "i".into(),
+            mode: Default::default(),
+            env: Default::default(),
+        };
+        let refresh = NodeWork::Refresh { deployment: "d1".into() };
+        let stop = NodeWork::Stop { deployment: "d1".into() };
+        for work in [&deploy, &refresh, &stop] {
+            desired.keep("d1", &envelope(work)).unwrap();
+        }
+        desired.keep("d2", &envelope(&NodeWork::Stop { deployment: "d2".into() })).unwrap();
+        let types = |desired: &Desired| -> Vec<Vec<String>> {
+            desired.all().unwrap().iter().map(|g| g.iter().map(|e| e.event_type.clone()).collect()).collect()
+        };
+        assert_eq!(types(&desired), [vec!["work.deploy", "work.refresh", "work.stop"], vec!["work.stop"]]);
+
+        desired.done_refreshing("d1").unwrap();
+        assert_eq!(types(&desired), [vec!["work.deploy", "work.stop"], vec!["work.stop"]]);
+        desired.forget("d1").unwrap();
+        assert_eq!(types(&desired), [vec!["work.stop"]]);
     }
 }

@@ -154,6 +154,9 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                 continue;
             }
         };
+        if let Input::Refreshed { deployment, result: Ok(_) } = &input {
+            desired.done_refreshing(deployment)?;
+        }
         agent.handle(input);
     }
 }

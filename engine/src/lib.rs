@@ -100,7 +100,7 @@ impl Engine {
         tasks.spawn(worker::tenants(commands.clone()));
         tasks.spawn(worker::route(store.clone()));
         tasks.spawn(worker::ingest(commands.clone()));
-        tasks.spawn(liveness::run(commands.clone(), liveness.clone()));
+        tasks.spawn(liveness::run(commands.clone(), liveness.clone(), nodes.clone()));
         tasks.spawn(async move { axum::serve(listener, app).await.context("serving the API") });
         tracing::info!(%api_addr, "engine started");
         Ok(Engine { api_addr, commands, deployments, notifications, nodes, liveness, tasks })

@@ -61,8 +61,11 @@ pub async fn open_stream(js: &jetstream::Context, replicas: usize) -> anyhow::Re
     Ok(())
 }
 
-/// Follows the heartbeats and records each node's changes of reachability, forever.
-pub async fn run(handler: CommandHandler, liveness: Liveness) -> anyhow::Result<()> {
+/// Follows the heartbeats and records each node's changes of reachability, forever. Nodes the
+/// read model knows as online are expected from the start: one that never beats again after an
+/// engine restart turns unreachable too.
+pub async fn run(handler: CommandHandler, liveness: Liveness, nodes: crate::read_model::Nodes) -> anyhow::Result<()> {
+    expect_known_nodes(&liveness, &nodes)?;
     let client = handler.store().client().clone();
     let mut beats = client.subscribe(events::telemetry::ALL).await?;
     let mut checks = tokio::time::interval(CHECK_EVERY);
@@ -111,6 +114,33 @@ pub async fn run(handler: CommandHandler, liveness: Liveness) -> anyhow::Result<
         }
     }
 }
+
+/// Counts every node last known online as just heard from, at the default rate.
+fn expect_known_nodes(liveness: &Liveness, nodes: &crate::read_model::Nodes) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let mut latest = liveness.latest.write().expect("the liveness map is never poisoned");
+    for record in nodes.all()? {
+        if record.state != Some(NodeState::Online) {
+            continue;
+        }
+        let heartbeat = Heartbeat {
+            tenant: record.tenant.clone(),
+            node: record.id.clone(),
+            at: now,
+            interval_ms: ASSUMED_INTERVAL.as_millis() as u64,
+            containers: vec![],
+        };
+        latest.entry((record.tenant, record.id)).or_insert(Seen {
+            heartbeat,
+            received: now,
+            state: Some(NodeState::Online),
+        });
+    }
+    Ok(())
+}
+
+/// The rate assumed for a node not heard from since the engine started.
+const ASSUMED_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Records a change of reachability; on failure it is tried again at the next beat or check.
 async fn change(

@@ -239,6 +239,11 @@ impl Nodes {
         &self.tree
     }
 
+    /// Every node of every tenant.
+    pub fn all(&self) -> anyhow::Result<Vec<NodeRecord>> {
+        self.tree.scan_prefix(b"n/").map(|e| Ok(serde_json::from_slice(&e?.1)?)).collect()
+    }
+
     /// Every node of `tenant`, by id.
     pub fn all_of(&self, tenant: &str) -> anyhow::Result<Vec<NodeRecord>> {
         self.tree.scan_prefix(format!("n/{tenant}/")).map(|e| Ok(serde_json::from_slice(&e?.1)?)).collect()

@@ -744,3 +744,23 @@ async fn a_launch_with_a_profile_and_overrides_gives_the_container_its_resolved_
     }
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_beats_again_after_an_engine_restart_turns_unreachable() {
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
+    assert_eq!(engine.node_state(&node.name).await.as_deref(), Some("online"));
+    // The nodes read model knows it online: that is what a restarted engine starts from.
+    eventually("the nodes read model to show the node online", TIMEOUT, || async {
+        let (_, nodes) = engine.get("/v1/nodes").await;
+        nodes.as_array()?.iter().any(|n| n["id"] == node.name.as_str() && n["state"] == "online").then_some(())
+    })
+    .await;
+    // The node dies, and the engine restarts before it could notice.
+    node.task.abort();
+    let engine = engine.restart().await;
+    eventually("the silent node to be unreachable", TIMEOUT, || async {
+        (engine.node_state(&node.name).await.as_deref() == Some("unreachable")).then_some(())
+    })
+    .await;
+    node.stop().await;
+}

@@ -17,20 +17,36 @@ pub const TIMEOUT: Duration = Duration::from_secs(60);
 pub struct TestEngine {
     pub engine: Engine,
     pub http: reqwest::Client,
-    _data: tempfile::TempDir,
+    nats_url: String,
+    data: tempfile::TempDir,
 }
 
 impl TestEngine {
     pub async fn start(nats: &NatsServer) -> TestEngine {
         let data = tempfile::tempdir().unwrap();
-        let config = EngineConfig {
-            nats_url: nats.url(),
+        let engine = Engine::start(Self::config(&nats.url(), &data)).await.expect("the engine starts");
+        TestEngine { engine, http: reqwest::Client::new(), nats_url: nats.url(), data }
+    }
+
+    fn config(nats_url: &str, data: &tempfile::TempDir) -> EngineConfig {
+        EngineConfig {
+            nats_url: nats_url.to_owned(),
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data.path().join("read-models"),
             ..EngineConfig::default()
-        };
-        let engine = Engine::start(config).await.expect("the engine starts");
-        TestEngine { engine, http: reqwest::Client::new(), _data: data }
+        }
+    }
+
+    /// Stops the engine and starts it again on the same read models (a new API port).
+    pub async fn restart(self) -> TestEngine {
+        let TestEngine { engine, http, nats_url, data } = self;
+        drop(engine);
+        // The stopped engine's tasks let go of the sled directory as they wind down.
+        let engine = tests::eventually("the engine to start again", TIMEOUT, || async {
+            Engine::start(Self::config(&nats_url, &data)).await.ok()
+        })
+        .await;
+        TestEngine { engine, http, nats_url, data }
     }
 
     pub fn url(&self, path: &str) -> String {
