@@ -96,7 +96,7 @@ impl Engine {
         tasks.spawn(projector::run(store.clone(), notifications.clone(), tree, config.projector.clone()));
         let tree = nodes.tree().clone();
         tasks.spawn(projector::run(store.clone(), nodes.clone(), tree, config.projector));
-        tasks.spawn(worker::membership(commands.clone(), deployments.clone()));
+        tasks.spawn(worker::membership(commands.clone(), deployments.clone(), nodes.clone()));
         tasks.spawn(worker::tenants(commands.clone()));
         tasks.spawn(worker::route(store.clone()));
         tasks.spawn(worker::ingest(commands.clone()));

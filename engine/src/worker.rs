@@ -168,47 +168,93 @@ async fn deployment_as_of(store: &EventStore, envelope: &Envelope) -> anyhow::Re
 
 /// Keeps selector deployments' targets in step with the nodes: a node that registers or whose
 /// labels change is added to every live selector deployment it now matches, and removed from
-/// those it no longer matches, each with its reason.
-pub async fn membership(handler: CommandHandler, deployments: crate::read_model::Deployments) -> anyhow::Result<()> {
+/// those it no longer matches; a selector deployment, once launched, gets every node that
+/// matches by then. Each change carries its reason.
+///
+/// It reads every aggregate event in stream order and, before it looks at a read model, waits
+/// for that model to have folded the event: so a node that registers while a selector launch is
+/// being written is seen by one side or the other. The aggregate ignores a target it has.
+pub async fn membership(
+    handler: CommandHandler,
+    deployments: crate::read_model::Deployments,
+    nodes: crate::read_model::Nodes,
+) -> anyhow::Result<()> {
     let store = handler.store().clone();
-    consume(&store, "membership", events::subject::ALL_NODES, |_, event| membership_one(&handler, &deployments, event))
-        .await
+    consume(&store, "targets", events::subject::ALL_AGGREGATES, |_, event| {
+        membership_one(&handler, &deployments, &nodes, event)
+    })
+    .await
 }
+
+/// How long membership waits for a read model to reach an event before it retries later.
+const READ_MODEL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn membership_one(
     handler: &CommandHandler,
     deployments: &crate::read_model::Deployments,
+    nodes: &crate::read_model::Nodes,
     stored: StoredEvent,
 ) -> anyhow::Result<()> {
     let envelope = &stored.envelope;
-    let (NodeEvent::Registered { labels } | NodeEvent::LabelsChanged { labels }) = envelope.event::<NodeEvent>()?
-    else {
-        return Ok(());
-    };
-    let node = &envelope.aggregate_id;
-    for view in deployments.all_of(&envelope.tenant)? {
-        let Some(selector) = &view.selector else { continue };
-        if view.desired == events::deployment::Desired::Removed {
-            continue;
-        }
-        let shown = selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
-        let command = if events::projection::nodes::matches(&labels, selector) {
-            DeploymentCommand::AddTarget { node: node.clone(), reason: format!("node `{node}` matches {shown}") }
-        } else {
-            DeploymentCommand::RemoveTarget {
-                node: node.clone(),
-                reason: format!("node `{node}` no longer matches {shown}"),
+    let sequence = stored.sequence;
+    match envelope.aggregate_type.as_str() {
+        "node" => {
+            let (NodeEvent::Registered { labels } | NodeEvent::LabelsChanged { labels }) =
+                envelope.event::<NodeEvent>()?
+            else {
+                return Ok(());
+            };
+            let caught_up = crate::projector::wait_for(deployments.tree(), sequence, READ_MODEL_WAIT).await?;
+            anyhow::ensure!(caught_up, "the deployments read model lags");
+            for view in deployments.all_of(&envelope.tenant)? {
+                let Some(selector) = &view.selector else { continue };
+                if view.desired != events::deployment::Desired::Removed {
+                    change_target(handler, envelope, &view.id, &envelope.aggregate_id, &labels, selector).await?;
+                }
             }
-        };
-        let meta = CommandMeta {
-            tenant: envelope.tenant.clone(),
-            actor: "engine:membership".to_owned(),
-            command_id: Uuid::new_v5(&envelope.id, view.id.as_bytes()),
-            correlation_id: envelope.correlation_id,
-        };
-        if let Some(rejection) = refusal(handler.execute::<Deployment>(&view.id, &command, &meta).await)? {
-            tracing::warn!(node, deployment = %view.id, %rejection, "membership change refused");
         }
+        "deployment" => {
+            let DeploymentEvent::Launched { selector: Some(selector), .. } = envelope.event::<DeploymentEvent>()?
+            else {
+                return Ok(());
+            };
+            let caught_up = crate::projector::wait_for(nodes.tree(), sequence, READ_MODEL_WAIT).await?;
+            anyhow::ensure!(caught_up, "the nodes read model lags");
+            for record in nodes.all_of(&envelope.tenant)?.into_iter().filter(|n| n.matches(&selector)) {
+                change_target(handler, envelope, &envelope.aggregate_id, &record.id, &record.labels, &selector).await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Adds `node` to selector deployment `deployment`, or removes it, as its labels say.
+async fn change_target(
+    handler: &CommandHandler,
+    cause: &Envelope,
+    deployment: &str,
+    node: &str,
+    labels: &events::node::Labels,
+    selector: &events::node::Labels,
+) -> anyhow::Result<()> {
+    let shown = selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let command = if events::projection::nodes::matches(labels, selector) {
+        DeploymentCommand::AddTarget { node: node.to_owned(), reason: format!("node `{node}` matches {shown}") }
+    } else {
+        DeploymentCommand::RemoveTarget {
+            node: node.to_owned(),
+            reason: format!("node `{node}` no longer matches {shown}"),
+        }
+    };
+    let meta = CommandMeta {
+        tenant: cause.tenant.clone(),
+        actor: "engine:membership".to_owned(),
+        command_id: Uuid::new_v5(&cause.id, format!("{deployment}/{node}").as_bytes()),
+        correlation_id: cause.correlation_id,
+    };
+    if let Some(rejection) = refusal(handler.execute::<Deployment>(deployment, &command, &meta).await)? {
+        tracing::warn!(node, deployment, %rejection, "membership change refused");
     }
     Ok(())
 }

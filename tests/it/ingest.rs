@@ -66,3 +66,23 @@ async fn reports_that_cannot_be_applied_are_refused_and_the_rest_go_through() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_selector_launch_resolved_without_a_node_still_gets_it_from_the_membership() {
+    use events::node::{Node, NodeCommand};
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let commands = handler(&nats).await;
+    seed(&commands, &[]).await;
+    let labels: events::node::Labels = [("site".to_owned(), "lab".to_owned())].into();
+    commands.execute::<Node>("edge-7", &NodeCommand::Register { labels: labels.clone() }, &meta()).await.unwrap();
+    // As a launch that read the nodes read model before it knew edge-7 would write it.
+    let application = commands.state("default", "sample").await.unwrap();
+    let mut launch = Launch::new("sample", application, "1.0.0", &[]);
+    launch.selector = Some(labels);
+    let id = uuid::Uuid::now_v7().to_string();
+    commands.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &meta()).await.unwrap();
+
+    let view = engine.wait_deployment(&id, "edge-7 to be added", |v| v["nodes"]["edge-7"].is_object()).await;
+    assert_eq!(view["nodes"]["edge-7"]["reason"], "node `edge-7` matches site=lab", "{view}");
+}
