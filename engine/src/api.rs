@@ -458,14 +458,14 @@ async fn deployment_response(
     tenant: &str,
     id: String,
     committed: &Committed,
-) -> Result<(StatusCode, Json<LaunchResponse>), ApiError> {
+) -> Result<(StatusCode, Json<DeploymentAnswer>), ApiError> {
     let sequence = committed.events.last().map_or(0, |e| e.sequence);
     if !crate::projector::wait_for(state.deployments.tree(), sequence, READ_YOUR_WRITE).await? {
         // Stored, but the read model has not caught up: accepted, to be read later.
-        return Ok((StatusCode::ACCEPTED, Json(LaunchResponse { id, sequence, deployment: None })));
+        return Ok((StatusCode::ACCEPTED, Json(DeploymentAnswer { id, sequence, deployment: None })));
     }
     let view = state.deployments.get(tenant, &id)?;
-    Ok((status_of(committed), Json(LaunchResponse { id, sequence, deployment: view })))
+    Ok((status_of(committed), Json(DeploymentAnswer { id, sequence, deployment: view })))
 }
 
 async fn deployment_command(
@@ -473,7 +473,7 @@ async fn deployment_command(
     headers: &HeaderMap,
     id: String,
     command: DeploymentCommand,
-) -> Result<(StatusCode, Json<LaunchResponse>), ApiError> {
+) -> Result<(StatusCode, Json<DeploymentAnswer>), ApiError> {
     let meta = live_meta(state, headers).await?;
     check_token("id", &id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, Some("id"), e))?;
     let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await?;
@@ -585,10 +585,11 @@ async fn uninstall(
     deployment_command(&state, &headers, id, DeploymentCommand::Uninstall).await
 }
 
+/// The answer to a deployment command: the deployment, once the read model shows the command.
 #[derive(Debug, Serialize)]
-pub struct LaunchResponse {
+pub struct DeploymentAnswer {
     pub id: String,
-    /// The stream sequence of the launch event.
+    /// The stream sequence of the command's last event.
     pub sequence: u64,
     /// The deployment as the read model shows it, once it has caught up.
     pub deployment: Option<DeploymentView>,

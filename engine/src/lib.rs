@@ -1,6 +1,8 @@
 //! The orchestration engine: the command path onto the JetStream event store, the projectors
-//! that keep read models in sled, the router that addresses work to nodes, the ingestor of node
-//! reports, and the HTTP API. The `engine` binary (`src/main.rs`, `src/cli.rs`) also carries the operator CLI.
+//! that keep read models in sled, the workers (the router that addresses work to nodes, the
+//! ingestor of node reports, selector membership, tenant deletion), node liveness from the
+//! heartbeats, and the HTTP API. The `engine` binary (`src/main.rs`, `src/cli.rs`) also carries
+//! the operator CLI.
 //!
 //! It deliberately holds no state of its own beyond its read models: delete the sled directory
 //! and it rebuilds them from the log. It never talks to Docker; edge nodes do.

@@ -151,31 +151,30 @@ async fn a_launch_runs_in_docker_and_the_read_model_says_running() {
     node.stop().await;
 }
 
+/// Launches `image` and waits for it to fail; returns the failure and the deployment id.
+async fn launch_failing(image: &str) -> (serde_json::Value, String) {
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
+    engine.publish_sample(image).await;
+    let id = launch(&engine, &node.name).await;
+    let view = engine.wait_deployment(&id, "the deployment to fail", |v| v["status"] == "failed").await;
+    let error = view["nodes"][&node.name]["error"].clone();
+    node.stop().await;
+    (error, id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_of_an_image_missing_from_the_registry_fails_with_a_code_and_message() {
-    let Lab { nats: _nats, engine, node } = Lab::start().await;
-    engine.publish_sample("127.0.0.1:5000/sample/missing:9.9.9").await;
-    let id = launch(&engine, &node.name).await;
-
-    let view = engine.wait_deployment(&id, "the deployment to fail", |v| v["status"] == "failed").await;
-    let error = &view["nodes"][&node.name]["error"];
-    assert_eq!(error["code"], "image_not_found", "{view}");
-    assert!(error["message"].as_str().unwrap().contains("sample/missing"), "{view}");
+    let (error, id) = launch_failing("127.0.0.1:5000/sample/missing:9.9.9").await;
+    assert_eq!(error["code"], "image_not_found", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("sample/missing"), "{error}");
     let docker = docker().await;
     assert!(tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap().is_empty(), "no container was created");
-    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_of_a_malformed_image_reference_fails_with_its_own_code() {
-    let Lab { nats: _nats, engine, node } = Lab::start().await;
-    engine.publish_sample("127.0.0.1:5000/Sample/UPPER::1").await;
-    let id = launch(&engine, &node.name).await;
-
-    let view = engine.wait_deployment(&id, "the deployment to fail", |v| v["status"] == "failed").await;
-    let error = &view["nodes"][&node.name]["error"];
-    assert_eq!(error["code"], "invalid_image_reference", "{view}");
-    node.stop().await;
+    let (error, _) = launch_failing("127.0.0.1:5000/Sample/UPPER::1").await;
+    assert_eq!(error["code"], "invalid_image_reference", "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
