@@ -42,6 +42,7 @@ fn sample_payload() -> bytes::Bytes {
         profile: None,
         overrides: Default::default(),
         env: Default::default(),
+        services: Default::default(),
     };
     let envelope =
         events::Envelope::new(uuid::Uuid::now_v7(), chrono::Utc::now(), "deployment", "d", &meta, &event, None);
@@ -135,6 +136,7 @@ async fn deployment_history(handler: &CommandHandler, n: usize) -> Figures {
                     status,
                     error: None,
                     reported_at: chrono::Utc::now(),
+                    containers: Default::default(),
                 };
                 handler.execute::<Deployment>(&id, &report, &meta()).await.unwrap();
             }

@@ -1,34 +1,61 @@
 //! The agent's decisions, as a state machine without I/O: it takes [`Input`]s (work from the
 //! engine, outcomes from the runtime) and hands out [`Action`]s (reports to send, runtime steps
 //! to take). Only the driver touches NATS, Docker and sled.
+//!
+//! A deployment is a [`Workload`] of one or more [`Unit`]s, one per container: a single-image
+//! version has one, a compose version one per service. Each unit converges on its own, so one
+//! failing container leaves the others be; the switch to a new version waits until every new
+//! image is present. The deployment's status is the most severe of its containers'.
 
 use std::collections::{BTreeMap, VecDeque};
 
+use events::compose::{self, Mount, Service};
 use events::deployment::Desired;
 #[cfg(test)]
 use events::deployment::Mode;
 use events::report::NodeReport;
 use events::work::NodeWork;
-use events::{Failure, Status};
+use events::{ContainerStatus, Containers, Failure, Status};
 
 use crate::runtime::{ContainerSpec, ContainerState, ErrorCode, Observed, ObservedContainer, RuntimeError};
 use crate::runtime::{APPLICATION_LABEL, DEPLOYMENT_LABEL, NODE_LABEL, TENANT_LABEL, VERSION_LABEL};
+
+/// The label that names a container's service in a compose version.
+pub const SERVICE_LABEL: &str = "io.edge-orchestrator.service";
 
 /// What the node runs for one deployment: what it should be doing, and what is true of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
     pub deployment: String,
-    /// The node it runs on: part of its container's name.
+    /// The node it runs on: part of its containers' names.
     pub node: String,
     pub application: String,
     pub version: String,
-    pub image: String,
-    /// The container's environment.
-    pub env: std::collections::BTreeMap<String, String>,
+    /// Its containers, by service (the empty name for a single image).
+    pub units: BTreeMap<String, Unit>,
+    /// The network a compose version's services share.
+    pub network: Option<String>,
+    /// The status last reported, and each container's.
     pub status: Status,
+    containers: Containers,
     pub desired: Desired,
     /// Staged and not applied: once downloaded it waits (`ready`).
     pub hold: bool,
+    /// The network is being removed, the last step of an uninstall.
+    busy: bool,
+}
+
+/// One container of a workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    /// The container's name.
+    pub name: String,
+    /// What it runs: image, environment, ports, volumes, restart policy.
+    pub service: Service,
+    /// Part of the version wanted; a service that left with an update goes at the switch.
+    pub wanted: bool,
+    pub status: Status,
+    pub error: Option<Failure>,
     pub pulled: bool,
     pub container: Option<String>,
     /// The ID of the image the container runs, once known.
@@ -36,7 +63,7 @@ pub struct Workload {
     pub running: bool,
     /// A forced update is under way: pull the same tag again, then compare image IDs.
     pub refreshing: bool,
-    /// The previous version's container during an update: it runs until the new image is
+    /// The previous version's container during an update: it runs until every new image is
     /// present, then goes.
     pub old: Option<String>,
     /// `container` is still the previous version's: a staged update waits for its apply, and
@@ -48,76 +75,114 @@ pub struct Workload {
     failed: bool,
 }
 
-impl Workload {
+impl Unit {
+    fn new(name: String, service: Service) -> Unit {
+        Unit {
+            name,
+            service,
+            wanted: true,
+            status: Status::Received,
+            error: None,
+            pulled: false,
+            container: None,
+            image_id: None,
+            running: false,
+            refreshing: false,
+            old: None,
+            stale: false,
+            busy: false,
+            failed: false,
+        }
+    }
+
     /// The container's id once created, its name before.
     fn container_ref(&self) -> String {
-        self.container.clone().unwrap_or_else(|| container_name(&self.application, &self.deployment, &self.node))
+        self.container.clone().unwrap_or_else(|| self.name.clone())
+    }
+
+    /// Whether `found` is the container of what this unit runs now: its image, with every
+    /// variable it wants.
+    fn made_by(&self, found: &ObservedContainer) -> bool {
+        found.image == self.service.image
+            && self.service.environment.iter().all(|(k, v)| found.env.contains(&format!("{k}={v}")))
     }
 }
 
-/// What a restarted node must look for of a deployment, given the work it received: its
-/// container's name and the image it should now run.
-pub fn recovery_target(works: &[NodeWork], node: &str) -> Option<(String, String)> {
-    let Some(NodeWork::Deploy { deployment, application, image, .. }) = works.first() else { return None };
-    let image = works
-        .iter()
-        .rev()
-        .find_map(|w| match w {
-            NodeWork::Update { image, .. } => Some(image),
-            _ => None,
-        })
-        .unwrap_or(image);
-    Some((container_name(application, deployment, node), image.clone()))
+/// The prefix of everything a deployment has on a node: its containers, network and volumes.
+/// The same on every start, so it can be found again, and distinct per node, so that nodes
+/// sharing one engine never take each other's.
+pub fn container_prefix(application: &str, deployment: &str, node: &str) -> String {
+    format!("{application}-{deployment}-{node}")
 }
 
-/// The name of a deployment's container: the same on every start, so it can be found again,
-/// and distinct per node, so that nodes sharing one engine never take each other's.
-pub fn container_name(application: &str, deployment: &str, node: &str) -> String {
-    format!("{application}-{deployment}-{node}")
+/// The name of a service's container; a single image's is the prefix alone.
+pub fn container_name(prefix: &str, service: &str) -> String {
+    match service {
+        "" => prefix.to_owned(),
+        service => format!("{prefix}-{service}"),
+    }
+}
+
+/// A container to look for after a restart: its service, name and the image it should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    pub service: String,
+    pub name: String,
+    pub image: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Work(NodeWork),
-    /// A deployment taken up again after a restart: every piece of work it received, in
-    /// order, and what the runtime has of it.
+    /// What the runtime has of a deployment taken up again after a restart, by service.
     Recovered {
-        works: Vec<NodeWork>,
-        observed: Observed,
+        deployment: String,
+        observed: BTreeMap<String, Observed>,
     },
     /// Outcomes say what they were about, so that one arriving after an update is not
     /// credited to the new version.
     Pulled {
         deployment: String,
+        service: String,
         image: String,
         result: Result<(), RuntimeError>,
     },
     Created {
         deployment: String,
+        service: String,
         image: String,
         result: Result<String, RuntimeError>,
     },
     Started {
         deployment: String,
+        service: String,
         container: String,
         result: Result<ContainerState, RuntimeError>,
     },
     Stopped {
         deployment: String,
+        service: String,
         result: Result<(), RuntimeError>,
     },
     Removed {
         deployment: String,
+        service: String,
         result: Result<(), RuntimeError>,
     },
     Retired {
         deployment: String,
+        service: String,
         result: Result<(), RuntimeError>,
     },
     /// The tag was pulled again: the ID of the image it now names.
     Refreshed {
         deployment: String,
+        service: String,
         result: Result<Option<String>, RuntimeError>,
+    },
+    NetworkRemoved {
+        deployment: String,
+        result: Result<(), RuntimeError>,
     },
 }
 
@@ -126,35 +191,60 @@ pub enum Action {
     Report(NodeReport),
     Pull {
         deployment: String,
+        service: String,
         image: String,
     },
     Create {
         deployment: String,
+        service: String,
         spec: ContainerSpec,
     },
     Start {
         deployment: String,
+        service: String,
         container: String,
     },
     Stop {
         deployment: String,
+        service: String,
         container: String,
     },
     Remove {
         deployment: String,
+        service: String,
         container: String,
         image: String,
     },
     /// Remove the previous version's container, keeping its image.
     Retire {
         deployment: String,
+        service: String,
         container: String,
     },
     /// Pull the tag again and say which image it names now.
     Refresh {
         deployment: String,
+        service: String,
         image: String,
     },
+    /// Remove the network of a compose version once its containers are gone.
+    RemoveNetwork {
+        deployment: String,
+        network: String,
+    },
+}
+
+/// What converging decides for one unit.
+enum Step {
+    /// Nothing to do now; its status stays.
+    Wait,
+    /// It is where it should be.
+    Settle(Status),
+    /// A runtime step to take, and the status while it is under way.
+    Act(Status, Box<Action>),
+    Fail(Failure),
+    /// A service that left with an update and has no container any more.
+    Drop,
 }
 
 #[derive(Debug)]
@@ -177,18 +267,23 @@ impl Agent {
     /// The containers of a deployment, by name and reference, for reading their logs.
     pub fn containers(&self, deployment: &str) -> Option<Vec<(String, String)>> {
         let w = self.workloads.get(deployment)?;
-        Some(vec![(container_name(&w.application, &w.deployment, &w.node), w.container_ref())])
+        Some(w.units.values().map(|u| (u.name.clone(), u.container_ref())).collect())
+    }
+
+    /// Whether a forced update of the deployment is still under way.
+    pub fn refreshing(&self, deployment: &str) -> bool {
+        self.workloads.get(deployment).is_some_and(|w| w.units.values().any(|u| u.refreshing))
     }
 
     /// The containers that exist, for telemetry.
     pub fn watched(&self) -> Vec<crate::telemetry::Watched> {
-        self.workloads
-            .values()
-            .filter_map(|w| {
+        let units = self.workloads.values().flat_map(|w| w.units.values().map(move |u| (w, u)));
+        units
+            .filter_map(|(w, u)| {
                 Some(crate::telemetry::Watched {
                     deployment: w.deployment.clone(),
-                    name: container_name(&w.application, &w.deployment, &w.node),
-                    reference: w.container.clone()?,
+                    name: u.name.clone(),
+                    reference: u.container.clone()?,
                 })
             })
             .collect()
@@ -196,6 +291,28 @@ impl Agent {
 
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// Takes up a deployment after a restart: records every piece of work it received, in
+    /// order, without acting, and says which containers to look for. The driver answers with
+    /// [`Input::Recovered`].
+    pub fn recover(&mut self, works: Vec<NodeWork>) -> Option<(String, Vec<Lookup>)> {
+        let deployment = works.first()?.deployment().to_owned();
+        for work in works {
+            self.record(work);
+        }
+        let w = self.workloads.get(&deployment)?;
+        let lookups = w
+            .units
+            .iter()
+            .filter(|(_, u)| u.wanted)
+            .map(|(service, u)| Lookup {
+                service: service.clone(),
+                name: u.name.clone(),
+                image: u.service.image.clone(),
+            })
+            .collect();
+        Some((deployment, lookups))
     }
 
     pub fn handle(&mut self, input: Input) {
@@ -218,52 +335,50 @@ impl Agent {
                 }
                 deployment
             }
-            Input::Recovered { works, observed } => {
-                let Some(deployment) = works.first().map(|w| w.deployment().to_owned()) else { return };
-                for work in works {
-                    self.record(work);
-                }
+            Input::Recovered { deployment, observed } => {
                 let Some(w) = self.workloads.get_mut(&deployment) else { return };
-                // The container of what is wanted now: its image, with every wanted variable.
-                let wanted = |found: &ObservedContainer| {
-                    found.image == w.image && w.env.iter().all(|(k, v)| found.env.contains(&format!("{k}={v}")))
-                };
-                match observed.container {
-                    Some(found) if wanted(&found) => {
-                        w.pulled = true;
-                        w.running = found.running;
-                        w.container = Some(found.id);
-                        w.image_id = Some(found.image_id);
+                let hold = w.hold;
+                for (service, observed) in observed {
+                    let Some(u) = w.units.get_mut(&service) else { continue };
+                    match observed.container {
+                        Some(found) if u.made_by(&found) => {
+                            u.pulled = true;
+                            u.running = found.running;
+                            u.container = Some(found.id);
+                            u.image_id = Some(found.image_id);
+                        }
+                        // The previous version's container, waiting for an apply: still the current one.
+                        Some(found) if hold => {
+                            u.running = found.running;
+                            u.container = Some(found.id);
+                            u.stale = true;
+                        }
+                        // The previous version's container: it runs on until the switch.
+                        Some(found) => u.old = Some(found.id),
+                        None => {}
                     }
-                    // The previous version's container, waiting for an apply: still the current one.
-                    Some(found) if w.hold => {
-                        w.running = found.running;
-                        w.container = Some(found.id);
-                        w.stale = true;
-                    }
-                    // The previous version's container: it runs on until the switch.
-                    Some(found) => w.old = Some(found.id),
-                    None => {}
+                    u.pulled |= observed.image_present;
                 }
-                w.pulled |= observed.image_present;
                 deployment
             }
-            Input::Pulled { deployment, image, result } => self.outcome(deployment, result, |w, ()| {
-                // A pull of what it ran before an update proves nothing of the new image.
-                w.pulled |= w.image == image;
-            }),
-            Input::Created { deployment, image, result } => self.outcome(deployment, result, |w, id| {
-                w.running = false;
-                if w.image == image {
-                    w.container = Some(id);
-                } else if w.old.is_none() {
-                    // Created for the version before an update: it is the old one now.
-                    w.old = Some(id);
-                }
-            }),
-            Input::Started { deployment, container, result } => {
-                let current =
-                    self.workloads.get(&deployment).is_some_and(|w| w.container.as_deref() == Some(&container));
+            Input::Pulled { deployment, service, image, result } => {
+                self.outcome(deployment, &service, result, |u, ()| {
+                    // A pull of what it ran before an update proves nothing of the new image.
+                    u.pulled |= u.service.image == image;
+                })
+            }
+            Input::Created { deployment, service, image, result } => {
+                self.outcome(deployment, &service, result, |u, id| {
+                    u.running = false;
+                    if u.service.image == image {
+                        u.container = Some(id);
+                    } else if u.old.is_none() {
+                        // Created for the version before an update: it is the old one now.
+                        u.old = Some(id);
+                    }
+                })
+            }
+            Input::Started { deployment, service, container, result } => {
                 let result = result.and_then(|state| match state.running {
                     true => Ok(state.image_id),
                     false => {
@@ -274,32 +389,48 @@ impl Agent {
                         Err(RuntimeError::new(ErrorCode::ContainerExited, message))
                     }
                 });
-                self.outcome(deployment, result, |w, image_id| {
+                self.outcome(deployment, &service, result, |u, image_id| {
                     // A start of the container an update retired since does not count.
-                    if current {
-                        w.running = true;
-                        w.image_id = Some(image_id);
+                    if u.container.as_deref() == Some(&container) {
+                        u.running = true;
+                        u.image_id = Some(image_id);
                     }
                 })
             }
-            Input::Stopped { deployment, result } => self.outcome(deployment, result, |w, ()| w.running = false),
-            Input::Retired { deployment, result } => self.outcome(deployment, result, |w, ()| w.old = None),
-            Input::Refreshed { deployment, result } => self.outcome(deployment, result, |w, image_id| {
-                w.refreshing = false;
-                // Only a container whose image changed is recreated.
-                if image_id.is_some() && image_id != w.image_id && w.old.is_none() {
-                    w.old = w.container.take();
-                    w.running = false;
-                }
-            }),
-            Input::Removed { deployment, result } => {
-                let deployment = self.outcome(deployment, result, |w, ()| {
-                    w.container = None;
-                    w.running = false;
+            Input::Stopped { deployment, service, result } => {
+                self.outcome(deployment, &service, result, |u, ()| u.running = false)
+            }
+            Input::Retired { deployment, service, result } => {
+                self.outcome(deployment, &service, result, |u, ()| u.old = None)
+            }
+            Input::Refreshed { deployment, service, result } => {
+                self.outcome(deployment, &service, result, |u, image_id| {
+                    u.refreshing = false;
+                    // Only a container whose image changed is recreated.
+                    if image_id.is_some() && image_id != u.image_id && u.old.is_none() {
+                        u.old = u.container.take();
+                        u.running = false;
+                    }
+                })
+            }
+            Input::Removed { deployment, service, result } => {
+                let deployment = self.outcome(deployment, &service, result, |u, ()| {
+                    u.container = None;
+                    u.running = false;
                 });
-                if self.workloads.get(&deployment).is_some_and(|w| !w.failed && w.desired == Desired::Removed) {
-                    self.report(&deployment, Status::Removed, None);
-                    self.workloads.remove(&deployment);
+                if let Some(w) = self.workloads.get_mut(&deployment) {
+                    if w.desired == Desired::Removed && w.units.get(&service).is_some_and(|u| !u.failed) {
+                        w.units.remove(&service);
+                    }
+                }
+                deployment
+            }
+            Input::NetworkRemoved { deployment, result } => {
+                let Some(w) = self.workloads.get_mut(&deployment) else { return };
+                w.busy = false;
+                match result {
+                    Ok(()) => w.network = None,
+                    Err(e) => return self.report_failure(&deployment, e.failure()),
                 }
                 deployment
             }
@@ -311,7 +442,7 @@ impl Agent {
     /// nothing (delivered again, or for a deployment this node does not hold).
     fn record(&mut self, work: NodeWork) -> Option<String> {
         match work {
-            NodeWork::Deploy { deployment, application, version, image, mode, env } => {
+            NodeWork::Deploy { deployment, application, version, image, mode, env, services } => {
                 if let Some(w) = self.workloads.get_mut(&deployment) {
                     if w.desired != Desired::Removed {
                         return None;
@@ -319,78 +450,95 @@ impl Agent {
                     // Sent away, then back (a selector that flapped): wanted again.
                     w.desired = Desired::Running;
                     w.hold = mode.waits_for_apply();
-                    w.failed = false;
+                    w.retry();
                     return Some(deployment);
                 }
+                let prefix = container_prefix(&application, &deployment, &self.node);
+                let units = events::work::containers(&image, &env, &services)
+                    .into_iter()
+                    .map(|s| (s.name.clone(), Unit::new(container_name(&prefix, &s.name), s)))
+                    .collect();
                 let workload = Workload {
                     deployment: deployment.clone(),
                     node: self.node.clone(),
                     application,
                     version,
-                    image,
-                    env,
+                    units,
+                    network: (!services.is_empty()).then_some(prefix),
                     status: Status::PendingDeploy,
+                    containers: Containers::new(),
                     desired: Desired::Running,
                     hold: mode.waits_for_apply(),
-                    pulled: false,
-                    container: None,
-                    image_id: None,
-                    running: false,
-                    refreshing: false,
-                    old: None,
-                    stale: false,
                     busy: false,
-                    failed: false,
                 };
                 self.workloads.insert(deployment.clone(), workload);
                 Some(deployment)
             }
-            NodeWork::Update { deployment, version, image, mode, env } => {
-                let w = self
-                    .workloads
-                    .get_mut(&deployment)
-                    .filter(|w| w.image != image || w.env != env || w.version != version)?;
-                w.env = env;
+            NodeWork::Update { deployment, version, image, mode, env, services } => {
+                let w = self.workloads.get_mut(&deployment)?;
+                let wanted = events::work::containers(&image, &env, &services);
+                let unchanged = |s: &Service| w.units.get(&s.name).is_some_and(|u| u.wanted && u.service == *s);
+                if w.version == version && wanted.len() == w.units.len() && wanted.iter().all(unchanged) {
+                    return None;
+                }
+                let prefix = container_prefix(&w.application, &deployment, &w.node);
+                if !services.is_empty() {
+                    w.network = Some(prefix.clone());
+                }
                 w.version = version;
-                w.image = image;
                 w.hold = mode.waits_for_apply();
-                w.pulled = false;
-                if w.hold && w.old.is_none() {
-                    // Staged: what runs stays the current container until the apply.
-                    w.stale = w.container.is_some();
-                } else {
-                    // A container not yet retired from an earlier update goes first.
-                    if w.old.is_none() {
-                        w.old = w.container.take();
-                    } else {
-                        w.container = None;
+                for u in w.units.values_mut() {
+                    u.wanted = false;
+                }
+                for service in wanted {
+                    let Some(u) = w.units.get_mut(&service.name) else {
+                        let name = container_name(&prefix, &service.name);
+                        w.units.insert(service.name.clone(), Unit::new(name, service));
+                        continue;
+                    };
+                    u.wanted = true;
+                    if u.service == service {
+                        // The same container serves the new version.
+                        continue;
                     }
-                    w.running = false;
-                    w.stale = false;
+                    u.service = service;
+                    u.pulled = false;
+                    if w.hold && u.old.is_none() {
+                        // Staged: what runs stays the current container until the apply.
+                        u.stale = u.container.is_some();
+                    } else {
+                        u.make_way();
+                    }
+                }
+                if !w.hold {
+                    // A service the new version does not have goes at the switch.
+                    for u in w.units.values_mut().filter(|u| !u.wanted) {
+                        u.make_way();
+                    }
                 }
                 w.desired = Desired::Running;
-                w.failed = false;
+                w.retry();
                 w.status = Status::PendingDeploy;
                 Some(deployment)
             }
             NodeWork::Apply { deployment } => {
                 let w = self.workloads.get_mut(&deployment).filter(|w| w.hold)?;
                 w.hold = false;
-                if w.stale {
-                    // Now the previous version's container makes way.
-                    w.old = w.container.take();
-                    w.running = false;
-                    w.stale = false;
+                for u in w.units.values_mut().filter(|u| u.stale || !u.wanted) {
+                    // Now the previous version's containers make way.
+                    u.make_way();
                 }
                 w.desired = Desired::Running;
-                w.failed = false;
+                w.retry();
                 Some(deployment)
             }
             NodeWork::Refresh { deployment } => {
                 let w = self.workloads.get_mut(&deployment)?;
-                w.refreshing = true;
+                for u in w.units.values_mut().filter(|u| u.wanted) {
+                    u.refreshing = true;
+                }
                 w.desired = Desired::Running;
-                w.failed = false;
+                w.retry();
                 w.status = Status::PendingDeploy;
                 Some(deployment)
             }
@@ -404,125 +552,272 @@ impl Agent {
     fn want(&mut self, deployment: String, desired: Desired) -> Option<String> {
         let w = self.workloads.get_mut(&deployment)?;
         w.desired = desired;
-        w.failed = false;
+        w.retry();
         Some(deployment)
     }
 
-    /// Records the outcome of a runtime step: on success, what it made true.
+    /// Records the outcome of a unit's runtime step: on success, what it made true.
     fn outcome<T>(
         &mut self,
         deployment: String,
+        service: &str,
         result: Result<T, RuntimeError>,
-        success: impl FnOnce(&mut Workload, T),
+        success: impl FnOnce(&mut Unit, T),
     ) -> String {
-        if let Some(w) = self.workloads.get_mut(&deployment) {
-            w.busy = false;
-            match result {
-                Ok(value) => success(w, value),
-                Err(e) => {
-                    w.failed = true;
-                    self.report(&deployment, Status::Failed, Some(e.failure()));
-                }
-            }
+        let Some(u) = self.workloads.get_mut(&deployment).and_then(|w| w.units.get_mut(service)) else {
+            return deployment;
+        };
+        u.busy = false;
+        match result {
+            Ok(value) => success(u, value),
+            Err(e) => u.fail(e.failure()),
         }
         deployment
     }
 
-    /// Takes the next step from what is true towards what is wanted, if none is under way.
+    /// Takes the next step of every unit from what is true towards what is wanted, where
+    /// none is under way, then reports where the deployment stands.
     fn converge(&mut self, deployment: &str) {
         let Some(w) = self.workloads.get(deployment) else { return };
-        if w.busy || w.failed {
-            return;
+        // The switch to a new version waits until every new image is present.
+        let downloaded = w.units.values().filter(|u| u.wanted).all(|u| u.pulled && !u.refreshing);
+        let steps: Vec<(String, Step)> = w
+            .units
+            .iter()
+            .filter(|(_, u)| !u.busy && !u.failed)
+            .map(|(service, u)| (service.clone(), self.step(w, service, u, downloaded)))
+            .collect();
+        let Some(w) = self.workloads.get_mut(deployment) else { return };
+        let mut actions = Vec::new();
+        for (service, step) in steps {
+            let Some(u) = w.units.get_mut(&service) else { continue };
+            match step {
+                Step::Wait => {}
+                Step::Settle(status) => u.status = status,
+                Step::Act(status, action) => {
+                    u.status = status;
+                    u.busy = true;
+                    actions.push(*action);
+                }
+                Step::Fail(failure) => u.fail(failure),
+                Step::Drop => {
+                    w.units.remove(&service);
+                }
+            }
         }
-        let retire = |status| {
-            let container = w.old.clone().unwrap_or_default();
-            (status, Action::Retire { deployment: deployment.to_owned(), container })
-        };
-        let (status, action) = match w.desired {
-            Desired::Running if !w.pulled => {
-                (Status::Downloading, Action::Pull { deployment: deployment.to_owned(), image: w.image.clone() })
+        if w.units.is_empty() && w.desired == Desired::Removed && !w.busy {
+            match w.network.clone() {
+                Some(network) => {
+                    w.busy = true;
+                    actions.push(Action::RemoveNetwork { deployment: deployment.to_owned(), network });
+                    self.report(deployment, Status::Removing, None);
+                }
+                None => {
+                    self.report(deployment, Status::Removed, None);
+                    self.workloads.remove(deployment);
+                }
             }
-            Desired::Running if w.refreshing => {
-                (Status::Downloading, Action::Refresh { deployment: deployment.to_owned(), image: w.image.clone() })
-            }
-            // Waiting for an apply; a previous version that was stopped meanwhile runs again.
-            Desired::Running if w.hold && w.stale && !w.running => {
-                (Status::Starting, Action::Start { deployment: deployment.to_owned(), container: w.container_ref() })
-            }
-            Desired::Running if w.hold => return self.report(deployment, Status::Ready, None),
-            // The new image is here: now the old container goes, and the new one comes.
-            Desired::Running if w.old.is_some() => retire(Status::Deploying),
-            Desired::Running if w.container.is_none() => {
-                (Status::Deploying, Action::Create { deployment: deployment.to_owned(), spec: self.spec(w) })
-            }
-            Desired::Running if !w.running => {
-                (Status::Starting, Action::Start { deployment: deployment.to_owned(), container: w.container_ref() })
-            }
-            Desired::Running => return self.report(deployment, Status::Running, None),
-            Desired::Stopped | Desired::Removed if w.old.is_some() => {
-                retire(if w.desired == Desired::Stopped { Status::Stopping } else { Status::Removing })
-            }
-            Desired::Stopped if w.running => {
-                (Status::Stopping, Action::Stop { deployment: deployment.to_owned(), container: w.container_ref() })
-            }
-            Desired::Stopped => return self.report(deployment, Status::Stopped, None),
-            Desired::Removed => (
-                Status::Removing,
-                Action::Remove {
-                    deployment: deployment.to_owned(),
-                    container: w.container_ref(),
-                    image: w.image.clone(),
-                },
-            ),
-        };
-        self.report(deployment, status, None);
-        if let Some(w) = self.workloads.get_mut(deployment) {
-            w.busy = true;
+        } else {
+            let (status, error) = w.rolled_up();
+            self.report(deployment, status, error);
         }
-        self.actions.push_back(action);
+        self.actions.extend(actions);
     }
 
-    fn spec(&self, w: &Workload) -> ContainerSpec {
-        let labels = [
+    /// The next step of one unit.
+    fn step(&self, w: &Workload, service: &str, u: &Unit, downloaded: bool) -> Step {
+        let deployment = w.deployment.clone();
+        let service = service.to_owned();
+        let retire = |status, container: &String| {
+            Step::Act(
+                status,
+                Box::new(Action::Retire {
+                    deployment: deployment.clone(),
+                    service: service.clone(),
+                    container: container.clone(),
+                }),
+            )
+        };
+        match w.desired {
+            _ if !u.wanted && u.old.is_none() && u.container.is_none() => Step::Drop,
+            // A service the new version does not have: it runs on until the switch.
+            Desired::Running if !u.wanted && w.hold => Step::Wait,
+            Desired::Running if !u.wanted => match &u.old {
+                Some(old) if downloaded => retire(Status::Removing, old),
+                _ => Step::Wait,
+            },
+            Desired::Running if !u.pulled => Step::Act(
+                Status::Downloading,
+                Box::new(Action::Pull { deployment, service, image: u.service.image.clone() }),
+            ),
+            Desired::Running if u.refreshing => Step::Act(
+                Status::Downloading,
+                Box::new(Action::Refresh { deployment, service, image: u.service.image.clone() }),
+            ),
+            Desired::Running if !downloaded => Step::Wait,
+            // Waiting for an apply; a previous version that was stopped meanwhile runs again.
+            Desired::Running if w.hold && u.stale && !u.running => Step::Act(
+                Status::Starting,
+                Box::new(Action::Start { deployment, service, container: u.container_ref() }),
+            ),
+            Desired::Running if w.hold && (u.stale || u.container.is_none()) => Step::Settle(Status::Ready),
+            // Every new image is here: now the old container goes, and the new one comes.
+            Desired::Running if u.old.is_some() => retire(Status::Deploying, u.old.as_ref().unwrap_or(&u.name)),
+            // A service starts once those it depends on run.
+            Desired::Running
+                if !u.running && !u.service.depends_on.iter().all(|d| w.units.get(d).is_some_and(|d| d.running)) =>
+            {
+                Step::Settle(Status::Deploying)
+            }
+            Desired::Running if u.container.is_none() => match self.spec(w, u) {
+                Ok(spec) => Step::Act(Status::Deploying, Box::new(Action::Create { deployment, service, spec })),
+                Err(failure) => Step::Fail(failure),
+            },
+            Desired::Running if !u.running => Step::Act(
+                Status::Starting,
+                Box::new(Action::Start { deployment, service, container: u.container_ref() }),
+            ),
+            Desired::Running => Step::Settle(Status::Running),
+            Desired::Stopped | Desired::Removed if u.old.is_some() => {
+                let status = if w.desired == Desired::Stopped { Status::Stopping } else { Status::Removing };
+                retire(status, u.old.as_ref().unwrap_or(&u.name))
+            }
+            Desired::Stopped if u.running => Step::Act(
+                Status::Stopping,
+                Box::new(Action::Stop { deployment, service, container: u.container_ref() }),
+            ),
+            Desired::Stopped => Step::Settle(Status::Stopped),
+            Desired::Removed => Step::Act(
+                Status::Removing,
+                Box::new(Action::Remove {
+                    deployment,
+                    service,
+                    container: u.container_ref(),
+                    image: u.service.image.clone(),
+                }),
+            ),
+        }
+    }
+
+    fn spec(&self, w: &Workload, u: &Unit) -> Result<ContainerSpec, Failure> {
+        let invalid = |message: String| Failure { code: "invalid_spec".into(), message };
+        let mut labels = vec![
             (DEPLOYMENT_LABEL, w.deployment.as_str()),
             (NODE_LABEL, self.node.as_str()),
             (TENANT_LABEL, self.tenant.as_str()),
             (APPLICATION_LABEL, w.application.as_str()),
             (VERSION_LABEL, w.version.as_str()),
         ];
-        ContainerSpec {
-            name: container_name(&w.application, &w.deployment, &w.node),
-            image: w.image.clone(),
-            env: w.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        if !u.service.name.is_empty() {
+            labels.push((SERVICE_LABEL, u.service.name.as_str()));
         }
+        let prefix = container_prefix(&w.application, &w.deployment, &w.node);
+        let ports = u.service.ports.iter().map(|p| compose::parse_port(p)).collect::<Result<Vec<_>, _>>();
+        let mounts = u.service.volumes.iter().map(|v| compose::parse_volume(v)).collect::<Result<Vec<_>, _>>();
+        let restart = u.service.restart.as_deref().map(compose::parse_restart).transpose();
+        Ok(ContainerSpec {
+            name: u.name.clone(),
+            image: u.service.image.clone(),
+            command: u.service.command.clone(),
+            env: u.service.environment.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ports: ports.map_err(invalid)?,
+            // Each deployment on each node has volumes of its own.
+            mounts: mounts
+                .map_err(invalid)?
+                .into_iter()
+                .map(|m| match m {
+                    Mount::Volume { name, target, read_only } => {
+                        Mount::Volume { name: format!("{prefix}_{name}"), target, read_only }
+                    }
+                    bind => bind,
+                })
+                .collect(),
+            restart: restart.map_err(invalid)?,
+            network: w.network.clone().map(|network| (network, u.service.name.clone())),
+        })
     }
 
     /// Says the current status again, for work that changed nothing but may be waiting for an
     /// answer.
     fn repeat_status(&mut self, deployment: &str) {
-        if let Some(w) = self.workloads.get(deployment).filter(|w| !w.busy) {
+        if let Some(w) = self.workloads.get(deployment).filter(|w| w.units.values().all(|u| !u.busy)) {
+            let (_, error) = w.rolled_up();
             self.actions.push_back(Action::Report(NodeReport::DeploymentState {
                 deployment: deployment.to_owned(),
                 status: w.status,
-                error: None,
+                error,
+                containers: w.containers.clone(),
             }));
         }
     }
 
-    /// Reports a new status; saying the same thing twice says nothing.
+    fn report_failure(&mut self, deployment: &str, failure: Failure) {
+        self.report(deployment, Status::Failed, Some(failure));
+    }
+
+    /// Reports where the deployment stands, with each container; saying the same thing twice
+    /// says nothing.
     fn report(&mut self, deployment: &str, status: Status, error: Option<Failure>) {
-        if let Some(w) = self.workloads.get_mut(deployment) {
-            if w.status == status && error.is_none() {
-                return;
-            }
-            w.status = status;
-            self.actions.push_back(Action::Report(NodeReport::DeploymentState {
-                deployment: deployment.to_owned(),
-                status,
-                error,
-            }));
+        let Some(w) = self.workloads.get_mut(deployment) else { return };
+        let containers: Containers = w
+            .units
+            .values()
+            .map(|u| (u.name.clone(), ContainerStatus { status: u.status, error: u.error.clone() }))
+            .collect();
+        if w.status == status && w.containers == containers && error.is_none() {
+            return;
         }
+        w.status = status;
+        w.containers = containers.clone();
+        self.actions.push_back(Action::Report(NodeReport::DeploymentState {
+            deployment: deployment.to_owned(),
+            status,
+            error,
+            containers,
+        }));
+    }
+}
+
+impl Workload {
+    /// New work: what failed is tried again.
+    fn retry(&mut self) {
+        for u in self.units.values_mut().filter(|u| u.failed) {
+            u.failed = false;
+            u.error = None;
+            u.status = Status::Received;
+        }
+    }
+
+    /// The most severe status of its containers, with the failure of the first that failed.
+    /// Waiting for an apply with nothing of it running is `staged`.
+    fn rolled_up(&self) -> (Status, Option<Failure>) {
+        let status = Status::roll_up(self.units.values().map(|u| u.status)).unwrap_or(self.status);
+        let error = self.units.values().find_map(|u| u.error.clone());
+        match status {
+            Status::Ready if self.units.values().all(|u| u.container.is_none()) => (Status::Staged, error),
+            status => (status, error),
+        }
+    }
+}
+
+impl Unit {
+    /// The current container becomes the old one, to go at the switch.
+    fn make_way(&mut self) {
+        if self.old.is_none() {
+            self.old = self.container.take();
+        } else {
+            // A container not yet retired from an earlier update goes first.
+            self.container = None;
+        }
+        self.running = false;
+        self.stale = false;
+    }
+
+    fn fail(&mut self, failure: Failure) {
+        self.failed = true;
+        self.status = Status::Failed;
+        self.error = Some(failure);
     }
 }
 
@@ -540,11 +835,19 @@ mod tests {
             image: "127.0.0.1:5000/sample/app:1.0.0".into(),
             mode,
             env: Default::default(),
+            services: vec![],
         }
     }
 
     fn deploy() -> Input {
         Input::Work(deploy_work(Mode::default()))
+    }
+
+    /// Takes up a single-image deployment after a restart, with what the runtime has of it.
+    fn recover(agent: &mut Agent, works: Vec<NodeWork>, observed: Observed) {
+        let (deployment, lookups) = agent.recover(works).unwrap();
+        assert_eq!(lookups.len(), 1);
+        agent.handle(Input::Recovered { deployment, observed: [(String::new(), observed)].into() });
     }
 
     fn drain(agent: &mut Agent) -> Vec<Action> {
@@ -569,7 +872,12 @@ mod tests {
         assert_eq!(reported(&actions), [Status::Received, Status::Downloading]);
         assert!(matches!(actions.last(), Some(Action::Pull { image, .. }) if image.ends_with("app:1.0.0")));
 
-        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Ok(()),
+        });
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Deploying]);
         let Some(Action::Create { spec, .. }) = actions.last() else { panic!("{actions:?}") };
@@ -577,13 +885,26 @@ mod tests {
         assert_eq!(spec.labels[NODE_LABEL], "edge-1");
         assert_eq!(spec.name, "sample-d1-edge-1");
 
-        agent.handle(Input::Created { deployment: "d1".into(), image: IMAGE.into(), result: Ok("c1".into()) });
+        agent.handle(Input::Created {
+            deployment: "d1".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Ok("c1".into()),
+        });
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Starting]);
-        assert_eq!(actions.last(), Some(&Action::Start { deployment: "d1".into(), container: "c1".into() }));
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Start { deployment: "d1".into(), service: String::new(), container: "c1".into() })
+        );
 
         let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
-        agent.handle(Input::Started { deployment: "d1".into(), container: "c1".into(), result: Ok(state) });
+        agent.handle(Input::Started {
+            deployment: "d1".into(),
+            service: String::new(),
+            container: "c1".into(),
+            result: Ok(state),
+        });
         assert_eq!(reported(&drain(&mut agent)), [Status::Running]);
         assert_eq!(agent.workloads().next().map(|w| w.status), Some(Status::Running));
     }
@@ -603,7 +924,12 @@ mod tests {
         agent.handle(deploy());
         drain(&mut agent);
         let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
-        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Err(error) });
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Err(error),
+        });
         let actions = drain(&mut agent);
         let [Action::Report(NodeReport::DeploymentState { status, error: Some(failure), .. })] = actions.as_slice()
         else {
@@ -618,11 +944,26 @@ mod tests {
     fn a_container_that_exits_at_once_is_a_failure() {
         let mut agent = Agent::new("acme", "edge-1");
         agent.handle(deploy());
-        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
-        agent.handle(Input::Created { deployment: "d1".into(), image: IMAGE.into(), result: Ok("c1".into()) });
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Ok(()),
+        });
+        agent.handle(Input::Created {
+            deployment: "d1".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Ok("c1".into()),
+        });
         drain(&mut agent);
         let state = ContainerState { image_id: "sha256:one".into(), running: false, exit_code: Some(127), error: None };
-        agent.handle(Input::Started { deployment: "d1".into(), container: "c1".into(), result: Ok(state) });
+        agent.handle(Input::Started {
+            deployment: "d1".into(),
+            service: String::new(),
+            container: "c1".into(),
+            result: Ok(state),
+        });
         let actions = drain(&mut agent);
         let [Action::Report(NodeReport::DeploymentState { error: Some(failure), .. })] = actions.as_slice() else {
             panic!("{actions:?}")
@@ -639,10 +980,25 @@ mod tests {
     fn running() -> Agent {
         let mut agent = Agent::new("acme", "edge-1");
         agent.handle(deploy());
-        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
-        agent.handle(Input::Created { deployment: "d1".into(), image: IMAGE.into(), result: Ok("c1".into()) });
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Ok(()),
+        });
+        agent.handle(Input::Created {
+            deployment: "d1".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Ok("c1".into()),
+        });
         let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
-        agent.handle(Input::Started { deployment: "d1".into(), container: "c1".into(), result: Ok(state) });
+        agent.handle(Input::Started {
+            deployment: "d1".into(),
+            service: String::new(),
+            container: "c1".into(),
+            result: Ok(state),
+        });
         drain(&mut agent);
         agent
     }
@@ -653,14 +1009,20 @@ mod tests {
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Stopping]);
-        assert_eq!(actions.last(), Some(&Action::Stop { deployment: "d1".into(), container: "c1".into() }));
-        agent.handle(Input::Stopped { deployment: "d1".into(), result: Ok(()) });
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Stop { deployment: "d1".into(), service: String::new(), container: "c1".into() })
+        );
+        agent.handle(Input::Stopped { deployment: "d1".into(), service: String::new(), result: Ok(()) });
         assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
 
         agent.handle(work_for(|deployment| NodeWork::Start { deployment }));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Starting]);
-        assert_eq!(actions.last(), Some(&Action::Start { deployment: "d1".into(), container: "c1".into() }));
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Start { deployment: "d1".into(), service: String::new(), container: "c1".into() })
+        );
     }
 
     #[test]
@@ -671,11 +1033,12 @@ mod tests {
         assert_eq!(reported(&actions), [Status::Removing]);
         let expected = Action::Remove {
             deployment: "d1".into(),
+            service: String::new(),
             container: "c1".into(),
             image: "127.0.0.1:5000/sample/app:1.0.0".into(),
         };
         assert_eq!(actions.last(), Some(&expected));
-        agent.handle(Input::Removed { deployment: "d1".into(), result: Ok(()) });
+        agent.handle(Input::Removed { deployment: "d1".into(), service: String::new(), result: Ok(()) });
         assert_eq!(reported(&drain(&mut agent)), [Status::Removed]);
         assert_eq!(agent.workloads().count(), 0);
     }
@@ -687,7 +1050,12 @@ mod tests {
         drain(&mut agent);
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         assert_eq!(drain(&mut agent), [], "the pull is still under way");
-        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Ok(()),
+        });
         assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
         agent.handle(work_for(|deployment| NodeWork::Start { deployment }));
         let actions = drain(&mut agent);
@@ -701,7 +1069,12 @@ mod tests {
         agent.handle(deploy());
         drain(&mut agent);
         let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
-        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Err(error) });
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Err(error),
+        });
         drain(&mut agent);
         agent.handle(work_for(|deployment| NodeWork::Remove { deployment }));
         let actions = drain(&mut agent);
@@ -713,18 +1086,21 @@ mod tests {
     fn a_recovered_running_deployment_is_reported_running_without_a_pull() {
         let mut agent = Agent::new("acme", "edge-1");
         let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
-        agent.handle(Input::Recovered { works: vec![deploy_work(Mode::default())], observed });
+        recover(&mut agent, vec![deploy_work(Mode::default())], observed);
         assert_eq!(reported(&drain(&mut agent)), [Status::Running]);
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         let actions = drain(&mut agent);
-        assert_eq!(actions.last(), Some(&Action::Stop { deployment: "d1".into(), container: "c1".into() }));
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Stop { deployment: "d1".into(), service: String::new(), container: "c1".into() })
+        );
     }
 
     #[test]
     fn a_recovered_deployment_whose_container_is_gone_is_created_again_without_a_pull() {
         let mut agent = Agent::new("acme", "edge-1");
         let observed = Observed { container: None, image_present: true };
-        agent.handle(Input::Recovered { works: vec![deploy_work(Mode::default())], observed });
+        recover(&mut agent, vec![deploy_work(Mode::default())], observed);
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Deploying]);
         assert!(matches!(actions.last(), Some(Action::Create { .. })));
@@ -737,6 +1113,7 @@ mod tests {
             image: format!("127.0.0.1:5000/sample/app:{version}"),
             mode,
             env: Default::default(),
+            services: vec![],
         }
     }
 
@@ -762,9 +1139,14 @@ mod tests {
         agent.handle(Input::Work(deploy_work(STAGED)));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Received, Status::Processing, Status::Downloading]);
-        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Ok(()),
+        });
         let actions = drain(&mut agent);
-        assert_eq!(reported(&actions), [Status::Ready]);
+        assert_eq!(reported(&actions), [Status::Staged]);
         assert_eq!(actions.len(), 1, "nothing is created before the apply: {actions:?}");
         agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
         let actions = drain(&mut agent);
@@ -778,6 +1160,7 @@ mod tests {
         agent.handle(Input::Work(update_work("1.1.0", STAGED)));
         agent.handle(Input::Pulled {
             deployment: "d1".into(),
+            service: String::new(),
             image: "127.0.0.1:5000/sample/app:1.1.0".into(),
             result: Ok(()),
         });
@@ -786,7 +1169,10 @@ mod tests {
         assert!(!actions.iter().any(|a| matches!(a, Action::Retire { .. })), "the old one runs on: {actions:?}");
         agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
         let actions = drain(&mut agent);
-        assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Retire { deployment: "d1".into(), service: String::new(), container: "c1".into() })
+        );
     }
 
     #[test]
@@ -794,25 +1180,44 @@ mod tests {
         let mut agent = running();
         agent.handle(Input::Work(update_work("1.1.0", STAGED)));
         let new_image = "127.0.0.1:5000/sample/app:1.1.0";
-        agent.handle(Input::Pulled { deployment: "d1".into(), image: new_image.into(), result: Ok(()) });
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: String::new(),
+            image: new_image.into(),
+            result: Ok(()),
+        });
         assert_eq!(reported(&drain(&mut agent)).last(), Some(&Status::Ready));
 
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         let actions = drain(&mut agent);
-        assert_eq!(actions.last(), Some(&Action::Stop { deployment: "d1".into(), container: "c1".into() }));
-        agent.handle(Input::Stopped { deployment: "d1".into(), result: Ok(()) });
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Stop { deployment: "d1".into(), service: String::new(), container: "c1".into() })
+        );
+        agent.handle(Input::Stopped { deployment: "d1".into(), service: String::new(), result: Ok(()) });
         assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
 
         agent.handle(work_for(|deployment| NodeWork::Start { deployment }));
         let actions = drain(&mut agent);
-        assert_eq!(actions.last(), Some(&Action::Start { deployment: "d1".into(), container: "c1".into() }));
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Start { deployment: "d1".into(), service: String::new(), container: "c1".into() })
+        );
         let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
-        agent.handle(Input::Started { deployment: "d1".into(), container: "c1".into(), result: Ok(state) });
+        agent.handle(Input::Started {
+            deployment: "d1".into(),
+            service: String::new(),
+            container: "c1".into(),
+            result: Ok(state),
+        });
         assert_eq!(reported(&drain(&mut agent)), [Status::Ready], "still waiting for the apply");
 
         agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
         let actions = drain(&mut agent);
-        assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Retire { deployment: "d1".into(), service: String::new(), container: "c1".into() })
+        );
     }
 
     #[test]
@@ -825,6 +1230,8 @@ mod tests {
                 deployment: "d1".into(),
                 status: Status::Running,
                 error: None,
+                containers: [("sample-d1-edge-1".to_owned(), ContainerStatus { status: Status::Running, error: None })]
+                    .into(),
             })]
         );
     }
@@ -833,7 +1240,12 @@ mod tests {
     fn an_apply_after_a_stop_starts_it() {
         let mut agent = Agent::new("acme", "edge-1");
         agent.handle(Input::Work(deploy_work(STAGED)));
-        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Ok(()),
+        });
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         drain(&mut agent);
         agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
@@ -847,7 +1259,12 @@ mod tests {
         agent.handle(update_to("1.1.0"));
         drain(&mut agent);
         // The 1.0.0 pull that was under way ends now.
-        agent.handle(Input::Pulled { deployment: "d1".into(), image: IMAGE.into(), result: Ok(()) });
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Ok(()),
+        });
         let actions = drain(&mut agent);
         assert!(matches!(actions.last(), Some(Action::Pull { image, .. }) if image.ends_with(":1.1.0")), "{actions:?}");
     }
@@ -858,7 +1275,7 @@ mod tests {
         agent.handle(work_for(|deployment| NodeWork::Remove { deployment }));
         agent.handle(Input::Work(deploy_work(Mode::default())));
         drain(&mut agent);
-        agent.handle(Input::Removed { deployment: "d1".into(), result: Ok(()) });
+        agent.handle(Input::Removed { deployment: "d1".into(), service: String::new(), result: Ok(()) });
         let actions = drain(&mut agent);
         assert!(!reported(&actions).contains(&Status::Removed), "{actions:?}");
         assert!(matches!(actions.last(), Some(Action::Create { .. })), "created again: {actions:?}");
@@ -874,7 +1291,7 @@ mod tests {
             NodeWork::Start { deployment: "d1".into() },
         ];
         let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
-        agent.handle(Input::Recovered { works, observed });
+        recover(&mut agent, works, observed);
         let actions = drain(&mut agent);
         assert_eq!(actions.len(), 1, "a running container is not stopped and started again: {actions:?}");
         assert_eq!(reported(&actions), [Status::Running]);
@@ -888,23 +1305,30 @@ mod tests {
             unreachable!()
         };
         let env = [("MODE".to_owned(), "test".to_owned())].into();
-        let works = vec![NodeWork::Deploy { deployment, application, version, image, mode, env }];
+        let works = vec![NodeWork::Deploy { deployment, application, version, image, mode, env, services: vec![] }];
         // The container found was made before the environment changed.
         let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
-        agent.handle(Input::Recovered { works, observed });
+        recover(&mut agent, works, observed);
         let actions = drain(&mut agent);
-        assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Retire { deployment: "d1".into(), service: String::new(), container: "c1".into() })
+        );
     }
 
     #[test]
     fn recovery_mid_update_sees_the_old_container_for_what_it_is() {
         let mut agent = Agent::new("acme", "edge-1");
         let works = vec![deploy_work(Mode::default()), update_work("1.1.0", Mode::default())];
-        assert_eq!(recovery_target(&works, "edge-1").unwrap().1, "127.0.0.1:5000/sample/app:1.1.0");
+        let lookups = Agent::new("acme", "edge-1").recover(works.clone()).unwrap().1;
+        assert_eq!(lookups[0].image, "127.0.0.1:5000/sample/app:1.1.0");
         let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
-        agent.handle(Input::Recovered { works, observed });
+        recover(&mut agent, works, observed);
         let actions = drain(&mut agent);
-        assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Retire { deployment: "d1".into(), service: String::new(), container: "c1".into() })
+        );
     }
 
     #[test]
@@ -921,14 +1345,18 @@ mod tests {
 
         agent.handle(Input::Pulled {
             deployment: "d1".into(),
+            service: String::new(),
             image: "127.0.0.1:5000/sample/app:1.1.0".into(),
             result: Ok(()),
         });
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Deploying]);
-        assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Retire { deployment: "d1".into(), service: String::new(), container: "c1".into() })
+        );
 
-        agent.handle(Input::Retired { deployment: "d1".into(), result: Ok(()) });
+        agent.handle(Input::Retired { deployment: "d1".into(), service: String::new(), result: Ok(()) });
         let actions = drain(&mut agent);
         let Some(Action::Create { spec, .. }) = actions.last() else { panic!("{actions:?}") };
         assert_eq!(spec.image, "127.0.0.1:5000/sample/app:1.1.0");
@@ -943,13 +1371,14 @@ mod tests {
         let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
         agent.handle(Input::Pulled {
             deployment: "d1".into(),
+            service: String::new(),
             image: "127.0.0.1:5000/sample/app:9.9.9".into(),
             result: Err(error),
         });
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Failed]);
         assert!(!actions.iter().any(|a| matches!(a, Action::Retire { .. })));
-        assert_eq!(agent.workloads().next().unwrap().old.as_deref(), Some("c1"));
+        assert_eq!(agent.workloads().next().unwrap().units[""].old.as_deref(), Some("c1"));
     }
 
     #[test]
@@ -970,22 +1399,43 @@ mod tests {
         assert_eq!(reported(&actions), [Status::Downloading]);
         assert!(matches!(actions.last(), Some(Action::Refresh { image, .. }) if image.ends_with(":1.0.0")));
         // The same image: the container stays.
-        agent.handle(Input::Refreshed { deployment: "d1".into(), result: Ok(Some("sha256:one".into())) });
+        agent.handle(Input::Refreshed {
+            deployment: "d1".into(),
+            service: String::new(),
+            result: Ok(Some("sha256:one".into())),
+        });
         assert_eq!(reported(&drain(&mut agent)), [Status::Running]);
 
         agent.handle(refresh());
         drain(&mut agent);
         // Another image under the same tag: the container is replaced.
-        agent.handle(Input::Refreshed { deployment: "d1".into(), result: Ok(Some("sha256:two".into())) });
+        agent.handle(Input::Refreshed {
+            deployment: "d1".into(),
+            service: String::new(),
+            result: Ok(Some("sha256:two".into())),
+        });
         let actions = drain(&mut agent);
-        assert_eq!(actions.last(), Some(&Action::Retire { deployment: "d1".into(), container: "c1".into() }));
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Retire { deployment: "d1".into(), service: String::new(), container: "c1".into() })
+        );
     }
 
     #[test]
     fn outcomes_for_an_unknown_deployment_are_ignored() {
         let mut agent = Agent::new("acme", "edge-1");
-        agent.handle(Input::Pulled { deployment: "nope".into(), image: IMAGE.into(), result: Ok(()) });
-        agent.handle(Input::Created { deployment: "nope".into(), image: IMAGE.into(), result: Ok("c".into()) });
+        agent.handle(Input::Pulled {
+            deployment: "nope".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Ok(()),
+        });
+        agent.handle(Input::Created {
+            deployment: "nope".into(),
+            service: String::new(),
+            image: IMAGE.into(),
+            result: Ok("c".into()),
+        });
         assert_eq!(drain(&mut agent), []);
     }
 }

@@ -91,6 +91,7 @@ mod tests {
             image: "i".into(),
             mode: Default::default(),
             env: Default::default(),
+            services: vec![],
         };
         let refresh = NodeWork::Refresh { deployment: "d1".into() };
         let stop = NodeWork::Stop { deployment: "d1".into() };

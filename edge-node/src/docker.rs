@@ -1,12 +1,18 @@
 //! The container runtime on Docker, through bollard: the only module that touches Docker.
 
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use std::collections::HashMap;
+
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding, PortMap,
+    RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-    RemoveImageOptions, StatsOptions, StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, InspectNetworkOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, RemoveImageOptions, StatsOptions, StopContainerOptions,
 };
 use bollard::Docker;
+use events::compose::{Mount, Restart};
 use futures::StreamExt;
 
 use crate::runtime::{
@@ -152,15 +158,56 @@ impl ContainerRuntime for DockerRuntime {
                 return Ok(id);
             }
         }
+        if let Some((network, _)) = &spec.network {
+            self.ensure_network(network, &spec.labels).await?;
+        }
+        let mut bindings: PortMap = HashMap::new();
+        for port in &spec.ports {
+            let binding =
+                PortBinding { host_ip: port.host_ip.clone(), host_port: port.host_port.map(|p| p.to_string()) };
+            bindings
+                .entry(port.container_key())
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_default()
+                .push(binding);
+        }
+        let binds = spec.mounts.iter().map(|m| {
+            let (source, target, read_only) = match m {
+                Mount::Volume { name, target, read_only } => (name, target, read_only),
+                Mount::Bind { source, target, read_only } => (source, target, read_only),
+            };
+            format!("{source}:{target}{}", if *read_only { ":ro" } else { "" })
+        });
+        let restart_policy = spec.restart.map(|r| {
+            let (name, retries) = match r {
+                Restart::No => (RestartPolicyNameEnum::NO, None),
+                Restart::Always => (RestartPolicyNameEnum::ALWAYS, None),
+                Restart::UnlessStopped => (RestartPolicyNameEnum::UNLESS_STOPPED, None),
+                Restart::OnFailure(retries) => (RestartPolicyNameEnum::ON_FAILURE, retries.map(i64::from)),
+            };
+            RestartPolicy { name: Some(name), maximum_retry_count: retries }
+        });
+        // On the version's network each service answers to its own name.
+        let networking_config = spec.network.as_ref().map(|(network, alias)| {
+            let endpoint = EndpointSettings { aliases: Some(vec![alias.clone()]), ..Default::default() };
+            NetworkingConfig { endpoints_config: Some([(network.clone(), endpoint)].into_iter().collect()) }
+        });
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
             env: Some(spec.env.clone()),
             labels: Some(spec.labels.clone()),
+            exposed_ports: Some(bindings.keys().cloned().collect()).filter(|p: &Vec<String>| !p.is_empty()),
             host_config: Some(HostConfig {
                 // An init process forwards signals, so a stop never waits for the kill timeout.
                 init: Some(true),
+                port_bindings: Some(bindings).filter(|b| !b.is_empty()),
+                binds: Some(binds.collect::<Vec<_>>()).filter(|b| !b.is_empty()),
+                restart_policy,
+                network_mode: spec.network.as_ref().map(|(network, _)| network.clone()),
                 ..Default::default()
             }),
+            networking_config,
             ..Default::default()
         };
         let options = CreateContainerOptions { name: Some(spec.name.clone()), ..Default::default() };
@@ -227,6 +274,35 @@ impl ContainerRuntime for DockerRuntime {
         match self.docker.remove_image(image, None::<RemoveImageOptions>, None).await {
             // 409: another container uses it; 404: gone already. Either way it stays as it is.
             Ok(_) | Err(DockerError::DockerResponseServerError { status_code: 404 | 409, .. }) => Ok(()),
+            Err(e) => Err(classify(Step::Other, e)),
+        }
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        match self.docker.remove_network(name).await {
+            Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(e) => Err(classify(Step::Other, e)),
+        }
+    }
+}
+
+impl DockerRuntime {
+    /// Makes the network if it is missing; one made meanwhile by another container's create
+    /// is as good.
+    async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<(), RuntimeError> {
+        match self.docker.inspect_network(name, None::<InspectNetworkOptions>).await {
+            Ok(_) => return Ok(()),
+            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) => return Err(classify(Step::Other, e)),
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".to_owned()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) | Err(DockerError::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
             Err(e) => Err(classify(Step::Other, e)),
         }
     }

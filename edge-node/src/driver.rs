@@ -2,7 +2,7 @@
 //! node's durable consumer and outcomes from the runtime, and carries out its actions:
 //! runtime steps as tasks, reports into the outbox, and the outbox onto JetStream.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use events::report::NodeReport;
 use events::work::NodeWork;
 use events::{Envelope, Status};
 
-use crate::agent::{Action, Agent, Input};
+use crate::agent::{Action, Agent, Input, Lookup};
 use crate::desired::Desired;
 use crate::outbox::Outbox;
 use crate::runtime::{ContainerRuntime, Observed};
@@ -66,12 +66,16 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
     for group in desired.all()? {
         let works: Vec<NodeWork> =
             group.iter().filter_map(|e| accept(e, &config, &actor, &mut causes)).filter_map(as_work).collect();
-        let Some((name, image)) = crate::agent::recovery_target(&works, &config.node) else { continue };
-        let observed = runtime.observe(&name, &image).await.unwrap_or_else(|e| {
-            tracing::warn!(container = name, error = %e, "could not observe; starting over");
-            Observed::default()
-        });
-        agent.handle(Input::Recovered { works, observed });
+        let Some((deployment, lookups)) = agent.recover(works) else { continue };
+        let mut observed = BTreeMap::new();
+        for Lookup { service, name, image } in lookups {
+            let found = runtime.observe(&name, &image).await.unwrap_or_else(|e| {
+                tracing::warn!(container = name, error = %e, "could not observe; starting over");
+                Observed::default()
+            });
+            observed.insert(service, found);
+        }
+        agent.handle(Input::Recovered { deployment, observed });
     }
 
     loop {
@@ -95,30 +99,39 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                     outbox.push(&config.node, &meta, &report, Utc::now())?;
                     sent.notify_one();
                 }
-                Action::Pull { deployment, image } => step(&runtime, &outcomes_tx, move |rt| async move {
-                    Input::Pulled { result: rt.pull(&image).await, deployment, image }
+                Action::Pull { deployment, service, image } => step(&runtime, &outcomes_tx, move |rt| async move {
+                    Input::Pulled { result: rt.pull(&image).await, deployment, service, image }
                 }),
-                Action::Create { deployment, spec } => step(&runtime, &outcomes_tx, move |rt| async move {
-                    Input::Created { result: rt.create(&spec).await, deployment, image: spec.image }
+                Action::Create { deployment, service, spec } => step(&runtime, &outcomes_tx, move |rt| async move {
+                    Input::Created { result: rt.create(&spec).await, deployment, service, image: spec.image }
                 }),
-                Action::Start { deployment, container } => step(&runtime, &outcomes_tx, move |rt| async move {
-                    Input::Started { result: rt.start(&container).await, deployment, container }
+                Action::Start { deployment, service, container } => {
+                    step(&runtime, &outcomes_tx, move |rt| async move {
+                        Input::Started { result: rt.start(&container).await, deployment, service, container }
+                    })
+                }
+                Action::Stop { deployment, service, container } => step(&runtime, &outcomes_tx, move |rt| async move {
+                    Input::Stopped { result: rt.stop(&container).await, deployment, service }
                 }),
-                Action::Stop { deployment, container } => step(&runtime, &outcomes_tx, move |rt| async move {
-                    Input::Stopped { result: rt.stop(&container).await, deployment }
-                }),
-                Action::Refresh { deployment, image } => step(&runtime, &outcomes_tx, move |rt| async move {
+                Action::Refresh { deployment, service, image } => step(&runtime, &outcomes_tx, move |rt| async move {
                     let result = match rt.pull(&image).await {
                         Ok(()) => rt.image_id(&image).await,
                         Err(e) => Err(e),
                     };
-                    Input::Refreshed { result, deployment }
+                    Input::Refreshed { result, deployment, service }
                 }),
-                Action::Retire { deployment, container } => step(&runtime, &outcomes_tx, move |rt| async move {
-                    Input::Retired { result: rt.remove(&container, None).await, deployment }
-                }),
-                Action::Remove { deployment, container, image } => step(&runtime, &outcomes_tx, move |rt| async move {
-                    Input::Removed { result: rt.remove(&container, Some(&image)).await, deployment }
+                Action::Retire { deployment, service, container } => {
+                    step(&runtime, &outcomes_tx, move |rt| async move {
+                        Input::Retired { result: rt.remove(&container, None).await, deployment, service }
+                    })
+                }
+                Action::Remove { deployment, service, container, image } => {
+                    step(&runtime, &outcomes_tx, move |rt| async move {
+                        Input::Removed { result: rt.remove(&container, Some(&image)).await, deployment, service }
+                    })
+                }
+                Action::RemoveNetwork { deployment, network } => step(&runtime, &outcomes_tx, move |rt| async move {
+                    Input::NetworkRemoved { result: rt.remove_network(&network).await, deployment }
                 }),
             }
         }
@@ -154,10 +167,14 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                 continue;
             }
         };
-        if let Input::Refreshed { deployment, result: Ok(_) } = &input {
-            desired.done_refreshing(deployment)?;
-        }
+        let refreshed = match &input {
+            Input::Refreshed { deployment, result: Ok(_), .. } => Some(deployment.clone()),
+            _ => None,
+        };
         agent.handle(input);
+        if let Some(deployment) = refreshed.filter(|d| !agent.refreshing(d)) {
+            desired.done_refreshing(&deployment)?;
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 
+use events::compose::{Mount, Port, Restart};
+
 /// The label that ties a container to its deployment.
 pub const DEPLOYMENT_LABEL: &str = "io.edge-orchestrator.deployment";
 pub const NODE_LABEL: &str = "io.edge-orchestrator.node";
@@ -11,13 +13,20 @@ pub const TENANT_LABEL: &str = "io.edge-orchestrator.tenant";
 pub const APPLICATION_LABEL: &str = "io.edge-orchestrator.application";
 pub const VERSION_LABEL: &str = "io.edge-orchestrator.version";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ContainerSpec {
     pub name: String,
     pub image: String,
+    /// Replaces the image's command when not empty.
+    pub command: Vec<String>,
     /// `NAME=value` pairs.
     pub env: Vec<String>,
     pub labels: HashMap<String, String>,
+    pub ports: Vec<Port>,
+    pub mounts: Vec<Mount>,
+    pub restart: Option<Restart>,
+    /// The network it joins (made if missing) and its name there.
+    pub network: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,4 +154,7 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Removes the container (a missing one is fine), then `image`, if given, unless a
     /// container still uses it.
     fn remove(&self, id: &str, image: Option<&str>) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Removes a network its containers have left (a missing one is fine).
+    fn remove_network(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }

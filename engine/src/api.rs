@@ -126,6 +126,7 @@ impl Rejection for ApplicationRejection {
             R::InvalidSettings(SettingsError::InvalidParameter(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "parameters"),
             R::InvalidSettings(_) => (StatusCode::UNPROCESSABLE_ENTITY, "profiles"),
             R::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "version"),
+            R::InvalidCompose(_) => (StatusCode::UNPROCESSABLE_ENTITY, "compose"),
         }
     }
 }
@@ -141,12 +142,14 @@ impl Rejection for DeploymentRejection {
             R::NoNodes | R::UnknownNode(_) | R::DuplicateNode(_) | R::NotATarget(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "nodes")
             }
-            R::NotANodeStatus(_) | R::FailureWithoutError => (StatusCode::UNPROCESSABLE_ENTITY, "status"),
+            R::NotANodeStatus(_) | R::FailureWithoutError | R::BelowContainer { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "status")
+            }
             R::AlreadyDesired(_) | R::Uninstalled | R::NothingToApply => (StatusCode::CONFLICT, "id"),
             R::NeverApplied => (StatusCode::UNPROCESSABLE_ENTITY, "instantly_apply"),
             R::NoSelector | R::EmptySelector => (StatusCode::UNPROCESSABLE_ENTITY, "selector"),
             R::Settings(SettingsError::UnknownProfile(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "profile"),
-            R::Settings(_) => (StatusCode::UNPROCESSABLE_ENTITY, "overrides"),
+            R::Settings(_) | R::Compose(_) => (StatusCode::UNPROCESSABLE_ENTITY, "overrides"),
         }
     }
 }
@@ -269,7 +272,10 @@ pub struct ApplicationBody {
 #[derive(Debug, Serialize)]
 pub struct VersionBody {
     pub version: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub image: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<events::compose::Service>,
     #[serde(flatten)]
     pub settings: Settings,
     pub published: bool,
@@ -287,6 +293,7 @@ fn application_body(id: &str, app: &Application) -> ApplicationBody {
             .map(|v| VersionBody {
                 version: v.version.clone(),
                 image: v.image.clone(),
+                services: v.services.clone(),
                 settings: v.settings.clone(),
                 published: v.published_at.is_some(),
                 published_at: v.published_at,
@@ -335,7 +342,12 @@ async fn get_application(
 #[serde(deny_unknown_fields)]
 pub struct AddVersion {
     pub version: String,
-    pub image: String,
+    /// The image of a single-container version.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A compose file (YAML text) for a version of several containers.
+    #[serde(default)]
+    pub compose: Option<String>,
     /// Environment variables the launch may set, with their defaults.
     #[serde(default)]
     pub parameters: std::collections::BTreeMap<String, String>,
@@ -353,7 +365,13 @@ async fn add_version(
     let meta = live_meta(&state, &headers).await?;
     token("id", &id)?;
     let settings = Settings { parameters: body.parameters, profiles: body.profiles };
-    let command = ApplicationCommand::AddVersion { version: body.version, image: body.image, settings };
+    let version = body.version;
+    let command = match (body.image, body.compose) {
+        (Some(image), None) => ApplicationCommand::AddVersion { version, image, settings },
+        (None, Some(compose)) => ApplicationCommand::AddComposeVersion { version, compose, settings },
+        (Some(_), Some(_)) => return Err(ApiError::invalid("compose", "give `image` or `compose`, not both")),
+        (None, None) => return Err(ApiError::invalid("image", "give `image`, or `compose` for several containers")),
+    };
     let committed = state.commands.execute::<Application>(&id, &command, &meta).await?;
     application_response(&state, &meta.tenant, &id, status_of(&committed)).await
 }

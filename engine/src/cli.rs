@@ -167,12 +167,16 @@ enum AppCommand {
         #[arg(long)]
         name: String,
     },
-    /// Add a draft version with its image.
+    /// Add a draft version: one image, or the services of a compose file.
     AddVersion {
         id: String,
         version: String,
+        #[arg(long, required_unless_present = "compose", conflicts_with = "compose")]
+        image: Option<String>,
+        /// A compose file: its services, environment with defaults, ports, volumes and
+        /// restart policies.
         #[arg(long)]
-        image: String,
+        compose: Option<PathBuf>,
     },
     /// Publish a version: it becomes launchable and immutable.
     Publish { id: String, version: String },
@@ -201,11 +205,14 @@ impl Cli {
             Command::App(AppCommand::Register { id, name }) => {
                 print_json(&client.post("/v1/applications", json!({ "id": id, "name": name })).await?)
             }
-            Command::App(AppCommand::AddVersion { id, version, image }) => print_json(
-                &client
-                    .post(&format!("/v1/applications/{id}/versions"), json!({"version": version, "image": image}))
-                    .await?,
-            ),
+            Command::App(AppCommand::AddVersion { id, version, image, compose }) => {
+                let mut body = json!({"version": version, "image": image});
+                if let Some(path) = compose {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    body = json!({"version": version, "compose": text});
+                }
+                print_json(&client.post(&format!("/v1/applications/{id}/versions"), body).await?)
+            }
             Command::App(AppCommand::Publish { id, version }) => {
                 print_json(&client.post(&format!("/v1/applications/{id}/versions/{version}/publish"), json!({})).await?)
             }

@@ -92,8 +92,8 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
     let envelope = &stored.envelope;
     let deployment = envelope.aggregate_id.clone();
     let (work, nodes): (NodeWork, Vec<String>) = match envelope.event::<DeploymentEvent>()? {
-        DeploymentEvent::Launched { application, version, image, nodes, mode, env, .. } => {
-            (NodeWork::Deploy { deployment, application, version, image, mode, env }, nodes)
+        DeploymentEvent::Launched { application, version, image, nodes, mode, env, services, .. } => {
+            (NodeWork::Deploy { deployment, application, version, image, mode, env, services }, nodes)
         }
         DeploymentEvent::TargetAdded { node, .. } => {
             // What the others run now, as of this event: an applied deployment does not wait
@@ -108,6 +108,7 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
                 image: state.image,
                 mode,
                 env: state.env,
+                services: state.services,
             };
             let meta = Metadata {
                 tenant: envelope.tenant.clone(),
@@ -129,8 +130,8 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
         DeploymentEvent::UninstallRequested { .. } => {
             (NodeWork::Remove { deployment }, targets(store, envelope).await?)
         }
-        DeploymentEvent::UpdateRequested { version, image, mode, env, .. } => {
-            (NodeWork::Update { deployment, version, image, mode, env }, targets(store, envelope).await?)
+        DeploymentEvent::UpdateRequested { version, image, mode, env, services, .. } => {
+            (NodeWork::Update { deployment, version, image, mode, env, services }, targets(store, envelope).await?)
         }
         DeploymentEvent::ApplyRequested { .. } => (NodeWork::Apply { deployment }, targets(store, envelope).await?),
         DeploymentEvent::ForceUpdateRequested { .. } => {
@@ -332,13 +333,14 @@ async fn ingest_one(handler: &CommandHandler, subject: String, stored: StoredEve
                 Err(e) => refusal(Err(e))?,
             }
         }
-        NodeReport::DeploymentState { deployment, status, error } => {
+        NodeReport::DeploymentState { deployment, status, error, containers } => {
             if let Err(e) = events::subject::check_token("deployment", &deployment) {
                 tracing::warn!(sequence, node, error = %e, "report refused");
                 return Ok(());
             }
+            let reported_at = envelope.time;
             let command =
-                DeploymentCommand::ReportNodeState { node: node.to_owned(), status, error, reported_at: envelope.time };
+                DeploymentCommand::ReportNodeState { node: node.to_owned(), status, error, containers, reported_at };
             refusal(handler.execute::<Deployment>(&deployment, &command, &meta).await)?
         }
     };

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{event_payload, Aggregate, Ctx};
+use crate::compose::{self, ComposeError, Service};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Application {
@@ -48,12 +49,8 @@ impl Settings {
     }
 
     fn check(&self) -> Result<(), SettingsError> {
-        for name in self.parameters.keys() {
-            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(SettingsError::InvalidParameter(name.clone()));
-            }
+        if let Some(name) = self.parameters.keys().find(|name| !is_variable_name(name)) {
+            return Err(SettingsError::InvalidParameter(name.clone()));
         }
         for (profile, values) in &self.profiles {
             if let Some(unknown) = values.keys().find(|k| !self.parameters.contains_key(*k)) {
@@ -62,6 +59,12 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Letters, digits and `_`, not starting with a digit.
+pub fn is_variable_name(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,7 +82,10 @@ pub enum SettingsError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Version {
     pub version: String,
+    /// The image of a single-container version; empty for a compose version.
     pub image: String,
+    /// The services of a compose version; empty for a single image.
+    pub services: Vec<Service>,
     pub settings: Settings,
     pub published_at: Option<DateTime<Utc>>,
 }
@@ -94,9 +100,23 @@ impl Application {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApplicationCommand {
-    Register { name: String },
-    AddVersion { version: String, image: String, settings: Settings },
-    Publish { version: String },
+    Register {
+        name: String,
+    },
+    AddVersion {
+        version: String,
+        image: String,
+        settings: Settings,
+    },
+    /// A version made of the services of a compose file.
+    AddComposeVersion {
+        version: String,
+        compose: String,
+        settings: Settings,
+    },
+    Publish {
+        version: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,7 +127,12 @@ pub enum ApplicationEvent {
     },
     VersionAdded {
         version: String,
+        /// Empty for a compose version.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         image: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        services: Vec<Service>,
+        /// The parameters of a compose version include those its interpolations declare.
         #[serde(default, skip_serializing_if = "is_default")]
         settings: Settings,
     },
@@ -143,6 +168,8 @@ pub enum ApplicationRejection {
     AlreadyPublished { version: String },
     #[error("{0}")]
     InvalidSettings(SettingsError),
+    #[error("{0}")]
+    InvalidCompose(ComposeError),
 }
 
 impl Aggregate for Application {
@@ -160,13 +187,30 @@ impl Aggregate for Application {
             C::Register { name } => Ok(vec![ApplicationEvent::Registered { name: name.trim().to_owned() }]),
             _ if !self.registered => Err(R::NotRegistered),
             C::AddVersion { version, image, settings } => {
-                let version = canonical_version(version)?;
-                if self.versions.contains_key(&version) {
-                    return Err(R::VersionExists { version });
-                }
+                let version = self.new_version(version)?;
                 check_image(image)?;
                 settings.check().map_err(ApplicationRejection::InvalidSettings)?;
-                Ok(vec![ApplicationEvent::VersionAdded { version, image: image.clone(), settings: settings.clone() }])
+                let (image, settings) = (image.clone(), settings.clone());
+                Ok(vec![ApplicationEvent::VersionAdded { version, image, services: vec![], settings }])
+            }
+            C::AddComposeVersion { version, compose, settings } => {
+                let version = self.new_version(version)?;
+                let compose = compose::parse(compose).map_err(R::InvalidCompose)?;
+                for service in &compose.services {
+                    check_image(&service.image)?;
+                }
+                // What the file's interpolations declare, unless the settings give another default.
+                let mut settings = settings.clone();
+                for (name, default) in compose.parameters {
+                    settings.parameters.entry(name).or_insert(default);
+                }
+                settings.check().map_err(ApplicationRejection::InvalidSettings)?;
+                Ok(vec![ApplicationEvent::VersionAdded {
+                    version,
+                    image: String::new(),
+                    services: compose.services,
+                    settings,
+                }])
             }
             C::Publish { version } => {
                 let version = canonical_version(version)?;
@@ -185,10 +229,11 @@ impl Aggregate for Application {
                 self.registered = true;
                 self.name = name.clone();
             }
-            ApplicationEvent::VersionAdded { version, image, settings } => {
+            ApplicationEvent::VersionAdded { version, image, services, settings } => {
                 let entry = Version {
                     version: version.clone(),
                     image: image.clone(),
+                    services: services.clone(),
                     settings: settings.clone(),
                     published_at: None,
                 };
@@ -201,6 +246,24 @@ impl Aggregate for Application {
             }
         }
         self
+    }
+}
+
+impl Application {
+    /// A version that may be added: canonical, and new.
+    fn new_version(&self, text: &str) -> Result<String, ApplicationRejection> {
+        let version = canonical_version(text)?;
+        match self.versions.contains_key(&version) {
+            true => Err(ApplicationRejection::VersionExists { version }),
+            false => Ok(version),
+        }
+    }
+}
+
+impl Version {
+    /// The services of a compose version with the launch's values filled in.
+    pub fn resolve_services(&self, values: &BTreeMap<String, String>) -> Result<Vec<Service>, ComposeError> {
+        self.services.iter().map(|s| s.resolve(values)).collect()
     }
 }
 
@@ -249,6 +312,7 @@ mod tests {
         E::VersionAdded {
             version: v.into(),
             image: format!("127.0.0.1:5000/sample/app:{v}"),
+            services: vec![],
             settings: Settings::default(),
         }
     }
@@ -283,6 +347,7 @@ mod tests {
             .then([E::VersionAdded {
                 version: "1.2.3-4".into(),
                 image: "127.0.0.1:5000/sample/app:1.2.3-4".into(),
+                services: vec![],
                 settings: Default::default(),
             }]);
     }
@@ -334,6 +399,7 @@ mod tests {
         given::<Application>([registered()]).when(add).then([E::VersionAdded {
             version: "1.0.0".into(),
             image: "x:1".into(),
+            services: vec![],
             settings: settings(),
         }]);
     }

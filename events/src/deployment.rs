@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{event_payload, Aggregate, Ctx};
 use crate::application::{Application, SettingsError};
+use crate::compose::{ComposeError, Service};
 use crate::node::Labels;
-use crate::status::{Failure, Status};
+use crate::status::{Containers, Failure, Status};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Deployment {
@@ -25,8 +26,10 @@ pub struct Deployment {
     pub selector: Option<Labels>,
     pub profile: Option<String>,
     pub overrides: BTreeMap<String, String>,
-    /// The environment its containers get.
+    /// The environment its containers get (a compose version's parameter values).
     pub env: BTreeMap<String, String>,
+    /// A compose version's services, resolved.
+    pub services: Vec<Service>,
     pub nodes: BTreeMap<String, NodeProgress>,
 }
 
@@ -76,6 +79,8 @@ pub struct NodeProgress {
     pub active: bool,
     pub status: Status,
     pub error: Option<Failure>,
+    /// Each container's own status, when the node reported them.
+    pub containers: Containers,
     /// When the node said so; a report older than this one is stale.
     pub reported_at: Option<DateTime<Utc>>,
 }
@@ -150,6 +155,7 @@ pub enum DeploymentCommand {
         node: String,
         status: Status,
         error: Option<Failure>,
+        containers: Containers,
         reported_at: DateTime<Utc>,
     },
 }
@@ -173,6 +179,9 @@ pub enum DeploymentEvent {
         /// The resolved environment: defaults, then the profile, then the overrides.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         env: BTreeMap<String, String>,
+        /// A compose version's services with those values filled in; empty for one image.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        services: Vec<Service>,
     },
     StopRequested {
         at: DateTime<Utc>,
@@ -193,6 +202,8 @@ pub enum DeploymentEvent {
         /// overrides.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         env: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        services: Vec<Service>,
         at: DateTime<Utc>,
     },
     ApplyRequested {
@@ -213,6 +224,8 @@ pub enum DeploymentEvent {
         node: String,
         status: Status,
         error: Option<Failure>,
+        #[serde(default, skip_serializing_if = "Containers::is_empty")]
+        containers: Containers,
         reported_at: DateTime<Utc>,
     },
 }
@@ -268,6 +281,10 @@ pub enum DeploymentRejection {
     EmptySelector,
     #[error("{0}")]
     Settings(SettingsError),
+    #[error("{0}")]
+    Compose(ComposeError),
+    #[error("status {status} is less severe than container `{container}`'s {its}")]
+    BelowContainer { status: Status, container: String, its: Status },
 }
 
 impl Aggregate for Deployment {
@@ -286,6 +303,7 @@ impl Aggregate for Deployment {
                 check_mode(launch.mode)?;
                 let env =
                     version.settings.resolve(launch.profile.as_deref(), &launch.overrides).map_err(R::Settings)?;
+                let services = version.resolve_services(&env).map_err(R::Compose)?;
                 match &launch.selector {
                     None if launch.nodes.is_empty() => return Err(R::NoNodes),
                     Some(selector) if selector.is_empty() => return Err(R::EmptySelector),
@@ -310,6 +328,7 @@ impl Aggregate for Deployment {
                     profile: launch.profile.clone(),
                     overrides: launch.overrides.clone(),
                     env,
+                    services,
                 }])
             }
             _ if !self.launched => Err(R::NotLaunched),
@@ -344,6 +363,7 @@ impl Aggregate for Deployment {
                 let target = published(&self.application, application, version)?;
                 check_mode(*mode)?;
                 let env = target.settings.resolve(self.profile.as_deref(), &self.overrides).map_err(R::Settings)?;
+                let services = target.resolve_services(&env).map_err(R::Compose)?;
                 if target.version == self.version {
                     return Err(R::AlreadyDesired("at that version"));
                 }
@@ -353,6 +373,7 @@ impl Aggregate for Deployment {
                     image: target.image.clone(),
                     mode: *mode,
                     env,
+                    services,
                     at: ctx.now,
                 }])
             }
@@ -361,7 +382,7 @@ impl Aggregate for Deployment {
             DeploymentCommand::Start if self.desired == Desired::Running => Err(R::AlreadyDesired("running")),
             DeploymentCommand::Start => Ok(vec![DeploymentEvent::StartRequested { at: ctx.now }]),
             DeploymentCommand::Uninstall => Ok(vec![DeploymentEvent::UninstallRequested { at: ctx.now }]),
-            DeploymentCommand::ReportNodeState { node, status, error, reported_at } => {
+            DeploymentCommand::ReportNodeState { node, status, error, containers, reported_at } => {
                 let Some(current) = self.nodes.get(node) else {
                     return Err(R::NotATarget(node.clone()));
                 };
@@ -371,14 +392,20 @@ impl Aggregate for Deployment {
                 if *status == Status::Failed && error.is_none() {
                     return Err(R::FailureWithoutError);
                 }
+                // The deployment's status is the most severe of its containers'.
+                if let Some((name, worse)) = containers.iter().find(|(_, c)| c.status.severity() > status.severity()) {
+                    return Err(R::BelowContainer { status: *status, container: name.clone(), its: worse.status });
+                }
                 let stale = current.reported_at.is_some_and(|last| *reported_at < last);
-                if stale || (current.status == *status && current.error == *error) {
+                let same = current.status == *status && current.error == *error && current.containers == *containers;
+                if stale || same {
                     return Ok(vec![]);
                 }
                 Ok(vec![DeploymentEvent::NodeStateReported {
                     node: node.clone(),
                     status: *status,
                     error: error.clone(),
+                    containers: containers.clone(),
                     reported_at: *reported_at,
                 }])
             }
@@ -397,8 +424,10 @@ impl Aggregate for Deployment {
                 profile,
                 overrides,
                 env,
+                services,
             } => {
                 self.launched = true;
+                self.services = services.clone();
                 self.selector = selector.clone();
                 self.profile = profile.clone();
                 self.overrides = overrides.clone();
@@ -417,6 +446,7 @@ impl Aggregate for Deployment {
                                 active: true,
                                 status: Status::PendingDeploy,
                                 error: None,
+                                containers: Containers::new(),
                                 reported_at: None,
                             },
                         )
@@ -426,8 +456,9 @@ impl Aggregate for Deployment {
             DeploymentEvent::StopRequested { .. } => self.request(Desired::Stopped, Status::PendingStop),
             DeploymentEvent::StartRequested { .. } => self.request(Desired::Running, Status::PendingStart),
             DeploymentEvent::UninstallRequested { .. } => self.request(Desired::Removed, Status::PendingRemove),
-            DeploymentEvent::UpdateRequested { version, image, mode, env, .. } => {
+            DeploymentEvent::UpdateRequested { version, image, mode, env, services, .. } => {
                 self.env = env.clone();
+                self.services = services.clone();
                 self.version = version.clone();
                 self.image = image.clone();
                 self.mode = *mode;
@@ -440,8 +471,13 @@ impl Aggregate for Deployment {
             }
             DeploymentEvent::ForceUpdateRequested { .. } => self.request(Desired::Running, Status::PendingDeploy),
             DeploymentEvent::TargetAdded { node, .. } => {
-                let progress =
-                    NodeProgress { active: true, status: Status::PendingDeploy, error: None, reported_at: None };
+                let progress = NodeProgress {
+                    active: true,
+                    status: Status::PendingDeploy,
+                    error: None,
+                    containers: Containers::new(),
+                    reported_at: None,
+                };
                 self.nodes.insert(node.clone(), progress);
             }
             DeploymentEvent::TargetRemoved { node, .. } => {
@@ -451,10 +487,11 @@ impl Aggregate for Deployment {
                     progress.error = None;
                 }
             }
-            DeploymentEvent::NodeStateReported { node, status, error, reported_at } => {
+            DeploymentEvent::NodeStateReported { node, status, error, containers, reported_at } => {
                 if let Some(progress) = self.nodes.get_mut(node) {
                     progress.status = *status;
                     progress.error = error.clone();
+                    progress.containers = containers.clone();
                     progress.reported_at = Some(*reported_at);
                 }
             }
@@ -522,6 +559,7 @@ mod tests {
             ApplicationEvent::VersionAdded {
                 version: "1.0.0".into(),
                 image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+                services: vec![],
                 settings: Default::default(),
             },
         ];
@@ -556,11 +594,12 @@ mod tests {
             profile: None,
             overrides: BTreeMap::new(),
             env: BTreeMap::new(),
+            services: Default::default(),
         }
     }
 
     fn report(node: &str, status: Status, error: Option<Failure>) -> C {
-        C::ReportNodeState { node: node.into(), status, error, reported_at: now() }
+        C::ReportNodeState { node: node.into(), status, error, reported_at: now(), containers: Default::default() }
     }
 
     #[test]
@@ -680,6 +719,7 @@ mod tests {
             status: Status::Removed,
             error: None,
             reported_at: now(),
+            containers: Default::default(),
         }]);
     }
 
@@ -690,6 +730,7 @@ mod tests {
             events.push(ApplicationEvent::VersionAdded {
                 version: version.to_string(),
                 image,
+                services: vec![],
                 settings: Default::default(),
             });
             if *published {
@@ -717,6 +758,7 @@ mod tests {
             profile: None,
             overrides: BTreeMap::new(),
             env: BTreeMap::new(),
+            services: Default::default(),
         }
     }
 
@@ -754,7 +796,7 @@ mod tests {
         };
         Application::fold(&[
             ApplicationEvent::Registered { name: "Sample".into() },
-            ApplicationEvent::VersionAdded { version: "1.0.0".into(), image: "x:1".into(), settings },
+            ApplicationEvent::VersionAdded { version: "1.0.0".into(), image: "x:1".into(), services: vec![], settings },
             ApplicationEvent::VersionPublished { version: "1.0.0".into(), published_at: now() },
         ])
     }
@@ -775,6 +817,7 @@ mod tests {
             profile: Some("test".into()),
             overrides: [("GREETING".to_owned(), "hi".to_owned())].into(),
             env: [("GREETING".to_owned(), "hi".to_owned()), ("MODE".to_owned(), "test".to_owned())].into(),
+            services: Default::default(),
         }]);
         assert_eq!(state.env["MODE"], "test");
     }
@@ -824,6 +867,7 @@ mod tests {
             profile: None,
             overrides: BTreeMap::new(),
             env: BTreeMap::new(),
+            services: Default::default(),
         }
     }
 
@@ -939,6 +983,7 @@ mod tests {
             mode: STAGED,
             env: BTreeMap::new(),
             at: now(),
+            services: Default::default(),
         }]);
         assert!(state.awaiting_apply);
     }
@@ -954,6 +999,7 @@ mod tests {
                     mode: Mode::default(),
                     env: BTreeMap::new(),
                     at: now(),
+                    services: Default::default(),
                 },
             ]);
         assert_eq!((state.version.as_str(), state.desired), ("1.1.0", Desired::Running));
@@ -996,7 +1042,13 @@ mod tests {
     #[test]
     fn report_node_state() {
         let state = given::<Deployment>([launched()]).when(report("edge-1", Status::Running, None)).then([
-            E::NodeStateReported { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() },
+            E::NodeStateReported {
+                node: "edge-1".into(),
+                status: Status::Running,
+                error: None,
+                reported_at: now(),
+                containers: Default::default(),
+            },
         ]);
         assert_eq!(state.nodes["edge-1"].status, Status::Running);
         assert_eq!(state.nodes["edge-2"].status, Status::PendingDeploy);
@@ -1011,22 +1063,33 @@ mod tests {
                 status: Status::Failed,
                 error: Some(error),
                 reported_at: now(),
+                containers: Default::default(),
             },
         ]);
     }
 
     #[test]
     fn report_the_same_state_again_changes_nothing() {
-        let first =
-            E::NodeStateReported { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() };
+        let first = E::NodeStateReported {
+            node: "edge-1".into(),
+            status: Status::Running,
+            error: None,
+            reported_at: now(),
+            containers: Default::default(),
+        };
         given::<Deployment>([launched(), first]).when(report("edge-1", Status::Running, None)).then([]);
     }
 
     #[test]
     fn a_report_older_than_the_last_one_changes_nothing() {
         let later = now() + chrono::Duration::seconds(5);
-        let running =
-            E::NodeStateReported { node: "edge-1".into(), status: Status::Running, error: None, reported_at: later };
+        let running = E::NodeStateReported {
+            node: "edge-1".into(),
+            status: Status::Running,
+            error: None,
+            reported_at: later,
+            containers: Default::default(),
+        };
         given::<Deployment>([launched(), running]).when(report("edge-1", Status::Downloading, None)).then([]);
     }
 

@@ -10,6 +10,7 @@
 
 pub mod aggregate;
 pub mod application;
+pub mod compose;
 pub mod deployment;
 pub mod envelope;
 pub mod logs;
@@ -26,4 +27,4 @@ pub mod work;
 
 pub use aggregate::{Aggregate, Ctx, EventPayload};
 pub use envelope::{DecodeError, Envelope};
-pub use status::{Failure, Status};
+pub use status::{ContainerStatus, Containers, Failure, Status};

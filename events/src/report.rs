@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::event_payload;
 use crate::node::Labels;
-use crate::status::{Failure, Status};
+use crate::status::{Containers, Failure, Status};
 
 /// The `aggregate_type` of report envelopes; the aggregate id is the node.
 pub const AGGREGATE_TYPE: &str = "node_report";
@@ -15,8 +15,14 @@ pub const AGGREGATE_TYPE: &str = "node_report";
 pub enum NodeReport {
     /// The node (re)started and is connected; registers it with these labels.
     Online { labels: Labels, agent_version: String },
-    /// A deployment reached a new status on this node.
-    DeploymentState { deployment: String, status: Status, error: Option<Failure> },
+    /// A deployment reached a new status on this node: the most severe of its containers'.
+    DeploymentState {
+        deployment: String,
+        status: Status,
+        error: Option<Failure>,
+        #[serde(default, skip_serializing_if = "Containers::is_empty")]
+        containers: Containers,
+    },
 }
 
 event_payload!(NodeReport, "report", {

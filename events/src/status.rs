@@ -16,6 +16,9 @@ pub enum Status {
     Processing,
     Downloading,
     Ready,
+    /// Downloaded and waiting for an apply, with no version of it running (Kelvin): a
+    /// staged launch. A staged update waits at `ready` while the old version runs.
+    Staged,
     Deploying,
     Starting,
     Running,
@@ -28,7 +31,7 @@ pub enum Status {
 
 impl Status {
     /// Every status, in declaration order.
-    pub const ALL: [Status; 17] = [
+    pub const ALL: [Status; 18] = [
         Status::PendingDeploy,
         Status::PendingStart,
         Status::PendingStop,
@@ -38,6 +41,7 @@ impl Status {
         Status::Processing,
         Status::Downloading,
         Status::Ready,
+        Status::Staged,
         Status::Deploying,
         Status::Starting,
         Status::Running,
@@ -54,7 +58,7 @@ impl Status {
         match self {
             Status::Removed => 0,
             Status::Running => 1,
-            Status::Stopped | Status::Ready => 2,
+            Status::Stopped | Status::Ready | Status::Staged => 2,
             Status::Starting | Status::Stopping | Status::Removing => 3,
             Status::Deploying => 4,
             Status::Downloading => 5,
@@ -88,7 +92,10 @@ impl Status {
     /// Nothing is in flight: the node has reached where it was sent (`ready` waits for an
     /// apply), or failed.
     pub fn is_settled(self) -> bool {
-        matches!(self, Status::Running | Status::Stopped | Status::Removed | Status::Ready | Status::Failed)
+        matches!(
+            self,
+            Status::Running | Status::Stopped | Status::Removed | Status::Ready | Status::Staged | Status::Failed
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +109,7 @@ impl Status {
             Status::Processing => "processing",
             Status::Downloading => "downloading",
             Status::Ready => "ready",
+            Status::Staged => "staged",
             Status::Deploying => "deploying",
             Status::Starting => "starting",
             Status::Running => "running",
@@ -119,6 +127,17 @@ impl std::fmt::Display for Status {
         f.pad(self.as_str())
     }
 }
+
+/// Where one container of a deployment stands on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Failure>,
+}
+
+/// The containers of a deployment on a node, by container name.
+pub type Containers = std::collections::BTreeMap<String, ContainerStatus>;
 
 /// Why something failed: a stable code for programs, a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

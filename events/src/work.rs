@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::event_payload;
+use crate::compose::Service;
 use crate::deployment::Mode;
 
 /// The `aggregate_type` of work envelopes; the aggregate id is the node.
@@ -22,9 +23,13 @@ pub enum NodeWork {
         image: String,
         #[serde(default)]
         mode: Mode,
-        /// The container's environment.
+        /// The container's environment; a compose version's parameter values.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         env: BTreeMap<String, String>,
+        /// A compose version's services, resolved: one container each, on a network of
+        /// their own. Empty for a single image.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        services: Vec<Service>,
     },
     /// Stop the deployment's containers; keep them.
     Stop { deployment: String },
@@ -41,6 +46,8 @@ pub enum NodeWork {
         mode: Mode,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         env: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        services: Vec<Service>,
     },
     /// Go on with what was staged: switch to the downloaded version.
     Apply { deployment: String },
@@ -57,6 +64,15 @@ event_payload!(NodeWork, "work", {
     Apply => "apply",
     Refresh => "refresh",
 });
+
+/// The containers a version asks for: a compose version's services, or for a single image
+/// one service without a name, with the whole environment.
+pub fn containers(image: &str, env: &BTreeMap<String, String>, services: &[Service]) -> Vec<Service> {
+    if !services.is_empty() {
+        return services.to_vec();
+    }
+    vec![Service { image: image.to_owned(), environment: env.clone(), ..Service::default() }]
+}
 
 impl NodeWork {
     pub fn deployment(&self) -> &str {

@@ -374,13 +374,14 @@ async fn a_staged_deployment_downloads_then_waits_for_an_apply() {
     let (status, launched) = engine.post("/v1/deployments", body).await;
     assert_eq!(status, 201, "{launched}");
     let id = launched["id"].as_str().unwrap().to_owned();
-    let view = engine.wait_deployment(&id, "the download to finish", |v| v["status"] == "ready").await;
+    // Nothing of it runs yet: `staged` (Kelvin), where an update of a running one is `ready`.
+    let view = engine.wait_deployment(&id, "the download to finish", |v| v["status"] == "staged").await;
     assert_eq!((view["staged"].as_bool(), view["awaiting_apply"].as_bool()), (Some(true), Some(true)));
     assert!(
         tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap().is_empty(),
         "nothing runs before the apply"
     );
-    let (_, page) = engine.get("/v1/deployments?staged=true&status=ready").await;
+    let (_, page) = engine.get("/v1/deployments?staged=true&status=staged").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
     let (_, page) = engine.get("/v1/deployments?staged=false").await;
     assert!(page["items"].as_array().unwrap().is_empty(), "{page}");
@@ -401,7 +402,7 @@ async fn a_staged_deployment_downloads_then_waits_for_an_apply() {
             "received",
             "processing",
             "downloading",
-            "ready",
+            "staged",
             "pending_apply",
             "deploying",
             "starting",

@@ -22,7 +22,12 @@ fn report(claimed_node: &str, deployment: &str, status: Status) -> Outgoing {
         correlation_id: id,
         causation_id: id,
     };
-    let report = NodeReport::DeploymentState { deployment: deployment.into(), status, error: None };
+    let report = NodeReport::DeploymentState {
+        deployment: deployment.into(),
+        status,
+        error: None,
+        containers: Default::default(),
+    };
     let envelope =
         Envelope::new(id, chrono::Utc::now(), events::report::AGGREGATE_TYPE, claimed_node, &meta, &report, None);
     Outgoing { msg_id: id.to_string(), bytes: Bytes::from(envelope.encode()) }

@@ -38,6 +38,7 @@ async fn history(nats: &NatsServer, count: usize) {
                     status,
                     error,
                     reported_at: chrono::Utc::now(),
+                    containers: Default::default(),
                 };
                 commands.execute::<Deployment>(&id, &report, &meta()).await.unwrap();
             }

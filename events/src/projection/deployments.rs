@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::compose::Service;
 use crate::deployment::{DeploymentEvent, Desired};
 use crate::envelope::Envelope;
-use crate::status::{Failure, Status};
+use crate::status::{Containers, Failure, Status};
 
 fn yes() -> bool {
     true
@@ -56,6 +57,9 @@ pub struct DeploymentView {
     /// The environment its containers get.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// A compose version's services, as its containers get them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
     pub nodes: BTreeMap<String, NodeView>,
     pub launched_by: String,
     pub created_at: DateTime<Utc>,
@@ -72,6 +76,9 @@ pub struct NodeView {
     pub error: Option<Failure>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
+    /// Each container's status, by container name; the node's is the most severe of them.
+    #[serde(skip_serializing_if = "Containers::is_empty", default)]
+    pub containers: Containers,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -82,10 +89,25 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         status,
         error: None,
         reason: pending_reason(status).map(str::to_owned),
+        containers: Containers::new(),
         updated_at: envelope.time,
     };
     let mut view = match (view, event) {
-        (_, DeploymentEvent::Launched { application, version, image, nodes, mode, selector, profile, env, .. }) => {
+        (
+            _,
+            DeploymentEvent::Launched {
+                application,
+                version,
+                image,
+                nodes,
+                mode,
+                selector,
+                profile,
+                env,
+                services,
+                ..
+            },
+        ) => {
             return Some(DeploymentView {
                 id: envelope.aggregate_id.clone(),
                 tenant: envelope.tenant.clone(),
@@ -99,6 +121,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
                 selector: selector.clone(),
                 profile: profile.clone(),
                 env: env.clone(),
+                services: services.clone(),
                 nodes: nodes.iter().map(|n| (n.clone(), pending(Status::PendingDeploy))).collect(),
                 launched_by: envelope.actor.clone(),
                 created_at: envelope.time,
@@ -113,8 +136,9 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         DeploymentEvent::StopRequested { .. } => Some((Desired::Stopped, Status::PendingStop)),
         DeploymentEvent::StartRequested { .. } => Some((Desired::Running, Status::PendingStart)),
         DeploymentEvent::UninstallRequested { .. } => Some((Desired::Removed, Status::PendingRemove)),
-        DeploymentEvent::UpdateRequested { version, image, mode, env, .. } => {
+        DeploymentEvent::UpdateRequested { version, image, mode, env, services, .. } => {
             view.env = env.clone();
+            view.services = services.clone();
             view.version = version.clone();
             view.image = image.clone();
             view.staged = mode.staged;
@@ -145,12 +169,17 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
             *node = pending(status);
         }
     }
-    if let DeploymentEvent::NodeStateReported { node, status, error, reported_at } = event {
+    if let DeploymentEvent::NodeStateReported { node, status, error, containers, reported_at } = event {
         let active = view.nodes.get(node).is_none_or(|n| n.active);
-        view.nodes.insert(
-            node.clone(),
-            NodeView { active, status: *status, error: error.clone(), reason: None, updated_at: *reported_at },
-        );
+        let reported = NodeView {
+            active,
+            status: *status,
+            error: error.clone(),
+            reason: None,
+            containers: containers.clone(),
+            updated_at: *reported_at,
+        };
+        view.nodes.insert(node.clone(), reported);
     }
     view.status = Status::roll_up(view.nodes.values().map(|n| n.status)).unwrap_or(Status::PendingDeploy);
     view.updated_at = envelope.time;
@@ -191,12 +220,14 @@ mod tests {
             profile: None,
             overrides: Default::default(),
             env: Default::default(),
+            services: Default::default(),
         };
         let running = |node: &str| DeploymentEvent::NodeStateReported {
             node: node.into(),
             status: Status::Running,
             error: None,
             reported_at: now(),
+            containers: Default::default(),
         };
         let view = fold(&[launched.clone(), running("edge-1")]).unwrap();
         assert_eq!(view.status, Status::PendingDeploy);
@@ -248,6 +279,7 @@ mod tests {
             profile: None,
             overrides: Default::default(),
             env: Default::default(),
+            services: Default::default(),
         };
         let left = DeploymentEvent::TargetRemoved { node: "edge-2".into(), reason: "labels changed".into() };
         let removed = DeploymentEvent::NodeStateReported {
@@ -255,6 +287,7 @@ mod tests {
             status: Status::Removed,
             error: None,
             reported_at: now(),
+            containers: Default::default(),
         };
         let uninstall = DeploymentEvent::UninstallRequested { at: now() };
         let view = fold(&[launched, left, removed, uninstall]).unwrap();
@@ -270,6 +303,7 @@ mod tests {
             status: Status::Running,
             error: None,
             reported_at: now(),
+            containers: Default::default(),
         };
         assert_eq!(fold(&[report]), None);
     }

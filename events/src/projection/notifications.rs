@@ -123,6 +123,7 @@ mod tests {
             profile: None,
             overrides: Default::default(),
             env: Default::default(),
+            services: Default::default(),
         }
     }
 
@@ -167,6 +168,7 @@ mod tests {
             mode: Default::default(),
             env: Default::default(),
             at: now(),
+            services: Default::default(),
         };
         state.apply_deployment("d1", &update);
         state.apply_deployment("d2", &DeploymentEvent::UninstallRequested { at: now() });

@@ -81,12 +81,23 @@ mod tests {
             nodes: nodes
                 .iter()
                 .map(|(n, s)| {
-                    (n.to_string(), NodeView { active: true, status: *s, error: None, reason: None, updated_at: now() })
+                    (
+                        n.to_string(),
+                        NodeView {
+                            active: true,
+                            status: *s,
+                            error: None,
+                            reason: None,
+                            updated_at: now(),
+                            containers: Default::default(),
+                        },
+                    )
                 })
                 .collect(),
             launched_by: "ops".into(),
             created_at: now(),
             updated_at: now(),
+            services: Default::default(),
         }
     }
 
