@@ -579,8 +579,11 @@ impl Agent {
     /// none is under way, then reports where the deployment stands.
     fn converge(&mut self, deployment: &str) {
         let Some(w) = self.workloads.get(deployment) else { return };
-        // The switch to a new version waits until every new image is present.
-        let downloaded = w.units.values().filter(|u| u.wanted).all(|u| u.pulled && !u.refreshing);
+        // The switch to a new version waits until every new image is present; with nothing
+        // to replace, a service whose image failed does not hold the others back.
+        let switching = w.units.values().any(|u| u.old.is_some());
+        let downloaded =
+            w.units.values().filter(|u| u.wanted).all(|u| (u.pulled && !u.refreshing) || (u.failed && !switching));
         let steps: Vec<(String, Step)> = w
             .units
             .iter()
@@ -1437,5 +1440,143 @@ mod tests {
             result: Ok("c".into()),
         });
         assert_eq!(drain(&mut agent), []);
+    }
+
+    fn service(name: &str, image: &str, depends_on: &[&str]) -> Service {
+        Service {
+            name: name.into(),
+            image: image.into(),
+            depends_on: depends_on.iter().map(|d| d.to_string()).collect(),
+            ..Service::default()
+        }
+    }
+
+    fn compose_work(services: Vec<Service>) -> NodeWork {
+        NodeWork::Deploy {
+            deployment: "d1".into(),
+            application: "shop".into(),
+            version: "1.0.0".into(),
+            image: String::new(),
+            mode: Mode::default(),
+            env: Default::default(),
+            services,
+        }
+    }
+
+    fn units_of(actions: &[Action]) -> Vec<(&'static str, String)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Pull { service, .. } => Some(("pull", service.clone())),
+                Action::Create { service, .. } => Some(("create", service.clone())),
+                Action::Start { service, .. } => Some(("start", service.clone())),
+                Action::Retire { service, .. } => Some(("retire", service.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn last_containers(actions: &[Action]) -> Containers {
+        actions
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                Action::Report(NodeReport::DeploymentState { containers, .. }) => Some(containers.clone()),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    fn bring_up(agent: &mut Agent, service: &str, image: &str, id: &str) -> Vec<Action> {
+        let (deployment, service) = ("d1".to_owned(), service.to_owned());
+        let created = Ok(id.to_owned());
+        agent.handle(Input::Created {
+            deployment: deployment.clone(),
+            service: service.clone(),
+            image: image.into(),
+            result: created,
+        });
+        let state = ContainerState { image_id: format!("sha256:{id}"), running: true, exit_code: None, error: None };
+        agent.handle(Input::Started { deployment, service, container: id.into(), result: Ok(state) });
+        drain(agent)
+    }
+
+    #[test]
+    fn a_compose_deployment_pulls_every_image_then_starts_each_service_after_those_it_depends_on() {
+        let mut agent = Agent::new("acme", "edge-1");
+        let services = vec![service("db", "db:1", &[]), service("web", "web:1", &["db"])];
+        agent.handle(Input::Work(compose_work(services)));
+        let actions = drain(&mut agent);
+        assert_eq!(units_of(&actions), [("pull", "db".into()), ("pull", "web".into())]);
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: "db".into(),
+            image: "db:1".into(),
+            result: Ok(()),
+        });
+        assert_eq!(units_of(&drain(&mut agent)), [], "nothing is created before every image is in");
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: "web".into(),
+            image: "web:1".into(),
+            result: Ok(()),
+        });
+        let actions = drain(&mut agent);
+        assert_eq!(units_of(&actions), [("create", "db".into())], "web waits for db to run");
+        let Some(Action::Create { spec, .. }) = actions.last() else { panic!("{actions:?}") };
+        assert_eq!(spec.name, "shop-d1-edge-1-db");
+        assert_eq!(spec.network, Some(("shop-d1-edge-1".to_owned(), "db".to_owned())));
+        assert_eq!(spec.labels[SERVICE_LABEL], "db");
+
+        let actions = bring_up(&mut agent, "db", "db:1", "c-db");
+        assert_eq!(units_of(&actions), [("start", "db".into()), ("create", "web".into())], "web comes once db runs");
+        let containers = last_containers(&actions);
+        assert_eq!(containers["shop-d1-edge-1-db"].status, Status::Running);
+        assert_eq!(containers["shop-d1-edge-1-web"].status, Status::Deploying);
+        let actions = bring_up(&mut agent, "web", "web:1", "c-web");
+        assert_eq!(reported(&actions), [Status::Starting, Status::Running]);
+    }
+
+    #[test]
+    fn an_update_replaces_only_the_services_that_changed_and_retires_those_that_left() {
+        let mut agent = Agent::new("acme", "edge-1");
+        let services = vec![service("db", "db:1", &[]), service("web", "web:1", &[]), service("cache", "cache:1", &[])];
+        agent.handle(Input::Work(compose_work(services)));
+        for (name, image) in [("db", "db:1"), ("web", "web:1"), ("cache", "cache:1")] {
+            agent.handle(Input::Pulled {
+                deployment: "d1".into(),
+                service: name.into(),
+                image: image.into(),
+                result: Ok(()),
+            });
+        }
+        for (name, image) in [("db", "db:1"), ("web", "web:1"), ("cache", "cache:1")] {
+            bring_up(&mut agent, name, image, &format!("c-{name}"));
+        }
+        drain(&mut agent);
+
+        agent.handle(Input::Work(NodeWork::Update {
+            deployment: "d1".into(),
+            version: "1.1.0".into(),
+            image: String::new(),
+            mode: Mode::default(),
+            env: Default::default(),
+            services: vec![service("db", "db:1", &[]), service("web", "web:2", &[])],
+        }));
+        let actions = drain(&mut agent);
+        assert_eq!(units_of(&actions), [("pull", "web".into())], "only the new image is pulled; the rest runs on");
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: "web".into(),
+            image: "web:2".into(),
+            result: Ok(()),
+        });
+        let mut switched = units_of(&drain(&mut agent));
+        switched.sort();
+        assert_eq!(switched, [("retire", "cache".into()), ("retire", "web".into())]);
+        let w = agent.workloads().next().unwrap();
+        assert_eq!(w.units["db"].container.as_deref(), Some("c-db"), "db is unchanged and keeps its container");
+        agent.handle(Input::Retired { deployment: "d1".into(), service: "cache".into(), result: Ok(()) });
+        assert!(!agent.workloads().next().unwrap().units.contains_key("cache"), "a service that left is gone");
     }
 }

@@ -25,6 +25,8 @@ const STOP_GRACE_SECONDS: i32 = 10;
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
     docker: Docker,
+    /// Held while a network is looked for and made: Docker would make two of one name.
+    networks: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DockerRuntime {
@@ -37,7 +39,7 @@ impl DockerRuntime {
     pub async fn with(docker: Docker) -> Result<DockerRuntime, RuntimeError> {
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
         docker.ping().await.map_err(unavailable)?;
-        Ok(DockerRuntime { docker })
+        Ok(DockerRuntime { docker, networks: Default::default() })
     }
 }
 
@@ -290,6 +292,7 @@ impl DockerRuntime {
     /// Makes the network if it is missing; one made meanwhile by another container's create
     /// is as good.
     async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<(), RuntimeError> {
+        let _one_at_a_time = self.networks.lock().await;
         match self.docker.inspect_network(name, None::<InspectNetworkOptions>).await {
             Ok(_) => return Ok(()),
             Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}

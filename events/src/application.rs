@@ -482,4 +482,35 @@ mod tests {
     fn publish_on_an_unknown_application_is_rejected() {
         given::<Application>([]).when(C::Publish { version: "1.0.0".into() }).then_rejected(R::NotRegistered);
     }
+
+    #[test]
+    fn add_compose_version_keeps_its_services_and_declares_its_parameters() {
+        let compose =
+            "services:\n  web:\n    image: 127.0.0.1:5000/web:1\n    environment:\n      LEVEL: ${LEVEL:-info}\n";
+        let settings = Settings { parameters: [("LEVEL".into(), "debug".into())].into(), ..Default::default() };
+        let add = C::AddComposeVersion { version: "1.0.0".into(), compose: compose.into(), settings: settings.clone() };
+        let web = Service {
+            name: "web".into(),
+            image: "127.0.0.1:5000/web:1".into(),
+            environment: [("LEVEL".into(), "${LEVEL:-info}".into())].into(),
+            ..Service::default()
+        };
+        // The settings' default wins over the file's.
+        given::<Application>([registered()]).when(add).then([E::VersionAdded {
+            version: "1.0.0".into(),
+            image: String::new(),
+            services: vec![web],
+            settings,
+        }]);
+    }
+
+    #[test]
+    fn add_compose_version_the_node_cannot_honour_is_rejected_naming_the_key() {
+        let compose = "services:\n  web:\n    build: .\n";
+        let add =
+            C::AddComposeVersion { version: "1.0.0".into(), compose: compose.into(), settings: Default::default() };
+        let message = "the edge node pulls images, it does not build them; give `image`".into();
+        let error = ComposeError { path: "services.web.build".into(), message };
+        given::<Application>([registered()]).when(add).then_rejected(R::InvalidCompose(error));
+    }
 }

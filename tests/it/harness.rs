@@ -7,8 +7,13 @@ use engine::store::{EventStore, StoreConfig};
 use engine::{Engine, EngineConfig};
 use events::application::{Application, ApplicationCommand};
 use events::node::{Labels, Node, NodeCommand};
-use serde_json::Value;
-use tests::NatsServer;
+use std::sync::Arc;
+
+use edge_node::docker::DockerRuntime;
+use edge_node::runtime::NODE_LABEL;
+use edge_node::NodeConfig;
+use serde_json::{json, Value};
+use tests::{docker, eventually, NatsServer};
 
 pub const IMAGE_1_0_0: &str = "127.0.0.1:5000/sample/app:1.0.0";
 pub const IMAGE_1_1_0: &str = "127.0.0.1:5000/sample/app:1.1.0";
@@ -121,4 +126,109 @@ pub async fn seed(handler: &CommandHandler, nodes: &[&str]) {
 /// How many messages the stream holds.
 pub async fn stored(handler: &CommandHandler) -> u64 {
     handler.store().stream().get_info().await.unwrap().state.messages
+}
+
+/// An edge node in this process, on its own sled directory; its containers, networks and
+/// volumes are removed on drop.
+pub struct TestNode {
+    pub name: String,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    data: Option<tempfile::TempDir>,
+}
+
+impl TestNode {
+    pub async fn start(nats: &NatsServer, engine: &TestEngine) -> TestNode {
+        TestNode::start_labelled(nats, engine, "lab").await
+    }
+
+    /// A node with the label `site=<site>`.
+    pub async fn start_labelled(nats: &NatsServer, engine: &TestEngine, site: &str) -> TestNode {
+        let name = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        TestNode::start_on(nats, engine, name, tempfile::tempdir().unwrap(), site).await
+    }
+
+    /// Stops the agent as a crash would (its containers stay) and starts it again on the same
+    /// local state.
+    pub async fn restart(self, nats: &NatsServer, engine: &TestEngine) -> TestNode {
+        self.restart_labelled(nats, engine, "lab").await
+    }
+
+    /// Restarts it (as `restart`) with the label `site=<site>`.
+    pub async fn restart_labelled(mut self, nats: &NatsServer, engine: &TestEngine, site: &str) -> TestNode {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        let data = self.data.take().unwrap();
+        // Handed over: this value's drop leaves the containers to the new one.
+        let name = std::mem::take(&mut self.name);
+        TestNode::start_on(nats, engine, name, data, site).await
+    }
+
+    pub async fn start_on(
+        nats: &NatsServer,
+        engine: &TestEngine,
+        name: String,
+        data: tempfile::TempDir,
+        site: &str,
+    ) -> TestNode {
+        let config = NodeConfig {
+            nats_url: nats.url(),
+            node: name.clone(),
+            labels: [("site".to_owned(), site.to_owned())].into(),
+            data_dir: data.path().join("node"),
+            heartbeat: std::time::Duration::from_millis(300),
+            ..NodeConfig::default()
+        };
+        let runtime = DockerRuntime::with(docker().await).await.expect("the Docker engine answers");
+        let task = tokio::spawn(edge_node::driver::run(config, Arc::new(runtime)));
+        eventually("the node to register", TIMEOUT, || async {
+            let (status, body) = engine.get(&format!("/v1/nodes/{name}")).await;
+            (status == 200 && body["state"] == "online").then_some(())
+        })
+        .await;
+        TestNode { name, task, data: Some(data) }
+    }
+
+    pub async fn stop(self) {
+        self.task.abort();
+        tests::remove_node_leftovers(&docker().await, NODE_LABEL, &self.name).await.unwrap();
+    }
+}
+
+impl Drop for TestNode {
+    /// Removes the node's containers even when the test failed half-way.
+    fn drop(&mut self) {
+        self.task.abort();
+        if self.name.is_empty() {
+            return;
+        }
+        let name = self.name.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async { tests::remove_node_leftovers(&docker().await, NODE_LABEL, &name).await })
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A test's own nats-server and engine, and one edge node on the project's Docker engine.
+pub struct Lab {
+    pub nats: NatsServer,
+    pub engine: TestEngine,
+    pub node: TestNode,
+}
+
+impl Lab {
+    pub async fn start() -> Lab {
+        let nats = NatsServer::start().await;
+        let engine = TestEngine::start(&nats).await;
+        let node = TestNode::start(&nats, &engine).await;
+        Lab { nats, engine, node }
+    }
+}
+
+pub async fn launch(engine: &TestEngine, node: &str) -> String {
+    let body = json!({"application": "sample", "version": "1.0.0", "nodes": [node]});
+    let (status, body) = engine.post("/v1/deployments", body).await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_owned()
 }

@@ -35,7 +35,8 @@ pub fn nats_server_bin() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
 }
 
@@ -122,6 +123,22 @@ pub async fn remove_containers(docker: &bollard::Docker, label: &str, value: &st
         let id = container.id.context("a container without id")?;
         let options = bollard::query_parameters::RemoveContainerOptions { force: true, ..Default::default() };
         docker.remove_container(&id, Some(options)).await?;
+    }
+    Ok(())
+}
+
+/// Removes what a node left on the Docker engine: its containers (by `label=node`), the
+/// networks carrying the same label, and the volumes named after it.
+pub async fn remove_node_leftovers(docker: &bollard::Docker, label: &str, node: &str) -> anyhow::Result<()> {
+    remove_containers(docker, label, node).await?;
+    let filters = [("label".to_owned(), vec![format!("{label}={node}")])].into_iter().collect();
+    let options = bollard::query_parameters::ListNetworksOptions { filters: Some(filters) };
+    for network in docker.list_networks(Some(options)).await? {
+        docker.remove_network(&network.name.context("a network without a name")?).await?;
+    }
+    let volumes = docker.list_volumes(None::<bollard::query_parameters::ListVolumesOptions>).await?;
+    for volume in volumes.volumes.unwrap_or_default().iter().filter(|v| v.name.contains(&format!("-{node}_"))) {
+        docker.remove_volume(&volume.name, None::<bollard::query_parameters::RemoveVolumeOptions>).await?;
     }
     Ok(())
 }
