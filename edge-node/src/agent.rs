@@ -842,6 +842,29 @@ mod tests {
         }
     }
 
+    /// Outcomes for the single container of d1.
+    fn pulled(image: impl Into<String>, result: Result<(), RuntimeError>) -> Input {
+        Input::Pulled { deployment: "d1".into(), service: String::new(), image: image.into(), result }
+    }
+    fn created(image: impl Into<String>, result: Result<String, RuntimeError>) -> Input {
+        Input::Created { deployment: "d1".into(), service: String::new(), image: image.into(), result }
+    }
+    fn started(container: impl Into<String>, result: Result<ContainerState, RuntimeError>) -> Input {
+        Input::Started { deployment: "d1".into(), service: String::new(), container: container.into(), result }
+    }
+    fn stopped(result: Result<(), RuntimeError>) -> Input {
+        Input::Stopped { deployment: "d1".into(), service: String::new(), result }
+    }
+    fn retired(result: Result<(), RuntimeError>) -> Input {
+        Input::Retired { deployment: "d1".into(), service: String::new(), result }
+    }
+    fn removed(result: Result<(), RuntimeError>) -> Input {
+        Input::Removed { deployment: "d1".into(), service: String::new(), result }
+    }
+    fn refreshed(result: Result<Option<String>, RuntimeError>) -> Input {
+        Input::Refreshed { deployment: "d1".into(), service: String::new(), result }
+    }
+
     fn deploy() -> Input {
         Input::Work(deploy_work(Mode::default()))
     }
@@ -875,12 +898,7 @@ mod tests {
         assert_eq!(reported(&actions), [Status::Received, Status::Downloading]);
         assert!(matches!(actions.last(), Some(Action::Pull { image, .. }) if image.ends_with("app:1.0.0")));
 
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: IMAGE.into(),
-            result: Ok(()),
-        });
+        agent.handle(pulled(IMAGE, Ok(())));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Deploying]);
         let Some(Action::Create { spec, .. }) = actions.last() else { panic!("{actions:?}") };
@@ -888,12 +906,7 @@ mod tests {
         assert_eq!(spec.labels[NODE_LABEL], "edge-1");
         assert_eq!(spec.name, "sample-d1-edge-1");
 
-        agent.handle(Input::Created {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: IMAGE.into(),
-            result: Ok("c1".into()),
-        });
+        agent.handle(created(IMAGE, Ok("c1".into())));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Starting]);
         assert_eq!(
@@ -902,12 +915,7 @@ mod tests {
         );
 
         let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
-        agent.handle(Input::Started {
-            deployment: "d1".into(),
-            service: String::new(),
-            container: "c1".into(),
-            result: Ok(state),
-        });
+        agent.handle(started("c1", Ok(state)));
         assert_eq!(reported(&drain(&mut agent)), [Status::Running]);
         assert_eq!(agent.workloads().next().map(|w| w.status), Some(Status::Running));
     }
@@ -927,12 +935,7 @@ mod tests {
         agent.handle(deploy());
         drain(&mut agent);
         let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: IMAGE.into(),
-            result: Err(error),
-        });
+        agent.handle(pulled(IMAGE, Err(error)));
         let actions = drain(&mut agent);
         let [Action::Report(NodeReport::DeploymentState { status, error: Some(failure), .. })] = actions.as_slice()
         else {
@@ -947,26 +950,11 @@ mod tests {
     fn a_container_that_exits_at_once_is_a_failure() {
         let mut agent = Agent::new("acme", "edge-1");
         agent.handle(deploy());
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: IMAGE.into(),
-            result: Ok(()),
-        });
-        agent.handle(Input::Created {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: IMAGE.into(),
-            result: Ok("c1".into()),
-        });
+        agent.handle(pulled(IMAGE, Ok(())));
+        agent.handle(created(IMAGE, Ok("c1".into())));
         drain(&mut agent);
         let state = ContainerState { image_id: "sha256:one".into(), running: false, exit_code: Some(127), error: None };
-        agent.handle(Input::Started {
-            deployment: "d1".into(),
-            service: String::new(),
-            container: "c1".into(),
-            result: Ok(state),
-        });
+        agent.handle(started("c1", Ok(state)));
         let actions = drain(&mut agent);
         let [Action::Report(NodeReport::DeploymentState { error: Some(failure), .. })] = actions.as_slice() else {
             panic!("{actions:?}")
@@ -983,25 +971,10 @@ mod tests {
     fn running() -> Agent {
         let mut agent = Agent::new("acme", "edge-1");
         agent.handle(deploy());
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: IMAGE.into(),
-            result: Ok(()),
-        });
-        agent.handle(Input::Created {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: IMAGE.into(),
-            result: Ok("c1".into()),
-        });
+        agent.handle(pulled(IMAGE, Ok(())));
+        agent.handle(created(IMAGE, Ok("c1".into())));
         let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
-        agent.handle(Input::Started {
-            deployment: "d1".into(),
-            service: String::new(),
-            container: "c1".into(),
-            result: Ok(state),
-        });
+        agent.handle(started("c1", Ok(state)));
         drain(&mut agent);
         agent
     }
@@ -1016,7 +989,7 @@ mod tests {
             actions.last(),
             Some(&Action::Stop { deployment: "d1".into(), service: String::new(), container: "c1".into() })
         );
-        agent.handle(Input::Stopped { deployment: "d1".into(), service: String::new(), result: Ok(()) });
+        agent.handle(stopped(Ok(())));
         assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
 
         agent.handle(work_for(|deployment| NodeWork::Start { deployment }));
@@ -1041,7 +1014,7 @@ mod tests {
             image: "127.0.0.1:5000/sample/app:1.0.0".into(),
         };
         assert_eq!(actions.last(), Some(&expected));
-        agent.handle(Input::Removed { deployment: "d1".into(), service: String::new(), result: Ok(()) });
+        agent.handle(removed(Ok(())));
         assert_eq!(reported(&drain(&mut agent)), [Status::Removed]);
         assert_eq!(agent.workloads().count(), 0);
     }
@@ -1053,12 +1026,7 @@ mod tests {
         drain(&mut agent);
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         assert_eq!(drain(&mut agent), [], "the pull is still under way");
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: IMAGE.into(),
-            result: Ok(()),
-        });
+        agent.handle(pulled(IMAGE, Ok(())));
         assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
         agent.handle(work_for(|deployment| NodeWork::Start { deployment }));
         let actions = drain(&mut agent);
@@ -1072,12 +1040,7 @@ mod tests {
         agent.handle(deploy());
         drain(&mut agent);
         let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: IMAGE.into(),
-            result: Err(error),
-        });
+        agent.handle(pulled(IMAGE, Err(error)));
         drain(&mut agent);
         agent.handle(work_for(|deployment| NodeWork::Remove { deployment }));
         let actions = drain(&mut agent);
@@ -1142,12 +1105,7 @@ mod tests {
         agent.handle(Input::Work(deploy_work(STAGED)));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Received, Status::Processing, Status::Downloading]);
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: IMAGE.into(),
-            result: Ok(()),
-        });
+        agent.handle(pulled(IMAGE, Ok(())));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Staged]);
         assert_eq!(actions.len(), 1, "nothing is created before the apply: {actions:?}");
@@ -1161,12 +1119,7 @@ mod tests {
     fn a_staged_update_keeps_the_old_container_running_until_the_apply() {
         let mut agent = running();
         agent.handle(Input::Work(update_work("1.1.0", STAGED)));
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: "127.0.0.1:5000/sample/app:1.1.0".into(),
-            result: Ok(()),
-        });
+        agent.handle(pulled("127.0.0.1:5000/sample/app:1.1.0", Ok(())));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions).last(), Some(&Status::Ready));
         assert!(!actions.iter().any(|a| matches!(a, Action::Retire { .. })), "the old one runs on: {actions:?}");
@@ -1183,12 +1136,7 @@ mod tests {
         let mut agent = running();
         agent.handle(Input::Work(update_work("1.1.0", STAGED)));
         let new_image = "127.0.0.1:5000/sample/app:1.1.0";
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: new_image.into(),
-            result: Ok(()),
-        });
+        agent.handle(pulled(new_image, Ok(())));
         assert_eq!(reported(&drain(&mut agent)).last(), Some(&Status::Ready));
 
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
@@ -1197,7 +1145,7 @@ mod tests {
             actions.last(),
             Some(&Action::Stop { deployment: "d1".into(), service: String::new(), container: "c1".into() })
         );
-        agent.handle(Input::Stopped { deployment: "d1".into(), service: String::new(), result: Ok(()) });
+        agent.handle(stopped(Ok(())));
         assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
 
         agent.handle(work_for(|deployment| NodeWork::Start { deployment }));
@@ -1207,12 +1155,7 @@ mod tests {
             Some(&Action::Start { deployment: "d1".into(), service: String::new(), container: "c1".into() })
         );
         let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
-        agent.handle(Input::Started {
-            deployment: "d1".into(),
-            service: String::new(),
-            container: "c1".into(),
-            result: Ok(state),
-        });
+        agent.handle(started("c1", Ok(state)));
         assert_eq!(reported(&drain(&mut agent)), [Status::Ready], "still waiting for the apply");
 
         agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
@@ -1243,12 +1186,7 @@ mod tests {
     fn an_apply_after_a_stop_starts_it() {
         let mut agent = Agent::new("acme", "edge-1");
         agent.handle(Input::Work(deploy_work(STAGED)));
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: IMAGE.into(),
-            result: Ok(()),
-        });
+        agent.handle(pulled(IMAGE, Ok(())));
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         drain(&mut agent);
         agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
@@ -1262,12 +1200,7 @@ mod tests {
         agent.handle(update_to("1.1.0"));
         drain(&mut agent);
         // The 1.0.0 pull that was under way ends now.
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: IMAGE.into(),
-            result: Ok(()),
-        });
+        agent.handle(pulled(IMAGE, Ok(())));
         let actions = drain(&mut agent);
         assert!(matches!(actions.last(), Some(Action::Pull { image, .. }) if image.ends_with(":1.1.0")), "{actions:?}");
     }
@@ -1278,7 +1211,7 @@ mod tests {
         agent.handle(work_for(|deployment| NodeWork::Remove { deployment }));
         agent.handle(Input::Work(deploy_work(Mode::default())));
         drain(&mut agent);
-        agent.handle(Input::Removed { deployment: "d1".into(), service: String::new(), result: Ok(()) });
+        agent.handle(removed(Ok(())));
         let actions = drain(&mut agent);
         assert!(!reported(&actions).contains(&Status::Removed), "{actions:?}");
         assert!(matches!(actions.last(), Some(Action::Create { .. })), "created again: {actions:?}");
@@ -1346,12 +1279,7 @@ mod tests {
             "the old one runs on"
         );
 
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: "127.0.0.1:5000/sample/app:1.1.0".into(),
-            result: Ok(()),
-        });
+        agent.handle(pulled("127.0.0.1:5000/sample/app:1.1.0", Ok(())));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Deploying]);
         assert_eq!(
@@ -1359,7 +1287,7 @@ mod tests {
             Some(&Action::Retire { deployment: "d1".into(), service: String::new(), container: "c1".into() })
         );
 
-        agent.handle(Input::Retired { deployment: "d1".into(), service: String::new(), result: Ok(()) });
+        agent.handle(retired(Ok(())));
         let actions = drain(&mut agent);
         let Some(Action::Create { spec, .. }) = actions.last() else { panic!("{actions:?}") };
         assert_eq!(spec.image, "127.0.0.1:5000/sample/app:1.1.0");
@@ -1372,12 +1300,7 @@ mod tests {
         agent.handle(update_to("9.9.9"));
         drain(&mut agent);
         let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: String::new(),
-            image: "127.0.0.1:5000/sample/app:9.9.9".into(),
-            result: Err(error),
-        });
+        agent.handle(pulled("127.0.0.1:5000/sample/app:9.9.9", Err(error)));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Failed]);
         assert!(!actions.iter().any(|a| matches!(a, Action::Retire { .. })));
@@ -1402,21 +1325,13 @@ mod tests {
         assert_eq!(reported(&actions), [Status::Downloading]);
         assert!(matches!(actions.last(), Some(Action::Refresh { image, .. }) if image.ends_with(":1.0.0")));
         // The same image: the container stays.
-        agent.handle(Input::Refreshed {
-            deployment: "d1".into(),
-            service: String::new(),
-            result: Ok(Some("sha256:one".into())),
-        });
+        agent.handle(refreshed(Ok(Some("sha256:one".into()))));
         assert_eq!(reported(&drain(&mut agent)), [Status::Running]);
 
         agent.handle(refresh());
         drain(&mut agent);
         // Another image under the same tag: the container is replaced.
-        agent.handle(Input::Refreshed {
-            deployment: "d1".into(),
-            service: String::new(),
-            result: Ok(Some("sha256:two".into())),
-        });
+        agent.handle(refreshed(Ok(Some("sha256:two".into()))));
         let actions = drain(&mut agent);
         assert_eq!(
             actions.last(),
