@@ -42,6 +42,8 @@ say "cleaning up the previous run"
 stop_all
 old=$(docker -H "$DOCKER_HOST" ps -aq --filter "label=io.edge-orchestrator.node=$node")
 [ -n "$old" ] && docker -H "$DOCKER_HOST" rm -f $old >/dev/null
+old=$(docker -H "$DOCKER_HOST" network ls -q --filter "label=io.edge-orchestrator.node=$node")
+[ -n "$old" ] && docker -H "$DOCKER_HOST" network rm $old >/dev/null
 # Forget the local copies so that the launch really pulls from the registry.
 docker -H "$DOCKER_HOST" rmi -f 127.0.0.1:5000/sample/app:1.0.0 127.0.0.1:5000/sample/app:1.1.0 >/dev/null 2>&1 || true
 rm -rf "$demo"
@@ -82,7 +84,7 @@ staged_out=$("$bin/engine" launch --app sample --version 1.0.0 --node "$node" --
 echo "$staged_out"
 staged_id=$(echo "$staged_out" | awk '{print $3}')
 for _ in $(seq 1 100); do
-  "$bin/engine" list --staged true --status ready | grep -q "$staged_id" && break
+  "$bin/engine" list --staged true --status staged | grep -q "$staged_id" && break
   sleep 0.1
 done
 "$bin/engine" list --staged true
@@ -109,6 +111,25 @@ say "operator: update the second staged, applied at once (everything downloaded 
 
 say "no notification left"
 "$bin/engine" notifications
+
+say "vendor: a compose application of two services (examples/shop.compose.yaml)"
+"$bin/engine" --actor vendor app register shop --name "Shop"
+"$bin/engine" --actor vendor app add-version shop 1.0.0 --compose examples/shop.compose.yaml >/dev/null
+"$bin/engine" --actor vendor app publish shop 1.0.0 >/dev/null
+"$bin/engine" app show shop | grep -A3 '"parameters"'
+
+say "operator: launch it with GREETING=hi: one container per service, each reported"
+shop_out=$("$bin/engine" launch --app shop --version 1.0.0 --node "$node" --set GREETING=hi)
+echo "$shop_out"
+shop_id=$(echo "$shop_out" | awk '{print $3}')
+"$bin/engine" watch "$shop_id"
+echo "web answers on its published loopback port: $(curl -s http://127.0.0.1:18090/)"
+for _ in $(seq 1 50); do
+  "$bin/engine" logs "$shop_id" | grep -q "sample app" && break
+  sleep 0.1
+done
+echo "probe's log, fetched through the engine (it reached web by name):"
+"$bin/engine" logs "$shop_id" | grep "probe\] sample app"
 
 say "the deployments"
 "$bin/engine" list

@@ -636,6 +636,9 @@ pub struct HistoryEntry {
     pub status: events::Status,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<events::Failure>,
+    /// Each container's status, when the node reported them.
+    #[serde(skip_serializing_if = "events::Containers::is_empty", default)]
+    pub containers: events::Containers,
 }
 
 /// Every status the deployment went through, on every node, in order: the log's own account,
@@ -658,6 +661,7 @@ async fn deployment_history(
         let envelope = &stored.envelope;
         let event: DeploymentEvent =
             envelope.event().map_err(|source| StoreError::Corrupt { sequence: stored.sequence, source })?;
+        let mut containers = events::Containers::new();
         let (node, status, error) = match event {
             DeploymentEvent::Launched { .. } => (None, events::Status::PendingDeploy, None),
             DeploymentEvent::StopRequested { .. } => (None, events::Status::PendingStop, None),
@@ -668,7 +672,10 @@ async fn deployment_history(
             DeploymentEvent::ForceUpdateRequested { .. } => (None, events::Status::PendingDeploy, None),
             DeploymentEvent::TargetAdded { node, .. } => (Some(node), events::Status::PendingDeploy, None),
             DeploymentEvent::TargetRemoved { node, .. } => (Some(node), events::Status::PendingRemove, None),
-            DeploymentEvent::NodeStateReported { node, status, error, .. } => (Some(node), status, error),
+            DeploymentEvent::NodeStateReported { node, status, error, containers: reported, .. } => {
+                containers = reported;
+                (Some(node), status, error)
+            }
         };
         history.push(HistoryEntry {
             sequence: stored.sequence,
@@ -677,6 +684,7 @@ async fn deployment_history(
             node,
             status,
             error,
+            containers,
         });
     }
     Ok(Json(history))

@@ -59,6 +59,12 @@ enum Command {
         selector: Option<String>,
         #[command(flatten)]
         mode: ModeArgs,
+        /// A profile of the version: a named set of parameter values.
+        #[arg(long)]
+        profile: Option<String>,
+        /// A parameter value over the defaults and the profile (`NAME=value`); repeat for several.
+        #[arg(long = "set", value_parser = key_value)]
+        overrides: Vec<(String, String)>,
         /// Follow the status until every node is running or failed.
         #[arg(long)]
         watch: bool,
@@ -184,6 +190,11 @@ enum AppCommand {
     Show { id: String },
 }
 
+fn key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not NAME=value"))?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
 fn humantime_secs(text: &str) -> Result<Duration, String> {
     let digits = text.strip_suffix('s').unwrap_or(text);
     digits.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("`{text}` is not a number of seconds"))
@@ -217,12 +228,16 @@ impl Cli {
                 print_json(&client.post(&format!("/v1/applications/{id}/versions/{version}/publish"), json!({})).await?)
             }
             Command::App(AppCommand::Show { id }) => print_json(&client.get(&format!("/v1/applications/{id}")).await?),
-            Command::Launch { application, version, nodes, selector, mode, watch, timeout } => {
+            Command::Launch { application, version, nodes, selector, mode, profile, overrides, watch, timeout } => {
+                let overrides: serde_json::Map<String, Value> =
+                    overrides.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
                 let mut body = json!({
                     "application": application,
                     "version": version,
                     "staged": mode.staged,
                     "instantly_apply": mode.instantly_apply,
+                    "profile": profile,
+                    "overrides": overrides,
                 });
                 match selector {
                     Some(selector) => {
@@ -467,8 +482,19 @@ impl Client<'_> {
                     None => String::new(),
                 };
                 let node = entry.node.as_deref().unwrap_or("-");
+                // A compose deployment's containers, by service: what follows the node's name.
+                let containers: Vec<String> = entry
+                    .containers
+                    .iter()
+                    .map(|(name, c)| {
+                        let service = name.split_once(&format!("-{node}-")).map_or(name.as_str(), |(_, s)| s);
+                        format!("{service} {}", c.status)
+                    })
+                    .collect();
+                let containers =
+                    if containers.len() > 1 { format!("  [{}]", containers.join(", ")) } else { String::new() };
                 println!(
-                    "{}  {node:<12} {:<15} {:<14}{detail}",
+                    "{}  {node:<12} {:<15} {:<14}{detail}{containers}",
                     entry.time.format("%H:%M:%S%.3f"),
                     entry.status,
                     entry.actor
