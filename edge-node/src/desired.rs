@@ -10,6 +10,9 @@ pub struct Desired {
     tree: sled::Tree,
 }
 
+/// The stream sequence of the last work kept. No deployment key starts with `#`.
+const LAST_SEQUENCE: &[u8] = b"#last-sequence";
+
 /// `<deployment>/<order>`: a deployment's work sorts together, in the order received.
 fn key(deployment: &str, order: u64) -> Vec<u8> {
     let mut key = format!("{deployment}/").into_bytes();
@@ -22,11 +25,20 @@ impl Desired {
         Ok(Desired { db: db.clone(), tree: db.open_tree("desired")? })
     }
 
-    /// Keeps a work envelope of `deployment`, durably, before it is acked.
-    pub fn keep(&self, deployment: &str, envelope: &Envelope) -> sled::Result<()> {
-        self.tree.insert(key(deployment, self.db.generate_id()?), envelope.encode())?;
+    /// Keeps a work envelope of `deployment`, durably, before it is acked; `false` for one at
+    /// or below the last stream sequence kept, which is work delivered again (its ack was
+    /// lost), not to be carried out twice. The consumer delivers in stream order.
+    pub fn keep(&self, deployment: &str, envelope: &Envelope, sequence: u64) -> sled::Result<bool> {
+        let last = self.tree.get(LAST_SEQUENCE)?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
+        if sequence != 0 && last.is_some_and(|last| sequence <= last) {
+            return Ok(false);
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(key(deployment, self.db.generate_id()?), envelope.encode());
+        batch.insert(LAST_SEQUENCE, &sequence.to_be_bytes());
+        self.tree.apply_batch(batch)?;
         self.db.flush()?;
-        Ok(())
+        Ok(true)
     }
 
     /// Forgets a deployment that is gone from the node.
@@ -54,6 +66,9 @@ impl Desired {
         let mut groups: Vec<(String, Vec<Envelope>)> = Vec::new();
         for entry in self.tree.iter() {
             let (key, bytes) = entry?;
+            if key.as_ref() == LAST_SEQUENCE {
+                continue;
+            }
             let deployment = key.split(|b| *b == b'/').next().unwrap_or_default().to_vec();
             let deployment = String::from_utf8_lossy(&deployment).into_owned();
             let envelope = Envelope::decode(&bytes)?;
@@ -81,7 +96,7 @@ mod tests {
     }
 
     #[test]
-    fn work_is_kept_in_order_per_deployment_and_a_done_refresh_is_dropped() {
+    fn work_is_kept_once_in_order_per_deployment_and_a_done_refresh_is_dropped() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let desired = Desired::open(&db).unwrap();
         let deploy = NodeWork::Deploy {
@@ -95,10 +110,16 @@ mod tests {
         };
         let refresh = NodeWork::Refresh { deployment: "d1".into() };
         let stop = NodeWork::Stop { deployment: "d1".into() };
+        let sequence = |work: &NodeWork| match work {
+            NodeWork::Deploy { .. } => 1,
+            NodeWork::Refresh { .. } => 2,
+            _ => 3,
+        };
         for work in [&deploy, &refresh, &stop] {
-            desired.keep("d1", &envelope(work)).unwrap();
+            assert!(desired.keep("d1", &envelope(work), sequence(work)).unwrap());
         }
-        desired.keep("d2", &envelope(&NodeWork::Stop { deployment: "d2".into() })).unwrap();
+        assert!(desired.keep("d2", &envelope(&NodeWork::Stop { deployment: "d2".into() }), 10).unwrap());
+        assert!(!desired.keep("d1", &envelope(&stop), 3).unwrap(), "work delivered again is not kept twice");
         let types = |desired: &Desired| -> Vec<Vec<String>> {
             desired.all().unwrap().iter().map(|g| g.iter().map(|e| e.event_type.clone()).collect()).collect()
         };

@@ -52,7 +52,10 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
     let heartbeat = tokio::spawn(crate::telemetry::beat(client.clone(), runtime.clone(), config.clone(), watched));
     let _heartbeat = AbortOnDrop(heartbeat);
 
-    let mut work = subscribe(&js, &config).await?.messages().await.map_err(|e| anyhow::anyhow!(e))?;
+    // Work arrives through a task of its own, which rides out a lost link: the loop goes on
+    // deciding meanwhile.
+    let (work_tx, mut work) = mpsc::channel::<jetstream::Message>(64);
+    let _receiver = AbortOnDrop(tokio::spawn(receive_work(js.clone(), config.clone(), work_tx)));
     let mut log_requests = client.subscribe(events::logs::subject(&config.tenant, &config.node)).await?;
     let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Input>();
     let mut agent = Agent::new(&config.tenant, &config.node);
@@ -136,23 +139,27 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
             }
         }
         let input = tokio::select! {
-            message = work.next() => {
-                let message = message.context("the work subscription ended")?.map_err(|e| anyhow::anyhow!(e))?;
+            Some(message) = work.recv() => {
+                let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
                 let input = match Envelope::decode(&message.payload) {
                     Ok(envelope) => {
                         let input = accept(&envelope, &config, &actor, &mut causes);
-                        if let Some(Input::Work(work)) = &input {
-                            desired.keep(work.deployment(), &envelope)?;
+                        match &input {
+                            // Delivered again (its ack was lost): it was carried out already.
+                            Some(Input::Work(work)) if !desired.keep(work.deployment(), &envelope, sequence)? => None,
+                            _ => input,
                         }
-                        input
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "skipping malformed work");
                         None
                     }
                 };
-                // Kept (or refused) first, acked after: a crash in between brings it again.
-                message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+                // Kept (or refused) first, acked after: a crash in between brings it again. An
+                // ack lost with the link brings it again too, and it is recognised then.
+                if let Err(e) = message.ack().await {
+                    tracing::warn!(sequence, error = %e, "acking work");
+                }
                 match input {
                     Some(input) => input,
                     None => continue,
@@ -267,26 +274,52 @@ where
     });
 }
 
-/// The node's durable consumer on its own work subject; waits for the stream to exist.
-async fn subscribe(js: &jetstream::Context, config: &NodeConfig) -> anyhow::Result<consumer::PullConsumer> {
+/// Hands the loop every message of the node's durable consumer, for as long as the node runs:
+/// through a lost link, a restarted server or a consumer that has to be made again.
+async fn receive_work(js: jetstream::Context, config: NodeConfig, work: mpsc::Sender<jetstream::Message>) {
+    loop {
+        let mut messages = match subscribe(&js, &config).await.messages().await {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the work consumer; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(message) => {
+                    if work.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                // A missed heartbeat or a lost connection: the stream goes on once the link is back.
+                Err(e) => tracing::warn!(error = %e, "the work consumer waits for the link"),
+            }
+        }
+        tracing::warn!("the work consumer ended; subscribing again");
+    }
+}
+
+/// The node's durable consumer on its own work subject; waits for the stream and the link.
+async fn subscribe(js: &jetstream::Context, config: &NodeConfig) -> consumer::PullConsumer {
     let name = format!("node-{}-{}", config.tenant, config.node);
     let mut delay = Duration::from_millis(100);
     loop {
-        match js.get_stream(&config.stream).await {
+        let consumer = match js.get_stream(&config.stream).await {
             Ok(stream) => {
-                return stream
-                    .get_or_create_consumer(
-                        &name,
-                        consumer::pull::Config {
-                            durable_name: Some(name.clone()),
-                            filter_subject: events::subject::node_desired(&config.tenant, &config.node),
-                            ack_policy: consumer::AckPolicy::Explicit,
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map_err(|e| anyhow::anyhow!("creating consumer {name}: {e}"));
+                let config = consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: events::subject::node_desired(&config.tenant, &config.node),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ..Default::default()
+                };
+                stream.get_or_create_consumer(&name, config).await.map_err(|e| e.to_string())
             }
+            Err(e) => Err(e.to_string()),
+        };
+        match consumer {
+            Ok(consumer) => return consumer,
             Err(e) => {
                 tracing::info!(stream = %config.stream, error = %e, "waiting for the event stream");
                 tokio::time::sleep(delay).await;

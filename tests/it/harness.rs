@@ -144,7 +144,13 @@ impl TestNode {
     /// A node with the label `site=<site>`.
     pub async fn start_labelled(nats: &NatsServer, engine: &TestEngine, site: &str) -> TestNode {
         let name = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-        TestNode::start_on(nats, engine, name, tempfile::tempdir().unwrap(), site).await
+        TestNode::start_on(&nats.url(), engine, name, tempfile::tempdir().unwrap(), site).await
+    }
+
+    /// A node that reaches NATS at `url` (a [`tests::Link`], say).
+    pub async fn start_via(url: &str, engine: &TestEngine) -> TestNode {
+        let name = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        TestNode::start_on(url, engine, name, tempfile::tempdir().unwrap(), "lab").await
     }
 
     /// Stops the agent as a crash would (its containers stay) and starts it again on the same
@@ -160,18 +166,18 @@ impl TestNode {
         let data = self.data.take().unwrap();
         // Handed over: this value's drop leaves the containers to the new one.
         let name = std::mem::take(&mut self.name);
-        TestNode::start_on(nats, engine, name, data, site).await
+        TestNode::start_on(&nats.url(), engine, name, data, site).await
     }
 
     pub async fn start_on(
-        nats: &NatsServer,
+        url: &str,
         engine: &TestEngine,
         name: String,
         data: tempfile::TempDir,
         site: &str,
     ) -> TestNode {
         let config = NodeConfig {
-            nats_url: nats.url(),
+            nats_url: url.to_owned(),
             node: name.clone(),
             labels: [("site".to_owned(), site.to_owned())].into(),
             data_dir: data.path().join("node"),

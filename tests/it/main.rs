@@ -3,6 +3,7 @@
 mod api;
 mod compose;
 mod deploy;
+mod faults;
 mod harness;
 mod ingest;
 mod projector;

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+mod link;
+pub use link::Link;
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests package is in the workspace").to_path_buf()
@@ -75,6 +78,10 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub async fn client(&self) -> async_nats::Client {

@@ -1,0 +1,65 @@
+//! Faults on the real parts: a cut link, a killed node, containers changed behind the node's
+//! back. After each, the read models must say what Docker really runs, and nothing may have
+//! been applied twice.
+
+use std::collections::BTreeSet;
+
+use bollard::models::ContainerSummaryStateEnum;
+use edge_node::runtime::DEPLOYMENT_LABEL;
+use engine::store::{EventStore, StoreConfig};
+use serde_json::json;
+use tests::{docker, Link, NatsServer};
+
+use crate::harness::{launch, TestEngine, TestNode, IMAGE_1_0_0};
+
+/// Every report the node ever published, by envelope id: none may be stored twice.
+async fn reports_are_stored_once(nats: &NatsServer, node: &str) -> usize {
+    let store = EventStore::open(nats.client().await, &StoreConfig::default()).await.unwrap();
+    let loaded = store.load(&events::subject::node_reports("default", node)).await.unwrap();
+    let ids: BTreeSet<_> = loaded.events.iter().map(|e| e.envelope.id).collect();
+    assert_eq!(ids.len(), loaded.events.len(), "a report was stored twice");
+    ids.len()
+}
+
+/// The deployment's containers in Docker, with whether each runs.
+async fn in_docker(docker: &bollard::Docker, id: &str) -> Vec<(String, bool)> {
+    let found = tests::containers(docker, DEPLOYMENT_LABEL, id).await.unwrap();
+    found.into_iter().map(|c| (c.id.unwrap(), c.state == Some(ContainerSummaryStateEnum::RUNNING))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_loses_nothing_and_applies_nothing_twice() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let link = Link::to(&format!("127.0.0.1:{}", nats.port())).await;
+    let node = TestNode::start_via(&link.url(), &engine).await;
+    let docker = docker().await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let (kept, stopped) = (launch(&engine, &node.name).await, launch(&engine, &node.name).await);
+    for id in [&kept, &stopped] {
+        engine.wait_deployment(id, "the deployment to run", |v| v["status"] == "running").await;
+    }
+    let before = in_docker(&docker, &stopped).await;
+
+    // The link goes down; the engine goes on taking commands for the node.
+    link.cut();
+    let (status, _) = engine.post(&format!("/v1/deployments/{stopped}/stop"), json!({})).await;
+    assert_eq!(status, 202);
+    let added = launch(&engine, &node.name).await;
+    let view = engine.wait_deployment(&stopped, "the stop to be requested", |v| v["status"] == "pending_stop").await;
+    assert_eq!(view["desired"], "stopped");
+    assert!(in_docker(&docker, &kept).await[0].1, "the node's workloads run on without the link");
+
+    // Healed: the node takes the commands it missed, once, and the engine hears its truth.
+    link.heal();
+    engine.wait_deployment(&stopped, "the stop to be carried out", |v| v["status"] == "stopped").await;
+    engine.wait_deployment(&added, "the launch made offline to run", |v| v["status"] == "running").await;
+    engine.wait_deployment(&kept, "the untouched one to be running", |v| v["status"] == "running").await;
+    let after = in_docker(&docker, &stopped).await;
+    assert_eq!(after.len(), 1, "no second container: {after:?}");
+    assert_eq!((after[0].0.as_str(), after[0].1), (before[0].0.as_str(), false), "the same container, stopped");
+    assert_eq!(in_docker(&docker, &added).await.len(), 1);
+    assert_eq!(in_docker(&docker, &kept).await.len(), 1);
+    reports_are_stored_once(&nats, &node.name).await;
+    node.stop().await;
+}
