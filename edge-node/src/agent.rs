@@ -71,6 +71,12 @@ pub struct Unit {
     pub stale: bool,
     /// A runtime step is under way; the next waits for its outcome.
     busy: bool,
+    /// The step under way and when it began (the agent's clock, in milliseconds).
+    step: &'static str,
+    since: u64,
+    /// The step under way passed its deadline: it is reported failed, and its outcome, if it
+    /// ever comes, still counts.
+    overdue: bool,
     /// The last step failed; nothing more is tried until new work arrives.
     failed: bool,
 }
@@ -91,6 +97,9 @@ impl Unit {
             old: None,
             stale: false,
             busy: false,
+            step: "",
+            since: 0,
+            overdue: false,
             failed: false,
         }
     }
@@ -184,6 +193,46 @@ pub enum Input {
         deployment: String,
         result: Result<(), RuntimeError>,
     },
+    /// The agent's clock, in milliseconds from any fixed point: steps past their deadline fail.
+    Tick {
+        now: u64,
+    },
+    /// What the runtime has of a settled container now, looked up as [`Agent::to_observe`]
+    /// asked: a container removed, stopped, started or replaced behind the node's back is drift.
+    Observed {
+        deployment: String,
+        service: String,
+        /// The container the unit had when the lookup was asked for.
+        container: Option<String>,
+        observed: Observed,
+    },
+    /// The link is back: say again where every deployment stands.
+    Reconnected,
+}
+
+/// How long each runtime step may take, in milliseconds, before it is reported failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// A download: pull or refresh.
+    pub download: u64,
+    /// Any other step: create, start, stop, remove.
+    pub step: u64,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines { download: 10 * 60 * 1000, step: 2 * 60 * 1000 }
+    }
+}
+
+/// A settled container to look up for drift.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub deployment: String,
+    pub service: String,
+    pub name: String,
+    pub image: String,
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -234,6 +283,23 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// The name of the runtime step, for deadlines and messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Report(_) => "report",
+            Action::Pull { .. } => "pull",
+            Action::Create { .. } => "create",
+            Action::Start { .. } => "start",
+            Action::Stop { .. } => "stop",
+            Action::Remove { .. } => "remove",
+            Action::Retire { .. } => "retire",
+            Action::Refresh { .. } => "refresh",
+            Action::RemoveNetwork { .. } => "network removal",
+        }
+    }
+}
+
 /// What converging decides for one unit.
 enum Step {
     /// Nothing to do now; its status stays.
@@ -253,11 +319,48 @@ pub struct Agent {
     tenant: String,
     workloads: BTreeMap<String, Workload>,
     actions: VecDeque<Action>,
+    deadlines: Deadlines,
+    /// The last time a tick brought.
+    now: u64,
 }
 
 impl Agent {
     pub fn new(tenant: &str, node: &str) -> Agent {
-        Agent { node: node.to_owned(), tenant: tenant.to_owned(), workloads: BTreeMap::new(), actions: VecDeque::new() }
+        Agent::with_deadlines(tenant, node, Deadlines::default())
+    }
+
+    pub fn with_deadlines(tenant: &str, node: &str, deadlines: Deadlines) -> Agent {
+        Agent {
+            node: node.to_owned(),
+            tenant: tenant.to_owned(),
+            workloads: BTreeMap::new(),
+            actions: VecDeque::new(),
+            deadlines,
+            now: 0,
+        }
+    }
+
+    /// The settled containers whose truth the driver should look up, for drift.
+    pub fn to_observe(&self) -> Vec<Check> {
+        let units = self.workloads.values().flat_map(|w| w.units.iter().map(move |(s, u)| (w, s, u)));
+        units
+            .filter(|(w, _, u)| {
+                matches!(w.desired, Desired::Running | Desired::Stopped)
+                    && !u.busy
+                    && !u.failed
+                    && u.wanted
+                    && u.old.is_none()
+                    && u.container.is_some()
+                    && matches!(u.status, Status::Running | Status::Stopped | Status::Ready)
+            })
+            .map(|(w, service, u)| Check {
+                deployment: w.deployment.clone(),
+                service: service.clone(),
+                name: u.name.clone(),
+                image: u.service.image.clone(),
+                container: u.container.clone(),
+            })
+            .collect()
     }
 
     pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
@@ -317,6 +420,56 @@ impl Agent {
 
     pub fn handle(&mut self, input: Input) {
         let deployment = match input {
+            Input::Tick { now } => return self.tick(now),
+            Input::Reconnected => {
+                let deployments: Vec<String> = self.workloads.keys().cloned().collect();
+                for deployment in deployments {
+                    self.repeat_status(&deployment);
+                }
+                return;
+            }
+            Input::Observed { deployment, service, container, observed } => {
+                let Some(w) = self.workloads.get_mut(&deployment) else { return };
+                let Some(u) = w.units.get_mut(&service).filter(|u| !u.busy && !u.failed && u.container == container)
+                else {
+                    return;
+                };
+                let drift = match observed.container {
+                    None => {
+                        u.container = None;
+                        u.running = false;
+                        "removed"
+                    }
+                    Some(found) if Some(&found.id) != u.container.as_ref() => {
+                        if u.made_by(&found) {
+                            u.running = found.running;
+                            u.container = Some(found.id);
+                        } else {
+                            // Someone else's container under its name: it goes, and this one comes back.
+                            u.old = Some(found.id);
+                            u.container = None;
+                            u.running = false;
+                        }
+                        "replaced"
+                    }
+                    Some(found) if found.running != u.running => {
+                        u.running = found.running;
+                        if found.running {
+                            "started"
+                        } else {
+                            "stopped"
+                        }
+                    }
+                    Some(_) => return,
+                };
+                let container = u.name.clone();
+                self.actions.push_back(Action::Report(NodeReport::Drift {
+                    deployment: deployment.clone(),
+                    container,
+                    drift: drift.to_owned(),
+                }));
+                deployment
+            }
             Input::Work(work) => {
                 let announce = match &work {
                     NodeWork::Deploy { mode, .. } | NodeWork::Update { mode, .. } => Some(mode.staged),
@@ -567,12 +720,50 @@ impl Agent {
         let Some(u) = self.workloads.get_mut(&deployment).and_then(|w| w.units.get_mut(service)) else {
             return deployment;
         };
+        if !u.busy && !u.overdue {
+            // An outcome of a step this unit no longer waits for.
+            return deployment;
+        }
         u.busy = false;
         match result {
-            Ok(value) => success(u, value),
-            Err(e) => u.fail(e.failure()),
+            Ok(value) => {
+                if std::mem::take(&mut u.overdue) {
+                    // Late, but done: it counts, and the unit goes on.
+                    u.failed = false;
+                    u.error = None;
+                }
+                success(u, value)
+            }
+            Err(e) => {
+                u.overdue = false;
+                u.fail(e.failure())
+            }
         }
         deployment
+    }
+
+    /// Moves the clock on: every step past its deadline is reported failed, never left in
+    /// flight.
+    fn tick(&mut self, now: u64) {
+        self.now = now;
+        let deadlines = self.deadlines;
+        let mut touched = Vec::new();
+        for w in self.workloads.values_mut() {
+            for u in w.units.values_mut().filter(|u| u.busy) {
+                let limit = if matches!(u.step, "pull" | "refresh") { deadlines.download } else { deadlines.step };
+                if now.saturating_sub(u.since) > limit {
+                    u.busy = false;
+                    u.overdue = true;
+                    let message = format!("the {} of {} did not finish within {} s", u.step, u.name, limit / 1000);
+                    u.fail(Failure { code: "deadline_exceeded".into(), message });
+                    touched.push(w.deployment.clone());
+                }
+            }
+        }
+        touched.dedup();
+        for deployment in touched {
+            self.converge(&deployment);
+        }
     }
 
     /// Takes the next step of every unit from what is true towards what is wanted, where
@@ -600,6 +791,8 @@ impl Agent {
                 Step::Act(status, action) => {
                     u.status = status;
                     u.busy = true;
+                    u.step = action.kind();
+                    u.since = self.now;
                     actions.push(*action);
                 }
                 Step::Fail(failure) => u.fail(failure),
@@ -1493,5 +1686,92 @@ mod tests {
         assert_eq!(w.units["db"].container.as_deref(), Some("c-db"), "db is unchanged and keeps its container");
         agent.handle(Input::Retired { deployment: "d1".into(), service: "cache".into(), result: Ok(()) });
         assert!(!agent.workloads().next().unwrap().units.contains_key("cache"), "a service that left is gone");
+    }
+
+    #[test]
+    fn a_step_past_its_deadline_is_reported_failed_and_a_late_outcome_still_counts() {
+        let deadlines = Deadlines { download: 5_000, step: 1_000 };
+        let mut agent = Agent::with_deadlines("acme", "edge-1", deadlines);
+        agent.handle(Input::Tick { now: 1_000 });
+        agent.handle(deploy());
+        drain(&mut agent);
+        agent.handle(Input::Tick { now: 6_000 });
+        assert_eq!(drain(&mut agent), [], "within its deadline");
+        agent.handle(Input::Tick { now: 6_001 });
+        let actions = drain(&mut agent);
+        let [Action::Report(NodeReport::DeploymentState { status: Status::Failed, error: Some(failure), .. })] =
+            actions.as_slice()
+        else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(failure.code, "deadline_exceeded");
+        assert_eq!(failure.message, "the pull of sample-d1-edge-1 did not finish within 5 s");
+
+        agent.handle(pulled(IMAGE, Ok(())));
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Deploying]);
+        assert!(matches!(actions.last(), Some(Action::Create { .. })), "{actions:?}");
+    }
+
+    fn observed(container: Option<ObservedContainer>) -> Input {
+        Input::Observed {
+            deployment: "d1".into(),
+            service: String::new(),
+            container: Some("c1".into()),
+            observed: Observed { container, image_present: true },
+        }
+    }
+
+    fn drifts(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Report(NodeReport::Drift { drift, .. }) => Some(drift.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_container_changed_behind_the_nodes_back_is_drift_and_is_put_back() {
+        let mut agent = running();
+        assert_eq!(agent.to_observe().len(), 1);
+        agent.handle(observed(Some(found("c1", true, "1.0.0"))));
+        assert_eq!(drain(&mut agent), [], "as expected: no drift");
+
+        agent.handle(observed(Some(found("c1", false, "1.0.0"))));
+        let actions = drain(&mut agent);
+        assert_eq!(drifts(&actions), ["stopped"]);
+        assert!(matches!(actions.last(), Some(Action::Start { container, .. }) if container == "c1"), "{actions:?}");
+        let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
+        agent.handle(started("c1", Ok(state)));
+        drain(&mut agent);
+
+        agent.handle(observed(None));
+        let actions = drain(&mut agent);
+        assert_eq!(drifts(&actions), ["removed"]);
+        assert!(matches!(actions.last(), Some(Action::Create { .. })), "{actions:?}");
+    }
+
+    #[test]
+    fn a_stranger_under_the_containers_name_is_removed_and_the_container_made_again() {
+        let mut agent = running();
+        agent.handle(observed(Some(found("intruder", true, "6.6.6"))));
+        let actions = drain(&mut agent);
+        assert_eq!(drifts(&actions), ["replaced"]);
+        let retire = Action::Retire { deployment: "d1".into(), service: String::new(), container: "intruder".into() };
+        assert_eq!(actions.last(), Some(&retire));
+        agent.handle(retired(Ok(())));
+        assert!(matches!(drain(&mut agent).last(), Some(Action::Create { .. })));
+    }
+
+    #[test]
+    fn a_lookup_from_before_a_step_is_not_drift() {
+        let mut agent = running();
+        agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
+        drain(&mut agent);
+        // Looked up while the stop was under way: the unit is busy, the lookup says nothing.
+        agent.handle(observed(Some(found("c1", false, "1.0.0"))));
+        assert_eq!(drifts(&drain(&mut agent)), Vec::<&str>::new());
     }
 }

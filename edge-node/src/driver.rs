@@ -19,7 +19,7 @@ use events::report::NodeReport;
 use events::work::NodeWork;
 use events::{Envelope, Status};
 
-use crate::agent::{Action, Agent, Input, Lookup};
+use crate::agent::{Action, Agent, Check, Input, Lookup};
 use crate::desired::Desired;
 use crate::outbox::Outbox;
 use crate::runtime::{ContainerRuntime, Observed};
@@ -27,8 +27,18 @@ use crate::NodeConfig;
 
 /// Runs the node until its connection to JetStream fails for good.
 pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> anyhow::Result<()> {
+    // Each time the link comes back, the agent says again where everything stands.
+    let (links_tx, mut links) = mpsc::unbounded_channel::<()>();
     let client = async_nats::ConnectOptions::new()
         .name(format!("edge-node {}", config.node))
+        .event_callback(move |event| {
+            let links = links_tx.clone();
+            async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    let _ = links.send(());
+                }
+            }
+        })
         .retry_on_initial_connect()
         .connect(&config.nats_url)
         .await
@@ -58,7 +68,11 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
     let _receiver = AbortOnDrop(tokio::spawn(receive_work(js.clone(), config.clone(), work_tx)));
     let mut log_requests = client.subscribe(events::logs::subject(&config.tenant, &config.node)).await?;
     let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Input>();
-    let mut agent = Agent::new(&config.tenant, &config.node);
+    let mut agent = Agent::with_deadlines(&config.tenant, &config.node, config.deadlines);
+    let started = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(config.reconcile);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut looking: Option<tokio::task::JoinHandle<()>> = None;
     // The work event each deployment came from: its reports are caused by it.
     let mut causes: HashMap<String, Metadata> = HashMap::new();
     tracing::info!(node = %config.node, tenant = %config.tenant, "edge node started");
@@ -95,7 +109,9 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                         desired.forget(deployment)?;
                     }
                     let meta = match &report {
-                        NodeReport::DeploymentState { deployment, .. } => causes.get(deployment).cloned(),
+                        NodeReport::DeploymentState { deployment, .. }
+                        | NodeReport::Drift { deployment, .. }
+                        | NodeReport::AppliedLocally { deployment } => causes.get(deployment).cloned(),
                         NodeReport::Online { .. } => None,
                     }
                     .unwrap_or_else(|| meta.clone());
@@ -166,6 +182,15 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                 }
             }
             Some(outcome) = outcomes.recv() => outcome,
+            Some(()) = links.recv() => Input::Reconnected,
+            _ = ticks.tick() => {
+                agent.handle(Input::Tick { now: started.elapsed().as_millis() as u64 });
+                // One look at the containers at a time: a slow runtime does not pile them up.
+                if looking.as_ref().is_none_or(|l| l.is_finished()) {
+                    looking = Some(tokio::spawn(look_for_drift(runtime.clone(), agent.to_observe(), outcomes_tx.clone())));
+                }
+                continue;
+            }
             Some(request) = log_requests.next() => {
                 let target = serde_json::from_slice::<LogsRequest>(&request.payload)
                     .ok()
@@ -257,6 +282,25 @@ async fn answer_logs<R: ContainerRuntime>(
     let payload = serde_json::to_vec(&reply).expect("a reply always serializes");
     if let Err(e) = client.publish(reply_to, payload.into()).await {
         tracing::warn!(error = %e, "answering a logs request");
+    }
+}
+
+/// Looks up each settled container, and hands the agent what the runtime has of it.
+async fn look_for_drift<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    checks: Vec<Check>,
+    outcomes: mpsc::UnboundedSender<Input>,
+) {
+    for Check { deployment, service, name, image, container } in checks {
+        match runtime.observe(&name, &image).await {
+            Ok(observed) => {
+                if outcomes.send(Input::Observed { deployment, service, container, observed }).is_err() {
+                    return;
+                }
+            }
+            // The runtime does not answer (dockerd restarting): nothing is concluded.
+            Err(e) => tracing::warn!(container = name, error = %e, "looking for drift"),
+        }
     }
 }
 

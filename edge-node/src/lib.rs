@@ -28,6 +28,9 @@ pub struct NodeConfig {
     pub stream: String,
     /// How often the node sends a heartbeat with its containers' telemetry.
     pub heartbeat: std::time::Duration,
+    /// How often the node looks at its containers for drift and at its steps for deadlines.
+    pub reconcile: std::time::Duration,
+    pub deadlines: agent::Deadlines,
 }
 
 impl Default for NodeConfig {
@@ -40,6 +43,8 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("edge-node-data"),
             stream: events::subject::STREAM.to_owned(),
             heartbeat: std::time::Duration::from_secs(5),
+            reconcile: std::time::Duration::from_secs(5),
+            deadlines: agent::Deadlines::default(),
         }
     }
 }

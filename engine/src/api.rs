@@ -633,9 +633,14 @@ pub struct HistoryEntry {
     pub time: chrono::DateTime<chrono::Utc>,
     pub actor: String,
     pub node: Option<String>,
-    pub status: events::Status,
+    /// The status the event brought; none for an event that changes no status.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<events::Status>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<events::Failure>,
+    /// What happened, for an event that changes no status (drift, a local apply).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub note: Option<String>,
     /// Each container's status, when the node reported them.
     #[serde(skip_serializing_if = "events::Containers::is_empty", default)]
     pub containers: events::Containers,
@@ -661,31 +666,43 @@ async fn deployment_history(
         let envelope = &stored.envelope;
         let event: DeploymentEvent =
             envelope.event().map_err(|source| StoreError::Corrupt { sequence: stored.sequence, source })?;
-        let mut containers = events::Containers::new();
-        let (node, status, error) = match event {
-            DeploymentEvent::Launched { .. } => (None, events::Status::PendingDeploy, None),
-            DeploymentEvent::StopRequested { .. } => (None, events::Status::PendingStop, None),
-            DeploymentEvent::StartRequested { .. } => (None, events::Status::PendingStart, None),
-            DeploymentEvent::UninstallRequested { .. } => (None, events::Status::PendingRemove, None),
-            DeploymentEvent::UpdateRequested { .. } => (None, events::Status::PendingDeploy, None),
-            DeploymentEvent::ApplyRequested { .. } => (None, events::Status::PendingApply, None),
-            DeploymentEvent::ForceUpdateRequested { .. } => (None, events::Status::PendingDeploy, None),
-            DeploymentEvent::TargetAdded { node, .. } => (Some(node), events::Status::PendingDeploy, None),
-            DeploymentEvent::TargetRemoved { node, .. } => (Some(node), events::Status::PendingRemove, None),
-            DeploymentEvent::NodeStateReported { node, status, error, containers: reported, .. } => {
-                containers = reported;
-                (Some(node), status, error)
-            }
-        };
-        history.push(HistoryEntry {
+        use events::Status as S;
+        let mut entry = HistoryEntry {
             sequence: stored.sequence,
             time: envelope.time,
             actor: envelope.actor.clone(),
-            node,
-            status,
-            error,
-            containers,
-        });
+            node: None,
+            status: None,
+            error: None,
+            note: None,
+            containers: events::Containers::new(),
+        };
+        match event {
+            DeploymentEvent::Launched { .. } => entry.status = Some(S::PendingDeploy),
+            DeploymentEvent::StopRequested { .. } => entry.status = Some(S::PendingStop),
+            DeploymentEvent::StartRequested { .. } => entry.status = Some(S::PendingStart),
+            DeploymentEvent::UninstallRequested { .. } => entry.status = Some(S::PendingRemove),
+            DeploymentEvent::UpdateRequested { .. } => entry.status = Some(S::PendingDeploy),
+            DeploymentEvent::ApplyRequested { .. } => entry.status = Some(S::PendingApply),
+            DeploymentEvent::ForceUpdateRequested { .. } => entry.status = Some(S::PendingDeploy),
+            DeploymentEvent::TargetAdded { node, .. } => {
+                (entry.node, entry.status) = (Some(node), Some(S::PendingDeploy))
+            }
+            DeploymentEvent::TargetRemoved { node, .. } => {
+                (entry.node, entry.status) = (Some(node), Some(S::PendingRemove))
+            }
+            DeploymentEvent::NodeStateReported { node, status, error, containers, .. } => {
+                (entry.node, entry.status, entry.error, entry.containers) =
+                    (Some(node), Some(status), error, containers);
+            }
+            DeploymentEvent::DriftDetected { node, container, drift, .. } => {
+                (entry.node, entry.note) = (Some(node), Some(format!("drift: {container} {drift}")));
+            }
+            DeploymentEvent::AppliedLocally { node, .. } => {
+                (entry.node, entry.note) = (Some(node), Some("applied on the node".to_owned()));
+            }
+        }
+        history.push(entry);
     }
     Ok(Json(history))
 }

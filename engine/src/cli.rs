@@ -493,10 +493,14 @@ impl Client<'_> {
                     .collect();
                 let containers =
                     if containers.len() > 1 { format!("  [{}]", containers.join(", ")) } else { String::new() };
+                let status = match (&entry.status, &entry.note) {
+                    (Some(status), _) => status.to_string(),
+                    (None, Some(note)) => note.clone(),
+                    (None, None) => "-".to_owned(),
+                };
                 println!(
-                    "{}  {node:<12} {:<15} {:<14}{detail}{containers}",
+                    "{}  {node:<12} {status:<15} {:<14}{detail}{containers}",
                     entry.time.format("%H:%M:%S%.3f"),
-                    entry.status,
                     entry.actor
                 );
                 shown = entry.sequence;

@@ -137,7 +137,9 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
         DeploymentEvent::ForceUpdateRequested { .. } => {
             (NodeWork::Refresh { deployment }, targets(store, envelope).await?)
         }
-        DeploymentEvent::NodeStateReported { .. } => return Ok(()),
+        DeploymentEvent::NodeStateReported { .. }
+        | DeploymentEvent::DriftDetected { .. }
+        | DeploymentEvent::AppliedLocally { .. } => return Ok(()),
     };
     let meta = Metadata {
         tenant: envelope.tenant.clone(),
@@ -324,26 +326,37 @@ async fn ingest_one(handler: &CommandHandler, subject: String, stored: StoredEve
         command_id: envelope.id,
         correlation_id: envelope.correlation_id,
     };
-    let refused = match report {
+    let (deployment, command) = match report {
         NodeReport::Online { labels, .. } => {
             let register = handler.execute::<Node>(node, &NodeCommand::Register { labels }, &meta).await;
             let heartbeat = CommandMeta { command_id: Uuid::new_v5(&envelope.id, b"heartbeat"), ..meta };
-            match register {
+            let refused = match register {
                 Ok(_) => refusal(handler.execute::<Node>(node, &NodeCommand::Heartbeat, &heartbeat).await)?,
                 Err(e) => refusal(Err(e))?,
+            };
+            if let Some(rejection) = refused {
+                tracing::warn!(sequence, node, %rejection, "report refused");
             }
+            return Ok(());
         }
         NodeReport::DeploymentState { deployment, status, error, containers } => {
-            if let Err(e) = events::subject::check_token("deployment", &deployment) {
-                tracing::warn!(sequence, node, error = %e, "report refused");
-                return Ok(());
-            }
             let reported_at = envelope.time;
-            let command =
-                DeploymentCommand::ReportNodeState { node: node.to_owned(), status, error, containers, reported_at };
-            refusal(handler.execute::<Deployment>(&deployment, &command, &meta).await)?
+            let node = node.to_owned();
+            (deployment, DeploymentCommand::ReportNodeState { node, status, error, containers, reported_at })
+        }
+        NodeReport::Drift { deployment, container, drift } => {
+            let (node, at) = (node.to_owned(), envelope.time);
+            (deployment, DeploymentCommand::RecordDrift { node, container, drift, at })
+        }
+        NodeReport::AppliedLocally { deployment } => {
+            (deployment, DeploymentCommand::RecordLocalApply { node: node.to_owned(), at: envelope.time })
         }
     };
+    if let Err(e) = events::subject::check_token("deployment", &deployment) {
+        tracing::warn!(sequence, node, error = %e, "report refused");
+        return Ok(());
+    }
+    let refused = refusal(handler.execute::<Deployment>(&deployment, &command, &meta).await)?;
     if let Some(rejection) = refused {
         tracing::warn!(sequence, node, %rejection, "report refused");
     }

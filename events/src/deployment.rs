@@ -83,6 +83,22 @@ pub struct NodeProgress {
     pub containers: Containers,
     /// When the node said so; a report older than this one is stale.
     pub reported_at: Option<DateTime<Utc>>,
+    /// The staged version was applied on the node itself.
+    pub applied_locally: bool,
+}
+
+impl NodeProgress {
+    /// A target that has not answered yet.
+    fn pending() -> NodeProgress {
+        NodeProgress {
+            active: true,
+            status: Status::PendingDeploy,
+            error: None,
+            containers: Containers::new(),
+            reported_at: None,
+            applied_locally: false,
+        }
+    }
 }
 
 /// A launch, with what the engine read of the catalog and the fleet when it was asked.
@@ -158,6 +174,18 @@ pub enum DeploymentCommand {
         containers: Containers,
         reported_at: DateTime<Utc>,
     },
+    /// A node found a container changed behind its back and is putting it back.
+    RecordDrift {
+        node: String,
+        container: String,
+        drift: String,
+        at: DateTime<Utc>,
+    },
+    /// A node applied the staged version itself (its local command line, maybe offline).
+    RecordLocalApply {
+        node: String,
+        at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,6 +256,17 @@ pub enum DeploymentEvent {
         containers: Containers,
         reported_at: DateTime<Utc>,
     },
+    DriftDetected {
+        node: String,
+        container: String,
+        /// `removed`, `stopped`, `started` or `replaced`.
+        drift: String,
+        at: DateTime<Utc>,
+    },
+    AppliedLocally {
+        node: String,
+        at: DateTime<Utc>,
+    },
 }
 
 event_payload!(DeploymentEvent, "deployment", {
@@ -241,6 +280,8 @@ event_payload!(DeploymentEvent, "deployment", {
     TargetAdded => "target_added",
     TargetRemoved => "target_removed",
     NodeStateReported => "node_state_reported",
+    DriftDetected => "drift_detected",
+    AppliedLocally => "applied_locally",
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -382,6 +423,21 @@ impl Aggregate for Deployment {
             DeploymentCommand::Start if self.desired == Desired::Running => Err(R::AlreadyDesired("running")),
             DeploymentCommand::Start => Ok(vec![DeploymentEvent::StartRequested { at: ctx.now }]),
             DeploymentCommand::Uninstall => Ok(vec![DeploymentEvent::UninstallRequested { at: ctx.now }]),
+            DeploymentCommand::RecordDrift { node, .. } | DeploymentCommand::RecordLocalApply { node, .. }
+                if !self.nodes.contains_key(node) =>
+            {
+                Err(R::NotATarget(node.clone()))
+            }
+            DeploymentCommand::RecordDrift { node, container, drift, at } => Ok(vec![DeploymentEvent::DriftDetected {
+                node: node.clone(),
+                container: container.clone(),
+                drift: drift.clone(),
+                at: *at,
+            }]),
+            DeploymentCommand::RecordLocalApply { node, at } => Ok(match self.awaiting_apply {
+                true => vec![DeploymentEvent::AppliedLocally { node: node.clone(), at: *at }],
+                false => vec![],
+            }),
             DeploymentCommand::ReportNodeState { node, status, error, containers, reported_at } => {
                 let Some(current) = self.nodes.get(node) else {
                     return Err(R::NotATarget(node.clone()));
@@ -437,21 +493,7 @@ impl Aggregate for Deployment {
                 self.application = application.clone();
                 self.version = version.clone();
                 self.image = image.clone();
-                self.nodes = nodes
-                    .iter()
-                    .map(|n| {
-                        (
-                            n.clone(),
-                            NodeProgress {
-                                active: true,
-                                status: Status::PendingDeploy,
-                                error: None,
-                                containers: Containers::new(),
-                                reported_at: None,
-                            },
-                        )
-                    })
-                    .collect();
+                self.nodes = nodes.iter().map(|n| (n.clone(), NodeProgress::pending())).collect();
             }
             DeploymentEvent::StopRequested { .. } => self.request(Desired::Stopped, Status::PendingStop),
             DeploymentEvent::StartRequested { .. } => self.request(Desired::Running, Status::PendingStart),
@@ -463,6 +505,9 @@ impl Aggregate for Deployment {
                 self.image = image.clone();
                 self.mode = *mode;
                 self.awaiting_apply = mode.waits_for_apply();
+                for progress in self.nodes.values_mut() {
+                    progress.applied_locally = false;
+                }
                 self.request(Desired::Running, Status::PendingDeploy);
             }
             DeploymentEvent::ApplyRequested { .. } => {
@@ -471,13 +516,7 @@ impl Aggregate for Deployment {
             }
             DeploymentEvent::ForceUpdateRequested { .. } => self.request(Desired::Running, Status::PendingDeploy),
             DeploymentEvent::TargetAdded { node, .. } => {
-                let progress = NodeProgress {
-                    active: true,
-                    status: Status::PendingDeploy,
-                    error: None,
-                    containers: Containers::new(),
-                    reported_at: None,
-                };
+                let progress = NodeProgress::pending();
                 self.nodes.insert(node.clone(), progress);
             }
             DeploymentEvent::TargetRemoved { node, .. } => {
@@ -494,6 +533,14 @@ impl Aggregate for Deployment {
                     progress.containers = containers.clone();
                     progress.reported_at = Some(*reported_at);
                 }
+            }
+            DeploymentEvent::DriftDetected { .. } => {}
+            DeploymentEvent::AppliedLocally { node, .. } => {
+                if let Some(progress) = self.nodes.get_mut(node) {
+                    progress.applied_locally = true;
+                }
+                // Applied everywhere it targets: nothing waits for an apply any more.
+                self.awaiting_apply = self.nodes.values().any(|n| n.active && !n.applied_locally);
             }
         }
         self

@@ -23,9 +23,16 @@ pub enum NodeReport {
         #[serde(default, skip_serializing_if = "Containers::is_empty")]
         containers: Containers,
     },
+    /// A container was changed behind the node's back (`removed`, `stopped`, `started`,
+    /// `replaced`); the node is putting it back.
+    Drift { deployment: String, container: String, drift: String },
+    /// A staged deployment was applied on the node itself, with or without a link.
+    AppliedLocally { deployment: String },
 }
 
 event_payload!(NodeReport, "report", {
     Online => "online",
     DeploymentState => "deployment_state",
+    Drift => "drift",
+    AppliedLocally => "applied_locally",
 });

@@ -8,9 +8,9 @@ use bollard::models::ContainerSummaryStateEnum;
 use edge_node::runtime::DEPLOYMENT_LABEL;
 use engine::store::{EventStore, StoreConfig};
 use serde_json::json;
-use tests::{docker, Link, NatsServer};
+use tests::{docker, eventually, Link, NatsServer};
 
-use crate::harness::{launch, TestEngine, TestNode, IMAGE_1_0_0};
+use crate::harness::{launch, Lab, TestEngine, TestNode, IMAGE_1_0_0, TIMEOUT};
 
 /// Every report the node ever published, by envelope id: none may be stored twice.
 async fn reports_are_stored_once(nats: &NatsServer, node: &str) -> usize {
@@ -61,5 +61,51 @@ async fn a_cut_link_loses_nothing_and_applies_nothing_twice() {
     assert_eq!(in_docker(&docker, &added).await.len(), 1);
     assert_eq!(in_docker(&docker, &kept).await.len(), 1);
     reports_are_stored_once(&nats, &node.name).await;
+    node.stop().await;
+}
+
+/// The drift notes in the deployment's history, in order.
+async fn drifts(engine: &TestEngine, id: &str) -> Vec<String> {
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
+    let notes = history.as_array().unwrap().iter().filter_map(|e| e["note"].as_str());
+    notes.filter(|n| n.starts_with("drift")).map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_stopped_or_removed_behind_the_nodes_back_is_put_back_and_the_drift_recorded() {
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
+    let docker = docker().await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let id = launch(&engine, &node.name).await;
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let name = format!("sample-{id}-{}", node.name);
+    let first = in_docker(&docker, &id).await[0].0.clone();
+
+    // Stopped through the Docker API: started again, the same container.
+    docker.stop_container(&first, None::<bollard::query_parameters::StopContainerOptions>).await.unwrap();
+    eventually("the stop to be seen as drift", TIMEOUT, || async {
+        (drifts(&engine, &id).await == [format!("drift: {name} stopped")]).then_some(())
+    })
+    .await;
+    eventually("the container to run again", TIMEOUT, || async {
+        (in_docker(&docker, &id).await == [(first.clone(), true)]).then_some(())
+    })
+    .await;
+
+    // Removed through the Docker API: made again.
+    let options = bollard::query_parameters::RemoveContainerOptions { force: true, ..Default::default() };
+    docker.remove_container(&first, Some(options)).await.unwrap();
+    eventually("the removal to be seen as drift", TIMEOUT, || async {
+        (drifts(&engine, &id).await.last() == Some(&format!("drift: {name} removed"))).then_some(())
+    })
+    .await;
+    let second = eventually("a new container to run", TIMEOUT, || async {
+        let found = in_docker(&docker, &id).await;
+        (found.len() == 1 && found[0].1 && found[0].0 != first).then(|| found[0].0.clone())
+    })
+    .await;
+    let view = engine.wait_deployment(&id, "the read model to say running", |v| v["status"] == "running").await;
+    assert_eq!(view["nodes"][&node.name]["last_drift"], format!("{name} removed"));
+    assert_eq!(in_docker(&docker, &id).await, [(second, true)]);
     node.stop().await;
 }

@@ -182,6 +182,7 @@ impl TestNode {
             labels: [("site".to_owned(), site.to_owned())].into(),
             data_dir: data.path().join("node"),
             heartbeat: std::time::Duration::from_millis(300),
+            reconcile: std::time::Duration::from_millis(300),
             ..NodeConfig::default()
         };
         let runtime = DockerRuntime::with(docker().await).await.expect("the Docker engine answers");

@@ -19,6 +19,10 @@ fn is_true(value: &bool) -> bool {
     *value
 }
 
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
 /// The reason a `pending_*` status carries until the node answers.
 pub fn pending_reason(status: Status) -> Option<&'static str> {
     match status {
@@ -79,6 +83,12 @@ pub struct NodeView {
     /// Each container's status, by container name; the node's is the most severe of them.
     #[serde(skip_serializing_if = "Containers::is_empty", default)]
     pub containers: Containers,
+    /// The staged version was applied on the node itself.
+    #[serde(skip_serializing_if = "is_false", default)]
+    pub applied_locally: bool,
+    /// The last container the node found changed behind its back, and how.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_drift: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -90,6 +100,8 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         error: None,
         reason: pending_reason(status).map(str::to_owned),
         containers: Containers::new(),
+        applied_locally: false,
+        last_drift: None,
         updated_at: envelope.time,
     };
     let mut view = match (view, event) {
@@ -160,6 +172,21 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
             view.nodes.insert(node.clone(), left);
             None
         }
+        DeploymentEvent::AppliedLocally { node, at } => {
+            if let Some(n) = view.nodes.get_mut(node) {
+                n.applied_locally = true;
+                n.updated_at = *at;
+            }
+            view.awaiting_apply = view.nodes.values().any(|n| n.active && !n.applied_locally);
+            None
+        }
+        DeploymentEvent::DriftDetected { node, container, drift, at } => {
+            if let Some(n) = view.nodes.get_mut(node) {
+                n.last_drift = Some(format!("{container} {drift}"));
+                n.updated_at = *at;
+            }
+            None
+        }
         DeploymentEvent::Launched { .. } | DeploymentEvent::NodeStateReported { .. } => None,
     };
     if let Some((desired, status)) = request {
@@ -171,7 +198,10 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
     }
     if let DeploymentEvent::NodeStateReported { node, status, error, containers, reported_at } = event {
         let active = view.nodes.get(node).is_none_or(|n| n.active);
+        let previous = view.nodes.get(node);
         let reported = NodeView {
+            applied_locally: previous.is_some_and(|n| n.applied_locally),
+            last_drift: previous.and_then(|n| n.last_drift.clone()),
             active,
             status: *status,
             error: error.clone(),

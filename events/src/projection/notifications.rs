@@ -78,6 +78,8 @@ impl ApplicationUpdates {
             DeploymentEvent::StopRequested { .. }
             | DeploymentEvent::StartRequested { .. }
             | DeploymentEvent::ApplyRequested { .. }
+            | DeploymentEvent::DriftDetected { .. }
+            | DeploymentEvent::AppliedLocally { .. }
             | DeploymentEvent::ForceUpdateRequested { .. }
             | DeploymentEvent::TargetAdded { .. }
             | DeploymentEvent::TargetRemoved { .. }

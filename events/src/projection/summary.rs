@@ -90,6 +90,8 @@ mod tests {
                             reason: None,
                             updated_at: now(),
                             containers: Default::default(),
+                            applied_locally: Default::default(),
+                            last_drift: Default::default(),
                         },
                     )
                 })
