@@ -10,6 +10,8 @@ bash scripts/setup.sh
 source .run/env
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# The fault tests run the binaries themselves (a node killed with SIGKILL, its command line).
+cargo build --workspace --bins --locked
 set +e
 cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

@@ -200,10 +200,7 @@ pub enum Input {
     /// What the runtime has of a settled container now, looked up as [`Agent::to_observe`]
     /// asked: a container removed, stopped, started or replaced behind the node's back is drift.
     Observed {
-        deployment: String,
-        service: String,
-        /// The container the unit had when the lookup was asked for.
-        container: Option<String>,
+        check: Check,
         observed: Observed,
     },
     /// The link is back: say again where every deployment stands.
@@ -225,7 +222,8 @@ impl Default for Deadlines {
     }
 }
 
-/// A settled container to look up for drift.
+/// A settled container to look up for drift, with what the agent believed of it when asking:
+/// a lookup that a step overtook since is not drift.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
     pub deployment: String,
@@ -233,6 +231,7 @@ pub struct Check {
     pub name: String,
     pub image: String,
     pub container: Option<String>,
+    pub running: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -340,6 +339,38 @@ impl Agent {
         }
     }
 
+    /// What the node's own command line lists.
+    pub fn local_workloads(&self) -> Vec<crate::local::LocalWorkload> {
+        let workloads = self.workloads.values();
+        workloads
+            .map(|w| crate::local::LocalWorkload {
+                deployment: w.deployment.clone(),
+                application: w.application.clone(),
+                version: w.version.clone(),
+                status: w.status,
+                staged: w.hold,
+                containers: w.containers.clone(),
+            })
+            .collect()
+    }
+
+    /// The staged deployment `name` names: its id, or its application when only one staged
+    /// deployment of that application is here.
+    pub fn staged(&self, name: &str) -> Result<String, String> {
+        if let Some(w) = self.workloads.get(name) {
+            return match w.hold {
+                true => Ok(w.deployment.clone()),
+                false => Err(format!("deployment {name} has nothing staged to apply")),
+            };
+        }
+        let waiting: Vec<&Workload> = self.workloads.values().filter(|w| w.application == name && w.hold).collect();
+        match waiting.as_slice() {
+            [w] => Ok(w.deployment.clone()),
+            [] => Err(format!("no staged workload is named {name}")),
+            _ => Err(format!("{} staged workloads of {name}: name one by its deployment id", waiting.len())),
+        }
+    }
+
     /// The settled containers whose truth the driver should look up, for drift.
     pub fn to_observe(&self) -> Vec<Check> {
         let units = self.workloads.values().flat_map(|w| w.units.iter().map(move |(s, u)| (w, s, u)));
@@ -347,11 +378,10 @@ impl Agent {
             .filter(|(w, _, u)| {
                 matches!(w.desired, Desired::Running | Desired::Stopped)
                     && !u.busy
-                    && !u.failed
                     && u.wanted
                     && u.old.is_none()
                     && u.container.is_some()
-                    && matches!(u.status, Status::Running | Status::Stopped | Status::Ready)
+                    && matches!(u.status, Status::Running | Status::Stopped | Status::Ready | Status::Failed)
             })
             .map(|(w, service, u)| Check {
                 deployment: w.deployment.clone(),
@@ -359,6 +389,7 @@ impl Agent {
                 name: u.name.clone(),
                 image: u.service.image.clone(),
                 container: u.container.clone(),
+                running: u.running,
             })
             .collect()
     }
@@ -428,13 +459,15 @@ impl Agent {
                 }
                 return;
             }
-            Input::Observed { deployment, service, container, observed } => {
+            Input::Observed { check, observed } => {
+                let Check { deployment, service, container, running, .. } = check;
                 let Some(w) = self.workloads.get_mut(&deployment) else { return };
-                let Some(u) = w.units.get_mut(&service).filter(|u| !u.busy && !u.failed && u.container == container)
-                else {
-                    return;
-                };
+                let current = |u: &&mut Unit| !u.busy && u.container == container && u.running == running;
+                let Some(u) = w.units.get_mut(&service).filter(current) else { return };
                 let drift = match observed.container {
+                    // A failed container is expected not to run; only its removal or
+                    // replacement is drift.
+                    Some(found) if u.failed && Some(&found.id) == u.container.as_ref() => return,
                     None => {
                         u.container = None;
                         u.running = false;
@@ -462,6 +495,11 @@ impl Agent {
                     }
                     Some(_) => return,
                 };
+                // Putting it back is new work: what failed before is tried again.
+                if std::mem::take(&mut u.failed) {
+                    u.error = None;
+                    u.status = Status::Received;
+                }
                 let container = u.name.clone();
                 self.actions.push_back(Action::Report(NodeReport::Drift {
                     deployment: deployment.clone(),
@@ -1713,13 +1751,17 @@ mod tests {
         assert!(matches!(actions.last(), Some(Action::Create { .. })), "{actions:?}");
     }
 
+    /// What the runtime has of d1's container c1, looked up while the agent believed it ran.
     fn observed(container: Option<ObservedContainer>) -> Input {
-        Input::Observed {
+        let check = Check {
             deployment: "d1".into(),
             service: String::new(),
+            name: "sample-d1-edge-1".into(),
+            image: IMAGE.into(),
             container: Some("c1".into()),
-            observed: Observed { container, image_present: true },
-        }
+            running: true,
+        };
+        Input::Observed { check, observed: Observed { container, image_present: true } }
     }
 
     fn drifts(actions: &[Action]) -> Vec<&str> {

@@ -27,7 +27,8 @@ impl Desired {
 
     /// Keeps a work envelope of `deployment`, durably, before it is acked; `false` for one at
     /// or below the last stream sequence kept, which is work delivered again (its ack was
-    /// lost), not to be carried out twice. The consumer delivers in stream order.
+    /// lost), not to be carried out twice. The consumer delivers in stream order. Sequence 0 is
+    /// work made on the node itself.
     pub fn keep(&self, deployment: &str, envelope: &Envelope, sequence: u64) -> sled::Result<bool> {
         let last = self.tree.get(LAST_SEQUENCE)?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
         if sequence != 0 && last.is_some_and(|last| sequence <= last) {
@@ -35,7 +36,10 @@ impl Desired {
         }
         let mut batch = sled::Batch::default();
         batch.insert(key(deployment, self.db.generate_id()?), envelope.encode());
-        batch.insert(LAST_SEQUENCE, &sequence.to_be_bytes());
+        // Work made on the node itself (a local apply) has no stream sequence.
+        if sequence != 0 {
+            batch.insert(LAST_SEQUENCE, &sequence.to_be_bytes());
+        }
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
         Ok(true)

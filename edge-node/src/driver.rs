@@ -10,7 +10,7 @@ use anyhow::Context;
 use async_nats::jetstream::{self, consumer};
 use chrono::Utc;
 use futures::StreamExt;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
 use events::envelope::Metadata;
@@ -21,6 +21,7 @@ use events::{Envelope, Status};
 
 use crate::agent::{Action, Agent, Check, Input, Lookup};
 use crate::desired::Desired;
+use crate::local::{LocalReply, LocalRequest};
 use crate::outbox::Outbox;
 use crate::runtime::{ContainerRuntime, Observed};
 use crate::NodeConfig;
@@ -67,6 +68,8 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
     let (work_tx, mut work) = mpsc::channel::<jetstream::Message>(64);
     let _receiver = AbortOnDrop(tokio::spawn(receive_work(js.clone(), config.clone(), work_tx)));
     let mut log_requests = client.subscribe(events::logs::subject(&config.tenant, &config.node)).await?;
+    let (local_tx, mut local_requests) = mpsc::channel::<(LocalRequest, oneshot::Sender<LocalReply>)>(8);
+    let _local = AbortOnDrop(tokio::spawn(serve_local(crate::local::socket_path(&config.data_dir), local_tx)));
     let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Input>();
     let mut agent = Agent::with_deadlines(&config.tenant, &config.node, config.deadlines);
     let started = tokio::time::Instant::now();
@@ -182,6 +185,32 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                 }
             }
             Some(outcome) = outcomes.recv() => outcome,
+            Some((request, reply)) = local_requests.recv() => {
+                let answer = match request {
+                    LocalRequest::List => LocalReply::Workloads(agent.local_workloads()),
+                    LocalRequest::Apply { name } => match agent.staged(&name) {
+                        Err(e) => LocalReply::Error(e),
+                        Ok(deployment) => {
+                            // Kept like work from the engine, so that a restart remembers it; the
+                            // engine hears of it through the outbox, whenever the link allows.
+                            let work = NodeWork::Apply { deployment: deployment.clone() };
+                            let id = Uuid::now_v7();
+                            let local = Metadata { correlation_id: id, causation_id: id, ..meta.clone() };
+                            let envelope =
+                                Envelope::new(id, Utc::now(), events::work::AGGREGATE_TYPE, &config.node, &local, &work, None);
+                            desired.keep(&deployment, &envelope, 0)?;
+                            causes.insert(deployment.clone(), local.clone());
+                            let applied = NodeReport::AppliedLocally { deployment: deployment.clone() };
+                            outbox.push(&config.node, &local, &applied, Utc::now())?;
+                            sent.notify_one();
+                            agent.handle(Input::Work(work));
+                            LocalReply::Applied { deployment }
+                        }
+                    },
+                };
+                let _ = reply.send(answer);
+                continue;
+            }
             Some(()) = links.recv() => Input::Reconnected,
             _ = ticks.tick() => {
                 agent.handle(Input::Tick { now: started.elapsed().as_millis() as u64 });
@@ -285,21 +314,55 @@ async fn answer_logs<R: ContainerRuntime>(
     }
 }
 
+/// Listens for the node's own command line on a unix socket in its data directory.
+async fn serve_local(path: std::path::PathBuf, requests: mpsc::Sender<(LocalRequest, oneshot::Sender<LocalReply>)>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    // A socket left by a killed process would refuse the bind.
+    let _ = std::fs::remove_file(&path);
+    let listener = match tokio::net::UnixListener::bind(&path) {
+        Ok(listener) => listener,
+        Err(e) => return tracing::error!(path = %path.display(), error = %e, "the local command line is not available"),
+    };
+    while let Ok((stream, _)) = listener.accept().await {
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(read).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = match serde_json::from_str::<LocalRequest>(&line) {
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    match requests.send((request, tx)).await {
+                        Ok(()) => rx.await.unwrap_or_else(|_| LocalReply::Error("the node is stopping".into())),
+                        Err(_) => LocalReply::Error("the node is stopping".into()),
+                    }
+                }
+                Err(e) => LocalReply::Error(format!("not a request: {e}")),
+            };
+            let mut text = serde_json::to_string(&reply).expect("a reply always serializes");
+            text.push('\n');
+            let _ = write.write_all(text.as_bytes()).await;
+        });
+    }
+}
+
 /// Looks up each settled container, and hands the agent what the runtime has of it.
 async fn look_for_drift<R: ContainerRuntime>(
     runtime: Arc<R>,
     checks: Vec<Check>,
     outcomes: mpsc::UnboundedSender<Input>,
 ) {
-    for Check { deployment, service, name, image, container } in checks {
-        match runtime.observe(&name, &image).await {
+    for check in checks {
+        match runtime.observe(&check.name, &check.image).await {
             Ok(observed) => {
-                if outcomes.send(Input::Observed { deployment, service, container, observed }).is_err() {
+                if outcomes.send(Input::Observed { check, observed }).is_err() {
                     return;
                 }
             }
             // The runtime does not answer (dockerd restarting): nothing is concluded.
-            Err(e) => tracing::warn!(container = name, error = %e, "looking for drift"),
+            Err(e) => tracing::warn!(container = check.name, error = %e, "looking for drift"),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod desired;
 pub mod docker;
 pub mod driver;
+pub mod local;
 pub mod outbox;
 pub mod runtime;
 pub mod telemetry;

@@ -1,4 +1,6 @@
 //! The `edge-node` binary: runs the agent of one node against Docker.
+// The command line prints its answers.
+#![allow(clippy::print_stdout)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use edge_node::docker::DockerRuntime;
+use edge_node::local::{self, LocalReply, LocalRequest};
 use edge_node::NodeConfig;
 
 #[derive(Debug, Parser)]
@@ -35,6 +38,27 @@ enum Command {
         /// Seconds between heartbeats (with the containers' telemetry).
         #[arg(long, default_value_t = 5.0)]
         heartbeat: f64,
+    },
+    /// The workloads of the agent running on this machine; works with no link to the engine.
+    #[command(subcommand)]
+    Workloads(Workloads),
+}
+
+#[derive(Debug, Subcommand)]
+enum Workloads {
+    /// List the workloads, with their status and whether one waits for an apply.
+    List {
+        #[arg(long, default_value = "edge-node-data")]
+        data_dir: PathBuf,
+    },
+    /// Apply a staged workload: start what was downloaded. The engine hears of it when the
+    /// link allows.
+    Apply {
+        /// The deployment id, or the application when only one of it is staged.
+        #[arg(short = 'n', long = "name")]
+        name: String,
+        #[arg(long, default_value = "edge-node-data")]
+        data_dir: PathBuf,
     },
 }
 
@@ -64,6 +88,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             edge_node::driver::run(config, Arc::new(runtime)).await
         }
+        Command::Workloads(Workloads::List { data_dir }) => {
+            let reply = local::ask(&data_dir, &LocalRequest::List)?;
+            let LocalReply::Workloads(workloads) = reply else { return answer(reply) };
+            println!("{:<38}{:<18}{:<12}{:<14}STAGED", "DEPLOYMENT", "APPLICATION", "VERSION", "STATUS");
+            for w in workloads {
+                let staged = if w.staged { "waiting for apply" } else { "" };
+                println!("{:<38}{:<18}{:<12}{:<14}{staged}", w.deployment, w.application, w.version, w.status);
+            }
+            Ok(())
+        }
+        Command::Workloads(Workloads::Apply { name, data_dir }) => {
+            answer(local::ask(&data_dir, &LocalRequest::Apply { name })?)
+        }
+    }
+}
+
+/// Prints what the agent answered; an error is the command's failure.
+fn answer(reply: LocalReply) -> anyhow::Result<()> {
+    match reply {
+        LocalReply::Applied { deployment } => {
+            println!("applied {deployment}");
+            Ok(())
+        }
+        LocalReply::Error(e) => anyhow::bail!(e),
+        LocalReply::Workloads(_) => anyhow::bail!("an answer to another question"),
     }
 }
 

@@ -49,6 +49,13 @@ async fn a_cut_link_loses_nothing_and_applies_nothing_twice() {
     let view = engine.wait_deployment(&stopped, "the stop to be requested", |v| v["status"] == "pending_stop").await;
     assert_eq!(view["desired"], "stopped");
     assert!(in_docker(&docker, &kept).await[0].1, "the node's workloads run on without the link");
+    // On the node's side meanwhile: a container stopped behind its back is put back, offline.
+    let kept_container = in_docker(&docker, &kept).await[0].0.clone();
+    docker.stop_container(&kept_container, None::<bollard::query_parameters::StopContainerOptions>).await.unwrap();
+    eventually("the node to start it again with no link", TIMEOUT, || async {
+        (in_docker(&docker, &kept).await == [(kept_container.clone(), true)]).then_some(())
+    })
+    .await;
 
     // Healed: the node takes the commands it missed, once, and the engine hears its truth.
     link.heal();
@@ -60,6 +67,12 @@ async fn a_cut_link_loses_nothing_and_applies_nothing_twice() {
     assert_eq!((after[0].0.as_str(), after[0].1), (before[0].0.as_str(), false), "the same container, stopped");
     assert_eq!(in_docker(&docker, &added).await.len(), 1);
     assert_eq!(in_docker(&docker, &kept).await.len(), 1);
+    // What the node recorded offline arrives after the heal.
+    let name = format!("sample-{kept}-{}", node.name);
+    eventually("the offline drift to reach the engine", TIMEOUT, || async {
+        drifts(&engine, &kept).await.contains(&format!("drift: {name} stopped")).then_some(())
+    })
+    .await;
     reports_are_stored_once(&nats, &node.name).await;
     node.stop().await;
 }
@@ -107,5 +120,72 @@ async fn a_container_stopped_or_removed_behind_the_nodes_back_is_put_back_and_th
     let view = engine.wait_deployment(&id, "the read model to say running", |v| v["status"] == "running").await;
     assert_eq!(view["nodes"][&node.name]["last_drift"], format!("{name} removed"));
     assert_eq!(in_docker(&docker, &id).await, [(second, true)]);
+    node.stop().await;
+}
+
+/// Runs the node's own command line on `data_dir`; returns its output, or panics with it.
+async fn node_cli(data_dir: &std::path::Path, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(tests::binary("edge-node"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "edge-node {args:?}: {text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_workload_is_applied_on_the_node_with_no_link_and_the_engine_hears_of_it_after() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let link = Link::to(&format!("127.0.0.1:{}", nats.port())).await;
+    let node = TestNode::start_via(&link.url(), &engine).await;
+    let docker = docker().await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let staged = json!({"application": "sample", "version": "1.0.0", "nodes": [node.name], "staged": true, "instantly_apply": false});
+    let (status, body) = engine.post("/v1/deployments", staged).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    engine.wait_deployment(&id, "the download", |v| v["status"] == "staged").await;
+    let listed = node_cli(&node.data_dir(), &["workloads", "list"]).await;
+    assert!(listed.contains(&id) && listed.contains("waiting for apply"), "{listed}");
+
+    // No link at all: the apply is taken on the node, by the application's name.
+    link.cut();
+    let applied = node_cli(&node.data_dir(), &["workloads", "apply", "-n", "sample"]).await;
+    assert!(applied.contains(&format!("applied {id}")), "{applied}");
+    eventually("the applied workload to run with no link", TIMEOUT, || async {
+        (in_docker(&docker, &id).await.first().is_some_and(|c| c.1)).then_some(())
+    })
+    .await;
+    let listed = node_cli(&node.data_dir(), &["workloads", "list"]).await;
+    assert!(listed.contains("running") && !listed.contains("waiting for apply"), "{listed}");
+    let (_, view) = engine.get(&format!("/v1/deployments/{id}")).await;
+    assert_eq!(view["status"], "staged", "the engine cannot know yet");
+
+    // A second apply of the same has nothing to do, and says so.
+    let output = tokio::process::Command::new(tests::binary("edge-node"))
+        .args(["workloads", "apply", "-n", &id, "--data-dir"])
+        .arg(node.data_dir())
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nothing staged"), "{output:?}");
+
+    // Healed: the apply reaches the engine as an event by the node, and the status follows.
+    link.heal();
+    let view = engine.wait_deployment(&id, "the engine to hear of the apply", |v| v["status"] == "running").await;
+    assert_eq!(view["awaiting_apply"], false);
+    assert_eq!(view["nodes"][&node.name]["applied_locally"], true);
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
+    let applied = history.as_array().unwrap().iter().find(|e| e["note"] == "applied on the node").cloned();
+    assert_eq!(applied.map(|e| e["actor"].clone()), Some(json!(format!("node:{}", node.name))));
+    let (status, _) = engine.post("/v1/deployments/apply", json!({"deployments": [id]})).await;
+    assert_eq!(status, 200);
+    assert_eq!(in_docker(&docker, &id).await.len(), 1);
     node.stop().await;
 }

@@ -195,6 +195,11 @@ impl TestNode {
         TestNode { name, task, data: Some(data) }
     }
 
+    /// The node's sled directory, where its command line finds it.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.data.as_ref().expect("a running node has its data").path().join("node")
+    }
+
     pub async fn stop(self) {
         self.task.abort();
         tests::remove_node_leftovers(&docker().await, NODE_LABEL, &self.name).await.unwrap();

