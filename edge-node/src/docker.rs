@@ -213,8 +213,22 @@ impl ContainerRuntime for DockerRuntime {
             ..Default::default()
         };
         let options = CreateContainerOptions { name: Some(spec.name.clone()), ..Default::default() };
-        let created = self.docker.create_container(Some(options), body).await.map_err(|e| classify(Step::Create, e))?;
-        Ok(created.id)
+        // A create this node asked for before it was killed may still hold the name: it is
+        // either made soon (and is this very container) or given up (and the name is free).
+        let mut attempts = 0;
+        loop {
+            match self.docker.create_container(Some(options.clone()), body.clone()).await {
+                Ok(created) => return Ok(created.id),
+                Err(DockerError::DockerResponseServerError { status_code: 409, .. }) if attempts < 50 => {
+                    if let Ok(Some(id)) = self.docker.inspect_container(&spec.name, None).await.map(|c| c.id) {
+                        return Ok(id);
+                    }
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(classify(Step::Create, e)),
+            }
+        }
     }
 
     async fn start(&self, id: &str) -> Result<ContainerState, RuntimeError> {

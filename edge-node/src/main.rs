@@ -38,6 +38,10 @@ enum Command {
         /// Seconds between heartbeats (with the containers' telemetry).
         #[arg(long, default_value_t = 5.0)]
         heartbeat: f64,
+        /// Seconds between looks at the containers (drift) and at the steps under way
+        /// (deadlines).
+        #[arg(long, default_value_t = 5.0)]
+        reconcile: f64,
     },
     /// The workloads of the agent running on this machine; works with no link to the engine.
     #[command(subcommand)]
@@ -70,9 +74,11 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { nats, tenant, node, labels, data_dir, heartbeat } => {
-            if !(0.1..=3600.0).contains(&heartbeat) {
-                anyhow::bail!("--heartbeat must be 0.1 to 3600 seconds, not {heartbeat}");
+        Command::Run { nats, tenant, node, labels, data_dir, heartbeat, reconcile } => {
+            for (name, value) in [("--heartbeat", heartbeat), ("--reconcile", reconcile)] {
+                if !(0.1..=3600.0).contains(&value) {
+                    anyhow::bail!("{name} must be 0.1 to 3600 seconds, not {value}");
+                }
             }
             events::subject::check_token("tenant", &tenant).map_err(anyhow::Error::msg)?;
             events::subject::check_token("node", &node).map_err(anyhow::Error::msg)?;
@@ -84,6 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 labels: labels.into_iter().collect(),
                 data_dir,
                 heartbeat: std::time::Duration::from_secs_f64(heartbeat),
+                reconcile: std::time::Duration::from_secs_f64(reconcile),
                 ..NodeConfig::default()
             };
             edge_node::driver::run(config, Arc::new(runtime)).await

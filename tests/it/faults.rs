@@ -189,3 +189,111 @@ async fn a_staged_workload_is_applied_on_the_node_with_no_link_and_the_engine_he
     assert_eq!(in_docker(&docker, &id).await.len(), 1);
     node.stop().await;
 }
+
+/// The edge-node binary as its own process, on its own sled directory, killed as a crash would.
+struct NodeProcess {
+    name: String,
+    url: String,
+    data: tempfile::TempDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl NodeProcess {
+    async fn start(url: &str, engine: &TestEngine) -> NodeProcess {
+        let name = format!("p{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        let mut node = NodeProcess { name, url: url.to_owned(), data: tempfile::tempdir().unwrap(), child: None };
+        node.launch(engine).await;
+        node
+    }
+
+    async fn launch(&mut self, engine: &TestEngine) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.data.path().join("node.log")).unwrap();
+        let child = tokio::process::Command::new(tests::binary("edge-node"))
+            .args(["run", "--nats", &self.url, "--node", &self.name, "--heartbeat", "0.3", "--reconcile", "0.3"])
+            .arg("--data-dir")
+            .arg(self.data.path().join("node"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the edge-node binary starts");
+        self.child = Some(child);
+        let name = &self.name;
+        eventually("the node process to register", TIMEOUT, || async {
+            let (status, body) = engine.get(&format!("/v1/nodes/{name}")).await;
+            (status == 200 && body["state"] == "online").then_some(())
+        })
+        .await;
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let name = self.name.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                tests::remove_node_leftovers(&docker().await, edge_node::runtime::NODE_LABEL, &name).await
+            })
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// The statuses the deployment went through, from the log.
+async fn statuses(engine: &TestEngine, id: &str) -> Vec<String> {
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
+    history.as_array().unwrap().iter().filter_map(|e| e["status"].as_str().map(str::to_owned)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_at_any_step_resumes_from_its_local_state_without_downloading_again() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let mut node = NodeProcess::start(&nats.url(), &engine).await;
+    let docker = docker().await;
+    let image = tests::unique_image(&docker, IMAGE_1_0_0, "killed").await.unwrap();
+    engine.publish_sample(&image).await;
+
+    // Killed once it runs: taken up again, the same container, nothing downloaded again.
+    let running = launch(&engine, &node.name).await;
+    engine.wait_deployment(&running, "the deployment to run", |v| v["status"] == "running").await;
+    let container = in_docker(&docker, &running).await;
+    let before = statuses(&engine, &running).await;
+    node.kill().await;
+    let (status, _) = engine.post(&format!("/v1/deployments/{running}/stop"), json!({})).await;
+    assert_eq!(status, 202, "work sent while the node is dead waits for it");
+    node.launch(&engine).await;
+    engine.wait_deployment(&running, "the stop after the restart", |v| v["status"] == "stopped").await;
+    let after = statuses(&engine, &running).await;
+    assert!(!after[before.len()..].contains(&"downloading".to_owned()), "downloaded again: {after:?}");
+    assert_eq!(in_docker(&docker, &running).await, [(container[0].0.clone(), false)], "the same container");
+
+    // Killed at each step of a launch in turn: each time it resumes and ends running, once.
+    for step in ["received", "downloading", "deploying", "starting"] {
+        let id = launch(&engine, &node.name).await;
+        let seen = eventually(&format!("the launch to reach {step} or beyond"), TIMEOUT, || async {
+            let statuses = statuses(&engine, &id).await;
+            statuses.iter().position(|s| s == step).map(|_| statuses)
+        })
+        .await;
+        node.kill().await;
+        node.launch(&engine).await;
+        engine.wait_deployment(&id, "the launch to finish after the restart", |v| v["status"] == "running").await;
+        assert_eq!(in_docker(&docker, &id).await.len(), 1, "killed at {step}: one container");
+        let all = statuses(&engine, &id).await;
+        assert_eq!(all.last().map(String::as_str), Some("running"), "killed at {step}: {all:?} (seen {seen:?})");
+    }
+    reports_are_stored_once(&nats, &node.name).await;
+}
