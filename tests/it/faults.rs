@@ -297,3 +297,33 @@ async fn a_node_killed_at_any_step_resumes_from_its_local_state_without_download
     }
     reports_are_stored_once(&nats, &node.name).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_hangs_is_reported_failed_when_its_deadline_passes() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    // A registry on loopback that takes connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    let name = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let deadlines = edge_node::agent::Deadlines { download: 2_000, step: 2_000 };
+    let config = edge_node::NodeConfig { deadlines, ..TestNode::config(&nats.url(), &name, &data) };
+    let node = TestNode::start_with(config, &engine, data).await;
+    engine.publish_sample(&format!("127.0.0.1:{port}/sample/app:1.0.0")).await;
+
+    let id = launch(&engine, &node.name).await;
+    let view = engine.wait_deployment(&id, "the deadline to pass", |v| v["status"] == "failed").await;
+    let error = &view["nodes"][&node.name]["error"];
+    assert_eq!(error["code"], "deadline_exceeded", "{view}");
+    assert!(error["message"].as_str().unwrap().contains("pull"), "{view}");
+    assert!(statuses(&engine, &id).await.contains(&"downloading".to_owned()));
+    held.abort();
+    node.stop().await;
+}

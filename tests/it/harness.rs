@@ -176,15 +176,27 @@ impl TestNode {
         data: tempfile::TempDir,
         site: &str,
     ) -> TestNode {
-        let config = NodeConfig {
+        let config =
+            NodeConfig { labels: [("site".to_owned(), site.to_owned())].into(), ..TestNode::config(url, &name, &data) };
+        TestNode::start_with(config, engine, data).await
+    }
+
+    /// What a test node runs with: beats and looks at its containers every 300 ms.
+    pub fn config(url: &str, name: &str, data: &tempfile::TempDir) -> NodeConfig {
+        NodeConfig {
             nats_url: url.to_owned(),
-            node: name.clone(),
-            labels: [("site".to_owned(), site.to_owned())].into(),
+            node: name.to_owned(),
+            labels: [("site".to_owned(), "lab".to_owned())].into(),
             data_dir: data.path().join("node"),
             heartbeat: std::time::Duration::from_millis(300),
             reconcile: std::time::Duration::from_millis(300),
             ..NodeConfig::default()
-        };
+        }
+    }
+
+    /// A node with `config`, on `data`.
+    pub async fn start_with(config: NodeConfig, engine: &TestEngine, data: tempfile::TempDir) -> TestNode {
+        let name = config.node.clone();
         let runtime = DockerRuntime::with(docker().await).await.expect("the Docker engine answers");
         let task = tokio::spawn(edge_node::driver::run(config, Arc::new(runtime)));
         eventually("the node to register", TIMEOUT, || async {
