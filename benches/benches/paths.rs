@@ -43,6 +43,7 @@ fn sample_payload() -> bytes::Bytes {
         overrides: Default::default(),
         env: Default::default(),
         services: Default::default(),
+        rollout: Default::default(),
     };
     let envelope =
         events::Envelope::new(uuid::Uuid::now_v7(), chrono::Utc::now(), "deployment", "d", &meta, &event, None);

@@ -150,6 +150,7 @@ impl Rejection for DeploymentRejection {
             R::NoSelector | R::EmptySelector => (StatusCode::UNPROCESSABLE_ENTITY, "selector"),
             R::Settings(SettingsError::UnknownProfile(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "profile"),
             R::Settings(_) | R::Compose(_) => (StatusCode::UNPROCESSABLE_ENTITY, "overrides"),
+            R::InvalidRollout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rollout.batch"),
         }
     }
 }
@@ -414,10 +415,45 @@ pub struct LaunchRequest {
     /// Start as soon as downloaded; with `staged`, false waits for an apply. Default true.
     #[serde(default = "yes")]
     pub instantly_apply: bool,
+    /// At most `batch` nodes (a number, or a percent as `"25%"`) at a time; halt once more
+    /// than `max_failures` failed.
+    #[serde(default)]
+    pub rollout: Option<RolloutRequest>,
 }
 
 fn yes() -> bool {
     true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    pub batch: Batch,
+    #[serde(default)]
+    pub max_failures: u32,
+}
+
+/// A number of nodes, or a percent of them written `"N%"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Batch {
+    Nodes(u32),
+    Percent(String),
+}
+
+impl RolloutRequest {
+    fn rollout(&self) -> Result<events::deployment::Rollout, ApiError> {
+        let (batch, percent) = match &self.batch {
+            Batch::Nodes(n) => (*n, false),
+            Batch::Percent(text) => {
+                let number = text.strip_suffix('%').and_then(|n| n.trim().parse::<u32>().ok());
+                let n =
+                    number.ok_or_else(|| ApiError::invalid("rollout.batch", format!("`{text}` is not N or \"N%\"")))?;
+                (n, true)
+            }
+        };
+        Ok(events::deployment::Rollout { batch, percent, max_failures: self.max_failures })
+    }
 }
 
 async fn launch(
@@ -464,6 +500,7 @@ async fn launch(
         selector: body.selector,
         profile: body.profile,
         overrides: body.overrides,
+        rollout: body.rollout.as_ref().map(RolloutRequest::rollout).transpose()?,
     });
     let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await?;
     deployment_response(&state, &meta.tenant, id, &committed).await
@@ -524,6 +561,8 @@ pub struct UpdateRequest {
     pub staged: bool,
     #[serde(default = "yes")]
     pub instantly_apply: bool,
+    #[serde(default)]
+    pub rollout: Option<RolloutRequest>,
 }
 
 async fn update(
@@ -541,8 +580,9 @@ async fn update(
         Application::default()
     };
     let mode = Mode { staged: body.staged, instantly_apply: body.instantly_apply };
-    deployment_command(&state, &headers, id, DeploymentCommand::Update { application, version: body.version, mode })
-        .await
+    let rollout = body.rollout.as_ref().map(RolloutRequest::rollout).transpose()?;
+    let command = DeploymentCommand::Update { application, version: body.version, mode, rollout };
+    deployment_command(&state, &headers, id, command).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -701,6 +741,10 @@ async fn deployment_history(
             DeploymentEvent::AppliedLocally { node, .. } => {
                 (entry.node, entry.note) = (Some(node), Some("applied on the node".to_owned()));
             }
+            DeploymentEvent::WaveReleased { nodes } => {
+                entry.note = Some(format!("rollout reaches {}", nodes.join(", ")))
+            }
+            DeploymentEvent::RolloutHalted { reason } => entry.note = Some(format!("rollout halted: {reason}")),
         }
         history.push(entry);
     }

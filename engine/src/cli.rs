@@ -59,6 +59,8 @@ enum Command {
         selector: Option<String>,
         #[command(flatten)]
         mode: ModeArgs,
+        #[command(flatten)]
+        rollout: RolloutArgs,
         /// A profile of the version: a named set of parameter values.
         #[arg(long)]
         profile: Option<String>,
@@ -97,6 +99,8 @@ enum Command {
         version: String,
         #[command(flatten)]
         mode: ModeArgs,
+        #[command(flatten)]
+        rollout: RolloutArgs,
         #[arg(long)]
         watch: bool,
     },
@@ -153,6 +157,29 @@ enum Command {
         #[arg(long, default_value = "120s", value_parser = humantime_secs)]
         timeout: Duration,
     },
+}
+
+/// A phased rollout: `--batch 2` or `--batch 25%` nodes at a time.
+#[derive(Debug, clap::Args)]
+struct RolloutArgs {
+    /// At most this many nodes (or this percent of them, `25%`) at a time.
+    #[arg(long)]
+    batch: Option<String>,
+    /// Halt the rollout once more than this many of the nodes it reached failed.
+    #[arg(long, default_value_t = 0, requires = "batch")]
+    max_failures: u32,
+}
+
+impl RolloutArgs {
+    fn json(&self) -> Value {
+        match &self.batch {
+            None => Value::Null,
+            Some(batch) => {
+                let batch = batch.parse::<u32>().map_or_else(|_| json!(batch), |n| json!(n));
+                json!({"batch": batch, "max_failures": self.max_failures})
+            }
+        }
+    }
 }
 
 /// Kelvin's modes: `--staged` downloads first; with `--instantly-apply false` it then waits
@@ -228,7 +255,18 @@ impl Cli {
                 print_json(&client.post(&format!("/v1/applications/{id}/versions/{version}/publish"), json!({})).await?)
             }
             Command::App(AppCommand::Show { id }) => print_json(&client.get(&format!("/v1/applications/{id}")).await?),
-            Command::Launch { application, version, nodes, selector, mode, profile, overrides, watch, timeout } => {
+            Command::Launch {
+                application,
+                version,
+                nodes,
+                selector,
+                mode,
+                rollout,
+                profile,
+                overrides,
+                watch,
+                timeout,
+            } => {
                 let overrides: serde_json::Map<String, Value> =
                     overrides.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
                 let mut body = json!({
@@ -238,6 +276,7 @@ impl Cli {
                     "instantly_apply": mode.instantly_apply,
                     "profile": profile,
                     "overrides": overrides,
+                    "rollout": rollout.json(),
                 });
                 match selector {
                     Some(selector) => {
@@ -261,9 +300,13 @@ impl Cli {
             Command::Start { id, watch } => return client.request_change(id, "start", *watch).await,
             Command::Uninstall { id, watch } => return client.request_change(id, "uninstall", *watch).await,
             Command::ForceUpdate { id, watch } => return client.request_change(id, "force-update", *watch).await,
-            Command::Update { id, version, mode, watch } => {
-                let body =
-                    json!({ "version": version, "staged": mode.staged, "instantly_apply": mode.instantly_apply });
+            Command::Update { id, version, mode, rollout, watch } => {
+                let body = json!({
+                    "version": version,
+                    "staged": mode.staged,
+                    "instantly_apply": mode.instantly_apply,
+                    "rollout": rollout.json(),
+                });
                 let answer = client.post(&format!("/v1/deployments/{id}/update"), body).await?;
                 let status = answer["deployment"]["status"].as_str().unwrap_or("unknown");
                 println!("update of deployment {id} to {version} requested: {status}");

@@ -92,38 +92,16 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
     let envelope = &stored.envelope;
     let deployment = envelope.aggregate_id.clone();
     let (work, nodes): (NodeWork, Vec<String>) = match envelope.event::<DeploymentEvent>()? {
+        // A phased rollout sends the launch or the update wave by wave.
+        DeploymentEvent::Launched { rollout: Some(_), .. }
+        | DeploymentEvent::UpdateRequested { rollout: Some(_), .. } => {
+            return Ok(());
+        }
         DeploymentEvent::Launched { application, version, image, nodes, mode, env, services, .. } => {
             (NodeWork::Deploy { deployment, application, version, image, mode, env, services }, nodes)
         }
-        DeploymentEvent::TargetAdded { node, .. } => {
-            // What the others run now, as of this event: an applied deployment does not wait
-            // for an apply on the newcomer, a stopped one is stopped there too.
-            let state = deployment_as_of(store, envelope).await?;
-            let mode = Mode { staged: state.mode.staged, instantly_apply: !state.awaiting_apply };
-            let stopped = state.desired == Desired::Stopped;
-            let work = NodeWork::Deploy {
-                deployment: deployment.clone(),
-                application: state.application,
-                version: state.version,
-                image: state.image,
-                mode,
-                env: state.env,
-                services: state.services,
-            };
-            let meta = Metadata {
-                tenant: envelope.tenant.clone(),
-                actor: envelope.actor.clone(),
-                correlation_id: envelope.correlation_id,
-                causation_id: envelope.id,
-            };
-            let subject = events::subject::node_desired(&envelope.tenant, &node);
-            append_chained(store, &subject, &node, &meta, &work, format!("{}:{node}", envelope.id)).await?;
-            if stopped {
-                let stop = NodeWork::Stop { deployment };
-                append_chained(store, &subject, &node, &meta, &stop, format!("{}:{node}:stop", envelope.id)).await?;
-            }
-            return Ok(());
-        }
+        DeploymentEvent::TargetAdded { node, .. } => return send_current(store, envelope, &[node]).await,
+        DeploymentEvent::WaveReleased { nodes } => return send_current(store, envelope, &nodes).await,
         DeploymentEvent::TargetRemoved { node, .. } => (NodeWork::Remove { deployment }, vec![node]),
         DeploymentEvent::StopRequested { .. } => (NodeWork::Stop { deployment }, targets(store, envelope).await?),
         DeploymentEvent::StartRequested { .. } => (NodeWork::Start { deployment }, targets(store, envelope).await?),
@@ -139,7 +117,8 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
         }
         DeploymentEvent::NodeStateReported { .. }
         | DeploymentEvent::DriftDetected { .. }
-        | DeploymentEvent::AppliedLocally { .. } => return Ok(()),
+        | DeploymentEvent::AppliedLocally { .. }
+        | DeploymentEvent::RolloutHalted { .. } => return Ok(()),
     };
     let meta = Metadata {
         tenant: envelope.tenant.clone(),
@@ -155,6 +134,44 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
 }
 
 /// The nodes the deployment of `envelope` targets, as of that event.
+/// Sends `nodes` what the deployment is now, as of `envelope`: a node joining a selector or
+/// reached by a rollout wave. An applied deployment does not wait for an apply there; a
+/// stopped one is stopped there too; during an update a node that has the deployment is
+/// updated.
+async fn send_current(store: &EventStore, envelope: &Envelope, nodes: &[String]) -> anyhow::Result<()> {
+    let state = deployment_as_of(store, envelope).await?;
+    let deployment = envelope.aggregate_id.clone();
+    let mode = Mode { staged: state.mode.staged, instantly_apply: !state.awaiting_apply };
+    let (version, image, env, services) = (state.version, state.image, state.env, state.services);
+    let work = match state.updating {
+        true => NodeWork::Update { deployment: deployment.clone(), version, image, mode, env, services },
+        false => NodeWork::Deploy {
+            deployment: deployment.clone(),
+            application: state.application,
+            version,
+            image,
+            mode,
+            env,
+            services,
+        },
+    };
+    let meta = Metadata {
+        tenant: envelope.tenant.clone(),
+        actor: envelope.actor.clone(),
+        correlation_id: envelope.correlation_id,
+        causation_id: envelope.id,
+    };
+    for node in nodes {
+        let subject = events::subject::node_desired(&envelope.tenant, node);
+        append_chained(store, &subject, node, &meta, &work, format!("{}:{node}", envelope.id)).await?;
+        if state.desired == Desired::Stopped {
+            let stop = NodeWork::Stop { deployment: deployment.clone() };
+            append_chained(store, &subject, node, &meta, &stop, format!("{}:{node}:stop", envelope.id)).await?;
+        }
+    }
+    Ok(())
+}
+
 async fn targets(store: &EventStore, envelope: &Envelope) -> anyhow::Result<Vec<String>> {
     Ok(deployment_as_of(store, envelope).await?.targets().cloned().collect())
 }

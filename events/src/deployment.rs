@@ -26,6 +26,12 @@ pub struct Deployment {
     pub selector: Option<Labels>,
     pub profile: Option<String>,
     pub overrides: BTreeMap<String, String>,
+    /// The phased rollout of the last launch or update, if it has one.
+    pub rollout: Option<Rollout>,
+    /// Why that rollout stopped releasing nodes, once it did.
+    pub halted: Option<String>,
+    /// The last request was an update (the nodes have the deployment); a launch otherwise.
+    pub updating: bool,
     /// The environment its containers get (a compose version's parameter values).
     pub env: BTreeMap<String, String>,
     /// A compose version's services, resolved.
@@ -52,6 +58,41 @@ fn yes() -> bool {
 impl Default for Mode {
     fn default() -> Self {
         Mode { staged: false, instantly_apply: true }
+    }
+}
+
+/// A phased rollout: a launch or an update reaches at most `batch` nodes at a time (or
+/// `batch` percent of the targets, with `percent`), and stops releasing nodes once more than
+/// `max_failures` of those it released have failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub batch: u32,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub percent: bool,
+    #[serde(default)]
+    pub max_failures: u32,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+impl Rollout {
+    /// How many nodes may be under way at once, out of `targets`: never less than one.
+    pub fn size(&self, targets: usize) -> usize {
+        let size = match self.percent {
+            true => (targets * self.batch as usize).div_ceil(100),
+            false => self.batch as usize,
+        };
+        size.max(1)
+    }
+
+    fn check(&self) -> Result<(), DeploymentRejection> {
+        match (self.batch, self.percent) {
+            (0, _) => Err(DeploymentRejection::InvalidRollout("a batch of 0 nodes would never start".into())),
+            (101.., true) => Err(DeploymentRejection::InvalidRollout(format!("{}% is over 100%", self.batch))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -85,6 +126,8 @@ pub struct NodeProgress {
     pub reported_at: Option<DateTime<Utc>>,
     /// The staged version was applied on the node itself.
     pub applied_locally: bool,
+    /// The last launch or update was sent to it (a phased rollout holds nodes back).
+    pub released: bool,
 }
 
 impl NodeProgress {
@@ -97,6 +140,7 @@ impl NodeProgress {
             containers: Containers::new(),
             reported_at: None,
             applied_locally: false,
+            released: true,
         }
     }
 }
@@ -117,6 +161,7 @@ pub struct Launch {
     /// A profile of the version, and single values over it.
     pub profile: Option<String>,
     pub overrides: BTreeMap<String, String>,
+    pub rollout: Option<Rollout>,
 }
 
 impl Launch {
@@ -133,6 +178,7 @@ impl Launch {
             selector: None,
             profile: None,
             overrides: BTreeMap::new(),
+            rollout: None,
         }
     }
 }
@@ -152,6 +198,7 @@ pub enum DeploymentCommand {
         application: Application,
         version: String,
         mode: Mode,
+        rollout: Option<Rollout>,
     },
     /// Start what was staged.
     Apply,
@@ -210,6 +257,8 @@ pub enum DeploymentEvent {
         /// A compose version's services with those values filled in; empty for one image.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         services: Vec<Service>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<Rollout>,
     },
     StopRequested {
         at: DateTime<Utc>,
@@ -232,6 +281,8 @@ pub enum DeploymentEvent {
         env: BTreeMap<String, String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         services: Vec<Service>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<Rollout>,
         at: DateTime<Utc>,
     },
     ApplyRequested {
@@ -267,6 +318,14 @@ pub enum DeploymentEvent {
         node: String,
         at: DateTime<Utc>,
     },
+    /// The next nodes of a phased rollout get the launch or update.
+    WaveReleased {
+        nodes: Vec<String>,
+    },
+    /// The rollout releases no more nodes.
+    RolloutHalted {
+        reason: String,
+    },
 }
 
 event_payload!(DeploymentEvent, "deployment", {
@@ -282,6 +341,8 @@ event_payload!(DeploymentEvent, "deployment", {
     NodeStateReported => "node_state_reported",
     DriftDetected => "drift_detected",
     AppliedLocally => "applied_locally",
+    WaveReleased => "wave_released",
+    RolloutHalted => "rollout_halted",
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -324,6 +385,8 @@ pub enum DeploymentRejection {
     Settings(SettingsError),
     #[error("{0}")]
     Compose(ComposeError),
+    #[error("rollout: {0}")]
+    InvalidRollout(String),
     #[error("status {status} is less severe than container `{container}`'s {its}")]
     BelowContainer { status: Status, container: String, its: Status },
 }
@@ -342,6 +405,7 @@ impl Aggregate for Deployment {
                 let name = &launch.application_id;
                 let version = published(name, &launch.application, &launch.version)?;
                 check_mode(launch.mode)?;
+                launch.rollout.as_ref().map(Rollout::check).transpose()?;
                 let env =
                     version.settings.resolve(launch.profile.as_deref(), &launch.overrides).map_err(R::Settings)?;
                 let services = version.resolve_services(&env).map_err(R::Compose)?;
@@ -359,7 +423,7 @@ impl Aggregate for Deployment {
                         return Err(R::UnknownNode(node.clone()));
                     }
                 }
-                Ok(vec![DeploymentEvent::Launched {
+                self.with_next_wave(DeploymentEvent::Launched {
                     application: name.clone(),
                     version: version.version.clone(),
                     image: version.image.clone(),
@@ -370,7 +434,8 @@ impl Aggregate for Deployment {
                     overrides: launch.overrides.clone(),
                     env,
                     services,
-                }])
+                    rollout: launch.rollout,
+                })
             }
             _ if !self.launched => Err(R::NotLaunched),
             DeploymentCommand::Stop
@@ -400,23 +465,25 @@ impl Aggregate for Deployment {
                 }
                 _ => vec![],
             }),
-            DeploymentCommand::Update { application, version, mode } => {
+            DeploymentCommand::Update { application, version, mode, rollout } => {
                 let target = published(&self.application, application, version)?;
                 check_mode(*mode)?;
+                rollout.as_ref().map(Rollout::check).transpose()?;
                 let env = target.settings.resolve(self.profile.as_deref(), &self.overrides).map_err(R::Settings)?;
                 let services = target.resolve_services(&env).map_err(R::Compose)?;
                 if target.version == self.version {
                     return Err(R::AlreadyDesired("at that version"));
                 }
-                Ok(vec![DeploymentEvent::UpdateRequested {
+                self.with_next_wave(DeploymentEvent::UpdateRequested {
                     from_version: self.version.clone(),
                     version: target.version.clone(),
                     image: target.image.clone(),
                     mode: *mode,
                     env,
                     services,
+                    rollout: *rollout,
                     at: ctx.now,
-                }])
+                })
             }
             DeploymentCommand::Stop if self.desired == Desired::Stopped => Err(R::AlreadyDesired("stopped")),
             DeploymentCommand::Stop => Ok(vec![DeploymentEvent::StopRequested { at: ctx.now }]),
@@ -457,13 +524,14 @@ impl Aggregate for Deployment {
                 if stale || same {
                     return Ok(vec![]);
                 }
-                Ok(vec![DeploymentEvent::NodeStateReported {
+                // A node settling lets a phased rollout go on, or halts it.
+                self.with_next_wave(DeploymentEvent::NodeStateReported {
                     node: node.clone(),
                     status: *status,
                     error: error.clone(),
                     containers: containers.clone(),
                     reported_at: *reported_at,
-                }])
+                })
             }
         }
     }
@@ -481,9 +549,13 @@ impl Aggregate for Deployment {
                 overrides,
                 env,
                 services,
+                rollout,
             } => {
                 self.launched = true;
                 self.services = services.clone();
+                self.rollout = *rollout;
+                self.halted = None;
+                self.updating = false;
                 self.selector = selector.clone();
                 self.profile = profile.clone();
                 self.overrides = overrides.clone();
@@ -493,20 +565,25 @@ impl Aggregate for Deployment {
                 self.application = application.clone();
                 self.version = version.clone();
                 self.image = image.clone();
-                self.nodes = nodes.iter().map(|n| (n.clone(), NodeProgress::pending())).collect();
+                let pending = NodeProgress { released: rollout.is_none(), ..NodeProgress::pending() };
+                self.nodes = nodes.iter().map(|n| (n.clone(), pending.clone())).collect();
             }
             DeploymentEvent::StopRequested { .. } => self.request(Desired::Stopped, Status::PendingStop),
             DeploymentEvent::StartRequested { .. } => self.request(Desired::Running, Status::PendingStart),
             DeploymentEvent::UninstallRequested { .. } => self.request(Desired::Removed, Status::PendingRemove),
-            DeploymentEvent::UpdateRequested { version, image, mode, env, services, .. } => {
+            DeploymentEvent::UpdateRequested { version, image, mode, env, services, rollout, .. } => {
                 self.env = env.clone();
                 self.services = services.clone();
+                self.rollout = *rollout;
+                self.halted = None;
+                self.updating = true;
                 self.version = version.clone();
                 self.image = image.clone();
                 self.mode = *mode;
                 self.awaiting_apply = mode.waits_for_apply();
                 for progress in self.nodes.values_mut() {
                     progress.applied_locally = false;
+                    progress.released = rollout.is_none();
                 }
                 self.request(Desired::Running, Status::PendingDeploy);
             }
@@ -535,6 +612,14 @@ impl Aggregate for Deployment {
                 }
             }
             DeploymentEvent::DriftDetected { .. } => {}
+            DeploymentEvent::WaveReleased { nodes } => {
+                for node in nodes {
+                    if let Some(progress) = self.nodes.get_mut(node) {
+                        progress.released = true;
+                    }
+                }
+            }
+            DeploymentEvent::RolloutHalted { reason } => self.halted = Some(reason.clone()),
             DeploymentEvent::AppliedLocally { node, .. } => {
                 if let Some(progress) = self.nodes.get_mut(node) {
                     progress.applied_locally = true;
@@ -578,13 +663,48 @@ fn published<'a>(
 
 impl Deployment {
     /// The nodes it targets now.
+    /// The nodes that have the deployment: the active targets, but for those a phased launch
+    /// has not reached yet.
     pub fn targets(&self) -> impl Iterator<Item = &String> {
-        self.nodes.iter().filter(|(_, p)| p.active).map(|(node, _)| node)
+        self.nodes.iter().filter(|(_, p)| p.active && (p.released || self.updating)).map(|(node, _)| node)
+    }
+
+    /// `first`, then what a phased rollout does next once it is folded in: release the next
+    /// nodes up to the batch, or halt when too many of those released failed.
+    fn with_next_wave(&self, first: DeploymentEvent) -> Result<Vec<DeploymentEvent>, DeploymentRejection> {
+        let next = self.clone().evolve(&first);
+        let mut events = vec![first];
+        events.extend(next.advance());
+        Ok(events)
+    }
+
+    fn advance(&self) -> Option<DeploymentEvent> {
+        let rollout = self.rollout?;
+        if self.halted.is_some() || self.desired == Desired::Removed {
+            return None;
+        }
+        let active: Vec<(&String, &NodeProgress)> = self.nodes.iter().filter(|(_, p)| p.active).collect();
+        let released = active.iter().filter(|(_, p)| p.released);
+        let failed = released.clone().filter(|(_, p)| p.status == Status::Failed).count();
+        if failed > rollout.max_failures as usize {
+            let waiting = active.iter().filter(|(_, p)| !p.released).count();
+            let reason = format!(
+                "{failed} node(s) failed, more than the {} allowed; {waiting} node(s) not reached",
+                rollout.max_failures
+            );
+            return Some(DeploymentEvent::RolloutHalted { reason });
+        }
+        let under_way = released.filter(|(_, p)| !p.status.is_settled()).count();
+        let free = rollout.size(active.len()).saturating_sub(under_way);
+        let nodes: Vec<String> =
+            active.iter().filter(|(_, p)| !p.released).take(free).map(|(n, _)| n.to_string()).collect();
+        (!nodes.is_empty()).then_some(DeploymentEvent::WaveReleased { nodes })
     }
 
     fn request(&mut self, desired: Desired, pending: Status) {
         self.desired = desired;
-        for progress in self.nodes.values_mut().filter(|p| p.active) {
+        let updating = self.updating;
+        for progress in self.nodes.values_mut().filter(|p| p.active && (p.released || updating)) {
             progress.status = pending;
             progress.error = None;
         }
@@ -627,6 +747,7 @@ mod tests {
             selector: None,
             profile: None,
             overrides: BTreeMap::new(),
+            rollout: Default::default(),
         }
     }
 
@@ -642,6 +763,7 @@ mod tests {
             overrides: BTreeMap::new(),
             env: BTreeMap::new(),
             services: Default::default(),
+            rollout: Default::default(),
         }
     }
 
@@ -788,7 +910,12 @@ mod tests {
     }
 
     fn update(versions: &[(&str, bool)], to: &str) -> C {
-        C::Update { application: catalog_with(versions), version: to.into(), mode: Mode::default() }
+        C::Update {
+            application: catalog_with(versions),
+            version: to.into(),
+            mode: Mode::default(),
+            rollout: Default::default(),
+        }
     }
 
     const STAGED: Mode = Mode { staged: true, instantly_apply: false };
@@ -806,6 +933,7 @@ mod tests {
             overrides: BTreeMap::new(),
             env: BTreeMap::new(),
             services: Default::default(),
+            rollout: Default::default(),
         }
     }
 
@@ -865,6 +993,7 @@ mod tests {
             overrides: [("GREETING".to_owned(), "hi".to_owned())].into(),
             env: [("GREETING".to_owned(), "hi".to_owned()), ("MODE".to_owned(), "test".to_owned())].into(),
             services: Default::default(),
+            rollout: Default::default(),
         }]);
         assert_eq!(state.env["MODE"], "test");
     }
@@ -915,6 +1044,7 @@ mod tests {
             overrides: BTreeMap::new(),
             env: BTreeMap::new(),
             services: Default::default(),
+            rollout: Default::default(),
         }
     }
 
@@ -1022,6 +1152,7 @@ mod tests {
             application: catalog_with(&[("1.0.0", true), ("1.1.0", true)]),
             version: "1.1.0".into(),
             mode: STAGED,
+            rollout: Default::default(),
         };
         let state = given::<Deployment>([launched()]).when(command).then([E::UpdateRequested {
             from_version: "1.0.0".into(),
@@ -1031,6 +1162,7 @@ mod tests {
             env: BTreeMap::new(),
             at: now(),
             services: Default::default(),
+            rollout: Default::default(),
         }]);
         assert!(state.awaiting_apply);
     }
@@ -1047,6 +1179,7 @@ mod tests {
                     env: BTreeMap::new(),
                     at: now(),
                     services: Default::default(),
+                    rollout: Default::default(),
                 },
             ]);
         assert_eq!((state.version.as_str(), state.desired), ("1.1.0", Desired::Running));
@@ -1167,5 +1300,90 @@ mod tests {
         given::<Deployment>([launched()])
             .when(report("edge-1", Status::Failed, None))
             .then_rejected(R::FailureWithoutError);
+    }
+
+    const FOUR: [&str; 4] = ["edge-1", "edge-2", "edge-3", "edge-4"];
+
+    fn phased(batch: u32, max_failures: u32) -> (Launch, E) {
+        let rollout = Some(Rollout { batch, percent: false, max_failures });
+        let registered_nodes = FOUR.iter().map(|n| n.to_string()).collect();
+        let launch = Launch { rollout, registered_nodes, ..launch(&FOUR) };
+        let E::Launched { application, version, image, mode, .. } = launched() else { unreachable!() };
+        let event = E::Launched {
+            application,
+            version,
+            image,
+            nodes: FOUR.iter().map(|n| n.to_string()).collect(),
+            mode,
+            selector: None,
+            profile: None,
+            overrides: BTreeMap::new(),
+            env: BTreeMap::new(),
+            services: vec![],
+            rollout,
+        };
+        (launch, event)
+    }
+
+    fn wave(nodes: &[&str]) -> E {
+        E::WaveReleased { nodes: nodes.iter().map(|n| n.to_string()).collect() }
+    }
+
+    #[test]
+    fn a_phased_launch_reaches_a_batch_of_nodes_then_the_next_as_each_settles() {
+        let (command, event) = phased(2, 0);
+        let state = given::<Deployment>([]).when(C::Launch(command)).then([event.clone(), wave(&["edge-1", "edge-2"])]);
+        assert_eq!(state.targets().collect::<Vec<_>>(), ["edge-1", "edge-2"], "the others do not have it yet");
+        let running = |node: &str| E::NodeStateReported {
+            node: node.into(),
+            status: Status::Running,
+            error: None,
+            containers: Default::default(),
+            reported_at: now(),
+        };
+        given::<Deployment>([event.clone(), wave(&["edge-1", "edge-2"])])
+            .when(report("edge-1", Status::Running, None))
+            .then([running("edge-1"), wave(&["edge-3"])]);
+        // Still downloading: not settled, nothing more is released.
+        given::<Deployment>([event, wave(&["edge-1", "edge-2"])])
+            .when(report("edge-1", Status::Downloading, None))
+            .then([E::NodeStateReported {
+                node: "edge-1".into(),
+                status: Status::Downloading,
+                error: None,
+                containers: Default::default(),
+                reported_at: now(),
+            }]);
+    }
+
+    #[test]
+    fn a_phased_rollout_halts_once_failures_pass_the_threshold() {
+        let (_, event) = phased(1, 0);
+        let failure = Failure { code: "image_not_found".into(), message: "manifest unknown".into() };
+        let events = given::<Deployment>([event, wave(&["edge-1"])])
+            .when(report("edge-1", Status::Failed, Some(failure.clone())))
+            .then([
+                E::NodeStateReported {
+                    node: "edge-1".into(),
+                    status: Status::Failed,
+                    error: Some(failure),
+                    containers: Default::default(),
+                    reported_at: now(),
+                },
+                E::RolloutHalted { reason: "1 node(s) failed, more than the 0 allowed; 3 node(s) not reached".into() },
+            ]);
+        assert!(events.halted.is_some());
+    }
+
+    #[test]
+    fn a_rollout_in_percent_and_a_batch_of_zero() {
+        assert_eq!(Rollout { batch: 25, percent: true, max_failures: 0 }.size(10), 3);
+        assert_eq!(Rollout { batch: 1, percent: true, max_failures: 0 }.size(4), 1, "never less than one");
+        let (mut command, _) = phased(0, 0);
+        given::<Deployment>([])
+            .when(C::Launch(command.clone()))
+            .then_rejected(R::InvalidRollout("a batch of 0 nodes would never start".into()));
+        command.rollout = Some(Rollout { batch: 150, percent: true, max_failures: 0 });
+        given::<Deployment>([]).when(C::Launch(command)).then_rejected(R::InvalidRollout("150% is over 100%".into()));
     }
 }

@@ -7,4 +7,5 @@ mod faults;
 mod harness;
 mod ingest;
 mod projector;
+mod rollout;
 mod store;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::compose::Service;
-use crate::deployment::{DeploymentEvent, Desired};
+use crate::deployment::{DeploymentEvent, Desired, Rollout};
 use crate::envelope::Envelope;
 use crate::status::{Containers, Failure, Status};
 
@@ -64,6 +64,12 @@ pub struct DeploymentView {
     /// A compose version's services, as its containers get them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
+    /// The phased rollout of the last launch or update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    /// Why that rollout stopped releasing nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_halted: Option<String>,
     pub nodes: BTreeMap<String, NodeView>,
     pub launched_by: String,
     pub created_at: DateTime<Utc>,
@@ -89,6 +95,9 @@ pub struct NodeView {
     /// The last container the node found changed behind its back, and how.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub last_drift: Option<String>,
+    /// The last launch or update was sent to it; a phased rollout holds nodes back.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub released: bool,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -102,8 +111,12 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         containers: Containers::new(),
         applied_locally: false,
         last_drift: None,
+        released: true,
         updated_at: envelope.time,
     };
+    // A node a phased rollout has not reached yet.
+    let held = |reason: String| NodeView { released: false, reason: Some(reason), ..pending(Status::PendingDeploy) };
+    const TURN: &str = "waiting for its turn in the phased rollout";
     let mut view = match (view, event) {
         (
             _,
@@ -117,9 +130,14 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
                 profile,
                 env,
                 services,
+                rollout,
                 ..
             },
         ) => {
+            let node = match rollout {
+                Some(_) => held(TURN.to_owned()),
+                None => pending(Status::PendingDeploy),
+            };
             return Some(DeploymentView {
                 id: envelope.aggregate_id.clone(),
                 tenant: envelope.tenant.clone(),
@@ -134,11 +152,13 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
                 profile: profile.clone(),
                 env: env.clone(),
                 services: services.clone(),
-                nodes: nodes.iter().map(|n| (n.clone(), pending(Status::PendingDeploy))).collect(),
+                rollout: *rollout,
+                rollout_halted: None,
+                nodes: nodes.iter().map(|n| (n.clone(), node.clone())).collect(),
                 launched_by: envelope.actor.clone(),
                 created_at: envelope.time,
                 updated_at: envelope.time,
-            })
+            });
         }
         (Some(view), _) => view,
         // An event for a deployment this model never saw launched: nothing to show.
@@ -148,9 +168,16 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         DeploymentEvent::StopRequested { .. } => Some((Desired::Stopped, Status::PendingStop)),
         DeploymentEvent::StartRequested { .. } => Some((Desired::Running, Status::PendingStart)),
         DeploymentEvent::UninstallRequested { .. } => Some((Desired::Removed, Status::PendingRemove)),
-        DeploymentEvent::UpdateRequested { version, image, mode, env, services, .. } => {
+        DeploymentEvent::UpdateRequested { version, image, mode, env, services, rollout, .. } => {
             view.env = env.clone();
             view.services = services.clone();
+            view.rollout = *rollout;
+            view.rollout_halted = None;
+            if rollout.is_some() {
+                for node in view.nodes.values_mut().filter(|n| n.active) {
+                    *node = held(TURN.to_owned());
+                }
+            }
             view.version = version.clone();
             view.image = image.clone();
             view.staged = mode.staged;
@@ -187,12 +214,26 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
             }
             None
         }
+        DeploymentEvent::WaveReleased { nodes } => {
+            for node in nodes {
+                view.nodes.insert(node.clone(), pending(Status::PendingDeploy));
+            }
+            None
+        }
+        DeploymentEvent::RolloutHalted { reason } => {
+            for node in view.nodes.values_mut().filter(|n| n.active && !n.released) {
+                node.reason = Some(format!("not reached: the rollout halted ({reason})"));
+            }
+            view.rollout_halted = Some(reason.clone());
+            None
+        }
         DeploymentEvent::Launched { .. } | DeploymentEvent::NodeStateReported { .. } => None,
     };
     if let Some((desired, status)) = request {
         view.desired = desired;
-        // As in the aggregate: a request concerns the nodes the deployment targets now.
-        for node in view.nodes.values_mut().filter(|n| n.active) {
+        // A request concerns the nodes the deployment targets now, but for those a phased
+        // rollout holds back.
+        for node in view.nodes.values_mut().filter(|n| n.active && n.released) {
             *node = pending(status);
         }
     }
@@ -201,6 +242,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         let previous = view.nodes.get(node);
         let reported = NodeView {
             applied_locally: previous.is_some_and(|n| n.applied_locally),
+            released: previous.is_none_or(|n| n.released),
             last_drift: previous.and_then(|n| n.last_drift.clone()),
             active,
             status: *status,
@@ -251,6 +293,7 @@ mod tests {
             overrides: Default::default(),
             env: Default::default(),
             services: Default::default(),
+            rollout: Default::default(),
         };
         let running = |node: &str| DeploymentEvent::NodeStateReported {
             node: node.into(),
@@ -310,6 +353,7 @@ mod tests {
             overrides: Default::default(),
             env: Default::default(),
             services: Default::default(),
+            rollout: Default::default(),
         };
         let left = DeploymentEvent::TargetRemoved { node: "edge-2".into(), reason: "labels changed".into() };
         let removed = DeploymentEvent::NodeStateReported {

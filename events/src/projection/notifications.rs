@@ -80,6 +80,8 @@ impl ApplicationUpdates {
             | DeploymentEvent::ApplyRequested { .. }
             | DeploymentEvent::DriftDetected { .. }
             | DeploymentEvent::AppliedLocally { .. }
+            | DeploymentEvent::WaveReleased { .. }
+            | DeploymentEvent::RolloutHalted { .. }
             | DeploymentEvent::ForceUpdateRequested { .. }
             | DeploymentEvent::TargetAdded { .. }
             | DeploymentEvent::TargetRemoved { .. }
@@ -126,6 +128,7 @@ mod tests {
             overrides: Default::default(),
             env: Default::default(),
             services: Default::default(),
+            rollout: Default::default(),
         }
     }
 
@@ -171,6 +174,7 @@ mod tests {
             env: Default::default(),
             at: now(),
             services: Default::default(),
+            rollout: Default::default(),
         };
         state.apply_deployment("d1", &update);
         state.apply_deployment("d2", &DeploymentEvent::UninstallRequested { at: now() });

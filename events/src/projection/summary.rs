@@ -92,6 +92,7 @@ mod tests {
                             containers: Default::default(),
                             applied_locally: Default::default(),
                             last_drift: Default::default(),
+                            released: Default::default(),
                         },
                     )
                 })
@@ -100,6 +101,8 @@ mod tests {
             created_at: now(),
             updated_at: now(),
             services: Default::default(),
+            rollout: Default::default(),
+            rollout_halted: Default::default(),
         }
     }
 
