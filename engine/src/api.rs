@@ -563,6 +563,10 @@ pub struct UpdateRequest {
     pub instantly_apply: bool,
     #[serde(default)]
     pub rollout: Option<RolloutRequest>,
+    /// Go back to the current version if the new one fails to start, or stops running within
+    /// this many seconds on a node.
+    #[serde(default)]
+    pub rollback_within: Option<u32>,
 }
 
 async fn update(
@@ -581,7 +585,8 @@ async fn update(
     };
     let mode = Mode { staged: body.staged, instantly_apply: body.instantly_apply };
     let rollout = body.rollout.as_ref().map(RolloutRequest::rollout).transpose()?;
-    let command = DeploymentCommand::Update { application, version: body.version, mode, rollout };
+    let rollback_within = body.rollback_within;
+    let command = DeploymentCommand::Update { application, version: body.version, mode, rollout, rollback_within };
     deployment_command(&state, &headers, id, command).await
 }
 
@@ -745,6 +750,10 @@ async fn deployment_history(
                 entry.note = Some(format!("rollout reaches {}", nodes.join(", ")))
             }
             DeploymentEvent::RolloutHalted { reason } => entry.note = Some(format!("rollout halted: {reason}")),
+            DeploymentEvent::RolledBack { version, reason, .. } => {
+                entry.status = Some(S::PendingDeploy);
+                entry.note = Some(format!("rolled back to {version}: {reason}"));
+            }
         }
         history.push(entry);
     }

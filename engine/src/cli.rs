@@ -101,6 +101,10 @@ enum Command {
         mode: ModeArgs,
         #[command(flatten)]
         rollout: RolloutArgs,
+        /// Go back by itself if the new version fails to start, or stops running within this
+        /// many seconds on a node.
+        #[arg(long)]
+        rollback_within: Option<u32>,
         #[arg(long)]
         watch: bool,
     },
@@ -300,12 +304,13 @@ impl Cli {
             Command::Start { id, watch } => return client.request_change(id, "start", *watch).await,
             Command::Uninstall { id, watch } => return client.request_change(id, "uninstall", *watch).await,
             Command::ForceUpdate { id, watch } => return client.request_change(id, "force-update", *watch).await,
-            Command::Update { id, version, mode, rollout, watch } => {
+            Command::Update { id, version, mode, rollout, rollback_within, watch } => {
                 let body = json!({
                     "version": version,
                     "staged": mode.staged,
                     "instantly_apply": mode.instantly_apply,
                     "rollout": rollout.json(),
+                    "rollback_within": rollback_within,
                 });
                 let answer = client.post(&format!("/v1/deployments/{id}/update"), body).await?;
                 let status = answer["deployment"]["status"].as_str().unwrap_or("unknown");

@@ -111,6 +111,11 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
         DeploymentEvent::UpdateRequested { version, image, mode, env, services, .. } => {
             (NodeWork::Update { deployment, version, image, mode, env, services }, targets(store, envelope).await?)
         }
+        // Back to the version before, at once, everywhere.
+        DeploymentEvent::RolledBack { version, image, env, services, .. } => {
+            let mode = Mode::default();
+            (NodeWork::Update { deployment, version, image, mode, env, services }, targets(store, envelope).await?)
+        }
         DeploymentEvent::ApplyRequested { .. } => (NodeWork::Apply { deployment }, targets(store, envelope).await?),
         DeploymentEvent::ForceUpdateRequested { .. } => {
             (NodeWork::Refresh { deployment }, targets(store, envelope).await?)

@@ -32,6 +32,8 @@ pub struct Deployment {
     pub halted: Option<String>,
     /// The last request was an update (the nodes have the deployment); a launch otherwise.
     pub updating: bool,
+    /// An update that goes back by itself if it fails to start or stops running too soon.
+    pub guard: Option<Guard>,
     /// The environment its containers get (a compose version's parameter values).
     pub env: BTreeMap<String, String>,
     /// A compose version's services, resolved.
@@ -59,6 +61,23 @@ impl Default for Mode {
     fn default() -> Self {
         Mode { staged: false, instantly_apply: true }
     }
+}
+
+/// What an update with automatic rollback keeps: how long the new version must stay running
+/// on a node, and the version that ran before, to go back to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    pub within_secs: u32,
+    pub previous: Target,
+}
+
+/// A version as the nodes get it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Target {
+    pub version: String,
+    pub image: String,
+    pub env: BTreeMap<String, String>,
+    pub services: Vec<Service>,
 }
 
 /// A phased rollout: a launch or an update reaches at most `batch` nodes at a time (or
@@ -128,6 +147,8 @@ pub struct NodeProgress {
     pub applied_locally: bool,
     /// The last launch or update was sent to it (a phased rollout holds nodes back).
     pub released: bool,
+    /// When it first reported `running` since the last launch or update.
+    pub running_since: Option<DateTime<Utc>>,
 }
 
 impl NodeProgress {
@@ -141,6 +162,7 @@ impl NodeProgress {
             reported_at: None,
             applied_locally: false,
             released: true,
+            running_since: None,
         }
     }
 }
@@ -199,6 +221,9 @@ pub enum DeploymentCommand {
         version: String,
         mode: Mode,
         rollout: Option<Rollout>,
+        /// Go back to the current version if the new one fails to start, or stops running
+        /// within this many seconds on a node.
+        rollback_within: Option<u32>,
     },
     /// Start what was staged.
     Apply,
@@ -283,6 +308,21 @@ pub enum DeploymentEvent {
         services: Vec<Service>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rollout: Option<Rollout>,
+        /// Seconds the new version must stay running on a node, or it goes back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollback_within: Option<u32>,
+        at: DateTime<Utc>,
+    },
+    /// An update that failed went back to the version that ran before.
+    RolledBack {
+        from_version: String,
+        version: String,
+        image: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        services: Vec<Service>,
+        reason: String,
         at: DateTime<Utc>,
     },
     ApplyRequested {
@@ -343,6 +383,7 @@ event_payload!(DeploymentEvent, "deployment", {
     AppliedLocally => "applied_locally",
     WaveReleased => "wave_released",
     RolloutHalted => "rollout_halted",
+    RolledBack => "rolled_back",
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -465,7 +506,7 @@ impl Aggregate for Deployment {
                 }
                 _ => vec![],
             }),
-            DeploymentCommand::Update { application, version, mode, rollout } => {
+            DeploymentCommand::Update { application, version, mode, rollout, rollback_within } => {
                 let target = published(&self.application, application, version)?;
                 check_mode(*mode)?;
                 rollout.as_ref().map(Rollout::check).transpose()?;
@@ -482,6 +523,7 @@ impl Aggregate for Deployment {
                     env,
                     services,
                     rollout: *rollout,
+                    rollback_within: *rollback_within,
                     at: ctx.now,
                 })
             }
@@ -495,12 +537,14 @@ impl Aggregate for Deployment {
             {
                 Err(R::NotATarget(node.clone()))
             }
-            DeploymentCommand::RecordDrift { node, container, drift, at } => Ok(vec![DeploymentEvent::DriftDetected {
-                node: node.clone(),
-                container: container.clone(),
-                drift: drift.clone(),
-                at: *at,
-            }]),
+            DeploymentCommand::RecordDrift { node, container, drift, at } => {
+                self.with_next_wave(DeploymentEvent::DriftDetected {
+                    node: node.clone(),
+                    container: container.clone(),
+                    drift: drift.clone(),
+                    at: *at,
+                })
+            }
             DeploymentCommand::RecordLocalApply { node, at } => Ok(match self.awaiting_apply {
                 true => vec![DeploymentEvent::AppliedLocally { node: node.clone(), at: *at }],
                 false => vec![],
@@ -571,7 +615,24 @@ impl Aggregate for Deployment {
             DeploymentEvent::StopRequested { .. } => self.request(Desired::Stopped, Status::PendingStop),
             DeploymentEvent::StartRequested { .. } => self.request(Desired::Running, Status::PendingStart),
             DeploymentEvent::UninstallRequested { .. } => self.request(Desired::Removed, Status::PendingRemove),
-            DeploymentEvent::UpdateRequested { version, image, mode, env, services, rollout, .. } => {
+            DeploymentEvent::UpdateRequested {
+                from_version: _,
+                version,
+                image,
+                mode,
+                env,
+                services,
+                rollout,
+                rollback_within,
+                at: _,
+            } => {
+                let previous = Target {
+                    version: self.version.clone(),
+                    image: self.image.clone(),
+                    env: self.env.clone(),
+                    services: self.services.clone(),
+                };
+                self.guard = rollback_within.map(|within_secs| Guard { within_secs, previous });
                 self.env = env.clone();
                 self.services = services.clone();
                 self.rollout = *rollout;
@@ -584,6 +645,18 @@ impl Aggregate for Deployment {
                 for progress in self.nodes.values_mut() {
                     progress.applied_locally = false;
                     progress.released = rollout.is_none();
+                    progress.running_since = None;
+                }
+                self.request(Desired::Running, Status::PendingDeploy);
+            }
+            DeploymentEvent::RolledBack { version, image, env, services, .. } => {
+                (self.version, self.image) = (version.clone(), image.clone());
+                (self.env, self.services) = (env.clone(), services.clone());
+                (self.guard, self.rollout, self.halted) = (None, None, None);
+                self.updating = true;
+                for progress in self.nodes.values_mut() {
+                    progress.released = true;
+                    progress.running_since = None;
                 }
                 self.request(Desired::Running, Status::PendingDeploy);
             }
@@ -609,6 +682,9 @@ impl Aggregate for Deployment {
                     progress.error = error.clone();
                     progress.containers = containers.clone();
                     progress.reported_at = Some(*reported_at);
+                    if *status == Status::Running && progress.running_since.is_none() {
+                        progress.running_since = Some(*reported_at);
+                    }
                 }
             }
             DeploymentEvent::DriftDetected { .. } => {}
@@ -669,13 +745,53 @@ impl Deployment {
         self.nodes.iter().filter(|(_, p)| p.active && (p.released || self.updating)).map(|(node, _)| node)
     }
 
-    /// `first`, then what a phased rollout does next once it is folded in: release the next
-    /// nodes up to the batch, or halt when too many of those released failed.
+    /// `first`, then what follows from it once it is folded in: going back to the previous
+    /// version when a guarded update failed; or else, in a phased rollout, releasing the next
+    /// nodes up to the batch, or halting when too many of those released failed.
     fn with_next_wave(&self, first: DeploymentEvent) -> Result<Vec<DeploymentEvent>, DeploymentRejection> {
         let next = self.clone().evolve(&first);
-        let mut events = vec![first];
-        events.extend(next.advance());
-        Ok(events)
+        let then = match next.rollback_for(&first) {
+            Some(rollback) => Some(rollback),
+            None => next.advance(),
+        };
+        Ok(std::iter::once(first).chain(then).collect())
+    }
+
+    /// Going back, if `event` shows the guarded update failing on a node: it did not start, or
+    /// stopped running before it had run for the time set.
+    fn rollback_for(&self, event: &DeploymentEvent) -> Option<DeploymentEvent> {
+        let guard = self.guard.as_ref()?;
+        let too_soon = |node: &str, at: &DateTime<Utc>| {
+            let since = self.nodes.get(node)?.running_since?;
+            (*at - since < chrono::Duration::seconds(guard.within_secs.into())).then_some(since)
+        };
+        let (reason, at) = match event {
+            DeploymentEvent::NodeStateReported { node, status: Status::Failed, error, reported_at, .. } => {
+                let why = error.as_ref().map(|e| format!(": {}", e.message)).unwrap_or_default();
+                match self.nodes.get(node).and_then(|p| p.running_since) {
+                    None => (format!("{} did not start on {node}{why}", self.version), *reported_at),
+                    Some(_) if too_soon(node, reported_at).is_some() => {
+                        (format!("{} failed on {node} within {} s{why}", self.version, guard.within_secs), *reported_at)
+                    }
+                    Some(_) => return None,
+                }
+            }
+            DeploymentEvent::DriftDetected { node, container, drift, at } if drift != "started" => {
+                too_soon(node, at)?;
+                (format!("{container} of {} was {drift} on {node} within {} s", self.version, guard.within_secs), *at)
+            }
+            _ => return None,
+        };
+        let previous = guard.previous.clone();
+        Some(DeploymentEvent::RolledBack {
+            from_version: self.version.clone(),
+            version: previous.version,
+            image: previous.image,
+            env: previous.env,
+            services: previous.services,
+            reason,
+            at,
+        })
     }
 
     fn advance(&self) -> Option<DeploymentEvent> {
@@ -915,6 +1031,7 @@ mod tests {
             version: to.into(),
             mode: Mode::default(),
             rollout: Default::default(),
+            rollback_within: Default::default(),
         }
     }
 
@@ -1153,6 +1270,7 @@ mod tests {
             version: "1.1.0".into(),
             mode: STAGED,
             rollout: Default::default(),
+            rollback_within: Default::default(),
         };
         let state = given::<Deployment>([launched()]).when(command).then([E::UpdateRequested {
             from_version: "1.0.0".into(),
@@ -1163,6 +1281,7 @@ mod tests {
             at: now(),
             services: Default::default(),
             rollout: Default::default(),
+            rollback_within: Default::default(),
         }]);
         assert!(state.awaiting_apply);
     }
@@ -1180,6 +1299,7 @@ mod tests {
                     at: now(),
                     services: Default::default(),
                     rollout: Default::default(),
+                    rollback_within: Default::default(),
                 },
             ]);
         assert_eq!((state.version.as_str(), state.desired), ("1.1.0", Desired::Running));
@@ -1385,5 +1505,87 @@ mod tests {
             .then_rejected(R::InvalidRollout("a batch of 0 nodes would never start".into()));
         command.rollout = Some(Rollout { batch: 150, percent: true, max_failures: 0 });
         given::<Deployment>([]).when(C::Launch(command)).then_rejected(R::InvalidRollout("150% is over 100%".into()));
+    }
+
+    fn guarded_update(within: u32) -> E {
+        E::UpdateRequested {
+            from_version: "1.0.0".into(),
+            version: "1.1.0".into(),
+            image: "127.0.0.1:5000/sample/app:1.1.0".into(),
+            mode: Mode::default(),
+            env: BTreeMap::new(),
+            services: vec![],
+            rollout: None,
+            rollback_within: Some(within),
+            at: now(),
+        }
+    }
+
+    fn rolled_back(reason: &str) -> E {
+        E::RolledBack {
+            from_version: "1.1.0".into(),
+            version: "1.0.0".into(),
+            image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+            env: BTreeMap::new(),
+            services: vec![],
+            reason: reason.into(),
+            at: now(),
+        }
+    }
+
+    #[test]
+    fn a_guarded_update_that_fails_to_start_goes_back_to_the_version_before() {
+        let failure = Failure { code: "image_not_found".into(), message: "manifest unknown".into() };
+        let state = given::<Deployment>([launched(), guarded_update(30)])
+            .when(report("edge-1", Status::Failed, Some(failure.clone())))
+            .then([
+                E::NodeStateReported {
+                    node: "edge-1".into(),
+                    status: Status::Failed,
+                    error: Some(failure),
+                    containers: Default::default(),
+                    reported_at: now(),
+                },
+                rolled_back("1.1.0 did not start on edge-1: manifest unknown"),
+            ]);
+        assert_eq!((state.version.as_str(), state.guard.is_none()), ("1.0.0", true));
+        assert_eq!(state.nodes["edge-2"].status, Status::PendingDeploy, "every node goes back");
+    }
+
+    #[test]
+    fn a_guarded_update_goes_back_if_it_stops_too_soon_and_stays_once_proven() {
+        let running = E::NodeStateReported {
+            node: "edge-1".into(),
+            status: Status::Running,
+            error: None,
+            containers: Default::default(),
+            reported_at: now(),
+        };
+        let drift = |secs: i64| C::RecordDrift {
+            node: "edge-1".into(),
+            container: "c".into(),
+            drift: "stopped".into(),
+            at: now() + chrono::Duration::seconds(secs),
+        };
+        let detected = |secs: i64| E::DriftDetected {
+            node: "edge-1".into(),
+            container: "c".into(),
+            drift: "stopped".into(),
+            at: now() + chrono::Duration::seconds(secs),
+        };
+        let E::RolledBack { from_version, version, image, env, services, .. } = rolled_back("") else { unreachable!() };
+        let back = E::RolledBack {
+            from_version,
+            version,
+            image,
+            env,
+            services,
+            reason: "c of 1.1.0 was stopped on edge-1 within 30 s".into(),
+            at: now() + chrono::Duration::seconds(10),
+        };
+        given::<Deployment>([launched(), guarded_update(30), running.clone()])
+            .when(drift(10))
+            .then([detected(10), back]);
+        given::<Deployment>([launched(), guarded_update(30), running]).when(drift(31)).then([detected(31)]);
     }
 }

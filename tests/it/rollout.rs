@@ -7,7 +7,7 @@ use edge_node::runtime::NODE_LABEL;
 use serde_json::{json, Value};
 use tests::{docker, NatsServer};
 
-use crate::harness::{TestEngine, TestNode, IMAGE_1_0_0};
+use crate::harness::{TestEngine, TestNode, IMAGE_1_0_0, TIMEOUT};
 
 /// Walks the history: at each wave, the nodes released and not yet settled, with the new
 /// ones, never exceed `batch`. Returns the waves.
@@ -94,5 +94,62 @@ async fn a_rollout_batch_that_is_not_a_number_or_a_percent_is_refused() {
     }
     let (_, page) = engine.get("/v1/deployments").await;
     assert_eq!(page["items"], json!([]), "nothing refused was stored");
+    node.stop().await;
+}
+
+/// Adds and publishes a version of `sample`.
+async fn publish_version(engine: &TestEngine, version: Value) {
+    let number = version["version"].as_str().unwrap().to_owned();
+    let (status, body) = engine.post("/v1/applications/sample/versions", version).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(engine.post(&format!("/v1/applications/sample/versions/{number}/publish"), json!({})).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_that_fails_to_start_or_to_stay_running_goes_back_by_itself() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    let docker = docker().await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    publish_version(&engine, json!({"version": "1.0.1", "image": "127.0.0.1:5000/sample/missing:1.0.1"})).await;
+    // Starts, runs two seconds, and exits.
+    let short =
+        format!("services:\n  web:\n    image: {IMAGE_1_0_0}\n    command: [\"sh\", \"-c\", \"sleep 2; exit 3\"]\n");
+    publish_version(&engine, json!({"version": "1.0.2", "compose": short})).await;
+    let body = json!({"application": "sample", "version": "1.0.0", "nodes": [node.name]});
+    let (_, launched) = engine.post("/v1/deployments", body).await;
+    let id = launched["id"].as_str().unwrap().to_owned();
+    engine.wait_deployment(&id, "1.0.0 to run", |v| v["status"] == "running").await;
+    let runs_1_0_0 = || async {
+        let found = tests::containers(&docker, NODE_LABEL, &node.name).await.unwrap();
+        found.len() == 1
+            && found[0].image.as_deref() == Some(IMAGE_1_0_0)
+            && found[0].state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+    };
+
+    for (version, cause) in [("1.0.1", "did not start"), ("1.0.2", "was stopped")] {
+        let update = json!({"version": version, "rollback_within": 60});
+        let (status, body) = engine.post(&format!("/v1/deployments/{id}/update"), update).await;
+        assert_eq!(status, 202, "{body}");
+        let view = engine
+            .wait_deployment(&id, &format!("{version} to go back to 1.0.0"), |v| {
+                v["rolled_back"].is_string() && v["version"] == "1.0.0" && v["status"] == "running"
+            })
+            .await;
+        assert!(view["rolled_back"].as_str().unwrap().contains(cause), "{view}");
+        tests::eventually("1.0.0 to run in Docker again", TIMEOUT, || async { runs_1_0_0().await.then_some(()) }).await;
+        let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
+        let note = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["note"].as_str())
+            .rfind(|n| n.starts_with("rolled back"));
+        assert!(note.is_some_and(|n| n.starts_with("rolled back to 1.0.0")), "{history}");
+    }
+    // The newest published version is available again.
+    let (_, notes) = engine.get("/v1/notifications").await;
+    assert_eq!(notes["items"][0]["available_version"], "1.0.2", "{notes}");
     node.stop().await;
 }

@@ -70,6 +70,9 @@ pub struct DeploymentView {
     /// Why that rollout stopped releasing nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_halted: Option<String>,
+    /// Why the last update went back to the version before it, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<String>,
     pub nodes: BTreeMap<String, NodeView>,
     pub launched_by: String,
     pub created_at: DateTime<Utc>,
@@ -154,6 +157,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
                 services: services.clone(),
                 rollout: *rollout,
                 rollout_halted: None,
+                rolled_back: None,
                 nodes: nodes.iter().map(|n| (n.clone(), node.clone())).collect(),
                 launched_by: envelope.actor.clone(),
                 created_at: envelope.time,
@@ -182,6 +186,17 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
             view.image = image.clone();
             view.staged = mode.staged;
             view.awaiting_apply = mode.waits_for_apply();
+            view.rolled_back = None;
+            Some((Desired::Running, Status::PendingDeploy))
+        }
+        DeploymentEvent::RolledBack { version, image, env, services, reason, .. } => {
+            (view.version, view.image) = (version.clone(), image.clone());
+            (view.env, view.services) = (env.clone(), services.clone());
+            (view.rollout, view.rollout_halted) = (None, None);
+            view.rolled_back = Some(reason.clone());
+            for node in view.nodes.values_mut().filter(|n| n.active) {
+                node.released = true;
+            }
             Some((Desired::Running, Status::PendingDeploy))
         }
         DeploymentEvent::ApplyRequested { .. } => {

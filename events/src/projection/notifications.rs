@@ -67,7 +67,7 @@ impl ApplicationUpdates {
             DeploymentEvent::Launched { version, nodes, .. } => {
                 self.deployments.insert(id.to_owned(), Tracked { version: version.clone(), nodes: nodes.clone() });
             }
-            DeploymentEvent::UpdateRequested { version, .. } => {
+            DeploymentEvent::UpdateRequested { version, .. } | DeploymentEvent::RolledBack { version, .. } => {
                 if let Some(tracked) = self.deployments.get_mut(id) {
                     tracked.version = version.clone();
                 }
@@ -175,6 +175,7 @@ mod tests {
             at: now(),
             services: Default::default(),
             rollout: Default::default(),
+            rollback_within: Default::default(),
         };
         state.apply_deployment("d1", &update);
         state.apply_deployment("d2", &DeploymentEvent::UninstallRequested { at: now() });

@@ -103,6 +103,7 @@ mod tests {
             services: Default::default(),
             rollout: Default::default(),
             rollout_halted: Default::default(),
+            rolled_back: Default::default(),
         }
     }
 
