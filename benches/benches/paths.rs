@@ -188,4 +188,16 @@ async fn main() {
     let deployments = 2000 * scale;
     println!("command path, 64 writers, 5 events/deployment {}", deployment_history(&handler, deployments).await);
     println!("projector into sled (deployments)       {}", projection(&store, deployments * 5).await);
+
+    // What each durability mode costs on the command path (ARCHITECTURE.md, Durability).
+    println!("durability modes, command path with 64 writers:");
+    let synced = NatsServer::start_always_synced().await;
+    let store = EventStore::open(synced.client().await, &StoreConfig::default()).await.unwrap();
+    let figures = deployment_history(&CommandHandler::new(store), deployments / 4).await;
+    println!("  one server, sync_interval: always     {figures}");
+    let cluster = tests::NatsCluster::start(3).await;
+    let client = async_nats::connect(cluster.servers[0].url()).await.unwrap();
+    let store = EventStore::open(client, &StoreConfig { replicas: 3, ..Default::default() }).await.unwrap();
+    let figures = deployment_history(&CommandHandler::new(store), deployments / 4).await;
+    println!("  three servers, 3 replicas             {figures}");
 }

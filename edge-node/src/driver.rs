@@ -41,7 +41,7 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
             }
         })
         .retry_on_initial_connect()
-        .connect(&config.nats_url)
+        .connect(servers(&config.nats_url)?)
         .await
         .with_context(|| format!("connecting to {}", config.nats_url))?;
     let js = jetstream::new(client.clone());
@@ -480,4 +480,11 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The servers of `url`: one, or a cluster's members separated by commas.
+fn servers(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    url.split(',')
+        .map(|u| u.trim().parse().map_err(|e| anyhow::anyhow!("`{u}` is not a NATS server address: {e}")))
+        .collect()
 }

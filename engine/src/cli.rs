@@ -41,6 +41,9 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = "engine-data")]
         data_dir: PathBuf,
+        /// Copies of every event across a JetStream cluster: 3 survives a server's loss.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
     /// Manage the catalog.
     #[command(subcommand)]
@@ -235,8 +238,9 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let client = Client { http: reqwest::Client::new(), cli: &self };
         match &self.command {
-            Command::Serve { nats, listen, data_dir } => {
+            Command::Serve { nats, listen, data_dir, replicas } => {
                 let config = EngineConfig {
+                    store: engine::store::StoreConfig { replicas: *replicas, ..Default::default() },
                     nats_url: nats.clone(),
                     listen: *listen,
                     data_dir: data_dir.clone(),

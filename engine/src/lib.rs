@@ -66,7 +66,7 @@ impl Engine {
         let client = async_nats::ConnectOptions::new()
             .name("engine")
             .retry_on_initial_connect()
-            .connect(&config.nats_url)
+            .connect(servers(&config.nats_url)?)
             .await
             .with_context(|| format!("connecting to {}", config.nats_url))?;
         let store = EventStore::open(client, &config.store).await.context("opening the event store")?;
@@ -116,4 +116,11 @@ impl Engine {
             None => Ok(()),
         }
     }
+}
+
+/// The servers of `url`: one, or a cluster's members separated by commas.
+fn servers(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    url.split(',')
+        .map(|u| u.trim().parse().map_err(|e| anyhow::anyhow!("`{u}` is not a NATS server address: {e}")))
+        .collect()
 }

@@ -23,35 +23,42 @@ pub struct TestEngine {
     pub engine: Engine,
     pub http: reqwest::Client,
     nats_url: String,
+    replicas: usize,
     data: tempfile::TempDir,
 }
 
 impl TestEngine {
     pub async fn start(nats: &NatsServer) -> TestEngine {
-        let data = tempfile::tempdir().unwrap();
-        let engine = Engine::start(Self::config(&nats.url(), &data)).await.expect("the engine starts");
-        TestEngine { engine, http: reqwest::Client::new(), nats_url: nats.url(), data }
+        TestEngine::start_on(&nats.url(), 1).await
     }
 
-    fn config(nats_url: &str, data: &tempfile::TempDir) -> EngineConfig {
+    /// An engine on `nats_url` (one server or a cluster's list) whose streams keep `replicas`.
+    pub async fn start_on(nats_url: &str, replicas: usize) -> TestEngine {
+        let data = tempfile::tempdir().unwrap();
+        let engine = Engine::start(Self::config(nats_url, replicas, &data)).await.expect("the engine starts");
+        TestEngine { engine, http: reqwest::Client::new(), nats_url: nats_url.to_owned(), replicas, data }
+    }
+
+    fn config(nats_url: &str, replicas: usize, data: &tempfile::TempDir) -> EngineConfig {
         EngineConfig {
             nats_url: nats_url.to_owned(),
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data.path().join("read-models"),
+            store: engine::store::StoreConfig { replicas, ..Default::default() },
             ..EngineConfig::default()
         }
     }
 
     /// Stops the engine and starts it again on the same read models (a new API port).
     pub async fn restart(self) -> TestEngine {
-        let TestEngine { engine, http, nats_url, data } = self;
+        let TestEngine { engine, http, nats_url, replicas, data } = self;
         drop(engine);
         // The stopped engine's tasks let go of the sled directory as they wind down.
         let engine = tests::eventually("the engine to start again", TIMEOUT, || async {
-            Engine::start(Self::config(&nats_url, &data)).await.ok()
+            Engine::start(Self::config(&nats_url, replicas, &data)).await.ok()
         })
         .await;
-        TestEngine { engine, http, nats_url, data }
+        TestEngine { engine, http, nats_url, replicas, data }
     }
 
     pub fn url(&self, path: &str) -> String {

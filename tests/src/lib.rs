@@ -57,26 +57,49 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
+    /// More arguments: a member of a [`NatsCluster`], a configuration file.
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
         let store = tempfile::tempdir().expect("a temporary directory");
-        let mut server = NatsServer { child: None, port: free_port(), store };
+        let mut server = NatsServer { child: None, port: free_port(), store, extra: Vec::new() };
         server.launch().await;
         server
     }
 
-    async fn launch(&mut self) {
-        let log = std::fs::File::create(self.store.path().join("server.log")).expect("a log file");
+    /// A server that writes every JetStream message to disk (fsync) before it acknowledges it:
+    /// `sync_interval: always`.
+    pub async fn start_always_synced() -> NatsServer {
+        let store = tempfile::tempdir().expect("a temporary directory");
+        let config = store.path().join("server.conf");
+        std::fs::write(&config, "jetstream { sync_interval: always }\n").expect("writing the server's configuration");
+        let extra = vec!["-c".to_owned(), config.display().to_string()];
+        let mut server = NatsServer { child: None, port: free_port(), store, extra };
+        server.launch().await;
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.store.path().join("server.log"))
+            .expect("a log file");
         let child = Command::new(nats_server_bin())
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(self.store.path().join("js"))
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("nats-server starts");
         self.child = Some(child);
+    }
+
+    async fn launch(&mut self) {
+        self.spawn();
         let url = self.url();
         eventually("nats-server to accept connections", Duration::from_secs(20), || async {
             async_nats::connect(&url).await.ok()
@@ -107,6 +130,59 @@ impl NatsServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Three (or more) nats-servers with JetStream clustered on loopback: streams may keep
+/// three replicas, and one server may die without losing a thing.
+#[derive(Debug)]
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub async fn start(size: usize) -> NatsCluster {
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let all = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut servers = Vec::with_capacity(size);
+        for (i, route) in routes.iter().enumerate() {
+            let store = tempfile::tempdir().expect("a temporary directory");
+            let extra = vec![
+                "--server_name".to_owned(),
+                format!("n{i}"),
+                "--cluster_name".to_owned(),
+                "eo".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".to_owned(),
+                all.clone(),
+            ];
+            servers.push(NatsServer { child: None, port: free_port(), store, extra });
+        }
+        for server in &mut servers {
+            server.spawn();
+        }
+        let cluster = NatsCluster { servers };
+        for server in &cluster.servers {
+            let url = server.url();
+            eventually("a cluster member to accept connections", Duration::from_secs(20), || async {
+                async_nats::connect(&url).await.ok()
+            })
+            .await;
+        }
+        // JetStream answers once the members agree on a leader.
+        let client = async_nats::connect(cluster.servers[0].url()).await.expect("connecting to the cluster");
+        let js = async_nats::jetstream::new(client);
+        eventually("the cluster's JetStream to answer", Duration::from_secs(30), || async {
+            js.query_account().await.ok()
+        })
+        .await;
+        cluster
+    }
+
+    /// Every member, for a client that fails over: `nats://a,nats://b,nats://c`.
+    pub fn url(&self) -> String {
+        self.servers.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
     }
 }
 
