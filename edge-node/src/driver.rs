@@ -40,6 +40,9 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                 }
             }
         })
+        // On a bad link, try again soon: a second at most between attempts, so a healed
+        // link is used within a second.
+        .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
         .retry_on_initial_connect()
         .connect(servers(&config.nats_url)?)
         .await

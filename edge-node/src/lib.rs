@@ -12,6 +12,7 @@ pub mod driver;
 pub mod local;
 pub mod outbox;
 pub mod runtime;
+pub mod sim;
 pub mod telemetry;
 
 use std::path::PathBuf;

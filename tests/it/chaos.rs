@@ -1,0 +1,200 @@
+//! Chaos on a simulated fleet: many nodes on the in-memory runtime, each behind a link of its
+//! own, with links cut and healed, nodes killed and restarted, containers crashing behind the
+//! nodes' backs and operators changing their minds, all at random. Once every link is healed,
+//! the engine's status must come to equal every node's truth, with nothing left in flight.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edge_node::runtime::DEPLOYMENT_LABEL;
+use edge_node::sim::SimRuntime;
+use edge_node::NodeConfig;
+use serde_json::{json, Value};
+use tests::{Link, NatsServer};
+
+use crate::harness::{TestEngine, TIMEOUT};
+
+struct SimNode {
+    name: String,
+    link: Link,
+    runtime: SimRuntime,
+    data: tempfile::TempDir,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl SimNode {
+    async fn start(nats: &NatsServer, i: usize) -> SimNode {
+        let link = Link::to(&format!("127.0.0.1:{}", nats.port())).await;
+        let runtime = SimRuntime::new(Duration::from_millis(5));
+        let data = tempfile::tempdir().unwrap();
+        let name = format!("sim{i:02}-{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
+        let task = Self::run(Self::config(&link, &name, &data), &runtime);
+        SimNode { name, link, runtime, data, task }
+    }
+
+    /// Runs the node; a restart in this process may find the killed one's sled directory not
+    /// let go yet (a killed process lets go at once), so opening it is tried again.
+    fn run(config: NodeConfig, runtime: &SimRuntime) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        let runtime = Arc::new(runtime.clone());
+        tokio::spawn(async move {
+            loop {
+                match edge_node::driver::run(config.clone(), runtime.clone()).await {
+                    Err(e) if format!("{e:#}").contains("opening") => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    ended => return ended,
+                }
+            }
+        })
+    }
+
+    fn config(link: &Link, name: &str, data: &tempfile::TempDir) -> NodeConfig {
+        NodeConfig {
+            nats_url: link.url(),
+            node: name.to_owned(),
+            labels: [("site".to_owned(), "chaos".to_owned())].into(),
+            data_dir: data.path().join("node"),
+            heartbeat: Duration::from_millis(300),
+            reconcile: Duration::from_millis(200),
+            ..NodeConfig::default()
+        }
+    }
+
+    /// Killed (its containers live on in the runtime) and started again on its local state.
+    async fn restart(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        self.task = Self::run(Self::config(&self.link, &self.name, &self.data), &self.runtime);
+    }
+}
+
+/// A small deterministic generator, so that a failing run can be replayed from its seed.
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, sides: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % sides as u64) as usize
+    }
+}
+
+/// Where the engine's view and a node's truth differ, if they do: the deployment must be
+/// settled, as wanted, and say what runs.
+fn disagreement(view: &Value, node: &SimNode) -> Option<String> {
+    let id = view["id"].as_str()?;
+    let said = view["nodes"][&node.name]["status"].as_str().unwrap_or("absent");
+    let truth =
+        node.runtime.containers().into_iter().find(|c| c.labels.get(DEPLOYMENT_LABEL).map(String::as_str) == Some(id));
+    let wanted = view["desired"].as_str()?;
+    let agrees = match (&truth, said) {
+        (Some(c), "running") => c.running && c.image == view["image"],
+        (Some(c), "stopped") => !c.running && c.image == view["image"],
+        _ => false,
+    };
+    (!agrees || said != wanted)
+        .then(|| format!("{id} on {}: engine says {said}, wants {wanted}, node has {truth:?}", node.name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_fleet_under_chaos_ends_with_the_engine_saying_what_every_node_runs() {
+    const NODES: usize = 10;
+    let seed = 0x0005_eedc_4a05_u64;
+    let mut dice = Dice(seed);
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let mut nodes = Vec::new();
+    for i in 0..NODES {
+        nodes.push(SimNode::start(&nats, i).await);
+    }
+    engine.publish_sample("127.0.0.1:5000/sim/app:1.0.0").await;
+    let second = json!({"version": "1.1.0", "image": "127.0.0.1:5000/sim/app:1.1.0"});
+    assert_eq!(engine.post("/v1/applications/sample/versions", second).await.0, 201);
+    assert_eq!(engine.post("/v1/applications/sample/versions/1.1.0/publish", json!({})).await.0, 200);
+    tests::eventually("every simulated node to register", TIMEOUT, || async {
+        let (_, listed) = engine.get("/v1/nodes").await;
+        (listed.as_array()?.len() >= NODES).then_some(())
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let body = json!({"application": "sample", "version": "1.0.0", "selector": {"site": "chaos"}});
+        let (status, launched) = engine.post("/v1/deployments", body).await;
+        assert_eq!(status, 201, "{launched}");
+        ids.push(launched["id"].as_str().unwrap().to_owned());
+    }
+
+    let mut stopped = [false, false];
+    let mut version = ["1.0.0", "1.0.0"];
+    for _ in 0..60 {
+        let node = dice.roll(NODES);
+        let which = dice.roll(ids.len());
+        match dice.roll(6) {
+            0 => nodes[node].link.cut(),
+            1 => nodes[node].link.heal(),
+            2 => nodes[node].restart().await,
+            3 => {
+                let containers = nodes[node].runtime.containers();
+                if let Some(c) = containers.get(dice.roll(containers.len().max(1))) {
+                    nodes[node].runtime.stop_behind_its_back(&c.id);
+                }
+            }
+            4 => {
+                let verb = if stopped[which] { "start" } else { "stop" };
+                if engine.post(&format!("/v1/deployments/{}/{verb}", ids[which]), json!({})).await.0 == 202 {
+                    stopped[which] = !stopped[which];
+                }
+            }
+            _ => {
+                let next = if version[which] == "1.0.0" { "1.1.0" } else { "1.0.0" };
+                let update = json!({"version": next});
+                if engine.post(&format!("/v1/deployments/{}/update", ids[which]), update).await.0 == 202 {
+                    version[which] = next;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50 + dice.roll(100) as u64)).await;
+    }
+
+    // Healed: measured from here until the engine says what every node runs.
+    for node in &nodes {
+        node.link.heal();
+    }
+    let healed = Instant::now();
+    let deadline = healed + Duration::from_secs(120);
+    let views = loop {
+        let mut views = Vec::new();
+        let mut differences = Vec::new();
+        for id in &ids {
+            let (_, view) = engine.get(&format!("/v1/deployments/{id}")).await;
+            differences.extend(nodes.iter().filter_map(|n| disagreement(&view, n)));
+            views.push(view);
+        }
+        if differences.is_empty() {
+            break views;
+        }
+        if Instant::now() > deadline {
+            let ended: Vec<&String> = nodes.iter().filter(|n| n.task.is_finished()).map(|n| &n.name).collect();
+            panic!("still different after 120 s (nodes whose agent ended: {ended:?}):\n{}", differences.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let converged = healed.elapsed();
+    eprintln!("chaos (seed {seed:#x}): {NODES} nodes, engine equal to every node's truth {converged:?} after the heal");
+    // The read models are what a fresh fold of the log gives: a new engine rebuilds them.
+    let fresh = TestEngine::start(&nats).await;
+    for view in &views {
+        let id = view["id"].as_str().unwrap();
+        let rebuilt = fresh
+            .wait_deployment(id, "the rebuilt read model to catch up", |v| v["updated_at"] == view["updated_at"])
+            .await;
+        assert_eq!(&rebuilt, view, "the live read model differs from a fresh rebuild");
+    }
+    for view in &views {
+        for node in &nodes {
+            let status = view["nodes"][&node.name]["status"].as_str().unwrap();
+            assert!(["running", "stopped"].contains(&status), "left in flight: {status}");
+        }
+    }
+}
