@@ -327,3 +327,34 @@ async fn a_download_that_hangs_is_reported_failed_when_its_deadline_passes() {
     held.abort();
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dockerd_restart_is_survived_and_the_containers_it_stopped_are_started_again() {
+    let mut own = tests::DockerEngine::start().await;
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let data = tempfile::tempdir().unwrap();
+    let name = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let config = TestNode::config(&nats.url(), &name, &data);
+    let node = TestNode::start_on_docker(config, &engine, data, own.client().await).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let id = launch(&engine, &node.name).await;
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let before = in_docker(&own.client().await, &id).await;
+    assert_eq!(before.len(), 1);
+
+    // Restarted as a service would be: it stops its containers on the way down.
+    own.restart().await;
+    let docker = own.client().await;
+    eventually("the container to run again after the restart", TIMEOUT, || async {
+        (in_docker(&docker, &id).await == [(before[0].0.clone(), true)]).then_some(())
+    })
+    .await;
+    let container = format!("sample-{id}-{}", node.name);
+    eventually("the drift to be recorded", TIMEOUT, || async {
+        drifts(&engine, &id).await.contains(&format!("drift: {container} stopped")).then_some(())
+    })
+    .await;
+    engine.wait_deployment(&id, "the read model to say running", |v| v["status"] == "running").await;
+    node.task.abort();
+}

@@ -203,8 +203,18 @@ impl TestNode {
 
     /// A node with `config`, on `data`.
     pub async fn start_with(config: NodeConfig, engine: &TestEngine, data: tempfile::TempDir) -> TestNode {
+        TestNode::start_on_docker(config, engine, data, docker().await).await
+    }
+
+    /// A node with `config`, on `data`, running its containers on the engine `docker`.
+    pub async fn start_on_docker(
+        config: NodeConfig,
+        engine: &TestEngine,
+        data: tempfile::TempDir,
+        docker: bollard::Docker,
+    ) -> TestNode {
         let name = config.node.clone();
-        let runtime = DockerRuntime::with(docker().await).await.expect("the Docker engine answers");
+        let runtime = DockerRuntime::with(docker).await.expect("the Docker engine answers");
         let task = tokio::spawn(edge_node::driver::run(config, Arc::new(runtime)));
         eventually("the node to register", TIMEOUT, || async {
             let (status, body) = engine.get(&format!("/v1/nodes/{name}")).await;

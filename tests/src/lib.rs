@@ -298,3 +298,83 @@ pub async fn push_as(docker: &bollard::Docker, source: &str, reference: &str) ->
 pub async fn has_image(docker: &bollard::Docker, image: &str) -> bool {
     docker.inspect_image(image).await.is_ok()
 }
+
+/// A Docker engine of a test's own, for the faults that would disturb the shared one (a
+/// restart): its own data, state and socket under `/tmp`, no bridge, no iptables. Images
+/// come from the local registry like everywhere else.
+#[derive(Debug)]
+pub struct DockerEngine {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl DockerEngine {
+    pub async fn start() -> DockerEngine {
+        // A unix socket path may not exceed 108 bytes: keep it short.
+        let dir = tempfile::Builder::new().prefix("eo-d").tempdir_in("/tmp").expect("a temporary directory");
+        let mut engine = DockerEngine { dir, child: None };
+        engine.launch().await;
+        engine
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("docker.sock")
+    }
+
+    async fn launch(&mut self) {
+        let dir = self.dir.path();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("dockerd.log")).expect("a log");
+        let child = Command::new("dockerd")
+            .args(["--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--storage-driver=vfs"])
+            .args(["--shutdown-timeout", "3", "--dns", "127.0.0.1"])
+            .arg(format!("--host=unix://{}", self.socket().display()))
+            .arg(format!("--data-root={}", dir.join("data").display()))
+            .arg(format!("--exec-root={}", dir.join("exec").display()))
+            .arg(format!("--pidfile={}", dir.join("dockerd.pid").display()))
+            .env("HTTP_PROXY", "http://127.0.0.1:9")
+            .env("HTTPS_PROXY", "http://127.0.0.1:9")
+            .env("NO_PROXY", "localhost,127.0.0.0/8")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd starts");
+        self.child = Some(child);
+        let socket = self.socket();
+        eventually("the test's own dockerd to answer", Duration::from_secs(60), || async {
+            let docker =
+                bollard::Docker::connect_with_unix(&socket.display().to_string(), 30, bollard::API_DEFAULT_VERSION)
+                    .ok()?;
+            docker.ping().await.ok()
+        })
+        .await;
+    }
+
+    pub async fn client(&self) -> bollard::Docker {
+        let docker =
+            bollard::Docker::connect_with_unix(&self.socket().display().to_string(), 120, bollard::API_DEFAULT_VERSION)
+                .expect("a Docker client");
+        docker.negotiate_version().await.expect("the test's dockerd answers")
+    }
+
+    /// Stops the engine as a service restart would (SIGTERM: its containers are stopped), and
+    /// starts it again on the same data.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.launch().await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for DockerEngine {
+    fn drop(&mut self) {
+        self.stop();
+        // What the engine left mounted or owned is under the temporary directory; vfs layers
+        // are plain directories.
+    }
+}
