@@ -104,6 +104,13 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        if self.image_id(image).await?.is_some() {
+            return Ok(());
+        }
+        self.pull_again(image).await
+    }
+
+    async fn pull_again(&self, image: &str) -> Result<(), RuntimeError> {
         // Without a tag the engine would pull every tag of the repository: name one.
         let (from_image, tag) = split_tag(image);
         let options = CreateImageOptions {

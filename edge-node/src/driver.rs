@@ -139,7 +139,7 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
                     Input::Stopped { result: rt.stop(&container).await, deployment, service }
                 }),
                 Action::Refresh { deployment, service, image } => step(&runtime, &outcomes_tx, move |rt| async move {
-                    let result = match rt.pull(&image).await {
+                    let result = match rt.pull_again(&image).await {
                         Ok(()) => rt.image_id(&image).await,
                         Err(e) => Err(e),
                     };

@@ -127,8 +127,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// What exists of container `name` and `image`, without changing anything.
     fn observe(&self, name: &str, image: &str) -> impl Future<Output = Result<Observed, RuntimeError>> + Send;
 
-    /// Makes `image` present locally.
+    /// Makes `image` present locally: what is here already is not downloaded again.
     fn pull(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Downloads the tag again, whatever is here: a forced update.
+    fn pull_again(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// The ID of local image `image`, if present: two IDs differ when the content does.
     fn image_id(&self, image: &str) -> impl Future<Output = Result<Option<String>, RuntimeError>> + Send;

@@ -97,6 +97,10 @@ impl ContainerRuntime for SimRuntime {
         Ok(())
     }
 
+    async fn pull_again(&self, image: &str) -> Result<(), RuntimeError> {
+        self.pull(image).await
+    }
+
     async fn image_id(&self, image: &str) -> Result<Option<String>, RuntimeError> {
         Ok(self.state.lock().unwrap().images.contains(image).then(|| format!("sim:{image}")))
     }

@@ -337,6 +337,8 @@ async fn a_dockerd_restart_is_survived_and_the_containers_it_stopped_are_started
     let name = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let config = TestNode::config(&nats.url(), &name, &data);
     let node = TestNode::start_on_docker(config, &engine, data, own.client().await).await;
+    // That engine reaches no registry: the image is there already, and not downloaded again.
+    own.load(IMAGE_1_0_0).await.unwrap();
     engine.publish_sample(IMAGE_1_0_0).await;
     let id = launch(&engine, &node.name).await;
     engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;

@@ -300,8 +300,9 @@ pub async fn has_image(docker: &bollard::Docker, image: &str) -> bool {
 }
 
 /// A Docker engine of a test's own, for the faults that would disturb the shared one (a
-/// restart): its own data, state and socket under `/tmp`, no bridge, no iptables. Images
-/// come from the local registry like everywhere else.
+/// restart): its own data, state and socket under `/tmp`, and its own network namespace, so
+/// that its bridge never touches the shared engine's. It reaches no registry: images are
+/// copied into it from the shared engine ([`DockerEngine::load`]).
 #[derive(Debug)]
 pub struct DockerEngine {
     dir: tempfile::TempDir,
@@ -324,8 +325,9 @@ impl DockerEngine {
     async fn launch(&mut self) {
         let dir = self.dir.path();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("dockerd.log")).expect("a log");
-        let child = Command::new("dockerd")
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--storage-driver=vfs"])
+        let child = Command::new("unshare")
+            .args(["--net", "--", "dockerd"])
+            .args(["--iptables=false", "--ip6tables=false", "--ip-masq=false", "--storage-driver=vfs"])
             .args(["--shutdown-timeout", "3", "--dns", "127.0.0.1"])
             .arg(format!("--host=unix://{}", self.socket().display()))
             .arg(format!("--data-root={}", dir.join("data").display()))
@@ -354,6 +356,24 @@ impl DockerEngine {
             bollard::Docker::connect_with_unix(&self.socket().display().to_string(), 120, bollard::API_DEFAULT_VERSION)
                 .expect("a Docker client");
         docker.negotiate_version().await.expect("the test's dockerd answers")
+    }
+
+    /// Copies `image` from the shared engine (which pulls it from the local registry).
+    pub async fn load(&self, image: &str) -> anyhow::Result<()> {
+        use bollard::query_parameters::CreateImageOptions;
+        use futures::TryStreamExt;
+        let shared = docker().await;
+        let pull = CreateImageOptions { from_image: Some(image.to_owned()), ..Default::default() };
+        shared
+            .create_image(Some(pull), None, None)
+            .try_collect::<Vec<_>>()
+            .await
+            .context("pulling into the shared engine")?;
+        let tar: Vec<bytes::Bytes> = shared.export_image(image).try_collect().await.context("exporting")?;
+        let body = bollard::body_full(tar.concat().into());
+        let options = bollard::query_parameters::ImportImageOptions::default();
+        self.client().await.import_image(options, body, None).try_collect::<Vec<_>>().await.context("loading")?;
+        Ok(())
     }
 
     /// Stops the engine as a service restart would (SIGTERM: its containers are stopped), and
