@@ -138,6 +138,7 @@ async fn deployment_history(handler: &CommandHandler, n: usize) -> Figures {
                     error: None,
                     reported_at: chrono::Utc::now(),
                     containers: Default::default(),
+                    version: Default::default(),
                 };
                 handler.execute::<Deployment>(&id, &report, &meta()).await.unwrap();
             }

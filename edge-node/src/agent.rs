@@ -979,6 +979,7 @@ impl Agent {
             let (_, error) = w.rolled_up();
             self.actions.push_back(Action::Report(NodeReport::DeploymentState {
                 deployment: deployment.to_owned(),
+                version: w.version.clone(),
                 status: w.status,
                 error,
                 containers: w.containers.clone(),
@@ -1006,6 +1007,7 @@ impl Agent {
         w.containers = containers.clone();
         self.actions.push_back(Action::Report(NodeReport::DeploymentState {
             deployment: deployment.to_owned(),
+            version: w.version.clone(),
             status,
             error,
             containers,
@@ -1405,6 +1407,7 @@ mod tests {
             drain(&mut agent),
             [Action::Report(NodeReport::DeploymentState {
                 deployment: "d1".into(),
+                version: "1.0.0".into(),
                 status: Status::Running,
                 error: None,
                 containers: [("sample-d1-edge-1".to_owned(), ContainerStatus { status: Status::Running, error: None })]

@@ -10,8 +10,15 @@ pub struct Desired {
     tree: sled::Tree,
 }
 
-/// The stream sequence of the last work kept. No deployment key starts with `#`.
-const LAST_SEQUENCE: &[u8] = b"#last-sequence";
+/// `#<sequence>`: a stream sequence of work kept. No deployment key starts with `#`.
+fn handled(sequence: u64) -> Vec<u8> {
+    let mut key = b"#".to_vec();
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+/// How many stream sequences behind the newest a handled one is still remembered.
+const HANDLED_KEPT: u64 = 100_000;
 
 /// `<deployment>/<order>`: a deployment's work sorts together, in the order received.
 fn key(deployment: &str, order: u64) -> Vec<u8> {
@@ -25,20 +32,25 @@ impl Desired {
         Ok(Desired { db: db.clone(), tree: db.open_tree("desired")? })
     }
 
-    /// Keeps a work envelope of `deployment`, durably, before it is acked; `false` for one at
-    /// or below the last stream sequence kept, which is work delivered again (its ack was
-    /// lost), not to be carried out twice. The consumer delivers in stream order. Sequence 0 is
-    /// work made on the node itself.
+    /// Keeps a work envelope of `deployment`, durably, before it is acked; `false` for one
+    /// whose stream sequence was kept already: work delivered again (its ack was lost), not to
+    /// be carried out twice. Redeliveries may come after later work, so each sequence is
+    /// remembered, not only the last. Sequence 0 is work made on the node itself.
     pub fn keep(&self, deployment: &str, envelope: &Envelope, sequence: u64) -> sled::Result<bool> {
-        let last = self.tree.get(LAST_SEQUENCE)?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
-        if sequence != 0 && last.is_some_and(|last| sequence <= last) {
+        let seen = handled(sequence);
+        if sequence != 0 && self.tree.contains_key(&seen)? {
             return Ok(false);
         }
         let mut batch = sled::Batch::default();
         batch.insert(key(deployment, self.db.generate_id()?), envelope.encode());
-        // Work made on the node itself (a local apply) has no stream sequence.
         if sequence != 0 {
-            batch.insert(LAST_SEQUENCE, &sequence.to_be_bytes());
+            batch.insert(seen, &[]);
+            // Redelivery comes within minutes: sequences far behind are forgotten.
+            if sequence.is_multiple_of(1024) {
+                for old in self.tree.range(handled(0)..handled(sequence.saturating_sub(HANDLED_KEPT))) {
+                    batch.remove(old?.0);
+                }
+            }
         }
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
@@ -70,7 +82,7 @@ impl Desired {
         let mut groups: Vec<(String, Vec<Envelope>)> = Vec::new();
         for entry in self.tree.iter() {
             let (key, bytes) = entry?;
-            if key.as_ref() == LAST_SEQUENCE {
+            if key.starts_with(b"#") {
                 continue;
             }
             let deployment = key.split(|b| *b == b'/').next().unwrap_or_default().to_vec();
@@ -124,14 +136,15 @@ mod tests {
         }
         assert!(desired.keep("d2", &envelope(&NodeWork::Stop { deployment: "d2".into() }), 10).unwrap());
         assert!(!desired.keep("d1", &envelope(&stop), 3).unwrap(), "work delivered again is not kept twice");
+        assert!(desired.keep("d2", &envelope(&stop), 4).unwrap(), "work first delivered after later work is kept");
         let types = |desired: &Desired| -> Vec<Vec<String>> {
             desired.all().unwrap().iter().map(|g| g.iter().map(|e| e.event_type.clone()).collect()).collect()
         };
-        assert_eq!(types(&desired), [vec!["work.deploy", "work.refresh", "work.stop"], vec!["work.stop"]]);
+        assert_eq!(types(&desired), [vec!["work.deploy", "work.refresh", "work.stop"], vec!["work.stop", "work.stop"]]);
 
         desired.done_refreshing("d1").unwrap();
-        assert_eq!(types(&desired), [vec!["work.deploy", "work.stop"], vec!["work.stop"]]);
+        assert_eq!(types(&desired), [vec!["work.deploy", "work.stop"], vec!["work.stop", "work.stop"]]);
         desired.forget("d1").unwrap();
-        assert_eq!(types(&desired), [vec!["work.stop"]]);
+        assert_eq!(types(&desired), [vec!["work.stop", "work.stop"]]);
     }
 }

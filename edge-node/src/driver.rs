@@ -422,6 +422,8 @@ async fn subscribe(js: &jetstream::Context, config: &NodeConfig) -> consumer::Pu
                     durable_name: Some(name.clone()),
                     filter_subject: events::subject::node_desired(&config.tenant, &config.node),
                     ack_policy: consumer::AckPolicy::Explicit,
+                    // Work the link lost on its way is sent again soon after the link is back.
+                    ack_wait: Duration::from_secs(2),
                     ..Default::default()
                 };
                 stream.get_or_create_consumer(&name, config).await.map_err(|e| e.to_string())

@@ -361,10 +361,10 @@ async fn ingest_one(handler: &CommandHandler, subject: String, stored: StoredEve
             }
             return Ok(());
         }
-        NodeReport::DeploymentState { deployment, status, error, containers } => {
+        NodeReport::DeploymentState { deployment, version, status, error, containers } => {
             let reported_at = envelope.time;
             let node = node.to_owned();
-            (deployment, DeploymentCommand::ReportNodeState { node, status, error, containers, reported_at })
+            (deployment, DeploymentCommand::ReportNodeState { node, version, status, error, containers, reported_at })
         }
         NodeReport::Drift { deployment, container, drift } => {
             let (node, at) = (node.to_owned(), envelope.time);

@@ -241,6 +241,8 @@ pub enum DeploymentCommand {
     },
     ReportNodeState {
         node: String,
+        /// The version the node speaks of; empty when it did not say.
+        version: String,
         status: Status,
         error: Option<Failure>,
         containers: Containers,
@@ -549,10 +551,14 @@ impl Aggregate for Deployment {
                 true => vec![DeploymentEvent::AppliedLocally { node: node.clone(), at: *at }],
                 false => vec![],
             }),
-            DeploymentCommand::ReportNodeState { node, status, error, containers, reported_at } => {
+            DeploymentCommand::ReportNodeState { node, version, status, error, containers, reported_at } => {
                 let Some(current) = self.nodes.get(node) else {
                     return Err(R::NotATarget(node.clone()));
                 };
+                // Said of a version before the one the node was sent since: it answers nothing.
+                if !version.is_empty() && *version != self.version && current.released {
+                    return Ok(vec![]);
+                }
                 if status.is_pending() {
                     return Err(R::NotANodeStatus(*status));
                 }
@@ -884,7 +890,14 @@ mod tests {
     }
 
     fn report(node: &str, status: Status, error: Option<Failure>) -> C {
-        C::ReportNodeState { node: node.into(), status, error, reported_at: now(), containers: Default::default() }
+        C::ReportNodeState {
+            node: node.into(),
+            version: String::new(),
+            status,
+            error,
+            reported_at: now(),
+            containers: Default::default(),
+        }
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub enum NodeReport {
     /// A deployment reached a new status on this node: the most severe of its containers'.
     DeploymentState {
         deployment: String,
+        /// The version the node holds the deployment at; a report of an older one, arriving
+        /// after the engine sent a newer one, answers nothing any more. Empty when unknown.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        version: String,
         status: Status,
         error: Option<Failure>,
         #[serde(default, skip_serializing_if = "Containers::is_empty")]

@@ -284,6 +284,7 @@ async fn the_summary_counts_per_deployment_node_and_version() {
                 error,
                 reported_at: chrono::Utc::now(),
                 containers: Default::default(),
+                version: Default::default(),
             };
             let committed = commands.execute::<Deployment>(&id, &report, &crate::harness::meta()).await.unwrap();
             last = committed.events.last().map_or(last, |e| e.sequence);

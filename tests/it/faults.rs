@@ -74,6 +74,7 @@ async fn a_cut_link_loses_nothing_and_applies_nothing_twice() {
     })
     .await;
     reports_are_stored_once(&nats, &node.name).await;
+    engine.matches_a_fresh_rebuild(&nats, &[kept, stopped, added]).await;
     node.stop().await;
 }
 
@@ -296,6 +297,7 @@ async fn a_node_killed_at_any_step_resumes_from_its_local_state_without_download
         assert_eq!(all.last().map(String::as_str), Some("running"), "killed at {step}: {all:?} (seen {seen:?})");
     }
     reports_are_stored_once(&nats, &node.name).await;
+    engine.matches_a_fresh_rebuild(&nats, &[running]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,24 @@ impl TestEngine {
         body["state"].as_str().map(str::to_owned)
     }
 
+    /// Checks that a fresh engine, folding the whole log into new read models, comes to show
+    /// each of `ids` exactly as this one does (both may still be folding the last events).
+    pub async fn matches_a_fresh_rebuild(&self, nats: &NatsServer, ids: &[String]) {
+        let fresh = TestEngine::start(nats).await;
+        for id in ids {
+            let path = format!("/v1/deployments/{id}");
+            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            loop {
+                let ((_, live), (_, rebuilt)) = (self.get(&path).await, fresh.get(&path).await);
+                if live == rebuilt {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{id}: live {live:#}\nrebuilt {rebuilt:#}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     /// Polls the deployment until `ready` says yes; returns the view.
     pub async fn wait_deployment(&self, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
         tests::eventually(what, TIMEOUT, || async {

@@ -27,6 +27,7 @@ fn report(claimed_node: &str, deployment: &str, status: Status) -> Outgoing {
         status,
         error: None,
         containers: Default::default(),
+        version: Default::default(),
     };
     let envelope =
         Envelope::new(id, chrono::Utc::now(), events::report::AGGREGATE_TYPE, claimed_node, &meta, &report, None);

@@ -39,6 +39,7 @@ async fn history(nats: &NatsServer, count: usize) {
                     error,
                     reported_at: chrono::Utc::now(),
                     containers: Default::default(),
+                    version: Default::default(),
                 };
                 commands.execute::<Deployment>(&id, &report, &meta()).await.unwrap();
             }
