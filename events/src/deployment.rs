@@ -1601,4 +1601,29 @@ mod tests {
             .then([detected(10), back]);
         given::<Deployment>([launched(), guarded_update(30), running]).when(drift(31)).then([detected(31)]);
     }
+
+    #[test]
+    fn a_report_of_the_version_before_an_update_answers_nothing() {
+        let of = |version: &str| C::ReportNodeState {
+            node: "edge-1".into(),
+            version: version.into(),
+            status: Status::Running,
+            error: None,
+            reported_at: now(),
+            containers: Default::default(),
+        };
+        let mut update = guarded_update(30);
+        if let E::UpdateRequested { rollback_within, .. } = &mut update {
+            *rollback_within = None;
+        }
+        given::<Deployment>([launched(), update.clone()]).when(of("1.0.0")).then([]);
+        let state = given::<Deployment>([launched(), update]).when(of("1.1.0")).then([E::NodeStateReported {
+            node: "edge-1".into(),
+            status: Status::Running,
+            error: None,
+            containers: Default::default(),
+            reported_at: now(),
+        }]);
+        assert_eq!(state.nodes["edge-1"].status, Status::Running);
+    }
 }
