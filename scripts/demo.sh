@@ -57,7 +57,7 @@ echo $! >"$demo/nats-server.pid"
 echo $! >"$demo/engine.pid"
 wait_for "the engine" curl -sf "$ENGINE_API/healthz"
 "$bin/edge-node" run --nats "$NATS_URL" --node "$node" --label site=lab --label arch=amd64 \
-  --data-dir "$demo/$node" >"$demo/edge-node.log" 2>&1 &
+  --reconcile 1 --data-dir "$demo/$node" >"$demo/edge-node.log" 2>&1 &
 echo $! >"$demo/edge-node.pid"
 wait_for "the node to register" curl -sf "$ENGINE_API/v1/nodes/$node"
 curl -s "$ENGINE_API/v1/nodes/$node"; echo
@@ -130,6 +130,18 @@ for _ in $(seq 1 50); do
 done
 echo "probe's log, fetched through the engine (it reached web by name):"
 "$bin/engine" logs "$shop_id" | grep "probe\] sample app"
+
+say "drift: a container stopped behind the node's back is put back, and the engine records it"
+victim=$(docker -H "$DOCKER_HOST" ps -q --filter "label=io.edge-orchestrator.deployment=$id")
+docker -H "$DOCKER_HOST" stop -t 1 "$victim" >/dev/null
+for _ in $(seq 1 100); do
+  "$bin/engine" get "$id" | grep -q '"last_drift"' && break
+  sleep 0.1
+done
+"$bin/engine" watch "$id" --timeout 30s | tail -n 4
+
+say "on the edge machine itself, with or without a link: edge-node workloads list"
+"$bin/edge-node" workloads list --data-dir "$demo/$node"
 
 say "the deployments"
 "$bin/engine" list
