@@ -125,12 +125,7 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
         | DeploymentEvent::AppliedLocally { .. }
         | DeploymentEvent::RolloutHalted { .. } => return Ok(()),
     };
-    let meta = Metadata {
-        tenant: envelope.tenant.clone(),
-        actor: envelope.actor.clone(),
-        correlation_id: envelope.correlation_id,
-        causation_id: envelope.id,
-    };
+    let meta = caused_by(envelope);
     for node in nodes {
         let subject = events::subject::node_desired(&envelope.tenant, &node);
         append_chained(store, &subject, &node, &meta, &work, format!("{}:{node}", envelope.id)).await?;
@@ -138,7 +133,16 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
     Ok(())
 }
 
-/// The nodes the deployment of `envelope` targets, as of that event.
+/// Work caused by `envelope`, in its name.
+fn caused_by(envelope: &Envelope) -> Metadata {
+    Metadata {
+        tenant: envelope.tenant.clone(),
+        actor: envelope.actor.clone(),
+        correlation_id: envelope.correlation_id,
+        causation_id: envelope.id,
+    }
+}
+
 /// Sends `nodes` what the deployment is now, as of `envelope`: a node joining a selector or
 /// reached by a rollout wave. An applied deployment does not wait for an apply there; a
 /// stopped one is stopped there too; during an update a node that has the deployment is
@@ -160,12 +164,7 @@ async fn send_current(store: &EventStore, envelope: &Envelope, nodes: &[String])
             services,
         },
     };
-    let meta = Metadata {
-        tenant: envelope.tenant.clone(),
-        actor: envelope.actor.clone(),
-        correlation_id: envelope.correlation_id,
-        causation_id: envelope.id,
-    };
+    let meta = caused_by(envelope);
     for node in nodes {
         let subject = events::subject::node_desired(&envelope.tenant, node);
         append_chained(store, &subject, node, &meta, &work, format!("{}:{node}", envelope.id)).await?;
@@ -177,6 +176,7 @@ async fn send_current(store: &EventStore, envelope: &Envelope, nodes: &[String])
     Ok(())
 }
 
+/// The nodes the deployment of `envelope` targets, as of that event.
 async fn targets(store: &EventStore, envelope: &Envelope) -> anyhow::Result<Vec<String>> {
     Ok(deployment_as_of(store, envelope).await?.targets().cloned().collect())
 }

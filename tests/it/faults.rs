@@ -27,14 +27,21 @@ async fn in_docker(docker: &bollard::Docker, id: &str) -> Vec<(String, bool)> {
     found.into_iter().map(|c| (c.id.unwrap(), c.state == Some(ContainerSummaryStateEnum::RUNNING))).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_link_loses_nothing_and_applies_nothing_twice() {
+/// A server, an engine with `sample` 1.0.0 published, and a node that reaches the server
+/// through a link the test may cut.
+async fn behind_a_link() -> (NatsServer, TestEngine, Link, TestNode) {
     let nats = NatsServer::start().await;
     let engine = TestEngine::start(&nats).await;
     let link = Link::to(&format!("127.0.0.1:{}", nats.port())).await;
     let node = TestNode::start_via(&link.url(), &engine).await;
-    let docker = docker().await;
     engine.publish_sample(IMAGE_1_0_0).await;
+    (nats, engine, link, node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_loses_nothing_and_applies_nothing_twice() {
+    let (nats, engine, link, node) = behind_a_link().await;
+    let docker = docker().await;
     let (kept, stopped) = (launch(&engine, &node.name).await, launch(&engine, &node.name).await);
     for id in [&kept, &stopped] {
         engine.wait_deployment(id, "the deployment to run", |v| v["status"] == "running").await;
@@ -140,12 +147,8 @@ async fn node_cli(data_dir: &std::path::Path, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staged_workload_is_applied_on_the_node_with_no_link_and_the_engine_hears_of_it_after() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let link = Link::to(&format!("127.0.0.1:{}", nats.port())).await;
-    let node = TestNode::start_via(&link.url(), &engine).await;
+    let (_nats, engine, link, node) = behind_a_link().await;
     let docker = docker().await;
-    engine.publish_sample(IMAGE_1_0_0).await;
     let staged = json!({"application": "sample", "version": "1.0.0", "nodes": [node.name], "staged": true, "instantly_apply": false});
     let (status, body) = engine.post("/v1/deployments", staged).await;
     assert_eq!(status, 201, "{body}");
