@@ -9,5 +9,6 @@ mod faults;
 mod harness;
 mod ingest;
 mod projector;
+mod replay;
 mod rollout;
 mod store;

@@ -1,0 +1,55 @@
+//! The auditors' tool: reads the whole event log, in order, with bounded memory, and answers
+//! from it alone: whether its hash chains are whole ([`verify`]) and who did what, when
+//! ([`audit`]).
+
+pub mod audit;
+pub mod verify;
+
+use std::io::IsTerminal;
+
+use async_nats::jetstream::consumer;
+use futures::StreamExt;
+
+use engine::store::{EventStore, StoredEvent};
+
+/// Hands `each` every event of the stream from sequence `from` to the last one there is now,
+/// with its subject, in stream order; returns how many there were. Progress is shown on a
+/// terminal.
+pub async fn each_event(
+    store: &EventStore,
+    from: u64,
+    mut each: impl FnMut(&str, StoredEvent) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let last = store.last_sequence().await?;
+    if last < from.max(1) {
+        return Ok(0);
+    }
+    let progress = match std::io::stderr().is_terminal() {
+        true => indicatif::ProgressBar::new(last),
+        false => indicatif::ProgressBar::hidden(),
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events, {per_sec}, {eta} left")
+            .expect("a valid template"),
+    );
+    let config = consumer::pull::OrderedConfig {
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+        ..Default::default()
+    };
+    let consumer = store.stream().create_consumer(config).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
+    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!(e))?;
+    let mut count = 0;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| anyhow::anyhow!(e))?;
+        let sequence = message.info().map_err(|e| anyhow::anyhow!(e))?.stream_sequence;
+        each(message.subject.as_str(), StoredEvent::decode(sequence, message.payload.clone())?)?;
+        count += 1;
+        progress.set_position(sequence);
+        // The ordered consumer never ends: stop at the end read beforehand.
+        if sequence >= last {
+            break;
+        }
+    }
+    progress.finish_and_clear();
+    Ok(count)
+}

@@ -1,0 +1,104 @@
+//! The auditors' tool on a history made by the real command path, the engine and a node.
+
+use async_nats::jetstream;
+use engine::store::{EventStore, StoreConfig, StoredEvent};
+use serde_json::Value;
+use tests::NatsServer;
+
+use crate::harness::{launch, Lab, IMAGE_1_0_0};
+
+/// Runs the `replay` binary against `nats`; its exit code and what it printed.
+async fn replay(nats: &str, args: &[&str]) -> (i32, String) {
+    let output =
+        tokio::process::Command::new(tests::binary("replay")).args(args).args(["--nats", nats]).output().await.unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.stderr.is_empty() || output.status.code() != Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// Every event of the log, with its subject.
+async fn history(nats: &NatsServer) -> Vec<(String, StoredEvent)> {
+    let store = EventStore::open(nats.client().await, &StoreConfig::default()).await.unwrap();
+    let mut all = Vec::new();
+    replay::each_event(&store, 1, |subject, event| {
+        all.push((subject.to_owned(), event));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    all
+}
+
+/// A new server holding `events` as its log, byte for byte, in that order.
+async fn copy_of(events: &[(String, bytes::Bytes)]) -> NatsServer {
+    let copy = NatsServer::start().await;
+    let store = EventStore::open(copy.client().await, &StoreConfig::default()).await.unwrap();
+    let js: &jetstream::Context = store.jetstream();
+    for (subject, bytes) in events {
+        js.publish(subject.clone(), bytes.clone()).await.unwrap().await.unwrap();
+    }
+    copy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_says_who_did_what_and_verify_names_what_was_tampered_with() {
+    let Lab { nats, engine, node } = Lab::start().await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let id = launch(&engine, &node.name).await;
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+
+    // The trail of the deployment, as JSON lines: the operator launched, the node answered.
+    let (code, text) = replay(&nats.url(), &["audit", "--deployment", &id, "--format", "json"]).await;
+    assert_eq!(code, 0, "{text}");
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        (lines[0]["type"].as_str(), lines[0]["actor"].as_str()),
+        (Some("deployment.launched"), Some("operator"))
+    );
+    assert_eq!(lines[0]["payload"]["launched"]["application"], "sample");
+    let by_node = format!("node:{}", node.name);
+    assert!(lines.iter().any(|l| l["actor"] == by_node.as_str() && l["type"] == "deployment.node_state_reported"));
+    let (_, text) = replay(&nats.url(), &["audit", "--actor", &by_node, "--type", "report.", "--format", "json"]).await;
+    let reports: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!reports.is_empty() && reports.iter().all(|r| r["actor"] == by_node.as_str()), "{text}");
+    let (_, text) = replay(&nats.url(), &["audit", "--node", &node.name]).await;
+    assert!(text.contains("work.deploy") && text.contains("report.deployment_state"), "{text}");
+    let (_, none) = replay(&nats.url(), &["audit", "--since", "2999-01-01T00:00:00Z"]).await;
+    assert_eq!(none, "");
+
+    // The log as it is: every chain whole.
+    let (code, text) = replay(&nats.url(), &["verify"]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("0 broken chain(s)"), "{text}");
+
+    // Copies of the log, each with one thing done to the deployment's chain.
+    let all = history(&nats).await;
+    let subject = events::subject::aggregate("default", "deployment", &id);
+    let on_chain: Vec<usize> = all.iter().enumerate().filter(|(_, (s, _))| *s == subject).map(|(i, _)| i).collect();
+    assert!(on_chain.len() >= 4, "{} events on the deployment", on_chain.len());
+    let raw = |events: &[(String, StoredEvent)]| -> Vec<(String, bytes::Bytes)> {
+        events.iter().map(|(s, e)| (s.clone(), e.bytes.clone())).collect()
+    };
+    let id_of = |i: usize| all[i].1.envelope.id.to_string();
+
+    let mut altered = raw(&all);
+    let mut changed = all[on_chain[1]].1.envelope.clone();
+    changed.actor = "mallory".into();
+    altered[on_chain[1]].1 = changed.encode().into();
+    let (code, text) = replay(&copy_of(&altered).await.url(), &["verify"]).await;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&id_of(on_chain[2])) && text.contains("was altered, or an event between"), "{text}");
+
+    let mut removed = raw(&all);
+    removed.remove(on_chain[2]);
+    let (code, text) = replay(&copy_of(&removed).await.url(), &["verify"]).await;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&id_of(on_chain[3])) && text.contains("removed"), "{text}");
+
+    let mut swapped = raw(&all);
+    swapped.swap(on_chain[1], on_chain[2]);
+    let (code, text) = replay(&copy_of(&swapped).await.url(), &["verify"]).await;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&id_of(on_chain[2])) && text.contains("reordered"), "{text}");
+    node.stop().await;
+}
