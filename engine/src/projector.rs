@@ -132,6 +132,34 @@ pub async fn run<P: Projection>(
     tree: sled::Tree,
     config: ProjectorConfig,
 ) -> anyhow::Result<()> {
+    fold(&store, &projection, &tree, &config, None).await?;
+    anyhow::bail!("the {} consumer ended", P::NAME)
+}
+
+/// Folds the stream into `tree` from its checkpoint up to stream sequence `until` (the
+/// stream's last sequence read beforehand, say), then returns how many events it read: a
+/// rebuild by the same code as the live projection.
+pub async fn rebuild<P: Projection>(
+    store: &EventStore,
+    projection: &P,
+    tree: &sled::Tree,
+    config: &ProjectorConfig,
+    until: u64,
+) -> anyhow::Result<u64> {
+    if checkpoint(tree)? >= until {
+        return Ok(0);
+    }
+    fold(store, projection, tree, config, Some(until)).await
+}
+
+async fn fold<P: Projection>(
+    store: &EventStore,
+    projection: &P,
+    tree: &sled::Tree,
+    config: &ProjectorConfig,
+    until: Option<u64>,
+) -> anyhow::Result<u64> {
+    let tree = tree.clone();
     let start = checkpoint(&tree)? + 1;
     tracing::info!(projection = P::NAME, start, "projector starting");
     let consumer = store
@@ -143,10 +171,15 @@ pub async fn run<P: Projection>(
         })
         .await
         .map_err(|e| anyhow::anyhow!("creating the {} consumer: {e}", P::NAME))?;
+    // A rebuild with nothing of its subjects left to read is done already.
+    if until.is_some() && consumer.cached_info().num_pending == 0 {
+        return Ok(0);
+    }
     let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!(e))?;
     let mut batch = Overlay::new(&tree);
     let mut in_batch = 0usize;
     let mut last = 0;
+    let mut read = 0u64;
     loop {
         // A batch is committed when full, or as soon as the stream pauses: a consumer's
         // pending count cannot be trusted for that with several filter subjects.
@@ -164,7 +197,8 @@ pub async fn run<P: Projection>(
         };
         let Some(message) = next else { break };
         let message = message.map_err(|e| anyhow::anyhow!(e))?;
-        let sequence = message.info().map_err(|e| anyhow::anyhow!(e))?.stream_sequence;
+        let info = message.info().map_err(|e| anyhow::anyhow!(e))?;
+        let (sequence, pending) = (info.stream_sequence, info.pending);
         last = sequence;
         match StoredEvent::decode(sequence, message.payload.clone()) {
             Ok(event) => match projection.apply(&mut batch, &event) {
@@ -177,12 +211,19 @@ pub async fn run<P: Projection>(
             Err(e) => tracing::error!(projection = P::NAME, sequence, error = %e, "skipping a malformed event"),
         }
         in_batch += 1;
+        read += 1;
+        // Done at the end read beforehand, or when nothing of its subjects is left (one filter
+        // subject: the pending count holds).
+        if until.is_some_and(|until| sequence >= until || pending == 0) {
+            batch.commit(sequence)?;
+            return Ok(read);
+        }
         if in_batch >= config.batch_size {
             std::mem::replace(&mut batch, Overlay::new(&tree)).commit(sequence)?;
             in_batch = 0;
         }
     }
-    anyhow::bail!("the {} consumer ended", P::NAME)
+    Ok(read)
 }
 
 /// Waits until `tree` has folded the stream up to `sequence`; false if `timeout` passed first.

@@ -1,8 +1,9 @@
 //! The auditors' tool: reads the whole event log, in order, with bounded memory, and answers
-//! from it alone: whether its hash chains are whole ([`verify`]) and who did what, when
-//! ([`audit`]).
+//! from it alone: whether its hash chains are whole ([`verify`]), who did what, when
+//! ([`audit`]), and what the read models must say ([`rebuild`]).
 
 pub mod audit;
+pub mod rebuild;
 pub mod verify;
 
 use std::io::IsTerminal;

@@ -41,7 +41,7 @@ async fn copy_of(events: &[(String, bytes::Bytes)]) -> NatsServer {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_audit_trail_says_who_did_what_and_verify_names_what_was_tampered_with() {
+async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_was_tampered_with() {
     let Lab { nats, engine, node } = Lab::start().await;
     engine.publish_sample(IMAGE_1_0_0).await;
     let id = launch(&engine, &node.name).await;
@@ -100,5 +100,24 @@ async fn the_audit_trail_says_who_did_what_and_verify_names_what_was_tampered_wi
     let (code, text) = replay(&copy_of(&swapped).await.url(), &["verify"]).await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains(&id_of(on_chain[2])) && text.contains("reordered"), "{text}");
+
+    // Rebuilt from the log by the engine's projection code, the read models are the live ones.
+    let api = engine.url("");
+    let (code, text) = replay(&nats.url(), &["check", "--engine-api", &api]).await;
+    assert_eq!(
+        (code, text.trim_end().lines().last()),
+        (0, Some(format!("0 difference(s) between the log and the engine at {api}").as_str())),
+        "{text}"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let (code, text) =
+        replay(&nats.url(), &["rebuild", "--out", &out.path().join("models").display().to_string()]).await;
+    assert!(code == 0 && text.contains("events folded into"), "{text}");
+    // A log without the launch does not make the deployment the engine shows.
+    let mut without = raw(&all);
+    without.remove(on_chain[0]);
+    let (code, text) = replay(&copy_of(&without).await.url(), &["check", "--engine-api", &api]).await;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&format!("deployment {id}: live, but not in the log")), "{text}");
     node.stop().await;
 }

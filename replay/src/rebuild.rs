@@ -1,0 +1,84 @@
+//! Rebuild and check: the whole log folded, by the engine's own projection code, into fresh
+//! read models; then compared with what a live engine shows.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use engine::projector::{self, ProjectorConfig};
+use engine::read_model::{Deployments, Nodes, Notifications};
+use engine::store::EventStore;
+use events::projection::deployments::DeploymentView;
+use events::projection::nodes::NodeRecord;
+
+/// Fresh read models, folded from the log.
+#[derive(Debug)]
+pub struct Rebuilt {
+    pub deployments: Deployments,
+    pub nodes: Nodes,
+    /// Events read, summed over the read models.
+    pub events: u64,
+    pub took: Duration,
+}
+
+/// Folds the log, up to its last sequence now, into new read models in `dir`.
+pub async fn rebuild(store: &EventStore, dir: &Path) -> anyhow::Result<Rebuilt> {
+    let started = Instant::now();
+    let db = sled::Config::new().path(dir).open()?;
+    let (deployments, notifications, nodes) = (Deployments::open(&db)?, Notifications::open(&db)?, Nodes::open(&db)?);
+    let until = store.last_sequence().await?;
+    let config = ProjectorConfig { batch_size: 1000 };
+    let mut events = projector::rebuild(store, &deployments, &deployments.tree().clone(), &config, until).await?;
+    events += projector::rebuild(store, &notifications, &notifications.tree().clone(), &config, until).await?;
+    events += projector::rebuild(store, &nodes, &nodes.tree().clone(), &config, until).await?;
+    db.flush_async().await?;
+    Ok(Rebuilt { deployments, nodes, events, took: started.elapsed() })
+}
+
+/// Every difference between the rebuilt read models and a live engine's API, one per line.
+pub async fn differences(rebuilt: &Rebuilt, api: &str) -> anyhow::Result<Vec<String>> {
+    let http = reqwest::Client::new();
+    let get = |tenant: String, path: String| {
+        let request = http.get(format!("{api}{path}")).header("x-tenant", tenant);
+        async move { anyhow::Ok((request.send().await?.error_for_status()?).json::<serde_json::Value>().await?) }
+    };
+    let mut found = Vec::new();
+    let deployments: Vec<DeploymentView> = rebuilt.deployments.all()?;
+    let mut tenants: Vec<String> = deployments.iter().map(|d| d.tenant.clone()).collect();
+    let nodes: Vec<NodeRecord> = rebuilt.nodes.all()?;
+    tenants.extend(nodes.iter().map(|n| n.tenant.clone()));
+    tenants.sort();
+    tenants.dedup();
+    for view in &deployments {
+        let live = get(view.tenant.clone(), format!("/v1/deployments/{}", view.id)).await;
+        let rebuilt = serde_json::to_value(view)?;
+        match live {
+            Ok(live) if live == rebuilt => {}
+            Ok(live) => found.push(format!("deployment {}: live {live}, rebuilt {rebuilt}", view.id)),
+            Err(e) => found.push(format!("deployment {}: rebuilt, but live says {e}", view.id)),
+        }
+    }
+    for tenant in &tenants {
+        let live = get(tenant.clone(), "/v1/nodes".to_owned()).await?;
+        let rebuilt: Vec<&NodeRecord> = nodes.iter().filter(|n| &n.tenant == tenant).collect();
+        if live != serde_json::to_value(&rebuilt)? {
+            found.push(format!("nodes of {tenant}: live {live}, rebuilt {}", serde_json::to_value(&rebuilt)?));
+        }
+        // Deployments the live engine has and the log does not.
+        let mut cursor: Option<String> = None;
+        loop {
+            let query = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+            let page = get(tenant.clone(), format!("/v1/deployments?limit=200{query}")).await?;
+            for item in page["items"].as_array().into_iter().flatten() {
+                let id = item["id"].as_str().unwrap_or_default();
+                if !deployments.iter().any(|d| d.id == id && &d.tenant == tenant) {
+                    found.push(format!("deployment {id}: live, but not in the log"));
+                }
+            }
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+    }
+    Ok(found)
+}
