@@ -2,6 +2,7 @@
 //! from it alone: whether its hash chains are whole ([`verify`]), who did what, when
 //! ([`audit`]), and what the read models must say ([`rebuild`]).
 
+pub mod at;
 pub mod audit;
 pub mod rebuild;
 pub mod verify;

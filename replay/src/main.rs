@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use engine::store::{EventStore, StoreConfig};
+use replay::at::{Fold, Until};
 use replay::audit::{Entry, Filter};
 use replay::verify::Chains;
 
@@ -32,6 +33,15 @@ enum Command {
         /// Where the read models go (a sled directory; a new one).
         #[arg(long)]
         out: std::path::PathBuf,
+    },
+    /// What every deployment, node and application was at a stream sequence or a moment, as
+    /// JSON.
+    At {
+        #[arg(long, conflicts_with = "time", required_unless_present = "time")]
+        seq: Option<u64>,
+        /// RFC 3339, as `2026-11-24T10:00:00Z`.
+        #[arg(long)]
+        time: Option<DateTime<Utc>>,
     },
     /// Rebuild, then compare with a live engine's read models; print every difference.
     Check {
@@ -90,6 +100,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("{count} events on {} subjects: {} broken chain(s)", chains.subjects(), breaks.len());
             Ok(if breaks.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::At { seq, time } => {
+            let until = match (seq, time) {
+                (Some(seq), _) => Until::Sequence(seq),
+                (None, Some(time)) => Until::Time(time),
+                (None, None) => anyhow::bail!("give --seq or --time"),
+            };
+            let mut fold = Fold::default();
+            replay::each_event(&store, 1, |_, event| match Fold::within(until, &event) {
+                true => fold.add(&event),
+                false => Ok(()),
+            })
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&fold.state())?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Rebuild { out } => {
             let rebuilt = replay::rebuild::rebuild(&store, &out).await?;

@@ -101,6 +101,27 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
     assert_eq!(code, 1, "{text}");
     assert!(text.contains(&id_of(on_chain[2])) && text.contains("reordered"), "{text}");
 
+    // Point in time: just after the launch, then now, then before anything.
+    let launched = &all[on_chain[0]].1;
+    let at = |args: Vec<String>| {
+        let url = nats.url();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, text) = replay(&url, &args).await;
+            assert_eq!(code, 0, "{text}");
+            serde_json::from_str::<Value>(&text).unwrap()
+        }
+    };
+    let then = at(vec!["at".into(), "--seq".into(), launched.sequence.to_string()]).await;
+    assert_eq!(then["deployments"][0]["status"], "pending_deploy", "{then}");
+    assert_eq!(then["applications"][0]["versions"]["1.0.0"], true);
+    let now = at(vec!["at".into(), "--seq".into(), all.last().unwrap().1.sequence.to_string()]).await;
+    assert_eq!(now["deployments"][0]["status"], "running", "{now}");
+    assert_eq!(now["nodes"][0]["id"], node.name.as_str());
+    let before = launched.envelope.time - chrono::Duration::milliseconds(1);
+    let earlier = at(vec!["at".into(), "--time".into(), before.to_rfc3339()]).await;
+    assert_eq!(earlier["deployments"], serde_json::json!([]), "{earlier}");
+
     // Rebuilt from the log by the engine's projection code, the read models are the live ones.
     let api = engine.url("");
     let (code, text) = replay(&nats.url(), &["check", "--engine-api", &api]).await;
