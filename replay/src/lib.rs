@@ -55,3 +55,25 @@ pub async fn each_event(
     progress.finish_and_clear();
     Ok(count)
 }
+
+/// Hands `each` every event appended from now on (or from `from` when given), with its
+/// subject, as it comes, until `each` fails or the link does.
+pub async fn follow(
+    store: &EventStore,
+    from: Option<u64>,
+    mut each: impl FnMut(&str, StoredEvent) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let deliver_policy = match from {
+        Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence: start_sequence.max(1) },
+        None => consumer::DeliverPolicy::New,
+    };
+    let config = consumer::pull::OrderedConfig { deliver_policy, ..Default::default() };
+    let consumer = store.stream().create_consumer(config).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
+    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!(e))?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| anyhow::anyhow!(e))?;
+        let sequence = message.info().map_err(|e| anyhow::anyhow!(e))?.stream_sequence;
+        each(message.subject.as_str(), StoredEvent::decode(sequence, message.payload.clone())?)?;
+    }
+    Ok(())
+}

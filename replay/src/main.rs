@@ -43,6 +43,12 @@ enum Command {
         #[arg(long)]
         time: Option<DateTime<Utc>>,
     },
+    /// Print the live stream as JSON lines (one event per line, as `audit --format json`),
+    /// from now on or from a sequence.
+    Tail {
+        #[arg(long)]
+        from: Option<u64>,
+    },
     /// Rebuild, then compare with a live engine's read models; print every difference.
     Check {
         /// The live engine's API.
@@ -114,6 +120,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await?;
             println!("{}", serde_json::to_string_pretty(&fold.state())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tail { from } => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            replay::follow(&store, from, |subject, event| {
+                writeln!(out, "{}", serde_json::to_string(&Entry::of(subject, &event))?)?;
+                // Each line as it comes, for whoever reads the pipe.
+                out.flush()?;
+                Ok(())
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Rebuild { out } => {

@@ -142,3 +142,35 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
     assert!(text.contains(&format!("deployment {id}: live, but not in the log")), "{text}");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_the_live_stream_as_json_lines() {
+    use tokio::io::AsyncBufReadExt;
+    let nats = NatsServer::start().await;
+    let engine = crate::harness::TestEngine::start(&nats).await;
+    let mut tail = tokio::process::Command::new(tests::binary("replay"))
+        .args(["tail", "--from", "1", "--nats", &nats.url()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    engine.publish_sample(IMAGE_1_0_0).await;
+    // Read line by line until the publication comes, within the tests' deadline.
+    let seen = tokio::time::timeout(crate::harness::TIMEOUT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let event: Value = serde_json::from_str(&line).unwrap();
+            if event["type"] == "application.version_published" {
+                return event;
+            }
+        }
+        panic!("the tail ended")
+    })
+    .await
+    .expect("the tail to print the publication");
+    assert_eq!(
+        (seen["aggregate_id"].as_str(), seen["payload"]["version_published"]["version"].as_str()),
+        (Some("sample"), Some("1.0.0"))
+    );
+    tail.kill().await.unwrap();
+}
