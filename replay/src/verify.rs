@@ -47,54 +47,54 @@ impl std::fmt::Display for Break {
     }
 }
 
-/// One event as the chain sees it.
-#[derive(Debug, Clone)]
-struct Link {
-    sequence: u64,
-    id: String,
-    hash: String,
-    prev_hash: Option<String>,
+/// The end of one subject's chain as read so far, and its first break: memory per subject,
+/// not per event.
+#[derive(Debug, Clone, Default)]
+struct Chain {
+    last: Option<(u64, String)>,
+    first_break: Option<Break>,
+    /// The hash the broken event claims to follow: if an event with it comes later, the two
+    /// were reordered.
+    claimed: Option<String>,
 }
 
-/// Collects the chains as events are read, then walks them.
+/// Walks the chains as events are read.
 #[derive(Debug, Default)]
 pub struct Chains {
-    subjects: HashMap<String, Vec<Link>>,
+    subjects: HashMap<String, Chain>,
 }
 
 impl Chains {
     pub fn add(&mut self, subject: &str, sequence: u64, id: String, bytes: &[u8], prev_hash: Option<String>) {
-        let link = Link { sequence, id, hash: chain_hash(bytes), prev_hash };
-        self.subjects.entry(subject.to_owned()).or_default().push(link);
+        let hash = chain_hash(bytes);
+        let chain = self.subjects.entry(subject.to_owned()).or_default();
+        match &mut chain.first_break {
+            Some(broken) if chain.claimed.as_ref() == Some(&hash) => {
+                broken.kind = Kind::Reordered { follows: sequence };
+                chain.claimed = None;
+            }
+            Some(_) => {}
+            None if prev_hash != chain.last.as_ref().map(|(_, h)| h.clone()) => {
+                let before = chain.last.as_ref().map(|(s, _)| *s);
+                let kind = Kind::Broken { before };
+                chain.first_break = Some(Break { subject: subject.to_owned(), sequence, id, kind });
+                chain.claimed = prev_hash;
+            }
+            None => {}
+        }
+        chain.last = Some((sequence, hash));
     }
 
     pub fn subjects(&self) -> usize {
         self.subjects.len()
     }
 
-    /// Every broken link, the first on each subject, in stream order.
+    /// The first broken link of each subject, in stream order.
     pub fn breaks(&self) -> Vec<Break> {
-        let mut breaks: Vec<Break> =
-            self.subjects.iter().filter_map(|(subject, chain)| first_break(subject, chain)).collect();
+        let mut breaks: Vec<Break> = self.subjects.values().filter_map(|c| c.first_break.clone()).collect();
         breaks.sort_by_key(|b| b.sequence);
         breaks
     }
-}
-
-fn first_break(subject: &str, chain: &[Link]) -> Option<Break> {
-    for (i, link) in chain.iter().enumerate() {
-        let expected = i.checked_sub(1).map(|before| chain[before].hash.clone());
-        if link.prev_hash == expected {
-            continue;
-        }
-        let later = chain[i + 1..].iter().find(|l| Some(&l.hash) == link.prev_hash.as_ref());
-        let kind = match later {
-            Some(later) => Kind::Reordered { follows: later.sequence },
-            None => Kind::Broken { before: i.checked_sub(1).map(|before| chain[before].sequence) },
-        };
-        return Some(Break { subject: subject.to_owned(), sequence: link.sequence, id: link.id.clone(), kind });
-    }
-    None
 }
 
 #[cfg(test)]

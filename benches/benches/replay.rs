@@ -1,0 +1,165 @@
+//! The auditors' tool over a long history: a million events (100,000 deployments, each
+//! launched and reported on nine times), written pipelined, chained per subject, then read
+//! back by `replay`: the rebuild of the deployments read model, and the hash-chain walk.
+//!
+//! `cargo bench -p benches --bench replay` (set `REPLAY_EVENTS` for another size).
+
+#![allow(clippy::print_stdout)]
+
+use std::future::IntoFuture;
+use std::time::Instant;
+
+use async_nats::jetstream;
+use engine::projector::{self, ProjectorConfig};
+use engine::read_model::Deployments;
+use engine::store::{EventStore, StoreConfig};
+use events::deployment::DeploymentEvent;
+use events::envelope::{chain_hash, Metadata};
+use events::{Envelope, Status};
+use futures::StreamExt;
+use tests::NatsServer;
+
+/// Peak resident memory of this process since the last reset, in MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok());
+    kb.unwrap_or(0.0) / 1024.0
+}
+
+/// Forgets the peak so far, so that the next reading is of what follows.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn current_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok());
+    kb.unwrap_or(0.0) / 1024.0
+}
+
+async fn write_history(js: &jetstream::Context, events: usize) {
+    let per_deployment = 10;
+    let meta = Metadata {
+        tenant: "bench".into(),
+        actor: "bench".into(),
+        correlation_id: uuid::Uuid::now_v7(),
+        causation_id: uuid::Uuid::now_v7(),
+    };
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for d in 0..events / per_deployment {
+        let id = format!("d{d:07}");
+        let mut prev: Option<String> = None;
+        for i in 0..per_deployment {
+            let event = match i {
+                0 => DeploymentEvent::Launched {
+                    application: "sample".into(),
+                    version: "1.0.0".into(),
+                    image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+                    nodes: vec!["edge-1".into()],
+                    mode: Default::default(),
+                    selector: None,
+                    profile: None,
+                    overrides: Default::default(),
+                    env: Default::default(),
+                    services: Default::default(),
+                    rollout: None,
+                },
+                _ => DeploymentEvent::NodeStateReported {
+                    node: "edge-1".into(),
+                    status: [
+                        Status::Received,
+                        Status::Downloading,
+                        Status::Deploying,
+                        Status::Starting,
+                        Status::Running,
+                    ][i % 5],
+                    error: None,
+                    containers: Default::default(),
+                    reported_at: chrono::Utc::now(),
+                },
+            };
+            let envelope =
+                Envelope::new(uuid::Uuid::now_v7(), chrono::Utc::now(), "deployment", &id, &meta, &event, prev.take());
+            let bytes = envelope.encode();
+            prev = Some(chain_hash(&bytes));
+            let message = jetstream::message::PublishMessage::build().payload(bytes.into());
+            acks.push(js.send_publish(format!("ev.bench.deployment.{id}"), message).await.unwrap().into_future());
+            while acks.len() >= 1024 {
+                acks.next().await.unwrap().unwrap();
+            }
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack.unwrap();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let events: usize = std::env::var("REPLAY_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let nats = NatsServer::start().await;
+    let store = EventStore::open(nats.client().await, &StoreConfig::default()).await.unwrap();
+    let written = Instant::now();
+    write_history(store.jetstream(), events).await;
+    println!("history of {events} events written in {:.1?}", written.elapsed());
+
+    // The raw limit: an ordered consumer reading the stream, doing nothing.
+    let start = Instant::now();
+    let raw = replay::each_event(&store, 1, |_, _| Ok(())).await.unwrap();
+    let raw_rate = raw as f64 / start.elapsed().as_secs_f64();
+    println!("read and decoded by replay               {raw_rate:>9.0} events/s");
+
+    // The rebuild of the deployments read model into sled, by the engine's projector.
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    let deployments = Deployments::open(&db).unwrap();
+    let until = store.last_sequence().await.unwrap();
+    reset_peak();
+    let before = current_rss_mb();
+    let start = Instant::now();
+    let folded = projector::rebuild(
+        &store,
+        &deployments,
+        &deployments.tree().clone(),
+        &ProjectorConfig { batch_size: 1000 },
+        until,
+    )
+    .await
+    .unwrap();
+    let rate = folded as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "replay rebuild, deployments into sled     {rate:>9.0} events/s over {folded}   peak RSS {:.0} MB (from {before:.0} MB)",
+        peak_rss_mb()
+    );
+
+    // The hash-chain walk: every subject's chain kept in memory until the end.
+    reset_peak();
+    let before = current_rss_mb();
+    let start = Instant::now();
+    let mut chains = replay::verify::Chains::default();
+    let walked = replay::each_event(&store, 1, |subject, event| {
+        chains.add(
+            subject,
+            event.sequence,
+            event.envelope.id.to_string(),
+            &event.bytes,
+            event.envelope.prev_hash.clone(),
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let breaks = chains.breaks();
+    let rate = walked as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "replay verify                            {rate:>9.0} events/s over {walked}, {} broken   peak RSS {:.0} MB (from {before:.0} MB)",
+        breaks.len(),
+        peak_rss_mb()
+    );
+}
