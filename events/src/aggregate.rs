@@ -50,36 +50,57 @@ pub trait Aggregate: Default + Clone + std::fmt::Debug {
 }
 
 /// Implements [`EventPayload`] for an externally tagged, snake_case event enum.
+///
+/// A variant written at a version after the first says so (`Name => "name" @ 2`), and the
+/// type names its upcaster (`upcast = path`): a function lifting the payload of one event
+/// type, as a value, from one version to the next. Older payloads are lifted step by step when
+/// read, in the engine and in replay alike; the current version is read directly.
 macro_rules! event_payload {
-    ($ty:ty, $prefix:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+    ($ty:ty, $prefix:literal, { $($variant:ident => $name:literal $(@ $version:literal)?),+ $(,)? } $(, upcast = $upcast:path)?) => {
         impl $crate::aggregate::EventPayload for $ty {
             fn event_type(&self) -> &'static str {
                 match self {
                     $(Self::$variant { .. } => concat!($prefix, ".", $name),)+
                 }
             }
-
+            fn schema_version(&self) -> u16 {
+                match self {
+                    $(Self::$variant { .. } => event_payload!(@version $($version)?),)+
+                }
+            }
             fn to_payload(&self) -> Vec<u8> {
                 rmp_serde::to_vec_named(self).expect("an event always serializes")
             }
-
             fn from_payload(
                 event_type: &str,
                 schema_version: u16,
                 bytes: &[u8],
             ) -> Result<Self, $crate::envelope::DecodeError> {
-                if schema_version != 1 {
-                    return Err($crate::envelope::DecodeError::UnknownVersion {
-                        event_type: event_type.to_owned(),
-                        schema_version,
-                    });
-                }
-                let event: Self = rmp_serde::from_slice(bytes).map_err(|e| {
-                    $crate::envelope::DecodeError::Payload {
-                        event_type: event_type.to_owned(),
-                        reason: e.to_string(),
+                use $crate::envelope::DecodeError;
+                let unreadable =
+                    |e: &dyn std::fmt::Display| DecodeError::Payload { event_type: event_type.to_owned(), reason: e.to_string() };
+                let current: Option<u16> = match event_type {
+                    $(concat!($prefix, ".", $name) => Some(event_payload!(@version $($version)?)),)+
+                    _ => None,
+                };
+                let event: Self = match current {
+                    Some(current) if schema_version == current => {
+                        rmp_serde::from_slice(bytes).map_err(|e| unreadable(&e))?
                     }
-                })?;
+                    // Written by an earlier version: lifted a version at a time, as a value.
+                    Some(current) if (1..current).contains(&schema_version) => {
+                        let mut value: serde_json::Value = rmp_serde::from_slice(bytes).map_err(|e| unreadable(&e))?;
+                        for from in schema_version..current {
+                            value = event_payload!(@upcast $($upcast)?)(event_type, from, value)?;
+                        }
+                        serde_json::from_value(value).map_err(|e| unreadable(&e))?
+                    }
+                    // A type this enum does not have is refused below, for not matching.
+                    None if schema_version == 1 => rmp_serde::from_slice(bytes).map_err(|e| unreadable(&e))?,
+                    _ => {
+                        return Err(DecodeError::UnknownVersion { event_type: event_type.to_owned(), schema_version })
+                    }
+                };
                 if event.event_type() != event_type {
                     return Err($crate::envelope::DecodeError::TypeMismatch {
                         declared: event_type.to_owned(),
@@ -90,5 +111,14 @@ macro_rules! event_payload {
             }
         }
     };
+    (@version) => { 1 };
+    (@version $version:literal) => { $version };
+    (@upcast) => { $crate::aggregate::no_upcast };
+    (@upcast $upcast:path) => { $upcast };
 }
 pub(crate) use event_payload;
+
+/// For event types that never changed: there is no earlier version to lift.
+pub(crate) fn no_upcast(event_type: &str, from: u16, _: serde_json::Value) -> Result<serde_json::Value, DecodeError> {
+    Err(DecodeError::UnknownVersion { event_type: event_type.to_owned(), schema_version: from })
+}

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{event_payload, Aggregate, Ctx};
 use crate::compose::{self, ComposeError, Service};
+use crate::envelope::DecodeError;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Application {
@@ -125,11 +126,15 @@ pub enum ApplicationEvent {
     Registered {
         name: String,
     },
+    /// Version 2 splits version 1's `image` in two: `repository` and `tag`.
     VersionAdded {
         version: String,
-        /// Empty for a compose version.
+        /// The image without its tag (`127.0.0.1:5000/sample/app`); empty for a compose version.
         #[serde(default, skip_serializing_if = "String::is_empty")]
-        image: String,
+        repository: String,
+        /// The image's tag (`1.0.0`); empty when the reference has none, or a digest.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        tag: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         services: Vec<Service>,
         /// The parameters of a compose version include those its interpolations declare.
@@ -144,9 +149,51 @@ pub enum ApplicationEvent {
 
 event_payload!(ApplicationEvent, "application", {
     Registered => "registered",
-    VersionAdded => "version_added",
+    VersionAdded => "version_added" @ 2,
     VersionPublished => "version_published",
-});
+}, upcast = upcast);
+
+/// Lifts a stored application event one version: `version_added` 1 had `image` whole.
+fn upcast(event_type: &str, from: u16, mut value: serde_json::Value) -> Result<serde_json::Value, DecodeError> {
+    match (event_type, from) {
+        ("application.version_added", 1) => {
+            if let Some(fields) = value.get_mut("version_added").and_then(|v| v.as_object_mut()) {
+                let image = fields.remove("image").and_then(|i| i.as_str().map(str::to_owned)).unwrap_or_default();
+                let (repository, tag) = split_image(&image);
+                fields.insert("repository".into(), repository.into());
+                fields.insert("tag".into(), tag.into());
+            }
+            Ok(value)
+        }
+        _ => crate::aggregate::no_upcast(event_type, from, value),
+    }
+}
+
+/// `repository:tag`, split at the tag's colon (a colon before the last `/` is a registry's
+/// port); a digest reference, or one without a tag, stays whole with an empty tag.
+pub fn split_image(image: &str) -> (String, String) {
+    let last = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last..].rfind(':') {
+        Some(colon) if !image.contains('@') => (image[..last + colon].to_owned(), image[last + colon + 1..].to_owned()),
+        _ => (image.to_owned(), String::new()),
+    }
+}
+
+/// The image `split_image` split.
+pub fn join_image(repository: &str, tag: &str) -> String {
+    match tag {
+        "" => repository.to_owned(),
+        tag => format!("{repository}:{tag}"),
+    }
+}
+
+impl ApplicationEvent {
+    /// A version added, with its image split as the event stores it.
+    pub fn version_added(version: &str, image: &str, services: Vec<Service>, settings: Settings) -> ApplicationEvent {
+        let (repository, tag) = split_image(image);
+        ApplicationEvent::VersionAdded { version: version.to_owned(), repository, tag, services, settings }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplicationRejection {
@@ -190,8 +237,7 @@ impl Aggregate for Application {
                 let version = self.new_version(version)?;
                 check_image(image)?;
                 settings.check().map_err(ApplicationRejection::InvalidSettings)?;
-                let (image, settings) = (image.clone(), settings.clone());
-                Ok(vec![ApplicationEvent::VersionAdded { version, image, services: vec![], settings }])
+                Ok(vec![ApplicationEvent::version_added(&version, image, vec![], settings.clone())])
             }
             C::AddComposeVersion { version, compose, settings } => {
                 let version = self.new_version(version)?;
@@ -205,12 +251,7 @@ impl Aggregate for Application {
                     settings.parameters.entry(name).or_insert(default);
                 }
                 settings.check().map_err(ApplicationRejection::InvalidSettings)?;
-                Ok(vec![ApplicationEvent::VersionAdded {
-                    version,
-                    image: String::new(),
-                    services: compose.services,
-                    settings,
-                }])
+                Ok(vec![ApplicationEvent::version_added(&version, "", compose.services, settings)])
             }
             C::Publish { version } => {
                 let version = canonical_version(version)?;
@@ -229,10 +270,10 @@ impl Aggregate for Application {
                 self.registered = true;
                 self.name = name.clone();
             }
-            ApplicationEvent::VersionAdded { version, image, services, settings } => {
+            ApplicationEvent::VersionAdded { version, repository, tag, services, settings } => {
                 let entry = Version {
                     version: version.clone(),
-                    image: image.clone(),
+                    image: join_image(repository, tag),
                     services: services.clone(),
                     settings: settings.clone(),
                     published_at: None,
@@ -309,12 +350,7 @@ mod tests {
         E::Registered { name: "Sample".into() }
     }
     fn added(v: &str) -> E {
-        E::VersionAdded {
-            version: v.into(),
-            image: format!("127.0.0.1:5000/sample/app:{v}"),
-            services: vec![],
-            settings: Settings::default(),
-        }
+        E::version_added(v, &format!("127.0.0.1:5000/sample/app:{v}"), vec![], Settings::default())
     }
 
     #[test]
@@ -344,12 +380,7 @@ mod tests {
                 image: "127.0.0.1:5000/sample/app:1.2.3-4".into(),
                 settings: Default::default(),
             })
-            .then([E::VersionAdded {
-                version: "1.2.3-4".into(),
-                image: "127.0.0.1:5000/sample/app:1.2.3-4".into(),
-                services: vec![],
-                settings: Default::default(),
-            }]);
+            .then([E::version_added("1.2.3-4", "127.0.0.1:5000/sample/app:1.2.3-4", vec![], Default::default())]);
     }
 
     #[test]
@@ -396,12 +427,7 @@ mod tests {
     #[test]
     fn add_version_with_parameters_and_profiles() {
         let add = C::AddVersion { version: "1.0.0".into(), image: "x:1".into(), settings: settings() };
-        given::<Application>([registered()]).when(add).then([E::VersionAdded {
-            version: "1.0.0".into(),
-            image: "x:1".into(),
-            services: vec![],
-            settings: settings(),
-        }]);
+        given::<Application>([registered()]).when(add).then([E::version_added("1.0.0", "x:1", vec![], settings())]);
     }
 
     #[test]
@@ -496,12 +522,7 @@ mod tests {
             ..Service::default()
         };
         // The settings' default wins over the file's.
-        given::<Application>([registered()]).when(add).then([E::VersionAdded {
-            version: "1.0.0".into(),
-            image: String::new(),
-            services: vec![web],
-            settings,
-        }]);
+        given::<Application>([registered()]).when(add).then([E::version_added("1.0.0", "", vec![web], settings)]);
     }
 
     #[test]
@@ -512,5 +533,19 @@ mod tests {
         let message = "the edge node pulls images, it does not build them; give `image`".into();
         let error = ComposeError { path: "services.web.build".into(), message };
         given::<Application>([registered()]).when(add).then_rejected(R::InvalidCompose(error));
+    }
+
+    #[test]
+    fn an_image_splits_into_repository_and_tag_and_joins_back() {
+        for (image, repository, tag) in [
+            ("127.0.0.1:5000/sample/app:1.0.0", "127.0.0.1:5000/sample/app", "1.0.0"),
+            ("127.0.0.1:5000/sample/app", "127.0.0.1:5000/sample/app", ""),
+            ("app:v2", "app", "v2"),
+            ("127.0.0.1:5000/app@sha256:abc", "127.0.0.1:5000/app@sha256:abc", ""),
+            ("", "", ""),
+        ] {
+            assert_eq!(split_image(image), (repository.to_owned(), tag.to_owned()), "{image}");
+            assert_eq!(join_image(repository, tag), image);
+        }
     }
 }

@@ -845,12 +845,7 @@ mod tests {
     fn catalog(published: bool) -> Application {
         let mut events = vec![
             ApplicationEvent::Registered { name: "Sample".into() },
-            ApplicationEvent::VersionAdded {
-                version: "1.0.0".into(),
-                image: "127.0.0.1:5000/sample/app:1.0.0".into(),
-                services: vec![],
-                settings: Default::default(),
-            },
+            ApplicationEvent::version_added("1.0.0", "127.0.0.1:5000/sample/app:1.0.0", vec![], Default::default()),
         ];
         if published {
             events.push(ApplicationEvent::VersionPublished { version: "1.0.0".into(), published_at: now() });
@@ -1025,12 +1020,7 @@ mod tests {
         let mut events = vec![ApplicationEvent::Registered { name: "Sample".into() }];
         for (version, published) in versions {
             let image = format!("127.0.0.1:5000/sample/app:{version}");
-            events.push(ApplicationEvent::VersionAdded {
-                version: version.to_string(),
-                image,
-                services: vec![],
-                settings: Default::default(),
-            });
+            events.push(ApplicationEvent::version_added(version, &image, vec![], Default::default()));
             if *published {
                 events.push(ApplicationEvent::VersionPublished { version: version.to_string(), published_at: now() });
             }
@@ -1101,7 +1091,7 @@ mod tests {
         };
         Application::fold(&[
             ApplicationEvent::Registered { name: "Sample".into() },
-            ApplicationEvent::VersionAdded { version: "1.0.0".into(), image: "x:1".into(), services: vec![], settings },
+            ApplicationEvent::version_added("1.0.0", "x:1", vec![], settings),
             ApplicationEvent::VersionPublished { version: "1.0.0".into(), published_at: now() },
         ])
     }

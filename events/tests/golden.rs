@@ -54,7 +54,8 @@ fn applications() -> Vec<ApplicationEvent> {
         ApplicationEvent::Registered { name: "Sample".into() },
         ApplicationEvent::VersionAdded {
             version: "1.0.0".into(),
-            image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+            repository: "127.0.0.1:5000/sample/app".into(),
+            tag: "1.0.0".into(),
             services: vec![service()],
             settings,
         },

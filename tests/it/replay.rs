@@ -174,3 +174,54 @@ async fn tail_prints_the_live_stream_as_json_lines() {
     );
     tail.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stored_at_an_older_version_is_lifted_when_read_by_the_engine_and_by_replay() {
+    use events::envelope::{chain_hash, Metadata};
+    let nats = NatsServer::start().await;
+    let store = EventStore::open(nats.client().await, &StoreConfig::default()).await.unwrap();
+    // An application as a store of version 1 of `version_added` holds it: the image whole.
+    let fixture = tests::root().join("events/tests/fixtures/application.version_added@1.hex");
+    let v1 = hex::decode(std::fs::read_to_string(fixture).unwrap().trim()).unwrap();
+    let meta = Metadata {
+        tenant: "default".into(),
+        actor: "vendor".into(),
+        correlation_id: uuid::Uuid::now_v7(),
+        causation_id: uuid::Uuid::now_v7(),
+    };
+    let registered = events::application::ApplicationEvent::Registered { name: "Legacy".into() };
+    let first = events::Envelope::new(
+        uuid::Uuid::now_v7(),
+        chrono::Utc::now(),
+        "application",
+        "legacy",
+        &meta,
+        &registered,
+        None,
+    );
+    let mut second = events::Envelope::new(
+        uuid::Uuid::now_v7(),
+        chrono::Utc::now(),
+        "application",
+        "legacy",
+        &meta,
+        &registered,
+        Some(chain_hash(&first.encode())),
+    );
+    (second.event_type, second.schema_version, second.payload) = ("application.version_added".into(), 1, v1);
+    let subject = events::subject::aggregate("default", "application", "legacy");
+    for envelope in [&first, &second] {
+        store.jetstream().publish(subject.clone(), envelope.encode().into()).await.unwrap().await.unwrap();
+    }
+
+    let engine = crate::harness::TestEngine::start(&nats).await;
+    let (status, app) = engine.get("/v1/applications/legacy").await;
+    assert_eq!(status, 200, "{app}");
+    assert_eq!(app["versions"][0]["image"], "127.0.0.1:5000/sample/app:1.0.0", "{app}");
+    let (code, text) = replay(&nats.url(), &["at", "--seq", "2"]).await;
+    assert_eq!(code, 0, "{text}");
+    let state: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(state["applications"][0]["versions"]["1.0.0"], false, "{state}");
+    let (code, text) = replay(&nats.url(), &["verify"]).await;
+    assert_eq!(code, 0, "{text}");
+}
