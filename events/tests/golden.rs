@@ -213,6 +213,42 @@ fn check<E: EventPayload + PartialEq + std::fmt::Debug>(samples: Vec<E>) -> Vec<
     seen
 }
 
+/// The row of `event_type` in EVENTS.md: its version and fields cells.
+fn documented(doc: &str, event_type: &str) -> Option<(String, String)> {
+    let row = doc.lines().find(|l| l.starts_with(&format!("| `{event_type}` |")))?;
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    Some((cells.get(2)?.to_string(), cells.get(3)?.to_string()))
+}
+
+/// EVENTS.md lists every event type at its current version, with every field it writes.
+fn check_documented<E: EventPayload + serde::Serialize>(doc: &str, samples: &[E]) {
+    for sample in samples {
+        let event_type = sample.event_type();
+        let (version, fields) = documented(doc, event_type).unwrap_or_else(|| panic!("EVENTS.md lacks {event_type}"));
+        assert_eq!(version, sample.schema_version().to_string(), "EVENTS.md: the version of {event_type}");
+        let value = serde_json::to_value(sample).unwrap();
+        for field in value.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_object()).into_iter().flatten()
+        {
+            assert!(
+                fields.contains(&format!("`{}`", field.0)),
+                "EVENTS.md: {event_type} lacks the field `{}`",
+                field.0
+            );
+        }
+    }
+}
+
+#[test]
+fn the_event_reference_is_the_code() {
+    let doc = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../EVENTS.md")).unwrap();
+    check_documented(&doc, &applications());
+    check_documented(&doc, &deployments());
+    check_documented(&doc, &nodes());
+    check_documented(&doc, &work());
+    check_documented(&doc, &reports());
+    check_documented(&doc, &[TenantEvent::Deleted { at: at() }]);
+}
+
 #[test]
 fn every_event_type_at_every_version_reads_from_its_golden_bytes() {
     let mut seen = Vec::new();
