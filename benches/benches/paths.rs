@@ -32,19 +32,7 @@ fn sample_payload() -> bytes::Bytes {
         correlation_id: uuid::Uuid::now_v7(),
         causation_id: uuid::Uuid::now_v7(),
     };
-    let event = events::deployment::DeploymentEvent::Launched {
-        application: "sample".into(),
-        version: "1.0.0".into(),
-        image: "127.0.0.1:5000/sample/app:1.0.0".into(),
-        nodes: vec!["edge-1".into()],
-        mode: Default::default(),
-        selector: None,
-        profile: None,
-        overrides: Default::default(),
-        env: Default::default(),
-        services: Default::default(),
-        rollout: Default::default(),
-    };
+    let event = benches::launched();
     let envelope =
         events::Envelope::new(uuid::Uuid::now_v7(), chrono::Utc::now(), "deployment", "d", &meta, &event, None);
     envelope.encode().into()

@@ -57,19 +57,7 @@ async fn write_history(js: &jetstream::Context, events: usize) {
         let mut prev: Option<String> = None;
         for i in 0..per_deployment {
             let event = match i {
-                0 => DeploymentEvent::Launched {
-                    application: "sample".into(),
-                    version: "1.0.0".into(),
-                    image: "127.0.0.1:5000/sample/app:1.0.0".into(),
-                    nodes: vec!["edge-1".into()],
-                    mode: Default::default(),
-                    selector: None,
-                    profile: None,
-                    overrides: Default::default(),
-                    env: Default::default(),
-                    services: Default::default(),
-                    rollout: None,
-                },
+                0 => benches::launched(),
                 _ => DeploymentEvent::NodeStateReported {
                     node: "edge-1".into(),
                     status: [

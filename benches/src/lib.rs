@@ -5,6 +5,25 @@
 
 use std::time::Duration;
 
+use events::deployment::DeploymentEvent;
+
+/// A representative event: a launch of one version on one node.
+pub fn launched() -> DeploymentEvent {
+    DeploymentEvent::Launched {
+        application: "sample".into(),
+        version: "1.0.0".into(),
+        image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+        nodes: vec!["edge-1".into()],
+        mode: Default::default(),
+        selector: None,
+        profile: None,
+        overrides: Default::default(),
+        env: Default::default(),
+        services: Default::default(),
+        rollout: None,
+    }
+}
+
 /// Latency percentiles and rate of a set of timed operations.
 #[derive(Debug, Clone, Copy)]
 pub struct Figures {
