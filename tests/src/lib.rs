@@ -192,6 +192,11 @@ impl Drop for NatsServer {
     }
 }
 
+/// Where the project's Docker engine listens: `DOCKER_HOST`, or what `scripts/setup.sh` wrote.
+pub fn docker_host() -> Option<String> {
+    setting("DOCKER_HOST")
+}
+
 /// The project's Docker engine: `DOCKER_HOST` or the one `scripts/setup.sh` started.
 pub async fn docker() -> bollard::Docker {
     let docker = match setting("DOCKER_HOST") {
