@@ -21,12 +21,7 @@ use tests::NatsServer;
 
 /// Peak resident memory of this process since the last reset, in MB.
 fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok());
-    kb.unwrap_or(0.0) / 1024.0
+    benches::memory_mb(std::process::id(), "VmHWM")
 }
 
 /// Forgets the peak so far, so that the next reading is of what follows.
@@ -35,12 +30,7 @@ fn reset_peak() {
 }
 
 fn current_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok());
-    kb.unwrap_or(0.0) / 1024.0
+    benches::memory_mb(std::process::id(), "VmRSS")
 }
 
 async fn write_history(js: &jetstream::Context, events: usize) {

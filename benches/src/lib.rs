@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
+use engine::{Engine, EngineConfig};
 use events::deployment::DeploymentEvent;
+use serde_json::{json, Value};
 
 /// A representative event: a launch of one version on one node.
 pub fn launched() -> DeploymentEvent {
@@ -64,4 +66,65 @@ impl std::fmt::Display for Figures {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// An engine in this process on `nats_url`, its read models in a temporary directory, and a
+/// client of its API.
+#[derive(Debug)]
+pub struct Api {
+    pub engine: Engine,
+    pub url: String,
+    pub http: reqwest::Client,
+    _data: tempfile::TempDir,
+}
+
+impl Api {
+    pub async fn start(nats_url: &str) -> Api {
+        let data = tempfile::tempdir().expect("a temporary directory");
+        let config = EngineConfig {
+            nats_url: nats_url.to_owned(),
+            listen: "127.0.0.1:0".parse().expect("a loopback address"),
+            data_dir: data.path().join("engine"),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::start(config).await.expect("the engine starts");
+        let url = format!("http://{}", engine.api_addr);
+        Api { engine, url, http: reqwest::Client::new(), _data: data }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        let response = self.http.post(format!("{}{path}", self.url)).json(&body).send().await.expect("the API answers");
+        response.json().await.unwrap_or(Value::Null)
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let response = self.http.get(format!("{}{path}", self.url)).send().await.expect("the API answers");
+        response.json().await.unwrap_or(Value::Null)
+    }
+
+    /// Waits for `node` to register.
+    pub async fn wait_node(&self, node: &str) {
+        tests::eventually("the node to register", Duration::from_secs(60), || async {
+            let response = self.http.get(format!("{}/v1/nodes/{node}", self.url)).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+    }
+
+    /// Registers `sample` with version 1.0.0 of `image`, published.
+    pub async fn publish_sample(&self, image: &str) {
+        self.post("/v1/applications", json!({"id": "sample", "name": "Sample"})).await;
+        self.post("/v1/applications/sample/versions", json!({"version": "1.0.0", "image": image})).await;
+        self.post("/v1/applications/sample/versions/1.0.0/publish", json!({})).await;
+    }
+}
+
+/// A memory figure of process `pid` from `/proc` (`VmRSS`, `VmHWM`), in MB.
+pub fn memory_mb(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok());
+    kb.unwrap_or(0.0) / 1024.0
 }

@@ -1098,6 +1098,21 @@ mod tests {
         Input::Refreshed { deployment: "d1".into(), service: String::new(), result }
     }
 
+    /// Runtime steps on d1's single container `container`.
+    fn retire(container: &str) -> Action {
+        Action::Retire { deployment: "d1".into(), service: String::new(), container: container.into() }
+    }
+    fn stop_of(container: &str) -> Action {
+        Action::Stop { deployment: "d1".into(), service: String::new(), container: container.into() }
+    }
+    fn start_of(container: &str) -> Action {
+        Action::Start { deployment: "d1".into(), service: String::new(), container: container.into() }
+    }
+    /// A container that started and runs.
+    fn up() -> ContainerState {
+        ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None }
+    }
+
     fn deploy() -> Input {
         Input::Work(deploy_work(Mode::default()))
     }
@@ -1142,13 +1157,9 @@ mod tests {
         agent.handle(created(IMAGE, Ok("c1".into())));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Starting]);
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Start { deployment: "d1".into(), service: String::new(), container: "c1".into() })
-        );
+        assert_eq!(actions.last(), Some(&start_of("c1")));
 
-        let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
-        agent.handle(started("c1", Ok(state)));
+        agent.handle(started("c1", Ok(up())));
         assert_eq!(reported(&drain(&mut agent)), [Status::Running]);
         assert_eq!(agent.workloads().next().map(|w| w.status), Some(Status::Running));
     }
@@ -1206,8 +1217,7 @@ mod tests {
         agent.handle(deploy());
         agent.handle(pulled(IMAGE, Ok(())));
         agent.handle(created(IMAGE, Ok("c1".into())));
-        let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
-        agent.handle(started("c1", Ok(state)));
+        agent.handle(started("c1", Ok(up())));
         drain(&mut agent);
         agent
     }
@@ -1218,20 +1228,14 @@ mod tests {
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Stopping]);
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Stop { deployment: "d1".into(), service: String::new(), container: "c1".into() })
-        );
+        assert_eq!(actions.last(), Some(&stop_of("c1")));
         agent.handle(stopped(Ok(())));
         assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
 
         agent.handle(work_for(|deployment| NodeWork::Start { deployment }));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Starting]);
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Start { deployment: "d1".into(), service: String::new(), container: "c1".into() })
-        );
+        assert_eq!(actions.last(), Some(&start_of("c1")));
     }
 
     #[test]
@@ -1289,10 +1293,7 @@ mod tests {
         assert_eq!(reported(&drain(&mut agent)), [Status::Running]);
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         let actions = drain(&mut agent);
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Stop { deployment: "d1".into(), service: String::new(), container: "c1".into() })
-        );
+        assert_eq!(actions.last(), Some(&stop_of("c1")));
     }
 
     #[test]
@@ -1358,10 +1359,7 @@ mod tests {
         assert!(!actions.iter().any(|a| matches!(a, Action::Retire { .. })), "the old one runs on: {actions:?}");
         agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
         let actions = drain(&mut agent);
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Retire { deployment: "d1".into(), service: String::new(), container: "c1".into() })
-        );
+        assert_eq!(actions.last(), Some(&retire("c1")));
     }
 
     #[test]
@@ -1374,29 +1372,19 @@ mod tests {
 
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
         let actions = drain(&mut agent);
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Stop { deployment: "d1".into(), service: String::new(), container: "c1".into() })
-        );
+        assert_eq!(actions.last(), Some(&stop_of("c1")));
         agent.handle(stopped(Ok(())));
         assert_eq!(reported(&drain(&mut agent)), [Status::Stopped]);
 
         agent.handle(work_for(|deployment| NodeWork::Start { deployment }));
         let actions = drain(&mut agent);
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Start { deployment: "d1".into(), service: String::new(), container: "c1".into() })
-        );
-        let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
-        agent.handle(started("c1", Ok(state)));
+        assert_eq!(actions.last(), Some(&start_of("c1")));
+        agent.handle(started("c1", Ok(up())));
         assert_eq!(reported(&drain(&mut agent)), [Status::Ready], "still waiting for the apply");
 
         agent.handle(work_for(|deployment| NodeWork::Apply { deployment }));
         let actions = drain(&mut agent);
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Retire { deployment: "d1".into(), service: String::new(), container: "c1".into() })
-        );
+        assert_eq!(actions.last(), Some(&retire("c1")));
     }
 
     #[test]
@@ -1480,10 +1468,7 @@ mod tests {
         let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
         recover(&mut agent, works, observed);
         let actions = drain(&mut agent);
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Retire { deployment: "d1".into(), service: String::new(), container: "c1".into() })
-        );
+        assert_eq!(actions.last(), Some(&retire("c1")));
     }
 
     #[test]
@@ -1495,10 +1480,7 @@ mod tests {
         let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
         recover(&mut agent, works, observed);
         let actions = drain(&mut agent);
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Retire { deployment: "d1".into(), service: String::new(), container: "c1".into() })
-        );
+        assert_eq!(actions.last(), Some(&retire("c1")));
     }
 
     #[test]
@@ -1516,10 +1498,7 @@ mod tests {
         agent.handle(pulled("127.0.0.1:5000/sample/app:1.1.0", Ok(())));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Deploying]);
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Retire { deployment: "d1".into(), service: String::new(), container: "c1".into() })
-        );
+        assert_eq!(actions.last(), Some(&retire("c1")));
 
         agent.handle(retired(Ok(())));
         let actions = drain(&mut agent);
@@ -1567,10 +1546,7 @@ mod tests {
         // Another image under the same tag: the container is replaced.
         agent.handle(refreshed(Ok(Some("sha256:two".into()))));
         let actions = drain(&mut agent);
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Retire { deployment: "d1".into(), service: String::new(), container: "c1".into() })
-        );
+        assert_eq!(actions.last(), Some(&retire("c1")));
     }
 
     #[test]
@@ -1788,8 +1764,7 @@ mod tests {
         let actions = drain(&mut agent);
         assert_eq!(drifts(&actions), ["stopped"]);
         assert!(matches!(actions.last(), Some(Action::Start { container, .. }) if container == "c1"), "{actions:?}");
-        let state = ContainerState { image_id: "sha256:one".into(), running: true, exit_code: None, error: None };
-        agent.handle(started("c1", Ok(state)));
+        agent.handle(started("c1", Ok(up())));
         drain(&mut agent);
 
         agent.handle(observed(None));
@@ -1804,7 +1779,7 @@ mod tests {
         agent.handle(observed(Some(found("intruder", true, "6.6.6"))));
         let actions = drain(&mut agent);
         assert_eq!(drifts(&actions), ["replaced"]);
-        let retire = Action::Retire { deployment: "d1".into(), service: String::new(), container: "intruder".into() };
+        let retire = retire("intruder");
         assert_eq!(actions.last(), Some(&retire));
         agent.handle(retired(Ok(())));
         assert!(matches!(drain(&mut agent).last(), Some(Action::Create { .. })));
