@@ -95,7 +95,9 @@ impl From<StoreError> for ApiError {
         tracing::error!(error = %e, "store failure");
         let status = match e {
             StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            StoreError::Conflict { .. } | StoreError::Nats(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Conflict { .. } | StoreError::Duplicate { .. } | StoreError::Nats(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         ApiError::new(status, None, e)
     }

@@ -1,5 +1,15 @@
 //! The command path: load an aggregate, decide, append conditionally, re-decide on conflict.
 //! The HTTP API, the report ingestor and the tests all go through here.
+//!
+//! Folded aggregates are kept in memory between commands, so a command on a known aggregate
+//! costs one conditional append and no load. The cache is only ever a guess: the append still
+//! expects the last sequence the cache saw, and a conflict (another engine wrote) reloads.
+//! Commands on one aggregate take turns in this process, so they never conflict with each
+//! other.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -53,82 +63,226 @@ pub enum CommandError<R: std::error::Error> {
     Store(#[from] StoreError),
 }
 
+/// How many folded aggregates are kept in memory by default.
+pub const CACHED_AGGREGATES: usize = 100_000;
+
 #[derive(Debug, Clone)]
 pub struct CommandHandler {
     store: EventStore,
     max_attempts: u32,
+    cache: Arc<Cache>,
 }
 
 impl CommandHandler {
     pub fn new(store: EventStore) -> CommandHandler {
-        CommandHandler { store, max_attempts: 8 }
+        CommandHandler::with_cache(store, CACHED_AGGREGATES)
+    }
+
+    /// A handler keeping at most `capacity` folded aggregates in memory (0: none).
+    pub fn with_cache(store: EventStore, capacity: usize) -> CommandHandler {
+        CommandHandler { store, max_attempts: 8, cache: Arc::new(Cache::new(capacity)) }
     }
 
     pub fn store(&self) -> &EventStore {
         &self.store
     }
 
-    /// Loads aggregate `id` of type `A` and folds it.
+    /// Aggregate `id` of type `A` as the log has it now. One direct get of the subject's last
+    /// event tells whether the cached fold is still current.
     pub async fn state<A: Aggregate>(&self, tenant: &str, id: &str) -> Result<A, StoreError> {
-        let loaded = self.store.load(&events::subject::aggregate(tenant, A::TYPE, id)).await?;
-        fold::<A>(&loaded)
+        let subject = events::subject::aggregate(tenant, A::TYPE, id);
+        let slot = self.cache.slot(&subject);
+        let mut held = slot.lock().await;
+        let last = self.store.last(&subject).await?.map_or(0, |e| e.sequence);
+        match held.take().and_then(|c| c.downcast::<Current<A>>().ok()) {
+            Some(current) if current.last_sequence == last => {
+                let state = current.state.clone();
+                *held = Some(current);
+                Ok(state)
+            }
+            _ => {
+                let current = Current::<A>::load(&self.store, &subject).await?;
+                let state = current.state.clone();
+                *held = Some(Box::new(current));
+                Ok(state)
+            }
+        }
     }
 
+    /// Decides `command` on aggregate `id` and appends what it decided.
     pub async fn execute<A: Aggregate>(
         &self,
         id: &str,
         command: &A::Command,
         meta: &CommandMeta,
     ) -> Result<Committed, CommandError<A::Rejection>> {
-        let loaded = self.store.load(&events::subject::aggregate(&meta.tenant, A::TYPE, id)).await?;
-        self.execute_from::<A>(loaded, id, command, meta).await
+        let subject = events::subject::aggregate(&meta.tenant, A::TYPE, id);
+        let slot = self.cache.slot(&subject);
+        // Commands on one aggregate take turns. The fold stays out of the cache while one
+        // runs, and goes back only when it is known to match the log.
+        let mut held = slot.lock().await;
+        let cached = held.take().and_then(|c| c.downcast::<Current<A>>().ok()).map(|c| *c);
+        self.decide_and_append(&mut held, cached, subject, id, command, meta).await
     }
 
     /// Decides on `loaded`, which may already be stale: a conflict reloads and decides again,
     /// at most `max_attempts` times.
     pub async fn execute_from<A: Aggregate>(
         &self,
-        mut loaded: Loaded,
+        loaded: Loaded,
         id: &str,
         command: &A::Command,
         meta: &CommandMeta,
     ) -> Result<Committed, CommandError<A::Rejection>> {
+        let slot = self.cache.slot(&loaded.subject);
+        let mut held = slot.lock().await;
+        let current = Current::<A>::from_loaded(&loaded)?;
+        self.decide_and_append(&mut held, Some(current), loaded.subject, id, command, meta).await
+    }
+
+    async fn decide_and_append<A: Aggregate>(
+        &self,
+        held: &mut Option<Box<dyn Any + Send>>,
+        cached: Option<Current<A>>,
+        subject: String,
+        id: &str,
+        command: &A::Command,
+        meta: &CommandMeta,
+    ) -> Result<Committed, CommandError<A::Rejection>> {
+        let (mut current, mut fresh) = match cached {
+            Some(current) => (current, false),
+            None => (Current::load(&self.store, &subject).await?, true),
+        };
         for attempt in 1..=self.max_attempts {
-            let earlier: Vec<StoredEvent> =
-                loaded.events.iter().filter(|e| e.envelope.causation_id == meta.command_id).cloned().collect();
-            if !earlier.is_empty() {
-                return Ok(Committed { events: earlier, attempts: attempt, duplicate: true });
+            if let Some(sequences) = current.commands.get(&meta.command_id) {
+                let events = self.store.events_at(sequences).await?;
+                *held = Some(Box::new(current));
+                return Ok(Committed { events, attempts: attempt, duplicate: true });
             }
-            let state = fold::<A>(&loaded)?;
             let ctx = Ctx { now: Utc::now() };
-            let decided = state.decide(command, &ctx).map_err(CommandError::Rejected)?;
-            if decided.is_empty() {
-                return Ok(Committed { events: vec![], attempts: attempt, duplicate: false });
-            }
-            let stored = wrap::<A>(&loaded, id, meta, &decided, &ctx);
+            let decided = match current.state.decide(command, &ctx) {
+                Ok(decided) if !decided.is_empty() => decided,
+                // A refusal, or nothing to do, is only trusted on a fold known to be current:
+                // no append will prove the cached one right.
+                _ if !fresh => {
+                    current = Current::load(&self.store, &subject).await?;
+                    fresh = true;
+                    continue;
+                }
+                Err(rejection) => {
+                    *held = Some(Box::new(current));
+                    return Err(CommandError::Rejected(rejection));
+                }
+                Ok(_) => {
+                    *held = Some(Box::new(current));
+                    return Ok(Committed { events: vec![], attempts: attempt, duplicate: false });
+                }
+            };
+            let stored = wrap::<A>(current.last_hash.clone(), id, meta, &decided, &ctx);
             let outgoing = stored
                 .iter()
                 .enumerate()
-                .map(|(i, e)| Outgoing { msg_id: msg_id(meta, &loaded.subject, i), bytes: e.bytes.clone() })
+                .map(|(i, e)| Outgoing { msg_id: msg_id(meta, &subject, i), bytes: e.bytes.clone() })
                 .collect();
-            match self.store.append(&loaded.subject, loaded.last_sequence, outgoing).await {
+            match self.store.append(&subject, current.last_sequence, outgoing).await {
                 Ok(sequences) => {
-                    let events =
+                    let events: Vec<StoredEvent> =
                         stored.into_iter().zip(sequences).map(|(e, sequence)| StoredEvent { sequence, ..e }).collect();
+                    current.record(&events, &decided);
+                    *held = Some(Box::new(current));
                     return Ok(Committed { events, attempts: attempt, duplicate: false });
                 }
                 Err(StoreError::Conflict { appended, .. }) if appended > 0 => {
-                    let (subject, decided) = (loaded.subject, stored.len());
-                    return Err(CommandError::Interrupted { subject, stored: appended, decided });
+                    return Err(CommandError::Interrupted { subject, stored: appended, decided: stored.len() });
                 }
-                Err(StoreError::Conflict { .. }) => {
-                    tracing::debug!(subject = %loaded.subject, attempt, "conflict, deciding again");
-                    loaded = self.store.load(&loaded.subject).await?;
+                // Another writer came first, or this command was stored before (through
+                // another engine): the log says which.
+                Err(StoreError::Conflict { .. } | StoreError::Duplicate { .. }) => {
+                    tracing::debug!(%subject, attempt, "conflict, deciding again");
+                    current = Current::load(&self.store, &subject).await?;
+                    fresh = true;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(CommandError::Contention { subject: loaded.subject, attempts: self.max_attempts })
+        Err(CommandError::Contention { subject, attempts: self.max_attempts })
+    }
+}
+
+/// A folded aggregate as of stream sequence `last_sequence`, with what a next command needs:
+/// the hash to chain to and the ids of the commands already applied.
+struct Current<A> {
+    state: A,
+    last_sequence: u64,
+    last_hash: Option<String>,
+    /// Each applied command's id and the sequences of its events.
+    commands: HashMap<Uuid, Vec<u64>>,
+}
+
+impl<A: Aggregate> Current<A> {
+    async fn load(store: &EventStore, subject: &str) -> Result<Current<A>, StoreError> {
+        Current::from_loaded(&store.load(subject).await?)
+    }
+
+    fn from_loaded(loaded: &Loaded) -> Result<Current<A>, StoreError> {
+        let mut commands: HashMap<Uuid, Vec<u64>> = HashMap::new();
+        for event in &loaded.events {
+            commands.entry(event.envelope.causation_id).or_default().push(event.sequence);
+        }
+        Ok(Current {
+            state: fold::<A>(loaded)?,
+            last_sequence: loaded.last_sequence,
+            last_hash: loaded.last_hash(),
+            commands,
+        })
+    }
+
+    /// Takes in events just appended.
+    fn record(&mut self, appended: &[StoredEvent], decided: &[A::Event]) {
+        for (stored, event) in appended.iter().zip(decided) {
+            self.state = std::mem::take(&mut self.state).evolve(event);
+            self.commands.entry(stored.envelope.causation_id).or_default().push(stored.sequence);
+            self.last_sequence = stored.sequence;
+            self.last_hash = Some(chain_hash(&stored.bytes));
+        }
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Box<dyn Any + Send>>>>;
+
+/// The folded aggregates kept between commands, by subject, each behind the lock that makes
+/// commands on it take turns.
+struct Cache {
+    capacity: usize,
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("capacity", &self.capacity).finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    fn new(capacity: usize) -> Cache {
+        Cache { capacity, slots: Mutex::new(HashMap::new()) }
+    }
+
+    /// The slot of `subject`. Over capacity, slots nobody holds are let go first.
+    fn slot(&self, subject: &str) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(slot) = slots.get(subject) {
+            return slot.clone();
+        }
+        let slot = Slot::default();
+        if self.capacity == 0 {
+            return slot;
+        }
+        if slots.len() >= self.capacity {
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        slots.insert(subject.to_owned(), slot.clone());
+        slot
     }
 }
 
@@ -149,7 +303,7 @@ fn msg_id(meta: &CommandMeta, subject: &str, index: usize) -> String {
 
 /// Wraps decided events into envelopes chained to the loaded history (sequences not known yet).
 fn wrap<A: Aggregate>(
-    loaded: &Loaded,
+    mut prev_hash: Option<String>,
     id: &str,
     meta: &CommandMeta,
     decided: &[A::Event],
@@ -161,7 +315,6 @@ fn wrap<A: Aggregate>(
         correlation_id: meta.correlation_id,
         causation_id: meta.command_id,
     };
-    let mut prev_hash = loaded.last_hash();
     decided
         .iter()
         .map(|event| {

@@ -39,6 +39,9 @@ pub enum StoreError {
     /// Another writer appended first; `appended` of the messages were stored before that.
     #[error("another writer appended to {subject} first")]
     Conflict { subject: String, appended: usize },
+    /// A message of the append had been stored before, under the same message id.
+    #[error("{subject} already holds message {msg_id}")]
+    Duplicate { subject: String, msg_id: String },
     #[error("event at stream sequence {sequence} does not decode: {source}")]
     Corrupt { sequence: u64, source: DecodeError },
     #[error("jetstream: {0}")]
@@ -161,6 +164,16 @@ impl EventStore {
         }
     }
 
+    /// The events at stream sequences `sequences`.
+    pub async fn events_at(&self, sequences: &[u64]) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut events = Vec::with_capacity(sequences.len());
+        for &sequence in sequences {
+            let message = self.stream.get_raw_message(sequence).await.map_err(nats)?;
+            events.push(StoredEvent::decode(message.sequence, message.payload)?);
+        }
+        Ok(events)
+    }
+
     /// Every event of `subject`, in order.
     pub async fn load(&self, subject: &str) -> Result<Loaded, StoreError> {
         let mut loaded = Loaded { subject: subject.to_owned(), ..Loaded::default() };
@@ -229,7 +242,9 @@ impl EventStore {
     }
 
     /// Appends `messages` to `subject` if its last sequence is still `expected_last`; each
-    /// later message expects the one before it. Returns their stream sequences.
+    /// later message expects the one before it. Returns their stream sequences. A message
+    /// whose id the stream has seen within its duplicate window is not stored again, and the
+    /// append stops there with [`StoreError::Duplicate`].
     pub async fn append(
         &self,
         subject: &str,
@@ -245,6 +260,9 @@ impl EventStore {
                 .expected_last_subject_sequence(expected);
             let ack = self.js.send_publish(subject.to_owned(), publish).await.map_err(nats)?;
             match ack.await {
+                Ok(ack) if ack.duplicate => {
+                    return Err(StoreError::Duplicate { subject: subject.to_owned(), msg_id: message.msg_id })
+                }
                 Ok(ack) => {
                     expected = ack.sequence;
                     sequences.push(ack.sequence);

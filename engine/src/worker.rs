@@ -301,7 +301,7 @@ async fn append_chained(
         let outgoing = Outgoing { msg_id: msg_id.clone(), bytes: Bytes::from(envelope.encode()) };
         let expected = last.map_or(0, |e| e.sequence);
         match store.append(subject, expected, vec![outgoing]).await {
-            Ok(_) => return Ok(()),
+            Ok(_) | Err(StoreError::Duplicate { .. }) => return Ok(()),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }

@@ -29,7 +29,7 @@ pub trait EventPayload: Sized {
 }
 
 /// A consistency boundary: one subject in the log, one state folded from it.
-pub trait Aggregate: Default + Clone + std::fmt::Debug {
+pub trait Aggregate: Default + Clone + std::fmt::Debug + Send + 'static {
     /// The aggregate type, also the subject token: `ev.<tenant>.<TYPE>.<id>`.
     const TYPE: &'static str;
     type Command: std::fmt::Debug;

@@ -51,6 +51,55 @@ async fn a_re_decision_sees_the_winners_event_and_may_reject() {
     assert_eq!(stored(&a).await, 2);
 }
 
+/// A and B both hold the application in their caches; then B adds `version`, so A's copy is
+/// behind the log.
+async fn stale_cache(nats: &NatsServer, version: &str) -> (CommandHandler, CommandHandler) {
+    let (a, b) = (handler(nats).await, handler(nats).await);
+    let register = ApplicationCommand::Register { name: "Sample".into() };
+    a.execute::<Application>("sample", &register, &meta()).await.unwrap();
+    let _: Application = b.state("default", "sample").await.unwrap();
+    b.execute::<Application>("sample", &add(version), &meta()).await.unwrap();
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_cached_aggregate_behind_the_log_is_decided_again_on_its_conflict() {
+    let nats = NatsServer::start().await;
+    let (a, _b) = stale_cache(&nats, "1.0.0").await;
+    let committed = a.execute::<Application>("sample", &add("2.0.0"), &meta()).await.unwrap();
+    assert_eq!(committed.attempts, 2, "A's append from its stale copy must conflict first");
+    let app: Application = a.state("default", "sample").await.unwrap();
+    assert_eq!(app.versions.keys().collect::<Vec<_>>(), ["1.0.0", "2.0.0"]);
+    assert_eq!(stored(&a).await, 3);
+}
+
+#[tokio::test]
+async fn a_cached_aggregate_behind_the_log_does_not_refuse_what_the_log_allows() {
+    let nats = NatsServer::start().await;
+    let (a, _b) = stale_cache(&nats, "1.0.0").await;
+    // A's copy knows no 1.0.0, so it would refuse to publish it: the log is read first.
+    let publish = ApplicationCommand::Publish { version: "1.0.0".into() };
+    let committed = a.execute::<Application>("sample", &publish, &meta()).await.unwrap();
+    assert_eq!(committed.events.len(), 1);
+    let app: Application = a.state("default", "sample").await.unwrap();
+    assert!(app.versions["1.0.0"].published_at.is_some());
+}
+
+#[tokio::test]
+async fn a_command_sent_again_through_an_engine_with_a_stale_copy_is_stored_once() {
+    let nats = NatsServer::start().await;
+    let (a, b) = (handler(&nats).await, handler(&nats).await);
+    let register = ApplicationCommand::Register { name: "Sample".into() };
+    a.execute::<Application>("sample", &register, &meta()).await.unwrap();
+    let _: Application = b.state("default", "sample").await.unwrap();
+    let once = meta();
+    let first = a.execute::<Application>("sample", &add("1.0.0"), &once).await.unwrap();
+    let again = b.execute::<Application>("sample", &add("1.0.0"), &once).await.unwrap();
+    assert!(again.duplicate, "B must find the command in the log");
+    assert_eq!(again.events[0].sequence, first.events[0].sequence);
+    assert_eq!(stored(&a).await, 2);
+}
+
 #[tokio::test]
 async fn concurrent_writers_lose_nothing() {
     let nats = NatsServer::start().await;
