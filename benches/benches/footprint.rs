@@ -23,6 +23,7 @@ async fn main() {
     let binary = tests::root().join("target/release/edge-node");
     let size = std::fs::metadata(&binary).unwrap().len() as f64 / 1024.0 / 1024.0;
     println!("edge-node release binary                 {size:.1} MB");
+    benches::record("edge_binary_mb", size);
 
     let nats = NatsServer::start().await;
     let api = Api::start(&nats.url()).await;
@@ -41,7 +42,9 @@ async fn main() {
     let pid = child.id().unwrap();
     api.wait_node(&node).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    println!("edge-node resident memory, idle          {:.1} MB", memory_mb(pid, "VmRSS"));
+    let idle = memory_mb(pid, "VmRSS");
+    println!("edge-node resident memory, idle          {idle:.1} MB");
+    benches::record("edge_rss_idle_mb", idle);
 
     api.publish_sample("127.0.0.1:5000/sample/app:1.0.0").await;
     for _ in 0..10 {
@@ -52,7 +55,9 @@ async fn main() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    println!("edge-node resident memory, 10 workloads  {:.1} MB", memory_mb(pid, "VmRSS"));
+    let busy = memory_mb(pid, "VmRSS");
+    println!("edge-node resident memory, 10 workloads  {busy:.1} MB");
+    benches::record("edge_rss_10_workloads_mb", busy);
     child.kill().await.unwrap();
     let docker = tests::docker().await;
     tests::remove_node_leftovers(&docker, edge_node::runtime::NODE_LABEL, &node).await.unwrap();

@@ -1,7 +1,9 @@
-//! Launch to running: from the API call to the read model saying `running`, one node on the
-//! simulated runtime (no container engine in the way), launches one after the other.
+//! Launch to running: from the API call to the read model saying `running`, launches one
+//! after the other on one node: on the simulated runtime (no container engine in the way),
+//! then, for reference, on the real Docker engine with the local registry.
 //!
-//! `cargo bench -p benches --bench launch` (`LAUNCHES` sets how many; 200 by default).
+//! `cargo bench -p benches --bench launch` (`LAUNCHES` sets how many on the simulated runtime,
+//! 200 by default; a tenth of that, at least 10, on Docker).
 
 #![allow(clippy::print_stdout)]
 
@@ -13,6 +15,31 @@ use edge_node::sim::SimRuntime;
 use edge_node::NodeConfig;
 use serde_json::json;
 use tests::NatsServer;
+
+/// Launches `sample` 1.0.0 on `node` `launches` times, one after the other, each timed until
+/// the read model says `running`.
+async fn launch_to_running(api: &Api, node: &str, launches: usize) -> Figures {
+    let mut latencies = Vec::with_capacity(launches);
+    let start = Instant::now();
+    for _ in 0..launches {
+        let t = Instant::now();
+        let launched =
+            api.post("/v1/deployments", json!({"application": "sample", "version": "1.0.0", "nodes": [node]})).await;
+        let id = launched["id"].as_str().expect("a deployment id");
+        while api
+            .engine
+            .deployments
+            .get("default", id)
+            .ok()
+            .flatten()
+            .is_none_or(|d| d.status != events::Status::Running)
+        {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        latencies.push(t.elapsed());
+    }
+    Figures::from(latencies, start.elapsed())
+}
 
 #[tokio::main]
 async fn main() {
@@ -28,19 +55,31 @@ async fn main() {
     };
     let _node = tokio::spawn(edge_node::driver::run(node, Arc::new(SimRuntime::new(Duration::ZERO))));
     api.wait_node("sim-1").await;
-    api.publish_sample("127.0.0.1:5000/sim/app:1.0.0").await;
+    api.publish_sample("127.0.0.1:5000/sample/app:1.0.0").await;
+    let sim = launch_to_running(&api, "sim-1", launches).await;
+    println!("launch to running, simulated runtime     {sim}");
+    benches::record("launch_to_running_p50_ms_sim", sim.p50.as_secs_f64() * 1000.0);
+    benches::record("launch_to_running_p99_ms_sim", sim.p99.as_secs_f64() * 1000.0);
 
-    let mut latencies = Vec::with_capacity(launches);
-    let start = Instant::now();
-    for _ in 0..launches {
-        let t = Instant::now();
-        let launched =
-            api.post("/v1/deployments", json!({"application": "sample", "version": "1.0.0", "nodes": ["sim-1"]})).await;
-        let path = format!("/v1/deployments/{}", launched["id"].as_str().unwrap());
-        while api.get(&path).await["status"] != "running" {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        latencies.push(t.elapsed());
-    }
-    println!("launch to running, simulated runtime     {}", Figures::from(latencies, start.elapsed()));
+    // The same on the real Docker engine, through the edge-node binary.
+    let binary = tests::root().join("target/release/edge-node");
+    assert!(binary.exists(), "no {}: run scripts/bench.sh, which builds it", binary.display());
+    let node = format!("launch-{}", std::process::id());
+    let docker_host = tests::docker_host().expect("DOCKER_HOST, from scripts/setup.sh");
+    let mut child = tokio::process::Command::new(&binary)
+        .args(["run", "--nats", &nats.url(), "--node", &node])
+        .arg("--data-dir")
+        .arg(data.path().join("docker-node"))
+        .env("DOCKER_HOST", docker_host)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    api.wait_node(&node).await;
+    let docker = launch_to_running(&api, &node, (launches / 10).max(10)).await;
+    println!("launch to running, Docker engine         {docker}");
+    benches::record("launch_to_running_p50_ms_docker", docker.p50.as_secs_f64() * 1000.0);
+    benches::record("launch_to_running_p99_ms_docker", docker.p99.as_secs_f64() * 1000.0);
+    child.kill().await.unwrap();
+    tests::remove_node_leftovers(&tests::docker().await, edge_node::runtime::NODE_LABEL, &node).await.unwrap();
 }

@@ -70,6 +70,34 @@ async fn raw_pipelined(js: &jetstream::Context, n: usize) -> Figures {
     Figures::rate(n, start.elapsed())
 }
 
+/// The raw limit of the command path: `rounds` conditional appends to each of `subjects`
+/// subjects, pipelined (1,024 in flight), each expecting the subject's last sequence.
+async fn raw_conditional(js: &jetstream::Context, subjects: usize, rounds: usize) -> Figures {
+    let payload = sample_payload();
+    let names: Vec<String> = (0..subjects).map(|i| format!("ev.cond.deployment.c{i}")).collect();
+    let mut last = vec![0u64; subjects];
+    let start = Instant::now();
+    for round in 0..rounds {
+        let mut acks = futures::stream::FuturesUnordered::new();
+        for (i, subject) in names.iter().enumerate() {
+            let message = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(format!("cond-{round}-{i}"))
+                .expected_last_subject_sequence(last[i]);
+            let ack = js.send_publish(subject.clone(), message).await.unwrap().into_future();
+            acks.push(async move { (i, ack.await) });
+            while acks.len() >= 1024 {
+                let (i, ack) = acks.next().await.unwrap();
+                last[i] = ack.unwrap().sequence;
+            }
+        }
+        while let Some((i, ack)) = acks.next().await {
+            last[i] = ack.unwrap().sequence;
+        }
+    }
+    Figures::rate(subjects * rounds, start.elapsed())
+}
+
 /// Commands creating new aggregates, one after the other: load (no consumer), decide, append.
 async fn command_new(handler: &CommandHandler, n: usize) -> Figures {
     let mut latencies = Vec::with_capacity(n);
@@ -97,8 +125,8 @@ async fn command_existing(handler: &CommandHandler, n: usize) -> Figures {
     Figures::from(latencies, start.elapsed())
 }
 
-/// Launches and status reports, `n` deployments of 5 events each, 64 at a time.
-async fn deployment_history(handler: &CommandHandler, n: usize) -> Figures {
+/// Launches and status reports, `n` deployments of 5 events each, `writers` at a time.
+async fn deployment_history(handler: &CommandHandler, n: usize, writers: usize) -> Figures {
     let app = ApplicationCommand::Register { name: "Sample".into() };
     handler.execute::<Application>("sample", &app, &meta()).await.unwrap();
     let add = ApplicationCommand::AddVersion {
@@ -131,7 +159,7 @@ async fn deployment_history(handler: &CommandHandler, n: usize) -> Figures {
                 handler.execute::<Deployment>(&id, &report, &meta()).await.unwrap();
             }
         });
-        if tasks.len() >= 64 {
+        if tasks.len() >= writers {
             tasks.join_next().await.unwrap().unwrap();
         }
     }
@@ -175,18 +203,31 @@ async fn main() {
     let store = EventStore::open(nats.client().await, &StoreConfig::default()).await.unwrap();
     let handler = CommandHandler::new(store.clone());
     let deployments = 2000 * scale;
-    println!("command path, 64 writers, 5 events/deployment {}", deployment_history(&handler, deployments).await);
+    let raw = raw_conditional(store.jetstream(), deployments, 5).await;
+    println!("raw JetStream, conditional, pipelined    {raw}   ({deployments} subjects, 5 rounds)");
+    let commands = deployment_history(&handler, deployments, WRITERS).await;
+    println!("command path, {WRITERS} writers, 5 events/deployment {commands}");
+    println!("  ratio to the raw conditional appends   {:.2}", commands.per_second / raw.per_second);
+    benches::record("command_path_per_s", commands.per_second);
+    benches::record("raw_conditional_per_s", raw.per_second);
+    benches::record("command_path_ratio", commands.per_second / raw.per_second);
     println!("projector into sled (deployments)       {}", projection(&store, deployments * 5).await);
 
     // What each durability mode costs on the command path (ARCHITECTURE.md, Durability).
-    println!("durability modes, command path with 64 writers:");
+    println!("durability modes, command path with {WRITERS} writers:");
+    benches::record("durability_default_per_s", commands.per_second);
     let synced = NatsServer::start_always_synced().await;
     let store = EventStore::open(synced.client().await, &StoreConfig::default()).await.unwrap();
-    let figures = deployment_history(&CommandHandler::new(store), deployments / 4).await;
+    let figures = deployment_history(&CommandHandler::new(store), deployments / 4, WRITERS).await;
     println!("  one server, sync_interval: always     {figures}");
+    benches::record("durability_sync_always_per_s", figures.per_second);
     let cluster = tests::NatsCluster::start(3).await;
     let client = async_nats::connect(cluster.servers[0].url()).await.unwrap();
     let store = EventStore::open(client, &StoreConfig { replicas: 3, ..Default::default() }).await.unwrap();
-    let figures = deployment_history(&CommandHandler::new(store), deployments / 4).await;
+    let figures = deployment_history(&CommandHandler::new(store), deployments / 4, WRITERS).await;
     println!("  three servers, 3 replicas             {figures}");
+    benches::record("durability_3_replicas_per_s", figures.per_second);
 }
+
+/// Commands in flight at once on the command path: one per aggregate.
+const WRITERS: usize = 256;

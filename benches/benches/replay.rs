@@ -6,15 +6,17 @@
 
 #![allow(clippy::print_stdout)]
 
+use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::time::Instant;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, consumer};
 use engine::projector::{self, ProjectorConfig};
 use engine::read_model::Deployments;
 use engine::store::{EventStore, StoreConfig};
 use events::deployment::DeploymentEvent;
 use events::envelope::{chain_hash, Metadata};
+use events::projection::deployments::{self, DeploymentView};
 use events::{Envelope, Status};
 use futures::StreamExt;
 use tests::NatsServer;
@@ -78,6 +80,23 @@ async fn write_history(js: &jetstream::Context, events: usize) {
     }
 }
 
+/// Events per second an ordered pull consumer reads the whole stream at, doing nothing else.
+async fn raw_read(store: &EventStore) -> f64 {
+    let last = store.last_sequence().await.unwrap();
+    let config = consumer::pull::OrderedConfig { deliver_policy: consumer::DeliverPolicy::All, ..Default::default() };
+    let consumer = store.stream().create_consumer(config).await.unwrap();
+    let start = Instant::now();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut read = 0u64;
+    while let Some(message) = messages.next().await {
+        read += 1;
+        if message.unwrap().info().unwrap().stream_sequence >= last {
+            break;
+        }
+    }
+    read as f64 / start.elapsed().as_secs_f64()
+}
+
 #[tokio::main]
 async fn main() {
     let events: usize = std::env::var("REPLAY_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
@@ -88,10 +107,39 @@ async fn main() {
     println!("history of {events} events written in {:.1?}", written.elapsed());
 
     // The raw limit: an ordered consumer reading the stream, doing nothing.
+    let raw_rate = raw_read(&store).await;
+    println!("raw JetStream, ordered consumer read     {raw_rate:>9.0} events/s");
     let start = Instant::now();
-    let raw = replay::each_event(&store, 1, |_, _| Ok(())).await.unwrap();
-    let raw_rate = raw as f64 / start.elapsed().as_secs_f64();
-    println!("read and decoded by replay               {raw_rate:>9.0} events/s");
+    let decoded = replay::each_event(&store, 1, |_, _| Ok(())).await.unwrap();
+    let decoded_rate = decoded as f64 / start.elapsed().as_secs_f64();
+    println!("read and decoded by replay               {decoded_rate:>9.0} events/s");
+
+    // The same fold as the deployments read model, into memory: what the fold costs alone.
+    reset_peak();
+    let before = current_rss_mb();
+    let start = Instant::now();
+    let mut views: HashMap<String, DeploymentView> = HashMap::new();
+    let folded = replay::each_event(&store, 1, |_, event| {
+        let envelope = &event.envelope;
+        if envelope.aggregate_type == "deployment" {
+            let key = format!("{}/{}", envelope.tenant, envelope.aggregate_id);
+            let current = views.remove(&key);
+            if let Some(view) = deployments::apply(current, envelope, &envelope.event()?) {
+                views.insert(key, view);
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let memory_rate = folded as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "rebuild, deployments in memory           {memory_rate:>9.0} events/s over {folded}   peak RSS {:.0} MB (from {before:.0} MB)",
+        peak_rss_mb()
+    );
+    benches::record("rebuild_memory_ratio", memory_rate / raw_rate);
+    benches::record("rebuild_memory_peak_rss_mb", peak_rss_mb());
+    drop(views);
 
     // The rebuild of the deployments read model into sled, by the engine's projector.
     let dir = tempfile::tempdir().unwrap();
@@ -115,6 +163,9 @@ async fn main() {
         "replay rebuild, deployments into sled     {rate:>9.0} events/s over {folded}   peak RSS {:.0} MB (from {before:.0} MB)",
         peak_rss_mb()
     );
+    benches::record("rebuild_sled_ratio", rate / raw_rate);
+    benches::record("rebuild_sled_peak_rss_mb", peak_rss_mb());
+    benches::record("raw_ordered_read_per_s", raw_rate);
 
     // The hash-chain walk: every subject's chain kept in memory until the end.
     reset_peak();

@@ -119,6 +119,21 @@ impl Api {
     }
 }
 
+/// Records one figure of this run under `key` (a key of `benches/results.json`): a JSON line
+/// appended to the file `BENCH_FIGURES` names, which `scripts/bench.sh` gathers over its runs.
+pub fn record(key: &str, value: f64) {
+    let Ok(path) = std::env::var("BENCH_FIGURES") else { return };
+    let line = format!("{}\n", json!({"key": key, "value": value}));
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, line.as_bytes()));
+    if let Err(e) = written {
+        panic!("recording {key} in {path}: {e}");
+    }
+}
+
 /// A memory figure of process `pid` from `/proc` (`VmRSS`, `VmHWM`), in MB.
 pub fn memory_mb(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

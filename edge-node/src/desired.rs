@@ -28,8 +28,9 @@ fn key(deployment: &str, order: u64) -> Vec<u8> {
 }
 
 impl Desired {
-    pub fn open(db: &sled::Db) -> sled::Result<Desired> {
-        Ok(Desired { db: db.clone(), tree: db.open_tree("desired")? })
+    /// The work log in `db`, in a tree whose name starts with `prefix`.
+    pub fn open(db: &sled::Db, prefix: &str) -> sled::Result<Desired> {
+        Ok(Desired { db: db.clone(), tree: db.open_tree(format!("{prefix}desired"))? })
     }
 
     /// Keeps a work envelope of `deployment`, durably, before it is acked; `false` for one
@@ -114,7 +115,7 @@ mod tests {
     #[test]
     fn work_is_kept_once_in_order_per_deployment_and_a_done_refresh_is_dropped() {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let desired = Desired::open(&db).unwrap();
+        let desired = Desired::open(&db, "").unwrap();
         let deploy = NodeWork::Deploy {
             deployment: "d1".into(),
             application: "a".into(),

@@ -29,7 +29,7 @@ use crate::NodeConfig;
 /// Runs the node until its connection to JetStream fails for good.
 pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> anyhow::Result<()> {
     // Each time the link comes back, the agent says again where everything stands.
-    let (links_tx, mut links) = mpsc::unbounded_channel::<()>();
+    let (links_tx, links) = mpsc::unbounded_channel::<()>();
     let client = async_nats::ConnectOptions::new()
         .name(format!("edge-node {}", config.node))
         .event_callback(move |event| {
@@ -47,10 +47,34 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
         .connect(servers(&config.nats_url)?)
         .await
         .with_context(|| format!("connecting to {}", config.nats_url))?;
-    let js = jetstream::new(client.clone());
     let db = sled::open(&config.data_dir).with_context(|| format!("opening {}", config.data_dir.display()))?;
-    let outbox = Outbox::open(&db)?;
-    let desired = Desired::open(&db)?;
+    let control = crate::local::socket_path(&config.data_dir);
+    run_on(config, runtime, Attachment { client, links, db, trees: String::new(), control: Some(control) }).await
+}
+
+/// What a node runs on: its connection, told of each reconnection; the sled database of its
+/// outbox and work log, with the prefix of its trees there; and the path of its control socket.
+/// A simulated fleet shares one connection and one database among many nodes, each with
+/// trees of its own and no control socket.
+#[derive(Debug)]
+pub struct Attachment {
+    pub client: async_nats::Client,
+    pub links: mpsc::UnboundedReceiver<()>,
+    pub db: sled::Db,
+    pub trees: String,
+    pub control: Option<std::path::PathBuf>,
+}
+
+/// Runs the node on `attachment` until its connection to JetStream fails for good.
+pub async fn run_on<R: ContainerRuntime>(
+    config: NodeConfig,
+    runtime: Arc<R>,
+    attachment: Attachment,
+) -> anyhow::Result<()> {
+    let Attachment { client, mut links, db, trees, control } = attachment;
+    let js = jetstream::new(client.clone());
+    let outbox = Outbox::open(&db, &trees)?;
+    let desired = Desired::open(&db, &trees)?;
     let sent = Arc::new(Notify::new());
     let actor = format!("node:{}", config.node);
 
@@ -72,7 +96,7 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
     let _receiver = AbortOnDrop(tokio::spawn(receive_work(js.clone(), config.clone(), work_tx)));
     let mut log_requests = client.subscribe(events::logs::subject(&config.tenant, &config.node)).await?;
     let (local_tx, mut local_requests) = mpsc::channel::<(LocalRequest, oneshot::Sender<LocalReply>)>(8);
-    let _local = AbortOnDrop(tokio::spawn(serve_local(crate::local::socket_path(&config.data_dir), local_tx)));
+    let _local = control.map(|path| AbortOnDrop(tokio::spawn(serve_local(path, local_tx))));
     let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Input>();
     let mut agent = Agent::with_deadlines(&config.tenant, &config.node, config.deadlines);
     let started = tokio::time::Instant::now();

@@ -29,8 +29,10 @@ pub struct Pending {
 }
 
 impl Outbox {
-    pub fn open(db: &sled::Db) -> sled::Result<Outbox> {
-        Ok(Outbox { db: db.clone(), pending: db.open_tree("outbox")?, meta: db.open_tree("outbox_meta")? })
+    /// The outbox in `db`, in trees whose names start with `prefix`.
+    pub fn open(db: &sled::Db, prefix: &str) -> sled::Result<Outbox> {
+        let (pending, meta) = (db.open_tree(format!("{prefix}outbox"))?, db.open_tree(format!("{prefix}outbox_meta"))?);
+        Ok(Outbox { db: db.clone(), pending, meta })
     }
 
     /// Wraps `report` in an envelope chained to the node's previous report and stores it.

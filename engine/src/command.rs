@@ -163,9 +163,12 @@ impl CommandHandler {
             let decided = match current.state.decide(command, &ctx) {
                 Ok(decided) if !decided.is_empty() => decided,
                 // A refusal, or nothing to do, is only trusted on a fold known to be current:
-                // no append will prove the cached one right.
+                // no append will prove the cached one right, so the log's last sequence does.
                 _ if !fresh => {
-                    current = Current::load(&self.store, &subject).await?;
+                    let last = self.store.last(&subject).await?.map_or(0, |e| e.sequence);
+                    if last != current.last_sequence {
+                        current = Current::load(&self.store, &subject).await?;
+                    }
                     fresh = true;
                     continue;
                 }

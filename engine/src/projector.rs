@@ -2,11 +2,14 @@
 //! (last stream sequence folded) is written in the same atomic batch as the read-model change,
 //! so a crash never applies an event twice or skips one.
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer;
 use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::store::{EventStore, StoreError, StoredEvent};
 
@@ -52,18 +55,47 @@ impl From<serde_json::Error> for ProjectionError {
 }
 
 /// Pending changes over a tree: reads see earlier writes of the same batch.
-#[derive(Debug)]
+///
+/// A value taken with [`Overlay::take_json`] and put back with [`Overlay::put_json`] stays
+/// decoded until the batch is committed: a large value (a deployment of ten thousand nodes)
+/// changed by many events of one batch is decoded and encoded once per batch, not per event.
 pub struct Overlay<'a> {
     tree: &'a sled::Tree,
     changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    decoded: HashMap<Vec<u8>, Box<dyn Decoded>>,
+}
+
+impl std::fmt::Debug for Overlay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overlay").field("changes", &self.changes.len()).field("decoded", &self.decoded.len()).finish()
+    }
+}
+
+/// A value kept decoded in an overlay, encoded when needed.
+trait Decoded: Any + Send {
+    fn encode(&self) -> Result<Vec<u8>, serde_json::Error>;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<T: Serialize + Any + Send> Decoded for T {
+    fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
 }
 
 impl<'a> Overlay<'a> {
     fn new(tree: &'a sled::Tree) -> Self {
-        Overlay { tree, changes: BTreeMap::new() }
+        Overlay { tree, changes: BTreeMap::new(), decoded: HashMap::new() }
     }
 
-    pub fn get(&self, key: &[u8]) -> sled::Result<Option<Vec<u8>>> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        if let Some(value) = self.decoded.get(key) {
+            return Ok(Some(value.encode()?));
+        }
         match self.changes.get(key) {
             Some(value) => Ok(value.clone()),
             None => Ok(self.tree.get(key)?.map(|v| v.to_vec())),
@@ -71,16 +103,43 @@ impl<'a> Overlay<'a> {
     }
 
     pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.decoded.remove(&key);
         self.changes.insert(key, Some(value));
     }
 
     pub fn remove(&mut self, key: Vec<u8>) {
+        self.decoded.remove(&key);
         self.changes.insert(key, None);
+    }
+
+    /// The JSON value at `key`, decoded, for the caller to change and [`Overlay::put_json`]
+    /// back. Until it is put back, the key reads as it was before this batch took it.
+    pub fn take_json<T: DeserializeOwned + Serialize + Send + 'static>(
+        &mut self,
+        key: &[u8],
+    ) -> Result<Option<T>, ProjectionError> {
+        if let Some(value) = self.decoded.remove(key) {
+            match value.into_any().downcast::<T>() {
+                Ok(value) => return Ok(Some(*value)),
+                Err(_) => return Err(ProjectionError::ReadModel(format!("{key:?} was kept as another type"))),
+            }
+        }
+        match self.get(key)? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Puts `value` at `key`, to be encoded as JSON when the batch is committed.
+    pub fn put_json<T: Serialize + Send + 'static>(&mut self, key: Vec<u8>, value: T) {
+        self.changes.remove(&key);
+        self.decoded.insert(key, Box::new(value));
     }
 
     /// Removes every key that starts with `prefix`, stored or pending.
     pub fn remove_prefix(&mut self, prefix: &[u8]) -> sled::Result<()> {
         let mut doomed: Vec<Vec<u8>> = self.changes.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        doomed.extend(self.decoded.keys().filter(|k| k.starts_with(prefix)).cloned());
         for entry in self.tree.scan_prefix(prefix) {
             doomed.push(entry?.0.to_vec());
         }
@@ -91,7 +150,7 @@ impl<'a> Overlay<'a> {
     }
 
     /// Writes the changes and the checkpoint in one atomic batch.
-    fn commit(self, checkpoint: u64) -> sled::Result<()> {
+    fn commit(self, checkpoint: u64) -> Result<(), ProjectionError> {
         let mut batch = sled::Batch::default();
         for (key, value) in self.changes {
             match value {
@@ -99,8 +158,11 @@ impl<'a> Overlay<'a> {
                 None => batch.remove(key),
             }
         }
+        for (key, value) in self.decoded {
+            batch.insert(key, value.encode()?);
+        }
         batch.insert(CHECKPOINT_KEY, &checkpoint.to_be_bytes());
-        self.tree.apply_batch(batch)
+        Ok(self.tree.apply_batch(batch)?)
     }
 }
 

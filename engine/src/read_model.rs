@@ -121,13 +121,10 @@ impl Projection for Deployments {
         }
         let event: DeploymentEvent = envelope.event()?;
         let key = key(&envelope.tenant, &envelope.aggregate_id);
-        let current = match batch.get(&key)? {
-            Some(bytes) => Some(serde_json::from_slice::<DeploymentView>(&bytes)?),
-            None => None,
-        };
+        let current = batch.take_json::<DeploymentView>(&key)?;
         // A fold that shows nothing (an event before its launch) leaves the model as it is.
         if let Some(view) = deployments::apply(current, envelope, &event) {
-            batch.insert(key, serde_json::to_vec(&view)?);
+            batch.put_json(key, view);
         }
         Ok(())
     }
@@ -211,15 +208,12 @@ impl Projection for Notifications {
             }
         };
         let key = format!("a/{tenant}/{application}").into_bytes();
-        let mut updates = match batch.get(&key)? {
-            Some(bytes) => serde_json::from_slice(&bytes)?,
-            None => ApplicationUpdates::default(),
-        };
+        let mut updates = batch.take_json::<ApplicationUpdates>(&key)?.unwrap_or_default();
         match change {
             Change::Application(event) => updates.apply_application(&event),
             Change::Deployment(event) => updates.apply_deployment(&envelope.aggregate_id, &event),
         }
-        batch.insert(key, serde_json::to_vec(&updates)?);
+        batch.put_json(key, updates);
         Ok(())
     }
 }

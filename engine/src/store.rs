@@ -13,6 +13,9 @@ use events::{DecodeError, Envelope};
 const DIRECT_BATCH: usize = 1000;
 const DIRECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The consumers the `EVENTS` stream allows by default: a fleet of a million nodes.
+pub const MAX_CONSUMERS: i32 = 1_000_000;
+
 /// How the `EVENTS` stream is created.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -22,6 +25,10 @@ pub struct StoreConfig {
     /// How long a `Nats-Msg-Id` is remembered: the horizon within which a retried append or a
     /// re-sent edge report is stored once.
     pub duplicate_window: Duration,
+    /// Durable consumers the stream allows: one per edge node, and the engine's few. The
+    /// server's own default (1,000 per stream since nats-server 2.15) would stop a fleet at
+    /// about a thousand nodes.
+    pub max_consumers: i32,
 }
 
 impl Default for StoreConfig {
@@ -30,6 +37,7 @@ impl Default for StoreConfig {
             stream: events::subject::STREAM.to_owned(),
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
+            max_consumers: MAX_CONSUMERS,
         }
     }
 }
@@ -109,13 +117,14 @@ impl EventStore {
     /// Opens the stream, creating it on first use.
     pub async fn open(client: async_nats::Client, config: &StoreConfig) -> Result<EventStore, StoreError> {
         let js = jetstream::new(client.clone());
-        let stream = js
+        let mut stream = js
             .get_or_create_stream(stream::Config {
                 name: config.stream.clone(),
                 subjects: vec![events::subject::ALL.to_owned()],
                 storage: stream::StorageType::File,
                 num_replicas: config.replicas,
                 duplicate_window: config.duplicate_window,
+                max_consumers: config.max_consumers,
                 allow_direct: true,
                 // The log is immutable: nothing is ever deleted from it.
                 deny_delete: true,
@@ -124,6 +133,12 @@ impl EventStore {
             })
             .await
             .map_err(nats)?;
+        // A stream made before, with a lower limit, is given the one asked for.
+        let made = stream.cached_info().config.clone();
+        if made.max_consumers < config.max_consumers {
+            js.update_stream(stream::Config { max_consumers: config.max_consumers, ..made }).await.map_err(nats)?;
+            stream = js.get_stream(&config.stream).await.map_err(nats)?;
+        }
         Ok(EventStore { client, js, stream, name: config.stream.clone() })
     }
 

@@ -85,13 +85,16 @@ where
 
 /// Translates deployment events into work on the subject of each target node.
 pub async fn route(store: EventStore) -> anyhow::Result<()> {
-    consume(&store, "router", events::subject::ALL_DEPLOYMENTS, |_, event| route_one(&store, event)).await
+    let folds = Folds::default();
+    consume(&store, "router", events::subject::ALL_DEPLOYMENTS, |_, event| route_one(&store, &folds, event)).await
 }
 
-async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()> {
+async fn route_one(store: &EventStore, folds: &Folds, stored: StoredEvent) -> anyhow::Result<()> {
     let envelope = &stored.envelope;
     let deployment = envelope.aggregate_id.clone();
-    let (work, nodes): (NodeWork, Vec<String>) = match envelope.event::<DeploymentEvent>()? {
+    let event = envelope.event::<DeploymentEvent>()?;
+    folds.advance(&stored, &event);
+    let (work, nodes): (NodeWork, Vec<String>) = match event {
         // A phased rollout sends the launch or the update wave by wave.
         DeploymentEvent::Launched { rollout: Some(_), .. }
         | DeploymentEvent::UpdateRequested { rollout: Some(_), .. } => {
@@ -100,37 +103,118 @@ async fn route_one(store: &EventStore, stored: StoredEvent) -> anyhow::Result<()
         DeploymentEvent::Launched { application, version, image, nodes, mode, env, services, .. } => {
             (NodeWork::Deploy { deployment, application, version, image, mode, env, services }, nodes)
         }
-        DeploymentEvent::TargetAdded { node, .. } => return send_current(store, envelope, &[node]).await,
-        DeploymentEvent::WaveReleased { nodes } => return send_current(store, envelope, &nodes).await,
+        DeploymentEvent::TargetAdded { node, .. } => return send_current(store, folds, &stored, &[node]).await,
+        DeploymentEvent::WaveReleased { nodes } => return send_current(store, folds, &stored, &nodes).await,
         DeploymentEvent::TargetRemoved { node, .. } => (NodeWork::Remove { deployment }, vec![node]),
-        DeploymentEvent::StopRequested { .. } => (NodeWork::Stop { deployment }, targets(store, envelope).await?),
-        DeploymentEvent::StartRequested { .. } => (NodeWork::Start { deployment }, targets(store, envelope).await?),
+        DeploymentEvent::StopRequested { .. } => (NodeWork::Stop { deployment }, targets(store, folds, &stored).await?),
+        DeploymentEvent::StartRequested { .. } => {
+            (NodeWork::Start { deployment }, targets(store, folds, &stored).await?)
+        }
         DeploymentEvent::UninstallRequested { .. } => {
-            (NodeWork::Remove { deployment }, targets(store, envelope).await?)
+            (NodeWork::Remove { deployment }, targets(store, folds, &stored).await?)
         }
         DeploymentEvent::UpdateRequested { version, image, mode, env, services, .. } => {
-            (NodeWork::Update { deployment, version, image, mode, env, services }, targets(store, envelope).await?)
+            let work = NodeWork::Update { deployment, version, image, mode, env, services };
+            (work, targets(store, folds, &stored).await?)
         }
         // Back to the version before, at once, everywhere.
         DeploymentEvent::RolledBack { version, image, env, services, .. } => {
             let mode = Mode::default();
-            (NodeWork::Update { deployment, version, image, mode, env, services }, targets(store, envelope).await?)
+            let work = NodeWork::Update { deployment, version, image, mode, env, services };
+            (work, targets(store, folds, &stored).await?)
         }
-        DeploymentEvent::ApplyRequested { .. } => (NodeWork::Apply { deployment }, targets(store, envelope).await?),
+        DeploymentEvent::ApplyRequested { .. } => {
+            (NodeWork::Apply { deployment }, targets(store, folds, &stored).await?)
+        }
         DeploymentEvent::ForceUpdateRequested { .. } => {
-            (NodeWork::Refresh { deployment }, targets(store, envelope).await?)
+            (NodeWork::Refresh { deployment }, targets(store, folds, &stored).await?)
         }
         DeploymentEvent::NodeStateReported { .. }
         | DeploymentEvent::DriftDetected { .. }
         | DeploymentEvent::AppliedLocally { .. }
         | DeploymentEvent::RolloutHalted { .. } => return Ok(()),
     };
-    let meta = caused_by(envelope);
-    for node in nodes {
+    let each = nodes.into_iter().map(|node| (vec![(format!("{}:{node}", envelope.id), work.clone())], node)).collect();
+    send(store, envelope, each).await
+}
+
+/// Appends work caused by `envelope` to each node's subject: a node's pieces of work, each
+/// with its message id, in order; many nodes at a time.
+async fn send(
+    store: &EventStore,
+    envelope: &Envelope,
+    each: Vec<(Vec<(String, NodeWork)>, String)>,
+) -> anyhow::Result<()> {
+    let meta = &caused_by(envelope);
+    let appends = each.into_iter().map(|(works, node)| async move {
         let subject = events::subject::node_desired(&envelope.tenant, &node);
-        append_chained(store, &subject, &node, &meta, &work, format!("{}:{node}", envelope.id)).await?;
+        for (msg_id, work) in works {
+            append_chained(store, &subject, &node, meta, &work, msg_id).await?;
+        }
+        anyhow::Ok(())
+    });
+    let mut appends = futures::stream::iter(appends).buffer_unordered(SENT_AT_ONCE);
+    while let Some(sent) = appends.next().await {
+        sent?;
     }
     Ok(())
+}
+
+/// Nodes a piece of work is appended to at once.
+const SENT_AT_ONCE: usize = 256;
+
+/// The router's fold of each deployment, kept current from the events it routes, so that a
+/// deployment of many nodes is not loaded again for each event. The hash chain tells whether an
+/// event follows the one folded last; when it does not (a restart, a redelivery), the
+/// deployment is loaded from the log as of that event.
+#[derive(Debug, Default)]
+struct Folds(std::sync::Mutex<std::collections::HashMap<String, (Deployment, String)>>);
+
+/// Deployments the router keeps folded; past that, it lets them all go and loads again.
+const FOLDS_KEPT: usize = 10_000;
+
+impl Folds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Deployment, String)>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Folds `event` in, if it follows the event folded last; otherwise forgets the deployment.
+    fn advance(&self, stored: &StoredEvent, event: &DeploymentEvent) {
+        let key = folded_key(&stored.envelope);
+        let mut folds = self.lock();
+        match folds.remove(&key) {
+            Some((state, last)) if stored.envelope.prev_hash.as_ref() == Some(&last) => {
+                folds.insert(key, (state.evolve(event), chain_hash(&stored.bytes)));
+            }
+            _ => {}
+        }
+    }
+
+    /// `look` at the deployment of `stored`, folded up to and including that event.
+    async fn as_of<T>(
+        &self,
+        store: &EventStore,
+        stored: &StoredEvent,
+        look: impl FnOnce(&Deployment) -> T,
+    ) -> anyhow::Result<T> {
+        let key = folded_key(&stored.envelope);
+        let hash = chain_hash(&stored.bytes);
+        if let Some((state, _)) = self.lock().get(&key).filter(|(_, last)| *last == hash) {
+            return Ok(look(state));
+        }
+        let state = deployment_as_of(store, &stored.envelope).await?;
+        let seen = look(&state);
+        let mut folds = self.lock();
+        if folds.len() >= FOLDS_KEPT {
+            folds.clear();
+        }
+        folds.insert(key, (state, hash));
+        Ok(seen)
+    }
+}
+
+fn folded_key(envelope: &Envelope) -> String {
+    format!("{}/{}", envelope.tenant, envelope.aggregate_id)
 }
 
 /// Work caused by `envelope`, in its name.
@@ -143,42 +227,49 @@ fn caused_by(envelope: &Envelope) -> Metadata {
     }
 }
 
-/// Sends `nodes` what the deployment is now, as of `envelope`: a node joining a selector or
+/// Sends `nodes` what the deployment is now, as of `stored`: a node joining a selector or
 /// reached by a rollout wave. An applied deployment does not wait for an apply there; a
 /// stopped one is stopped there too; during an update a node that has the deployment is
 /// updated.
-async fn send_current(store: &EventStore, envelope: &Envelope, nodes: &[String]) -> anyhow::Result<()> {
-    let state = deployment_as_of(store, envelope).await?;
+async fn send_current(store: &EventStore, folds: &Folds, stored: &StoredEvent, nodes: &[String]) -> anyhow::Result<()> {
+    let envelope = &stored.envelope;
     let deployment = envelope.aggregate_id.clone();
-    let mode = Mode { staged: state.mode.staged, instantly_apply: !state.awaiting_apply };
-    let (version, image, env, services) = (state.version, state.image, state.env, state.services);
-    let work = match state.updating {
-        true => NodeWork::Update { deployment: deployment.clone(), version, image, mode, env, services },
-        false => NodeWork::Deploy {
-            deployment: deployment.clone(),
-            application: state.application,
-            version,
-            image,
-            mode,
-            env,
-            services,
-        },
-    };
-    let meta = caused_by(envelope);
-    for node in nodes {
-        let subject = events::subject::node_desired(&envelope.tenant, node);
-        append_chained(store, &subject, node, &meta, &work, format!("{}:{node}", envelope.id)).await?;
-        if state.desired == Desired::Stopped {
-            let stop = NodeWork::Stop { deployment: deployment.clone() };
-            append_chained(store, &subject, node, &meta, &stop, format!("{}:{node}:stop", envelope.id)).await?;
-        }
-    }
-    Ok(())
+    let (work, stopped) = folds
+        .as_of(store, stored, |state| {
+            let mode = Mode { staged: state.mode.staged, instantly_apply: !state.awaiting_apply };
+            let (version, image) = (state.version.clone(), state.image.clone());
+            let (env, services) = (state.env.clone(), state.services.clone());
+            let work = match state.updating {
+                true => NodeWork::Update { deployment: deployment.clone(), version, image, mode, env, services },
+                false => NodeWork::Deploy {
+                    deployment: deployment.clone(),
+                    application: state.application.clone(),
+                    version,
+                    image,
+                    mode,
+                    env,
+                    services,
+                },
+            };
+            (work, state.desired == Desired::Stopped)
+        })
+        .await?;
+    let each = nodes
+        .iter()
+        .map(|node| {
+            let mut works = vec![(format!("{}:{node}", envelope.id), work.clone())];
+            if stopped {
+                works.push((format!("{}:{node}:stop", envelope.id), NodeWork::Stop { deployment: deployment.clone() }));
+            }
+            (works, node.clone())
+        })
+        .collect();
+    send(store, envelope, each).await
 }
 
-/// The nodes the deployment of `envelope` targets, as of that event.
-async fn targets(store: &EventStore, envelope: &Envelope) -> anyhow::Result<Vec<String>> {
-    Ok(deployment_as_of(store, envelope).await?.targets().cloned().collect())
+/// The nodes the deployment of `stored` targets, as of that event.
+async fn targets(store: &EventStore, folds: &Folds, stored: &StoredEvent) -> anyhow::Result<Vec<String>> {
+    folds.as_of(store, stored, |state| state.targets().cloned().collect()).await
 }
 
 /// The deployment `envelope` belongs to, folded up to and including that event.

@@ -208,3 +208,35 @@ async fn a_subject_longer_than_one_read_batch_loads_whole_in_order_and_leaves_no
     let info = a.store().stream().get_info().await.unwrap();
     assert_eq!(info.state.consumer_count, 0, "a load leaves no consumer on the server");
 }
+
+#[tokio::test]
+async fn the_stream_takes_a_durable_consumer_for_each_node_of_a_fleet_past_a_thousand() {
+    let nats = NatsServer::start().await;
+    // A stream made with the server's default limit, as an older engine made it.
+    let js = async_nats::jetstream::new(nats.client().await);
+    let config = async_nats::jetstream::stream::Config {
+        name: subject::STREAM.into(),
+        subjects: vec![subject::ALL.into()],
+        ..Default::default()
+    };
+    js.create_stream(config).await.unwrap();
+    let store = handler(&nats).await.store().clone();
+    let nodes = 1_100;
+    let created = futures::stream::iter((0..nodes).map(|i| {
+        let stream = store.stream().clone();
+        async move {
+            let name = format!("node-default-edge-{i}");
+            let config = async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: subject::node_desired("default", &format!("edge-{i}")),
+                ..Default::default()
+            };
+            stream.create_consumer(config).await.map(|_| ()).map_err(|e| format!("{name}: {e}"))
+        }
+    }));
+    let mut created = futures::StreamExt::buffer_unordered(created, 64);
+    while let Some(made) = futures::StreamExt::next(&mut created).await {
+        made.unwrap();
+    }
+    assert_eq!(store.stream().clone().info().await.unwrap().state.consumer_count, nodes);
+}

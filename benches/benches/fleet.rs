@@ -1,0 +1,124 @@
+//! A fleet of simulated nodes in this process, each with its own durable consumer, outbox and
+//! work log (in one sled database on tmpfs, over a few shared connections): one launch by
+//! label selector until every node is `running` in the read model, then an update across the
+//! fleet in a phased rollout until every node runs the new version.
+//!
+//! `cargo bench -p benches --bench fleet` (`FLEET=1000,10000` sets the fleet sizes).
+
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use benches::Api;
+use edge_node::driver::{self, Attachment};
+use edge_node::sim::SimRuntime;
+use edge_node::NodeConfig;
+use events::Status;
+use serde_json::json;
+use tests::NatsServer;
+
+/// Nodes per shared connection.
+const NODES_PER_CONNECTION: usize = 500;
+
+/// Starts `size` simulated nodes labelled `fleet=sim`, and waits until the engine knows them.
+async fn start_fleet(
+    nats: &NatsServer,
+    api: &Api,
+    size: usize,
+) -> (Vec<tokio::task::JoinHandle<()>>, tempfile::TempDir) {
+    let data = tempfile::tempdir_in("/dev/shm").expect("a directory on tmpfs");
+    let db = sled::Config::new().path(data.path()).flush_every_ms(None).open().expect("the fleet's sled");
+    let mut nodes = Vec::with_capacity(size);
+    let mut client = None;
+    for i in 0..size {
+        if i % NODES_PER_CONNECTION == 0 {
+            client = Some(nats.client().await);
+        }
+        let node = format!("sim-{i:05}");
+        let config = NodeConfig {
+            nats_url: nats.url(),
+            node: node.clone(),
+            labels: [("fleet".to_owned(), "sim".to_owned())].into(),
+            data_dir: data.path().join(&node),
+            heartbeat: Duration::from_secs(3600),
+            reconcile: Duration::from_secs(3600),
+            ..NodeConfig::default()
+        };
+        let (_, links) = tokio::sync::mpsc::unbounded_channel();
+        let attachment = Attachment {
+            client: client.clone().expect("a connection"),
+            links,
+            db: db.clone(),
+            trees: format!("{node}/"),
+            control: None,
+        };
+        let runtime = Arc::new(SimRuntime::new(Duration::ZERO));
+        nodes.push(tokio::spawn(async move {
+            if let Err(e) = driver::run_on(config, runtime, attachment).await {
+                println!("{node} stopped: {e:#}");
+            }
+        }));
+    }
+    let started = Instant::now();
+    tests::eventually("every node to register", Duration::from_secs(600), || async {
+        (api.engine.nodes.all().ok()?.len() >= size).then_some(())
+    })
+    .await;
+    println!("  {size} nodes started and registered in {:.1?}", started.elapsed());
+    (nodes, data)
+}
+
+/// Waits until every one of `size` nodes runs `version` of deployment `id`; returns how long
+/// it took from `since`.
+async fn all_running(api: &Api, id: &str, version: &str, size: usize, since: Instant) -> Duration {
+    loop {
+        if let Ok(Some(view)) = api.engine.deployments.get("default", id) {
+            // An update holds every node back (or sends it the work) before it runs again.
+            let running = view.nodes.values().filter(|n| n.status == Status::Running).count();
+            if running == size && view.version == version {
+                return since.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn fleet(size: usize) -> (Duration, Duration) {
+    let nats = NatsServer::start().await;
+    let api = Api::start(&nats.url()).await;
+    api.publish_sample("127.0.0.1:5000/sim/app:1.0.0").await;
+    api.post("/v1/applications/sample/versions", json!({"version": "2.0.0", "image": "127.0.0.1:5000/sim/app:2.0.0"}))
+        .await;
+    api.post("/v1/applications/sample/versions/2.0.0/publish", json!({})).await;
+    let (nodes, _data) = start_fleet(&nats, &api, size).await;
+
+    let start = Instant::now();
+    let launched = api
+        .post("/v1/deployments", json!({"application": "sample", "version": "1.0.0", "selector": {"fleet": "sim"}}))
+        .await;
+    let id = launched["id"].as_str().expect("a deployment id").to_owned();
+    let launch = all_running(&api, &id, "1.0.0", size, start).await;
+    println!("  launch by selector to {size} nodes running    {:.2} s", launch.as_secs_f64());
+    benches::record(&format!("fleet_{size}_s"), launch.as_secs_f64());
+
+    let start = Instant::now();
+    let update = json!({"version": "2.0.0", "rollout": {"batch": "10%", "max_failures": 0}});
+    api.post(&format!("/v1/deployments/{id}/update"), update).await;
+    let update = all_running(&api, &id, "2.0.0", size, start).await;
+    println!("  update in waves of 10% to {size} nodes running {:.2} s", update.as_secs_f64());
+    benches::record(&format!("fleet_{size}_update_s"), update.as_secs_f64());
+    for node in nodes {
+        node.abort();
+    }
+    (launch, update)
+}
+
+#[tokio::main]
+async fn main() {
+    let sizes = std::env::var("FLEET").unwrap_or_else(|_| "1000,10000".to_owned());
+    for size in sizes.split(',').filter_map(|s| s.trim().parse::<usize>().ok()) {
+        println!("fleet of {size} simulated nodes");
+        fleet(size).await;
+    }
+}
