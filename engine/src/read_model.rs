@@ -7,6 +7,7 @@ use events::node::NodeEvent;
 use events::projection::deployments::{self, DeploymentView};
 use events::projection::nodes::NodeRecord;
 use events::projection::notifications::{ApplicationUpdates, Notification};
+use events::Status;
 
 use crate::projector::{Overlay, Projection, ProjectionError};
 use crate::store::StoredEvent;
@@ -55,6 +56,18 @@ impl Deployments {
 
     pub fn get(&self, tenant: &str, id: &str) -> anyhow::Result<Option<DeploymentView>> {
         self.tree.get(key(tenant, id))?.map(|v| Ok(serde_json::from_slice(&v)?)).transpose()
+    }
+
+    /// A deployment's status (the most severe of its nodes') and version, without decoding
+    /// each node: cheap to ask often of a deployment on many nodes.
+    pub fn status(&self, tenant: &str, id: &str) -> anyhow::Result<Option<(Status, String)>> {
+        #[derive(serde::Deserialize)]
+        struct Header {
+            status: Status,
+            version: String,
+        }
+        let header = self.tree.get(key(tenant, id))?.map(|v| serde_json::from_slice::<Header>(&v)).transpose()?;
+        Ok(header.map(|h| (h.status, h.version)))
     }
 
     /// Deployments of `tenant` that `wanted` keeps, in launch order (ids are UUID v7), `limit` a

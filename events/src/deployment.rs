@@ -764,6 +764,11 @@ impl Deployment {
         if under_way || (reported && self.rollout.is_none() && self.guard.is_none()) {
             return Ok(vec![first]);
         }
+        // Without a guard, a report bears on the rollout through the node's new status alone.
+        if let (DeploymentEvent::NodeStateReported { node, status, .. }, None) = (&first, &self.guard) {
+            let then = self.advance_with(Some((node, *status)));
+            return Ok(std::iter::once(first).chain(then).collect());
+        }
         let next = self.clone().evolve(&first);
         let then = match next.rollback_for(&first) {
             Some(rollback) => Some(rollback),
@@ -810,13 +815,22 @@ impl Deployment {
     }
 
     fn advance(&self) -> Option<DeploymentEvent> {
+        self.advance_with(None)
+    }
+
+    /// The rollout's next step, as if `reported` (a node and its new status) were folded in.
+    fn advance_with(&self, reported: Option<(&String, Status)>) -> Option<DeploymentEvent> {
         let rollout = self.rollout?;
         if self.halted.is_some() || self.desired == Desired::Removed {
             return None;
         }
+        let status = |node: &String, progress: &NodeProgress| match reported {
+            Some((reporter, status)) if reporter == node => status,
+            _ => progress.status,
+        };
         let active: Vec<(&String, &NodeProgress)> = self.nodes.iter().filter(|(_, p)| p.active).collect();
         let released = active.iter().filter(|(_, p)| p.released);
-        let failed = released.clone().filter(|(_, p)| p.status == Status::Failed).count();
+        let failed = released.clone().filter(|(n, p)| status(n, p) == Status::Failed).count();
         if failed > rollout.max_failures as usize {
             let waiting = active.iter().filter(|(_, p)| !p.released).count();
             let reason = format!(
@@ -825,7 +839,7 @@ impl Deployment {
             );
             return Some(DeploymentEvent::RolloutHalted { reason });
         }
-        let under_way = released.filter(|(_, p)| !p.status.is_settled()).count();
+        let under_way = released.filter(|(n, p)| !status(n, p).is_settled()).count();
         let free = rollout.size(active.len()).saturating_sub(under_way);
         let nodes: Vec<String> =
             active.iter().filter(|(_, p)| !p.released).take(free).map(|(n, _)| n.to_string()).collect();
