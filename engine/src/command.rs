@@ -149,9 +149,12 @@ impl CommandHandler {
         command: &A::Command,
         meta: &CommandMeta,
     ) -> Result<Committed, CommandError<A::Rejection>> {
+        // An aggregate not in the cache is first taken for a new one: a command that creates it
+        // costs one append expecting an empty subject, and any history there shows as a
+        // conflict, or as a refusal checked against the log like any other.
         let (mut current, mut fresh) = match cached {
             Some(current) => (current, false),
-            None => (Current::load(&self.store, &subject).await?, true),
+            None => (Current::empty(), false),
         };
         for attempt in 1..=self.max_attempts {
             if let Some(sequences) = current.commands.get(&meta.command_id) {
@@ -223,6 +226,10 @@ struct Current<A> {
 }
 
 impl<A: Aggregate> Current<A> {
+    fn empty() -> Current<A> {
+        Current { state: A::default(), last_sequence: 0, last_hash: None, commands: HashMap::new() }
+    }
+
     async fn load(store: &EventStore, subject: &str) -> Result<Current<A>, StoreError> {
         Current::from_loaded(&store.load(subject).await?)
     }

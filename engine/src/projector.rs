@@ -243,8 +243,8 @@ async fn fold<P: Projection>(
     let mut last = 0;
     let mut read = 0u64;
     loop {
-        // A batch is committed when full, or as soon as the stream pauses: a consumer's
-        // pending count cannot be trusted for that with several filter subjects.
+        // A batch is committed when full, when the consumer has nothing more pending (one
+        // filter subject: the count holds), and at the latest once the stream pauses.
         let next = if in_batch == 0 {
             messages.next().await
         } else {
@@ -280,7 +280,8 @@ async fn fold<P: Projection>(
             batch.commit(sequence)?;
             return Ok(read);
         }
-        if in_batch >= config.batch_size {
+        // Full, or caught up with the stream: what was read shows at once.
+        if in_batch >= config.batch_size || pending == 0 {
             std::mem::replace(&mut batch, Overlay::new(&tree)).commit(sequence)?;
             in_batch = 0;
         }

@@ -17,7 +17,7 @@ use tests::{docker, eventually, NatsServer};
 
 pub const IMAGE_1_0_0: &str = "127.0.0.1:5000/sample/app:1.0.0";
 pub const IMAGE_1_1_0: &str = "127.0.0.1:5000/sample/app:1.1.0";
-pub const TIMEOUT: Duration = Duration::from_secs(60);
+pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct TestEngine {
     pub engine: Engine,
