@@ -242,16 +242,20 @@ async fn fold<P: Projection>(
     let mut in_batch = 0usize;
     let mut last = 0;
     let mut read = 0u64;
+    let mut pace = Pace::default();
     loop {
-        // A batch is committed when full, when the consumer has nothing more pending (one
-        // filter subject: the count holds), and at the latest once the stream pauses.
+        // A batch is committed when full, when the consumer has caught up (one filter subject:
+        // the pending count holds) if commits have been cheap, and at the latest once the
+        // stream pauses. Under a steady flow, catching up happens at every event, and a
+        // deployment of many nodes would be encoded whole for each one: the pace keeps commits
+        // to a tenth of the projector's time.
         let next = if in_batch == 0 {
             messages.next().await
         } else {
             match tokio::time::timeout(IDLE_COMMIT, messages.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    std::mem::replace(&mut batch, Overlay::new(&tree)).commit(last)?;
+                    pace.commit(std::mem::replace(&mut batch, Overlay::new(&tree)), last)?;
                     in_batch = 0;
                     continue;
                 }
@@ -280,13 +284,40 @@ async fn fold<P: Projection>(
             batch.commit(sequence)?;
             return Ok(read);
         }
-        // Full, or caught up with the stream: what was read shows at once.
-        if in_batch >= config.batch_size || pending == 0 {
-            std::mem::replace(&mut batch, Overlay::new(&tree)).commit(sequence)?;
+        if in_batch >= config.batch_size || (pending == 0 && pace.may_commit_early()) {
+            pace.commit(std::mem::replace(&mut batch, Overlay::new(&tree)), sequence)?;
             in_batch = 0;
         }
     }
     Ok(read)
+}
+
+/// How long the last commit took, and when it ended.
+#[derive(Debug)]
+struct Pace {
+    cost: Duration,
+    ended: std::time::Instant,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace { cost: Duration::ZERO, ended: std::time::Instant::now() }
+    }
+}
+
+impl Pace {
+    /// True once ten times the last commit's cost has passed since it ended.
+    fn may_commit_early(&self) -> bool {
+        self.ended.elapsed() >= self.cost * 10
+    }
+
+    fn commit(&mut self, batch: Overlay<'_>, checkpoint: u64) -> Result<(), ProjectionError> {
+        let start = std::time::Instant::now();
+        batch.commit(checkpoint)?;
+        self.ended = std::time::Instant::now();
+        self.cost = self.ended - start;
+        Ok(())
+    }
 }
 
 /// Waits until `tree` has folded the stream up to `sequence`; false if `timeout` passed first.
