@@ -23,8 +23,8 @@ pub trait Projection: Send + Sync + 'static {
     /// Name of the sled tree.
     const NAME: &'static str;
 
-    /// The subjects it folds. Keep it to one: a consumer with several filter subjects runs
-    /// about ten times slower (measured: 3.2k against 30k events/s).
+    /// The subjects it folds, as patterns (`*`, `>`): the projector reads the whole stream and
+    /// matches each message's subject itself.
     fn subjects(&self) -> Vec<String>;
 
     /// Folds one event into `batch`. An event that does not decode is skipped and logged, and
@@ -224,10 +224,13 @@ async fn fold<P: Projection>(
     let tree = tree.clone();
     let start = checkpoint(&tree)? + 1;
     tracing::info!(projection = P::NAME, start, "projector starting");
+    // The consumer reads the whole stream and the subjects are matched here: with a filter,
+    // the server matches each message against every subject of the stream (profiled: a
+    // rebuild ran at a seventh of the raw read), and reading what is skipped costs less.
+    let wanted = projection.subjects();
     let consumer = store
         .stream()
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subjects: projection.subjects(),
             deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
             ..Default::default()
         })
@@ -244,8 +247,8 @@ async fn fold<P: Projection>(
     let mut read = 0u64;
     let mut pace = Pace::default();
     loop {
-        // A batch is committed when full, when the consumer has caught up (one filter subject:
-        // the pending count holds) if commits have been cheap, and at the latest once the
+        // A batch is committed when full, when the consumer has caught up with the stream if
+        // commits have been cheap, and at the latest once the
         // stream pauses. Under a steady flow, catching up happens at every event, and a
         // deployment of many nodes would be encoded whole for each one: the pace keeps commits
         // to a tenth of the projector's time.
@@ -266,20 +269,21 @@ async fn fold<P: Projection>(
         let info = message.info().map_err(|e| anyhow::anyhow!(e))?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
         last = sequence;
-        match StoredEvent::decode(sequence, message.payload.clone()) {
-            Ok(event) => match projection.apply(&mut batch, &event) {
+        let folded = wanted.iter().any(|pattern| events::subject::matches(pattern, &message.subject));
+        match folded.then(|| StoredEvent::decode(sequence, message.payload.clone())) {
+            None => {}
+            Some(Ok(event)) => match projection.apply(&mut batch, &event) {
                 Ok(()) => {}
                 Err(ProjectionError::Decode(e)) => {
                     tracing::error!(projection = P::NAME, sequence, error = %e, "skipping an event that does not decode")
                 }
                 Err(e) => anyhow::bail!("{} at stream sequence {sequence}: {e}", P::NAME),
             },
-            Err(e) => tracing::error!(projection = P::NAME, sequence, error = %e, "skipping a malformed event"),
+            Some(Err(e)) => tracing::error!(projection = P::NAME, sequence, error = %e, "skipping a malformed event"),
         }
         in_batch += 1;
         read += 1;
-        // Done at the end read beforehand, or when nothing of its subjects is left (one filter
-        // subject: the pending count holds).
+        // Done at the end read beforehand, or when nothing is left in the stream.
         if until.is_some_and(|until| sequence >= until || pending == 0) {
             batch.commit(sequence)?;
             return Ok(read);

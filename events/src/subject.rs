@@ -64,3 +64,34 @@ mod tests {
         assert_eq!(node_reports("acme", "n1"), "ev.acme.node.n1.state");
     }
 }
+
+/// True when `subject` matches `pattern`, where `*` stands for one token and a final `>` for
+/// one or more.
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for wanted in pattern.split('.') {
+        match (wanted, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (wanted, Some(token)) if wanted == token => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
+#[cfg(test)]
+mod matching {
+    use super::matches;
+
+    #[test]
+    fn a_pattern_matches_tokens_one_for_one_with_wildcards() {
+        assert!(matches("ev.*.*.*", "ev.acme.deployment.d1"));
+        assert!(!matches("ev.*.*.*", "ev.acme.node.n1.state"), "one token too many");
+        assert!(!matches("ev.*.*.*", "ev.acme.node"), "one token short");
+        assert!(matches("ev.>", "ev.acme.node.n1.state"));
+        assert!(!matches("ev.>", "ev"), "> needs a token");
+        assert!(matches("ev.acme.node.*.state", "ev.acme.node.n1.state"));
+        assert!(!matches("ev.acme.node.*.state", "ev.other.node.n1.state"));
+    }
+}
