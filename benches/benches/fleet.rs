@@ -1,5 +1,5 @@
 //! A fleet of simulated nodes in this process, each with its own durable consumer, outbox and
-//! work log (in one sled database on tmpfs, over a few shared connections): one launch by
+//! work log (on a few shared connections, and sled databases on tmpfs of 100 nodes each): one launch by
 //! label selector until every node is `running` in the read model, then an update across the
 //! fleet in a phased rollout until every node runs the new version.
 //!
@@ -77,17 +77,16 @@ async fn start_fleet(
 /// Waits until every node of deployment `id` runs `version` (the deployment's status is the
 /// most severe of its nodes'); returns how long it took from `since`.
 async fn all_running(api: &Api, id: &str, version: &str, since: Instant) -> Duration {
-    loop {
-        if let Ok(Some((Status::Running, running))) = api.engine.deployments.status("default", id) {
-            if running == version {
-                return since.elapsed();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    benches::until(
+        "every node to run the version",
+        Duration::from_millis(20),
+        || matches!(api.engine.deployments.status("default", id), Ok(Some((Status::Running, ref v))) if v == version),
+    )
+    .await;
+    since.elapsed()
 }
 
-async fn fleet(size: usize) -> (Duration, Duration) {
+async fn fleet(size: usize) {
     let nats = NatsServer::start().await;
     let api = Api::start(&nats.url()).await;
     api.publish_sample("127.0.0.1:5000/sim/app:1.0.0").await;
@@ -114,7 +113,6 @@ async fn fleet(size: usize) -> (Duration, Duration) {
     for node in nodes {
         node.abort();
     }
-    (launch, update)
 }
 
 #[tokio::main]

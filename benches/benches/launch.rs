@@ -26,16 +26,10 @@ async fn launch_to_running(api: &Api, node: &str, launches: usize) -> Figures {
         let launched =
             api.post("/v1/deployments", json!({"application": "sample", "version": "1.0.0", "nodes": [node]})).await;
         let id = launched["id"].as_str().expect("a deployment id");
-        while api
-            .engine
-            .deployments
-            .get("default", id)
-            .ok()
-            .flatten()
-            .is_none_or(|d| d.status != events::Status::Running)
-        {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
+        benches::until("the launch to run", Duration::from_micros(200), || {
+            matches!(api.engine.deployments.status("default", id), Ok(Some((events::Status::Running, _))))
+        })
+        .await;
         latencies.push(t.elapsed());
     }
     Figures::from(latencies, start.elapsed())

@@ -33,9 +33,10 @@ fn shows(api: &Api, ids: &[String], desired: Desired, status: Status) -> bool {
 }
 
 async fn until_shown(api: &Api, ids: &[String], desired: Desired, status: Status) {
-    while !shows(api, ids, desired, status) {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    benches::until("the read model to show the node's truth", Duration::from_millis(1), || {
+        shows(api, ids, desired, status)
+    })
+    .await;
 }
 
 #[tokio::main]
@@ -74,7 +75,7 @@ async fn main() {
         for id in &ids {
             api.post(&format!("/v1/deployments/{id}/stop"), json!({})).await;
         }
-        let sent = nats_pending(&api).await;
+        let sent = work_waiting(&api).await;
         let healed = Instant::now();
         link.heal();
         until_shown(&api, &ids, Desired::Stopped, Status::Stopped).await;
@@ -92,18 +93,18 @@ async fn main() {
     }
 }
 
-/// The work waiting on the node's consumer.
-async fn nats_pending(api: &Api) -> u64 {
+/// The work waiting on the node's consumer, once the router has written every piece of it.
+async fn work_waiting(api: &Api) -> u64 {
     let stream = api.engine.commands.store().stream().clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let info = stream.clone().consumer_info("node-default-sim-1").await.expect("the node's consumer");
-        // The router has written every piece of work once none is left to route.
         let routed =
             stream.clone().consumer_info("router").await.is_ok_and(|r| r.num_pending == 0 && r.num_ack_pending == 0);
-        if routed || Instant::now() > deadline {
+        if routed {
+            let info = stream.clone().consumer_info("node-default-sim-1").await.expect("the node's consumer");
             return info.num_pending + info.num_ack_pending as u64;
         }
+        assert!(Instant::now() < deadline, "the router did not write the work within a minute");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Timings live here and only here: tests assert behaviour, never speed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use engine::{Engine, EngineConfig};
 use events::deployment::DeploymentEvent;
@@ -116,6 +116,16 @@ impl Api {
         self.post("/v1/applications", json!({"id": "sample", "name": "Sample"})).await;
         self.post("/v1/applications/sample/versions", json!({"version": "1.0.0", "image": image})).await;
         self.post("/v1/applications/sample/versions/1.0.0/publish", json!({})).await;
+    }
+}
+
+/// Polls `check` every `every` until it holds. A run that never gets there fails, naming
+/// `what`, after ten minutes instead of hanging.
+pub async fn until(what: &str, every: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !check() {
+        assert!(Instant::now() < deadline, "still waiting for {what} after ten minutes");
+        tokio::time::sleep(every).await;
     }
 }
 

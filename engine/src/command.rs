@@ -151,11 +151,10 @@ impl CommandHandler {
     ) -> Result<Committed, CommandError<A::Rejection>> {
         // An aggregate not in the cache is first taken for a new one: a command that creates it
         // costs one append expecting an empty subject, and any history there shows as a
-        // conflict, or as a refusal checked against the log like any other.
-        let (mut current, mut fresh) = match cached {
-            Some(current) => (current, false),
-            None => (Current::empty(), false),
-        };
+        // conflict, or as a refusal checked against the log like any other. Until the log has
+        // been read, the fold is a guess.
+        let mut current = cached.unwrap_or_else(Current::empty);
+        let mut fresh = false;
         for attempt in 1..=self.max_attempts {
             if let Some(sequences) = current.commands.get(&meta.command_id) {
                 let events = self.store.events_at(sequences).await?;
@@ -278,7 +277,7 @@ impl Cache {
         Cache { capacity, slots: Mutex::new(HashMap::new()) }
     }
 
-    /// The slot of `subject`. Over capacity, slots nobody holds are let go first.
+    /// The slot of `subject`. Over capacity, every slot nobody holds is let go at once.
     fn slot(&self, subject: &str) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(slot) = slots.get(subject) {

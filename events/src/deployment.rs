@@ -756,8 +756,9 @@ impl Deployment {
     /// nodes up to the batch, or halting when too many of those released failed.
     fn with_next_wave(&self, first: DeploymentEvent) -> Result<Vec<DeploymentEvent>, DeploymentRejection> {
         // Nothing can follow a node's report without a rollout or a guard, nor a report of a
-        // node still under way: it frees no place in a wave, fails nothing, stops nothing. Those are most reports,
-        // and folding the event into a copy of a deployment of many nodes is not free.
+        // node still under way: it frees no place in a wave, fails nothing, stops nothing.
+        // Those are most reports, and folding one into a copy of a deployment of many nodes is
+        // not free.
         let under_way = matches!(&first, DeploymentEvent::NodeStateReported { status, .. } if !status.is_settled());
         let reported =
             matches!(&first, DeploymentEvent::NodeStateReported { .. } | DeploymentEvent::DriftDetected { .. });

@@ -42,6 +42,21 @@ pub fn check_token(what: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// True when `subject` matches `pattern`, where `*` stands for one token and a final `>` for
+/// one or more.
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for wanted in pattern.split('.') {
+        match (wanted, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (wanted, Some(token)) if wanted == token => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,26 +78,6 @@ mod tests {
         assert_eq!(node_desired("acme", "n1"), "ev.acme.node.n1.desired");
         assert_eq!(node_reports("acme", "n1"), "ev.acme.node.n1.state");
     }
-}
-
-/// True when `subject` matches `pattern`, where `*` stands for one token and a final `>` for
-/// one or more.
-pub fn matches(pattern: &str, subject: &str) -> bool {
-    let mut tokens = subject.split('.');
-    for wanted in pattern.split('.') {
-        match (wanted, tokens.next()) {
-            (">", Some(_)) => return true,
-            ("*", Some(_)) => {}
-            (wanted, Some(token)) if wanted == token => {}
-            _ => return false,
-        }
-    }
-    tokens.next().is_none()
-}
-
-#[cfg(test)]
-mod matching {
-    use super::matches;
 
     #[test]
     fn a_pattern_matches_tokens_one_for_one_with_wildcards() {

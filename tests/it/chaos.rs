@@ -1,18 +1,25 @@
-//! Chaos on a simulated fleet: many nodes on the in-memory runtime, each behind a link of its
-//! own, with links cut and healed, nodes killed and restarted, containers crashing behind the
-//! nodes' backs and operators changing their minds, all at random. Once every link is healed,
-//! the engine's status must come to equal every node's truth, with nothing left in flight.
+//! Simulated fleets, on the in-memory runtime.
+//!
+//! Chaos: many nodes, each behind a link of its own, with links cut and healed, nodes killed
+//! and restarted, containers crashing behind the nodes' backs and operators changing their
+//! minds, all at random. Once every link is healed, the engine's status must come to equal
+//! every node's truth, with nothing left in flight.
+//!
+//! And nodes in one process sharing a connection and a sled database, as the fleet benchmark
+//! runs ten thousand of them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edge_node::driver::Attachment;
 use edge_node::runtime::DEPLOYMENT_LABEL;
 use edge_node::sim::SimRuntime;
 use edge_node::NodeConfig;
+use events::work::NodeWork;
 use serde_json::{json, Value};
 use tests::{Link, NatsServer};
 
-use crate::harness::{TestEngine, TIMEOUT};
+use crate::harness::{launch, TestEngine, TIMEOUT};
 
 struct SimNode {
     name: String,
@@ -191,5 +198,58 @@ async fn a_simulated_fleet_under_chaos_ends_with_the_engine_saying_what_every_no
             let status = view["nodes"][&node.name]["status"].as_str().unwrap();
             assert!(["running", "stopped"].contains(&status), "left in flight: {status}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sharing_a_connection_and_a_database_each_run_their_own_work() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    engine.publish_sample("127.0.0.1:5000/sim/app:1.0.0").await;
+    let data = tempfile::tempdir().unwrap();
+    let db = sled::open(data.path().join("fleet")).unwrap();
+    let client = nats.client().await;
+    let mut nodes = Vec::new();
+    for name in ["shared-a", "shared-b"] {
+        let runtime = SimRuntime::new(Duration::from_millis(5));
+        let config = NodeConfig {
+            nats_url: nats.url(),
+            node: name.to_owned(),
+            data_dir: data.path().join(name),
+            ..NodeConfig::default()
+        };
+        let (_, links) = tokio::sync::mpsc::unbounded_channel();
+        let trees = format!("{name}/");
+        let attachment = Attachment { client: client.clone(), links, db: db.clone(), trees, control: None };
+        let task = tokio::spawn(edge_node::driver::run_on(config, Arc::new(runtime.clone()), attachment));
+        nodes.push((name, runtime, task));
+    }
+    for (name, _, _) in &nodes {
+        tests::eventually("the node to register", TIMEOUT, || async {
+            (engine.get(&format!("/v1/nodes/{name}")).await.0 == 200).then_some(())
+        })
+        .await;
+    }
+
+    let mut ids = Vec::new();
+    for (name, _, _) in &nodes {
+        let id = launch(&engine, name).await;
+        engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+        ids.push(id);
+    }
+    for ((name, runtime, _), id) in nodes.iter().zip(&ids) {
+        let containers = runtime.containers();
+        assert_eq!(containers.len(), 1, "{name} runs its own deployment alone: {containers:?}");
+        assert_eq!(containers[0].labels.get(DEPLOYMENT_LABEL), Some(id));
+        // Its work log, in trees of its own, holds its deployment alone.
+        let kept = edge_node::desired::Desired::open(&db, &format!("{name}/")).unwrap().all().unwrap();
+        let kept: Vec<String> =
+            kept.iter().flatten().map(|e| e.event::<NodeWork>().unwrap().deployment().to_owned()).collect();
+        assert_eq!(kept, std::slice::from_ref(id), "{name}'s work log");
+        let outbox = edge_node::outbox::Outbox::open(&db, &format!("{name}/")).unwrap();
+        assert!(outbox.is_empty(), "{name} has sent every report");
+    }
+    for (_, _, task) in nodes {
+        task.abort();
     }
 }
