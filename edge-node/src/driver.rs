@@ -408,30 +408,48 @@ where
     });
 }
 
+/// How long one pull of the node's work waits, and how often the server says it is alive.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// Hands the loop every message of the node's durable consumer, for as long as the node runs:
 /// through a lost link, a restarted server or a consumer that has to be made again.
 async fn receive_work(js: jetstream::Context, config: NodeConfig, work: mpsc::Sender<jetstream::Message>) {
     loop {
-        let mut messages = match subscribe(&js, &config).await.messages().await {
-            Ok(messages) => messages,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the work consumer; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(message) => {
-                    if work.send(message).await.is_err() {
-                        return;
-                    }
+        let consumer = subscribe(&js, &config).await;
+        // Heartbeats every few seconds: a pull left on a server that died, or on a consumer
+        // whose leader moved, is noticed soon and sent again, not after the default
+        // half-minute pull.
+        loop {
+            let pulled = consumer.stream().expires(PULL_EXPIRES).heartbeat(PULL_HEARTBEAT).messages().await;
+            let mut messages = match pulled {
+                Ok(messages) => messages,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pulling the work consumer");
+                    break;
                 }
-                // A missed heartbeat or a lost connection: the stream goes on once the link is back.
-                Err(e) => tracing::warn!(error = %e, "the work consumer waits for the link"),
+            };
+            // Until the link fails, or the server no longer knows the consumer.
+            let failed = loop {
+                let Some(message) = messages.next().await else { break None };
+                match message {
+                    Ok(message) => {
+                        if work.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => break Some(e),
+                }
+            };
+            use consumer::pull::MessagesErrorKind::{ConsumerDeleted, NoResponders};
+            match failed {
+                Some(e) if !matches!(e.kind(), ConsumerDeleted | NoResponders) => {
+                    tracing::warn!(error = %e, "the work consumer is pulled again")
+                }
+                _ => break,
             }
         }
-        tracing::warn!("the work consumer ended; subscribing again");
+        tracing::warn!("the work consumer is made again");
     }
 }
 

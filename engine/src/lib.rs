@@ -13,6 +13,7 @@ pub mod liveness;
 pub mod projector;
 pub mod read_model;
 pub mod store;
+pub mod tail;
 pub mod worker;
 
 use std::net::SocketAddr;

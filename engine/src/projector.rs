@@ -1,4 +1,4 @@
-//! Projectors: ordered JetStream consumers that fold events into sled trees. The checkpoint
+//! Projectors: they fold the log, read in order ([`crate::tail`]), into sled trees. The checkpoint
 //! (last stream sequence folded) is written in the same atomic batch as the read-model change,
 //! so a crash never applies an event twice or skips one.
 
@@ -6,7 +6,6 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -228,30 +227,22 @@ async fn fold<P: Projection>(
     // the server matches each message against every subject of the stream (profiled: a
     // rebuild ran at a seventh of the raw read), and reading what is skipped costs less.
     let wanted = projection.subjects();
-    let consumer = store
-        .stream()
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the {} consumer: {e}", P::NAME))?;
-    // A rebuild with nothing of its subjects left to read is done already.
-    if until.is_some() && consumer.cached_info().num_pending == 0 {
+    // A rebuild with nothing left to read in the stream is done already.
+    if until.is_some() && store.last_sequence().await? < start {
         return Ok(0);
     }
-    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!(e))?;
+    let messages = crate::tail::tail(store, start).await.map_err(|e| anyhow::anyhow!("{}: {e}", P::NAME))?;
+    let mut messages = std::pin::pin!(messages);
     let mut batch = Overlay::new(&tree);
     let mut in_batch = 0usize;
     let mut last = 0;
     let mut read = 0u64;
     let mut pace = Pace::default();
     loop {
-        // A batch is committed when full, when the consumer has caught up with the stream if
-        // commits have been cheap, and at the latest once the
-        // stream pauses. Under a steady flow, catching up happens at every event, and a
-        // deployment of many nodes would be encoded whole for each one: the pace keeps commits
-        // to a tenth of the projector's time.
+        // A batch is committed when full; when the consumer has caught up with the stream, if
+        // commits have been cheap; and at the latest once the stream pauses. Under a steady
+        // flow the consumer catches up at every event, and a deployment of many nodes would be
+        // encoded whole for each one: the pace keeps commits to a tenth of the projector's time.
         let next = if in_batch == 0 {
             messages.next().await
         } else {
@@ -265,7 +256,6 @@ async fn fold<P: Projection>(
             }
         };
         let Some(message) = next else { break };
-        let message = message.map_err(|e| anyhow::anyhow!(e))?;
         let info = message.info().map_err(|e| anyhow::anyhow!(e))?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
         last = sequence;

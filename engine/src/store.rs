@@ -12,6 +12,9 @@ use events::{DecodeError, Envelope};
 /// Events read per direct-get request when loading a subject.
 const DIRECT_BATCH: usize = 1000;
 const DIRECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request to make or find a consumer waits for its answer. While a cluster elects
+/// a new leader such a request can go unanswered: asking again soon is quicker than waiting.
+const CONSUMER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The consumers the `EVENTS` stream allows by default: a fleet of a million nodes.
 pub const MAX_CONSUMERS: i32 = 1_000_000;
@@ -104,6 +107,7 @@ pub struct EventStore {
     client: async_nats::Client,
     js: jetstream::Context,
     stream: stream::Stream,
+    consumers: stream::Stream<()>,
     name: String,
 }
 
@@ -139,7 +143,10 @@ impl EventStore {
             js.update_stream(stream::Config { max_consumers: config.max_consumers, ..made }).await.map_err(nats)?;
             stream = js.get_stream(&config.stream).await.map_err(nats)?;
         }
-        Ok(EventStore { client, js, stream, name: config.stream.clone() })
+        let mut quick = js.clone();
+        quick.set_timeout(CONSUMER_TIMEOUT);
+        let consumers = quick.get_stream_no_info(&config.stream).await.map_err(nats)?;
+        Ok(EventStore { client, js, stream, consumers, name: config.stream.clone() })
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -152,6 +159,12 @@ impl EventStore {
 
     pub fn stream(&self) -> &stream::Stream {
         &self.stream
+    }
+
+    /// The stream, for making and finding its consumers: requests that give up after a couple
+    /// of seconds, for callers that ask again.
+    pub fn consumers(&self) -> &stream::Stream<()> {
+        &self.consumers
     }
 
     /// The stream's last sequence now.

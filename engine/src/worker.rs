@@ -25,10 +25,13 @@ use crate::store::{EventStore, Outgoing, StoreError, StoredEvent};
 
 /// Deliveries of one event before a consumer gives up on it.
 const MAX_DELIVERIES: i64 = 5;
+/// How long one pull waits, and how often the server says the consumer is alive.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
 async fn durable(store: &EventStore, name: &str, filter: &str) -> anyhow::Result<consumer::Consumer<pull::Config>> {
     store
-        .stream()
+        .consumers()
         .get_or_create_consumer(
             name,
             pull::Config {
@@ -44,43 +47,88 @@ async fn durable(store: &EventStore, name: &str, filter: &str) -> anyhow::Result
 }
 
 /// Feeds every message of durable consumer `name` to `handle`, with the subject it arrived
-/// on, acking the ones it handled.
+/// on, acking the ones it handled. It rides out a lost server or link: on an error of the
+/// message stream (a missed heartbeat, a leader moving in a cluster) it pulls again, and an
+/// ack that is lost brings the message again, which the handlers recognise.
 async fn consume<F, Fut>(store: &EventStore, name: &str, filter: &str, mut handle: F) -> anyhow::Result<()>
 where
     F: FnMut(String, StoredEvent) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let consumer = durable(store, name, filter).await?;
-    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!(e))?;
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| anyhow::anyhow!(e))?;
-        let sequence = message.info().map_err(|e| anyhow::anyhow!(e))?.stream_sequence;
-        let outcome = match StoredEvent::decode(sequence, message.payload.clone()) {
-            Ok(event) => handle(message.subject.to_string(), event).await,
+    loop {
+        let consumer = match durable(store, name, filter).await {
+            Ok(consumer) => consumer,
             Err(e) => {
-                tracing::error!(consumer = name, sequence, error = %e, "skipping a malformed event");
-                Ok(())
+                tracing::warn!(consumer = name, error = format!("{e:#}"), "subscribing; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
         };
-        let delivered = message.info().map_err(|e| anyhow::anyhow!(e))?.delivered;
-        match outcome {
-            Ok(()) => message.ack().await.map_err(|e| anyhow::anyhow!(e))?,
-            Err(e) if delivered >= MAX_DELIVERIES => {
-                // It fails the same way each time: a poison message. It is left in the log,
-                // named here, and no longer holds the consumer up.
-                tracing::error!(
-                    consumer = name,
-                    sequence,
-                    delivered,
-                    error = format!("{e:#}"),
-                    "giving up on an event"
-                );
-                message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+        // Short pulls with frequent heartbeats: a pull left on a server that died, or on a
+        // consumer whose leader moved, is noticed within seconds and sent again, to the
+        // leader wherever it is now, without asking the cluster for the consumer again.
+        let gone = loop {
+            let pulled = consumer.stream().expires(PULL_EXPIRES).heartbeat(PULL_HEARTBEAT).messages().await;
+            let mut messages = match pulled {
+                Ok(messages) => messages,
+                Err(e) => break e.to_string(),
+            };
+            let failed = loop {
+                match messages.next().await {
+                    Some(Ok(message)) => handle_one(name, message, &mut handle).await,
+                    Some(Err(e)) => break Some(e),
+                    None => break None,
+                }
+            };
+            match failed {
+                Some(e) if !gone(&e) => tracing::warn!(consumer = name, error = %e, "pulling again"),
+                Some(e) => break e.to_string(),
+                None => break "the pull ended".to_owned(),
             }
-            Err(e) => tracing::warn!(consumer = name, sequence, error = format!("{e:#}"), "will retry"),
-        }
+        };
+        tracing::warn!(consumer = name, error = gone, "the consumer is made again");
     }
-    anyhow::bail!("consumer {name} ended")
+}
+
+/// Whether a pull failed because the server no longer knows the consumer.
+fn gone(e: &pull::MessagesError) -> bool {
+    matches!(e.kind(), pull::MessagesErrorKind::ConsumerDeleted | pull::MessagesErrorKind::NoResponders)
+}
+
+/// Hands one message to `handle` and acks it once handled, or once it has failed too often.
+async fn handle_one<F, Fut>(name: &str, message: async_nats::jetstream::Message, handle: &mut F)
+where
+    F: FnMut(String, StoredEvent) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let Ok(info) = message.info() else {
+        tracing::error!(consumer = name, subject = %message.subject, "skipping a message with no stream info");
+        return;
+    };
+    let (sequence, delivered) = (info.stream_sequence, info.delivered);
+    let outcome = match StoredEvent::decode(sequence, message.payload.clone()) {
+        Ok(event) => handle(message.subject.to_string(), event).await,
+        Err(e) => {
+            tracing::error!(consumer = name, sequence, error = %e, "skipping a malformed event");
+            Ok(())
+        }
+    };
+    let acked = match outcome {
+        Ok(()) => message.ack().await,
+        Err(e) if delivered >= MAX_DELIVERIES => {
+            // It fails the same way each time: a poison message. It is left in the log,
+            // named here, and no longer holds the consumer up.
+            tracing::error!(consumer = name, sequence, delivered, error = format!("{e:#}"), "giving up on an event");
+            message.ack().await
+        }
+        Err(e) => {
+            tracing::warn!(consumer = name, sequence, error = format!("{e:#}"), "will retry");
+            Ok(())
+        }
+    };
+    if let Err(e) = acked {
+        tracing::warn!(consumer = name, sequence, error = %e, "the ack was lost; the event comes again");
+    }
 }
 
 /// Translates deployment events into work on the subject of each target node.

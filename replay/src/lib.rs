@@ -9,7 +9,6 @@ pub mod verify;
 
 use std::io::IsTerminal;
 
-use async_nats::jetstream::consumer;
 use futures::StreamExt;
 
 use engine::store::{EventStore, StoredEvent};
@@ -34,20 +33,15 @@ pub async fn each_event(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events, {per_sec}, {eta} left")
             .expect("a valid template"),
     );
-    let config = consumer::pull::OrderedConfig {
-        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
-        ..Default::default()
-    };
-    let consumer = store.stream().create_consumer(config).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
-    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!(e))?;
+    let messages = engine::tail::tail(store, from).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
+    let mut messages = std::pin::pin!(messages);
     let mut count = 0;
     while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| anyhow::anyhow!(e))?;
         let sequence = message.info().map_err(|e| anyhow::anyhow!(e))?.stream_sequence;
         each(message.subject.as_str(), StoredEvent::decode(sequence, message.payload.clone())?)?;
         count += 1;
         progress.set_position(sequence);
-        // The ordered consumer never ends: stop at the end read beforehand.
+        // The log never ends: stop at the end read beforehand.
         if sequence >= last {
             break;
         }
@@ -57,21 +51,19 @@ pub async fn each_event(
 }
 
 /// Hands `each` every event appended from now on (or from `from` when given), with its
-/// subject, as it comes, until `each` fails or the link does.
+/// subject, as it comes, until `each` fails; a lost link or server is waited out.
 pub async fn follow(
     store: &EventStore,
     from: Option<u64>,
     mut each: impl FnMut(&str, StoredEvent) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let deliver_policy = match from {
-        Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence: start_sequence.max(1) },
-        None => consumer::DeliverPolicy::New,
+    let from = match from {
+        Some(from) => from,
+        None => store.last_sequence().await? + 1,
     };
-    let config = consumer::pull::OrderedConfig { deliver_policy, ..Default::default() };
-    let consumer = store.stream().create_consumer(config).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
-    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!(e))?;
+    let messages = engine::tail::tail(store, from).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
+    let mut messages = std::pin::pin!(messages);
     while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| anyhow::anyhow!(e))?;
         let sequence = message.info().map_err(|e| anyhow::anyhow!(e))?.stream_sequence;
         each(message.subject.as_str(), StoredEvent::decode(sequence, message.payload.clone())?)?;
     }

@@ -101,6 +101,24 @@ async fn a_command_sent_again_through_an_engine_with_a_stale_copy_is_stored_once
 }
 
 #[tokio::test]
+async fn an_engine_that_never_saw_an_aggregate_decides_on_its_history() {
+    let nats = NatsServer::start().await;
+    let (a, b) = (handler(&nats).await, handler(&nats).await);
+    let register = ApplicationCommand::Register { name: "Sample".into() };
+    let once = meta();
+    let first = a.execute::<Application>("sample", &register, &once).await.unwrap();
+
+    // B takes the aggregate for a new one; its append expecting an empty subject conflicts.
+    let err = b.execute::<Application>("sample", &register, &meta()).await.unwrap_err();
+    assert!(matches!(err, CommandError::Rejected(ApplicationRejection::AlreadyRegistered)), "{err}");
+    let c = handler(&nats).await;
+    let again = c.execute::<Application>("sample", &register, &once).await.unwrap();
+    assert!(again.duplicate, "the same command through a third engine is recognised");
+    assert_eq!(again.events[0].sequence, first.events[0].sequence);
+    assert_eq!(stored(&a).await, 1);
+}
+
+#[tokio::test]
 async fn concurrent_writers_lose_nothing() {
     let nats = NatsServer::start().await;
     let a = handler(&nats).await;
@@ -239,4 +257,39 @@ async fn the_stream_takes_a_durable_consumer_for_each_node_of_a_fleet_past_a_tho
         made.unwrap();
     }
     assert_eq!(store.stream().clone().info().await.unwrap().state.consumer_count, nodes);
+}
+
+/// The stream sequences of the next `count` messages `log` hands out.
+async fn sequences_of(
+    log: &mut (impl futures::Stream<Item = async_nats::jetstream::Message> + Unpin),
+    count: usize,
+) -> Vec<u64> {
+    let mut sequences = Vec::new();
+    while sequences.len() < count {
+        let next = tokio::time::timeout(crate::harness::TIMEOUT, futures::StreamExt::next(log)).await;
+        let message = next.expect("the log goes on").expect("the log never ends");
+        sequences.push(message.info().unwrap().stream_sequence);
+    }
+    sequences
+}
+
+#[tokio::test]
+async fn the_log_read_in_order_goes_on_through_a_server_restart_skipping_and_repeating_nothing() {
+    let mut nats = NatsServer::start().await;
+    let store = handler(&nats).await.store().clone();
+    let publish = |store: engine::store::EventStore, from: usize, to: usize| async move {
+        for i in from..to {
+            let subject = subject::aggregate("default", "application", &format!("app-{}", i % 7));
+            store.jetstream().publish(subject, format!("event {i}").into()).await.unwrap().await.unwrap();
+        }
+    };
+    publish(store.clone(), 0, 100).await;
+
+    let mut log = Box::pin(engine::tail::tail(&store, 11).await.unwrap());
+    let mut read = sequences_of(&mut log, 40).await;
+    // The server dies with the reader's consumer (kept in memory) and comes back empty of it.
+    nats.restart().await;
+    publish(store.clone(), 100, 150).await;
+    read.extend(sequences_of(&mut log, 100).await);
+    assert_eq!(read, (11..=150).collect::<Vec<u64>>(), "every event from 11 on, once, in order");
 }

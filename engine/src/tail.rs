@@ -1,0 +1,110 @@
+//! The log read in order from a sequence, through lost servers and links: what the projectors
+//! and the auditors' tool read.
+//!
+//! It is what JetStream calls an ordered consumer, kept by hand: an ephemeral consumer on one
+//! server, in memory, without acks, pulled with heartbeats every second. When a heartbeat is
+//! missed, a message is missing (the consumer sequence jumps) or the pull fails, the consumer
+//! is dropped and made again from the sequence after the last one handed out. So nothing is
+//! skipped and nothing comes twice, and a reader whose server died is reading again within
+//! seconds. (The client's own ordered consumer waits for two missed heartbeats of fifteen
+//! seconds, and only notices the second one when something else wakes it.)
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::{Stream, StreamExt};
+
+use crate::store::{EventStore, StoreError};
+
+/// How long one pull waits, and how often the server says the consumer is alive.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Messages asked for per pull.
+const PULL_BATCH: usize = 500;
+/// A consumer left behind (its reader gone) is removed by the server after this long.
+const LEFT_BEHIND: Duration = Duration::from_secs(30);
+
+/// Every message of the stream from sequence `from` on, in order, without end. The first
+/// consumer is made before this returns, so a missing stream is an error here; any failure
+/// after that is logged and ridden out.
+pub async fn tail(
+    store: &EventStore,
+    from: u64,
+) -> Result<impl Stream<Item = jetstream::Message> + Send + 'static, StoreError> {
+    let mut reader = Reader { stream: store.consumers().clone(), next: from.max(1), delivered: 0, messages: None };
+    reader.messages = Some(reader.pull().await?);
+    Ok(futures::stream::unfold(reader, |mut reader| async move {
+        let message = reader.next().await;
+        Some((message, reader))
+    }))
+}
+
+struct Reader {
+    stream: jetstream::stream::Stream<()>,
+    /// The stream sequence of the next message to hand out.
+    next: u64,
+    /// The consumer sequence of the last message the current consumer delivered.
+    delivered: u64,
+    messages: Option<consumer::pull::Stream>,
+}
+
+impl Reader {
+    /// A new consumer from `next`, and its pull.
+    async fn pull(&mut self) -> Result<consumer::pull::Stream, StoreError> {
+        let config = consumer::pull::Config {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: self.next },
+            ack_policy: consumer::AckPolicy::None,
+            max_deliver: 1,
+            num_replicas: 1,
+            memory_storage: true,
+            inactive_threshold: LEFT_BEHIND,
+            ..Default::default()
+        };
+        let consumer = self.stream.create_consumer(config).await.map_err(|e| StoreError::Nats(e.to_string()))?;
+        self.delivered = 0;
+        consumer
+            .stream()
+            .max_messages_per_batch(PULL_BATCH)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await
+            .map_err(|e| StoreError::Nats(e.to_string()))
+    }
+
+    /// The next message, however long the server takes to be back.
+    async fn next(&mut self) -> jetstream::Message {
+        let mut retry = Duration::from_millis(100);
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                match self.pull().await {
+                    Ok(messages) => {
+                        self.messages = Some(messages);
+                        retry = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        tracing::warn!(from = self.next, error = %e, "reading the log; trying again");
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(Duration::from_secs(2));
+                    }
+                }
+                continue;
+            };
+            let problem = match messages.next().await {
+                Some(Ok(message)) => match message.info() {
+                    Ok(info) if info.consumer_sequence == self.delivered + 1 && info.stream_sequence >= self.next => {
+                        self.delivered = info.consumer_sequence;
+                        self.next = info.stream_sequence + 1;
+                        return message;
+                    }
+                    Ok(info) => format!("consumer sequence {} after {}", info.consumer_sequence, self.delivered),
+                    Err(e) => e.to_string(),
+                },
+                Some(Err(e)) => e.to_string(),
+                None => "the pull ended".to_owned(),
+            };
+            tracing::warn!(from = self.next, problem, "reading the log again");
+            self.messages = None;
+        }
+    }
+}
