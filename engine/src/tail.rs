@@ -23,20 +23,47 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 const PULL_BATCH: usize = 500;
 /// A consumer left behind (its reader gone) is removed by the server after this long.
 const LEFT_BEHIND: Duration = Duration::from_secs(30);
+/// Times the first consumer is asked for, each waiting 2 s for an answer.
+const FIRST_ASKS: u32 = 15;
 
 /// Every message of the stream from sequence `from` on, in order, without end. The first
-/// consumer is made before this returns, so a missing stream is an error here; any failure
-/// after that is logged and ridden out.
+/// consumer is made before this returns, so a missing stream is an error here (a request that
+/// goes unanswered, while a cluster elects its leaders, is sent again for half a minute); any
+/// failure after that is logged and ridden out.
 pub async fn tail(
     store: &EventStore,
     from: u64,
 ) -> Result<impl Stream<Item = jetstream::Message> + Send + 'static, StoreError> {
     let mut reader = Reader { stream: store.consumers().clone(), next: from.max(1), delivered: 0, messages: None };
-    reader.messages = Some(reader.pull().await?);
+    let mut unanswered = 0;
+    let first = loop {
+        match reader.pull().await {
+            Ok(messages) => break messages,
+            Err(Unmade::Unanswered) if unanswered < FIRST_ASKS => unanswered += 1,
+            Err(e) => return Err(StoreError::Nats(e.to_string())),
+        }
+    };
+    reader.messages = Some(first);
     Ok(futures::stream::unfold(reader, |mut reader| async move {
         let message = reader.next().await;
         Some((message, reader))
     }))
+}
+
+/// Why a consumer was not made.
+enum Unmade {
+    /// The request went unanswered.
+    Unanswered,
+    Refused(String),
+}
+
+impl std::fmt::Display for Unmade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unmade::Unanswered => write!(f, "making a consumer: no answer"),
+            Unmade::Refused(why) => write!(f, "making a consumer: {why}"),
+        }
+    }
 }
 
 struct Reader {
@@ -50,7 +77,7 @@ struct Reader {
 
 impl Reader {
     /// A new consumer from `next`, and its pull.
-    async fn pull(&mut self) -> Result<consumer::pull::Stream, StoreError> {
+    async fn pull(&mut self) -> Result<consumer::pull::Stream, Unmade> {
         let config = consumer::pull::Config {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: self.next },
             ack_policy: consumer::AckPolicy::None,
@@ -60,7 +87,10 @@ impl Reader {
             inactive_threshold: LEFT_BEHIND,
             ..Default::default()
         };
-        let consumer = self.stream.create_consumer(config).await.map_err(|e| StoreError::Nats(e.to_string()))?;
+        let consumer = self.stream.create_consumer(config).await.map_err(|e| match e.kind() {
+            jetstream::stream::ConsumerErrorKind::TimedOut => Unmade::Unanswered,
+            _ => Unmade::Refused(e.to_string()),
+        })?;
         self.delivered = 0;
         consumer
             .stream()
@@ -69,7 +99,7 @@ impl Reader {
             .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await
-            .map_err(|e| StoreError::Nats(e.to_string()))
+            .map_err(|e| Unmade::Refused(e.to_string()))
     }
 
     /// The next message, however long the server takes to be back.
