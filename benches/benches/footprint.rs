@@ -2,7 +2,8 @@
 //! `edge-node` process idle and with ten workloads running on the real Docker engine (the
 //! project's, from `scripts/setup.sh`).
 //!
-//! `cargo bench -p benches --bench footprint` (it builds the release binary first).
+//! `cargo bench -p benches --bench footprint`, once `scripts/bench.sh` (or
+//! `cargo build --release -p edge-node`) has built the release binary.
 
 #![allow(clippy::print_stdout)]
 
@@ -14,13 +15,7 @@ use tests::NatsServer;
 
 #[tokio::main]
 async fn main() {
-    let built = std::process::Command::new("cargo")
-        .args(["build", "--release", "--locked", "-q", "-p", "edge-node"])
-        .current_dir(tests::root())
-        .status()
-        .expect("cargo builds the edge node");
-    assert!(built.success());
-    let binary = tests::root().join("target/release/edge-node");
+    let binary = benches::edge_node_binary();
     let size = std::fs::metadata(&binary).unwrap().len() as f64 / 1024.0 / 1024.0;
     println!("edge-node release binary                 {size:.1} MB");
     benches::record("edge_binary_mb", size);
@@ -29,16 +24,7 @@ async fn main() {
     let api = Api::start(&nats.url()).await;
     let data = tempfile::tempdir().unwrap();
     let node = format!("footprint-{}", std::process::id());
-    let docker_host = tests::docker_host().expect("DOCKER_HOST, from scripts/setup.sh");
-    let mut child = tokio::process::Command::new(&binary)
-        .args(["run", "--nats", &nats.url(), "--node", &node, "--heartbeat", "1"])
-        .arg("--data-dir")
-        .arg(data.path().join("node"))
-        .env("DOCKER_HOST", docker_host)
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = benches::edge_node_process(&nats.url(), &node, data.path(), &["--heartbeat", "1"]);
     let pid = child.id().unwrap();
     api.wait_node(&node).await;
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -7,12 +7,9 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::{Api, Figures};
-use edge_node::sim::SimRuntime;
-use edge_node::NodeConfig;
 use serde_json::json;
 use tests::NatsServer;
 
@@ -41,13 +38,7 @@ async fn main() {
     let nats = NatsServer::start().await;
     let api = Api::start(&nats.url()).await;
     let data = tempfile::tempdir().unwrap();
-    let node = NodeConfig {
-        nats_url: nats.url(),
-        node: "sim-1".into(),
-        data_dir: data.path().join("node"),
-        ..NodeConfig::default()
-    };
-    let _node = tokio::spawn(edge_node::driver::run(node, Arc::new(SimRuntime::new(Duration::ZERO))));
+    let _node = benches::sim_node(&nats.url(), "sim-1", data.path());
     api.wait_node("sim-1").await;
     api.publish_sample("127.0.0.1:5000/sample/app:1.0.0").await;
     let sim = launch_to_running(&api, "sim-1", launches).await;
@@ -56,19 +47,8 @@ async fn main() {
     benches::record("launch_to_running_p99_ms_sim", sim.p99.as_secs_f64() * 1000.0);
 
     // The same on the real Docker engine, through the edge-node binary.
-    let binary = tests::root().join("target/release/edge-node");
-    assert!(binary.exists(), "no {}: run scripts/bench.sh, which builds it", binary.display());
     let node = format!("launch-{}", std::process::id());
-    let docker_host = tests::docker_host().expect("DOCKER_HOST, from scripts/setup.sh");
-    let mut child = tokio::process::Command::new(&binary)
-        .args(["run", "--nats", &nats.url(), "--node", &node])
-        .arg("--data-dir")
-        .arg(data.path().join("docker-node"))
-        .env("DOCKER_HOST", docker_host)
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = benches::edge_node_process(&nats.url(), &node, data.path(), &[]);
     api.wait_node(&node).await;
     let docker = launch_to_running(&api, &node, (launches / 10).max(10)).await;
     println!("launch to running, Docker engine         {docker}");

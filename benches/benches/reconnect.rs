@@ -7,12 +7,9 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::Api;
-use edge_node::sim::SimRuntime;
-use edge_node::NodeConfig;
 use events::deployment::Desired;
 use events::Status;
 use serde_json::json;
@@ -45,13 +42,7 @@ async fn main() {
     let api = Api::start(&nats.url()).await;
     let link = Link::to(&format!("127.0.0.1:{}", nats.port())).await;
     let data = tempfile::tempdir().unwrap();
-    let node = NodeConfig {
-        nats_url: link.url(),
-        node: "sim-1".into(),
-        data_dir: data.path().join("node"),
-        ..NodeConfig::default()
-    };
-    let _node = tokio::spawn(edge_node::driver::run(node, Arc::new(SimRuntime::new(Duration::ZERO))));
+    let _node = benches::sim_node(&link.url(), "sim-1", data.path());
     api.wait_node("sim-1").await;
     api.publish_sample("127.0.0.1:5000/sim/app:1.0.0").await;
     let mut ids = Vec::new();

@@ -3,6 +3,8 @@
 //!
 //! Timings live here and only here: tests assert behaviour, never speed.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine::{Engine, EngineConfig};
@@ -117,6 +119,44 @@ impl Api {
         self.post("/v1/applications/sample/versions", json!({"version": "1.0.0", "image": image})).await;
         self.post("/v1/applications/sample/versions/1.0.0/publish", json!({})).await;
     }
+}
+
+/// Node `name` on the simulated runtime (no container engine in the way), in this process,
+/// reaching NATS at `nats_url`, its state under `data`.
+pub fn sim_node(nats_url: &str, name: &str, data: &Path) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let config = edge_node::NodeConfig {
+        nats_url: nats_url.to_owned(),
+        node: name.to_owned(),
+        data_dir: data.join(name),
+        ..edge_node::NodeConfig::default()
+    };
+    let runtime = Arc::new(edge_node::sim::SimRuntime::new(Duration::ZERO));
+    tokio::spawn(edge_node::driver::run(config, runtime))
+}
+
+/// The `edge-node` release binary as a process of its own, node `name` on the project's
+/// Docker engine, its state under `data`; `extra` arguments after `run`'s own. `scripts/bench.sh`
+/// builds the binary first.
+pub fn edge_node_process(nats_url: &str, name: &str, data: &Path, extra: &[&str]) -> tokio::process::Child {
+    let binary = edge_node_binary();
+    let docker_host = tests::docker_host().expect("DOCKER_HOST, from scripts/setup.sh");
+    tokio::process::Command::new(&binary)
+        .args(["run", "--nats", nats_url, "--node", name])
+        .arg("--data-dir")
+        .arg(data.join(name))
+        .args(extra)
+        .env("DOCKER_HOST", docker_host)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()))
+}
+
+/// The `edge-node` release binary, which `scripts/bench.sh` builds.
+pub fn edge_node_binary() -> std::path::PathBuf {
+    let binary = tests::root().join("target/release/edge-node");
+    assert!(binary.exists(), "no {}: run scripts/bench.sh, which builds it", binary.display());
+    binary
 }
 
 /// Polls `check` every `every` until it holds. A run that never gets there fails, naming
