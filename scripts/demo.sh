@@ -16,7 +16,7 @@ nats_port=14222
 api_port=18080
 node=edge-1
 export ENGINE_API="http://127.0.0.1:$api_port"
-export NATS_URL="nats://127.0.0.1:$nats_port"
+export NATS_URL="tls://127.0.0.1:$nats_port"
 
 stop_all() {
   for name in edge-node engine nats-server; do
@@ -50,16 +50,30 @@ rm -rf "$demo"
 mkdir -p "$demo"
 trap stop_all EXIT
 
-say "starting nats-server on 127.0.0.1:$nats_port, the engine on 127.0.0.1:$api_port, edge node $node"
-"$NATS_SERVER_BIN" -js -a 127.0.0.1 -p "$nats_port" -sd "$demo/jetstream" >"$demo/nats-server.log" 2>&1 &
+say "trust: an operator, its account and keys, a local CA and the server's certificate"
+"$bin/engine" trust init --dir "$demo/trust"
+export NATS_CA="$demo/trust/ca.pem"
+
+say "starting nats-server on 127.0.0.1:$nats_port (operator mode, TLS only), the engine on 127.0.0.1:$api_port"
+"$NATS_SERVER_BIN" -c "$demo/trust/nats.conf" -js -a 127.0.0.1 -p "$nats_port" -sd "$demo/jetstream" \
+  >"$demo/nats-server.log" 2>&1 &
 echo $! >"$demo/nats-server.pid"
-"$bin/engine" serve --nats "$NATS_URL" --listen "127.0.0.1:$api_port" --data-dir "$demo/engine" >"$demo/engine.log" 2>&1 &
+"$bin/engine" serve --nats "$NATS_URL" --trust "$demo/trust" --listen "127.0.0.1:$api_port" \
+  --data-dir "$demo/engine" >"$demo/engine.log" 2>&1 &
 echo $! >"$demo/engine.pid"
 wait_for "the engine" curl -sf "$ENGINE_API/healthz"
-"$bin/edge-node" run --nats "$NATS_URL" --node "$node" --label site=lab --label arch=amd64 \
+echo "an anonymous connection is refused:"
+"$bin/replay" --nats "$NATS_URL" audit 2>&1 | sed 's/^/  /' || true
+
+say "edge node $node makes its own key pair; only its public key is enrolled"
+mkdir -p "$demo/$node"
+key=$("$bin/edge-node" keygen --out "$demo/$node/node.nk")
+"$bin/engine" node enroll "$node" --public-key "$key" --label site=lab --out "$demo/$node/node.creds"
+"$bin/edge-node" run --nats "$NATS_URL" --creds "$demo/$node/node.creds" --key "$demo/$node/node.nk" \
+  --node "$node" --label site=lab --label arch=amd64 \
   --reconcile 1 --data-dir "$demo/$node" >"$demo/edge-node.log" 2>&1 &
 echo $! >"$demo/edge-node.pid"
-wait_for "the node to register" curl -sf "$ENGINE_API/v1/nodes/$node"
+wait_for "the node to register" sh -c "curl -sf '$ENGINE_API/v1/nodes/$node' | grep -q online"
 curl -s "$ENGINE_API/v1/nodes/$node"; echo
 
 say "vendor: register the application and add two versions"
@@ -146,9 +160,27 @@ say "on the edge machine itself, with or without a link: edge-node workloads lis
 say "the deployments"
 "$bin/engine" list
 
+say "auditor: a read-only credential; every event's signature and hash chain checked"
+"$bin/engine" credential auditor --name demo --out "$demo/auditor.creds" >/dev/null
+"$bin/replay" --nats "$NATS_URL" --creds "$demo/auditor.creds" verify \
+  --engine-key "$(grep -o '"engine": "[A-Z0-9]*"' "$demo/trust/trust.json" | cut -d'"' -f4)" | tail -n 1
+
 say "what dockerd runs (docker -H $DOCKER_HOST ps)"
 docker -H "$DOCKER_HOST" ps --filter "label=io.edge-orchestrator.node=$node" \
   --format 'table {{.ID}}\t{{.Image}}\t{{.Status}}\t{{.Names}}'
+
+say "operator: revoke $node's credential: the server cuts it off, its deployments say so"
+"$bin/engine" node revoke "$node"
+for _ in $(seq 1 100); do
+  kill -0 "$(cat "$demo/edge-node.pid")" 2>/dev/null || break
+  sleep 0.1
+done
+tail -n 1 "$demo/edge-node.log" | sed 's/^/  edge-node: /'
+for _ in $(seq 1 100); do
+  "$bin/engine" get "$id" | grep -q '"revoked": true' && break
+  sleep 0.1
+done
+"$bin/engine" get "$id" | grep -E '"(status|revoked|reason)"' | head -n 4
 
 say "done"
 echo "logs: $demo/*.log"

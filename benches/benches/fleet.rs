@@ -1,7 +1,9 @@
-//! A fleet of simulated nodes in this process, each with its own durable consumer, outbox and
-//! work log (on a few shared connections, and sled databases on tmpfs of 100 nodes each): one launch by
-//! label selector until every node is `running` in the read model, then an update across the
-//! fleet in a phased rollout until every node runs the new version.
+//! A fleet of simulated nodes in this process, each enrolled with a credential of its own, on
+//! a TLS connection of its own, with its own durable consumer, outbox and work log (sled
+//! databases on tmpfs of 100 nodes each): the time until all are connected and consuming, with
+//! nats-server's memory then; one launch by label selector until every node is `running` in the
+//! read model; then an update across the fleet in a phased rollout until every node runs the
+//! new version.
 //!
 //! `cargo bench -p benches --bench fleet` (`FLEET=1000,10000` sets the fleet sizes).
 
@@ -18,8 +20,6 @@ use events::Status;
 use serde_json::json;
 use tests::NatsServer;
 
-/// Nodes per shared connection.
-const NODES_PER_CONNECTION: usize = 500;
 /// Nodes per shared sled database: sled grows out of proportion with thousands of trees in one.
 const NODES_PER_DATABASE: usize = 100;
 
@@ -31,11 +31,24 @@ async fn start_fleet(
 ) -> (Vec<tokio::task::JoinHandle<()>>, tempfile::TempDir) {
     let data = tempfile::tempdir_in("/dev/shm").expect("a directory on tmpfs");
     let mut nodes = Vec::with_capacity(size);
-    let (mut client, mut db) = (None, None);
+    let started = Instant::now();
+    let mut credentials = Vec::with_capacity(size);
     for i in 0..size {
-        if i % NODES_PER_CONNECTION == 0 {
-            client = Some(nats.client().await);
-        }
+        credentials.push(api.enroll(&format!("sim-{i:05}")).await);
+    }
+    println!("  {size} nodes enrolled in {:.1?}", started.elapsed());
+    // Each node's consumer is made by the engine; a node connects once it is there.
+    tests::eventually("every node's consumer", Duration::from_secs(600), || async {
+        let info = nats.client().await;
+        let js = async_nats::jetstream::new(info);
+        let stream = js.get_stream(events::subject::STREAM).await.ok()?;
+        (stream.cached_info().state.consumer_count >= size).then_some(())
+    })
+    .await;
+
+    let started = Instant::now();
+    let mut db = None;
+    for (i, credentials) in credentials.into_iter().enumerate() {
         if i % NODES_PER_DATABASE == 0 {
             let path = data.path().join(format!("db-{}", i / NODES_PER_DATABASE));
             db = Some(sled::Config::new().path(path).flush_every_ms(None).open().expect("a sled of the fleet"));
@@ -43,6 +56,8 @@ async fn start_fleet(
         let node = format!("sim-{i:05}");
         let config = NodeConfig {
             nats_url: nats.url(),
+            credentials: Some(credentials),
+            ca: Some(nats.trust().ca()),
             node: node.clone(),
             labels: [("fleet".to_owned(), "sim".to_owned())].into(),
             data_dir: data.path().join(&node),
@@ -50,14 +65,9 @@ async fn start_fleet(
             reconcile: Duration::from_secs(3600),
             ..NodeConfig::default()
         };
-        let (_, links) = tokio::sync::mpsc::unbounded_channel();
-        let attachment = Attachment {
-            client: client.clone().expect("a connection"),
-            links,
-            db: db.clone().expect("a database"),
-            trees: format!("{node}/"),
-            control: None,
-        };
+        let (client, links) = driver::connect(&config).await.expect("the node connects");
+        let attachment =
+            Attachment { client, links, db: db.clone().expect("a database"), trees: format!("{node}/"), control: None };
         let runtime = Arc::new(SimRuntime::new(Duration::ZERO));
         nodes.push(tokio::spawn(async move {
             if let Err(e) = driver::run_on(config, runtime, attachment).await {
@@ -65,12 +75,16 @@ async fn start_fleet(
             }
         }));
     }
-    let started = Instant::now();
     tests::eventually("every node to register", Duration::from_secs(600), || async {
-        (api.engine.nodes.all().ok()?.len() >= size).then_some(())
+        let online = api.engine.nodes.all().ok()?;
+        (online.iter().filter(|n| n.state == Some(events::node::NodeState::Online)).count() >= size).then_some(())
     })
     .await;
-    println!("  {size} nodes started and registered in {:.1?}", started.elapsed());
+    let connected = started.elapsed();
+    let rss = benches::memory_mb(nats.pid(), "VmRSS");
+    println!("  {size} nodes connected with their own credentials and consuming in {connected:.1?}; nats-server RSS {rss:.0} MB");
+    benches::record(&format!("fleet_{size}_connected_s"), connected.as_secs_f64());
+    benches::record(&format!("fleet_{size}_nats_rss_mb"), rss);
     (nodes, data)
 }
 
@@ -88,7 +102,7 @@ async fn all_running(api: &Api, id: &str, version: &str, since: Instant) -> Dura
 
 async fn fleet(size: usize) {
     let nats = NatsServer::start().await;
-    let api = Api::start(&nats.url()).await;
+    let api = Api::start(&nats).await;
     api.publish_sample("127.0.0.1:5000/sim/app:1.0.0").await;
     api.post("/v1/applications/sample/versions", json!({"version": "2.0.0", "image": "127.0.0.1:5000/sim/app:2.0.0"}))
         .await;

@@ -21,10 +21,10 @@ async fn main() {
     benches::record("edge_binary_mb", size);
 
     let nats = NatsServer::start().await;
-    let api = Api::start(&nats.url()).await;
+    let api = Api::start(&nats).await;
     let data = tempfile::tempdir().unwrap();
     let node = format!("footprint-{}", std::process::id());
-    let mut child = benches::edge_node_process(&nats.url(), &node, data.path(), &["--heartbeat", "1"]);
+    let mut child = benches::edge_node_process(&api, &node, data.path(), &["--heartbeat", "1"]).await;
     let pid = child.id().unwrap();
     api.wait_node(&node).await;
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -36,9 +36,9 @@ async fn launch_to_running(api: &Api, node: &str, launches: usize) -> Figures {
 async fn main() {
     let launches: usize = std::env::var("LAUNCHES").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
     let nats = NatsServer::start().await;
-    let api = Api::start(&nats.url()).await;
+    let api = Api::start(&nats).await;
     let data = tempfile::tempdir().unwrap();
-    let _node = benches::sim_node(&nats.url(), "sim-1", data.path());
+    let _node = benches::sim_node(&api, &nats.url(), "sim-1", data.path()).await;
     api.wait_node("sim-1").await;
     api.publish_sample("127.0.0.1:5000/sample/app:1.0.0").await;
     let sim = launch_to_running(&api, "sim-1", launches).await;
@@ -48,7 +48,7 @@ async fn main() {
 
     // The same on the real Docker engine, through the edge-node binary.
     let node = format!("launch-{}", std::process::id());
-    let mut child = benches::edge_node_process(&nats.url(), &node, data.path(), &[]);
+    let mut child = benches::edge_node_process(&api, &node, data.path(), &[]).await;
     api.wait_node(&node).await;
     let docker = launch_to_running(&api, &node, (launches / 10).max(10)).await;
     println!("launch to running, Docker engine         {docker}");

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use benches::Figures;
+use bus::store::{EventStore, StoreConfig};
 use engine::command::{CommandHandler, CommandMeta};
 use engine::projector::{self, ProjectorConfig};
 use engine::read_model::Deployments;
-use engine::store::{EventStore, StoreConfig};
 use events::application::{Application, ApplicationCommand};
 use events::deployment::{Deployment, DeploymentCommand, Launch};
 use events::node::{Labels, Node, NodeCommand};

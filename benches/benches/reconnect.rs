@@ -39,10 +39,10 @@ async fn until_shown(api: &Api, ids: &[String], desired: Desired, status: Status
 #[tokio::main]
 async fn main() {
     let nats = NatsServer::start().await;
-    let api = Api::start(&nats.url()).await;
+    let api = Api::start(&nats).await;
     let link = Link::to(&format!("127.0.0.1:{}", nats.port())).await;
     let data = tempfile::tempdir().unwrap();
-    let _node = benches::sim_node(&link.url(), "sim-1", data.path());
+    let _node = benches::sim_node(&api, &link.url(), "sim-1", data.path()).await;
     api.wait_node("sim-1").await;
     api.publish_sample("127.0.0.1:5000/sim/app:1.0.0").await;
     let mut ids = Vec::new();

@@ -11,9 +11,9 @@ use std::future::IntoFuture;
 use std::time::Instant;
 
 use async_nats::jetstream::{self, consumer};
+use bus::store::{EventStore, StoreConfig};
 use engine::projector::{self, ProjectorConfig};
 use engine::read_model::Deployments;
-use engine::store::{EventStore, StoreConfig};
 use events::deployment::DeploymentEvent;
 use events::envelope::{chain_hash, Metadata};
 use events::projection::deployments::{self, DeploymentView};

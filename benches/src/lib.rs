@@ -70,28 +70,50 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// An engine in this process on `nats_url`, its read models in a temporary directory, and a
-/// client of its API.
+/// An engine in this process on `nats` (with its trust: credentials and TLS), its read models
+/// in a temporary directory, and a client of its API.
 #[derive(Debug)]
 pub struct Api {
     pub engine: Engine,
     pub url: String,
     pub http: reqwest::Client,
-    _data: tempfile::TempDir,
+    pub nats_url: String,
+    pub ca: std::path::PathBuf,
+    data: tempfile::TempDir,
 }
 
 impl Api {
-    pub async fn start(nats_url: &str) -> Api {
+    pub async fn start(nats: &tests::NatsServer) -> Api {
         let data = tempfile::tempdir().expect("a temporary directory");
         let config = EngineConfig {
-            nats_url: nats_url.to_owned(),
+            nats_url: nats.url(),
+            trust_dir: nats.trust().dir().to_owned(),
             listen: "127.0.0.1:0".parse().expect("a loopback address"),
             data_dir: data.path().join("engine"),
             ..EngineConfig::default()
         };
         let engine = Engine::start(config).await.expect("the engine starts");
         let url = format!("http://{}", engine.api_addr);
-        Api { engine, url, http: reqwest::Client::new(), _data: data }
+        let (nats_url, ca) = (nats.url(), nats.trust().ca());
+        Api { engine, url, http: reqwest::Client::new(), nats_url, ca, data }
+    }
+
+    /// Enrolls `node`: its credentials, with a key the engine made.
+    pub async fn enroll(&self, node: &str) -> bus::Credentials {
+        let meta = engine::command::CommandMeta::new("default", "bench");
+        let enrolled =
+            self.engine.issuer.enroll(node, Default::default(), None, &meta).await.expect("the node enrolls");
+        bus::Credentials::parse(&enrolled.creds, None).expect("the engine's credentials parse")
+    }
+
+    /// Enrolls `node` and writes its credentials file; returns the file.
+    pub async fn enroll_to_file(&self, node: &str) -> std::path::PathBuf {
+        let credentials = self.enroll(node).await;
+        let path = self.data.path().join(format!("{node}.creds"));
+        let seed = credentials.key().seed().expect("a seed");
+        std::fs::write(&path, bus::Credentials::format(credentials.jwt(), Some(&seed)))
+            .expect("writing the credentials");
+        path
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Value {
@@ -122,10 +144,17 @@ impl Api {
 }
 
 /// Node `name` on the simulated runtime (no container engine in the way), in this process,
-/// reaching NATS at `nats_url`, its state under `data`.
-pub fn sim_node(nats_url: &str, name: &str, data: &Path) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+/// enrolled by `api` and reaching NATS at `nats_url`, its state under `data`.
+pub async fn sim_node(
+    api: &Api,
+    nats_url: &str,
+    name: &str,
+    data: &Path,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let config = edge_node::NodeConfig {
         nats_url: nats_url.to_owned(),
+        credentials: Some(api.enroll(name).await),
+        ca: Some(api.ca.clone()),
         node: name.to_owned(),
         data_dir: data.join(name),
         ..edge_node::NodeConfig::default()
@@ -134,14 +163,19 @@ pub fn sim_node(nats_url: &str, name: &str, data: &Path) -> tokio::task::JoinHan
     tokio::spawn(edge_node::driver::run(config, runtime))
 }
 
-/// The `edge-node` release binary as a process of its own, node `name` on the project's
-/// Docker engine, its state under `data`; `extra` arguments after `run`'s own. `scripts/bench.sh`
-/// builds the binary first.
-pub fn edge_node_process(nats_url: &str, name: &str, data: &Path, extra: &[&str]) -> tokio::process::Child {
+/// The `edge-node` release binary as a process of its own, node `name` (enrolled by `api`) on
+/// the project's Docker engine, its state under `data`; `extra` arguments after `run`'s own.
+/// `scripts/bench.sh` builds the binary first.
+pub async fn edge_node_process(api: &Api, name: &str, data: &Path, extra: &[&str]) -> tokio::process::Child {
     let binary = edge_node_binary();
     let docker_host = tests::docker_host().expect("DOCKER_HOST, from scripts/setup.sh");
+    let creds = api.enroll_to_file(name).await;
     tokio::process::Command::new(&binary)
-        .args(["run", "--nats", nats_url, "--node", name])
+        .args(["run", "--nats", &api.nats_url, "--node", name])
+        .arg("--creds")
+        .arg(creds)
+        .arg("--ca")
+        .arg(&api.ca)
         .arg("--data-dir")
         .arg(data.join(name))
         .args(extra)

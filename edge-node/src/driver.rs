@@ -28,28 +28,43 @@ use crate::NodeConfig;
 
 /// Runs the node until its connection to JetStream fails for good.
 pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> anyhow::Result<()> {
-    // Each time the link comes back, the agent says again where everything stands.
-    let (links_tx, links) = mpsc::unbounded_channel::<()>();
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("edge-node {}", config.node))
+    let (client, links) = connect(&config).await?;
+    let db = sled::open(&config.data_dir).with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let control = crate::local::socket_path(&config.data_dir);
+    run_on(config, runtime, Attachment { client, links, db, trees: String::new(), control: Some(control) }).await
+}
+
+/// What the connection tells the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// Connected again: the agent says again where everything stands.
+    Connected,
+    /// The server revoked the node's credential: every reconnect will be refused.
+    Revoked,
+}
+
+/// The node's own connection, and what it says of its link.
+pub async fn connect(config: &NodeConfig) -> anyhow::Result<(async_nats::Client, mpsc::UnboundedReceiver<LinkEvent>)> {
+    let (links_tx, links) = mpsc::unbounded_channel::<LinkEvent>();
+    let connection = config.connection();
+    let options = connection
+        .options()
         .event_callback(move |event| {
             let links = links_tx.clone();
             async move {
                 if matches!(event, async_nats::Event::Connected) {
-                    let _ = links.send(());
+                    let _ = links.send(LinkEvent::Connected);
+                } else if bus::is_revocation(&event) {
+                    let _ = links.send(LinkEvent::Revoked);
                 }
             }
         })
         // On a bad link, try again soon: a second at most between attempts, so a healed
         // link is used within a second.
         .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
-        .retry_on_initial_connect()
-        .connect(servers(&config.nats_url)?)
-        .await
-        .with_context(|| format!("connecting to {}", config.nats_url))?;
-    let db = sled::open(&config.data_dir).with_context(|| format!("opening {}", config.data_dir.display()))?;
-    let control = crate::local::socket_path(&config.data_dir);
-    run_on(config, runtime, Attachment { client, links, db, trees: String::new(), control: Some(control) }).await
+        .retry_on_initial_connect();
+    let client = connection.connect_with(options).await?;
+    Ok((client, links))
 }
 
 /// What a node runs on: its connection, told of each reconnection; the sled database of its
@@ -59,7 +74,7 @@ pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> an
 #[derive(Debug)]
 pub struct Attachment {
     pub client: async_nats::Client,
-    pub links: mpsc::UnboundedReceiver<()>,
+    pub links: mpsc::UnboundedReceiver<LinkEvent>,
     pub db: sled::Db,
     pub trees: String,
     pub control: Option<std::path::PathBuf>,
@@ -73,7 +88,7 @@ pub async fn run_on<R: ContainerRuntime>(
 ) -> anyhow::Result<()> {
     let Attachment { client, mut links, db, trees, control } = attachment;
     let js = jetstream::new(client.clone());
-    let outbox = Outbox::open(&db, &trees)?;
+    let outbox = Outbox::open(&db, &trees, config.credentials.as_ref().map(|c| c.key().clone()))?;
     let desired = Desired::open(&db, &trees)?;
     let sent = Arc::new(Notify::new());
     let actor = format!("node:{}", config.node);
@@ -238,7 +253,10 @@ pub async fn run_on<R: ContainerRuntime>(
                 let _ = reply.send(answer);
                 continue;
             }
-            Some(()) = links.recv() => Input::Reconnected,
+            Some(link) = links.recv() => match link {
+                LinkEvent::Connected => Input::Reconnected,
+                LinkEvent::Revoked => anyhow::bail!("the node's credential was revoked: it may not connect again"),
+            },
             _ = ticks.tick() => {
                 agent.handle(Input::Tick { now: started.elapsed().as_millis() as u64 });
                 // One look at the containers at a time: a slow runtime does not pile them up.
@@ -456,27 +474,18 @@ async fn receive_work(js: jetstream::Context, config: NodeConfig, work: mpsc::Se
 
 /// The node's durable consumer on its own work subject; waits for the stream and the link.
 async fn subscribe(js: &jetstream::Context, config: &NodeConfig) -> consumer::PullConsumer {
-    let name = format!("node-{}-{}", config.tenant, config.node);
+    let name = events::subject::node_consumer(&config.tenant, &config.node);
     let mut delay = Duration::from_millis(100);
     loop {
-        let consumer = match js.get_stream(&config.stream).await {
-            Ok(stream) => {
-                let config = consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: events::subject::node_desired(&config.tenant, &config.node),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    // Work the link lost on its way is sent again soon after the link is back.
-                    ack_wait: Duration::from_secs(2),
-                    ..Default::default()
-                };
-                stream.get_or_create_consumer(&name, config).await.map_err(|e| e.to_string())
-            }
+        // The engine makes the consumer when it enrolls the node; the node may only read it.
+        let consumer = match js.get_stream_no_info(&config.stream).await {
+            Ok(stream) => stream.get_consumer(&name).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match consumer {
             Ok(consumer) => return consumer,
             Err(e) => {
-                tracing::info!(stream = %config.stream, error = %e, "waiting for the event stream");
+                tracing::info!(consumer = %name, error = %e, "waiting for the work consumer");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -528,11 +537,4 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// The servers of `url`: one, or a cluster's members separated by commas.
-fn servers(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
-    url.split(',')
-        .map(|u| u.trim().parse().map_err(|e| anyhow::anyhow!("`{u}` is not a NATS server address: {e}")))
-        .collect()
 }

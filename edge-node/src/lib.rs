@@ -21,7 +21,13 @@ use events::node::Labels;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// One server, or a cluster's members separated by commas.
     pub nats_url: String,
+    /// The node's credentials (`engine node enroll`): its connection, and the key that signs
+    /// its reports. The servers refuse a node without them.
+    pub credentials: Option<bus::Credentials>,
+    /// The certificate authority of the servers' certificates: the connection is TLS.
+    pub ca: Option<PathBuf>,
     pub tenant: String,
     pub node: String,
     pub labels: Labels,
@@ -35,10 +41,25 @@ pub struct NodeConfig {
     pub deadlines: agent::Deadlines,
 }
 
+impl NodeConfig {
+    /// How this node reaches NATS: its credentials, TLS, and replies on its own inbox only.
+    pub fn connection(&self) -> bus::Connection {
+        bus::Connection {
+            servers: self.nats_url.clone(),
+            credentials: self.credentials.clone(),
+            ca: self.ca.clone(),
+            name: format!("edge-node {}/{}", self.tenant, self.node),
+            inbox_prefix: Some(events::subject::node_inbox(&self.tenant, &self.node)),
+        }
+    }
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
-            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats_url: "tls://127.0.0.1:4222".to_owned(),
+            credentials: None,
+            ca: None,
             tenant: "default".to_owned(),
             node: "edge-1".to_owned(),
             labels: Labels::new(),

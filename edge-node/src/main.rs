@@ -24,8 +24,17 @@ struct Cli {
 enum Command {
     /// Run the agent.
     Run {
-        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        #[arg(long, env = "NATS_URL", default_value = "tls://127.0.0.1:4222")]
         nats: String,
+        /// The node's credentials (`engine node enroll`).
+        #[arg(long, env = "EDGE_NODE_CREDS")]
+        creds: PathBuf,
+        /// The node's seed, when the credentials hold only its JWT (`edge-node keygen`).
+        #[arg(long, env = "EDGE_NODE_KEY")]
+        key: Option<PathBuf>,
+        /// The certificate authority of the servers' certificates.
+        #[arg(long, env = "NATS_CA")]
+        ca: Option<PathBuf>,
         #[arg(long, default_value = "default")]
         tenant: String,
         #[arg(long)]
@@ -42,6 +51,12 @@ enum Command {
         /// (deadlines).
         #[arg(long, default_value_t = 5.0)]
         reconcile: f64,
+    },
+    /// Make the node's key pair: the seed goes to OUT (mode 0600) and never leaves the node;
+    /// the public key is printed, for `engine node enroll --public-key`.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
     },
     /// The workloads of the agent running on this machine; works with no link to the engine.
     #[command(subcommand)]
@@ -74,7 +89,25 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { nats, tenant, node, labels, data_dir, heartbeat, reconcile } => {
+        Command::Keygen { out } => {
+            if out.exists() {
+                anyhow::bail!("{} exists already: a key is never overwritten", out.display());
+            }
+            let key = nkeys::KeyPair::new_user();
+            let seed = key.seed().map_err(|e| anyhow::anyhow!("a new key has no seed: {e}"))?;
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            file.write_all(format!("{seed}\n").as_bytes()).with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", key.public_key());
+            Ok(())
+        }
+        Command::Run { nats, creds, key, ca, tenant, node, labels, data_dir, heartbeat, reconcile } => {
             for (name, value) in [("--heartbeat", heartbeat), ("--reconcile", reconcile)] {
                 if !(0.1..=3600.0).contains(&value) {
                     anyhow::bail!("{name} must be 0.1 to 3600 seconds, not {value}");
@@ -82,9 +115,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             events::subject::check_token("tenant", &tenant).map_err(anyhow::Error::msg)?;
             events::subject::check_token("node", &node).map_err(anyhow::Error::msg)?;
+            let credentials = bus::Credentials::read(&creds, key.as_deref())
+                .with_context(|| format!("reading the credentials {}", creds.display()))?;
             let runtime = DockerRuntime::connect().await.context("connecting to Docker")?;
             let config = NodeConfig {
                 nats_url: nats,
+                credentials: Some(credentials),
+                ca,
                 tenant,
                 node,
                 labels: labels.into_iter().collect(),

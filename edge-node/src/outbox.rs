@@ -18,6 +18,8 @@ pub struct Outbox {
     db: sled::Db,
     pending: sled::Tree,
     meta: sled::Tree,
+    /// The node's key: every report is signed by it.
+    signer: Option<std::sync::Arc<nkeys::KeyPair>>,
 }
 
 /// A report waiting to be published.
@@ -29,17 +31,20 @@ pub struct Pending {
 }
 
 impl Outbox {
-    /// The outbox in `db`, in trees whose names start with `prefix`.
-    pub fn open(db: &sled::Db, prefix: &str) -> sled::Result<Outbox> {
+    /// The outbox in `db`, in trees whose names start with `prefix`, signing with `signer`.
+    pub fn open(db: &sled::Db, prefix: &str, signer: Option<std::sync::Arc<nkeys::KeyPair>>) -> sled::Result<Outbox> {
         let (pending, meta) = (db.open_tree(format!("{prefix}outbox"))?, db.open_tree(format!("{prefix}outbox_meta"))?);
-        Ok(Outbox { db: db.clone(), pending, meta })
+        Ok(Outbox { db: db.clone(), pending, meta, signer })
     }
 
     /// Wraps `report` in an envelope chained to the node's previous report and stores it.
     pub fn push(&self, node: &str, meta: &Metadata, report: &NodeReport, now: DateTime<Utc>) -> anyhow::Result<Uuid> {
         let prev_hash = self.meta.get(LAST_HASH)?.map(|h| String::from_utf8_lossy(&h).into_owned());
         let id = Uuid::now_v7();
-        let envelope = Envelope::new(id, now, report::AGGREGATE_TYPE, node, meta, report, prev_hash);
+        let mut envelope = Envelope::new(id, now, report::AGGREGATE_TYPE, node, meta, report, prev_hash);
+        if let Some(key) = &self.signer {
+            envelope = envelope.signed(key.as_ref());
+        }
         let bytes = envelope.encode();
         let key = self.db.generate_id()?;
         // The report and the new end of the chain are written together.

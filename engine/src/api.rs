@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use events::application::{Application, ApplicationCommand, ApplicationRejection, Settings, SettingsError};
 use events::deployment::{Deployment, DeploymentCommand, DeploymentRejection, Launch, Mode};
-use events::node::Node;
+use events::node::{Labels, Node, NodeRejection};
 use events::projection::deployments::DeploymentView;
 use events::subject::check_token;
 use events::tenant::{Tenant, TenantCommand, TenantRejection};
@@ -22,7 +22,7 @@ use events::Aggregate;
 
 use crate::command::{CommandError, CommandHandler, CommandMeta, Committed};
 use crate::read_model::{Deployments, Notifications, Page};
-use crate::store::StoreError;
+use bus::store::StoreError;
 
 /// How long a launch waits for its deployment to reach the read model before answering.
 const READ_YOUR_WRITE: Duration = Duration::from_secs(5);
@@ -35,6 +35,7 @@ pub struct AppState {
     pub notifications: Notifications,
     pub nodes: crate::read_model::Nodes,
     pub liveness: crate::liveness::Liveness,
+    pub issuer: crate::credentials::Issuer,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -59,6 +60,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}", get(get_node))
         .route("/v1/nodes/{id}/telemetry", get(node_telemetry))
+        .route("/v1/nodes/{id}/enroll", post(enroll_node))
+        .route("/v1/nodes/{id}/revoke", post(revoke_node))
+        .route("/v1/credentials/subscriber", post(subscriber_credential))
+        .route("/v1/credentials/auditor", post(auditor_credential))
         .with_state(state)
 }
 
@@ -153,6 +158,19 @@ impl Rejection for DeploymentRejection {
             R::Settings(SettingsError::UnknownProfile(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "profile"),
             R::Settings(_) | R::Compose(_) => (StatusCode::UNPROCESSABLE_ENTITY, "overrides"),
             R::InvalidRollout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rollout.batch"),
+        }
+    }
+}
+
+impl Rejection for NodeRejection {
+    fn status_and_field(&self) -> (StatusCode, &'static str) {
+        use NodeRejection as R;
+        match self {
+            R::NotRegistered | R::NotEnrolled => (StatusCode::NOT_FOUND, "id"),
+            R::InvalidLabel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "labels"),
+            R::InvalidKey(_) => (StatusCode::UNPROCESSABLE_ENTITY, "public_key"),
+            R::KeyRevoked(_) => (StatusCode::CONFLICT, "public_key"),
+            R::Revoked => (StatusCode::CONFLICT, "id"),
         }
     }
 }
@@ -752,6 +770,9 @@ async fn deployment_history(
                 entry.note = Some(format!("rollout reaches {}", nodes.join(", ")))
             }
             DeploymentEvent::RolloutHalted { reason } => entry.note = Some(format!("rollout halted: {reason}")),
+            DeploymentEvent::NodeRevoked { node } => {
+                (entry.node, entry.note) = (Some(node), Some("the node's credential was revoked".to_owned()))
+            }
             DeploymentEvent::RolledBack { version, reason, .. } => {
                 entry.status = Some(S::PendingDeploy);
                 entry.note = Some(format!("rolled back to {version}: {reason}"));
@@ -960,4 +981,75 @@ async fn delete_tenant(
     let committed = state.commands.execute::<Tenant>(&id, &TenantCommand::Delete, &meta).await?;
     let sequence = committed.events.last().map_or(0, |e| e.sequence);
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "tenant": id, "sequence": sequence }))))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollBody {
+    #[serde(default)]
+    labels: Labels,
+    /// The node's own public key (`edge-node keygen`): its seed never leaves the node.
+    #[serde(default)]
+    public_key: Option<String>,
+}
+
+/// Enrolls a node of the caller's tenant, or gives it a new key: answers its credentials.
+async fn enroll_node(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Body(body): Body<EnrollBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = live_meta(&state, &headers).await?;
+    token("id", &id)?;
+    let enrollment = state.issuer.enroll(&id, body.labels, body.public_key, &meta).await?;
+    Ok((StatusCode::CREATED, Json(enrollment)))
+}
+
+async fn revoke_node(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = meta(&headers)?;
+    token("id", &id)?;
+    let key = state.issuer.revoke(&id, &meta).await?;
+    Ok(Json(serde_json::json!({ "node": id, "revoked": key })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReaderBody {
+    /// Names the credential (and a subscriber's consumer); made up when absent.
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn reader_name(body: &ReaderBody) -> Result<String, ApiError> {
+    let name = body.name.clone().unwrap_or_else(|| Uuid::now_v7().simple().to_string()[20..].to_owned());
+    token("name", &name)?;
+    Ok(name)
+}
+
+/// A credential that reads the caller's tenant's events through its own consumer.
+async fn subscriber_credential(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(body): Body<ReaderBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = meta(&headers)?;
+    let role = crate::trust::Role::Subscriber { tenant: meta.tenant, id: reader_name(&body)? };
+    Ok((StatusCode::CREATED, Json(state.issuer.reader(&role))))
+}
+
+/// A credential that reads every tenant's events and writes nothing.
+async fn auditor_credential(
+    State(state): State<AppState>,
+    Body(body): Body<ReaderBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let role = crate::trust::Role::Auditor { id: reader_name(&body)? };
+    Ok((StatusCode::CREATED, Json(state.issuer.reader(&role))))
 }

@@ -35,8 +35,11 @@ pub struct Cli {
 enum Command {
     /// Run the engine: API, projectors, router and report ingestor.
     Serve {
-        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        #[arg(long, env = "NATS_URL", default_value = "tls://127.0.0.1:4222")]
         nats: String,
+        /// The trust directory made by `engine trust init`.
+        #[arg(long, env = "ENGINE_TRUST", default_value = "trust")]
+        trust: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         #[arg(long, default_value = "engine-data")]
@@ -45,6 +48,15 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         replicas: usize,
     },
+    /// The keys, certificates and nats-server configuration of a deployment of the engine.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Enroll and revoke edge nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Read-only credentials for subscribers and auditors.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
     /// Manage the catalog.
     #[command(subcommand)]
     App(AppCommand),
@@ -200,6 +212,82 @@ struct ModeArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum TrustCommand {
+    /// Make the operator, the account and its signing key, the engine's and the system
+    /// user's credentials, a certificate authority and the server's certificate, and
+    /// nats-server's configuration (`nats.conf`), in DIR; secrets mode 0600. Does nothing
+    /// where DIR holds them already.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// A name or address the server's certificate is valid for; repeat for several.
+        #[arg(long = "host", default_values = ["127.0.0.1", "localhost"])]
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Give a node of the tenant its credential (the tenant is `--tenant`). With
+    /// `--public-key` (from `edge-node keygen`) the seed never leaves the node; enrolling again
+    /// with a new key rotates it, and the old key is revoked.
+    Enroll {
+        node: String,
+        /// A label `key=value` the node cannot override; repeat for several.
+        #[arg(long = "label", value_parser = key_value)]
+        labels: Vec<(String, String)>,
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Where to write the credentials (mode 0600); printed otherwise.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a node's credential: it is cut off and may not connect again.
+    Revoke { node: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialCommand {
+    /// A credential that reads `ev.<tenant>.>` through its own consumer, and writes nothing.
+    Subscriber {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A credential that reads every tenant's events, and writes nothing.
+    Auditor {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Writes credentials to `out` (mode 0600), or prints them.
+fn deliver(answer: &Value, out: Option<&PathBuf>) -> anyhow::Result<()> {
+    let creds = answer["creds"].as_str().context("the engine answered no credentials")?;
+    let Some(path) = out else {
+        print!("{creds}");
+        return Ok(());
+    };
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(creds.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    let mut shown = answer.clone();
+    shown["creds"] = json!(path.display().to_string());
+    print_json(&shown);
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
 enum AppCommand {
     /// Register an application.
     Register {
@@ -238,15 +326,39 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let client = Client { http: reqwest::Client::new(), cli: &self };
         match &self.command {
-            Command::Serve { nats, listen, data_dir, replicas } => {
+            Command::Serve { nats, trust, listen, data_dir, replicas } => {
                 let config = EngineConfig {
-                    store: engine::store::StoreConfig { replicas: *replicas, ..Default::default() },
+                    store: bus::store::StoreConfig { replicas: *replicas, ..Default::default() },
                     nats_url: nats.clone(),
+                    trust_dir: trust.clone(),
                     listen: *listen,
                     data_dir: data_dir.clone(),
                     ..EngineConfig::default()
                 };
                 Engine::start(config).await?.wait().await?;
+            }
+            Command::Trust(TrustCommand::Init { dir, hosts }) => {
+                let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+                let trust = engine::trust::Trust::init(dir, &hosts)?;
+                println!("trust directory {}", dir.display());
+                println!("  nats-server configuration: {}", trust.server_config_file().display());
+                println!("  certificate authority:     {}", trust.ca().display());
+                println!("  engine key:                {}", trust.facts().engine);
+            }
+            Command::Node(NodeCommand::Enroll { node, labels, public_key, out }) => {
+                let labels: serde_json::Map<String, Value> =
+                    labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                let body = json!({"labels": labels, "public_key": public_key});
+                deliver(&client.post(&format!("/v1/nodes/{node}/enroll"), body).await?, out.as_ref())?;
+            }
+            Command::Node(NodeCommand::Revoke { node }) => {
+                print_json(&client.post(&format!("/v1/nodes/{node}/revoke"), json!({})).await?)
+            }
+            Command::Credential(CredentialCommand::Subscriber { name, out }) => {
+                deliver(&client.post("/v1/credentials/subscriber", json!({"name": name})).await?, out.as_ref())?
+            }
+            Command::Credential(CredentialCommand::Auditor { name, out }) => {
+                deliver(&client.post("/v1/credentials/auditor", json!({"name": name})).await?, out.as_ref())?
             }
             Command::App(AppCommand::Register { id, name }) => {
                 print_json(&client.post("/v1/applications", json!({ "id": id, "name": name })).await?)

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use events::envelope::{chain_hash, Metadata};
 use events::{Aggregate, Ctx, Envelope};
 
-use crate::store::{EventStore, Loaded, Outgoing, StoreError, StoredEvent};
+use bus::store::{EventStore, Loaded, Outgoing, StoreError, StoredEvent};
 
 /// Who asks, and the id that makes asking twice harmless.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,7 +183,7 @@ impl CommandHandler {
                     return Ok(Committed { events: vec![], attempts: attempt, duplicate: false });
                 }
             };
-            let stored = wrap::<A>(current.last_hash.clone(), id, meta, &decided, &ctx);
+            let stored = wrap::<A>(&self.store, current.last_hash.clone(), id, meta, &decided, &ctx);
             let outgoing = stored
                 .iter()
                 .enumerate()
@@ -312,6 +312,7 @@ fn msg_id(meta: &CommandMeta, subject: &str, index: usize) -> String {
 
 /// Wraps decided events into envelopes chained to the loaded history (sequences not known yet).
 fn wrap<A: Aggregate>(
+    store: &EventStore,
     mut prev_hash: Option<String>,
     id: &str,
     meta: &CommandMeta,
@@ -328,6 +329,7 @@ fn wrap<A: Aggregate>(
         .iter()
         .map(|event| {
             let envelope = Envelope::new(Uuid::now_v7(), ctx.now, A::TYPE, id, &metadata, event, prev_hash.take());
+            let envelope = store.seal(envelope);
             let bytes = Bytes::from(envelope.encode());
             prev_hash = Some(chain_hash(&bytes));
             StoredEvent { sequence: 0, envelope, bytes }

@@ -9,15 +9,16 @@
 
 pub mod api;
 pub mod command;
+pub mod credentials;
 pub mod liveness;
 pub mod projector;
 pub mod read_model;
-pub mod store;
-pub mod tail;
+pub mod trust;
 pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::task::JoinSet;
@@ -25,11 +26,15 @@ use tokio::task::JoinSet;
 use crate::command::CommandHandler;
 use crate::projector::ProjectorConfig;
 use crate::read_model::{Deployments, Nodes, Notifications};
-use crate::store::{EventStore, StoreConfig};
+use bus::store::{EventStore, StoreConfig};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// One server, or a cluster's members separated by commas.
     pub nats_url: String,
+    /// The trust directory (`engine trust init`): the engine's credentials, the account's
+    /// signing key, the operator key that signs revocations, the CA of the servers.
+    pub trust_dir: PathBuf,
     /// Where the HTTP API listens; port 0 picks a free one.
     pub listen: SocketAddr,
     /// The sled directory of the read models.
@@ -41,7 +46,8 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats_url: "tls://127.0.0.1:4222".to_owned(),
+            trust_dir: PathBuf::from("trust"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("engine-data"),
             store: StoreConfig::default(),
@@ -59,24 +65,29 @@ pub struct Engine {
     pub notifications: Notifications,
     pub nodes: Nodes,
     pub liveness: liveness::Liveness,
+    pub issuer: credentials::Issuer,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
 impl Engine {
     pub async fn start(config: EngineConfig) -> anyhow::Result<Engine> {
-        let client = async_nats::ConnectOptions::new()
-            .name("engine")
-            .retry_on_initial_connect()
-            .connect(servers(&config.nats_url)?)
+        let trust = Arc::new(
+            trust::Trust::load(&config.trust_dir)
+                .with_context(|| format!("loading the trust directory {}", config.trust_dir.display()))?,
+        );
+        let client = trust.engine_connection(&config.nats_url).connect().await?;
+        let system = trust.system_connection(&config.nats_url).connect().await?;
+        let store = EventStore::open(client, &config.store)
             .await
-            .with_context(|| format!("connecting to {}", config.nats_url))?;
-        let store = EventStore::open(client, &config.store).await.context("opening the event store")?;
+            .context("opening the event store")?
+            .signed_by(trust.engine().key().clone());
         let db = sled::open(&config.data_dir)
             .with_context(|| format!("opening the read models in {}", config.data_dir.display()))?;
         let deployments = Deployments::open(&db)?;
         let notifications = Notifications::open(&db)?;
         let nodes = Nodes::open(&db)?;
         let commands = CommandHandler::new(store.clone());
+        let issuer = credentials::Issuer::new(trust.clone(), commands.clone());
         liveness::open_stream(store.jetstream(), config.store.replicas).await?;
         let liveness = liveness::Liveness::default();
 
@@ -90,6 +101,7 @@ impl Engine {
             notifications: notifications.clone(),
             nodes: nodes.clone(),
             liveness: liveness.clone(),
+            issuer: issuer.clone(),
         });
 
         let mut tasks = JoinSet::new();
@@ -103,10 +115,12 @@ impl Engine {
         tasks.spawn(worker::tenants(commands.clone()));
         tasks.spawn(worker::route(store.clone()));
         tasks.spawn(worker::ingest(commands.clone()));
+        let (d, n) = (deployments.clone(), nodes.clone());
+        tasks.spawn(credentials::run(commands.clone(), d, n, trust.clone(), system));
         tasks.spawn(liveness::run(commands.clone(), liveness.clone(), nodes.clone()));
         tasks.spawn(async move { axum::serve(listener, app).await.context("serving the API") });
         tracing::info!(%api_addr, "engine started");
-        Ok(Engine { api_addr, commands, deployments, notifications, nodes, liveness, tasks })
+        Ok(Engine { api_addr, commands, deployments, notifications, nodes, liveness, issuer, tasks })
     }
 
     /// Runs until a task fails; returns its error.
@@ -117,11 +131,4 @@ impl Engine {
             None => Ok(()),
         }
     }
-}
-
-/// The servers of `url`: one, or a cluster's members separated by commas.
-fn servers(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
-    url.split(',')
-        .map(|u| u.trim().parse().map_err(|e| anyhow::anyhow!("`{u}` is not a NATS server address: {e}")))
-        .collect()
 }

@@ -1,4 +1,4 @@
-//! Projectors: they fold the log, read in order ([`crate::tail`]), into sled trees. The checkpoint
+//! Projectors: they fold the log, read in order ([`bus::tail`]), into sled trees. The checkpoint
 //! (last stream sequence folded) is written in the same atomic batch as the read-model change,
 //! so a crash never applies an event twice or skips one.
 
@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::store::{EventStore, StoreError, StoredEvent};
+use bus::store::{EventStore, StoreError, StoredEvent};
 
 const CHECKPOINT_KEY: &[u8] = b"meta/checkpoint";
 
@@ -231,7 +231,7 @@ async fn fold<P: Projection>(
     if until.is_some() && store.last_sequence().await? < start {
         return Ok(0);
     }
-    let messages = crate::tail::tail(store, start).await.map_err(|e| anyhow::anyhow!("{}: {e}", P::NAME))?;
+    let messages = bus::tail::tail(store, start).await.map_err(|e| anyhow::anyhow!("{}: {e}", P::NAME))?;
     let mut messages = std::pin::pin!(messages);
     let mut batch = Overlay::new(&tree);
     let mut in_batch = 0usize;
@@ -256,8 +256,7 @@ async fn fold<P: Projection>(
             }
         };
         let Some(message) = next else { break };
-        let info = message.info().map_err(|e| anyhow::anyhow!(e))?;
-        let (sequence, pending) = (info.stream_sequence, info.pending);
+        let (sequence, pending) = (message.sequence, message.pending);
         last = sequence;
         let folded = wanted.iter().any(|pattern| events::subject::matches(pattern, &message.subject));
         match folded.then(|| StoredEvent::decode(sequence, message.payload.clone())) {

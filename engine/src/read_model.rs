@@ -10,7 +10,7 @@ use events::projection::notifications::{ApplicationUpdates, Notification};
 use events::Status;
 
 use crate::projector::{Overlay, Projection, ProjectionError};
-use crate::store::StoredEvent;
+use bus::store::StoredEvent;
 
 /// For a tenant event: forgets everything of that tenant under each of `prefixes` (the tenant
 /// follows the prefix in every key) and says it handled the event.

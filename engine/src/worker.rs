@@ -6,6 +6,7 @@
 //! Each message is acked once handled. A handler error leaves it unacked, so it comes again
 //! after `ack_wait`; the appends it makes are deduplicated by message id.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, pull};
@@ -21,7 +22,7 @@ use events::work::{self, NodeWork};
 use events::{Aggregate, Envelope};
 
 use crate::command::{CommandError, CommandHandler, CommandMeta};
-use crate::store::{EventStore, Outgoing, StoreError, StoredEvent};
+use bus::store::{EventStore, Outgoing, StoreError, StoredEvent};
 
 /// Deliveries of one event before a consumer gives up on it.
 const MAX_DELIVERIES: i64 = 5;
@@ -50,7 +51,7 @@ async fn durable(store: &EventStore, name: &str, filter: &str) -> anyhow::Result
 /// on, acking the ones it handled. It rides out a lost server or link: on an error of the
 /// message stream (a missed heartbeat, a leader moving in a cluster) it pulls again, and an
 /// ack that is lost brings the message again, which the handlers recognise.
-async fn consume<F, Fut>(store: &EventStore, name: &str, filter: &str, mut handle: F) -> anyhow::Result<()>
+pub(crate) async fn consume<F, Fut>(store: &EventStore, name: &str, filter: &str, mut handle: F) -> anyhow::Result<()>
 where
     F: FnMut(String, StoredEvent) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -180,7 +181,8 @@ async fn route_one(store: &EventStore, folds: &Folds, stored: StoredEvent) -> an
         DeploymentEvent::NodeStateReported { .. }
         | DeploymentEvent::DriftDetected { .. }
         | DeploymentEvent::AppliedLocally { .. }
-        | DeploymentEvent::RolloutHalted { .. } => return Ok(()),
+        | DeploymentEvent::RolloutHalted { .. }
+        | DeploymentEvent::NodeRevoked { .. } => return Ok(()),
     };
     let each = nodes.into_iter().map(|node| (vec![(format!("{}:{node}", envelope.id), work.clone())], node)).collect();
     send(store, envelope, each).await
@@ -435,8 +437,15 @@ async fn append_chained(
     for _ in 0..ROUTE_ATTEMPTS {
         let last = store.last(subject).await?;
         let prev_hash = last.as_ref().map(|e| chain_hash(&e.bytes));
-        let envelope =
-            Envelope::new(Uuid::now_v7(), chrono::Utc::now(), work::AGGREGATE_TYPE, node, meta, work, prev_hash);
+        let envelope = store.seal(Envelope::new(
+            Uuid::now_v7(),
+            chrono::Utc::now(),
+            work::AGGREGATE_TYPE,
+            node,
+            meta,
+            work,
+            prev_hash,
+        ));
         let outgoing = Outgoing { msg_id: msg_id.clone(), bytes: Bytes::from(envelope.encode()) };
         let expected = last.map_or(0, |e| e.sequence);
         match store.append(subject, expected, vec![outgoing]).await {
@@ -458,11 +467,50 @@ const ROUTE_ATTEMPTS: u32 = 8;
 /// be refused again. Only a failure of the store leaves it for redelivery.
 pub async fn ingest(handler: CommandHandler) -> anyhow::Result<()> {
     let store = handler.store().clone();
-    consume(&store, "ingest", events::subject::ALL_NODE_REPORTS, |subject, event| ingest_one(&handler, subject, event))
-        .await
+    let keys = NodeKeys::default();
+    consume(&store, "ingest", events::subject::ALL_NODE_REPORTS, |subject, event| {
+        ingest_one(&handler, &keys, subject, event)
+    })
+    .await
 }
 
-async fn ingest_one(handler: &CommandHandler, subject: String, stored: StoredEvent) -> anyhow::Result<()> {
+/// The key each node was enrolled with, as last read from its aggregate.
+#[derive(Debug, Default)]
+struct NodeKeys(std::sync::Mutex<HashMap<String, String>>);
+
+impl NodeKeys {
+    /// Why the report in `envelope` may not speak for `node` of `tenant`, if it may not: it
+    /// must be signed, and by the key the node holds now.
+    async fn refusal(
+        &self,
+        handler: &CommandHandler,
+        tenant: &str,
+        node: &str,
+        envelope: &Envelope,
+    ) -> anyhow::Result<Option<String>> {
+        let signer = match envelope.verify() {
+            Ok(signer) => signer,
+            Err(e) => return Ok(Some(format!("{e}"))),
+        };
+        let subject = events::subject::aggregate(tenant, Node::TYPE, node);
+        if self.0.lock().expect("the key cache is not poisoned").get(&subject).is_some_and(|k| k == signer) {
+            return Ok(None);
+        }
+        // Not known yet, or the node's key changed since: ask its aggregate.
+        let state: Node = handler.state(tenant, node).await?;
+        let Some(key) = state.key else { return Ok(Some("the node is not enrolled".to_owned())) };
+        let matches = key == signer;
+        self.0.lock().expect("the key cache is not poisoned").insert(subject, key);
+        Ok((!matches).then(|| format!("signed by {signer}, which is not the key the node was enrolled with")))
+    }
+}
+
+async fn ingest_one(
+    handler: &CommandHandler,
+    keys: &NodeKeys,
+    subject: String,
+    stored: StoredEvent,
+) -> anyhow::Result<()> {
     let envelope = &stored.envelope;
     let sequence = stored.sequence;
     // ev.<tenant>.node.<node>.state
@@ -470,8 +518,17 @@ async fn ingest_one(handler: &CommandHandler, subject: String, stored: StoredEve
         tracing::error!(sequence, subject, "a report on an unexpected subject");
         return Ok(());
     };
-    if envelope.tenant != tenant || envelope.aggregate_id != node {
-        tracing::warn!(sequence, subject, claimed = %envelope.aggregate_id, "a report claims another node; using the subject's");
+    let misplaced = envelope.tenant != tenant
+        || envelope.aggregate_id != node
+        || envelope.aggregate_type != events::report::AGGREGATE_TYPE;
+    if misplaced {
+        let claimed = format!("{}/{}/{}", envelope.tenant, envelope.aggregate_type, envelope.aggregate_id);
+        tracing::error!(sequence, subject, claimed, "refused: a report whose envelope disagrees with its subject");
+        return Ok(());
+    }
+    if let Some(why) = keys.refusal(handler, tenant, node, envelope).await? {
+        tracing::error!(sequence, subject, why, "refused: a report not signed by its node");
+        return Ok(());
     }
     let report = match envelope.event::<NodeReport>() {
         Ok(report) => report,

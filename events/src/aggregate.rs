@@ -1,5 +1,17 @@
 //! The shape every aggregate shares: `decide` a command against a state, `evolve` a state by
 //! an event.
+//!
+//! # Schema evolution
+//!
+//! Every event type has a schema version (`event_payload!`: `Name => "name" @ 2`). A payload
+//! is read directly at its type's current version; an older one is decoded to a value, lifted
+//! a version at a time by the type's upcaster, then read. The engine and `replay` both read
+//! through `Envelope::event`, so both see today's shape.
+//!
+//! `events/tests/golden.rs` keeps one stored payload of every event type at every version it
+//! has had (`events/tests/fixtures/<type>@<v>.hex`): each must read as today's event, and
+//! today's encoding must equal the current fixture. The first real second version:
+//! `application.version_added` 2 splits version 1's `image` into `repository` and `tag`.
 
 use chrono::{DateTime, Utc};
 

@@ -149,6 +149,8 @@ pub struct NodeProgress {
     pub released: bool,
     /// When it first reported `running` since the last launch or update.
     pub running_since: Option<DateTime<Utc>>,
+    /// Its credential was revoked: its last status stands, and it will report no more.
+    pub revoked: bool,
 }
 
 impl NodeProgress {
@@ -163,6 +165,7 @@ impl NodeProgress {
             applied_locally: false,
             released: true,
             running_since: None,
+            revoked: false,
         }
     }
 }
@@ -233,6 +236,10 @@ pub enum DeploymentCommand {
     AddTarget {
         node: String,
         reason: String,
+    },
+    /// A target node's credential was revoked.
+    MarkNodeRevoked {
+        node: String,
     },
     /// A node no longer matches the selector.
     RemoveTarget {
@@ -368,6 +375,10 @@ pub enum DeploymentEvent {
     RolloutHalted {
         reason: String,
     },
+    /// A target node's credential was revoked: it is cut off, its last status stands.
+    NodeRevoked {
+        node: String,
+    },
 }
 
 event_payload!(DeploymentEvent, "deployment", {
@@ -386,6 +397,7 @@ event_payload!(DeploymentEvent, "deployment", {
     WaveReleased => "wave_released",
     RolloutHalted => "rollout_halted",
     RolledBack => "rolled_back",
+    NodeRevoked => "node_revoked",
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -501,6 +513,10 @@ impl Aggregate for Deployment {
             DeploymentCommand::AddTarget { node, reason } => Ok(match self.nodes.get(node) {
                 Some(progress) if progress.active => vec![],
                 _ => vec![DeploymentEvent::TargetAdded { node: node.clone(), reason: reason.clone() }],
+            }),
+            DeploymentCommand::MarkNodeRevoked { node } => Ok(match self.nodes.get(node) {
+                Some(progress) if !progress.revoked => vec![DeploymentEvent::NodeRevoked { node: node.clone() }],
+                _ => vec![],
             }),
             DeploymentCommand::RemoveTarget { node, reason } => Ok(match self.nodes.get(node) {
                 Some(progress) if progress.active => {
@@ -688,6 +704,7 @@ impl Aggregate for Deployment {
                     progress.error = error.clone();
                     progress.containers = containers.clone();
                     progress.reported_at = Some(*reported_at);
+                    progress.revoked = false;
                     if *status == Status::Running && progress.running_since.is_none() {
                         progress.running_since = Some(*reported_at);
                     }
@@ -702,6 +719,11 @@ impl Aggregate for Deployment {
                 }
             }
             DeploymentEvent::RolloutHalted { reason } => self.halted = Some(reason.clone()),
+            DeploymentEvent::NodeRevoked { node } => {
+                if let Some(progress) = self.nodes.get_mut(node) {
+                    progress.revoked = true;
+                }
+            }
             DeploymentEvent::AppliedLocally { node, .. } => {
                 if let Some(progress) = self.nodes.get_mut(node) {
                     progress.applied_locally = true;

@@ -1,4 +1,11 @@
 //! The one envelope every event travels in, its MessagePack encoding and its hash chain.
+//!
+//! `prev_hash` is the SHA-256 of the encoded previous event on the same subject; the first
+//! event of a subject has none, so the store loads a new aggregate with one direct get. Every
+//! envelope names its `signer` and carries an Ed25519 `signature` over its canonical bytes, the
+//! envelope encoded without the signature ([`Envelope::signed`], [`Envelope::verify`]). The
+//! payload is read through [`Envelope::event`], which lifts older schema versions (see
+//! `crate::aggregate`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -31,6 +38,13 @@ pub struct Envelope {
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     pub prev_hash: Option<String>,
+    /// The public key (an nkey, `U...`) of whoever wrote it: the engine, or the node whose
+    /// report it is. Absent from events written before events were signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// The Ed25519 signature by `signer` over [`Envelope::signed_bytes`], in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// Who and why: what the caller knows about an event besides its payload.
@@ -52,6 +66,34 @@ pub enum DecodeError {
     UnknownVersion { event_type: String, schema_version: u16 },
     #[error("envelope says {declared} but the payload is {payload}")]
     TypeMismatch { declared: String, payload: &'static str },
+}
+
+/// Why an envelope's signature does not stand.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("it is not signed")]
+    Unsigned,
+    #[error("its signer `{0}` is not a public key")]
+    BadSigner(String),
+    #[error("its signature does not verify under {0}")]
+    Forged(String),
+}
+
+/// Something that signs envelopes: the holder of a key.
+pub trait Sign {
+    /// The public key the signatures verify under.
+    fn public_key(&self) -> String;
+    fn sign(&self, bytes: &[u8]) -> Vec<u8>;
+}
+
+impl Sign for nkeys::KeyPair {
+    fn public_key(&self) -> String {
+        nkeys::KeyPair::public_key(self)
+    }
+
+    fn sign(&self, bytes: &[u8]) -> Vec<u8> {
+        nkeys::KeyPair::sign(self, bytes).expect("a key pair with its seed signs")
+    }
 }
 
 impl Envelope {
@@ -78,7 +120,37 @@ impl Envelope {
             time,
             payload: event.to_payload(),
             prev_hash,
+            signer: None,
+            signature: None,
         }
+    }
+
+    /// The bytes a signature covers: the encoded envelope, signer included, without the
+    /// signature itself.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let unsigned = Envelope { signature: None, ..self.clone() };
+        unsigned.encode()
+    }
+
+    /// Signs it as `key`.
+    pub fn signed(mut self, key: &dyn Sign) -> Envelope {
+        self.signer = Some(key.public_key());
+        self.signature = None;
+        let signature = key.sign(&self.signed_bytes());
+        self.signature = Some(hex::encode(signature));
+        self
+    }
+
+    /// Checks that its signature verifies under the key it names; returns that key. Whether
+    /// the key may write this event is the reader's question.
+    pub fn verify(&self) -> Result<&str, SignatureError> {
+        let (Some(signer), Some(signature)) = (&self.signer, &self.signature) else {
+            return Err(SignatureError::Unsigned);
+        };
+        let key = nkeys::KeyPair::from_public_key(signer).map_err(|_| SignatureError::BadSigner(signer.clone()))?;
+        let signature = hex::decode(signature).map_err(|_| SignatureError::Forged(signer.clone()))?;
+        key.verify(&self.signed_bytes(), &signature).map_err(|_| SignatureError::Forged(signer.clone()))?;
+        Ok(signer)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -159,6 +231,32 @@ mod tests {
         envelope.schema_version = 9;
         let err = envelope.event::<ApplicationEvent>().unwrap_err();
         assert_eq!(err.to_string(), "application.registered has no schema version 9");
+    }
+
+    #[test]
+    fn a_signed_envelope_verifies_under_its_signer_and_nothing_else() {
+        let key = nkeys::KeyPair::new_user();
+        let signed = sample().signed(&key);
+        assert_eq!(signed.verify(), Ok(key.public_key().as_str()));
+        let decoded = Envelope::decode(&signed.encode()).unwrap();
+        assert_eq!(decoded.verify(), Ok(key.public_key().as_str()));
+
+        assert_eq!(sample().verify(), Err(SignatureError::Unsigned));
+        let mut altered = signed.clone();
+        altered.actor = "someone else".into();
+        assert!(matches!(altered.verify(), Err(SignatureError::Forged(_))));
+        let mut claimed = signed.clone();
+        claimed.signer = Some(nkeys::KeyPair::new_user().public_key());
+        assert!(matches!(claimed.verify(), Err(SignatureError::Forged(_))));
+        let mut garbage = signed;
+        garbage.signer = Some("not a key".into());
+        assert!(matches!(garbage.verify(), Err(SignatureError::BadSigner(_))));
+    }
+
+    #[test]
+    fn an_unsigned_envelope_encodes_as_before_signatures_existed() {
+        let bytes = sample().encode();
+        assert!(!String::from_utf8_lossy(&bytes).contains("signer"));
     }
 
     #[test]

@@ -26,5 +26,5 @@ pub mod testing;
 pub mod work;
 
 pub use aggregate::{Aggregate, Ctx, EventPayload};
-pub use envelope::{DecodeError, Envelope};
+pub use envelope::{DecodeError, Envelope, Sign, SignatureError};
 pub use status::{ContainerStatus, Containers, Failure, Status};

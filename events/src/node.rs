@@ -1,5 +1,5 @@
-//! An edge node as the engine knows it: its labels, whether it is online, when it was last
-//! heard from.
+//! An edge node as the engine knows it: the key it was enrolled with (and those it no longer
+//! may use), its labels, whether it is online, when it was last heard from.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +16,12 @@ pub type Labels = BTreeMap<String, String>;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Node {
+    /// The public key its credential was issued to; its reports must be signed by it.
+    pub key: Option<String>,
+    /// Keys it held before, revoked: by a rotation, or with the node.
+    pub revoked_keys: Vec<String>,
+    /// Enrollment labels: the engine's word, which the node's own labels cannot override.
+    pub enrolled_labels: Labels,
     pub registered: bool,
     pub labels: Labels,
     pub state: Option<NodeState>,
@@ -30,10 +36,20 @@ pub enum NodeState {
     /// Its heartbeats stopped: the engine does not know what it runs now. The last known state
     /// of its deployments stands.
     Unreachable,
+    /// Its credential was revoked: it is cut off from the bus and may not come back.
+    Revoked,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeCommand {
+    /// Gives the node a credential for `public_key`: its first, or one that replaces the one
+    /// it has (a rotation, which revokes the old key), or one after it was revoked.
+    Enroll {
+        public_key: String,
+        labels: Labels,
+    },
+    /// Revokes the node's credential: the bus refuses it from now on.
+    Revoke,
     /// Registers the node, or changes its labels if it is registered already.
     Register {
         labels: Labels,
@@ -47,6 +63,9 @@ pub enum NodeCommand {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeEvent {
+    Enrolled { public_key: String, labels: Labels },
+    KeyRotated { public_key: String, previous: String },
+    Revoked { public_key: String },
     Registered { labels: Labels },
     LabelsChanged { labels: Labels },
     StateChanged { state: NodeState },
@@ -54,6 +73,9 @@ pub enum NodeEvent {
 }
 
 event_payload!(NodeEvent, "node", {
+    Enrolled => "enrolled",
+    KeyRotated => "key_rotated",
+    Revoked => "revoked",
     Registered => "registered",
     LabelsChanged => "labels_changed",
     StateChanged => "state_changed",
@@ -66,6 +88,33 @@ pub enum NodeRejection {
     NotRegistered,
     #[error("label {0}")]
     InvalidLabel(String),
+    #[error("`{0}` is not a user public key")]
+    InvalidKey(String),
+    #[error("key `{0}` was revoked: make a new key pair")]
+    KeyRevoked(String),
+    #[error("the node is not enrolled")]
+    NotEnrolled,
+    #[error("the node's credential was revoked")]
+    Revoked,
+}
+
+/// Whether `key` reads as a user public key (`U` and 55 more base32 characters); whether it
+/// decodes is checked where keys are used.
+fn is_user_key(key: &str) -> bool {
+    key.len() == 56 && key.starts_with('U') && key.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+}
+
+impl Node {
+    /// The labels it has: its own, under the ones it was enrolled with.
+    fn with_enrolled(&self, labels: &Labels) -> Labels {
+        let mut all = labels.clone();
+        all.extend(self.enrolled_labels.clone());
+        all
+    }
+
+    pub fn revoked(&self) -> bool {
+        self.state == Some(NodeState::Revoked)
+    }
 }
 
 impl Aggregate for Node {
@@ -76,13 +125,42 @@ impl Aggregate for Node {
 
     fn decide(&self, command: &NodeCommand, ctx: &Ctx) -> Result<Vec<NodeEvent>, NodeRejection> {
         match command {
+            NodeCommand::Enroll { public_key, labels } => {
+                for key in labels.keys() {
+                    check_token("key", key).map_err(NodeRejection::InvalidLabel)?;
+                }
+                if !is_user_key(public_key) {
+                    return Err(NodeRejection::InvalidKey(public_key.clone()));
+                }
+                if self.revoked_keys.contains(public_key) {
+                    return Err(NodeRejection::KeyRevoked(public_key.clone()));
+                }
+                let enrolled = || NodeEvent::Enrolled { public_key: public_key.clone(), labels: labels.clone() };
+                Ok(match &self.key {
+                    Some(key) if key == public_key && self.enrolled_labels == *labels => vec![],
+                    Some(key) if key == public_key => vec![enrolled()],
+                    Some(_) if self.revoked() => vec![enrolled()],
+                    Some(previous) => vec![
+                        NodeEvent::KeyRotated { public_key: public_key.clone(), previous: previous.clone() },
+                        enrolled(),
+                    ],
+                    None => vec![enrolled()],
+                })
+            }
+            NodeCommand::Revoke => match &self.key {
+                None => Err(NodeRejection::NotEnrolled),
+                Some(_) if self.revoked() => Ok(vec![]),
+                Some(key) => Ok(vec![NodeEvent::Revoked { public_key: key.clone() }]),
+            },
+            _ if self.revoked() => Err(NodeRejection::Revoked),
             NodeCommand::Register { labels } => {
                 for key in labels.keys() {
                     check_token("key", key).map_err(NodeRejection::InvalidLabel)?;
                 }
+                let labels = self.with_enrolled(labels);
                 Ok(match self.registered {
-                    false => vec![NodeEvent::Registered { labels: labels.clone() }],
-                    true if self.labels != *labels => vec![NodeEvent::LabelsChanged { labels: labels.clone() }],
+                    false => vec![NodeEvent::Registered { labels }],
+                    true if self.labels != labels => vec![NodeEvent::LabelsChanged { labels }],
                     true => vec![],
                 })
             }
@@ -105,6 +183,18 @@ impl Aggregate for Node {
 
     fn evolve(mut self, event: &NodeEvent) -> Node {
         match event {
+            NodeEvent::Enrolled { public_key, labels } => {
+                self.key = Some(public_key.clone());
+                self.enrolled_labels = labels.clone();
+                if self.revoked() {
+                    self.state = None;
+                }
+            }
+            NodeEvent::KeyRotated { previous, .. } => self.revoked_keys.push(previous.clone()),
+            NodeEvent::Revoked { public_key } => {
+                self.revoked_keys.push(public_key.clone());
+                self.state = Some(NodeState::Revoked);
+            }
             NodeEvent::Registered { labels } => {
                 self.registered = true;
                 self.labels = labels.clone();
@@ -215,6 +305,83 @@ mod tests {
         given::<Node>(history)
             .when(C::Heartbeat)
             .then([E::StateChanged { state: NodeState::Online }, E::HeartbeatRecorded { at: now() }]);
+    }
+
+    const KEY_A: &str = "UAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    const KEY_B: &str = "UBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+
+    fn enrolled(key: &str) -> E {
+        E::Enrolled { public_key: key.into(), labels: labels(&[("site", "lab")]) }
+    }
+
+    #[test]
+    fn enroll_records_the_key_and_the_labels() {
+        given::<Node>([])
+            .when(C::Enroll { public_key: KEY_A.into(), labels: labels(&[("site", "lab")]) })
+            .then([enrolled(KEY_A)]);
+    }
+
+    #[test]
+    fn enroll_again_with_the_same_key_changes_nothing() {
+        given::<Node>([enrolled(KEY_A)])
+            .when(C::Enroll { public_key: KEY_A.into(), labels: labels(&[("site", "lab")]) })
+            .then([]);
+    }
+
+    #[test]
+    fn enroll_with_a_new_key_rotates_and_revokes_the_old_one() {
+        let state = given::<Node>([enrolled(KEY_A)])
+            .when(C::Enroll { public_key: KEY_B.into(), labels: labels(&[("site", "lab")]) })
+            .then([E::KeyRotated { public_key: KEY_B.into(), previous: KEY_A.into() }, enrolled(KEY_B)]);
+        assert_eq!(state.key.as_deref(), Some(KEY_B));
+        assert_eq!(state.revoked_keys, vec![KEY_A.to_owned()]);
+        given::<Node>([
+            enrolled(KEY_A),
+            E::KeyRotated { public_key: KEY_B.into(), previous: KEY_A.into() },
+            enrolled(KEY_B),
+        ])
+        .when(C::Enroll { public_key: KEY_A.into(), labels: Labels::new() })
+        .then_rejected(NodeRejection::KeyRevoked(KEY_A.into()));
+    }
+
+    #[test]
+    fn enroll_refuses_what_is_not_a_user_key() {
+        given::<Node>([])
+            .when(C::Enroll { public_key: "AABC".into(), labels: Labels::new() })
+            .then_rejected(NodeRejection::InvalidKey("AABC".into()));
+    }
+
+    #[test]
+    fn enrolled_labels_stand_over_the_ones_a_node_claims() {
+        given::<Node>([enrolled(KEY_A)])
+            .when(C::Register { labels: labels(&[("site", "vault"), ("arch", "arm64")]) })
+            .then([E::Registered { labels: labels(&[("site", "lab"), ("arch", "arm64")]) }]);
+    }
+
+    #[test]
+    fn a_revoked_node_is_refused_until_enrolled_with_a_new_key() {
+        let history = [enrolled(KEY_A), E::Registered { labels: labels(&[("site", "lab")]) }];
+        let state = given::<Node>(history.clone()).when(C::Revoke).then([E::Revoked { public_key: KEY_A.into() }]);
+        assert_eq!(state.state, Some(NodeState::Revoked));
+        let mut revoked = history.to_vec();
+        revoked.push(E::Revoked { public_key: KEY_A.into() });
+        given::<Node>(revoked.clone()).when(C::Heartbeat).then_rejected(NodeRejection::Revoked);
+        given::<Node>(revoked.clone())
+            .when(C::ReportState { state: NodeState::Unreachable })
+            .then_rejected(NodeRejection::Revoked);
+        given::<Node>(revoked.clone()).when(C::Revoke).then([]);
+        given::<Node>(revoked.clone())
+            .when(C::Enroll { public_key: KEY_A.into(), labels: Labels::new() })
+            .then_rejected(NodeRejection::KeyRevoked(KEY_A.into()));
+        let state = given::<Node>(revoked)
+            .when(C::Enroll { public_key: KEY_B.into(), labels: labels(&[("site", "lab")]) })
+            .then([enrolled(KEY_B)]);
+        assert_eq!(state.state, None);
+    }
+
+    #[test]
+    fn revoke_of_a_node_never_enrolled_is_rejected() {
+        given::<Node>([]).when(C::Revoke).then_rejected(NodeRejection::NotEnrolled);
     }
 
     #[test]

@@ -28,6 +28,17 @@ pub fn node_reports(tenant: &str, node: &str) -> String {
     format!("ev.{tenant}.node.{node}.state")
 }
 
+/// The durable consumer through which a node reads its work. The tenant's length comes first:
+/// tenants and nodes may hold `-`, and `node-a-b-c` alone would not say which is which.
+pub fn node_consumer(tenant: &str, node: &str) -> String {
+    format!("node-{}-{tenant}-{node}", tenant.len())
+}
+
+/// The prefix of a node's reply subjects: its credential lets it receive on these alone.
+pub fn node_inbox(tenant: &str, node: &str) -> String {
+    format!("_INBOX_node.{tenant}.{node}")
+}
+
 /// Checks that `value` can be one token of a subject: 1 to 64 of `[A-Za-z0-9_-]`.
 pub fn check_token(what: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
@@ -77,6 +88,7 @@ mod tests {
         assert_eq!(aggregate("acme", "deployment", "d1"), "ev.acme.deployment.d1");
         assert_eq!(node_desired("acme", "n1"), "ev.acme.node.n1.desired");
         assert_eq!(node_reports("acme", "n1"), "ev.acme.node.n1.state");
+        assert_ne!(node_consumer("a-b", "c"), node_consumer("a", "b-c"));
     }
 
     #[test]

@@ -20,6 +20,9 @@ use events::tenant::TenantEvent;
 use events::work::NodeWork;
 use events::{ContainerStatus, EventPayload, Failure, Status};
 
+const KEY: &str = "UAHLWS7HGC6VE4PNB2YOXOTWKSJ4N2P3HVO74O4ZIWRR7C7QKEGHBQ7S";
+const OTHER_KEY: &str = "UCUCZLWBN4A2U3ARBR3BVAFWTIPAYE63PHH7TPWMOZNCXQMVCPKIXCOE";
+
 fn at() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z").unwrap().to_utc()
 }
@@ -124,11 +127,15 @@ fn deployments() -> Vec<DeploymentEvent> {
         DeploymentEvent::AppliedLocally { node: "edge-1".into(), at: at() },
         DeploymentEvent::WaveReleased { nodes: vec!["edge-1".into(), "edge-2".into()] },
         DeploymentEvent::RolloutHalted { reason: "1 node(s) failed".into() },
+        DeploymentEvent::NodeRevoked { node: "edge-1".into() },
     ]
 }
 
 fn nodes() -> Vec<NodeEvent> {
     vec![
+        NodeEvent::Enrolled { public_key: KEY.into(), labels: map(&[("site", "lab")]) },
+        NodeEvent::KeyRotated { public_key: OTHER_KEY.into(), previous: KEY.into() },
+        NodeEvent::Revoked { public_key: OTHER_KEY.into() },
         NodeEvent::Registered { labels: map(&[("site", "lab")]) },
         NodeEvent::LabelsChanged { labels: map(&[("site", "plant")]) },
         NodeEvent::StateChanged { state: NodeState::Unreachable },

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use engine::store::StoredEvent;
+use bus::store::StoredEvent;
 use events::application::{Application, ApplicationEvent};
 use events::deployment::DeploymentEvent;
 use events::node::NodeEvent;

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use engine::store::StoredEvent;
+use bus::store::StoredEvent;
 
 /// One line of the trail; written as JSON lines, a tool outside the project can read it.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -11,7 +11,7 @@ use std::io::IsTerminal;
 
 use futures::StreamExt;
 
-use engine::store::{EventStore, StoredEvent};
+use bus::store::{EventStore, StoredEvent};
 
 /// Hands `each` every event of the stream from sequence `from` to the last one there is now,
 /// with its subject, in stream order; returns how many there were. Progress is shown on a
@@ -33,12 +33,12 @@ pub async fn each_event(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events, {per_sec}, {eta} left")
             .expect("a valid template"),
     );
-    let messages = engine::tail::tail(store, from).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
+    let messages = bus::tail::tail(store, from).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
     let mut messages = std::pin::pin!(messages);
     let mut count = 0;
     while let Some(message) = messages.next().await {
-        let sequence = message.info().map_err(|e| anyhow::anyhow!(e))?.stream_sequence;
-        each(message.subject.as_str(), StoredEvent::decode(sequence, message.payload.clone())?)?;
+        let sequence = message.sequence;
+        each(&message.subject, StoredEvent::decode(sequence, message.payload)?)?;
         count += 1;
         progress.set_position(sequence);
         // The log never ends: stop at the end read beforehand.
@@ -61,11 +61,10 @@ pub async fn follow(
         Some(from) => from,
         None => store.last_sequence().await? + 1,
     };
-    let messages = engine::tail::tail(store, from).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
+    let messages = bus::tail::tail(store, from).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
     let mut messages = std::pin::pin!(messages);
     while let Some(message) = messages.next().await {
-        let sequence = message.info().map_err(|e| anyhow::anyhow!(e))?.stream_sequence;
-        each(message.subject.as_str(), StoredEvent::decode(sequence, message.payload.clone())?)?;
+        each(&message.subject, StoredEvent::decode(message.sequence, message.payload)?)?;
     }
     Ok(())
 }

@@ -8,16 +8,23 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use engine::store::{EventStore, StoreConfig};
+use bus::store::{EventStore, StoreConfig};
 use replay::at::{Fold, Until};
 use replay::audit::{Entry, Filter};
-use replay::verify::Chains;
+use replay::verify::{Chains, Signatures};
 
 #[derive(Debug, Parser)]
 #[command(name = "replay", about = "Read the event log: tamper evidence and the audit trail", version)]
 struct Cli {
-    #[arg(long, global = true, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, global = true, env = "NATS_URL", default_value = "tls://127.0.0.1:4222")]
     nats: String,
+    /// The credentials to read with: an auditor's (`engine credential auditor`) reads every
+    /// tenant and writes nothing.
+    #[arg(long, global = true, env = "REPLAY_CREDS")]
+    creds: Option<std::path::PathBuf>,
+    /// The certificate authority of the servers' certificates.
+    #[arg(long, global = true, env = "NATS_CA")]
+    ca: Option<std::path::PathBuf>,
     #[arg(long, global = true, default_value = events::subject::STREAM)]
     stream: String,
     #[command(subcommand)]
@@ -26,8 +33,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Walk every subject's hash chain; name the first altered, removed or reordered event.
-    Verify,
+    /// Walk every subject's hash chain and name the first altered, removed or reordered event;
+    /// check every signature and name each unsigned, forged or misplaced event.
+    Verify {
+        /// A key of the engine's (`engine trust init` prints it); repeat for several. Without
+        /// one, engine events are only checked against the key they name.
+        #[arg(long = "engine-key")]
+        engine_keys: Vec<String>,
+    },
     /// Fold the whole log into fresh read models, by the engine's projection code.
     Rebuild {
         /// Where the read models go (a sled directory; a new one).
@@ -88,15 +101,32 @@ enum Format {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = async_nats::connect(&cli.nats).await.with_context(|| format!("connecting to {}", cli.nats))?;
-    // Opening never changes a stream that exists.
-    let store = EventStore::open(client, &StoreConfig { stream: cli.stream.clone(), ..Default::default() }).await?;
+    let credentials = match &cli.creds {
+        Some(path) => Some(
+            bus::Credentials::read(path, None)
+                .with_context(|| format!("reading the credentials {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let connection = bus::Connection {
+        servers: cli.nats.clone(),
+        credentials,
+        ca: cli.ca.clone(),
+        name: "replay".to_owned(),
+        inbox_prefix: None,
+    };
+    let client = connection.connect_with(connection.options()).await?;
+    // It writes nothing, not even a consumer: it reads by direct gets.
+    let config = StoreConfig { stream: cli.stream.clone(), ..Default::default() };
+    let store = EventStore::open_existing(client, &config).await?.reading_by_direct_get();
     match cli.command {
-        Command::Verify => {
+        Command::Verify { engine_keys } => {
             let mut chains = Chains::default();
+            let mut signatures = Signatures::new(engine_keys);
             let count = replay::each_event(&store, 1, |subject, event| {
                 let prev = event.envelope.prev_hash.clone();
                 chains.add(subject, event.sequence, event.envelope.id.to_string(), &event.bytes, prev);
+                signatures.add(subject, event.sequence, &event.envelope);
                 Ok(())
             })
             .await?;
@@ -104,8 +134,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for broken in &breaks {
                 println!("{broken}");
             }
-            println!("{count} events on {} subjects: {} broken chain(s)", chains.subjects(), breaks.len());
-            Ok(if breaks.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            for finding in signatures.findings() {
+                println!("{finding}");
+            }
+            let found = signatures.findings().len();
+            println!(
+                "{count} events on {} subjects: {} broken chain(s), {found} unsigned, forged or misplaced event(s)",
+                chains.subjects(),
+                breaks.len()
+            );
+            Ok(if breaks.is_empty() && found == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::At { seq, time } => {
             let until = match (seq, time) {

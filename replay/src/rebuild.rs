@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bus::store::EventStore;
 use engine::projector::{self, ProjectorConfig};
 use engine::read_model::{Deployments, Nodes, Notifications};
-use engine::store::EventStore;
 use events::projection::deployments::DeploymentView;
 use events::projection::nodes::NodeRecord;
 

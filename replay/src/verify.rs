@@ -1,10 +1,95 @@
 //! Tamper evidence: every event carries the hash of the event before it on its subject
 //! (`prev_hash`), so each subject is a chain. An event altered, removed or moved breaks the
-//! link of the event after it.
+//! link of the event after it. And every event is signed ([`Signatures`]): a node's report by
+//! the key the node was enrolled with at that point of the log, everything else by the
+//! engine's key, which the auditor brings (a log cannot vouch for itself).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use events::envelope::chain_hash;
+use events::node::NodeEvent;
+use events::Envelope;
+
+/// An event whose signature or place does not stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub subject: String,
+    pub sequence: u64,
+    pub id: String,
+    pub what: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: event {} at sequence {}: {}", self.subject, self.id, self.sequence, self.what)
+    }
+}
+
+/// Who may write where, learnt from the log as it is read.
+#[derive(Debug, Default)]
+pub struct Signatures {
+    /// The engine's keys; when none is given, engine events are only checked to verify under
+    /// the key they name.
+    engine_keys: BTreeSet<String>,
+    /// Each node's enrolled key, as of the event read last: `(tenant, node)`.
+    node_keys: HashMap<(String, String), String>,
+    findings: Vec<Finding>,
+}
+
+impl Signatures {
+    pub fn new(engine_keys: impl IntoIterator<Item = String>) -> Signatures {
+        Signatures { engine_keys: engine_keys.into_iter().collect(), ..Signatures::default() }
+    }
+
+    /// Checks the event at `sequence`, read on `subject`.
+    pub fn add(&mut self, subject: &str, sequence: u64, envelope: &Envelope) {
+        let before = self.findings.len();
+        let mut finding = |what: String| {
+            let id = envelope.id.to_string();
+            self.findings.push(Finding { subject: subject.to_owned(), sequence, id, what });
+        };
+        let tokens: Vec<&str> = subject.split('.').collect();
+        // Where the subject says it belongs, and whose key must have signed it.
+        let (tenant, aggregate_type, aggregate_id, writer) = match tokens[..] {
+            ["ev", tenant, "node", node, "state"] => {
+                (tenant, events::report::AGGREGATE_TYPE, node, Some((tenant, node)))
+            }
+            ["ev", tenant, "node", node, "desired"] => (tenant, events::work::AGGREGATE_TYPE, node, None),
+            ["ev", tenant, aggregate_type, id] => (tenant, aggregate_type, id, None),
+            _ => return finding("a subject outside the documented layout".to_owned()),
+        };
+        if envelope.tenant != tenant
+            || envelope.aggregate_type != aggregate_type
+            || envelope.aggregate_id != aggregate_id
+        {
+            let claimed = format!("{}/{}/{}", envelope.tenant, envelope.aggregate_type, envelope.aggregate_id);
+            finding(format!("misplaced: its envelope says {claimed}"));
+        }
+        match (envelope.verify(), writer) {
+            (Err(e), _) => finding(e.to_string()),
+            (Ok(signer), Some((tenant, node))) => match self.node_keys.get(&(tenant.to_owned(), node.to_owned())) {
+                Some(key) if key == signer => {}
+                Some(_) => finding(format!("forged: signed by {signer}, not by the key node {node} was enrolled with")),
+                None => finding(format!("forged: signed by {signer}, but node {node} was never enrolled")),
+            },
+            (Ok(signer), None) if !self.engine_keys.is_empty() && !self.engine_keys.contains(signer) => {
+                finding(format!("forged: signed by {signer}, which is not an engine key"))
+            }
+            (Ok(_), None) => {}
+        }
+        // Only an enrollment that stands tells whose key a node holds.
+        if tokens.len() == 4 && aggregate_type == "node" && self.findings.len() == before {
+            if let Ok(NodeEvent::Enrolled { public_key, .. }) = envelope.event::<NodeEvent>() {
+                self.node_keys.insert((tenant.to_owned(), aggregate_id.to_owned()), public_key);
+            }
+        }
+    }
+
+    /// Every finding, in stream order.
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+}
 
 /// Where a chain is broken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,5 +230,42 @@ mod tests {
         swapped.swap(1, 2);
         let breaks = walk(&swapped);
         assert_eq!((breaks[0].sequence, &breaks[0].kind), (2, &Kind::Reordered { follows: 3 }));
+    }
+
+    fn envelope(aggregate_type: &str, id: &str, event: &impl events::EventPayload) -> Envelope {
+        let meta = events::envelope::Metadata {
+            tenant: "t".into(),
+            actor: "a".into(),
+            correlation_id: uuid::Uuid::nil(),
+            causation_id: uuid::Uuid::nil(),
+        };
+        Envelope::new(uuid::Uuid::nil(), chrono::DateTime::UNIX_EPOCH, aggregate_type, id, &meta, event, None)
+    }
+
+    #[test]
+    fn reports_verify_under_the_key_enrolled_at_that_point_and_engine_events_under_the_engine_key() {
+        let (engine, node, other) =
+            (nkeys::KeyPair::new_user(), nkeys::KeyPair::new_user(), nkeys::KeyPair::new_user());
+        let mut signatures = Signatures::new([engine.public_key()]);
+        let enrolled = NodeEvent::Enrolled { public_key: node.public_key(), labels: Default::default() };
+        let report = events::report::NodeReport::AppliedLocally { deployment: "d".into() };
+        let report_of = |node: &str| envelope(events::report::AGGREGATE_TYPE, node, &report);
+
+        // Before its enrollment, even the right key is not the node's.
+        signatures.add("ev.t.node.n.state", 1, &report_of("n").signed(&node));
+        signatures.add("ev.t.node.n", 2, &envelope("node", "n", &enrolled).signed(&engine));
+        signatures.add("ev.t.node.n.state", 3, &report_of("n").signed(&node));
+        signatures.add("ev.t.node.n.state", 4, &report_of("n").signed(&other));
+        signatures.add("ev.t.node.n.state", 5, &report_of("n"));
+        signatures.add("ev.t.node.n.state", 6, &report_of("m").signed(&node));
+        let forged = NodeEvent::Enrolled { public_key: other.public_key(), labels: Default::default() };
+        signatures.add("ev.t.node.n", 7, &envelope("node", "n", &forged).signed(&other));
+        signatures.add("ev.t.node.n.state", 8, &report_of("n").signed(&other));
+        let found: Vec<(u64, &str)> =
+            signatures.findings().iter().map(|f| (f.sequence, f.what.split(':').next().unwrap())).collect();
+        assert_eq!(
+            found,
+            [(1, "forged"), (4, "forged"), (5, "it is not signed"), (6, "misplaced"), (7, "forged"), (8, "forged")]
+        );
     }
 }

@@ -23,6 +23,7 @@ use crate::harness::{launch, TestEngine, TIMEOUT};
 
 struct SimNode {
     name: String,
+    credentials: NodeConfig,
     link: Link,
     runtime: SimRuntime,
     data: tempfile::TempDir,
@@ -30,13 +31,18 @@ struct SimNode {
 }
 
 impl SimNode {
-    async fn start(nats: &NatsServer, i: usize) -> SimNode {
+    async fn start(nats: &NatsServer, engine: &TestEngine, i: usize) -> SimNode {
         let link = Link::to(&format!("127.0.0.1:{}", nats.port())).await;
         let runtime = SimRuntime::new(Duration::from_millis(5));
         let data = tempfile::tempdir().unwrap();
         let name = format!("sim{i:02}-{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
-        let task = Self::run(Self::config(&link, &name, &data), &runtime);
-        SimNode { name, link, runtime, data, task }
+        let credentials = NodeConfig {
+            credentials: Some(engine.enroll(&name).await),
+            ca: Some(engine.trust().ca()),
+            ..NodeConfig::default()
+        };
+        let task = Self::run(Self::config(&credentials, &link, &name, &data), &runtime);
+        SimNode { name, credentials, link, runtime, data, task }
     }
 
     /// Runs the node; a restart in this process may find the killed one's sled directory not
@@ -55,8 +61,10 @@ impl SimNode {
         })
     }
 
-    fn config(link: &Link, name: &str, data: &tempfile::TempDir) -> NodeConfig {
+    fn config(credentials: &NodeConfig, link: &Link, name: &str, data: &tempfile::TempDir) -> NodeConfig {
         NodeConfig {
+            credentials: credentials.credentials.clone(),
+            ca: credentials.ca.clone(),
             nats_url: link.url(),
             node: name.to_owned(),
             labels: [("site".to_owned(), "chaos".to_owned())].into(),
@@ -71,7 +79,7 @@ impl SimNode {
     async fn restart(&mut self) {
         self.task.abort();
         let _ = (&mut self.task).await;
-        self.task = Self::run(Self::config(&self.link, &self.name, &self.data), &self.runtime);
+        self.task = Self::run(Self::config(&self.credentials, &self.link, &self.name, &self.data), &self.runtime);
     }
 }
 
@@ -115,7 +123,7 @@ async fn a_simulated_fleet_under_chaos_ends_with_the_engine_saying_what_every_no
     let engine = TestEngine::start(&nats).await;
     let mut nodes = Vec::new();
     for i in 0..NODES {
-        nodes.push(SimNode::start(&nats, i).await);
+        nodes.push(SimNode::start(&nats, &engine, i).await);
     }
     engine.publish_sample("127.0.0.1:5000/sim/app:1.0.0").await;
     let second = json!({"version": "1.1.0", "image": "127.0.0.1:5000/sim/app:1.1.0"});
@@ -216,6 +224,7 @@ async fn nodes_sharing_a_connection_and_a_database_each_run_their_own_work() {
             nats_url: nats.url(),
             node: name.to_owned(),
             data_dir: data.path().join(name),
+            credentials: Some(engine.enroll(name).await),
             ..NodeConfig::default()
         };
         let (_, links) = tokio::sync::mpsc::unbounded_channel();
@@ -246,7 +255,7 @@ async fn nodes_sharing_a_connection_and_a_database_each_run_their_own_work() {
         let kept: Vec<String> =
             kept.iter().flatten().map(|e| e.event::<NodeWork>().unwrap().deployment().to_owned()).collect();
         assert_eq!(kept, std::slice::from_ref(id), "{name}'s work log");
-        let outbox = edge_node::outbox::Outbox::open(&db, &format!("{name}/")).unwrap();
+        let outbox = edge_node::outbox::Outbox::open(&db, &format!("{name}/"), None).unwrap();
         assert!(outbox.is_empty(), "{name} has sent every report");
     }
     for (_, _, task) in nodes {

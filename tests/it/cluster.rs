@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use engine::store::{EventStore, StoreConfig};
+use bus::store::{EventStore, StoreConfig};
 use tests::{NatsCluster, NatsServer};
 
 use crate::harness::{launch, TestEngine, TestNode, IMAGE_1_0_0};
@@ -16,10 +16,10 @@ async fn statuses(engine: &TestEngine, id: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_on_a_three_server_cluster_completes_with_a_server_killed_midway() {
     let mut cluster = NatsCluster::start(3).await;
-    let engine = TestEngine::start_on(&cluster.url(), 3).await;
+    let engine = TestEngine::start_on(&cluster.url(), cluster.trust(), 3).await;
     let node = TestNode::start_via(&cluster.url(), &engine).await;
     engine.publish_sample(IMAGE_1_0_0).await;
-    let client = async_nats::connect(cluster.servers[1].url()).await.unwrap();
+    let client = cluster.servers[1].client().await;
     let info = async_nats::jetstream::new(client).get_stream("EVENTS").await.unwrap().info().await.unwrap().clone();
     assert_eq!(info.config.num_replicas, 3, "every event is kept on three servers");
 
@@ -34,12 +34,9 @@ async fn a_deploy_on_a_three_server_cluster_completes_with_a_server_killed_midwa
     let second = launch(&engine, &node.name).await;
     engine.wait_deployment(&second, "a launch with a server down", |v| v["status"] == "running").await;
     cluster.servers[0].restart().await;
-    let store = EventStore::open(
-        async_nats::connect(cluster.servers[0].url()).await.unwrap(),
-        &StoreConfig { replicas: 3, ..Default::default() },
-    )
-    .await
-    .unwrap();
+    let store = EventStore::open(cluster.servers[0].client().await, &StoreConfig { replicas: 3, ..Default::default() })
+        .await
+        .unwrap();
     tests::eventually("the restarted server to have caught up", crate::harness::TIMEOUT, || async {
         let subject = events::subject::aggregate("default", "deployment", &second);
         let loaded = store.load(&subject).await.ok()?;

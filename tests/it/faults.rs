@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 
 use bollard::models::ContainerSummaryStateEnum;
+use bus::store::{EventStore, StoreConfig};
 use edge_node::runtime::DEPLOYMENT_LABEL;
-use engine::store::{EventStore, StoreConfig};
 use serde_json::json;
 use tests::{docker, eventually, Link, NatsServer};
 
@@ -213,8 +213,18 @@ impl NodeProcess {
     async fn launch(&mut self, engine: &TestEngine) {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.data.path().join("node.log")).unwrap();
+        let creds = self.data.path().join("node.creds");
+        if !creds.exists() {
+            let enrolled =
+                engine.engine.issuer.enroll(&self.name, Default::default(), None, &crate::harness::meta()).await;
+            std::fs::write(&creds, enrolled.expect("the node enrolls").creds).unwrap();
+        }
         let child = tokio::process::Command::new(tests::binary("edge-node"))
             .args(["run", "--nats", &self.url, "--node", &self.name, "--heartbeat", "0.3", "--reconcile", "0.3"])
+            .arg("--creds")
+            .arg(&creds)
+            .arg("--ca")
+            .arg(engine.trust().ca())
             .arg("--data-dir")
             .arg(self.data.path().join("node"))
             .stdout(std::process::Stdio::null())

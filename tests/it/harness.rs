@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use bus::store::{EventStore, StoreConfig};
 use engine::command::{CommandHandler, CommandMeta};
-use engine::store::{EventStore, StoreConfig};
 use engine::{Engine, EngineConfig};
 use events::application::{Application, ApplicationCommand};
 use events::node::{Labels, Node, NodeCommand};
@@ -23,42 +23,57 @@ pub struct TestEngine {
     pub engine: Engine,
     pub http: reqwest::Client,
     nats_url: String,
+    trust: engine::trust::Trust,
     replicas: usize,
     data: tempfile::TempDir,
 }
 
 impl TestEngine {
     pub async fn start(nats: &NatsServer) -> TestEngine {
-        TestEngine::start_on(&nats.url(), 1).await
+        TestEngine::start_on(&nats.url(), nats.trust(), 1).await
     }
 
-    /// An engine on `nats_url` (one server or a cluster's list) whose streams keep `replicas`.
-    pub async fn start_on(nats_url: &str, replicas: usize) -> TestEngine {
+    /// An engine on `nats_url` (one server or a cluster's list) trusted by `trust`, whose
+    /// streams keep `replicas`.
+    pub async fn start_on(nats_url: &str, trust: &engine::trust::Trust, replicas: usize) -> TestEngine {
         let data = tempfile::tempdir().unwrap();
-        let engine = Engine::start(Self::config(nats_url, replicas, &data)).await.expect("the engine starts");
-        TestEngine { engine, http: reqwest::Client::new(), nats_url: nats_url.to_owned(), replicas, data }
+        let engine = Engine::start(Self::config(nats_url, trust, replicas, &data)).await.expect("the engine starts");
+        let trust = trust.clone();
+        TestEngine { engine, http: reqwest::Client::new(), nats_url: nats_url.to_owned(), trust, replicas, data }
     }
 
-    fn config(nats_url: &str, replicas: usize, data: &tempfile::TempDir) -> EngineConfig {
+    fn config(nats_url: &str, trust: &engine::trust::Trust, replicas: usize, data: &tempfile::TempDir) -> EngineConfig {
         EngineConfig {
             nats_url: nats_url.to_owned(),
+            trust_dir: trust.dir().to_owned(),
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data.path().join("read-models"),
-            store: engine::store::StoreConfig { replicas, ..Default::default() },
+            store: bus::store::StoreConfig { replicas, ..Default::default() },
             ..EngineConfig::default()
         }
     }
 
     /// Stops the engine and starts it again on the same read models (a new API port).
     pub async fn restart(self) -> TestEngine {
-        let TestEngine { engine, http, nats_url, replicas, data } = self;
+        let TestEngine { engine, http, nats_url, trust, replicas, data } = self;
         drop(engine);
         // The stopped engine's tasks let go of the sled directory as they wind down.
         let engine = tests::eventually("the engine to start again", TIMEOUT, || async {
-            Engine::start(Self::config(&nats_url, replicas, &data)).await.ok()
+            Engine::start(Self::config(&nats_url, &trust, replicas, &data)).await.ok()
         })
         .await;
-        TestEngine { engine, http, nats_url, replicas, data }
+        TestEngine { engine, http, nats_url, trust, replicas, data }
+    }
+
+    /// The trust directory the engine and its servers share.
+    pub fn trust(&self) -> &engine::trust::Trust {
+        &self.trust
+    }
+
+    /// Enrolls `node` of tenant `default` with a key made by the engine: its credentials.
+    pub async fn enroll(&self, node: &str) -> bus::Credentials {
+        let enrolled = self.engine.issuer.enroll(node, Labels::new(), None, &meta()).await.expect("the node enrolls");
+        bus::Credentials::parse(&enrolled.creds, None).expect("the engine's credentials parse")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -122,7 +137,8 @@ impl TestEngine {
 
 /// A command handler on its own connection, as a second writer would have.
 pub async fn handler(nats: &NatsServer) -> CommandHandler {
-    CommandHandler::new(EventStore::open(nats.client().await, &StoreConfig::default()).await.unwrap())
+    let store = EventStore::open(nats.client().await, &StoreConfig::default()).await.unwrap();
+    CommandHandler::new(store.signed_by(nats.trust().engine().key().clone()))
 }
 
 pub fn meta() -> CommandMeta {
@@ -224,6 +240,25 @@ impl TestNode {
         TestNode::start_on_docker(config, engine, data, docker().await).await
     }
 
+    /// `config` with the node's credentials: those kept in `data` from an earlier start, or
+    /// new ones the engine enrolls it with.
+    pub async fn enrolled(config: NodeConfig, engine: &TestEngine, data: &tempfile::TempDir) -> NodeConfig {
+        if config.credentials.is_some() {
+            return config;
+        }
+        let kept = data.path().join("node.creds");
+        let credentials = match bus::Credentials::read(&kept, None) {
+            Ok(credentials) => credentials,
+            Err(_) => {
+                let credentials = engine.enroll(&config.node).await;
+                let text = bus::Credentials::format(credentials.jwt(), Some(&credentials.key().seed().unwrap()));
+                std::fs::write(&kept, text).unwrap();
+                credentials
+            }
+        };
+        NodeConfig { credentials: Some(credentials), ca: Some(engine.trust().ca()), ..config }
+    }
+
     /// A node with `config`, on `data`, running its containers on the engine `docker`.
     pub async fn start_on_docker(
         config: NodeConfig,
@@ -231,6 +266,7 @@ impl TestNode {
         data: tempfile::TempDir,
         docker: bollard::Docker,
     ) -> TestNode {
+        let config = TestNode::enrolled(config, engine, &data).await;
         let name = config.node.clone();
         let runtime = DockerRuntime::with(docker).await.expect("the Docker engine answers");
         let task = tokio::spawn(edge_node::driver::run(config, Arc::new(runtime)));
@@ -240,6 +276,12 @@ impl TestNode {
         })
         .await;
         TestNode { name, task, data: Some(data) }
+    }
+
+    /// The credentials the node runs with.
+    pub fn credentials(&self) -> bus::Credentials {
+        let kept = self.data.as_ref().expect("a running node has its data").path().join("node.creds");
+        bus::Credentials::read(&kept, None).expect("the node's credentials")
     }
 
     /// The node's sled directory, where its command line finds it.

@@ -1,11 +1,12 @@
 //! The report ingestor on a real nats-server: what a node says becomes events of the
 //! deployment, attributed to the node whose subject it arrived on; a report that cannot be
-//! applied is refused without holding up the ones after it.
+//! applied, is not signed by the node's enrolled key, or claims another node, is refused
+//! without holding up the ones after it.
 
 use std::time::Duration;
 
+use bus::store::Outgoing;
 use bytes::Bytes;
-use engine::store::Outgoing;
 use events::deployment::{Deployment, DeploymentCommand, Launch};
 use events::envelope::Metadata;
 use events::report::NodeReport;
@@ -14,7 +15,8 @@ use tests::{eventually, NatsServer};
 
 use crate::harness::{handler, meta, seed, TestEngine};
 
-fn report(claimed_node: &str, deployment: &str, status: Status) -> Outgoing {
+/// A report of `claimed_node`'s, signed by `key` (unsigned without one).
+fn report(claimed_node: &str, deployment: &str, status: Status, key: Option<&nkeys::KeyPair>) -> Outgoing {
     let id = uuid::Uuid::now_v7();
     let meta = Metadata {
         tenant: "default".into(),
@@ -29,8 +31,11 @@ fn report(claimed_node: &str, deployment: &str, status: Status) -> Outgoing {
         containers: Default::default(),
         version: Default::default(),
     };
-    let envelope =
+    let mut envelope =
         Envelope::new(id, chrono::Utc::now(), events::report::AGGREGATE_TYPE, claimed_node, &meta, &report, None);
+    if let Some(key) = key {
+        envelope = envelope.signed(key);
+    }
     Outgoing { msg_id: id.to_string(), bytes: Bytes::from(envelope.encode()) }
 }
 
@@ -45,14 +50,21 @@ async fn reports_that_cannot_be_applied_are_refused_and_the_rest_go_through() {
     let id = uuid::Uuid::now_v7().to_string();
     commands.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &meta()).await.unwrap();
 
+    let (one, two) = (engine.enroll("edge-1").await, engine.enroll("edge-2").await);
+    let (one, two) = (one.key().as_ref(), two.key().as_ref());
+
     let store = commands.store();
     let subject = events::subject::node_reports("default", "edge-1");
     let garbage = Outgoing { msg_id: "garbage".into(), bytes: Bytes::from_static(b"\xc1 not messagepack") };
     store.publish(&subject, garbage).await.unwrap();
-    store.publish(&subject, report("edge-1", "no-such-deployment", Status::Running)).await.unwrap();
-    store.publish(&subject, report("edge-1", "bad.id", Status::Running)).await.unwrap();
-    // Arrives on edge-1's subject but claims to be edge-2: it counts for edge-1.
-    store.publish(&subject, report("edge-2", &id, Status::Running)).await.unwrap();
+    store.publish(&subject, report("edge-1", "no-such-deployment", Status::Running, Some(one))).await.unwrap();
+    store.publish(&subject, report("edge-1", "bad.id", Status::Running, Some(one))).await.unwrap();
+    // Arrives on edge-1's subject but claims to be edge-2: misplaced, refused.
+    store.publish(&subject, report("edge-2", &id, Status::Failed, Some(two))).await.unwrap();
+    // Unsigned, or signed by another node's key: refused.
+    store.publish(&subject, report("edge-1", &id, Status::Failed, None)).await.unwrap();
+    store.publish(&subject, report("edge-1", &id, Status::Failed, Some(two))).await.unwrap();
+    store.publish(&subject, report("edge-1", &id, Status::Running, Some(one))).await.unwrap();
 
     let view = engine
         .wait_deployment(&id, "edge-1's report to be applied", |v| v["nodes"]["edge-1"]["status"] == "running")
@@ -60,6 +72,11 @@ async fn reports_that_cannot_be_applied_are_refused_and_the_rest_go_through() {
     assert_eq!(view["nodes"]["edge-2"]["status"], "pending_deploy", "edge-2 said nothing: {view}");
     let loaded = store.load(&events::subject::aggregate("default", "deployment", &id)).await.unwrap();
     assert_eq!(loaded.events.last().unwrap().envelope.actor, "node:edge-1");
+    let failed =
+        loaded.events.iter().filter_map(|e| e.envelope.event::<events::deployment::DeploymentEvent>().ok()).any(|e| {
+            matches!(e, events::deployment::DeploymentEvent::NodeStateReported { status: Status::Failed, .. })
+        });
+    assert!(!failed, "no refused report reached the deployment");
 
     let consumer =
         store.stream().get_consumer::<async_nats::jetstream::consumer::pull::Config>("ingest").await.unwrap();

@@ -12,3 +12,4 @@ mod projector;
 mod replay;
 mod rollout;
 mod store;
+mod trust;

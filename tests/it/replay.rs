@@ -1,16 +1,33 @@
 //! The auditors' tool on a history made by the real command path, the engine and a node.
 
 use async_nats::jetstream;
-use engine::store::{EventStore, StoreConfig, StoredEvent};
+use bus::store::{EventStore, StoreConfig, StoredEvent};
 use serde_json::Value;
 use tests::NatsServer;
 
 use crate::harness::{launch, Lab, IMAGE_1_0_0};
 
 /// Runs the `replay` binary against `nats`; its exit code and what it printed.
-async fn replay(nats: &str, args: &[&str]) -> (i32, String) {
-    let output =
-        tokio::process::Command::new(tests::binary("replay")).args(args).args(["--nats", nats]).output().await.unwrap();
+/// `replay` with `args`, on `nats` with an auditor's credential (kept in the file returned).
+fn replay_command(nats: &NatsServer, args: &[&str]) -> (tokio::process::Command, tempfile::NamedTempFile) {
+    let creds = tempfile::NamedTempFile::new().unwrap();
+    let (_, text) = nats.trust().mint_with_key(&engine::trust::Role::Auditor { id: "tests".into() });
+    std::fs::write(creds.path(), text).unwrap();
+    let mut command = tokio::process::Command::new(tests::binary("replay"));
+    command
+        .args(args)
+        .args(["--nats", &nats.url()])
+        .arg("--creds")
+        .arg(creds.path())
+        .arg("--ca")
+        .arg(nats.trust().ca());
+    (command, creds)
+}
+
+/// Runs `replay` on `nats` with an auditor's credential.
+pub(crate) async fn replay(nats: &NatsServer, args: &[&str]) -> (i32, String) {
+    let (mut command, _creds) = replay_command(nats, args);
+    let output = command.output().await.unwrap();
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.stderr.is_empty() || output.status.code() != Some(2), "{}", String::from_utf8_lossy(&output.stderr));
     (output.status.code().unwrap_or(-1), text)
@@ -48,7 +65,7 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
     engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
 
     // The trail of the deployment, as JSON lines: the operator launched, the node answered.
-    let (code, text) = replay(&nats.url(), &["audit", "--deployment", &id, "--format", "json"]).await;
+    let (code, text) = replay(&nats, &["audit", "--deployment", &id, "--format", "json"]).await;
     assert_eq!(code, 0, "{text}");
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(
@@ -58,16 +75,16 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
     assert_eq!(lines[0]["payload"]["launched"]["application"], "sample");
     let by_node = format!("node:{}", node.name);
     assert!(lines.iter().any(|l| l["actor"] == by_node.as_str() && l["type"] == "deployment.node_state_reported"));
-    let (_, text) = replay(&nats.url(), &["audit", "--actor", &by_node, "--type", "report.", "--format", "json"]).await;
+    let (_, text) = replay(&nats, &["audit", "--actor", &by_node, "--type", "report.", "--format", "json"]).await;
     let reports: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!reports.is_empty() && reports.iter().all(|r| r["actor"] == by_node.as_str()), "{text}");
-    let (_, text) = replay(&nats.url(), &["audit", "--node", &node.name]).await;
+    let (_, text) = replay(&nats, &["audit", "--node", &node.name]).await;
     assert!(text.contains("work.deploy") && text.contains("report.deployment_state"), "{text}");
-    let (_, none) = replay(&nats.url(), &["audit", "--since", "2999-01-01T00:00:00Z"]).await;
+    let (_, none) = replay(&nats, &["audit", "--since", "2999-01-01T00:00:00Z"]).await;
     assert_eq!(none, "");
 
     // The log as it is: every chain whole.
-    let (code, text) = replay(&nats.url(), &["verify"]).await;
+    let (code, text) = replay(&nats, &["verify"]).await;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("0 broken chain(s)"), "{text}");
 
@@ -85,29 +102,29 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
     let mut changed = all[on_chain[1]].1.envelope.clone();
     changed.actor = "mallory".into();
     altered[on_chain[1]].1 = changed.encode().into();
-    let (code, text) = replay(&copy_of(&altered).await.url(), &["verify"]).await;
+    let (code, text) = replay(&copy_of(&altered).await, &["verify"]).await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains(&id_of(on_chain[2])) && text.contains("was altered, or an event between"), "{text}");
 
     let mut removed = raw(&all);
     removed.remove(on_chain[2]);
-    let (code, text) = replay(&copy_of(&removed).await.url(), &["verify"]).await;
+    let (code, text) = replay(&copy_of(&removed).await, &["verify"]).await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains(&id_of(on_chain[3])) && text.contains("removed"), "{text}");
 
     let mut swapped = raw(&all);
     swapped.swap(on_chain[1], on_chain[2]);
-    let (code, text) = replay(&copy_of(&swapped).await.url(), &["verify"]).await;
+    let (code, text) = replay(&copy_of(&swapped).await, &["verify"]).await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains(&id_of(on_chain[2])) && text.contains("reordered"), "{text}");
 
     // Point in time: just after the launch, then now, then before anything.
     let launched = &all[on_chain[0]].1;
     let at = |args: Vec<String>| {
-        let url = nats.url();
+        let nats = &nats;
         async move {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (code, text) = replay(&url, &args).await;
+            let (code, text) = replay(nats, &args).await;
             assert_eq!(code, 0, "{text}");
             serde_json::from_str::<Value>(&text).unwrap()
         }
@@ -124,20 +141,19 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
 
     // Rebuilt from the log by the engine's projection code, the read models are the live ones.
     let api = engine.url("");
-    let (code, text) = replay(&nats.url(), &["check", "--engine-api", &api]).await;
+    let (code, text) = replay(&nats, &["check", "--engine-api", &api]).await;
     assert_eq!(
         (code, text.trim_end().lines().last()),
         (0, Some(format!("0 difference(s) between the log and the engine at {api}").as_str())),
         "{text}"
     );
     let out = tempfile::tempdir().unwrap();
-    let (code, text) =
-        replay(&nats.url(), &["rebuild", "--out", &out.path().join("models").display().to_string()]).await;
+    let (code, text) = replay(&nats, &["rebuild", "--out", &out.path().join("models").display().to_string()]).await;
     assert!(code == 0 && text.contains("events folded into"), "{text}");
     // A log without the launch does not make the deployment the engine shows.
     let mut without = raw(&all);
     without.remove(on_chain[0]);
-    let (code, text) = replay(&copy_of(&without).await.url(), &["check", "--engine-api", &api]).await;
+    let (code, text) = replay(&copy_of(&without).await, &["check", "--engine-api", &api]).await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains(&format!("deployment {id}: live, but not in the log")), "{text}");
     node.stop().await;
@@ -148,12 +164,8 @@ async fn tail_prints_the_live_stream_as_json_lines() {
     use tokio::io::AsyncBufReadExt;
     let nats = NatsServer::start().await;
     let engine = crate::harness::TestEngine::start(&nats).await;
-    let mut tail = tokio::process::Command::new(tests::binary("replay"))
-        .args(["tail", "--from", "1", "--nats", &nats.url()])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut command, _creds) = replay_command(&nats, &["tail", "--from", "1"]);
+    let mut tail = command.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn().unwrap();
     let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
     engine.publish_sample(IMAGE_1_0_0).await;
     // Read line by line until the publication comes, within the tests' deadline.
@@ -218,10 +230,13 @@ async fn an_event_stored_at_an_older_version_is_lifted_when_read_by_the_engine_a
     let (status, app) = engine.get("/v1/applications/legacy").await;
     assert_eq!(status, 200, "{app}");
     assert_eq!(app["versions"][0]["image"], "127.0.0.1:5000/sample/app:1.0.0", "{app}");
-    let (code, text) = replay(&nats.url(), &["at", "--seq", "2"]).await;
+    let (code, text) = replay(&nats, &["at", "--seq", "2"]).await;
     assert_eq!(code, 0, "{text}");
     let state: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(state["applications"][0]["versions"]["1.0.0"], false, "{state}");
-    let (code, text) = replay(&nats.url(), &["verify"]).await;
-    assert_eq!(code, 0, "{text}");
+    // Written before events were signed: verify names both, and finds the chain whole.
+    let (code, text) = replay(&nats, &["verify"]).await;
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(text.lines().filter(|l| l.ends_with("it is not signed")).count(), 2, "{text}");
+    assert!(text.contains("0 broken chain(s), 2 unsigned, forged or misplaced"), "{text}");
 }

@@ -1,8 +1,8 @@
 //! The event store and the command path on a real nats-server: optimistic concurrency,
 //! deduplication and the hash chain.
 
+use bus::store::{Loaded, Outgoing, StoreError};
 use engine::command::{CommandError, CommandHandler, CommandMeta};
-use engine::store::{Loaded, Outgoing, StoreError};
 use events::application::{Application, ApplicationCommand, ApplicationRejection};
 use events::envelope::chain_hash;
 use events::subject;
@@ -260,24 +260,31 @@ async fn the_stream_takes_a_durable_consumer_for_each_node_of_a_fleet_past_a_tho
 }
 
 /// The stream sequences of the next `count` messages `log` hands out.
-async fn sequences_of(
-    log: &mut (impl futures::Stream<Item = async_nats::jetstream::Message> + Unpin),
-    count: usize,
-) -> Vec<u64> {
+async fn sequences_of(log: &mut (impl futures::Stream<Item = bus::tail::Entry> + Unpin), count: usize) -> Vec<u64> {
     let mut sequences = Vec::new();
     while sequences.len() < count {
         let next = tokio::time::timeout(crate::harness::TIMEOUT, futures::StreamExt::next(log)).await;
         let message = next.expect("the log goes on").expect("the log never ends");
-        sequences.push(message.info().unwrap().stream_sequence);
+        sequences.push(message.sequence);
     }
     sequences
 }
 
 #[tokio::test]
 async fn the_log_read_in_order_goes_on_through_a_server_restart_skipping_and_repeating_nothing() {
+    reads_in_order_through_a_restart(false).await;
+}
+
+#[tokio::test]
+async fn the_log_read_by_direct_gets_goes_on_through_a_server_restart_skipping_and_repeating_nothing() {
+    reads_in_order_through_a_restart(true).await;
+}
+
+async fn reads_in_order_through_a_restart(direct: bool) {
     let mut nats = NatsServer::start().await;
     let store = handler(&nats).await.store().clone();
-    let publish = |store: engine::store::EventStore, from: usize, to: usize| async move {
+    let reader = if direct { store.clone().reading_by_direct_get() } else { store.clone() };
+    let publish = |store: bus::store::EventStore, from: usize, to: usize| async move {
         for i in from..to {
             let subject = subject::aggregate("default", "application", &format!("app-{}", i % 7));
             store.jetstream().publish(subject, format!("event {i}").into()).await.unwrap().await.unwrap();
@@ -285,7 +292,7 @@ async fn the_log_read_in_order_goes_on_through_a_server_restart_skipping_and_rep
     };
     publish(store.clone(), 0, 100).await;
 
-    let mut log = Box::pin(engine::tail::tail(&store, 11).await.unwrap());
+    let mut log = Box::pin(bus::tail::tail(&reader, 11).await.unwrap());
     let mut read = sequences_of(&mut log, 40).await;
     // The server dies with the reader's consumer (kept in memory) and comes back empty of it.
     nats.restart().await;

@@ -51,34 +51,66 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
 }
 
-/// A real nats-server with JetStream on 127.0.0.1, its store in a temporary directory.
+/// A real nats-server with JetStream on 127.0.0.1, its store in a temporary directory, with the
+/// project's own security: operator mode (every connection needs a credential the engine
+/// minted) and TLS only.
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
-    /// More arguments: a member of a [`NatsCluster`], a configuration file.
+    trust: engine::trust::Trust,
+    /// More arguments: a member of a [`NatsCluster`].
     extra: Vec<String>,
+}
+
+/// A trust directory (operator, account, keys, certificates) in `dir`.
+pub fn trust_in(dir: &Path) -> engine::trust::Trust {
+    engine::trust::Trust::init(dir, &["127.0.0.1", "localhost"]).expect("making a trust directory")
 }
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
-        let store = tempfile::tempdir().expect("a temporary directory");
-        let mut server = NatsServer { child: None, port: free_port(), store, extra: Vec::new() };
-        server.launch().await;
-        server
+        NatsServer::start_with("").await
     }
 
     /// A server that writes every JetStream message to disk (fsync) before it acknowledges it:
     /// `sync_interval: always`.
     pub async fn start_always_synced() -> NatsServer {
+        NatsServer::start_with("jetstream { sync_interval: always }\n").await
+    }
+
+    /// A server whose configuration has `more` besides the project's security.
+    async fn start_with(more: &str) -> NatsServer {
         let store = tempfile::tempdir().expect("a temporary directory");
-        let config = store.path().join("server.conf");
-        std::fs::write(&config, "jetstream { sync_interval: always }\n").expect("writing the server's configuration");
-        let extra = vec!["-c".to_owned(), config.display().to_string()];
-        let mut server = NatsServer { child: None, port: free_port(), store, extra };
+        let trust = trust_in(&store.path().join("trust"));
+        let mut server = NatsServer::configured(store, trust, more, Vec::new());
         server.launch().await;
         server
+    }
+
+    /// A server of `trust`, not started, whose configuration has `more` as well.
+    fn configured(
+        store: tempfile::TempDir,
+        trust: engine::trust::Trust,
+        more: &str,
+        mut extra: Vec<String>,
+    ) -> NatsServer {
+        let config = store.path().join("server.conf");
+        let text = format!("{}{more}", trust.server_config(&store.path().join("jwt")));
+        std::fs::write(&config, text).expect("writing the server's configuration");
+        extra.extend(["-c".to_owned(), config.display().to_string()]);
+        NatsServer { child: None, port: free_port(), store, trust, extra }
+    }
+
+    /// The keys and certificates this server trusts.
+    pub fn trust(&self) -> &engine::trust::Trust {
+        &self.trust
+    }
+
+    /// A connection to this server as the engine.
+    pub fn engine_connection(&self) -> bus::Connection {
+        self.trust.engine_connection(&self.url())
     }
 
     fn spawn(&mut self) {
@@ -100,23 +132,34 @@ impl NatsServer {
 
     async fn launch(&mut self) {
         self.spawn();
-        let url = self.url();
+        let connection = self.engine_connection();
         eventually("nats-server to accept connections", Duration::from_secs(20), || async {
-            async_nats::connect(&url).await.ok()
+            connection.connect_with(connection.options()).await.ok()
         })
         .await;
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("tls://127.0.0.1:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The server's log.
+    pub fn log_file(&self) -> PathBuf {
+        self.store.path().join("server.log")
+    }
+
+    /// The server's process id, for its memory.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// A client with the engine's credentials.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connecting to the test nats-server")
+        self.engine_connection().connect().await.expect("connecting to the test nats-server")
     }
 
     /// Kills the server (SIGKILL) and starts it again on the same port and store.
@@ -138,6 +181,7 @@ impl NatsServer {
 #[derive(Debug)]
 pub struct NatsCluster {
     pub servers: Vec<NatsServer>,
+    _trust: tempfile::TempDir,
 }
 
 impl NatsCluster {
@@ -145,6 +189,8 @@ impl NatsCluster {
         let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let all = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
         let mut servers = Vec::with_capacity(size);
+        let shared = tempfile::tempdir().expect("a temporary directory");
+        let trust = trust_in(shared.path());
         for (i, route) in routes.iter().enumerate() {
             let store = tempfile::tempdir().expect("a temporary directory");
             let extra = vec![
@@ -157,21 +203,21 @@ impl NatsCluster {
                 "--routes".to_owned(),
                 all.clone(),
             ];
-            servers.push(NatsServer { child: None, port: free_port(), store, extra });
+            servers.push(NatsServer::configured(store, trust.clone(), "", extra));
         }
         for server in &mut servers {
             server.spawn();
         }
-        let cluster = NatsCluster { servers };
+        let cluster = NatsCluster { servers, _trust: shared };
         for server in &cluster.servers {
-            let url = server.url();
+            let connection = server.engine_connection();
             eventually("a cluster member to accept connections", Duration::from_secs(20), || async {
-                async_nats::connect(&url).await.ok()
+                connection.connect_with(connection.options()).await.ok()
             })
             .await;
         }
         // JetStream answers once the members agree on a leader.
-        let client = async_nats::connect(cluster.servers[0].url()).await.expect("connecting to the cluster");
+        let client = cluster.servers[0].client().await;
         let js = async_nats::jetstream::new(client);
         eventually("the cluster's JetStream to answer", Duration::from_secs(30), || async {
             js.query_account().await.ok()
@@ -180,9 +226,13 @@ impl NatsCluster {
         cluster
     }
 
-    /// Every member, for a client that fails over: `nats://a,nats://b,nats://c`.
+    /// Every member, for a client that fails over: `tls://a,tls://b,tls://c`.
     pub fn url(&self) -> String {
         self.servers.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn trust(&self) -> &engine::trust::Trust {
+        self.servers[0].trust()
     }
 }
 

@@ -50,7 +50,7 @@ impl Link {
 
     /// `nats://127.0.0.1:<port>`: where the client connects instead of the server.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("tls://127.0.0.1:{}", self.port)
     }
 
     /// Closes every connection through the link and refuses new ones.

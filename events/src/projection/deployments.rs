@@ -101,6 +101,10 @@ pub struct NodeView {
     /// The last launch or update was sent to it; a phased rollout holds nodes back.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub released: bool,
+    /// Its credential was revoked: it is cut off from the bus, and the status above is the
+    /// last it reported.
+    #[serde(skip_serializing_if = "is_false", default)]
+    pub revoked: bool,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -115,6 +119,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         applied_locally: false,
         last_drift: None,
         released: true,
+        revoked: false,
         updated_at: envelope.time,
     };
     // A node a phased rollout has not reached yet.
@@ -242,6 +247,14 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
             view.rollout_halted = Some(reason.clone());
             None
         }
+        DeploymentEvent::NodeRevoked { node } => {
+            if let Some(n) = view.nodes.get_mut(node) {
+                n.revoked = true;
+                n.reason = Some("the node's credential was revoked".to_owned());
+                n.updated_at = envelope.time;
+            }
+            None
+        }
         DeploymentEvent::Launched { .. } | DeploymentEvent::NodeStateReported { .. } => None,
     };
     if let Some((desired, status)) = request {
@@ -258,6 +271,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         let reported = NodeView {
             applied_locally: previous.is_some_and(|n| n.applied_locally),
             released: previous.is_none_or(|n| n.released),
+            revoked: false,
             last_drift: previous.and_then(|n| n.last_drift.clone()),
             active,
             status: *status,

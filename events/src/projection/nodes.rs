@@ -13,6 +13,13 @@ pub struct NodeRecord {
     pub tenant: String,
     pub labels: Labels,
     pub state: Option<NodeState>,
+    /// The key its credential was issued to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Keys it may no longer use, with when they were revoked (unix seconds): what the bus's
+    /// revocation list is made of.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub revoked_keys: std::collections::BTreeMap<String, i64>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -29,19 +36,34 @@ pub fn matches(labels: &Labels, selector: &Labels) -> bool {
 }
 
 pub fn apply(record: Option<NodeRecord>, envelope: &Envelope, event: &NodeEvent) -> Option<NodeRecord> {
-    let mut record = match (record, event) {
-        (_, NodeEvent::Registered { labels }) => NodeRecord {
+    let mut record = match record {
+        Some(record) => record,
+        None => NodeRecord {
             id: envelope.aggregate_id.clone(),
             tenant: envelope.tenant.clone(),
-            labels: labels.clone(),
+            labels: Labels::new(),
             state: None,
+            key: None,
+            revoked_keys: Default::default(),
             updated_at: envelope.time,
         },
-        (Some(record), _) => record,
-        (None, _) => return None,
     };
     match event {
-        NodeEvent::Registered { .. } | NodeEvent::HeartbeatRecorded { .. } => {}
+        NodeEvent::Enrolled { public_key, .. } => {
+            record.key = Some(public_key.clone());
+            if record.state == Some(NodeState::Revoked) {
+                record.state = None;
+            }
+        }
+        NodeEvent::KeyRotated { previous, .. } => {
+            record.revoked_keys.insert(previous.clone(), envelope.time.timestamp());
+        }
+        NodeEvent::Revoked { public_key } => {
+            record.revoked_keys.insert(public_key.clone(), envelope.time.timestamp());
+            record.state = Some(NodeState::Revoked);
+        }
+        NodeEvent::Registered { labels } => record.labels = labels.clone(),
+        NodeEvent::HeartbeatRecorded { .. } => {}
         NodeEvent::LabelsChanged { labels } => record.labels = labels.clone(),
         NodeEvent::StateChanged { state } => record.state = Some(*state),
     }

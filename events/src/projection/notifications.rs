@@ -82,6 +82,7 @@ impl ApplicationUpdates {
             | DeploymentEvent::AppliedLocally { .. }
             | DeploymentEvent::WaveReleased { .. }
             | DeploymentEvent::RolloutHalted { .. }
+            | DeploymentEvent::NodeRevoked { .. }
             | DeploymentEvent::ForceUpdateRequested { .. }
             | DeploymentEvent::TargetAdded { .. }
             | DeploymentEvent::TargetRemoved { .. }

@@ -93,6 +93,7 @@ mod tests {
                             applied_locally: Default::default(),
                             last_drift: Default::default(),
                             released: Default::default(),
+                            revoked: false,
                         },
                     )
                 })

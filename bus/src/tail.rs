@@ -1,6 +1,10 @@
 //! The log read in order from a sequence, through lost servers and links: what the projectors
 //! and the auditors' tool read.
 //!
+//! A reader whose credential may make consumers (the engine) reads through one; one that may
+//! not (an auditor: it writes nothing, not even a consumer) reads by batched direct gets,
+//! asking again while it is at the end ([`EventStore::reading_by_direct_get`]).
+//!
 //! It is what JetStream calls an ordered consumer, kept by hand: an ephemeral consumer on one
 //! server, in memory, without acks, pulled with heartbeats every second. When a heartbeat is
 //! missed, a message is missing (the consumer sequence jumps) or the pull fails, the consumer
@@ -16,6 +20,20 @@ use futures::{Stream, StreamExt};
 
 use crate::store::{EventStore, StoreError};
 
+/// One message of the log, as read.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub sequence: u64,
+    pub subject: String,
+    pub payload: bytes::Bytes,
+    /// How many messages follow it in the stream, as far as the reader knows.
+    pub pending: u64,
+}
+
+/// Messages asked for per direct get, and how long a reader at the end waits to ask again.
+const DIRECT_BATCH: usize = 1000;
+const DIRECT_POLL: Duration = Duration::from_millis(100);
+
 /// How long one pull waits, and how often the server says the consumer is alive.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
@@ -30,10 +48,46 @@ const FIRST_ASKS: u32 = 15;
 /// consumer is made before this returns, so a missing stream is an error here (a request that
 /// goes unanswered, while a cluster elects its leaders, is sent again for half a minute); any
 /// failure after that is logged and ridden out.
-pub async fn tail(
-    store: &EventStore,
-    from: u64,
-) -> Result<impl Stream<Item = jetstream::Message> + Send + 'static, StoreError> {
+pub async fn tail(store: &EventStore, from: u64) -> Result<impl Stream<Item = Entry> + Send + 'static, StoreError> {
+    if store.reads_by_direct_get() {
+        return Ok(direct(store.clone(), from).await?.left_stream());
+    }
+    Ok(consumed(store, from).await?.right_stream())
+}
+
+/// The log by batched direct gets: no consumer, nothing written.
+async fn direct(store: EventStore, from: u64) -> Result<impl Stream<Item = Entry> + Send + 'static, StoreError> {
+    let from = from.max(1);
+    // The first answer says whether the stream is there and may be read.
+    let first = store.direct(events::subject::ALL, from, None, DIRECT_BATCH).await?;
+    let state = (store, from, std::collections::VecDeque::from(first));
+    Ok(futures::stream::unfold(state, |(store, mut next, mut buffered)| async move {
+        let mut retry = DIRECT_POLL;
+        loop {
+            if let Some(raw) = buffered.pop_front() {
+                next = raw.sequence + 1;
+                let pending = raw.pending.unwrap_or(buffered.len() as u64);
+                let entry = Entry { sequence: raw.sequence, subject: raw.subject, payload: raw.payload, pending };
+                return Some((entry, (store, next, buffered)));
+            }
+            match store.direct(events::subject::ALL, next, None, DIRECT_BATCH).await {
+                Ok(batch) if batch.is_empty() => tokio::time::sleep(DIRECT_POLL).await,
+                Ok(batch) => {
+                    buffered.extend(batch);
+                    retry = DIRECT_POLL;
+                }
+                Err(e) => {
+                    tracing::warn!(from = next, error = %e, "reading the log; trying again");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }))
+}
+
+/// The log through an ephemeral consumer, made again as needed.
+async fn consumed(store: &EventStore, from: u64) -> Result<impl Stream<Item = Entry> + Send + 'static, StoreError> {
     let mut reader = Reader { stream: store.consumers().clone(), next: from.max(1), delivered: 0, messages: None };
     let mut unanswered = 0;
     let first = loop {
@@ -103,7 +157,7 @@ impl Reader {
     }
 
     /// The next message, however long the server takes to be back.
-    async fn next(&mut self) -> jetstream::Message {
+    async fn next(&mut self) -> Entry {
         let mut retry = Duration::from_millis(100);
         loop {
             let Some(messages) = self.messages.as_mut() else {
@@ -125,7 +179,9 @@ impl Reader {
                     Ok(info) if info.consumer_sequence == self.delivered + 1 && info.stream_sequence >= self.next => {
                         self.delivered = info.consumer_sequence;
                         self.next = info.stream_sequence + 1;
-                        return message;
+                        let (sequence, pending) = (info.stream_sequence, info.pending);
+                        let subject = message.subject.to_string();
+                        return Entry { sequence, subject, payload: message.payload.clone(), pending };
                     }
                     Ok(info) => format!("consumer sequence {} after {}", info.consumer_sequence, self.delivered),
                     Err(e) => e.to_string(),

@@ -79,6 +79,16 @@ impl StoredEvent {
     }
 }
 
+/// A message as a direct get hands it out.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub sequence: u64,
+    pub subject: String,
+    pub payload: Bytes,
+    /// Messages on the filter after this one, when the server says.
+    pub pending: Option<u64>,
+}
+
 /// The events of one subject, and the sequence an append must expect.
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
@@ -109,6 +119,10 @@ pub struct EventStore {
     stream: stream::Stream,
     consumers: stream::Stream<()>,
     name: String,
+    /// The key that signs what this writer appends.
+    signer: Option<std::sync::Arc<nkeys::KeyPair>>,
+    /// Reads the log by direct gets: its credential may not make consumers.
+    direct_reads: bool,
 }
 
 impl std::fmt::Debug for EventStore {
@@ -146,7 +160,46 @@ impl EventStore {
         let mut quick = js.clone();
         quick.set_timeout(CONSUMER_TIMEOUT);
         let consumers = quick.get_stream_no_info(&config.stream).await.map_err(nats)?;
-        Ok(EventStore { client, js, stream, consumers, name: config.stream.clone() })
+        Ok(EventStore { client, js, stream, consumers, name: config.stream.clone(), signer: None, direct_reads: false })
+    }
+
+    /// The same store, signing the envelopes it seals with `key`.
+    pub fn signed_by(self, key: std::sync::Arc<nkeys::KeyPair>) -> EventStore {
+        EventStore { signer: Some(key), ..self }
+    }
+
+    /// The same store, reading the log by direct gets rather than through consumers: for an
+    /// auditor's credential, which may make none.
+    pub fn reading_by_direct_get(self) -> EventStore {
+        EventStore { direct_reads: true, ..self }
+    }
+
+    pub fn reads_by_direct_get(&self) -> bool {
+        self.direct_reads
+    }
+
+    /// Opens the stream as a reader that writes nothing: it must exist already.
+    pub async fn open_existing(client: async_nats::Client, config: &StoreConfig) -> Result<EventStore, StoreError> {
+        let js = jetstream::new(client.clone());
+        let stream = js.get_stream(&config.stream).await.map_err(nats)?;
+        let mut quick = js.clone();
+        quick.set_timeout(CONSUMER_TIMEOUT);
+        let consumers = quick.get_stream_no_info(&config.stream).await.map_err(nats)?;
+        let name = config.stream.clone();
+        Ok(EventStore { client, js, stream, consumers, name, signer: None, direct_reads: false })
+    }
+
+    /// `envelope` signed by this writer's key, ready to encode.
+    pub fn seal(&self, envelope: Envelope) -> Envelope {
+        match &self.signer {
+            Some(key) => envelope.signed(key.as_ref()),
+            None => envelope,
+        }
+    }
+
+    /// The public key this writer signs with.
+    pub fn signer(&self) -> Option<String> {
+        self.signer.as_ref().map(|k| k.public_key())
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -231,42 +284,56 @@ impl EventStore {
     /// at most `DIRECT_BATCH` of them. It leaves nothing on the server (no consumer), and any
     /// replica may answer.
     async fn direct_batch(&self, subject: &str, from: u64, up_to: u64) -> Result<Vec<StoredEvent>, StoreError> {
+        self.direct(subject, from, Some(up_to), DIRECT_BATCH)
+            .await?
+            .into_iter()
+            .map(|raw| StoredEvent::decode(raw.sequence, raw.payload))
+            .collect()
+    }
+
+    /// One batched direct get of the messages on `filter` (wildcards allowed) from sequence
+    /// `from`, at most `batch` of them, none past `up_to`; empty when there are none (yet).
+    pub async fn direct(
+        &self,
+        filter: &str,
+        from: u64,
+        up_to: Option<u64>,
+        batch: usize,
+    ) -> Result<Vec<RawMessage>, StoreError> {
         let inbox = self.client.new_inbox();
         let mut replies = self.client.subscribe(inbox.clone()).await.map_err(nats)?;
-        let request = serde_json::json!({
-            "seq": from,
-            "next_by_subj": subject,
-            "batch": DIRECT_BATCH,
-            "up_to_seq": up_to,
-        });
+        let mut request = serde_json::json!({ "seq": from, "next_by_subj": filter, "batch": batch });
+        if let Some(up_to) = up_to {
+            request["up_to_seq"] = up_to.into();
+        }
         self.client
             .publish_with_reply(format!("$JS.API.DIRECT.GET.{}", self.name), inbox, request.to_string().into())
             .await
             .map_err(nats)?;
-        let mut events = Vec::new();
+        let mut messages = Vec::new();
         loop {
             let reply = tokio::time::timeout(DIRECT_TIMEOUT, replies.next())
                 .await
-                .map_err(|_| StoreError::Nats(format!("no answer to a direct get on {subject}")))?
+                .map_err(|_| StoreError::Nats(format!("no answer to a direct get on {filter}")))?
                 .ok_or_else(|| StoreError::Nats("the direct get subscription ended".to_owned()))?;
             match reply.status {
                 // The end of the batch (204), or nothing (more) on the subject (404).
                 Some(status) if status.as_u16() == 204 || status == async_nats::StatusCode::NOT_FOUND => break,
                 Some(status) if status != async_nats::StatusCode::OK => {
                     let why = reply.description.unwrap_or_default();
-                    return Err(StoreError::Nats(format!("direct get on {subject}: {status} {why}")));
+                    return Err(StoreError::Nats(format!("direct get on {filter}: {status} {why}")));
                 }
                 _ => {}
             }
-            let sequence = reply
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Nats-Sequence"))
-                .and_then(|v| v.as_str().parse::<u64>().ok())
+            let header = |name: &str| reply.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+            let sequence = header("Nats-Sequence")
+                .and_then(|v| v.parse::<u64>().ok())
                 .ok_or_else(|| StoreError::Nats("a direct get reply without Nats-Sequence".to_owned()))?;
-            events.push(StoredEvent::decode(sequence, reply.payload)?);
+            let subject = header("Nats-Subject").unwrap_or_default();
+            let pending = header("Nats-Num-Pending").and_then(|v| v.parse::<u64>().ok());
+            messages.push(RawMessage { sequence, subject, payload: reply.payload, pending });
         }
-        Ok(events)
+        Ok(messages)
     }
 
     /// Appends `messages` to `subject` if its last sequence is still `expected_last`; each

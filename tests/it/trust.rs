@@ -1,0 +1,315 @@
+//! Trust on the bus, tried against the real nats-server with the project's own configuration:
+//! who may connect, what each credential may do (enforced by the server), revocation, and
+//! signed reports.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use serde_json::Value;
+use tests::NatsServer;
+
+use crate::harness::{launch, TestEngine, TestNode, IMAGE_1_0_0, TIMEOUT};
+
+/// A connection as `credentials` would make it, and the errors the server sends it.
+async fn connect_as(nats: &NatsServer, credentials: bus::Credentials) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let seen = errors.clone();
+    let connection = bus::Connection {
+        credentials: Some(credentials),
+        ca: Some(nats.trust().ca()),
+        ..bus::Connection::new(nats.url())
+    };
+    let options = connection.options().event_callback(move |event| {
+        let seen = seen.clone();
+        async move {
+            if let async_nats::Event::ServerError(e) = event {
+                seen.lock().unwrap().push(e.to_string());
+            }
+        }
+    });
+    (connection.connect_with(options).await.expect("the credential connects"), errors)
+}
+
+/// Waits for the server to name a permission violation on `subject`.
+async fn violation(errors: &Arc<Mutex<Vec<String>>>, subject: &str) {
+    tests::eventually(&format!("a permissions violation on {subject}"), TIMEOUT, || async {
+        errors.lock().unwrap().iter().any(|e| e.contains("Permissions Violation") && e.contains(subject)).then_some(())
+    })
+    .await;
+}
+
+fn quick(client: &async_nats::Client) -> jetstream::Context {
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(Duration::from_secs(2));
+    js
+}
+
+#[tokio::test]
+async fn an_anonymous_connection_is_refused() {
+    let nats = NatsServer::start().await;
+    let anonymous = bus::Connection { ca: Some(nats.trust().ca()), ..bus::Connection::new(nats.url()) };
+    let refused = anonymous.connect_with(anonymous.options()).await;
+    let err = refused.expect_err("an anonymous connection is refused").to_string();
+    assert!(err.contains("authorization violation"), "{err}");
+    assert!(nats.engine_connection().connect_with(nats.engine_connection().options()).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_credential_of_another_operator_is_refused() {
+    let nats = NatsServer::start().await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let stranger = tests::trust_in(elsewhere.path());
+    let (_, creds) = stranger.mint_with_key(&engine::trust::Role::Auditor { id: "x".into() });
+    let connection = bus::Connection {
+        credentials: Some(bus::Credentials::parse(&creds, None).unwrap()),
+        ca: Some(nats.trust().ca()),
+        ..bus::Connection::new(nats.url())
+    };
+    // The server looks for the stranger's account, finds none, and refuses the connection:
+    // the client may see the refusal only after its handshake, so it is asked to do something.
+    if let Ok(client) = connection.connect_with(connection.options()).await {
+        let asked = tokio::time::timeout(Duration::from_secs(30), client.request("$JS.API.INFO", "".into())).await;
+        assert!(!matches!(asked, Ok(Ok(_))), "a stranger's request is answered");
+    }
+    tests::eventually("the server to refuse the stranger", TIMEOUT, || async {
+        std::fs::read_to_string(nats.log_file()).ok()?.contains("authentication error").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_connection_that_cannot_check_the_servers_certificate_fails() {
+    let nats = NatsServer::start().await;
+    let connection = bus::Connection {
+        credentials: Some(nats.trust().engine().clone()),
+        ..bus::Connection::new(nats.url().replace("tls://", "nats://"))
+    };
+    let attempt = tokio::time::timeout(Duration::from_secs(10), connection.connect_with(connection.options())).await;
+    assert!(!matches!(attempt, Ok(Ok(_))), "the server speaks TLS only, with a certificate of its own CA");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_confined_to_its_own_subjects_by_the_server() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let a = engine.enroll("node-a").await;
+    engine.enroll("node-b").await;
+    let (client, errors) = connect_as(&nats, a).await;
+    let js = quick(&client);
+
+    // Its own report is stored; one in node B's name, or B's telemetry, is refused.
+    let own = js.publish(events::subject::node_reports("default", "node-a"), "own".into()).await.unwrap().await;
+    assert!(own.is_ok(), "{own:?}");
+    let forged = js.publish(events::subject::node_reports("default", "node-b"), "forged".into()).await.unwrap().await;
+    assert!(forged.is_err(), "no ack for a report in another node's name");
+    violation(&errors, "ev.default.node.node-b.state").await;
+    client.publish(events::telemetry::subject("default", "node-b"), "beat".into()).await.unwrap();
+    violation(&errors, "tm.default.node-b").await;
+    client.publish("ev.default.deployment.d1", "write".into()).await.unwrap();
+    violation(&errors, "ev.default.deployment.d1").await;
+    let store = crate::harness::handler(&nats).await.store().clone();
+    assert!(store.last(&events::subject::node_reports("default", "node-b")).await.unwrap().is_none(), "nothing stored");
+    assert!(store.last("ev.default.deployment.d1").await.unwrap().is_none(), "nothing stored");
+
+    // It reads its own work consumer, not node B's, and makes none.
+    let stream = js.get_stream_no_info(events::subject::STREAM).await.unwrap();
+    stream
+        .get_consumer::<jetstream::consumer::pull::Config>(&events::subject::node_consumer("default", "node-a"))
+        .await
+        .unwrap();
+    let theirs = events::subject::node_consumer("default", "node-b");
+    assert!(stream.get_consumer::<jetstream::consumer::pull::Config>(&theirs).await.is_err());
+    let made = jetstream::consumer::pull::Config {
+        durable_name: Some("node-b-work".into()),
+        filter_subject: events::subject::node_desired("default", "node-b"),
+        ..Default::default()
+    };
+    assert!(stream.create_consumer(made).await.is_err(), "it may not make a consumer on B's work");
+    violation(&errors, "$JS.API.CONSUMER").await;
+    // Nor use direct get, nor touch the stream.
+    assert!(stream.direct_get_last_for_subject(events::subject::node_desired("default", "node-b")).await.is_err());
+    violation(&errors, "$JS.API.DIRECT.GET").await;
+    assert!(js.delete_stream(events::subject::STREAM).await.is_err());
+    violation(&errors, "$JS.API.STREAM.DELETE").await;
+    // Nor snoop on the engine's replies.
+    let _ = client.subscribe("_INBOX.>").await;
+    violation(&errors, "_INBOX.>").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_reads_its_tenant_and_nothing_else() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let other = engine::command::CommandMeta::new("other", "vendor");
+    let register = events::application::ApplicationCommand::Register { name: "Theirs".into() };
+    engine.engine.commands.execute::<events::application::Application>("theirs", &register, &other).await.unwrap();
+
+    let credential = engine
+        .engine
+        .issuer
+        .reader(&engine::trust::Role::Subscriber { tenant: "default".into(), id: "audit-feed".into() });
+    let consumer = credential.consumer.clone().unwrap();
+    let (client, errors) = connect_as(&nats, bus::Credentials::parse(&credential.creds, None).unwrap()).await;
+    let stream = quick(&client).get_stream_no_info(events::subject::STREAM).await.unwrap();
+    let config = |filter: &str| jetstream::consumer::pull::Config {
+        name: Some(consumer.clone()),
+        filter_subject: filter.to_owned(),
+        ..Default::default()
+    };
+    assert!(stream.create_consumer(config("ev.other.>")).await.is_err(), "another tenant's events");
+    violation(&errors, "ev.other.>").await;
+    let mine = stream.create_consumer(config("ev.default.>")).await.expect("its own tenant's events");
+    let mut messages = mine.fetch().max_messages(100).expires(Duration::from_secs(2)).messages().await.unwrap();
+    let mut subjects = Vec::new();
+    while let Some(message) = futures::StreamExt::next(&mut messages).await {
+        subjects.push(message.unwrap().subject.to_string());
+    }
+    assert_eq!(subjects, ["ev.default.application.sample"; 3], "every event of its tenant, and no other");
+    client.publish("ev.default.application.sample", "write".into()).await.unwrap();
+    violation(&errors, "ev.default.application.sample").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_is_cut_off_cannot_come_back_and_its_deployments_say_so() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let id = launch(&engine, &node.name).await;
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let creds = node.credentials();
+
+    let (status, body) = engine.post(&format!("/v1/nodes/{}/revoke", node.name), Value::Null).await;
+    assert_eq!(status, 200, "{body}");
+    let revoked_at = std::time::Instant::now();
+    tests::eventually("the node to be cut off", TIMEOUT, || async { node.task.is_finished().then_some(()) }).await;
+    let cut_after = revoked_at.elapsed();
+    assert!(cut_after < Duration::from_secs(5), "cut off after {cut_after:?}");
+
+    // Every reconnect is refused.
+    let connection =
+        bus::Connection { credentials: Some(creds), ca: Some(nats.trust().ca()), ..bus::Connection::new(nats.url()) };
+    let err = connection.connect_with(connection.options()).await.expect_err("a revoked credential is refused");
+    assert!(err.to_string().contains("authorization violation"), "{err}");
+
+    let view = engine
+        .wait_deployment(&id, "the deployment to say the node is revoked", |v| {
+            v["nodes"][&node.name]["revoked"] == true
+        })
+        .await;
+    assert_eq!(view["nodes"][&node.name]["status"], "running", "its last known status stands: {view}");
+    assert_eq!(engine.node_state(&node.name).await.as_deref(), Some("revoked"));
+    let (status, body) = engine
+        .post(
+            &format!("/v1/nodes/{}/enroll", node.name),
+            serde_json::json!({
+                "public_key": creds_key(&node)
+            }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (409, Some("public_key")),
+        "a revoked key is never enrolled again: {body}"
+    );
+    node.stop().await;
+}
+
+fn creds_key(node: &TestNode) -> String {
+    node.credentials().public_key()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_enrolled_with_its_own_key_runs_and_the_seed_never_leaves_it() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let key = nkeys::KeyPair::new_user();
+    let name = "own-key";
+    let (status, body) = engine
+        .post(
+            &format!("/v1/nodes/{name}/enroll"),
+            serde_json::json!({"public_key": key.public_key(), "labels": {"site": "lab"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let creds = body["creds"].as_str().unwrap();
+    assert!(!creds.contains("SEED"), "the answer holds the JWT alone");
+    let credentials = bus::Credentials::parse(creds, Some(&key.seed().unwrap())).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let config = edge_node::NodeConfig {
+        credentials: Some(credentials),
+        ca: Some(nats.trust().ca()),
+        ..TestNode::config(&nats.url(), name, &data)
+    };
+    let node = TestNode::start_with(config, &engine, data).await;
+    assert_eq!(engine.node_state(name).await.as_deref(), Some("online"));
+
+    // A bad key is refused by name, and nothing is stored.
+    let before = crate::harness::stored(&engine.engine.commands).await;
+    let (status, body) = engine.post("/v1/nodes/other/enroll", serde_json::json!({"public_key": "SUAnotakey"})).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("public_key")), "{body}");
+    assert_eq!(crate::harness::stored(&engine.engine.commands).await, before);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_signed_by_the_wrong_key_is_refused_and_named_by_verify() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let id = launch(&engine, &node.name).await;
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let name = node.name.clone();
+    node.stop().await;
+
+    // A writer that can publish anywhere (a compromised credential) reports in the node's name,
+    // signed by a key of its own.
+    let forger = nkeys::KeyPair::new_user();
+    let report = events::report::NodeReport::DeploymentState {
+        deployment: id.clone(),
+        version: "1.0.0".into(),
+        status: events::Status::Failed,
+        error: Some(events::Failure { code: "forged".into(), message: "forged".into() }),
+        containers: Default::default(),
+    };
+    let envelope = events::Envelope::new(
+        uuid::Uuid::now_v7(),
+        chrono::Utc::now(),
+        events::report::AGGREGATE_TYPE,
+        &name,
+        &events::envelope::Metadata {
+            tenant: "default".into(),
+            actor: format!("node:{name}"),
+            correlation_id: uuid::Uuid::now_v7(),
+            causation_id: uuid::Uuid::now_v7(),
+        },
+        &report,
+        None,
+    )
+    .signed(&forger);
+    let subject = events::subject::node_reports("default", &name);
+    let store = crate::harness::handler(&nats).await.store().clone();
+    let forged = store
+        .publish(&subject, bus::store::Outgoing { msg_id: envelope.id.to_string(), bytes: envelope.encode().into() })
+        .await
+        .unwrap();
+
+    // The ingestor reads past it (a later report is taken) and the deployment stays running.
+    tests::eventually("the ingestor to read past the forged report", TIMEOUT, || async {
+        let info = store.consumers().consumer_info("ingest").await.ok()?;
+        (info.ack_floor.stream_sequence >= forged).then_some(())
+    })
+    .await;
+    let (_, view) = engine.get(&format!("/v1/deployments/{id}")).await;
+    assert_eq!(view["status"], "running", "the forged failure was refused: {view}");
+
+    let engine_key = nats.trust().facts().engine.clone();
+    let (code, text) = crate::replay::replay(&nats, &["verify", "--engine-key", &engine_key]).await;
+    assert_eq!(code, 1, "{text}");
+    let findings: Vec<&str> = text.lines().filter(|l| l.contains(": forged:")).collect();
+    assert_eq!(findings.len(), 1, "{text}");
+    assert!(findings[0].contains(&subject) && findings[0].contains(&forger.public_key()), "{text}");
+}
