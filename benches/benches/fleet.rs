@@ -20,6 +20,8 @@ use events::Status;
 use serde_json::json;
 use tests::NatsServer;
 
+/// Nodes per connection when they share them (`FLEET_SHARED=1`), for comparison.
+const NODES_PER_SHARED_CONNECTION: usize = 500;
 /// Nodes per shared sled database: sled grows out of proportion with thousands of trees in one.
 const NODES_PER_DATABASE: usize = 100;
 
@@ -48,6 +50,8 @@ async fn start_fleet(
 
     let started = Instant::now();
     let mut db = None;
+    let shared = std::env::var("FLEET_SHARED").is_ok();
+    let mut connection = None;
     for (i, credentials) in credentials.into_iter().enumerate() {
         if i % NODES_PER_DATABASE == 0 {
             let path = data.path().join(format!("db-{}", i / NODES_PER_DATABASE));
@@ -65,7 +69,14 @@ async fn start_fleet(
             reconcile: Duration::from_secs(3600),
             ..NodeConfig::default()
         };
-        let (client, links) = driver::connect(&config).await.expect("the node connects");
+        // For comparison only: nodes sharing a few connections (`FLEET_SHARED=1`).
+        if shared && i % NODES_PER_SHARED_CONNECTION == 0 {
+            connection = Some(nats.client().await);
+        }
+        let (client, links) = match &connection {
+            Some(client) if shared => (client.clone(), tokio::sync::mpsc::unbounded_channel().1),
+            _ => driver::connect(&config).await.expect("the node connects"),
+        };
         let attachment =
             Attachment { client, links, db: db.clone().expect("a database"), trees: format!("{node}/"), control: None };
         let runtime = Arc::new(SimRuntime::new(Duration::ZERO));

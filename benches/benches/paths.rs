@@ -188,9 +188,11 @@ async fn main() {
     let scale: usize = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let nats = NatsServer::start().await;
     let client = nats.client().await;
-    let store = EventStore::open(client.clone(), &StoreConfig::default()).await.unwrap();
+    let engine_key = nats.trust().engine().key().clone();
+    let store = EventStore::open(client.clone(), &StoreConfig::default()).await.unwrap().signed_by(engine_key.clone());
     let js = store.jetstream().clone();
     let handler = CommandHandler::new(store.clone());
+    trust_costs(&nats, scale);
 
     println!("raw JetStream, awaiting each ack         {}", raw_awaited(&js, 2000 * scale).await);
     println!("raw JetStream, pipelined (1024 in flight) {}", raw_pipelined(&js, 20000 * scale).await);
@@ -200,7 +202,8 @@ async fn main() {
     // A fresh server for the deployment history, so the projector folds only that.
     drop(handler);
     let nats = NatsServer::start().await;
-    let store = EventStore::open(nats.client().await, &StoreConfig::default()).await.unwrap();
+    let engine_key = nats.trust().engine().key().clone();
+    let store = EventStore::open(nats.client().await, &StoreConfig::default()).await.unwrap().signed_by(engine_key);
     let handler = CommandHandler::new(store.clone());
     let deployments = 2000 * scale;
     let raw = raw_conditional(store.jetstream(), deployments, 5).await;
@@ -217,16 +220,45 @@ async fn main() {
     println!("durability modes, command path with {WRITERS} writers:");
     benches::record("durability_default_per_s", commands.per_second);
     let synced = NatsServer::start_always_synced().await;
-    let store = EventStore::open(synced.client().await, &StoreConfig::default()).await.unwrap();
+    let engine_key = synced.trust().engine().key().clone();
+    let store = EventStore::open(synced.client().await, &StoreConfig::default()).await.unwrap().signed_by(engine_key);
     let figures = deployment_history(&CommandHandler::new(store), deployments / 4, WRITERS).await;
     println!("  one server, sync_interval: always     {figures}");
     benches::record("durability_sync_always_per_s", figures.per_second);
     let cluster = tests::NatsCluster::start(3).await;
-    let client = async_nats::connect(cluster.servers[0].url()).await.unwrap();
-    let store = EventStore::open(client, &StoreConfig { replicas: 3, ..Default::default() }).await.unwrap();
+    let client = cluster.servers[0].client().await;
+    let store = EventStore::open(client, &StoreConfig { replicas: 3, ..Default::default() })
+        .await
+        .unwrap()
+        .signed_by(cluster.trust().engine().key().clone());
     let figures = deployment_history(&CommandHandler::new(store), deployments / 4, WRITERS).await;
     println!("  three servers, 3 replicas             {figures}");
     benches::record("durability_3_replicas_per_s", figures.per_second);
+}
+
+/// What trust costs: signing and verifying an event, and minting a node's credential.
+fn trust_costs(nats: &NatsServer, scale: usize) {
+    let n = 5000 * scale;
+    let key = nats.trust().engine().key().clone();
+    let envelope = events::Envelope::decode(&sample_payload()).unwrap();
+    let start = Instant::now();
+    let signed: Vec<events::Envelope> = (0..n).map(|_| envelope.clone().signed(key.as_ref())).collect();
+    let sign = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let start = Instant::now();
+    assert!(signed.iter().all(|e| e.verify().is_ok()));
+    let verify = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+    println!("an event signed in {sign:.1} µs, verified in {verify:.1} µs (Ed25519, {n} events)");
+    benches::record("sign_event_us", sign);
+    benches::record("verify_event_us", verify);
+    let minted = 2000 * scale;
+    let start = Instant::now();
+    for i in 0..minted {
+        let role = engine::trust::Role::Node { tenant: "bench".into(), node: format!("n{i}") };
+        std::hint::black_box(nats.trust().mint_with_key(&role));
+    }
+    let per_second = minted as f64 / start.elapsed().as_secs_f64();
+    println!("node credentials minted (key pair and JWT) {per_second:.0}/s over {minted}");
+    benches::record("credentials_per_s", per_second);
 }
 
 /// Commands in flight at once on the command path: one per aggregate.

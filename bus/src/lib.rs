@@ -1,10 +1,12 @@
 //! The log's plumbing, shared by the engine, the edge node and `replay`: the authenticated
 //! connection to NATS ([`Connection`]), the event store on JetStream ([`store`]), the log read
-//! in order ([`tail`]) and NATS credentials ([`creds`]).
+//! in order ([`tail`]), the durable-consumer loop ([`consume`]) and NATS credentials
+//! ([`creds`]). Its errors are typed per operation: opening, reading, appending, consuming.
 //!
 //! It knows the envelope and the subjects (`events`) but no aggregate, projection or worker:
 //! what is folded from the log, and why, is the services' business.
 
+pub mod consume;
 pub mod creds;
 pub mod store;
 pub mod tail;

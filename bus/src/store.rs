@@ -1,5 +1,19 @@
 //! The event store on JetStream: the `EVENTS` stream, loads of one subject, and appends that
 //! are conditional on the subject's last sequence and deduplicated by message id.
+//!
+//! The stream is kept in files, never expires, and denies deletes and purges. It allows a
+//! million durable consumers ([`StoreConfig::max_consumers`]): one per edge node. nats-server
+//! 2.15 gives a stream 1,000 unless told otherwise, which would stop a fleet at about a
+//! thousand nodes; a stream made before with a lower limit is raised on open.
+//!
+//! Loading a subject leaves nothing on the server: it is read with batched direct gets
+//! (`next_by_subj`, `batch`, `up_to_seq`; nats-server 2.11+), never with a consumer, so
+//! commands under load cannot exhaust the server's consumers. A subject whose last event has
+//! no `prev_hash` holds that event alone, so a new aggregate loads with one direct get.
+//!
+//! Requests to make or find a consumer give up after 2 s and are sent again
+//! ([`EventStore::consumers`]): while a cluster elects a leader, a request can go unanswered.
+//! A writer signs what it appends with its key ([`EventStore::signed_by`]).
 
 use std::time::Duration;
 
@@ -45,22 +59,59 @@ impl Default for StoreConfig {
     }
 }
 
+/// Opening the stream failed.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+#[error("opening stream {stream}: {reason}")]
+pub struct OpenError {
+    pub stream: String,
+    pub reason: String,
+}
+
+/// A read of the log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("event at stream sequence {sequence} does not decode: {source}")]
+    Corrupt { sequence: u64, source: DecodeError },
+    #[error("reading {what}: {reason}")]
+    Failed { what: String, reason: String },
+}
+
+/// An append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
     /// Another writer appended first; `appended` of the messages were stored before that.
     #[error("another writer appended to {subject} first")]
     Conflict { subject: String, appended: usize },
     /// A message of the append had been stored before, under the same message id.
     #[error("{subject} already holds message {msg_id}")]
     Duplicate { subject: String, msg_id: String },
-    #[error("event at stream sequence {sequence} does not decode: {source}")]
-    Corrupt { sequence: u64, source: DecodeError },
-    #[error("jetstream: {0}")]
-    Nats(String),
+    #[error("appending to {subject}: {reason}")]
+    Failed { subject: String, reason: String },
 }
 
-fn nats(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Nats(e.to_string())
+/// Making, finding or pulling a consumer failed.
+#[derive(Debug, thiserror::Error)]
+#[error("consumer {consumer}: {reason}")]
+pub struct ConsumeError {
+    pub consumer: String,
+    pub reason: String,
+}
+
+/// Any failure of the store, for a caller that hands it on whole.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error(transparent)]
+    Consume(#[from] ConsumeError),
+}
+
+fn read(what: impl std::fmt::Display) -> impl FnOnce(String) -> ReadError {
+    move |reason| ReadError::Failed { what: what.to_string(), reason }
 }
 
 /// One event as stored: its stream sequence, its envelope and the exact bytes (the hash chain
@@ -73,8 +124,8 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    pub fn decode(sequence: u64, bytes: Bytes) -> Result<StoredEvent, StoreError> {
-        let envelope = Envelope::decode(&bytes).map_err(|source| StoreError::Corrupt { sequence, source })?;
+    pub fn decode(sequence: u64, bytes: Bytes) -> Result<StoredEvent, ReadError> {
+        let envelope = Envelope::decode(&bytes).map_err(|source| ReadError::Corrupt { sequence, source })?;
         Ok(StoredEvent { sequence, envelope, bytes })
     }
 }
@@ -133,7 +184,8 @@ impl std::fmt::Debug for EventStore {
 
 impl EventStore {
     /// Opens the stream, creating it on first use.
-    pub async fn open(client: async_nats::Client, config: &StoreConfig) -> Result<EventStore, StoreError> {
+    pub async fn open(client: async_nats::Client, config: &StoreConfig) -> Result<EventStore, OpenError> {
+        let nats = |e: String| OpenError { stream: config.stream.clone(), reason: e };
         let js = jetstream::new(client.clone());
         let mut stream = js
             .get_or_create_stream(stream::Config {
@@ -150,16 +202,17 @@ impl EventStore {
                 ..Default::default()
             })
             .await
-            .map_err(nats)?;
+            .map_err(|e| nats(e.to_string()))?;
         // A stream made before, with a lower limit, is given the one asked for.
         let made = stream.cached_info().config.clone();
         if made.max_consumers < config.max_consumers {
-            js.update_stream(stream::Config { max_consumers: config.max_consumers, ..made }).await.map_err(nats)?;
-            stream = js.get_stream(&config.stream).await.map_err(nats)?;
+            let raised = stream::Config { max_consumers: config.max_consumers, ..made };
+            js.update_stream(raised).await.map_err(|e| nats(e.to_string()))?;
+            stream = js.get_stream(&config.stream).await.map_err(|e| nats(e.to_string()))?;
         }
         let mut quick = js.clone();
         quick.set_timeout(CONSUMER_TIMEOUT);
-        let consumers = quick.get_stream_no_info(&config.stream).await.map_err(nats)?;
+        let consumers = quick.get_stream_no_info(&config.stream).await.map_err(|e| nats(e.to_string()))?;
         Ok(EventStore { client, js, stream, consumers, name: config.stream.clone(), signer: None, direct_reads: false })
     }
 
@@ -179,12 +232,13 @@ impl EventStore {
     }
 
     /// Opens the stream as a reader that writes nothing: it must exist already.
-    pub async fn open_existing(client: async_nats::Client, config: &StoreConfig) -> Result<EventStore, StoreError> {
+    pub async fn open_existing(client: async_nats::Client, config: &StoreConfig) -> Result<EventStore, OpenError> {
+        let nats = |e: String| OpenError { stream: config.stream.clone(), reason: e };
         let js = jetstream::new(client.clone());
-        let stream = js.get_stream(&config.stream).await.map_err(nats)?;
+        let stream = js.get_stream(&config.stream).await.map_err(|e| nats(e.to_string()))?;
         let mut quick = js.clone();
         quick.set_timeout(CONSUMER_TIMEOUT);
-        let consumers = quick.get_stream_no_info(&config.stream).await.map_err(nats)?;
+        let consumers = quick.get_stream_no_info(&config.stream).await.map_err(|e| nats(e.to_string()))?;
         let name = config.stream.clone();
         Ok(EventStore { client, js, stream, consumers, name, signer: None, direct_reads: false })
     }
@@ -221,42 +275,48 @@ impl EventStore {
     }
 
     /// The stream's last sequence now.
-    pub async fn last_sequence(&self) -> Result<u64, StoreError> {
-        Ok(self.stream.get_info().await.map_err(nats)?.state.last_sequence)
+    pub async fn last_sequence(&self) -> Result<u64, ReadError> {
+        let info = self.stream.get_info().await.map_err(|e| read("the stream's state")(e.to_string()))?;
+        Ok(info.state.last_sequence)
     }
 
     /// Every subject of the stream that matches `filter` (wildcards allowed).
-    pub async fn subjects(&self, filter: &str) -> Result<Vec<String>, StoreError> {
-        let mut found = self.stream.info_with_subjects(filter).await.map_err(nats)?;
+    pub async fn subjects(&self, filter: &str) -> Result<Vec<String>, ReadError> {
+        let failed = |e: String| read(format!("the subjects of {filter}"))(e);
+        let mut found = self.stream.info_with_subjects(filter).await.map_err(|e| failed(e.to_string()))?;
         let mut subjects = Vec::new();
         while let Some(entry) = found.next().await {
-            subjects.push(entry.map_err(nats)?.0);
+            subjects.push(entry.map_err(|e| failed(e.to_string()))?.0);
         }
         subjects.sort();
         Ok(subjects)
     }
 
     /// The last event of `subject`, if it has any.
-    pub async fn last(&self, subject: &str) -> Result<Option<StoredEvent>, StoreError> {
+    pub async fn last(&self, subject: &str) -> Result<Option<StoredEvent>, ReadError> {
         match self.stream.get_last_raw_message_by_subject(subject).await {
             Ok(message) => Ok(Some(StoredEvent::decode(message.sequence, message.payload)?)),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(nats(e)),
+            Err(e) => Err(read(format!("the last event of {subject}"))(e.to_string())),
         }
     }
 
     /// The events at stream sequences `sequences`.
-    pub async fn events_at(&self, sequences: &[u64]) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn events_at(&self, sequences: &[u64]) -> Result<Vec<StoredEvent>, ReadError> {
         let mut events = Vec::with_capacity(sequences.len());
         for &sequence in sequences {
-            let message = self.stream.get_raw_message(sequence).await.map_err(nats)?;
+            let message = self
+                .stream
+                .get_raw_message(sequence)
+                .await
+                .map_err(|e| read(format!("stream sequence {sequence}"))(e.to_string()))?;
             events.push(StoredEvent::decode(message.sequence, message.payload)?);
         }
         Ok(events)
     }
 
     /// Every event of `subject`, in order.
-    pub async fn load(&self, subject: &str) -> Result<Loaded, StoreError> {
+    pub async fn load(&self, subject: &str) -> Result<Loaded, ReadError> {
         let mut loaded = Loaded { subject: subject.to_owned(), ..Loaded::default() };
         let Some(last) = self.last(subject).await? else {
             return Ok(loaded);
@@ -283,7 +343,7 @@ impl EventStore {
     /// One batched direct get: the events of `subject` from sequence `from` up to `up_to`,
     /// at most `DIRECT_BATCH` of them. It leaves nothing on the server (no consumer), and any
     /// replica may answer.
-    async fn direct_batch(&self, subject: &str, from: u64, up_to: u64) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn direct_batch(&self, subject: &str, from: u64, up_to: u64) -> Result<Vec<StoredEvent>, ReadError> {
         self.direct(subject, from, Some(up_to), DIRECT_BATCH)
             .await?
             .into_iter()
@@ -299,9 +359,10 @@ impl EventStore {
         from: u64,
         up_to: Option<u64>,
         batch: usize,
-    ) -> Result<Vec<RawMessage>, StoreError> {
+    ) -> Result<Vec<RawMessage>, ReadError> {
+        let failed = |reason: String| ReadError::Failed { what: format!("{filter} by direct get"), reason };
         let inbox = self.client.new_inbox();
-        let mut replies = self.client.subscribe(inbox.clone()).await.map_err(nats)?;
+        let mut replies = self.client.subscribe(inbox.clone()).await.map_err(|e| failed(e.to_string()))?;
         let mut request = serde_json::json!({ "seq": from, "next_by_subj": filter, "batch": batch });
         if let Some(up_to) = up_to {
             request["up_to_seq"] = up_to.into();
@@ -309,26 +370,26 @@ impl EventStore {
         self.client
             .publish_with_reply(format!("$JS.API.DIRECT.GET.{}", self.name), inbox, request.to_string().into())
             .await
-            .map_err(nats)?;
+            .map_err(|e| failed(e.to_string()))?;
         let mut messages = Vec::new();
         loop {
             let reply = tokio::time::timeout(DIRECT_TIMEOUT, replies.next())
                 .await
-                .map_err(|_| StoreError::Nats(format!("no answer to a direct get on {filter}")))?
-                .ok_or_else(|| StoreError::Nats("the direct get subscription ended".to_owned()))?;
+                .map_err(|_| failed("no answer".to_owned()))?
+                .ok_or_else(|| failed("the subscription ended".to_owned()))?;
             match reply.status {
                 // The end of the batch (204), or nothing (more) on the subject (404).
                 Some(status) if status.as_u16() == 204 || status == async_nats::StatusCode::NOT_FOUND => break,
                 Some(status) if status != async_nats::StatusCode::OK => {
                     let why = reply.description.unwrap_or_default();
-                    return Err(StoreError::Nats(format!("direct get on {filter}: {status} {why}")));
+                    return Err(failed(format!("{status} {why}")));
                 }
                 _ => {}
             }
             let header = |name: &str| reply.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
             let sequence = header("Nats-Sequence")
                 .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| StoreError::Nats("a direct get reply without Nats-Sequence".to_owned()))?;
+                .ok_or_else(|| failed("a reply without Nats-Sequence".to_owned()))?;
             let subject = header("Nats-Subject").unwrap_or_default();
             let pending = header("Nats-Num-Pending").and_then(|v| v.parse::<u64>().ok());
             messages.push(RawMessage { sequence, subject, payload: reply.payload, pending });
@@ -339,13 +400,14 @@ impl EventStore {
     /// Appends `messages` to `subject` if its last sequence is still `expected_last`; each
     /// later message expects the one before it. Returns their stream sequences. A message
     /// whose id the stream has seen within its duplicate window is not stored again, and the
-    /// append stops there with [`StoreError::Duplicate`].
+    /// append stops there with [`AppendError::Duplicate`].
     pub async fn append(
         &self,
         subject: &str,
         expected_last: u64,
         messages: Vec<Outgoing>,
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<u64>, AppendError> {
+        let failed = |e: String| AppendError::Failed { subject: subject.to_owned(), reason: e };
         let mut expected = expected_last;
         let mut sequences = Vec::with_capacity(messages.len());
         for message in messages {
@@ -353,19 +415,19 @@ impl EventStore {
                 .payload(message.bytes)
                 .message_id(&message.msg_id)
                 .expected_last_subject_sequence(expected);
-            let ack = self.js.send_publish(subject.to_owned(), publish).await.map_err(nats)?;
+            let ack = self.js.send_publish(subject.to_owned(), publish).await.map_err(|e| failed(e.to_string()))?;
             match ack.await {
                 Ok(ack) if ack.duplicate => {
-                    return Err(StoreError::Duplicate { subject: subject.to_owned(), msg_id: message.msg_id })
+                    return Err(AppendError::Duplicate { subject: subject.to_owned(), msg_id: message.msg_id })
                 }
                 Ok(ack) => {
                     expected = ack.sequence;
                     sequences.push(ack.sequence);
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    return Err(StoreError::Conflict { subject: subject.to_owned(), appended: sequences.len() })
+                    return Err(AppendError::Conflict { subject: subject.to_owned(), appended: sequences.len() })
                 }
-                Err(e) => return Err(nats(e)),
+                Err(e) => return Err(failed(e.to_string())),
             }
         }
         Ok(sequences)
@@ -373,9 +435,10 @@ impl EventStore {
 
     /// Appends one message with no condition but its dedup id: for subjects with a single
     /// writer, such as a node's reports.
-    pub async fn publish(&self, subject: &str, message: Outgoing) -> Result<u64, StoreError> {
+    pub async fn publish(&self, subject: &str, message: Outgoing) -> Result<u64, AppendError> {
+        let failed = |e: String| AppendError::Failed { subject: subject.to_owned(), reason: e };
         let publish = jetstream::message::PublishMessage::build().payload(message.bytes).message_id(&message.msg_id);
-        let ack = self.js.send_publish(subject.to_owned(), publish).await.map_err(nats)?;
-        Ok(ack.await.map_err(nats)?.sequence)
+        let ack = self.js.send_publish(subject.to_owned(), publish).await.map_err(|e| failed(e.to_string()))?;
+        Ok(ack.await.map_err(|e| failed(e.to_string()))?.sequence)
     }
 }

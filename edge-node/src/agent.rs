@@ -6,6 +6,44 @@
 //! version has one, a compose version one per service. Each unit converges on its own, so one
 //! failing container leaves the others be; the switch to a new version waits until every new
 //! image is present. The deployment's status is the most severe of its containers'.
+//!
+//! # Convergence
+//!
+//! The workload holds what is wanted (running, stopped, removed); each unit holds what is true
+//! (image pulled, container, running). Each input records a fact, and `converge` takes the
+//! next step of every unit (pull, create, start, stop, remove) and reports the deployment's
+//! status with each container's.
+//!
+//! - Every image is made present (one already there is not downloaded again) before any
+//!   container of a new version is created. With nothing to replace, a service whose image
+//!   failed does not hold the others back. A service starts after those it depends on.
+//! - An update pulls the new images while the old containers run, then retires the old
+//!   containers of the services that changed or left (their images are kept) and creates the
+//!   new ones. An unchanged service keeps its container; a failed pull leaves the old ones
+//!   running.
+//! - A forced update (`refresh`) pulls the same tags again and recreates only the containers
+//!   whose tag now names another image ID.
+//! - A staged deployment waiting for an apply stops at `staged` once its images are in, or at
+//!   `ready` when an older version keeps running.
+//!
+//! Names are `<application>-<deployment>-<node>` ([`container_prefix`]), plus `-<service>` for
+//! a compose service, on the network `<application>-<deployment>-<node>`: nodes sharing one
+//! Docker engine never collide.
+//!
+//! # Restart, deadlines, drift
+//!
+//! A restarted node folds each deployment's work log (`crate::desired`, in the order received)
+//! into one wanted state, observes what Docker really has (the container, the image it runs,
+//! whether the wanted image is present) and converges once ([`Agent::recover`]): nothing is
+//! pulled, created or restarted twice. On each [`Input::Tick`] a runtime step past its
+//! deadline ([`Deadlines`]: downloads 10 min, other steps 2 min) is reported `failed` with
+//! `deadline_exceeded`, and a late outcome still counts. A settled container found stopped,
+//! removed or replaced behind the node's back is put back and reported as `drift`. When the
+//! link comes back ([`Input::Reconnected`]) every status is said again.
+//!
+//! Not handled yet: a service that left with an update, whose container was being retired
+//! when the node was killed, is not looked for after the restart; named volumes of compose
+//! versions are never removed.
 
 use std::collections::{BTreeMap, VecDeque};
 

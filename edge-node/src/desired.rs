@@ -1,6 +1,10 @@
 //! The work the node has accepted, kept in sled before it is acked, so that a restarted node
 //! takes up again what it was asked to do: for each deployment, every piece of work it
 //! received, in order, until it is removed.
+//!
+//! Every stream sequence handled is kept beside the work log, so work delivered again after a
+//! lost ack is recognised and not carried out twice, while work the link lost on its way,
+//! redelivered after later work (the consumer's ack wait is 2 s), is still carried out.
 
 use events::Envelope;
 

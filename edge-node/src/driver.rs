@@ -1,13 +1,30 @@
 //! The driver: the one place the agent meets the world. It feeds the agent work from the
 //! node's durable consumer and outcomes from the runtime, and carries out its actions:
 //! runtime steps as tasks, reports into the outbox, and the outbox onto JetStream.
+//!
+//! Work reaches the loop through a task that rides out a lost link. It pulls the node's
+//! durable consumer with a heartbeat every 5 s (every node of a fleet holds a pull on the
+//! server) and pulls again on a missed one, which reaches the consumer's new leader. A
+//! consumer the server does not know is waited for: the engine makes it when it enrolls the
+//! node, and the node may only read it. Each piece of work is kept in the work log
+//! (`crate::desired`) and only then acked; a crash in between brings it again, and its stream
+//! sequence shows it was handled.
+//!
+//! Each status report is written to the outbox (flushed), signed by the node's key, and
+//! published from there with its event id as `Nats-Msg-Id`. On the reconcile clock (5 s by
+//! default) the agent gets a `Tick`, and one task at a time looks up every settled container
+//! for drift. When the link comes back the agent says every status again; a revoked credential
+//! stops the node. Log requests on `logs.<tenant>.<node>` are answered a page per container.
+//!
+//! [`run_on`] runs a node on a connection and a sled database it may share with other nodes:
+//! the fleet benchmark and the chaos test run thousands in one process.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use chrono::Utc;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -433,62 +450,25 @@ const PULL_EXPIRES: Duration = Duration::from_secs(30);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Hands the loop every message of the node's durable consumer, for as long as the node runs:
-/// through a lost link, a restarted server or a consumer that has to be made again.
+/// through a lost link, a restarted server or a consumer that has to be found again
+/// ([`bus::consume`]). The engine makes the consumer when it enrolls the node; the node may only
+/// read it.
 async fn receive_work(js: jetstream::Context, config: NodeConfig, work: mpsc::Sender<jetstream::Message>) {
-    loop {
-        let consumer = subscribe(&js, &config).await;
-        // Heartbeats: a pull left on a server that died, or on a consumer whose leader moved,
-        // is noticed within ten seconds and sent again, not after the half-minute pull.
-        loop {
-            let pulled = consumer.stream().expires(PULL_EXPIRES).heartbeat(PULL_HEARTBEAT).messages().await;
-            let mut messages = match pulled {
-                Ok(messages) => messages,
-                Err(e) => {
-                    tracing::warn!(error = %e, "pulling the work consumer");
-                    break;
-                }
-            };
-            // Until the link fails, or the server no longer knows the consumer.
-            let failed = loop {
-                let Some(message) = messages.next().await else { break None };
-                match message {
-                    Ok(message) => {
-                        if work.send(message).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => break Some(e),
-                }
-            };
-            use consumer::pull::MessagesErrorKind::{ConsumerDeleted, NoResponders};
-            match failed {
-                Some(e) if !matches!(e.kind(), ConsumerDeleted | NoResponders) => {
-                    tracing::warn!(error = %e, "the work consumer is pulled again")
-                }
-                _ => break,
-            }
-        }
-        tracing::warn!("the work consumer is made again");
-    }
-}
-
-/// The node's durable consumer on its own work subject; waits for the stream and the link.
-async fn subscribe(js: &jetstream::Context, config: &NodeConfig) -> consumer::PullConsumer {
     let name = events::subject::node_consumer(&config.tenant, &config.node);
-    let mut delay = Duration::from_millis(100);
-    loop {
-        // The engine makes the consumer when it enrolls the node; the node may only read it.
-        let consumer = match js.get_stream_no_info(&config.stream).await {
-            Ok(stream) => stream.get_consumer(&name).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match consumer {
-            Ok(consumer) => return consumer,
-            Err(e) => {
-                tracing::info!(consumer = %name, error = %e, "waiting for the work consumer");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+    let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT };
+    let find = || {
+        let (js, stream, name) = (js.clone(), config.stream.clone(), name.clone());
+        async move {
+            let failed = |e: String| bus::store::ConsumeError { consumer: name.clone(), reason: e };
+            let stream = js.get_stream_no_info(&stream).await.map_err(|e| failed(e.to_string()))?;
+            stream.get_consumer(&name).await.map_err(|e| failed(e.to_string()))
+        }
+    };
+    let messages = bus::consume::durable(&name, pull, find);
+    let mut messages = std::pin::pin!(messages);
+    while let Some(message) = messages.next().await {
+        if work.send(message).await.is_err() {
+            return;
         }
     }
 }

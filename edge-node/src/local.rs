@@ -2,6 +2,9 @@
 //! list the workloads and apply a staged one, with or without a link to the engine. The
 //! running agent listens on a unix socket in its data directory; each connection carries one
 //! JSON request line and gets one JSON reply line.
+//!
+//! `edge-node workloads list | apply -n NAME` talks to it. An apply made here, with or without
+//! a link, is kept in the work log and reaches the engine from the outbox as `applied_locally`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

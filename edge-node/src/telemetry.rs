@@ -1,6 +1,7 @@
 //! The heartbeat: at the node's own rate, the state and counters of every container it runs,
 //! published to the `TELEMETRY` stream. It runs beside the agent's loop, from the list of
-//! containers the loop shares, so a slow runtime never delays a decision.
+//! containers the loop shares, so a slow runtime never delays a decision. Nor does it delay
+//! the beat: past half the interval, the last sample stands.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -22,7 +22,7 @@ use events::Aggregate;
 
 use crate::command::{CommandError, CommandHandler, CommandMeta, Committed};
 use crate::read_model::{Deployments, Notifications, Page};
-use bus::store::StoreError;
+use bus::store::{ReadError, StoreError};
 
 /// How long a launch waits for its deployment to reach the read model before answering.
 const READ_YOUR_WRITE: Duration = Duration::from_secs(5);
@@ -95,14 +95,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> ApiError {
+        StoreError::from(e).into()
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         tracing::error!(error = %e, "store failure");
         let status = match e {
-            StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            StoreError::Conflict { .. } | StoreError::Duplicate { .. } | StoreError::Nats(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            StoreError::Read(ReadError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, None, e)
     }
@@ -730,7 +734,7 @@ async fn deployment_history(
     for stored in &loaded.events {
         let envelope = &stored.envelope;
         let event: DeploymentEvent =
-            envelope.event().map_err(|source| StoreError::Corrupt { sequence: stored.sequence, source })?;
+            envelope.event().map_err(|source| ReadError::Corrupt { sequence: stored.sequence, source })?;
         use events::Status as S;
         let mut entry = HistoryEntry {
             sequence: stored.sequence,

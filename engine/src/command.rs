@@ -1,11 +1,35 @@
 //! The command path: load an aggregate, decide, append conditionally, re-decide on conflict.
 //! The HTTP API, the report ingestor and the tests all go through here.
 //!
-//! Folded aggregates are kept in memory between commands, so a command on a known aggregate
-//! costs one conditional append and no load. The cache is only ever a guess: the append still
-//! expects the last sequence the cache saw, and a conflict (another engine wrote) reloads.
-//! Commands on one aggregate take turns in this process, so they never conflict with each
-//! other.
+//! [`CommandHandler`] loads the aggregate's subject, folds it, calls the pure `decide`, wraps
+//! the events in envelopes chained by hash to the subject's previous event, and appends them
+//! expecting the subject's last sequence. On a conflict it reloads and decides again, at most
+//! 8 times ([`CommandError::Contention`]).
+//!
+//! Folded aggregates are kept in memory between commands (up to [`CACHED_AGGREGATES`]), each
+//! with its last sequence, its last hash and the ids of the commands applied, so a command on
+//! a known aggregate costs one conditional append and no load. The cache is only ever a guess:
+//! the append still expects the last sequence the cache saw, and a conflict (another engine
+//! wrote) reloads. A refusal, or a decision to do nothing, appends nothing that would prove the
+//! cache right: it is trusted only once a direct get of the subject's last event says the fold
+//! is current. Commands on one aggregate take turns in this process, so they never conflict
+//! with each other.
+//!
+//! # Idempotency
+//!
+//! Each append carries `Nats-Msg-Id` `<command id>:<subject>:<index>`. A command sent again
+//! with the same command id is recognised from the aggregate's history (the events whose
+//! `causation_id` is that id, kept with the fold) and stores nothing, beyond the stream's
+//! duplicate window too. Sent again through an engine whose fold is behind, its append is
+//! refused (a conflict, or a duplicate message id) and the reloaded history recognises it.
+//!
+//! # Commands of several events
+//!
+//! Their events are appended one by one, each expecting the previous one's sequence:
+//! JetStream's atomic batches do not allow `Nats-Msg-Id`, which idempotency rests on. A crash
+//! between two appends, or another writer coming between them ([`CommandError::Interrupted`]),
+//! leaves the first events alone, which is a valid history; the rest of the command is not
+//! retried and the caller is told.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -18,7 +42,7 @@ use uuid::Uuid;
 use events::envelope::{chain_hash, Metadata};
 use events::{Aggregate, Ctx, Envelope};
 
-use bus::store::{EventStore, Loaded, Outgoing, StoreError, StoredEvent};
+use bus::store::{AppendError, EventStore, Loaded, Outgoing, ReadError, StoreError, StoredEvent};
 
 /// Who asks, and the id that makes asking twice harmless.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +85,18 @@ pub enum CommandError<R: std::error::Error> {
     Interrupted { subject: String, stored: usize, decided: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl<R: std::error::Error> From<ReadError> for CommandError<R> {
+    fn from(e: ReadError) -> Self {
+        CommandError::Store(e.into())
+    }
+}
+
+impl<R: std::error::Error> From<AppendError> for CommandError<R> {
+    fn from(e: AppendError) -> Self {
+        CommandError::Store(e.into())
+    }
 }
 
 /// How many folded aggregates are kept in memory by default.
@@ -197,12 +233,12 @@ impl CommandHandler {
                     *held = Some(Box::new(current));
                     return Ok(Committed { events, attempts: attempt, duplicate: false });
                 }
-                Err(StoreError::Conflict { appended, .. }) if appended > 0 => {
+                Err(AppendError::Conflict { appended, .. }) if appended > 0 => {
                     return Err(CommandError::Interrupted { subject, stored: appended, decided: stored.len() });
                 }
                 // Another writer came first, or this command was stored before (through
                 // another engine): the log says which.
-                Err(StoreError::Conflict { .. } | StoreError::Duplicate { .. }) => {
+                Err(AppendError::Conflict { .. } | AppendError::Duplicate { .. }) => {
                     tracing::debug!(%subject, attempt, "conflict, deciding again");
                     current = Current::load(&self.store, &subject).await?;
                     fresh = true;
@@ -299,7 +335,7 @@ impl Cache {
 pub fn fold<A: Aggregate>(loaded: &Loaded) -> Result<A, StoreError> {
     loaded.events.iter().try_fold(A::default(), |state, stored| {
         let event: A::Event =
-            stored.envelope.event().map_err(|source| StoreError::Corrupt { sequence: stored.sequence, source })?;
+            stored.envelope.event().map_err(|source| ReadError::Corrupt { sequence: stored.sequence, source })?;
         Ok(state.evolve(&event))
     })
 }

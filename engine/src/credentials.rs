@@ -115,7 +115,7 @@ impl Issuer {
 }
 
 /// The durable consumer of `node`'s work, made if missing.
-pub async fn node_consumer(store: &EventStore, tenant: &str, node: &str) -> Result<(), bus::store::StoreError> {
+pub async fn node_consumer(store: &EventStore, tenant: &str, node: &str) -> Result<(), bus::store::ConsumeError> {
     let name = events::subject::node_consumer(tenant, node);
     let config = consumer::pull::Config {
         durable_name: Some(name.clone()),
@@ -130,7 +130,7 @@ pub async fn node_consumer(store: &EventStore, tenant: &str, node: &str) -> Resu
         .get_or_create_consumer(&name, config)
         .await
         .map(|_| ())
-        .map_err(|e| bus::store::StoreError::Nats(format!("making consumer {name}: {e}")))
+        .map_err(|e| bus::store::ConsumeError { consumer: name.clone(), reason: e.to_string() })
 }
 
 /// Every revoked key of every node, with when it was revoked.

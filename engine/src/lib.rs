@@ -1,11 +1,15 @@
 //! The orchestration engine: the command path onto the JetStream event store, the projectors
 //! that keep read models in sled, the workers (the router that addresses work to nodes, the
-//! ingestor of node reports, selector membership, tenant deletion), node liveness from the
-//! heartbeats, and the HTTP API. The `engine` binary (`src/main.rs`, `src/cli.rs`) also carries
-//! the operator CLI.
+//! ingestor of node reports, selector membership, tenant deletion), the credentials on the bus
+//! (`trust`, `credentials`), node liveness from the heartbeats, and the HTTP API. The `engine`
+//! binary (`src/main.rs`, `src/cli.rs`) also carries the operator CLI.
 //!
 //! It deliberately holds no state of its own beyond its read models: delete the sled directory
 //! and it rebuilds them from the log. It never talks to Docker; edge nodes do.
+//!
+//! Two engines may run at once on one stream: each folds the whole log into its own read
+//! models, while the workers are durable consumers whose messages go to one engine or the
+//! other; every command they issue is idempotent, so nothing is done twice.
 
 pub mod api;
 pub mod command;

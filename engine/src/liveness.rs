@@ -1,9 +1,9 @@
 //! Liveness: the engine listens to the nodes' heartbeats (`tm.<tenant>.<node>`), keeps the
 //! latest of each node for the API, and turns silence into a node event: `unreachable` after
-//! `events::telemetry::MISSED_BEATS` missed beats, `online` again with the next beat. The
-//! heartbeats themselves stay in the `TELEMETRY` stream, which forgets them after
-//! `TELEMETRY_MAX_AGE`; only the changes reach the event log. A node's unreachability never
-//! touches the last known state of its deployments.
+//! `events::telemetry::MISSED_BEATS` missed beats (never under 2 s), `online` again with the
+//! next beat. The heartbeats themselves stay in the `TELEMETRY` stream, which forgets them
+//! after `TELEMETRY_MAX_AGE` (an hour); only the changes reach the event log. A node's
+//! unreachability never touches the last known state of its deployments.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

@@ -1,6 +1,23 @@
 //! Projectors: they fold the log, read in order ([`bus::tail`]), into sled trees. The checkpoint
 //! (last stream sequence folded) is written in the same atomic batch as the read-model change,
-//! so a crash never applies an event twice or skips one.
+//! so a crash never applies an event twice or skips one. Delete the sled directory and each
+//! projector folds its tree again from sequence 1; [`rebuild`] is the same fold up to a given
+//! sequence, which `replay` runs into fresh trees.
+//!
+//! # Batches
+//!
+//! A batch is committed when full ([`ProjectorConfig::batch_size`]); when the reader has
+//! caught up with the stream, as long as commits take under a tenth of the projector's time;
+//! and at the latest when the stream pauses for 2 ms. A view changed by several events of a
+//! batch (a deployment on ten thousand nodes) stays decoded until the batch is committed
+//! ([`Overlay::take_json`]).
+//!
+//! # No filter
+//!
+//! Each projector reads the whole stream with no filter and matches the subjects it folds
+//! ([`Projection::subjects`]) itself. With a filter, the server matched every message against
+//! every subject of the stream, and a rebuild ran at a seventh of the raw read (42k against
+//! 313k events/s; 175k without the filter).
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -10,7 +27,7 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use bus::store::{EventStore, StoreError, StoredEvent};
+use bus::store::{EventStore, ReadError, StoreError, StoredEvent};
 
 const CHECKPOINT_KEY: &[u8] = b"meta/checkpoint";
 
@@ -317,7 +334,9 @@ impl Pace {
 pub async fn wait_for(tree: &sled::Tree, sequence: u64, timeout: Duration) -> Result<bool, StoreError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if checkpoint(tree).map_err(|e| StoreError::Nats(e.to_string()))? >= sequence {
+        if checkpoint(tree).map_err(|e| ReadError::Failed { what: "a checkpoint".into(), reason: e.to_string() })?
+            >= sequence
+        {
             return Ok(true);
         }
         if tokio::time::Instant::now() >= deadline {

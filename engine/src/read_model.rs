@@ -1,5 +1,15 @@
 //! The read models in sled (deployments, update notifications, nodes): their projections,
 //! each the pure fold of `events::projection`, and their queries.
+//!
+//! - `deployments` folds deployment events: one view per deployment, with each node's status.
+//! - `nodes` folds node events: labels and state, which resolve a selector at launch.
+//! - `notifications` folds application and deployment events: per application, its newest
+//!   published version and its live deployments; a deployment on an older version shows a
+//!   notification until it is updated or uninstalled.
+//!
+//! Every projection forgets a tenant's keys on `tenant.deleted`. A deployment's view is one
+//! JSON value, written whole with each batch that changes it: on ten thousand nodes, a few
+//! megabytes per batch.
 
 use events::application::ApplicationEvent;
 use events::deployment::DeploymentEvent;

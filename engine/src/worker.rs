@@ -4,7 +4,50 @@
 //! the uninstall of its deployments).
 //!
 //! Each message is acked once handled. A handler error leaves it unacked, so it comes again
-//! after `ack_wait`; the appends it makes are deduplicated by message id.
+//! after `ack_wait`; the appends it makes are deduplicated by message id. A message that fails
+//! five times is named in the log and acked. Each consumer is pulled with a heartbeat every
+//! second and pulled again on a missed one, which reaches the consumer's new leader; a
+//! consumer the server no longer knows is made again. When two engines run, each message goes
+//! to one of them.
+//!
+//! # Router
+//!
+//! It turns `deployment.launched` into `work.deploy` on each target node's subject (message id
+//! `<event id>:<node>`), and every later request into work for the nodes the deployment
+//! targets at that event, appending to 256 nodes at a time (a node's own work stays in order).
+//! In a phased rollout a node gets work only once a wave reaches it. The router keeps each
+//! deployment folded from the events it routes; the hash chain tells it whether an event
+//! follows the one it folded last, and when it does not (a restart, a redelivery) it loads the
+//! deployment as of that event.
+//!
+//! # Membership
+//!
+//! A launch names nodes or a label selector. The `membership` consumer (durable `targets`)
+//! reads every aggregate event in order: a node that registers or whose labels change is added
+//! to every live selector deployment it now matches and removed from those it no longer
+//! matches; a selector deployment, once launched, gets every node that matches by then. Before
+//! it reads a read model it waits for that model to have folded the event, so a node
+//! registering during a selector launch is seen by one side or the other. Each change is a
+//! `target_added` or `target_removed` event with its reason; the router sends that node
+//! `deploy` or `remove`.
+//!
+//! # Tenants
+//!
+//! The `tenants` consumer carries out a tenant's deletion: it lists the tenant's deployment
+//! subjects in the stream (not a read model, which the same deletion empties) and uninstalls
+//! each.
+//!
+//! # Ingest
+//!
+//! Each report becomes a command on the deployment (or node) aggregate, with the report's id
+//! as command id, so a report delivered twice is applied once. A report is taken only when its
+//! envelope's tenant, type and node are its subject's and it verifies under the key the node
+//! is enrolled with now (`NodeKeys`): it speaks for the node whose subject it arrived on. A
+//! report that does not decode or is refused is logged and acked.
+//!
+//! Reports are appended one at a time, each waiting for the previous ack (about 0.2 ms): a
+//! launch on ten thousand nodes, five reports each, spends about ten seconds in those appends
+//! alone. Group commit would need atomic batches, which do not take `Nats-Msg-Id`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,7 +65,7 @@ use events::work::{self, NodeWork};
 use events::{Aggregate, Envelope};
 
 use crate::command::{CommandError, CommandHandler, CommandMeta};
-use bus::store::{EventStore, Outgoing, StoreError, StoredEvent};
+use bus::store::{AppendError, EventStore, Outgoing, StoredEvent};
 
 /// Deliveries of one event before a consumer gives up on it.
 const MAX_DELIVERIES: i64 = 5;
@@ -30,7 +73,11 @@ const MAX_DELIVERIES: i64 = 5;
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
-async fn durable(store: &EventStore, name: &str, filter: &str) -> anyhow::Result<consumer::Consumer<pull::Config>> {
+async fn durable(
+    store: &EventStore,
+    name: &str,
+    filter: &str,
+) -> Result<consumer::Consumer<pull::Config>, bus::store::ConsumeError> {
     store
         .consumers()
         .get_or_create_consumer(
@@ -44,56 +91,24 @@ async fn durable(store: &EventStore, name: &str, filter: &str) -> anyhow::Result
             },
         )
         .await
-        .map_err(|e| anyhow::anyhow!("creating consumer {name}: {e}"))
+        .map_err(|e| bus::store::ConsumeError { consumer: name.to_owned(), reason: e.to_string() })
 }
 
 /// Feeds every message of durable consumer `name` to `handle`, with the subject it arrived
-/// on, acking the ones it handled. It rides out a lost server or link: on an error of the
-/// message stream (a missed heartbeat, a leader moving in a cluster) it pulls again, and an
-/// ack that is lost brings the message again, which the handlers recognise.
+/// on, acking the ones it handled. It rides out a lost server or link ([`bus::consume`]), and
+/// an ack that is lost brings the message again, which the handlers recognise.
 pub(crate) async fn consume<F, Fut>(store: &EventStore, name: &str, filter: &str, mut handle: F) -> anyhow::Result<()>
 where
     F: FnMut(String, StoredEvent) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    loop {
-        let consumer = match durable(store, name, filter).await {
-            Ok(consumer) => consumer,
-            Err(e) => {
-                tracing::warn!(consumer = name, error = format!("{e:#}"), "subscribing; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        // Short pulls with frequent heartbeats: a pull left on a server that died, or on a
-        // consumer whose leader moved, is noticed within seconds and sent again, to the
-        // leader wherever it is now, without asking the cluster for the consumer again.
-        let gone = loop {
-            let pulled = consumer.stream().expires(PULL_EXPIRES).heartbeat(PULL_HEARTBEAT).messages().await;
-            let mut messages = match pulled {
-                Ok(messages) => messages,
-                Err(e) => break e.to_string(),
-            };
-            let failed = loop {
-                match messages.next().await {
-                    Some(Ok(message)) => handle_one(name, message, &mut handle).await,
-                    Some(Err(e)) => break Some(e),
-                    None => break None,
-                }
-            };
-            match failed {
-                Some(e) if !gone(&e) => tracing::warn!(consumer = name, error = %e, "pulling again"),
-                Some(e) => break e.to_string(),
-                None => break "the pull ended".to_owned(),
-            }
-        };
-        tracing::warn!(consumer = name, error = gone, "the consumer is made again");
+    let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT };
+    let messages = bus::consume::durable(name, pull, move || durable(store, name, filter));
+    let mut messages = std::pin::pin!(messages);
+    while let Some(message) = messages.next().await {
+        handle_one(name, message, &mut handle).await;
     }
-}
-
-/// Whether a pull failed because the server no longer knows the consumer.
-fn gone(e: &pull::MessagesError) -> bool {
-    matches!(e.kind(), pull::MessagesErrorKind::ConsumerDeleted | pull::MessagesErrorKind::NoResponders)
+    Ok(())
 }
 
 /// Hands one message to `handle` and acks it once handled, or once it has failed too often.
@@ -449,8 +464,8 @@ async fn append_chained(
         let outgoing = Outgoing { msg_id: msg_id.clone(), bytes: Bytes::from(envelope.encode()) };
         let expected = last.map_or(0, |e| e.sequence);
         match store.append(subject, expected, vec![outgoing]).await {
-            Ok(_) | Err(StoreError::Duplicate { .. }) => return Ok(()),
-            Err(StoreError::Conflict { .. }) => continue,
+            Ok(_) | Err(AppendError::Duplicate { .. }) => return Ok(()),
+            Err(AppendError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
     }

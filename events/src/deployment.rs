@@ -1,5 +1,38 @@
 //! A deployment: one application version launched onto a set of nodes, and what each node
 //! says of it.
+//!
+//! # Environment
+//!
+//! A version carries parameters (environment defaults) and named profiles
+//! (`crate::application`). A launch picks a profile and overrides single values; `decide`
+//! resolves the environment once, into the `launched` event, and an update resolves it again
+//! against the new version. The node receives it resolved.
+//!
+//! # Targets
+//!
+//! A launch names nodes or a label selector. A selector deployment's targets change with
+//! `target_added` and `target_removed` events, each with its reason, decided on the commands of
+//! the engine's membership worker; no target joins an uninstalled deployment.
+//!
+//! # Rollouts and rollbacks
+//!
+//! Both are decided here, as events that follow the one that triggered them in the same
+//! command. A launch or update with `rollout {batch, max_failures}` releases nodes in
+//! `wave_released` events: first a batch, then one more each time a released node settles, so
+//! at most `batch` nodes (or `batch` percent of the targets) are under way; the router sends
+//! work to a node only when a wave reaches it. Once more than `max_failures` released nodes
+//! failed, `rollout_halted` says why and no node is released any more; nodes not reached keep
+//! what they ran.
+//!
+//! An update with `rollback_within` keeps the version before. A node reporting `failed` before
+//! the new version ever ran there, or a container of it stopping (drift) within that many
+//! seconds of it running, is followed by `rolled_back`, and every node is sent the version
+//! before. Retiring a container keeps its image, so going back needs no download.
+//!
+//! # Reports
+//!
+//! A node's report says the version it speaks of: one about a version older than the one the
+//! node was sent since changes nothing, and so does a report older than the node's last one.
 
 use std::collections::{BTreeMap, BTreeSet};
 

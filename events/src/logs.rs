@@ -1,6 +1,7 @@
 //! Logs on request: the engine asks a node on `logs.<tenant>.<node>` (NATS request/reply, JSON)
 //! for a page of a deployment's container logs; the node answers per container, so one
-//! failing container does not spoil the page of the others.
+//! failing container does not spoil the page of the others. The engine turns the
+//! per-container offsets into one opaque cursor ([`encode_cursor`]).
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,9 @@
 //! A tenant: every resource lives under one (`ev.<tenant>.…`). A tenant exists from its first
 //! use; deleting it is final, and removes its deployments from every node.
+//!
+//! The engine's `tenants` worker carries the deletion out (it uninstalls each deployment the
+//! tenant has in the log); every read model forgets the tenant's keys on `tenant.deleted`, and
+//! the API refuses the tenant's commands with 410.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

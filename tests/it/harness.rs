@@ -200,6 +200,14 @@ impl TestNode {
         self.restart_labelled(nats, engine, "lab").await
     }
 
+    /// Restarts it (as `restart`) with new credentials.
+    pub async fn restart_with(self, credentials: bus::Credentials, nats: &NatsServer, engine: &TestEngine) -> TestNode {
+        let kept = self.data.as_ref().expect("a running node has its data").path().join("node.creds");
+        let seed = credentials.key().seed().expect("a seed");
+        std::fs::write(kept, bus::Credentials::format(credentials.jwt(), Some(&seed))).unwrap();
+        self.restart(nats, engine).await
+    }
+
     /// Restarts it (as `restart`) with the label `site=<site>`.
     pub async fn restart_labelled(mut self, nats: &NatsServer, engine: &TestEngine, site: &str) -> TestNode {
         self.task.abort();

@@ -1,7 +1,7 @@
 //! The event store and the command path on a real nats-server: optimistic concurrency,
 //! deduplication and the hash chain.
 
-use bus::store::{Loaded, Outgoing, StoreError};
+use bus::store::{AppendError, Loaded, Outgoing};
 use engine::command::{CommandError, CommandHandler, CommandMeta};
 use events::application::{Application, ApplicationCommand, ApplicationRejection};
 use events::envelope::chain_hash;
@@ -146,7 +146,7 @@ async fn a_stale_append_is_refused_and_stores_nothing() {
     let subject = subject::aggregate("default", "application", "sample");
     let bytes = first.events[0].bytes.clone();
     let err = a.store().append(&subject, 0, vec![Outgoing { msg_id: "other".into(), bytes }]).await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert!(matches!(err, AppendError::Conflict { .. }), "{err}");
     assert_eq!(stored(&a).await, 1);
 }
 

@@ -313,3 +313,33 @@ async fn a_report_signed_by_the_wrong_key_is_refused_and_named_by_verify() {
     assert_eq!(findings.len(), 1, "{text}");
     assert!(findings[0].contains(&subject) && findings[0].contains(&forger.public_key()), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_replaces_the_old_one_and_the_whole_history_still_verifies() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let node = TestNode::start(&nats, &engine).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let first = launch(&engine, &node.name).await;
+    engine.wait_deployment(&first, "the first deployment to run", |v| v["status"] == "running").await;
+    let old = node.credentials();
+
+    // The node makes a new key pair and is enrolled with it; the old key is revoked.
+    let key = nkeys::KeyPair::new_user();
+    let path = format!("/v1/nodes/{}/enroll", node.name);
+    let (status, body) = engine.post(&path, serde_json::json!({"public_key": key.public_key()})).await;
+    assert_eq!(status, 201, "{body}");
+    let new = bus::Credentials::parse(body["creds"].as_str().unwrap(), Some(&key.seed().unwrap())).unwrap();
+    tests::eventually("the old key to be cut off", TIMEOUT, || async { node.task.is_finished().then_some(()) }).await;
+    let data = node.restart_with(new, &nats, &engine).await;
+    let second = launch(&engine, &data.name).await;
+    engine.wait_deployment(&second, "a deployment under the new key", |v| v["status"] == "running").await;
+
+    let connection =
+        bus::Connection { credentials: Some(old), ca: Some(nats.trust().ca()), ..bus::Connection::new(nats.url()) };
+    assert!(connection.connect_with(connection.options()).await.is_err(), "the old key is refused");
+    let engine_key = nats.trust().facts().engine.clone();
+    let (code, text) = crate::replay::replay(&nats, &["verify", "--engine-key", &engine_key]).await;
+    assert_eq!(code, 0, "reports under the old key verify as they were signed then: {text}");
+    data.stop().await;
+}

@@ -11,14 +11,19 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 /// The figures `results.json` holds, in order; the others are only printed.
-const KEPT: [&str; 11] = [
+const KEPT: [&str; 16] = [
     "command_path_ratio",
+    "sign_event_us",
+    "verify_event_us",
+    "credentials_per_s",
     "rebuild_sled_ratio",
     "rebuild_memory_ratio",
     "launch_to_running_p99_ms_sim",
     "launch_to_running_p99_ms_docker",
     "fleet_1000_s",
     "fleet_10000_s",
+    "fleet_10000_connected_s",
+    "fleet_10000_nats_rss_mb",
     "reconnect_1000_s",
     "edge_rss_idle_mb",
     "edge_rss_10_workloads_mb",

@@ -1,0 +1,102 @@
+//! A durable consumer read for as long as its reader runs: the loop the engine's workers and
+//! every edge node share.
+//!
+//! It pulls with a heartbeat. A pull left on a server that died, or on a consumer whose leader
+//! moved in a cluster, is noticed at the first missed heartbeat and sent again, which reaches
+//! the consumer's leader wherever it is now. A consumer the server no longer knows (deleted,
+//! or its stream gone with a server) is found or made again, trying again with a growing pause
+//! while that fails. Nothing is acked here: the reader acks what it handled, and what it did
+//! not comes again after the consumer's ack wait.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures::{Stream, StreamExt};
+
+use crate::store::ConsumeError;
+
+/// How one pull waits and how often the server says it is alive.
+#[derive(Debug, Clone, Copy)]
+pub struct Pull {
+    pub expires: Duration,
+    pub heartbeat: Duration,
+}
+
+/// The longest pause between attempts to find or make the consumer.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// Every message of the consumer that `find` finds (or makes), through lost links, restarted
+/// servers and consumers made again, without end.
+pub fn durable<F, FFut>(name: &str, pull: Pull, find: F) -> impl Stream<Item = jetstream::Message> + use<F, FFut>
+where
+    F: FnMut() -> FFut,
+    FFut: Future<Output = Result<jetstream::consumer::PullConsumer, ConsumeError>>,
+{
+    let reader = Reader { name: name.to_owned(), pull, find, consumer: None, messages: None };
+    futures::stream::unfold(reader, |mut reader| async move {
+        let message = reader.next().await;
+        Some((message, reader))
+    })
+}
+
+struct Reader<F> {
+    name: String,
+    pull: Pull,
+    find: F,
+    consumer: Option<jetstream::consumer::PullConsumer>,
+    messages: Option<pull::Stream>,
+}
+
+impl<F, FFut> Reader<F>
+where
+    F: FnMut() -> FFut,
+    FFut: Future<Output = Result<jetstream::consumer::PullConsumer, ConsumeError>>,
+{
+    async fn next(&mut self) -> jetstream::Message {
+        let name = self.name.clone();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let Some(consumer) = &self.consumer else {
+                match (self.find)().await {
+                    Ok(consumer) => self.consumer = Some(consumer),
+                    Err(e) => {
+                        tracing::info!(consumer = name, error = %e, "waiting for the consumer");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(MAX_PAUSE);
+                    }
+                }
+                continue;
+            };
+            let Some(messages) = self.messages.as_mut() else {
+                let Pull { expires, heartbeat } = self.pull;
+                match consumer.stream().expires(expires).heartbeat(heartbeat).messages().await {
+                    Ok(messages) => self.messages = Some(messages),
+                    Err(e) => {
+                        tracing::warn!(consumer = name, error = %e, "pulling; the consumer is found again");
+                        self.consumer = None;
+                    }
+                }
+                continue;
+            };
+            match messages.next().await {
+                Some(Ok(message)) => return message,
+                Some(Err(e)) if !gone(&e) => tracing::warn!(consumer = name, error = %e, "pulling again"),
+                Some(Err(e)) => {
+                    tracing::warn!(consumer = name, error = %e, "the consumer is found again");
+                    self.consumer = None;
+                }
+                None => {
+                    tracing::warn!(consumer = name, "the pull ended; the consumer is found again");
+                    self.consumer = None;
+                }
+            }
+            self.messages = None;
+        }
+    }
+}
+
+/// Whether a pull failed because the server no longer knows the consumer.
+fn gone(e: &pull::MessagesError) -> bool {
+    matches!(e.kind(), pull::MessagesErrorKind::ConsumerDeleted | pull::MessagesErrorKind::NoResponders)
+}
