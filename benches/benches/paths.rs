@@ -215,6 +215,12 @@ async fn main() {
     benches::record("raw_conditional_per_s", raw.per_second);
     benches::record("command_path_ratio", commands.per_second / raw.per_second);
     println!("projector into sled (deployments)       {}", projection(&store, deployments * 5).await);
+    // What the signatures cost the command path: the same work, unsigned, on a fresh server.
+    let bare = NatsServer::start().await;
+    let unsigned = EventStore::open(bare.client().await, &StoreConfig::default()).await.unwrap();
+    let figures = deployment_history(&CommandHandler::new(unsigned), deployments, WRITERS).await;
+    println!("  the same, events unsigned (comparison) {figures}");
+    benches::record("command_path_unsigned_per_s", figures.per_second);
 
     // What each durability mode costs on the command path (ARCHITECTURE.md, Durability).
     println!("durability modes, command path with {WRITERS} writers:");

@@ -92,7 +92,8 @@ async fn work_waiting(api: &Api) -> u64 {
         let routed =
             stream.clone().consumer_info("router").await.is_ok_and(|r| r.num_pending == 0 && r.num_ack_pending == 0);
         if routed {
-            let info = stream.clone().consumer_info("node-default-sim-1").await.expect("the node's consumer");
+            let name = events::subject::node_consumer("default", "sim-1");
+            let info = stream.clone().consumer_info(name).await.expect("the node's consumer");
             return info.num_pending + info.num_ack_pending as u64;
         }
         assert!(Instant::now() < deadline, "the router did not write the work within a minute");

@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use serde_json::Value;
 use tests::NatsServer;
 
-use crate::harness::{launch, TestEngine, TestNode, IMAGE_1_0_0, TIMEOUT};
+use crate::harness::{launch, Lab, TestEngine, TestNode, IMAGE_1_0_0, TIMEOUT};
 
 /// A connection as `credentials` would make it, and the errors the server sends it.
 async fn connect_as(nats: &NatsServer, credentials: bus::Credentials) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
@@ -43,6 +43,15 @@ fn quick(client: &async_nats::Client) -> jetstream::Context {
     let mut js = jetstream::new(client.clone());
     js.set_timeout(Duration::from_secs(2));
     js
+}
+
+/// A test's own server, engine and node, with the sample application running on it.
+async fn running() -> (Lab, String) {
+    let lab = Lab::start().await;
+    lab.engine.publish_sample(IMAGE_1_0_0).await;
+    let id = launch(&lab.engine, &lab.node.name).await;
+    lab.engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    (lab, id)
 }
 
 #[tokio::test]
@@ -173,12 +182,7 @@ async fn a_subscriber_reads_its_tenant_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_node_is_cut_off_cannot_come_back_and_its_deployments_say_so() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
-    engine.publish_sample(IMAGE_1_0_0).await;
-    let id = launch(&engine, &node.name).await;
-    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let (Lab { nats, engine, node }, id) = running().await;
     let creds = node.credentials();
 
     let (status, body) = engine.post(&format!("/v1/nodes/{}/revoke", node.name), Value::Null).await;
@@ -256,12 +260,7 @@ async fn a_node_enrolled_with_its_own_key_runs_and_the_seed_never_leaves_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_signed_by_the_wrong_key_is_refused_and_named_by_verify() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
-    engine.publish_sample(IMAGE_1_0_0).await;
-    let id = launch(&engine, &node.name).await;
-    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let (Lab { nats, engine, node }, id) = running().await;
     let name = node.name.clone();
     node.stop().await;
 
@@ -316,12 +315,7 @@ async fn a_report_signed_by_the_wrong_key_is_refused_and_named_by_verify() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_key_replaces_the_old_one_and_the_whole_history_still_verifies() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    let node = TestNode::start(&nats, &engine).await;
-    engine.publish_sample(IMAGE_1_0_0).await;
-    let first = launch(&engine, &node.name).await;
-    engine.wait_deployment(&first, "the first deployment to run", |v| v["status"] == "running").await;
+    let (Lab { nats, engine, node }, _) = running().await;
     let old = node.credentials();
 
     // The node makes a new key pair and is enrolled with it; the old key is revoked.
@@ -342,4 +336,40 @@ async fn a_rotated_key_replaces_the_old_one_and_the_whole_history_still_verifies
     let (code, text) = crate::replay::replay(&nats, &["verify", "--engine-key", &engine_key]).await;
     assert_eq!(code, 0, "reports under the old key verify as they were signed then: {text}");
     data.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_reads_every_tenant_and_writes_nothing() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let other = engine::command::CommandMeta::new("other", "vendor");
+    let register = events::application::ApplicationCommand::Register { name: "Theirs".into() };
+    engine.engine.commands.execute::<events::application::Application>("theirs", &register, &other).await.unwrap();
+
+    let credential = engine.engine.issuer.reader(&engine::trust::Role::Auditor { id: "books".into() });
+    let (client, errors) = connect_as(&nats, bus::Credentials::parse(&credential.creds, None).unwrap()).await;
+    let store = bus::store::EventStore::open_existing(client.clone(), &Default::default())
+        .await
+        .unwrap()
+        .reading_by_direct_get();
+    let mut subjects = Vec::new();
+    replay::each_event(&store, 1, |subject, _| {
+        subjects.push(subject.to_owned());
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert!(subjects.contains(&"ev.other.application.theirs".to_owned()), "{subjects:?}");
+    assert!(subjects.contains(&"ev.default.application.sample".to_owned()), "{subjects:?}");
+
+    let js = quick(&client);
+    let written = js.publish("ev.default.application.sample", "write".into()).await.unwrap().await;
+    assert!(written.is_err(), "an auditor writes nothing");
+    violation(&errors, "ev.default.application.sample").await;
+    let stream = js.get_stream_no_info(events::subject::STREAM).await.unwrap();
+    assert!(stream.create_consumer(jetstream::consumer::pull::Config::default()).await.is_err());
+    violation(&errors, "$JS.API.CONSUMER.CREATE").await;
+    let sample = crate::harness::handler(&nats).await.store().load("ev.default.application.sample").await.unwrap();
+    assert_eq!(sample.events.len(), 3, "nothing stored: registered, version added, published");
 }
