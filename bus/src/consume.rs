@@ -75,13 +75,21 @@ where
                     Err(e) => {
                         tracing::warn!(consumer = name, error = %e, "pulling; the consumer is found again");
                         self.consumer = None;
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(MAX_PAUSE);
                     }
                 }
                 continue;
             };
             match messages.next().await {
                 Some(Ok(message)) => return message,
-                Some(Err(e)) if !gone(&e) => tracing::warn!(consumer = name, error = %e, "pulling again"),
+                Some(Err(e)) if !gone(&e) => {
+                    // Not too soon: an error that comes back at once (too many pulls waiting)
+                    // must not spin.
+                    tracing::warn!(consumer = name, error = %e, "pulling again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
                 Some(Err(e)) => {
                     tracing::warn!(consumer = name, error = %e, "the consumer is found again");
                     self.consumer = None;

@@ -173,7 +173,7 @@ impl Rejection for NodeRejection {
             R::NotRegistered | R::NotEnrolled => (StatusCode::NOT_FOUND, "id"),
             R::InvalidLabel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "labels"),
             R::InvalidKey(_) => (StatusCode::UNPROCESSABLE_ENTITY, "public_key"),
-            R::KeyRevoked(_) => (StatusCode::CONFLICT, "public_key"),
+            R::KeyRevoked(_) | R::KeyInUse(_) => (StatusCode::CONFLICT, "public_key"),
             R::Revoked => (StatusCode::CONFLICT, "id"),
         }
     }

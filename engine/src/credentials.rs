@@ -23,6 +23,8 @@ use bus::store::{EventStore, StoredEvent};
 
 /// How long the worker waits for the nodes read model to fold an event it acts on.
 const READ_MODEL_WAIT: Duration = Duration::from_secs(30);
+/// How often the whole revocation list is sent again.
+const REPUSH: Duration = Duration::from_secs(60);
 /// How long a work message waits for a node's ack before it is sent again.
 pub const NODE_ACK_WAIT: Duration = Duration::from_secs(2);
 
@@ -31,6 +33,7 @@ pub const NODE_ACK_WAIT: Duration = Duration::from_secs(2);
 pub struct Issuer {
     trust: Arc<Trust>,
     commands: CommandHandler,
+    nodes: Nodes,
 }
 
 /// A node's credential, as the caller gets it.
@@ -57,8 +60,8 @@ pub struct ReaderCredential {
 }
 
 impl Issuer {
-    pub fn new(trust: Arc<Trust>, commands: CommandHandler) -> Issuer {
-        Issuer { trust, commands }
+    pub fn new(trust: Arc<Trust>, commands: CommandHandler, nodes: Nodes) -> Issuer {
+        Issuer { trust, commands, nodes }
     }
 
     pub fn trust(&self) -> &Trust {
@@ -83,6 +86,20 @@ impl Issuer {
                 (key, Some(creds))
             }
         };
+        // A key belongs to one node, ever: revocations are by key, account-wide.
+        let elsewhere = self.nodes.all().map_err(|e| {
+            bus::store::StoreError::from(bus::store::ReadError::Failed {
+                what: "the nodes".into(),
+                reason: format!("{e:#}"),
+            })
+        })?;
+        let taken = elsewhere
+            .iter()
+            .filter(|n| !(n.tenant == meta.tenant && n.id == node))
+            .any(|n| n.key.as_deref() == Some(public_key.as_str()) || n.revoked_keys.contains_key(&public_key));
+        if taken {
+            return Err(CommandError::Rejected(NodeRejection::KeyInUse(public_key)));
+        }
         let command = NodeCommand::Enroll { public_key: public_key.clone(), labels };
         self.commands.execute::<Node>(node, &command, meta).await?;
         let creds = creds.unwrap_or_else(|| bus::Credentials::format(&self.trust.mint(&role, &public_key), None));
@@ -133,9 +150,9 @@ pub async fn node_consumer(store: &EventStore, tenant: &str, node: &str) -> Resu
         .map_err(|e| bus::store::ConsumeError { consumer: name.clone(), reason: e.to_string() })
 }
 
-/// Every revoked key of every node, with when it was revoked.
+/// Every revoked key, with when it was revoked, deleted tenants' included.
 fn revocations(nodes: &Nodes) -> anyhow::Result<BTreeMap<String, i64>> {
-    Ok(nodes.all()?.into_iter().flat_map(|n| n.revoked_keys).collect())
+    nodes.revoked()
 }
 
 /// Carries out enrollments, rotations and revocations on the bus.
@@ -145,18 +162,34 @@ pub async fn run(
     nodes: Nodes,
     trust: Arc<Trust>,
     system: async_nats::Client,
+    keys: Arc<crate::worker::NodeKeys>,
 ) -> anyhow::Result<()> {
     let store = commands.store().clone();
-    // The servers have the revocations already (the resolver keeps them); sent again at the
-    // start in case the last push was lost.
+    // The servers keep the revocations (the full resolver), but a push can be lost, and two
+    // engines may push lists of different ages: the whole list is sent again every minute.
+    let (again, again_nodes, again_system) = (trust.clone(), nodes.clone(), system.clone());
+    // Only a read model that has folded the whole log so far knows every revocation: a shorter
+    // list would let a revoked key in again.
     let start = store.last_sequence().await?;
-    if crate::projector::wait_for(nodes.tree(), start, READ_MODEL_WAIT).await? {
-        if let Err(e) = trust.push_account(&system, &revocations(&nodes)?).await {
-            tracing::warn!(error = %e, "sending the revocations at the start");
+    let _repush = crate::AbortOnDrop(tokio::spawn(async move {
+        match crate::projector::wait_for(again_nodes.tree(), start, READ_MODEL_WAIT * 20).await {
+            Ok(true) => {}
+            _ => return tracing::error!("the nodes read model did not catch up: revocations are not sent again"),
         }
-    }
+        let mut every = tokio::time::interval(REPUSH);
+        loop {
+            every.tick().await;
+            let pushed = match revocations(&again_nodes) {
+                Ok(revoked) => again.push_account(&again_system, &revoked).await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = pushed {
+                tracing::warn!(error = format!("{e:#}"), "sending the revocations again");
+            }
+        }
+    }));
     crate::worker::consume(&store, "credentials", events::subject::ALL_NODES, |_, event| {
-        carry_out(&commands, &deployments, &nodes, &trust, &system, event)
+        carry_out(&commands, &deployments, &nodes, &trust, &system, &keys, event)
     })
     .await
 }
@@ -167,6 +200,7 @@ async fn carry_out(
     nodes: &Nodes,
     trust: &Trust,
     system: &async_nats::Client,
+    keys: &crate::worker::NodeKeys,
     stored: StoredEvent,
 ) -> anyhow::Result<()> {
     let envelope = &stored.envelope;
@@ -174,6 +208,7 @@ async fn carry_out(
     match envelope.event::<NodeEvent>()? {
         NodeEvent::Enrolled { .. } => node_consumer(commands.store(), tenant, node).await?,
         NodeEvent::KeyRotated { .. } | NodeEvent::Revoked { .. } => {
+            keys.forget(tenant, node);
             if !crate::projector::wait_for(nodes.tree(), stored.sequence, READ_MODEL_WAIT).await? {
                 anyhow::bail!("the nodes read model has not folded event {} yet", stored.sequence);
             }

@@ -60,6 +60,16 @@ impl Default for EngineConfig {
     }
 }
 
+/// A task aborted when this is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A running engine. Dropping it stops every task.
 #[derive(Debug)]
 pub struct Engine {
@@ -91,7 +101,7 @@ impl Engine {
         let notifications = Notifications::open(&db)?;
         let nodes = Nodes::open(&db)?;
         let commands = CommandHandler::new(store.clone());
-        let issuer = credentials::Issuer::new(trust.clone(), commands.clone());
+        let issuer = credentials::Issuer::new(trust.clone(), commands.clone(), nodes.clone());
         liveness::open_stream(store.jetstream(), config.store.replicas).await?;
         let liveness = liveness::Liveness::default();
 
@@ -118,9 +128,10 @@ impl Engine {
         tasks.spawn(worker::membership(commands.clone(), deployments.clone(), nodes.clone()));
         tasks.spawn(worker::tenants(commands.clone()));
         tasks.spawn(worker::route(store.clone()));
-        tasks.spawn(worker::ingest(commands.clone()));
+        let keys = Arc::new(worker::NodeKeys::default());
+        tasks.spawn(worker::ingest(commands.clone(), keys.clone()));
         let (d, n) = (deployments.clone(), nodes.clone());
-        tasks.spawn(credentials::run(commands.clone(), d, n, trust.clone(), system));
+        tasks.spawn(credentials::run(commands.clone(), d, n, trust.clone(), system, keys));
         tasks.spawn(liveness::run(commands.clone(), liveness.clone(), nodes.clone()));
         tasks.spawn(async move { axum::serve(listener, app).await.context("serving the API") });
         tracing::info!(%api_addr, "engine started");

@@ -241,7 +241,8 @@ impl Projection for Notifications {
     }
 }
 
-/// The nodes read model: `n/<tenant>/<node>`.
+/// The nodes read model: `n/<tenant>/<node>`; and `r/<key>`, every key ever revoked with when
+/// (unix seconds), which a tenant's deletion does not forget.
 #[derive(Debug, Clone)]
 pub struct Nodes {
     tree: sled::Tree,
@@ -261,6 +262,18 @@ impl Nodes {
         self.tree.scan_prefix(b"n/").map(|e| Ok(serde_json::from_slice(&e?.1)?)).collect()
     }
 
+    /// Every key ever revoked, with when: what the servers must refuse.
+    pub fn revoked(&self) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+        self.tree
+            .scan_prefix(b"r/")
+            .map(|e| {
+                let (key, at) = e?;
+                let key = String::from_utf8_lossy(&key[2..]).into_owned();
+                Ok((key, serde_json::from_slice(&at)?))
+            })
+            .collect()
+    }
+
     /// Every node of `tenant`, by id.
     pub fn all_of(&self, tenant: &str) -> anyhow::Result<Vec<NodeRecord>> {
         self.tree.scan_prefix(format!("n/{tenant}/")).map(|e| Ok(serde_json::from_slice(&e?.1)?)).collect()
@@ -276,10 +289,20 @@ impl Projection for Nodes {
 
     fn apply(&self, batch: &mut Overlay<'_>, stored: &StoredEvent) -> Result<(), ProjectionError> {
         let envelope = &stored.envelope;
+        // The server refuses the key's JWTs issued at or before this second: one more, so that a
+        // JWT minted in the second of its revocation is refused too.
+        let revoke = |batch: &mut Overlay<'_>, key: &str| {
+            let until = envelope.time.timestamp() + 1;
+            batch.insert(format!("r/{key}").into_bytes(), until.to_string().into_bytes())
+        };
         if forget_deleted_tenant(batch, envelope, &["n/"])? || envelope.aggregate_type != "node" {
             return Ok(());
         }
         let event: NodeEvent = envelope.event()?;
+        match &event {
+            NodeEvent::KeyRotated { previous: key, .. } | NodeEvent::Revoked { public_key: key } => revoke(batch, key),
+            _ => {}
+        }
         let key = format!("n/{}/{}", envelope.tenant, envelope.aggregate_id).into_bytes();
         let current = match batch.get(&key)? {
             Some(bytes) => Some(serde_json::from_slice::<NodeRecord>(&bytes)?),

@@ -124,7 +124,7 @@ impl Role {
     pub fn inbox_prefix(&self) -> String {
         match self {
             Role::Node { tenant, node } => events::subject::node_inbox(tenant, node),
-            Role::Subscriber { id, .. } => format!("_INBOX_sub.{id}"),
+            Role::Subscriber { tenant, id } => format!("_INBOX_sub.{tenant}.{id}"),
             Role::Auditor { id } => format!("_INBOX_audit.{id}"),
         }
     }
@@ -133,7 +133,7 @@ impl Role {
     pub fn consumer(&self) -> Option<String> {
         match self {
             Role::Node { tenant, node } => Some(events::subject::node_consumer(tenant, node)),
-            Role::Subscriber { id, .. } => Some(format!("sub-{id}")),
+            Role::Subscriber { tenant, id } => Some(subscriber_consumer(tenant, id)),
             Role::Auditor { .. } => None,
         }
     }
@@ -158,7 +158,7 @@ impl Role {
                 }
             }
             Role::Subscriber { tenant, id } => {
-                let consumer = format!("sub-{id}");
+                let consumer = subscriber_consumer(tenant, id);
                 Permissions {
                     publish: vec![
                         format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}.ev.{tenant}.>"),
@@ -182,6 +182,12 @@ impl Role {
             },
         }
     }
+}
+
+/// A subscriber's consumer: the tenant's length first, as for a node's, so that no two
+/// tenants' subscribers share a name.
+fn subscriber_consumer(tenant: &str, id: &str) -> String {
+    format!("sub-{}-{tenant}-{id}", tenant.len())
 }
 
 impl Trust {

@@ -480,20 +480,26 @@ const ROUTE_ATTEMPTS: u32 = 8;
 /// A report speaks for the node whose subject it arrived on, whatever its envelope claims. A
 /// report that does not decode, or that the aggregate refuses, is logged and acked: it would
 /// be refused again. Only a failure of the store leaves it for redelivery.
-pub async fn ingest(handler: CommandHandler) -> anyhow::Result<()> {
+pub async fn ingest(handler: CommandHandler, keys: std::sync::Arc<NodeKeys>) -> anyhow::Result<()> {
     let store = handler.store().clone();
-    let keys = NodeKeys::default();
     consume(&store, "ingest", events::subject::ALL_NODE_REPORTS, |subject, event| {
         ingest_one(&handler, &keys, subject, event)
     })
     .await
 }
 
-/// The key each node was enrolled with, as last read from its aggregate.
+/// The key each node was enrolled with, as last read from its aggregate. The credentials
+/// worker forgets a node's key when it is rotated or revoked, so it is read again.
 #[derive(Debug, Default)]
-struct NodeKeys(std::sync::Mutex<HashMap<String, String>>);
+pub struct NodeKeys(std::sync::Mutex<HashMap<String, String>>);
 
 impl NodeKeys {
+    /// Forgets what is known of `node`'s key.
+    pub fn forget(&self, tenant: &str, node: &str) {
+        let subject = events::subject::aggregate(tenant, Node::TYPE, node);
+        self.0.lock().expect("the key cache is not poisoned").remove(&subject);
+    }
+
     /// Why the report in `envelope` may not speak for `node` of `tenant`, if it may not: it
     /// must be signed, and by the key the node holds now.
     async fn refusal(
@@ -513,6 +519,9 @@ impl NodeKeys {
         }
         // Not known yet, or the node's key changed since: ask its aggregate.
         let state: Node = handler.state(tenant, node).await?;
+        if state.revoked() {
+            return Ok(Some("the node's credential was revoked".to_owned()));
+        }
         let Some(key) = state.key else { return Ok(Some("the node is not enrolled".to_owned())) };
         let matches = key == signer;
         self.0.lock().expect("the key cache is not poisoned").insert(subject, key);

@@ -92,6 +92,8 @@ pub enum NodeRejection {
     InvalidKey(String),
     #[error("key `{0}` was revoked: make a new key pair")]
     KeyRevoked(String),
+    #[error("key `{0}` is another node's: make a new key pair")]
+    KeyInUse(String),
     #[error("the node is not enrolled")]
     NotEnrolled,
     #[error("the node's credential was revoked")]

@@ -36,9 +36,9 @@ enum Command {
     /// Walk every subject's hash chain and name the first altered, removed or reordered event;
     /// check every signature and name each unsigned, forged or misplaced event.
     Verify {
-        /// A key of the engine's (`engine trust init` prints it); repeat for several. Without
-        /// one, engine events are only checked against the key they name.
-        #[arg(long = "engine-key")]
+        /// A key of the engine's (`engine trust init` prints it, `trust.json` holds it); repeat
+        /// for several (keys rotate). The log cannot vouch for its own writer.
+        #[arg(long = "engine-key", required = true)]
         engine_keys: Vec<String>,
     },
     /// Fold the whole log into fresh read models, by the engine's projection code.

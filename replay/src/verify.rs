@@ -28,8 +28,7 @@ impl std::fmt::Display for Finding {
 /// Who may write where, learnt from the log as it is read.
 #[derive(Debug, Default)]
 pub struct Signatures {
-    /// The engine's keys; when none is given, engine events are only checked to verify under
-    /// the key they name.
+    /// The engine's keys: every event but a node's report must be signed by one.
     engine_keys: BTreeSet<String>,
     /// Each node's enrolled key, as of the event read last: `(tenant, node)`.
     node_keys: HashMap<(String, String), String>,
@@ -72,15 +71,23 @@ impl Signatures {
                 Some(_) => finding(format!("forged: signed by {signer}, not by the key node {node} was enrolled with")),
                 None => finding(format!("forged: signed by {signer}, but node {node} was never enrolled")),
             },
-            (Ok(signer), None) if !self.engine_keys.is_empty() && !self.engine_keys.contains(signer) => {
+            (Ok(signer), None) if !self.engine_keys.contains(signer) => {
                 finding(format!("forged: signed by {signer}, which is not an engine key"))
             }
             (Ok(_), None) => {}
         }
         // Only an enrollment that stands tells whose key a node holds.
         if tokens.len() == 4 && aggregate_type == "node" && self.findings.len() == before {
-            if let Ok(NodeEvent::Enrolled { public_key, .. }) = envelope.event::<NodeEvent>() {
-                self.node_keys.insert((tenant.to_owned(), aggregate_id.to_owned()), public_key);
+            let node = (tenant.to_owned(), aggregate_id.to_owned());
+            match envelope.event::<NodeEvent>() {
+                Ok(NodeEvent::Enrolled { public_key, .. }) => {
+                    self.node_keys.insert(node, public_key);
+                }
+                // Revoked: nothing it signs from now on speaks for the node.
+                Ok(NodeEvent::Revoked { .. }) => {
+                    self.node_keys.remove(&node);
+                }
+                _ => {}
             }
         }
     }
@@ -261,11 +268,22 @@ mod tests {
         let forged = NodeEvent::Enrolled { public_key: other.public_key(), labels: Default::default() };
         signatures.add("ev.t.node.n", 7, &envelope("node", "n", &forged).signed(&other));
         signatures.add("ev.t.node.n.state", 8, &report_of("n").signed(&other));
+        let revoked = NodeEvent::Revoked { public_key: node.public_key() };
+        signatures.add("ev.t.node.n", 9, &envelope("node", "n", &revoked).signed(&engine));
+        signatures.add("ev.t.node.n.state", 10, &report_of("n").signed(&node));
         let found: Vec<(u64, &str)> =
             signatures.findings().iter().map(|f| (f.sequence, f.what.split(':').next().unwrap())).collect();
         assert_eq!(
             found,
-            [(1, "forged"), (4, "forged"), (5, "it is not signed"), (6, "misplaced"), (7, "forged"), (8, "forged")]
+            [
+                (1, "forged"),
+                (4, "forged"),
+                (5, "it is not signed"),
+                (6, "misplaced"),
+                (7, "forged"),
+                (8, "forged"),
+                (10, "forged")
+            ]
         );
     }
 }

@@ -60,6 +60,7 @@ async fn copy_of(events: &[(String, bytes::Bytes)]) -> NatsServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_was_tampered_with() {
     let Lab { nats, engine, node } = Lab::start().await;
+    let engine_key = nats.trust().facts().engine.clone();
     engine.publish_sample(IMAGE_1_0_0).await;
     let id = launch(&engine, &node.name).await;
     engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
@@ -84,7 +85,7 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
     assert_eq!(none, "");
 
     // The log as it is: every chain whole.
-    let (code, text) = replay(&nats, &["verify"]).await;
+    let (code, text) = replay(&nats, &["verify", "--engine-key", &engine_key]).await;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("0 broken chain(s)"), "{text}");
 
@@ -102,19 +103,19 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
     let mut changed = all[on_chain[1]].1.envelope.clone();
     changed.actor = "mallory".into();
     altered[on_chain[1]].1 = changed.encode().into();
-    let (code, text) = replay(&copy_of(&altered).await, &["verify"]).await;
+    let (code, text) = replay(&copy_of(&altered).await, &["verify", "--engine-key", &engine_key]).await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains(&id_of(on_chain[2])) && text.contains("was altered, or an event between"), "{text}");
 
     let mut removed = raw(&all);
     removed.remove(on_chain[2]);
-    let (code, text) = replay(&copy_of(&removed).await, &["verify"]).await;
+    let (code, text) = replay(&copy_of(&removed).await, &["verify", "--engine-key", &engine_key]).await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains(&id_of(on_chain[3])) && text.contains("removed"), "{text}");
 
     let mut swapped = raw(&all);
     swapped.swap(on_chain[1], on_chain[2]);
-    let (code, text) = replay(&copy_of(&swapped).await, &["verify"]).await;
+    let (code, text) = replay(&copy_of(&swapped).await, &["verify", "--engine-key", &engine_key]).await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains(&id_of(on_chain[2])) && text.contains("reordered"), "{text}");
 
@@ -191,6 +192,7 @@ async fn tail_prints_the_live_stream_as_json_lines() {
 async fn an_event_stored_at_an_older_version_is_lifted_when_read_by_the_engine_and_by_replay() {
     use events::envelope::{chain_hash, Metadata};
     let nats = NatsServer::start().await;
+    let engine_key = nats.trust().facts().engine.clone();
     let store = EventStore::open(nats.client().await, &StoreConfig::default()).await.unwrap();
     // An application as a store of version 1 of `version_added` holds it: the image whole.
     let fixture = tests::root().join("events/tests/fixtures/application.version_added@1.hex");
@@ -235,7 +237,7 @@ async fn an_event_stored_at_an_older_version_is_lifted_when_read_by_the_engine_a
     let state: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(state["applications"][0]["versions"]["1.0.0"], false, "{state}");
     // Written before events were signed: verify names both, and finds the chain whole.
-    let (code, text) = replay(&nats, &["verify"]).await;
+    let (code, text) = replay(&nats, &["verify", "--engine-key", &engine_key]).await;
     assert_eq!(code, 1, "{text}");
     assert_eq!(text.lines().filter(|l| l.ends_with("it is not signed")).count(), 2, "{text}");
     assert!(text.contains("0 broken chain(s), 2 unsigned, forged or misplaced"), "{text}");

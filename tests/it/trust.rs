@@ -373,3 +373,49 @@ async fn an_auditor_reads_every_tenant_and_writes_nothing() {
     let sample = crate::harness::handler(&nats).await.store().load("ev.default.application.sample").await.unwrap();
     assert_eq!(sample.events.len(), 3, "nothing stored: registered, version added, published");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_one_nodes_and_a_revocation_outlives_its_tenant() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let theirs = engine.enroll("node-a").await;
+    // Another node, of this tenant or another, may not take node-a's key.
+    for tenant in ["default", "other"] {
+        let body = serde_json::json!({"public_key": theirs.public_key()});
+        let response = engine.http.post(engine.url("/v1/nodes/node-b/enroll")).header("x-tenant", tenant).json(&body);
+        let response = response.send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!((status, body["field"].as_str()), (409, Some("public_key")), "{tenant}: {body}");
+    }
+
+    // A subscriber of each tenant with the same name: two consumers, two inboxes.
+    let role = |tenant: &str| engine::trust::Role::Subscriber { tenant: tenant.into(), id: "feed".into() };
+    assert_ne!(role("default").consumer(), role("other").consumer());
+    assert_ne!(role("default").inbox_prefix(), role("other").inbox_prefix());
+
+    // node-a is revoked, then its tenant deleted; a later revocation sends the whole list again,
+    // and node-a's key is still on it.
+    let (status, body) = engine.post("/v1/nodes/node-a/revoke", Value::Null).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = engine.delete("/v1/tenants/default").await;
+    assert_eq!(status, 202, "{body}");
+    let other = || engine::command::CommandMeta::new("other", "admin");
+    let node_c = engine.engine.issuer.enroll("node-c", Default::default(), None, &other()).await.unwrap();
+    let node_c = bus::Credentials::parse(&node_c.creds, None).unwrap();
+    engine.engine.issuer.revoke("node-c", &other()).await.unwrap();
+    let refused = |credentials: bus::Credentials| {
+        let connection = bus::Connection {
+            credentials: Some(credentials),
+            ca: Some(nats.trust().ca()),
+            ..bus::Connection::new(nats.url())
+        };
+        async move { connection.connect_with(connection.options()).await.is_err() }
+    };
+    // Once node-c's revocation is in, the list sent with it still holds node-a's key.
+    tests::eventually("node-c's revocation to reach the server", TIMEOUT, || async {
+        refused(node_c.clone()).await.then_some(())
+    })
+    .await;
+    assert!(refused(theirs).await, "a revoked key stays refused after its tenant is deleted");
+}
