@@ -45,6 +45,17 @@ fn quick(client: &async_nats::Client) -> jetstream::Context {
     js
 }
 
+/// A test's own server and engine, with an application in tenant `default` and one in `other`.
+async fn two_tenants() -> (NatsServer, TestEngine) {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let other = engine::command::CommandMeta::new("other", "vendor");
+    let register = events::application::ApplicationCommand::Register { name: "Theirs".into() };
+    engine.engine.commands.execute::<events::application::Application>("theirs", &register, &other).await.unwrap();
+    (nats, engine)
+}
+
 /// A test's own server, engine and node, with the sample application running on it.
 async fn running() -> (Lab, String) {
     let lab = Lab::start().await;
@@ -148,12 +159,7 @@ async fn a_node_is_confined_to_its_own_subjects_by_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_reads_its_tenant_and_nothing_else() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    engine.publish_sample(IMAGE_1_0_0).await;
-    let other = engine::command::CommandMeta::new("other", "vendor");
-    let register = events::application::ApplicationCommand::Register { name: "Theirs".into() };
-    engine.engine.commands.execute::<events::application::Application>("theirs", &register, &other).await.unwrap();
+    let (nats, engine) = two_tenants().await;
 
     let credential = engine
         .engine
@@ -340,12 +346,7 @@ async fn a_rotated_key_replaces_the_old_one_and_the_whole_history_still_verifies
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_auditor_reads_every_tenant_and_writes_nothing() {
-    let nats = NatsServer::start().await;
-    let engine = TestEngine::start(&nats).await;
-    engine.publish_sample(IMAGE_1_0_0).await;
-    let other = engine::command::CommandMeta::new("other", "vendor");
-    let register = events::application::ApplicationCommand::Register { name: "Theirs".into() };
-    engine.engine.commands.execute::<events::application::Application>("theirs", &register, &other).await.unwrap();
+    let (nats, engine) = two_tenants().await;
 
     let credential = engine.engine.issuer.reader(&engine::trust::Role::Auditor { id: "books".into() });
     let (client, errors) = connect_as(&nats, bus::Credentials::parse(&credential.creds, None).unwrap()).await;
