@@ -40,11 +40,10 @@ async fn start_fleet(
     }
     println!("  {size} nodes enrolled in {:.1?}", started.elapsed());
     // Each node's consumer is made by the engine; a node connects once it is there.
+    let store = api.engine.commands.store();
     tests::eventually("every node's consumer", Duration::from_secs(600), || async {
-        let info = nats.client().await;
-        let js = async_nats::jetstream::new(info);
-        let stream = js.get_stream(events::subject::STREAM).await.ok()?;
-        (stream.cached_info().state.consumer_count >= size).then_some(())
+        let info = store.stream().clone().info().await.ok()?.state.consumer_count;
+        (info >= size).then_some(())
     })
     .await;
 

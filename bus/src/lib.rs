@@ -105,15 +105,3 @@ pub fn is_revocation(event: &async_nats::Event) -> bool {
         _ => false,
     }
 }
-
-/// Whether `event` says the server refused this connection's credentials.
-pub fn is_refusal(event: &async_nats::Event) -> bool {
-    match event {
-        async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => true,
-        async_nats::Event::ClientError(async_nats::ClientError::Other(text))
-        | async_nats::Event::ServerError(async_nats::ServerError::Other(text)) => {
-            text.to_ascii_lowercase().contains("authorization violation")
-        }
-        _ => false,
-    }
-}

@@ -42,14 +42,15 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// How this node reaches NATS: its credentials, TLS, and replies on its own inbox only.
+    /// How this node reaches NATS: its credentials (which also name the inbox it may receive
+    /// on) and TLS.
     pub fn connection(&self) -> bus::Connection {
         bus::Connection {
             servers: self.nats_url.clone(),
             credentials: self.credentials.clone(),
             ca: self.ca.clone(),
             name: format!("edge-node {}/{}", self.tenant, self.node),
-            inbox_prefix: Some(events::subject::node_inbox(&self.tenant, &self.node)),
+            inbox_prefix: None,
         }
     }
 }

@@ -166,32 +166,33 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = commands.store().clone();
     // The servers keep the revocations (the full resolver), but a push can be lost, and two
-    // engines may push lists of different ages: the whole list is sent again every minute.
-    let (again, again_nodes, again_system) = (trust.clone(), nodes.clone(), system.clone());
-    // Only a read model that has folded the whole log so far knows every revocation: a shorter
-    // list would let a revoked key in again.
+    // engines may push lists of different ages: the whole list is sent again every minute,
+    // once the read model has folded the whole log so far (a shorter list would let a revoked
+    // key in again).
     let start = store.last_sequence().await?;
-    let _repush = crate::AbortOnDrop(tokio::spawn(async move {
-        match crate::projector::wait_for(again_nodes.tree(), start, READ_MODEL_WAIT * 20).await {
-            Ok(true) => {}
-            _ => return tracing::error!("the nodes read model did not catch up: revocations are not sent again"),
+    let repush = async {
+        while !crate::projector::wait_for(nodes.tree(), start, READ_MODEL_WAIT).await? {
+            tracing::warn!(start, "waiting for the nodes read model before sending the revocations");
         }
         let mut every = tokio::time::interval(REPUSH);
         loop {
             every.tick().await;
-            let pushed = match revocations(&again_nodes) {
-                Ok(revoked) => again.push_account(&again_system, &revoked).await.map_err(anyhow::Error::from),
+            let pushed = match revocations(&nodes) {
+                Ok(revoked) => trust.push_account(&system, &revoked).await.map_err(anyhow::Error::from),
                 Err(e) => Err(e),
             };
             if let Err(e) = pushed {
                 tracing::warn!(error = format!("{e:#}"), "sending the revocations again");
             }
         }
-    }));
-    crate::worker::consume(&store, "credentials", events::subject::ALL_NODES, |_, event| {
+    };
+    let carried = crate::worker::consume(&store, "credentials", events::subject::ALL_NODES, |_, event| {
         carry_out(&commands, &deployments, &nodes, &trust, &system, &keys, event)
-    })
-    .await
+    });
+    tokio::select! {
+        ended = repush => ended,
+        ended = carried => ended,
+    }
 }
 
 async fn carry_out(

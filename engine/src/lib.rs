@@ -60,16 +60,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// A task aborted when this is dropped.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// A running engine. Dropping it stops every task.
 #[derive(Debug)]
 pub struct Engine {

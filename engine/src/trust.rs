@@ -298,22 +298,20 @@ impl Trust {
 
     /// A connection to `servers` as the engine.
     pub fn engine_connection(&self, servers: &str) -> Connection {
-        Connection {
-            servers: servers.to_owned(),
-            credentials: Some(self.engine.clone()),
-            ca: Some(self.ca()),
-            name: "engine".to_owned(),
-            inbox_prefix: None,
-        }
+        self.connection(servers, &self.engine, "engine")
     }
 
     /// A connection to `servers` as the system user, which carries account updates.
     pub fn system_connection(&self, servers: &str) -> Connection {
+        self.connection(servers, &self.system, "engine (system)")
+    }
+
+    fn connection(&self, servers: &str, credentials: &Credentials, name: &str) -> Connection {
         Connection {
             servers: servers.to_owned(),
-            credentials: Some(self.system.clone()),
+            credentials: Some(credentials.clone()),
             ca: Some(self.ca()),
-            name: "engine (system)".to_owned(),
+            name: name.to_owned(),
             inbox_prefix: None,
         }
     }
