@@ -72,12 +72,17 @@ async fn start_fleet(
         if shared && i % NODES_PER_SHARED_CONNECTION == 0 {
             connection = Some(nats.client().await);
         }
-        let (client, links) = match &connection {
-            Some(client) if shared => (client.clone(), tokio::sync::mpsc::unbounded_channel().1),
-            _ => driver::connect(&config).await.expect("the node connects"),
+        let (js, links) = match &connection {
+            Some(client) if shared => {
+                (async_nats::jetstream::new(client.clone()), tokio::sync::mpsc::unbounded_channel().1)
+            }
+            _ => {
+                let (client, links) = driver::connect(&config).await.expect("the node connects");
+                (config.connection().jetstream(client), links)
+            }
         };
         let attachment =
-            Attachment { client, links, db: db.clone().expect("a database"), trees: format!("{node}/"), control: None };
+            Attachment { js, links, db: db.clone().expect("a database"), trees: format!("{node}/"), control: None };
         let runtime = Arc::new(SimRuntime::new(Duration::ZERO));
         nodes.push(tokio::spawn(async move {
             if let Err(e) = driver::run_on(config, runtime, attachment).await {

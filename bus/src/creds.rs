@@ -113,6 +113,16 @@ impl Credentials {
             .map(str::to_owned)
     }
 
+    /// Whether its JWT confines it to the JetStream API the engine's account exports to the
+    /// outside ([`crate::OUTSIDE_API`]).
+    pub fn is_outside(&self) -> bool {
+        let Ok(claims) = jwt_claims(&self.jwt) else { return false };
+        let prefix = format!("{}.", crate::OUTSIDE_API);
+        claims["nats"]["pub"]["allow"]
+            .as_array()
+            .is_some_and(|allowed| allowed.iter().any(|s| s.as_str().is_some_and(|s| s.starts_with(&prefix))))
+    }
+
     /// The connection options that authenticate as this user.
     pub fn options(&self) -> async_nats::ConnectOptions {
         let key = self.key.clone();

@@ -15,6 +15,13 @@ use std::path::PathBuf;
 
 pub use creds::{Credentials, CredsError};
 
+/// The JetStream API as the outside account (nodes, subscribers, auditors) sees it: the
+/// services the engine's account exports to it, renamed so that they never meet the outside
+/// account's own `$JS.API`, which has no JetStream behind it.
+pub const OUTSIDE_API: &str = "JS.EDGE.API";
+/// The JetStream API in the account that holds the streams.
+pub const API: &str = "$JS.API";
+
 /// How to reach NATS: the servers, who we are, and whom to trust.
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
@@ -79,6 +86,20 @@ impl Connection {
             options = options.name(&self.name);
         }
         options
+    }
+
+    /// The prefix of the JetStream API for this connection: [`OUTSIDE_API`] when its
+    /// credentials are those of an outside party, [`API`] otherwise.
+    pub fn api_prefix(&self) -> &'static str {
+        match &self.credentials {
+            Some(credentials) if credentials.is_outside() => OUTSIDE_API,
+            _ => API,
+        }
+    }
+
+    /// The JetStream context of `client` (made from this connection), with its API prefix.
+    pub fn jetstream(&self, client: async_nats::Client) -> async_nats::jetstream::Context {
+        async_nats::jetstream::with_prefix(client, self.api_prefix())
     }
 
     /// Connects with [`Connection::options`], waiting for a server that is not up yet.

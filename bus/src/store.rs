@@ -174,6 +174,8 @@ pub struct EventStore {
     signer: Option<std::sync::Arc<nkeys::KeyPair>>,
     /// Reads the log by direct gets: its credential may not make consumers.
     direct_reads: bool,
+    /// The prefix of the JetStream API as this client's account sees it.
+    api: &'static str,
 }
 
 impl std::fmt::Debug for EventStore {
@@ -213,7 +215,8 @@ impl EventStore {
         let mut quick = js.clone();
         quick.set_timeout(CONSUMER_TIMEOUT);
         let consumers = quick.get_stream_no_info(&config.stream).await.map_err(|e| nats(e.to_string()))?;
-        Ok(EventStore { client, js, stream, consumers, name: config.stream.clone(), signer: None, direct_reads: false })
+        let name = config.stream.clone();
+        Ok(EventStore { client, js, stream, consumers, name, signer: None, direct_reads: false, api: crate::API })
     }
 
     /// The same store, signing the envelopes it seals with `key`.
@@ -231,16 +234,21 @@ impl EventStore {
         self.direct_reads
     }
 
-    /// Opens the stream as a reader that writes nothing: it must exist already.
-    pub async fn open_existing(client: async_nats::Client, config: &StoreConfig) -> Result<EventStore, OpenError> {
+    /// Opens the stream as a reader that writes nothing: it must exist already. `api` is the
+    /// prefix of the JetStream API in the client's account ([`crate::Connection::api_prefix`]).
+    pub async fn open_existing(
+        client: async_nats::Client,
+        api: &'static str,
+        config: &StoreConfig,
+    ) -> Result<EventStore, OpenError> {
         let nats = |e: String| OpenError { stream: config.stream.clone(), reason: e };
-        let js = jetstream::new(client.clone());
+        let js = jetstream::with_prefix(client.clone(), api);
         let stream = js.get_stream(&config.stream).await.map_err(|e| nats(e.to_string()))?;
         let mut quick = js.clone();
         quick.set_timeout(CONSUMER_TIMEOUT);
         let consumers = quick.get_stream_no_info(&config.stream).await.map_err(|e| nats(e.to_string()))?;
         let name = config.stream.clone();
-        Ok(EventStore { client, js, stream, consumers, name, signer: None, direct_reads: false })
+        Ok(EventStore { client, js, stream, consumers, name, signer: None, direct_reads: false, api })
     }
 
     /// `envelope` signed by this writer's key, ready to encode.
@@ -368,7 +376,7 @@ impl EventStore {
             request["up_to_seq"] = up_to.into();
         }
         self.client
-            .publish_with_reply(format!("$JS.API.DIRECT.GET.{}", self.name), inbox, request.to_string().into())
+            .publish_with_reply(format!("{}.DIRECT.GET.{}", self.api, self.name), inbox, request.to_string().into())
             .await
             .map_err(|e| failed(e.to_string()))?;
         let mut messages = Vec::new();

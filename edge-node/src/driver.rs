@@ -46,9 +46,10 @@ use crate::NodeConfig;
 /// Runs the node until its connection to JetStream fails for good.
 pub async fn run<R: ContainerRuntime>(config: NodeConfig, runtime: Arc<R>) -> anyhow::Result<()> {
     let (client, links) = connect(&config).await?;
+    let js = config.connection().jetstream(client);
     let db = sled::open(&config.data_dir).with_context(|| format!("opening {}", config.data_dir.display()))?;
     let control = crate::local::socket_path(&config.data_dir);
-    run_on(config, runtime, Attachment { client, links, db, trees: String::new(), control: Some(control) }).await
+    run_on(config, runtime, Attachment { js, links, db, trees: String::new(), control: Some(control) }).await
 }
 
 /// What the connection tells the node.
@@ -84,13 +85,14 @@ pub async fn connect(config: &NodeConfig) -> anyhow::Result<(async_nats::Client,
     Ok((client, links))
 }
 
-/// What a node runs on: its connection, told of each reconnection; the sled database of its
+/// What a node runs on: JetStream on its connection (with the API prefix of the connection's
+/// account), told of each reconnection; the sled database of its
 /// outbox and work log, with the prefix of its trees there; and the path of its control socket.
 /// A simulated fleet shares one connection and one database among many nodes, each with
 /// trees of its own and no control socket.
 #[derive(Debug)]
 pub struct Attachment {
-    pub client: async_nats::Client,
+    pub js: jetstream::Context,
     pub links: mpsc::UnboundedReceiver<LinkEvent>,
     pub db: sled::Db,
     pub trees: String,
@@ -103,8 +105,8 @@ pub async fn run_on<R: ContainerRuntime>(
     runtime: Arc<R>,
     attachment: Attachment,
 ) -> anyhow::Result<()> {
-    let Attachment { client, mut links, db, trees, control } = attachment;
-    let js = jetstream::new(client.clone());
+    let Attachment { js, mut links, db, trees, control } = attachment;
+    let client = js.client();
     let outbox = Outbox::open(&db, &trees, config.credentials.as_ref().map(|c| c.key().clone()))?;
     let desired = Desired::open(&db, &trees)?;
     let sent = Arc::new(Notify::new());

@@ -1046,7 +1046,8 @@ async fn subscriber_credential(
 ) -> Result<impl IntoResponse, ApiError> {
     let meta = meta(&headers)?;
     let role = crate::trust::Role::Subscriber { tenant: meta.tenant, id: reader_name(&body)? };
-    Ok((StatusCode::CREATED, Json(state.issuer.reader(&role))))
+    let credential = state.issuer.reader(&role).await.map_err(StoreError::from)?;
+    Ok((StatusCode::CREATED, Json(credential)))
 }
 
 /// A credential that reads every tenant's events and writes nothing.
@@ -1055,5 +1056,6 @@ async fn auditor_credential(
     Body(body): Body<ReaderBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let role = crate::trust::Role::Auditor { id: reader_name(&body)? };
-    Ok((StatusCode::CREATED, Json(state.issuer.reader(&role))))
+    let credential = state.issuer.reader(&role).await.map_err(StoreError::from)?;
+    Ok((StatusCode::CREATED, Json(credential)))
 }

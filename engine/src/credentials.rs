@@ -113,21 +113,33 @@ impl Issuer {
         Ok(node.revoked_keys.last().cloned().unwrap_or_default())
     }
 
-    /// A read-only credential: a subscriber of one tenant, or an auditor of all.
-    pub fn reader(&self, role: &Role) -> ReaderCredential {
+    /// A read-only credential: a subscriber of one tenant, with its durable consumer of the
+    /// tenant's events (made here: whoever makes a consumer chooses where it delivers), or an
+    /// auditor of all.
+    pub async fn reader(&self, role: &Role) -> Result<ReaderCredential, bus::store::ConsumeError> {
+        if let Role::Subscriber { tenant, .. } = role {
+            let name = role.consumer().expect("a subscriber reads through a consumer");
+            let config = consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: events::subject::tenant_events(tenant),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            };
+            durable(self.commands.store(), &name, config).await?;
+        }
         let (public_key, creds) = self.trust.mint_with_key(role);
         let kind = match role {
             Role::Node { .. } => "node",
             Role::Subscriber { .. } => "subscriber",
             Role::Auditor { .. } => "auditor",
         };
-        ReaderCredential {
+        Ok(ReaderCredential {
             role: kind.to_owned(),
             public_key,
             consumer: role.consumer(),
             inbox_prefix: role.inbox_prefix(),
             creds,
-        }
+        })
     }
 }
 
@@ -142,12 +154,21 @@ pub async fn node_consumer(store: &EventStore, tenant: &str, node: &str) -> Resu
         ack_wait: NODE_ACK_WAIT,
         ..Default::default()
     };
+    durable(store, &name, config).await
+}
+
+/// The durable consumer `name`, made with `config` if missing.
+async fn durable(
+    store: &EventStore,
+    name: &str,
+    config: consumer::pull::Config,
+) -> Result<(), bus::store::ConsumeError> {
     store
         .consumers()
-        .get_or_create_consumer(&name, config)
+        .get_or_create_consumer(name, config)
         .await
         .map(|_| ())
-        .map_err(|e| bus::store::ConsumeError { consumer: name.clone(), reason: e.to_string() })
+        .map_err(|e| bus::store::ConsumeError { consumer: name.to_owned(), reason: e.to_string() })
 }
 
 /// Every revoked key, with when it was revoked, deleted tenants' included.

@@ -1,10 +1,15 @@
-//! Who may do what on the bus. nats-server runs in operator mode: it trusts one operator, whose
-//! account `EDGE` holds the stream; every connection presents a user JWT signed by the
-//! account's signing key, which the engine holds. So the engine mints a credential for a new
-//! node, subscriber or auditor without touching nats-server, and the permissions in the JWT
-//! are enforced by the server ([`Role::permissions`]). A revocation is a new account JWT,
-//! signed by the operator key and pushed through the system account: the server cuts the
-//! user off at once and refuses it from then on.
+//! Who may do what on the bus. nats-server runs in operator mode: it trusts one operator with
+//! two accounts. `EDGE` holds the streams and the engine alone; `OUTSIDE` holds every other
+//! party (nodes, subscribers, auditors), has no JetStream of its own, and reaches `EDGE` only
+//! through the services `EDGE` exports to it ([`Role::permissions`] narrows them further, per
+//! party). A request that crosses accounts has its reply subject replaced by the server, so a
+//! party cannot make the server answer into the stream, whatever reply it names.
+//!
+//! Every connection presents a user JWT signed by an account signing key, which the engine
+//! holds. So the engine mints a credential for a new node, subscriber or auditor without
+//! touching nats-server, and the permissions in the JWT are enforced by the server. A
+//! revocation is a new `OUTSIDE` account JWT, signed by the operator key and pushed through the
+//! system account: the server cuts the user off at once and refuses it from then on.
 //!
 //! `Trust::init` makes the keys, the certificate authority and the server's certificate, and
 //! the server's configuration, in a directory of their own; secrets are written mode 0600.
@@ -23,8 +28,10 @@ use sha2::{Digest, Sha256};
 
 use bus::{Connection, Credentials};
 
-/// The account every party of the product lives in.
+/// The account of the streams and the engine.
 pub const ACCOUNT: &str = "EDGE";
+/// The account of every other party: nodes, subscribers and auditors.
+pub const OUTSIDE: &str = "OUTSIDE";
 /// The largest message the server takes. An account JWT grows by about 93 bytes per revoked
 /// key: 4 MB hold some 45,000 revocations.
 pub const MAX_PAYLOAD: &str = "4MB";
@@ -32,6 +39,7 @@ pub const MAX_PAYLOAD: &str = "4MB";
 const FACTS: &str = "trust.json";
 const OPERATOR_SEED: &str = "operator.nk";
 const SIGNING_SEED: &str = "signing.nk";
+const OUTSIDE_SIGNING_SEED: &str = "outside-signing.nk";
 const ENGINE_CREDS: &str = "engine.creds";
 const SYSTEM_CREDS: &str = "system.creds";
 const CA: &str = "ca.pem";
@@ -64,12 +72,17 @@ pub struct Facts {
     pub operator: String,
     pub account: String,
     pub system_account: String,
-    /// The key that signs every user of the account.
+    /// The account of every party but the engine.
+    pub outside_account: String,
+    /// The key that signs the engine's user.
     pub signing_key: String,
+    /// The key that signs every user of the outside account.
+    pub outside_signing_key: String,
     /// The engine's user key: it signs the engine's events.
     pub engine: String,
-    /// The account's JWT as first made (no revocations), and the system account's.
+    /// The accounts' JWTs as first made (no revocations), and the system account's.
     pub account_jwt: String,
+    pub outside_account_jwt: String,
     pub system_account_jwt: String,
     pub operator_jwt: String,
 }
@@ -79,7 +92,7 @@ pub struct Facts {
 pub struct Trust {
     dir: PathBuf,
     operator: Arc<KeyPair>,
-    signing: Arc<KeyPair>,
+    outside_signing: Arc<KeyPair>,
     facts: Facts,
     engine: Credentials,
     system: Credentials,
@@ -96,7 +109,8 @@ impl std::fmt::Debug for Trust {
 pub enum Role {
     /// An edge node: its own reports, telemetry, work consumer and log requests.
     Node { tenant: String, node: String },
-    /// Reads one tenant's events through its own consumer; writes nothing.
+    /// Reads one tenant's events through its own consumer, which the engine makes; writes
+    /// nothing.
     Subscriber { tenant: String, id: String },
     /// Reads every event by direct get; writes nothing, makes no consumer.
     Auditor { id: String },
@@ -138,9 +152,11 @@ impl Role {
         }
     }
 
-    /// What nats-server lets it do (ARCHITECTURE.md, "Who may do what on the bus").
+    /// What nats-server lets it do in the outside account (ARCHITECTURE.md, "Who may do what
+    /// on the bus"): the JetStream API is the one `EDGE` exports, under [`bus::OUTSIDE_API`].
     pub fn permissions(&self) -> Permissions {
         let stream = events::subject::STREAM;
+        let api = bus::OUTSIDE_API;
         let inbox = format!("{}.>", self.inbox_prefix());
         match self {
             Role::Node { tenant, node } => {
@@ -149,8 +165,8 @@ impl Role {
                     publish: vec![
                         events::subject::node_reports(tenant, node),
                         events::telemetry::subject(tenant, node),
-                        format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
-                        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+                        format!("{api}.CONSUMER.INFO.{stream}.{consumer}"),
+                        format!("{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
                         format!("$JS.ACK.{stream}.{consumer}.>"),
                     ],
                     subscribe: vec![inbox, events::logs::subject(tenant, node)],
@@ -158,13 +174,12 @@ impl Role {
                 }
             }
             Role::Subscriber { tenant, id } => {
+                // The engine makes its consumer, filtered to the tenant's events.
                 let consumer = subscriber_consumer(tenant, id);
                 Permissions {
                     publish: vec![
-                        format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}.ev.{tenant}.>"),
-                        format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
-                        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
-                        format!("$JS.API.CONSUMER.DELETE.{stream}.{consumer}"),
+                        format!("{api}.CONSUMER.INFO.{stream}.{consumer}"),
+                        format!("{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
                         format!("$JS.ACK.{stream}.{consumer}.>"),
                     ],
                     subscribe: vec![inbox],
@@ -173,9 +188,9 @@ impl Role {
             }
             Role::Auditor { .. } => Permissions {
                 publish: vec![
-                    format!("$JS.API.STREAM.INFO.{stream}"),
-                    format!("$JS.API.DIRECT.GET.{stream}"),
-                    format!("$JS.API.DIRECT.GET.{stream}.>"),
+                    format!("{api}.STREAM.INFO.{stream}"),
+                    format!("{api}.DIRECT.GET.{stream}"),
+                    format!("{api}.DIRECT.GET.{stream}.>"),
                 ],
                 subscribe: vec![inbox],
                 respond: false,
@@ -201,6 +216,8 @@ impl Trust {
         let operator = KeyPair::new_operator();
         let account = KeyPair::new_account();
         let signing = KeyPair::new_account();
+        let outside = KeyPair::new_account();
+        let outside_signing = KeyPair::new_account();
         let system_account = KeyPair::new_account();
         let engine = KeyPair::new_user();
         let system = KeyPair::new_user();
@@ -221,13 +238,20 @@ impl Trust {
             operator: operator.public_key(),
             account: account.public_key(),
             system_account: system_account.public_key(),
+            outside_account: outside.public_key(),
             signing_key: signing.public_key(),
+            outside_signing_key: outside_signing.public_key(),
             engine: engine.public_key(),
             account_jwt: String::new(),
+            outside_account_jwt: String::new(),
             system_account_jwt,
             operator_jwt,
         };
-        let facts = Facts { account_jwt: account_claims(&operator, &facts, &BTreeMap::new()), ..facts };
+        let facts = Facts {
+            account_jwt: account_claims(&operator, &facts),
+            outside_account_jwt: outside_claims(&operator, &facts, &BTreeMap::new()),
+            ..facts
+        };
         let engine_jwt = user(&signing, &facts.account, &engine.public_key(), "engine", None);
         let system_jwt = encode(
             &system_account,
@@ -238,6 +262,7 @@ impl Trust {
 
         secret(&dir.join(OPERATOR_SEED), &seed(&operator))?;
         secret(&dir.join(SIGNING_SEED), &seed(&signing))?;
+        secret(&dir.join(OUTSIDE_SIGNING_SEED), &seed(&outside_signing))?;
         secret(&dir.join(ENGINE_CREDS), &Credentials::format(&engine_jwt, Some(&seed(&engine))))?;
         secret(&dir.join(SYSTEM_CREDS), &Credentials::format(&system_jwt, Some(&seed(&system))))?;
         certificates(dir, hosts)?;
@@ -265,12 +290,16 @@ impl Trust {
             Credentials::read(&path, None)
                 .map_err(|source| TrustError::Credentials { path: path.display().to_string(), source })
         };
-        let (operator, signing) = (key(OPERATOR_SEED)?, key(SIGNING_SEED)?);
-        if operator.public_key() != facts.operator || signing.public_key() != facts.signing_key {
+        let (operator, signing, outside_signing) =
+            (key(OPERATOR_SEED)?, key(SIGNING_SEED)?, key(OUTSIDE_SIGNING_SEED)?);
+        if operator.public_key() != facts.operator
+            || signing.public_key() != facts.signing_key
+            || outside_signing.public_key() != facts.outside_signing_key
+        {
             return Err(invalid("the keys are not the ones trust.json names".into()));
         }
         let (engine, system) = (creds(ENGINE_CREDS)?, creds(SYSTEM_CREDS)?);
-        Ok(Trust { dir: dir.to_owned(), operator, signing, facts, engine, system })
+        Ok(Trust { dir: dir.to_owned(), operator, outside_signing, facts, engine, system })
     }
 
     pub fn dir(&self) -> &Path {
@@ -320,14 +349,23 @@ impl Trust {
     /// `resolver_dir` and speaks TLS only. Listening address, port and JetStream store are
     /// given on its command line.
     pub fn server_config(&self, resolver_dir: &Path) -> String {
-        let Facts { system_account, account, account_jwt, system_account_jwt, operator_jwt, .. } = &self.facts;
+        let Facts {
+            system_account,
+            account,
+            account_jwt,
+            outside_account,
+            outside_account_jwt,
+            system_account_jwt,
+            operator_jwt,
+            ..
+        } = &self.facts;
         let (cert, key) = (self.dir.join(SERVER_CERT), self.dir.join(SERVER_KEY));
         format!(
             "# Made by `engine trust init`. Users are minted by the engine and never listed here.\n\
              operator: \"{operator_jwt}\"\n\
              system_account: {system_account}\n\
              resolver: {{ type: full, dir: \"{resolver}\", allow_delete: false, interval: \"2m\", timeout: \"5s\" }}\n\
-             resolver_preload: {{\n  {system_account}: \"{system_account_jwt}\"\n  {account}: \"{account_jwt}\"\n}}\n\
+             resolver_preload: {{\n  {system_account}: \"{system_account_jwt}\"\n  {account}: \"{account_jwt}\"\n  {outside_account}: \"{outside_account_jwt}\"\n}}\n\
              tls {{ cert_file: \"{cert}\", key_file: \"{key}\", timeout: 5 }}\n\
              max_payload: {MAX_PAYLOAD}\n\
              max_pending: 64MB\n",
@@ -337,9 +375,9 @@ impl Trust {
         )
     }
 
-    /// A user JWT for `role`, issued to `public_key`.
+    /// A user JWT for `role` in the outside account, issued to `public_key`.
     pub fn mint(&self, role: &Role, public_key: &str) -> String {
-        user(&self.signing, &self.facts.account, public_key, &role.name(), Some(&role.permissions()))
+        user(&self.outside_signing, &self.facts.outside_account, public_key, &role.name(), Some(&role.permissions()))
     }
 
     /// Credentials for `role` with a key made here: JWT and seed together.
@@ -349,13 +387,13 @@ impl Trust {
         (key.public_key(), Credentials::format(&jwt, Some(&seed(&key))))
     }
 
-    /// The account's JWT with `revoked` (user key to unix seconds: its JWTs issued up to then
-    /// are refused).
+    /// The outside account's JWT with `revoked` (user key to unix seconds: its JWTs issued up
+    /// to then are refused).
     pub fn account_jwt(&self, revoked: &BTreeMap<String, i64>) -> String {
-        account_claims(&self.operator, &self.facts, revoked)
+        outside_claims(&self.operator, &self.facts, revoked)
     }
 
-    /// Sends the account's JWT with `revoked` to the servers through `system` (a connection
+    /// Sends the outside account's JWT with `revoked` to the servers through `system` (a connection
     /// made from [`Trust::system_connection`]). A connected user whose key is revoked is cut
     /// off at once.
     pub async fn push_account(
@@ -363,7 +401,7 @@ impl Trust {
         system: &async_nats::Client,
         revoked: &BTreeMap<String, i64>,
     ) -> Result<(), TrustError> {
-        let subject = format!("$SYS.REQ.ACCOUNT.{}.CLAIMS.UPDATE", self.facts.account);
+        let subject = format!("$SYS.REQ.ACCOUNT.{}.CLAIMS.UPDATE", self.facts.outside_account);
         let request = system.request(subject, self.account_jwt(revoked).into());
         let reply = tokio::time::timeout(std::time::Duration::from_secs(10), request)
             .await
@@ -420,18 +458,70 @@ fn limits(jetstream: bool) -> Value {
     })
 }
 
-fn account_claims(operator: &KeyPair, facts: &Facts, revoked: &BTreeMap<String, i64>) -> String {
-    let mut nats = json!({
+/// What `EDGE` offers the outside account, as services: a request crossing accounts has its
+/// reply subject replaced by the server, so no answer can land in a stream. Each is
+/// `(subject in EDGE, subject outside, answered by a stream of messages)`.
+fn services() -> Vec<(String, String, bool)> {
+    let stream = events::subject::STREAM;
+    let api =
+        |rest: String, streamed: bool| (format!("$JS.API.{rest}"), format!("{}.{rest}", bus::OUTSIDE_API), streamed);
+    let same = |subject: String| (subject.clone(), subject, false);
+    vec![
+        api(format!("CONSUMER.INFO.{stream}.*"), false),
+        api(format!("CONSUMER.MSG.NEXT.{stream}.*"), true),
+        api(format!("STREAM.INFO.{stream}"), false),
+        api(format!("DIRECT.GET.{stream}"), true),
+        api(format!("DIRECT.GET.{stream}.>"), true),
+        same(format!("$JS.ACK.{stream}.>")),
+        same(events::subject::node_reports("*", "*")),
+        same(events::telemetry::subject("*", "*")),
+    ]
+}
+
+fn export(subject: &str, streamed: bool) -> Value {
+    let mut export = json!({"name": subject, "subject": subject, "type": "service"});
+    if streamed {
+        export["response_type"] = json!("Stream");
+    }
+    export
+}
+
+fn import(subject: &str, local: &str, account: &str) -> Value {
+    json!({"name": subject, "subject": subject, "local_subject": local, "account": account, "type": "service"})
+}
+
+/// The engine's account: the streams, the services it offers the outside, and the log
+/// requests it sends there.
+fn account_claims(operator: &KeyPair, facts: &Facts) -> String {
+    let logs = events::logs::subject("*", "*");
+    let nats = json!({
         "type": "account",
         "version": 2,
         "limits": limits(true),
         "signing_keys": [facts.signing_key],
         "default_permissions": {"pub": {}, "sub": {}},
+        "exports": services().iter().map(|(subject, _, streamed)| export(subject, *streamed)).collect::<Vec<_>>(),
+        "imports": [import(&logs, &logs, &facts.outside_account)],
+    });
+    encode(operator, &facts.account, ACCOUNT, nats)
+}
+
+/// The account of every other party: no JetStream of its own, the engine's services, and
+/// the revoked user keys.
+fn outside_claims(operator: &KeyPair, facts: &Facts, revoked: &BTreeMap<String, i64>) -> String {
+    let mut nats = json!({
+        "type": "account",
+        "version": 2,
+        "limits": limits(false),
+        "signing_keys": [facts.outside_signing_key],
+        "default_permissions": {"pub": {}, "sub": {}},
+        "exports": [export(&events::logs::subject("*", "*"), false)],
+        "imports": services().iter().map(|(subject, local, _)| import(subject, local, &facts.account)).collect::<Vec<_>>(),
     });
     if !revoked.is_empty() {
         nats["revocations"] = json!(revoked);
     }
-    encode(operator, &facts.account, ACCOUNT, nats)
+    encode(operator, &facts.outside_account, OUTSIDE, nats)
 }
 
 /// A user of the account, signed by its signing key; no permissions means all of them.
@@ -488,7 +578,8 @@ mod tests {
         let loaded = Trust::init(dir.path(), &["127.0.0.1"]).unwrap();
         assert_eq!(made.facts(), loaded.facts());
         use std::os::unix::fs::PermissionsExt;
-        for name in [OPERATOR_SEED, SIGNING_SEED, ENGINE_CREDS, SYSTEM_CREDS, CA_KEY, SERVER_KEY] {
+        for name in [OPERATOR_SEED, SIGNING_SEED, OUTSIDE_SIGNING_SEED, ENGINE_CREDS, SYSTEM_CREDS, CA_KEY, SERVER_KEY]
+        {
             let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "{name} is readable by others");
         }
@@ -505,8 +596,8 @@ mod tests {
         let key = KeyPair::new_user();
         let claims = bus::creds::jwt_claims(&trust.mint(&role, &key.public_key())).unwrap();
         assert_eq!(claims["sub"], key.public_key());
-        assert_eq!(claims["iss"], trust.facts().signing_key);
-        assert_eq!(claims["nats"]["issuer_account"], trust.facts().account);
+        assert_eq!(claims["iss"], trust.facts().outside_signing_key);
+        assert_eq!(claims["nats"]["issuer_account"], trust.facts().outside_account);
         assert_eq!(claims["nats"]["bearer_token"], false);
         let publish: Vec<&str> =
             claims["nats"]["pub"]["allow"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();

@@ -16,6 +16,11 @@ pub const ALL_TENANTS: &str = "ev.*.tenant.*";
 pub const ALL_NODES: &str = "ev.*.node.*";
 pub const ALL_NODE_REPORTS: &str = "ev.*.node.*.state";
 
+/// Every event of one tenant.
+pub fn tenant_events(tenant: &str) -> String {
+    format!("ev.{tenant}.>")
+}
+
 pub fn aggregate(tenant: &str, aggregate_type: &str, id: &str) -> String {
     format!("ev.{tenant}.{aggregate_type}.{id}")
 }

@@ -118,7 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = connection.connect_with(connection.options()).await?;
     // It writes nothing, not even a consumer: it reads by direct gets.
     let config = StoreConfig { stream: cli.stream.clone(), ..Default::default() };
-    let store = EventStore::open_existing(client, &config).await?.reading_by_direct_get();
+    let store = EventStore::open_existing(client, connection.api_prefix(), &config).await?.reading_by_direct_get();
     match cli.command {
         Command::Verify { engine_keys } => {
             let mut chains = Chains::default();

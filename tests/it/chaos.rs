@@ -110,8 +110,12 @@ fn disagreement(view: &Value, node: &SimNode) -> Option<String> {
         (None, "stopped") => true,
         _ => false,
     };
-    (!agrees || said != wanted)
-        .then(|| format!("{id} on {}: engine says {said}, wants {wanted}, node has {truth:?}", node.name))
+    (!agrees || said != wanted).then(|| {
+        format!(
+            "{id} on {}: engine says {said} ({}), wants {wanted} of {}, node has {truth:?}",
+            node.name, view["nodes"][&node.name], view["image"]
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +197,30 @@ async fn a_simulated_fleet_under_chaos_ends_with_the_engine_saying_what_every_no
         }
         if Instant::now() > deadline {
             let ended: Vec<&String> = nodes.iter().filter(|n| n.task.is_finished()).map(|n| &n.name).collect();
-            panic!("still different after 120 s (nodes whose agent ended: {ended:?}):\n{}", differences.join("\n"));
+            // Where each node's work stands on the server.
+            let store = crate::harness::handler(&nats).await.store().clone();
+            let mut consumers = Vec::new();
+            for node in &nodes {
+                let name = events::subject::node_consumer("default", &node.name);
+                let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+                    store.consumers().get_consumer(&name).await.unwrap();
+                let info = consumer.info().await.unwrap();
+                consumers.push(format!(
+                    "{}: pending {} ack pending {} redelivered {} waiting {} delivered {} acked {}",
+                    node.name,
+                    info.num_pending,
+                    info.num_ack_pending,
+                    info.num_redelivered,
+                    info.num_waiting,
+                    info.delivered.stream_sequence,
+                    info.ack_floor.stream_sequence
+                ));
+            }
+            panic!(
+                "still different after 120 s (nodes whose agent ended: {ended:?}):\n{}\n{}",
+                differences.join("\n"),
+                consumers.join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -229,7 +256,9 @@ async fn nodes_sharing_a_connection_and_a_database_each_run_their_own_work() {
         };
         let (_, links) = tokio::sync::mpsc::unbounded_channel();
         let trees = format!("{name}/");
-        let attachment = Attachment { client: client.clone(), links, db: db.clone(), trees, control: None };
+        // The engine's connection, in the account of the streams.
+        let js = async_nats::jetstream::new(client.clone());
+        let attachment = Attachment { js, links, db: db.clone(), trees, control: None };
         let task = tokio::spawn(edge_node::driver::run_on(config, Arc::new(runtime.clone()), attachment));
         nodes.push((name, runtime, task));
     }

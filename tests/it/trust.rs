@@ -39,8 +39,9 @@ async fn violation(errors: &Arc<Mutex<Vec<String>>>, subject: &str) {
     .await;
 }
 
+/// The JetStream API as an outside party (node, subscriber, auditor) sees it.
 fn quick(client: &async_nats::Client) -> jetstream::Context {
-    let mut js = jetstream::new(client.clone());
+    let mut js = jetstream::with_prefix(client.clone(), bus::OUTSIDE_API);
     js.set_timeout(Duration::from_secs(2));
     js
 }
@@ -146,11 +147,13 @@ async fn a_node_is_confined_to_its_own_subjects_by_the_server() {
         ..Default::default()
     };
     assert!(stream.create_consumer(made).await.is_err(), "it may not make a consumer on B's work");
-    violation(&errors, "$JS.API.CONSUMER").await;
-    // Nor use direct get, nor touch the stream.
+    violation(&errors, "JS.EDGE.API.CONSUMER").await;
+    // Nor use direct get, nor touch the stream, through the engine's API or its own account's.
     assert!(stream.direct_get_last_for_subject(events::subject::node_desired("default", "node-b")).await.is_err());
-    violation(&errors, "$JS.API.DIRECT.GET").await;
+    violation(&errors, "JS.EDGE.API.DIRECT.GET").await;
     assert!(js.delete_stream(events::subject::STREAM).await.is_err());
+    violation(&errors, "JS.EDGE.API.STREAM.DELETE").await;
+    assert!(jetstream::new(client.clone()).delete_stream(events::subject::STREAM).await.is_err());
     violation(&errors, "$JS.API.STREAM.DELETE").await;
     // Nor snoop on the engine's replies.
     let _ = client.subscribe("_INBOX.>").await;
@@ -158,24 +161,95 @@ async fn a_node_is_confined_to_its_own_subjects_by_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reply_subject_a_party_names_makes_the_server_write_into_the_stream() {
+    let (nats, engine) = two_tenants().await;
+    let node = engine.enroll("node-a").await;
+    let auditor = engine.engine.issuer.reader(&engine::trust::Role::Auditor { id: "books".into() }).await.unwrap();
+    let auditor = bus::Credentials::parse(&auditor.creds, None).unwrap();
+    let subscriber = engine::trust::Role::Subscriber { tenant: "default".into(), id: "feed".into() };
+    let subscriber = engine.engine.issuer.reader(&subscriber).await.unwrap();
+    let feed = subscriber.consumer.clone().unwrap();
+    let subscriber = bus::Credentials::parse(&subscriber.creds, None).unwrap();
+    let store = crate::harness::handler(&nats).await.store().clone();
+    let last = || async { store.stream().clone().info().await.unwrap().state.last_sequence };
+    let before = last().await;
+
+    // Each asks the engine's JetStream API something it may ask, naming as its reply an
+    // aggregate's subject, another node's report subject, or its own.
+    let api = bus::OUTSIDE_API;
+    let stream = events::subject::STREAM;
+    let victims = [
+        "ev.default.deployment.d1".to_owned(),
+        events::subject::node_reports("default", "node-b"),
+        events::subject::node_reports("default", "node-a"),
+    ];
+    let (node, _) = connect_as(&nats, node).await;
+    let consumer = events::subject::node_consumer("default", "node-a");
+    let (auditor, _) = connect_as(&nats, auditor).await;
+    let (subscriber, _) = connect_as(&nats, subscriber).await;
+    for victim in &victims {
+        let next = r#"{"batch": 5, "no_wait": true}"#;
+        node.publish_with_reply(format!("{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}"), victim.clone(), next.into())
+            .await
+            .unwrap();
+        node.publish_with_reply(format!("{api}.CONSUMER.INFO.{stream}.{consumer}"), victim.clone(), "".into())
+            .await
+            .unwrap();
+        node.publish_with_reply(events::subject::node_reports("default", "node-a"), victim.clone(), "{}".into())
+            .await
+            .unwrap();
+        let get = r#"{"seq": 1, "next_by_subj": "ev.>", "batch": 5}"#;
+        auditor.publish_with_reply(format!("{api}.DIRECT.GET.{stream}"), victim.clone(), get.into()).await.unwrap();
+        subscriber
+            .publish_with_reply(format!("{api}.CONSUMER.MSG.NEXT.{stream}.{feed}"), victim.clone(), next.into())
+            .await
+            .unwrap();
+    }
+    // Each connection's last request is answered once the ones before it were.
+    for client in [&node, &auditor, &subscriber] {
+        let info = format!("{api}.STREAM.INFO.{stream}");
+        let asked = if std::ptr::eq(client, &auditor) { info } else { format!("{api}.CONSUMER.INFO.{stream}.x") };
+        let _ = tokio::time::timeout(TIMEOUT, client.request(asked, "".into())).await;
+    }
+
+    // What is stored since on those subjects is the node's three reports, as itself (which the
+    // engine refuses for want of a signature), and no answer.
+    let mut written = Vec::new();
+    for sequence in before + 1..=last().await {
+        let message = store.stream().get_raw_message(sequence).await.unwrap();
+        if victims.contains(&message.subject.to_string()) {
+            written.push((message.subject.to_string(), String::from_utf8_lossy(&message.payload).into_owned()));
+        }
+    }
+    let own = (events::subject::node_reports("default", "node-a"), "{}".to_owned());
+    assert_eq!(written, vec![own; 3], "no answer landed in the stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_reads_its_tenant_and_nothing_else() {
     let (nats, engine) = two_tenants().await;
 
-    let credential = engine
-        .engine
-        .issuer
-        .reader(&engine::trust::Role::Subscriber { tenant: "default".into(), id: "audit-feed".into() });
-    let consumer = credential.consumer.clone().unwrap();
+    let subscriber = |tenant: &str| engine::trust::Role::Subscriber { tenant: tenant.into(), id: "feed".into() };
+    let credential = engine.engine.issuer.reader(&subscriber("default")).await.unwrap();
+    let theirs = engine.engine.issuer.reader(&subscriber("other")).await.unwrap();
     let (client, errors) = connect_as(&nats, bus::Credentials::parse(&credential.creds, None).unwrap()).await;
     let stream = quick(&client).get_stream_no_info(events::subject::STREAM).await.unwrap();
-    let config = |filter: &str| jetstream::consumer::pull::Config {
-        name: Some(consumer.clone()),
-        filter_subject: filter.to_owned(),
+
+    // It makes no consumer (one of its own could deliver anywhere), and reads no other's.
+    let config = jetstream::consumer::pull::Config {
+        name: credential.consumer.clone(),
+        filter_subject: "ev.other.>".to_owned(),
         ..Default::default()
     };
-    assert!(stream.create_consumer(config("ev.other.>")).await.is_err(), "another tenant's events");
-    violation(&errors, "ev.other.>").await;
-    let mine = stream.create_consumer(config("ev.default.>")).await.expect("its own tenant's events");
+    assert!(stream.create_consumer(config).await.is_err(), "it may not make a consumer");
+    violation(&errors, "JS.EDGE.API.CONSUMER.CREATE").await;
+    let other = theirs.consumer.clone().unwrap();
+    assert!(stream.get_consumer::<jetstream::consumer::pull::Config>(&other).await.is_err(), "another's consumer");
+    violation(&errors, &other).await;
+
+    // Its own, made by the engine, holds its tenant's events.
+    let mine: jetstream::consumer::PullConsumer =
+        stream.get_consumer(&credential.consumer.clone().unwrap()).await.expect("its own consumer");
     let mut messages = mine.fetch().max_messages(100).expires(Duration::from_secs(2)).messages().await.unwrap();
     let mut subjects = Vec::new();
     while let Some(message) = futures::StreamExt::next(&mut messages).await {
@@ -348,9 +422,9 @@ async fn a_rotated_key_replaces_the_old_one_and_the_whole_history_still_verifies
 async fn an_auditor_reads_every_tenant_and_writes_nothing() {
     let (nats, engine) = two_tenants().await;
 
-    let credential = engine.engine.issuer.reader(&engine::trust::Role::Auditor { id: "books".into() });
+    let credential = engine.engine.issuer.reader(&engine::trust::Role::Auditor { id: "books".into() }).await.unwrap();
     let (client, errors) = connect_as(&nats, bus::Credentials::parse(&credential.creds, None).unwrap()).await;
-    let store = bus::store::EventStore::open_existing(client.clone(), &Default::default())
+    let store = bus::store::EventStore::open_existing(client.clone(), bus::OUTSIDE_API, &Default::default())
         .await
         .unwrap()
         .reading_by_direct_get();
@@ -370,7 +444,7 @@ async fn an_auditor_reads_every_tenant_and_writes_nothing() {
     violation(&errors, "ev.default.application.sample").await;
     let stream = js.get_stream_no_info(events::subject::STREAM).await.unwrap();
     assert!(stream.create_consumer(jetstream::consumer::pull::Config::default()).await.is_err());
-    violation(&errors, "$JS.API.CONSUMER.CREATE").await;
+    violation(&errors, "JS.EDGE.API.CONSUMER.CREATE").await;
     let sample = crate::harness::handler(&nats).await.store().load("ev.default.application.sample").await.unwrap();
     assert_eq!(sample.events.len(), 3, "nothing stored: registered, version added, published");
 }
