@@ -856,6 +856,10 @@ pub struct NodeBody {
     pub labels: events::node::Labels,
     pub state: Option<events::node::NodeState>,
     pub last_heartbeat: Option<chrono::DateTime<chrono::Utc>>,
+    /// Reports on its subject the engine refused (`node.report_refused`), and the last.
+    pub refused_reports: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_refused: Option<events::node::Refused>,
 }
 
 async fn get_node(
@@ -869,7 +873,14 @@ async fn get_node(
     if !node.registered {
         return Err(ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("node `{id}` is not registered")));
     }
-    Ok(Json(NodeBody { id, labels: node.labels, state: node.state, last_heartbeat: node.last_heartbeat }))
+    Ok(Json(NodeBody {
+        id,
+        labels: node.labels,
+        state: node.state,
+        last_heartbeat: node.last_heartbeat,
+        refused_reports: node.refused_reports,
+        last_refused: node.last_refused,
+    }))
 }
 
 /// Counts (running, failed, pending, stopped, total) per deployment, per node and per

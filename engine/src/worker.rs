@@ -42,8 +42,9 @@
 //! Each report becomes a command on the deployment (or node) aggregate, with the report's id
 //! as command id, so a report delivered twice is applied once. A report is taken only when its
 //! envelope's tenant, type and node are its subject's and it verifies under the key the node
-//! is enrolled with now (`NodeKeys`): it speaks for the node whose subject it arrived on. A
-//! report that does not decode or is refused is logged and acked.
+//! is enrolled with now (`NodeKeys`): it speaks for the node whose subject it arrived on. Any
+//! other is refused and recorded as the node's `node.report_refused`. A report that does not
+//! decode, or that its aggregate refuses, is logged and acked.
 //!
 //! Reports are appended one at a time, each waiting for the previous ack (about 0.2 ms): a
 //! launch on ten thousand nodes, five reports each, spends about ten seconds in those appends
@@ -478,8 +479,9 @@ const ROUTE_ATTEMPTS: u32 = 8;
 /// Turns node reports into commands on the node and deployment aggregates.
 ///
 /// A report speaks for the node whose subject it arrived on, whatever its envelope claims. A
-/// report that does not decode, or that the aggregate refuses, is logged and acked: it would
-/// be refused again. Only a failure of the store leaves it for redelivery.
+/// report whose envelope is misplaced or not signed by the node's key is refused and recorded
+/// as `node.report_refused`. One that does not decode, or that the aggregate refuses, is logged
+/// and acked: it would be refused again. Only a failure of the store leaves it for redelivery.
 pub async fn ingest(handler: CommandHandler, keys: std::sync::Arc<NodeKeys>) -> anyhow::Result<()> {
     let store = handler.store().clone();
     consume(&store, "ingest", events::subject::ALL_NODE_REPORTS, |subject, event| {
@@ -548,11 +550,12 @@ async fn ingest_one(
     if misplaced {
         let claimed = format!("{}/{}/{}", envelope.tenant, envelope.aggregate_type, envelope.aggregate_id);
         tracing::error!(sequence, subject, claimed, "refused: a report whose envelope disagrees with its subject");
-        return Ok(());
+        let reason = format!("the report claims to be {claimed}");
+        return record_refusal(handler, tenant, node, sequence, reason).await;
     }
     if let Some(why) = keys.refusal(handler, tenant, node, envelope).await? {
         tracing::error!(sequence, subject, why, "refused: a report not signed by its node");
-        return Ok(());
+        return record_refusal(handler, tenant, node, sequence, why).await;
     }
     let report = match envelope.event::<NodeReport>() {
         Ok(report) => report,
@@ -601,6 +604,33 @@ async fn ingest_one(
     let refused = refusal(handler.execute::<Deployment>(&deployment, &command, &meta).await)?;
     if let Some(rejection) = refused {
         tracing::warn!(sequence, node, %rejection, "report refused");
+    }
+    Ok(())
+}
+
+/// Records, as an event of `node`, that the report at `sequence` on its subject was refused:
+/// only the node's credential (or the engine's) writes there, so the finding is the node's.
+/// Once per report, whatever redelivers it.
+async fn record_refusal(
+    handler: &CommandHandler,
+    tenant: &str,
+    node: &str,
+    sequence: u64,
+    reason: String,
+) -> anyhow::Result<()> {
+    let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("refused report {sequence} {tenant} {node}").as_bytes());
+    let meta = CommandMeta {
+        tenant: tenant.to_owned(),
+        actor: "engine:ingest".to_owned(),
+        command_id: id,
+        correlation_id: id,
+    };
+    if events::subject::check_token("node", node).is_err() || events::subject::check_token("tenant", tenant).is_err() {
+        return Ok(());
+    }
+    let refused = refusal(handler.execute::<Node>(node, &NodeCommand::RefuseReport { sequence, reason }, &meta).await)?;
+    if let Some(rejection) = refused {
+        tracing::warn!(sequence, node, %rejection, "recording a refused report");
     }
     Ok(())
 }

@@ -26,6 +26,16 @@ pub struct Node {
     pub labels: Labels,
     pub state: Option<NodeState>,
     pub last_heartbeat: Option<DateTime<Utc>>,
+    /// Reports on its subject the engine refused, and the last of them.
+    pub refused_reports: u64,
+    pub last_refused: Option<Refused>,
+}
+
+/// A report the engine refused: where it is in the log, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub sequence: u64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +60,11 @@ pub enum NodeCommand {
     },
     /// Revokes the node's credential: the bus refuses it from now on.
     Revoke,
+    /// Records that the report stored at `sequence` on its subject was refused, and why.
+    RefuseReport {
+        sequence: u64,
+        reason: String,
+    },
     /// Registers the node, or changes its labels if it is registered already.
     Register {
         labels: Labels,
@@ -63,13 +78,36 @@ pub enum NodeCommand {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeEvent {
-    Enrolled { public_key: String, labels: Labels },
-    KeyRotated { public_key: String, previous: String },
-    Revoked { public_key: String },
-    Registered { labels: Labels },
-    LabelsChanged { labels: Labels },
-    StateChanged { state: NodeState },
-    HeartbeatRecorded { at: DateTime<Utc> },
+    Enrolled {
+        public_key: String,
+        labels: Labels,
+    },
+    KeyRotated {
+        public_key: String,
+        previous: String,
+    },
+    Revoked {
+        public_key: String,
+    },
+    Registered {
+        labels: Labels,
+    },
+    LabelsChanged {
+        labels: Labels,
+    },
+    StateChanged {
+        state: NodeState,
+    },
+    HeartbeatRecorded {
+        at: DateTime<Utc>,
+    },
+    /// The engine refused the report stored at `sequence` on the node's report subject (which
+    /// only the node's credential may write): unsigned, signed by another key, or claiming
+    /// another node.
+    ReportRefused {
+        sequence: u64,
+        reason: String,
+    },
 }
 
 event_payload!(NodeEvent, "node", {
@@ -80,6 +118,7 @@ event_payload!(NodeEvent, "node", {
     LabelsChanged => "labels_changed",
     StateChanged => "state_changed",
     HeartbeatRecorded => "heartbeat_recorded",
+    ReportRefused => "report_refused",
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -149,6 +188,13 @@ impl Aggregate for Node {
                     None => vec![enrolled()],
                 })
             }
+            // A finding about a node that exists stands whatever its state: it says what arrived.
+            NodeCommand::RefuseReport { .. } if self.key.is_none() && !self.registered => {
+                Err(NodeRejection::NotEnrolled)
+            }
+            NodeCommand::RefuseReport { sequence, reason } => {
+                Ok(vec![NodeEvent::ReportRefused { sequence: *sequence, reason: reason.clone() }])
+            }
             NodeCommand::Revoke => match &self.key {
                 None => Err(NodeRejection::NotEnrolled),
                 Some(_) if self.revoked() => Ok(vec![]),
@@ -204,6 +250,10 @@ impl Aggregate for Node {
             NodeEvent::LabelsChanged { labels } => self.labels = labels.clone(),
             NodeEvent::StateChanged { state } => self.state = Some(*state),
             NodeEvent::HeartbeatRecorded { at } => self.last_heartbeat = Some(*at),
+            NodeEvent::ReportRefused { sequence, reason } => {
+                self.refused_reports += 1;
+                self.last_refused = Some(Refused { sequence: *sequence, reason: reason.clone() });
+            }
         }
         self
     }
@@ -215,6 +265,16 @@ mod tests {
     use crate::testing::{given, now};
     use NodeCommand as C;
     use NodeEvent as E;
+
+    #[test]
+    fn a_refused_report_is_recorded_for_a_node_that_exists_even_revoked() {
+        let refuse = || C::RefuseReport { sequence: 7, reason: "unsigned".into() };
+        let refused = E::ReportRefused { sequence: 7, reason: "unsigned".into() };
+        given::<Node>([]).when(refuse()).then_rejected(NodeRejection::NotEnrolled);
+        let enrolled = E::Enrolled { public_key: KEY_A.into(), labels: Labels::new() };
+        given::<Node>([enrolled.clone()]).when(refuse()).then([refused.clone()]);
+        given::<Node>([enrolled, E::Revoked { public_key: KEY_A.into() }]).when(refuse()).then([refused]);
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

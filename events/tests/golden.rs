@@ -140,6 +140,7 @@ fn nodes() -> Vec<NodeEvent> {
         NodeEvent::LabelsChanged { labels: map(&[("site", "plant")]) },
         NodeEvent::StateChanged { state: NodeState::Unreachable },
         NodeEvent::HeartbeatRecorded { at: at() },
+        NodeEvent::ReportRefused { sequence: 42, reason: "the report is not signed".into() },
     ]
 }
 

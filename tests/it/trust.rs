@@ -384,6 +384,15 @@ async fn a_report_signed_by_the_wrong_key_is_refused_and_named_by_verify() {
     .await;
     let (_, view) = engine.get(&format!("/v1/deployments/{id}")).await;
     assert_eq!(view["status"], "running", "the forged failure was refused: {view}");
+    // The refusal is a finding of the node's, an event in the log and in its record.
+    let record = tests::eventually("the refusal to be recorded", TIMEOUT, || async {
+        let (_, record) = engine.get(&format!("/v1/nodes/{name}")).await;
+        (record["refused_reports"] == 1).then_some(record)
+    })
+    .await;
+    assert_eq!(record["last_refused"]["sequence"], forged, "{record}");
+    let reason = record["last_refused"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&forger.public_key()) && reason.contains("not the key"), "{record}");
 
     let engine_key = nats.trust().facts().engine.clone();
     let (code, text) = crate::replay::replay(&nats, &["verify", "--engine-key", &engine_key]).await;

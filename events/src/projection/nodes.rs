@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
-use crate::node::{Labels, NodeEvent, NodeState};
+use crate::node::{Labels, NodeEvent, NodeState, Refused};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -20,6 +20,11 @@ pub struct NodeRecord {
     /// revocation list is made of.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub revoked_keys: std::collections::BTreeMap<String, i64>,
+    /// Reports on its subject the engine refused, and the last of them.
+    #[serde(default)]
+    pub refused_reports: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refused: Option<Refused>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -45,6 +50,8 @@ pub fn apply(record: Option<NodeRecord>, envelope: &Envelope, event: &NodeEvent)
             state: None,
             key: None,
             revoked_keys: Default::default(),
+            refused_reports: 0,
+            last_refused: None,
             updated_at: envelope.time,
         },
     };
@@ -66,6 +73,10 @@ pub fn apply(record: Option<NodeRecord>, envelope: &Envelope, event: &NodeEvent)
         NodeEvent::HeartbeatRecorded { .. } => {}
         NodeEvent::LabelsChanged { labels } => record.labels = labels.clone(),
         NodeEvent::StateChanged { state } => record.state = Some(*state),
+        NodeEvent::ReportRefused { sequence, reason } => {
+            record.refused_reports += 1;
+            record.last_refused = Some(Refused { sequence: *sequence, reason: reason.clone() });
+        }
     }
     record.updated_at = envelope.time;
     Some(record)
