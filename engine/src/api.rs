@@ -1,5 +1,11 @@
 //! The HTTP JSON API. Every error is a 4xx or 5xx with `{"error": ..., "field": ...}`, the
 //! field naming what was wrong.
+//!
+//! Web-safe: a command (POST) must say `Content-Type: application/json`. A browser sends a form
+//! or plain text to any address without asking, but JSON across origins only after a preflight
+//! this API never answers, so no web page can command a loopback engine (415 otherwise). A body
+//! past [`MAX_BODY`] is refused (413), a request that takes longer than [`REQUEST_TIMEOUT`] is
+//! answered 408, and at most [`MAX_CONCURRENT`] requests are served at once (the rest wait).
 
 use std::time::Duration;
 
@@ -23,6 +29,13 @@ use events::Aggregate;
 use crate::command::{CommandError, CommandHandler, CommandMeta, Committed};
 use crate::read_model::{Deployments, Notifications, Page};
 use bus::store::{ReadError, StoreError};
+
+/// The largest request body: a compose file with room to spare, well under the bus's 4 MB.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// How long a request may take before it is answered 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests served at once.
+pub const MAX_CONCURRENT: usize = 256;
 
 /// How long a launch waits for its deployment to reach the read model before answering.
 const READ_YOUR_WRITE: Duration = Duration::from_secs(5);
@@ -65,6 +78,27 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/credentials/subscriber", post(subscriber_credential))
         .route("/v1/credentials/auditor", post(auditor_credential))
         .with_state(state)
+        .layer(axum::middleware::from_fn(json_only))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
+}
+
+/// Refuses a command that is not JSON (415), whatever its handler reads.
+async fn json_only(request: Request, next: axum::middleware::Next) -> Result<Response, ApiError> {
+    if request.method() == axum::http::Method::POST {
+        let json = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            let error = "a command's body must be JSON, sent as `Content-Type: application/json`";
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, None, error));
+        }
+    }
+    Ok(next.run(request).await)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -161,7 +161,8 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
         assert!(got_error.contains(message), "{path} {body}: `{got_error}` should say `{message}`");
     }
 
-    let response = engine.http.post(engine.url("/v1/deployments")).body("{not json").send().await.unwrap();
+    let malformed = engine.http.post(engine.url("/v1/deployments")).header("content-type", "application/json");
+    let response = malformed.body("{not json").send().await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
     let response = engine
         .http
@@ -304,4 +305,35 @@ async fn the_summary_counts_per_deployment_node_and_version() {
     assert_eq!(summary["by_node"]["edge-1"], counts(1, 0, 1));
     assert_eq!(summary["by_node"]["edge-2"], counts(1, 1, 0));
     assert_eq!(summary["by_application_version"]["sample@1.0.0"], counts(2, 1, 1));
+}
+
+#[tokio::test]
+async fn a_command_that_is_not_json_or_too_large_is_refused_and_nothing_is_stored() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let commands = handler(&nats).await;
+    seed(&commands, &["edge-1"]).await;
+    let before = stored(&commands).await;
+
+    // What a web page may send anywhere without asking first: plain text, a form.
+    let body = r#"{"id": "web", "name": "From a web page"}"#;
+    for (path, content_type) in [
+        ("/v1/applications", "text/plain"),
+        ("/v1/applications", "application/x-www-form-urlencoded"),
+        ("/v1/nodes/edge-1/revoke", "text/plain"),
+    ] {
+        let request = engine.http.post(engine.url(path)).header("content-type", content_type).body(body);
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(status, 415, "{path} as {content_type}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains("application/json"), "{answer}");
+    }
+    // A body past the limit.
+    let huge = json!({"id": "huge", "name": "x".repeat(engine::api::MAX_BODY + 1)});
+    let (status, _, _) = refused(&engine, "/v1/applications", huge).await;
+    assert_eq!(status, 413);
+
+    assert_eq!(stored(&commands).await, before, "nothing stored");
+    assert_eq!(engine.get("/v1/applications/web").await.0, 404);
 }
