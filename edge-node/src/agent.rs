@@ -986,6 +986,13 @@ impl Agent {
         let prefix = container_prefix(&w.application, &w.deployment, &w.node);
         let ports = u.service.ports.iter().map(|p| compose::parse_port(p)).collect::<Result<Vec<_>, _>>();
         let mounts = u.service.volumes.iter().map(|v| compose::parse_volume(v)).collect::<Result<Vec<_>, _>>();
+        let mounts = mounts.map_err(invalid)?;
+        // The node checks its host's paths itself, whatever the engine let through.
+        for mount in &mounts {
+            if let Mount::Bind { source, .. } = mount {
+                compose::bind_policy(source).map_err(|message| Failure { code: "policy_denied".into(), message })?;
+            }
+        }
         let restart = u.service.restart.as_deref().map(compose::parse_restart).transpose();
         Ok(ContainerSpec {
             name: u.name.clone(),
@@ -996,7 +1003,6 @@ impl Agent {
             ports: ports.map_err(invalid)?,
             // Each deployment on each node has volumes of its own.
             mounts: mounts
-                .map_err(invalid)?
                 .into_iter()
                 .map(|m| match m {
                     Mount::Volume { name, target, read_only } => {
@@ -1662,6 +1668,31 @@ mod tests {
         let state = ContainerState { image_id: format!("sha256:{id}"), running: true, exit_code: None, error: None };
         agent.handle(Input::Started { deployment, service, container: id.into(), result: Ok(state) });
         drain(agent)
+    }
+
+    #[test]
+    fn work_that_binds_the_hosts_own_paths_fails_on_the_node_whatever_the_engine_sent() {
+        let mut agent = Agent::new("acme", "edge-1");
+        let root = Service { volumes: vec!["/var/run/docker.sock:/sock".into()], ..service("web", "web:1", &[]) };
+        agent.handle(Input::Work(compose_work(vec![root])));
+        drain(&mut agent);
+        agent.handle(Input::Pulled {
+            deployment: "d1".into(),
+            service: "web".into(),
+            image: "web:1".into(),
+            result: Ok(()),
+        });
+        let actions = drain(&mut agent);
+        assert_eq!(units_of(&actions), [], "nothing is created: {actions:?}");
+        let failed = actions.iter().find_map(|a| match a {
+            Action::Report(NodeReport::DeploymentState { status: Status::Failed, error: Some(error), .. }) => {
+                Some(error.clone())
+            }
+            _ => None,
+        });
+        let failed = failed.unwrap_or_else(|| panic!("no failure reported: {actions:?}"));
+        assert_eq!(failed.code, "policy_denied");
+        assert!(failed.message.contains("/var/run/docker.sock"), "{}", failed.message);
     }
 
     #[test]

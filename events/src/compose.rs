@@ -168,6 +168,7 @@ fn service(name: &str, body: &Value, volumes: &BTreeSet<String>) -> Result<Servi
             Mount::Volume { name, .. } if !volumes.contains(&name) => {
                 return Err(error(path, format!("volume `{name}` is not declared under the top-level `volumes`")));
             }
+            Mount::Bind { source, .. } => bind_policy(&source).map_err(|m| error(&path, m))?,
             _ => {}
         }
     }
@@ -459,6 +460,34 @@ pub enum Mount {
     Bind { source: String, target: String, read_only: bool },
 }
 
+/// Host paths no deployment ever mounts, nor any directory that holds one: each is the host
+/// itself (its configuration, devices and kernel) or the container engine, which is root on it.
+pub const FORBIDDEN_BINDS: &[&str] =
+    &["/etc", "/proc", "/sys", "/dev", "/var/run/docker.sock", "/run/docker.sock", "/var/lib/docker"];
+
+/// Whether host path `source` may be bind-mounted; if not, why, naming the rule. Checked when
+/// a version is added and again by the node, which does not take the engine's word for it.
+pub fn bind_policy(source: &str) -> Result<(), String> {
+    let mut parts = Vec::new();
+    for part in source.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(format!("host path `{source}` holds `..`: give the path itself")),
+            part => parts.push(part),
+        }
+    }
+    let path = format!("/{}", parts.join("/"));
+    for forbidden in FORBIDDEN_BINDS {
+        if path == *forbidden || path.starts_with(&format!("{forbidden}/")) {
+            return Err(format!("host path `{source}` is never mounted: it is under `{forbidden}`"));
+        }
+        if path == "/" || forbidden.starts_with(&format!("{path}/")) {
+            return Err(format!("host path `{source}` is never mounted: it holds `{forbidden}`"));
+        }
+    }
+    Ok(())
+}
+
 /// Reads `SOURCE:TARGET[:ro|:rw]`.
 pub fn parse_volume(text: &str) -> Result<Mount, String> {
     let parts: Vec<&str> = text.split(':').collect();
@@ -519,7 +548,7 @@ services:
       GREETING: "${GREETING:-hello}"
       LEVEL: info
     ports: ["127.0.0.1:${HTTP_PORT:-18080}:8080"]
-    volumes: ["data:/data", "/etc/hostname:/host-name:ro"]
+    volumes: ["data:/data", "/srv/sample/config:/config:ro"]
     restart: unless-stopped
     depends_on: [cache]
   cache:
@@ -529,6 +558,34 @@ services:
 volumes:
   data:
 "#;
+
+    #[test]
+    fn the_host_itself_and_the_container_engine_are_never_bind_mounted() {
+        for source in [
+            "/",
+            "//",
+            "/etc",
+            "/etc/passwd",
+            "/proc/1/root",
+            "/sys",
+            "/dev/sda",
+            "/var/run/docker.sock",
+            "/run/docker.sock",
+            "/run",
+            "/var",
+            "/var/lib/docker/volumes",
+            "/srv/../etc",
+            "/./etc/",
+        ] {
+            assert!(bind_policy(source).is_err(), "{source} is refused");
+        }
+        for source in ["/srv/sample", "/data", "/var/log/app", "/etcetera", "/opt/app/dev"] {
+            assert_eq!(bind_policy(source), Ok(()), "{source} is allowed");
+        }
+        let refused = parse(&TWO_SERVICES.replace("/srv/sample/config", "/var/run/docker.sock")).unwrap_err();
+        assert_eq!(refused.path, "services.web.volumes[1]");
+        assert!(refused.message.contains("never mounted"), "{}", refused.message);
+    }
 
     #[test]
     fn a_compose_file_gives_its_services_in_start_order_and_its_parameters() {

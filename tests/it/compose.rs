@@ -199,6 +199,10 @@ async fn a_compose_file_the_node_cannot_honour_is_refused_naming_the_key() {
         ("services:\n  web:\n    image: a:1\n    cap_add: [NET_ADMIN]\n", "services.web.cap_add"),
         ("services:\n  web:\n    image: a:1\n    volumes: [\"./data:/data\"]\n", "services.web.volumes[0]"),
         ("services:\n  web:\n    image: a:1\n    ports: [\"eighty\"]\n", "services.web.ports[0]"),
+        // The host itself, and the container engine, which is root on it.
+        ("services:\n  web:\n    image: a:1\n    volumes: [\"/:/host\"]\n", "services.web.volumes[0]"),
+        ("services:\n  web:\n    image: a:1\n    volumes: [\"/var/run/docker.sock:/s\"]\n", "services.web.volumes[0]"),
+        ("services:\n  web:\n    image: a:1\n    volumes: [\"/etc:/e:ro\"]\n", "services.web.volumes[0]"),
     ];
     for (compose, key) in cases {
         let version = json!({"version": "1.0.0", "compose": compose});
