@@ -4,8 +4,8 @@ use bollard::errors::Error as DockerError;
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding, PortMap,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, NetworkCreateRequest, NetworkingConfig,
+    PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectNetworkOptions, ListContainersOptions, LogsOptions,
@@ -21,6 +21,16 @@ use crate::runtime::{
 
 /// How long a container has to stop on SIGTERM before it is killed.
 const STOP_GRACE_SECONDS: i32 = 10;
+
+/// The capabilities a container keeps; every other is dropped. Docker's default set without
+/// `NET_RAW` (forged packets), `MKNOD`, `AUDIT_WRITE`, `SETFCAP`, `SETPCAP` and `SYS_CHROOT`.
+pub const CAPABILITIES: &[&str] =
+    &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE"];
+/// Processes a container may hold: a fork bomb stays in its container.
+pub const PIDS_LIMIT: i64 = 4096;
+/// Container logs are rotated: so many files of so much each, so an edge disk never fills.
+pub const LOG_MAX_SIZE: &str = "10m";
+pub const LOG_MAX_FILE: &str = "3";
 
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
@@ -214,6 +224,18 @@ impl ContainerRuntime for DockerRuntime {
                 binds: Some(binds.collect::<Vec<_>>()).filter(|b| !b.is_empty()),
                 restart_policy,
                 network_mode: spec.network.as_ref().map(|(network, _)| network.clone()),
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                cap_add: Some(CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+                // No process gains privileges by exec (setuid binaries).
+                security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
+                pids_limit: Some(PIDS_LIMIT),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".to_owned()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_owned(), LOG_MAX_SIZE.to_owned()),
+                        ("max-file".to_owned(), LOG_MAX_FILE.to_owned()),
+                    ])),
+                }),
                 ..Default::default()
             }),
             networking_config,

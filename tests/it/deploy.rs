@@ -25,6 +25,22 @@ async fn a_launch_runs_in_docker_and_the_read_model_says_running() {
     assert_eq!(container.image.as_deref(), Some(IMAGE_1_0_0));
     assert_eq!(container.state, Some(bollard::models::ContainerSummaryStateEnum::RUNNING));
     assert_eq!(container.labels.as_ref().unwrap()[NODE_LABEL], node.name);
+    // Confined: capabilities dropped to a few, no privilege gained by exec, processes bounded,
+    // logs rotated.
+    let inspected = docker.inspect_container(container.id.as_deref().unwrap(), None).await.unwrap();
+    let host = inspected.host_config.unwrap();
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+    let kept: Vec<String> = edge_node::docker::CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    assert_eq!(
+        host.cap_add.as_ref().map(|c| c.iter().map(|c| c.trim_start_matches("CAP_").to_owned()).collect()),
+        Some(kept)
+    );
+    assert_eq!(host.security_opt, Some(vec!["no-new-privileges:true".to_owned()]));
+    assert_eq!(host.pids_limit, Some(edge_node::docker::PIDS_LIMIT));
+    let logs = host.log_config.unwrap();
+    assert_eq!(logs.typ.as_deref(), Some("json-file"));
+    let rotation = logs.config.unwrap_or_default();
+    assert_eq!((rotation["max-size"].as_str(), rotation["max-file"].as_str()), ("10m", "3"));
 
     // Every step was reported, in order, as events of the deployment.
     let loaded =
