@@ -4,8 +4,9 @@
 //!
 //! The worker [`run`] carries out what those events mean for nats-server: it makes each
 //! enrolled node's durable consumer (a node may read its consumer, never make one), and after
-//! a rotation or a revocation it pushes the account's JWT with every revoked key, which cuts
-//! the holder off at once. A revoked node's deployments are told so.
+//! a rotation or a revocation it pushes the outside account's JWT with every revoked key,
+//! which cuts the holder off at once. A revoked node's deployments are told so. A subscriber's
+//! consumer is made when its credential is issued.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
