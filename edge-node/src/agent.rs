@@ -283,7 +283,7 @@ pub enum Action {
     Create {
         deployment: String,
         service: String,
-        spec: ContainerSpec,
+        spec: Box<ContainerSpec>,
     },
     Start {
         deployment: String,
@@ -942,7 +942,9 @@ impl Agent {
                 Step::Settle(Status::Deploying)
             }
             Desired::Running if u.container.is_none() => match self.spec(w, u) {
-                Ok(spec) => Step::Act(Status::Deploying, Box::new(Action::Create { deployment, service, spec })),
+                Ok(spec) => {
+                    Step::Act(Status::Deploying, Box::new(Action::Create { deployment, service, spec: Box::new(spec) }))
+                }
                 Err(failure) => Step::Fail(failure),
             },
             Desired::Running if !u.running => Step::Act(
@@ -1013,6 +1015,7 @@ impl Agent {
                 .collect(),
             restart: restart.map_err(invalid)?,
             network: w.network.clone().map(|network| (network, u.service.name.clone())),
+            limits: u.service.limits.clone(),
         })
     }
 

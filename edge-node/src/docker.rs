@@ -26,7 +26,8 @@ const STOP_GRACE_SECONDS: i32 = 10;
 /// `NET_RAW` (forged packets), `MKNOD`, `AUDIT_WRITE`, `SETFCAP`, `SETPCAP` and `SYS_CHROOT`.
 pub const CAPABILITIES: &[&str] =
     &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE"];
-/// Processes a container may hold: a fork bomb stays in its container.
+/// Processes a container may hold unless its version says otherwise: a fork bomb stays in its
+/// container.
 pub const PIDS_LIMIT: i64 = 4096;
 /// Container logs are rotated: so many files of so much each, so an edge disk never fills.
 pub const LOG_MAX_SIZE: &str = "10m";
@@ -228,7 +229,9 @@ impl ContainerRuntime for DockerRuntime {
                 cap_add: Some(CAPABILITIES.iter().map(|c| c.to_string()).collect()),
                 // No process gains privileges by exec (setuid binaries).
                 security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
-                pids_limit: Some(PIDS_LIMIT),
+                pids_limit: Some(spec.limits.pids.unwrap_or(PIDS_LIMIT)),
+                memory: spec.limits.memory,
+                nano_cpus: spec.limits.nano_cpus,
                 log_config: Some(HostConfigLogConfig {
                     typ: Some("json-file".to_owned()),
                     config: Some(HashMap::from([

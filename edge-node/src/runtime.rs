@@ -27,6 +27,8 @@ pub struct ContainerSpec {
     pub restart: Option<Restart>,
     /// The network it joins (made if missing) and its name there.
     pub network: Option<(String, String)>,
+    /// What it may use; the node's defaults where absent.
+    pub limits: events::compose::Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,6 +32,29 @@ pub struct Service {
     /// Services started before this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// What the container may use; the node's defaults where absent.
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
+}
+
+/// A container's resource limits (compose `mem_limit`, `cpus`, `pids_limit`, or
+/// `deploy.resources.limits`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Bytes of memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<i64>,
+    /// Billionths of a CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nano_cpus: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
 }
 
 /// What a compose file says: its services, in the file's order of dependencies, and the
@@ -56,7 +79,19 @@ fn error(path: impl Into<String>, message: impl Into<String>) -> ComposeError {
 }
 
 const TOP_LEVEL: &[&str] = &["services", "volumes", "version", "name"];
-const SERVICE_KEYS: &[&str] = &["image", "command", "environment", "ports", "volumes", "restart", "depends_on"];
+const SERVICE_KEYS: &[&str] = &[
+    "image",
+    "command",
+    "environment",
+    "ports",
+    "volumes",
+    "restart",
+    "depends_on",
+    "mem_limit",
+    "cpus",
+    "pids_limit",
+    "deploy",
+];
 
 /// Why a key the node does not honour is refused, when there is more to say than that.
 fn refusal(key: &str) -> &'static str {
@@ -66,7 +101,7 @@ fn refusal(key: &str) -> &'static str {
         "env_file" => "there is no file beside the compose file on the node; use `environment`",
         "container_name" => "the node names the containers, one per deployment and node",
         "secrets" | "configs" => "not carried to the node; use `environment` or a volume",
-        "deploy" => "placement and replicas are the engine's: launch on nodes or a label selector",
+        "deploy" => "placement and replicas are the engine's (launch on nodes or a label selector); only `deploy.resources.limits` is honoured",
         "extends" | "include" => "the compose file must stand alone",
         _ => "the edge node does not honour this key",
     }
@@ -198,6 +233,7 @@ fn service(name: &str, body: &Value, volumes: &BTreeSet<String>) -> Result<Servi
         }
         Some(_) => return Err(error(at("depends_on"), "must list service names")),
     };
+    let limits = limits(body, &path)?;
     Ok(Service {
         name: name.to_owned(),
         image,
@@ -207,7 +243,88 @@ fn service(name: &str, body: &Value, volumes: &BTreeSet<String>) -> Result<Servi
         volumes: service_volumes,
         restart,
         depends_on,
+        limits,
     })
+}
+
+/// A service's limits: `mem_limit`, `cpus` and `pids_limit`, or the same under
+/// `deploy.resources.limits` (`memory`, `cpus`, `pids`), not both.
+fn limits(body: &serde_yaml::Mapping, path: &str) -> Result<Limits, ComposeError> {
+    let mut given = vec![
+        (format!("{path}.mem_limit"), "memory", body.get("mem_limit").cloned()),
+        (format!("{path}.cpus"), "cpus", body.get("cpus").cloned()),
+        (format!("{path}.pids_limit"), "pids", body.get("pids_limit").cloned()),
+    ];
+    if let Some(deploy) = body.get("deploy") {
+        let only = |value: &Value, at: &str, key: &str| -> Result<Option<Value>, ComposeError> {
+            let map = value.as_mapping().ok_or_else(|| error(at, "must be a mapping"))?;
+            if let Some(other) = map.keys().filter_map(Value::as_str).find(|k| *k != key) {
+                return Err(error(format!("{at}.{other}"), refusal("deploy")));
+            }
+            Ok(map.get(key).cloned())
+        };
+        let at = format!("{path}.deploy");
+        let resources = only(deploy, &at, "resources")?;
+        let at = format!("{at}.resources");
+        let limits = match &resources {
+            Some(resources) => only(resources, &at, "limits")?,
+            None => None,
+        };
+        if let Some(Value::Mapping(limits)) = &limits {
+            let at = format!("{at}.limits");
+            for (key, value) in limits {
+                let key = key.as_str().unwrap_or_default();
+                let limit = match key {
+                    "memory" => "memory",
+                    "cpus" => "cpus",
+                    "pids" => "pids",
+                    _ => return Err(error(format!("{at}.{key}"), "only memory, cpus and pids are honoured")),
+                };
+                if given.iter().any(|(_, l, v)| *l == limit && v.is_some()) {
+                    return Err(error(format!("{at}.{key}"), "given twice: here and at the service's own key"));
+                }
+                given.push((format!("{at}.{key}"), limit, Some(value.clone())));
+            }
+        }
+    }
+    let mut limits = Limits::default();
+    for (at, limit, value) in given {
+        let Some(value) = value.as_ref().and_then(scalar) else { continue };
+        match limit {
+            "memory" => limits.memory = Some(parse_size(&value).map_err(|m| error(&at, m))?),
+            "cpus" => {
+                let cpus = value.parse::<f64>().ok().filter(|c| c.is_finite() && *c > 0.0 && *c <= 1024.0);
+                let cpus = cpus.ok_or_else(|| error(&at, format!("`{value}` is not a number of CPUs such as 0.5")))?;
+                limits.nano_cpus = Some((cpus * 1e9).round() as i64);
+            }
+            _ => {
+                let pids = value.parse::<i64>().ok().filter(|p| *p > 0);
+                limits.pids = Some(pids.ok_or_else(|| error(&at, format!("`{value}` is not a positive count")))?);
+            }
+        }
+    }
+    Ok(limits)
+}
+
+/// Reads a size as compose writes it: `1073741824`, `512k`, `256m`, `1g` (also `kb`, `mb`,
+/// `gb`; powers of 1024).
+pub fn parse_size(text: &str) -> Result<i64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &lower[digits.len()..];
+    let factor: i64 = match unit {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        _ => return Err(format!("`{text}` is not a size such as 256m or 1g")),
+    };
+    digits
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("`{text}` is not a size such as 256m or 1g"))
 }
 
 fn scalar(value: &Value) -> Option<String> {
@@ -558,6 +675,37 @@ services:
 volumes:
   data:
 "#;
+
+    #[test]
+    fn limits_are_read_from_the_service_or_from_deploy_resources_and_refused_when_malformed() {
+        let service = |body: &str| parse(&format!("services:\n  web:\n    image: a:1\n{body}"));
+        let own = service("    mem_limit: 256m\n    cpus: 0.5\n    pids_limit: 100\n").unwrap();
+        let limits = Limits { memory: Some(256 << 20), nano_cpus: Some(500_000_000), pids: Some(100) };
+        assert_eq!(own.services[0].limits, limits);
+        let deploy = "    deploy:\n      resources:\n        limits: {memory: 256mb, cpus: '0.5', pids: 100}\n";
+        assert_eq!(service(deploy).unwrap().services[0].limits, limits);
+        assert_eq!(service("").unwrap().services[0].limits, Limits::default());
+        for (body, path) in [
+            ("    mem_limit: lots\n", "services.web.mem_limit"),
+            ("    cpus: -1\n", "services.web.cpus"),
+            ("    pids_limit: 0\n", "services.web.pids_limit"),
+            ("    deploy:\n      replicas: 3\n", "services.web.deploy.replicas"),
+            (
+                "    deploy:\n      resources:\n        reservations: {memory: 1g}\n",
+                "services.web.deploy.resources.reservations",
+            ),
+            (
+                "    deploy:\n      resources:\n        limits: {devices: []}\n",
+                "services.web.deploy.resources.limits.devices",
+            ),
+            (
+                "    mem_limit: 1g\n    deploy:\n      resources:\n        limits: {memory: 1g}\n",
+                "services.web.deploy.resources.limits.memory",
+            ),
+        ] {
+            assert_eq!(service(body).unwrap_err().path, path, "{body}");
+        }
+    }
 
     #[test]
     fn the_host_itself_and_the_container_engine_are_never_bind_mounted() {

@@ -41,6 +41,8 @@ fn service() -> Service {
         volumes: vec!["data:/data".into()],
         restart: Some("unless-stopped".into()),
         depends_on: vec!["db".into()],
+        // No limits: a service without them is written as it was before they existed.
+        limits: Default::default(),
     }
 }
 

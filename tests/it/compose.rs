@@ -66,6 +66,9 @@ services:
     ports: ["127.0.0.1:${{HTTP_PORT:-{port}}}:8080"]
     volumes: ["data:/data"]
     restart: unless-stopped
+    mem_limit: 64m
+    cpus: 0.5
+    pids_limit: 200
 volumes:
   data:
 "#
@@ -94,6 +97,11 @@ volumes:
     assert!(env.contains(&"GREETING=hi".to_owned()) && env.contains(&"LEVEL=info".to_owned()), "{env:?}");
     let host = web.host_config.as_ref().unwrap();
     assert_eq!(host.restart_policy.as_ref().unwrap().name.map(|n| n.to_string()).as_deref(), Some("unless-stopped"));
+    // Its limits, and probe's, the node's defaults.
+    assert_eq!((host.memory, host.nano_cpus, host.pids_limit), (Some(64 << 20), Some(500_000_000), Some(200)));
+    let probe = docker.inspect_container(&containers["probe"].0, None).await.unwrap().host_config.unwrap();
+    assert_eq!(probe.pids_limit, Some(edge_node::docker::PIDS_LIMIT));
+    assert!(probe.memory.unwrap_or(0) == 0 && probe.nano_cpus.unwrap_or(0) == 0, "{probe:?}");
     let mounts = web.mounts.clone().unwrap();
     assert_eq!(mounts[0].name.as_deref(), Some(format!("{prefix}_data").as_str()), "{mounts:?}");
     let page = eventually("web's published port to answer", TIMEOUT, || async {
