@@ -1659,6 +1659,11 @@ mod tests {
             .unwrap()
     }
 
+    fn service_pulled(agent: &mut Agent, service: &str, image: &str) {
+        let (deployment, service, image) = ("d1".into(), service.into(), image.into());
+        agent.handle(Input::Pulled { deployment, service, image, result: Ok(()) });
+    }
+
     fn bring_up(agent: &mut Agent, service: &str, image: &str, id: &str) -> Vec<Action> {
         let (deployment, service) = ("d1".to_owned(), service.to_owned());
         let created = Ok(id.to_owned());
@@ -1679,12 +1684,7 @@ mod tests {
         let root = Service { volumes: vec!["/var/run/docker.sock:/sock".into()], ..service("web", "web:1", &[]) };
         agent.handle(Input::Work(compose_work(vec![root])));
         drain(&mut agent);
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: "web".into(),
-            image: "web:1".into(),
-            result: Ok(()),
-        });
+        service_pulled(&mut agent, "web", "web:1");
         let actions = drain(&mut agent);
         assert_eq!(units_of(&actions), [], "nothing is created: {actions:?}");
         let failed = actions.iter().find_map(|a| match a {
@@ -1712,12 +1712,7 @@ mod tests {
             result: Ok(()),
         });
         assert_eq!(units_of(&drain(&mut agent)), [], "nothing is created before every image is in");
-        agent.handle(Input::Pulled {
-            deployment: "d1".into(),
-            service: "web".into(),
-            image: "web:1".into(),
-            result: Ok(()),
-        });
+        service_pulled(&mut agent, "web", "web:1");
         let actions = drain(&mut agent);
         assert_eq!(units_of(&actions), [("create", "db".into())], "web waits for db to run");
         let Some(Action::Create { spec, .. }) = actions.last() else { panic!("{actions:?}") };
