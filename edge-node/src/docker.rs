@@ -19,6 +19,19 @@ use crate::runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ErrorCode, Observed, ObservedContainer, RuntimeError, Sample,
 };
 
+/// A bind's host path with its symbolic links resolved, checked again: a link another
+/// container left in an allowed directory must not lead Docker to the host's own paths. A path
+/// that does not exist yet is taken as written (Docker makes it).
+fn resolved_bind(source: &str) -> Result<String, RuntimeError> {
+    let resolved = match std::fs::canonicalize(source) {
+        Ok(path) => path.to_string_lossy().into_owned(),
+        Err(_) => source.to_owned(),
+    };
+    events::compose::bind_policy(&resolved)
+        .map(|()| resolved)
+        .map_err(|message| RuntimeError { code: ErrorCode::PolicyDenied, message })
+}
+
 /// How long a container has to stop on SIGTERM before it is killed.
 const STOP_GRACE_SECONDS: i32 = 10;
 
@@ -191,13 +204,14 @@ impl ContainerRuntime for DockerRuntime {
                 .get_or_insert_default()
                 .push(binding);
         }
-        let binds = spec.mounts.iter().map(|m| {
-            let (source, target, read_only) = match m {
-                Mount::Volume { name, target, read_only } => (name, target, read_only),
-                Mount::Bind { source, target, read_only } => (source, target, read_only),
+        let mut binds = Vec::new();
+        for mount in &spec.mounts {
+            let (source, target, read_only) = match mount {
+                Mount::Volume { name, target, read_only } => (name.clone(), target, read_only),
+                Mount::Bind { source, target, read_only } => (resolved_bind(source)?, target, read_only),
             };
-            format!("{source}:{target}{}", if *read_only { ":ro" } else { "" })
-        });
+            binds.push(format!("{source}:{target}{}", if *read_only { ":ro" } else { "" }));
+        }
         let restart_policy = spec.restart.map(|r| {
             let (name, retries) = match r {
                 Restart::No => (RestartPolicyNameEnum::NO, None),
@@ -222,7 +236,7 @@ impl ContainerRuntime for DockerRuntime {
                 // An init process forwards signals, so a stop never waits for the kill timeout.
                 init: Some(true),
                 port_bindings: Some(bindings).filter(|b| !b.is_empty()),
-                binds: Some(binds.collect::<Vec<_>>()).filter(|b| !b.is_empty()),
+                binds: Some(binds).filter(|b| !b.is_empty()),
                 restart_policy,
                 network_mode: spec.network.as_ref().map(|(network, _)| network.clone()),
                 cap_drop: Some(vec!["ALL".to_owned()]),
@@ -372,7 +386,23 @@ fn split_tag(image: &str) -> (&str, &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::split_tag;
+    use super::{resolved_bind, split_tag, ErrorCode};
+
+    #[test]
+    fn a_bind_through_a_symbolic_link_to_the_hosts_own_paths_is_refused() {
+        let dir = std::env::temp_dir().join(format!("bind-policy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::os::unix::fs::symlink("/", dir.join("root")).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.join("config")).unwrap();
+        for link in ["root", "config"] {
+            let refused = resolved_bind(&dir.join(link).to_string_lossy()).unwrap_err();
+            assert_eq!(refused.code, ErrorCode::PolicyDenied, "{link}: {refused}");
+        }
+        let data = dir.join("data").to_string_lossy().into_owned();
+        assert_eq!(resolved_bind(&data).unwrap(), std::fs::canonicalize(&data).unwrap().to_string_lossy());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_reference_is_split_into_name_and_tag() {

@@ -47,6 +47,8 @@ pub enum ErrorCode {
     InvalidImageReference,
     RuntimeUnavailable,
     ContainerExited,
+    /// The host refuses what the work asks of it (a bind of one of its own paths).
+    PolicyDenied,
     Runtime,
 }
 
@@ -57,6 +59,7 @@ impl ErrorCode {
             ErrorCode::InvalidImageReference => "invalid_image_reference",
             ErrorCode::RuntimeUnavailable => "runtime_unavailable",
             ErrorCode::ContainerExited => "container_exited",
+            ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::Runtime => "runtime_error",
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! Web-safe: a command (POST) must say `Content-Type: application/json`. A browser sends a form
 //! or plain text to any address without asking, but JSON across origins only after a preflight
-//! this API never answers, so no web page can command a loopback engine (415 otherwise). A body
+//! this API never answers (415 otherwise). A page served under a rebound DNS name counts as the
+//! same origin and is not stopped by this: the API does not check `Host` yet. A body
 //! past [`MAX_BODY`] is refused (413), a request that takes longer than [`REQUEST_TIMEOUT`] is
 //! answered 408, and at most [`MAX_CONCURRENT`] requests are served at once (the rest wait).
 
@@ -1089,7 +1090,7 @@ async fn subscriber_credential(
     headers: HeaderMap,
     Body(body): Body<ReaderBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = live_meta(&state, &headers).await?;
     let role = crate::trust::Role::Subscriber { tenant: meta.tenant, id: reader_name(&body)? };
     let credential = state.issuer.reader(&role).await.map_err(StoreError::from)?;
     Ok((StatusCode::CREATED, Json(credential)))

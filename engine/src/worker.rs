@@ -608,6 +608,9 @@ async fn ingest_one(
     Ok(())
 }
 
+/// The longest reason a refusal keeps, in characters.
+const REASON_CHARS: usize = 256;
+
 /// Records, as an event of `node`, that the report at `sequence` on its subject was refused:
 /// only the node's credential (or the engine's) writes there, so the finding is the node's.
 /// Once per report, whatever redelivers it.
@@ -619,6 +622,11 @@ async fn record_refusal(
     reason: String,
 ) -> anyhow::Result<()> {
     let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("refused report {sequence} {tenant} {node}").as_bytes());
+    // The reason may quote what the report claims: it is kept short.
+    let reason = match reason.char_indices().nth(REASON_CHARS) {
+        Some((end, _)) => format!("{}…", &reason[..end]),
+        None => reason,
+    };
     let meta = CommandMeta {
         tenant: tenant.to_owned(),
         actor: "engine:ingest".to_owned(),

@@ -270,6 +270,12 @@ fn limits(body: &serde_yaml::Mapping, path: &str) -> Result<Limits, ComposeError
             Some(resources) => only(resources, &at, "limits")?,
             None => None,
         };
+        if let Some(value) = limits.as_ref().filter(|l| !l.is_mapping() && !l.is_null()) {
+            return Err(error(
+                format!("{at}.limits"),
+                format!("must map memory, cpus and pids to limits, not {value:?}"),
+            ));
+        }
         if let Some(Value::Mapping(limits)) = &limits {
             let at = format!("{at}.limits");
             for (key, value) in limits {
@@ -289,11 +295,15 @@ fn limits(body: &serde_yaml::Mapping, path: &str) -> Result<Limits, ComposeError
     }
     let mut limits = Limits::default();
     for (at, limit, value) in given {
-        let Some(value) = value.as_ref().and_then(scalar) else { continue };
+        let value = match value {
+            None | Some(Value::Null) => continue,
+            Some(value) => scalar(&value).ok_or_else(|| error(&at, "must be a single value"))?,
+        };
         match limit {
             "memory" => limits.memory = Some(parse_size(&value).map_err(|m| error(&at, m))?),
             "cpus" => {
-                let cpus = value.parse::<f64>().ok().filter(|c| c.is_finite() && *c > 0.0 && *c <= 1024.0);
+                // Docker takes no less than a hundredth of a CPU; 0 would mean no limit at all.
+                let cpus = value.parse::<f64>().ok().filter(|c| c.is_finite() && *c >= 0.01 && *c <= 1024.0);
                 let cpus = cpus.ok_or_else(|| error(&at, format!("`{value}` is not a number of CPUs such as 0.5")))?;
                 limits.nano_cpus = Some((cpus * 1e9).round() as i64);
             }
@@ -579,8 +589,27 @@ pub enum Mount {
 
 /// Host paths no deployment ever mounts, nor any directory that holds one: each is the host
 /// itself (its configuration, devices and kernel) or the container engine, which is root on it.
-pub const FORBIDDEN_BINDS: &[&str] =
-    &["/etc", "/proc", "/sys", "/dev", "/var/run/docker.sock", "/run/docker.sock", "/var/lib/docker"];
+pub const FORBIDDEN_BINDS: &[&str] = &[
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/root",
+    "/home",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/var/lib/docker",
+    "/run/containerd",
+    "/var/run/containerd",
+    "/run/user",
+    "/var/spool/cron",
+];
 
 /// Whether host path `source` may be bind-mounted; if not, why, naming the rule. Checked when
 /// a version is added and again by the node, which does not take the engine's word for it.
@@ -688,6 +717,9 @@ volumes:
         for (body, path) in [
             ("    mem_limit: lots\n", "services.web.mem_limit"),
             ("    cpus: -1\n", "services.web.cpus"),
+            ("    cpus: 0.0000001\n", "services.web.cpus"),
+            ("    mem_limit: [1g]\n", "services.web.mem_limit"),
+            ("    deploy:\n      resources:\n        limits: 1g\n", "services.web.deploy.resources.limits"),
             ("    pids_limit: 0\n", "services.web.pids_limit"),
             ("    deploy:\n      replicas: 3\n", "services.web.deploy.replicas"),
             (
