@@ -621,6 +621,9 @@ async fn record_refusal(
     sequence: u64,
     reason: String,
 ) -> anyhow::Result<()> {
+    if events::subject::check_token("node", node).is_err() || events::subject::check_token("tenant", tenant).is_err() {
+        return Ok(());
+    }
     let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("refused report {sequence} {tenant} {node}").as_bytes());
     // The reason may quote what the report claims: it is kept short.
     let reason = match reason.char_indices().nth(REASON_CHARS) {
@@ -633,9 +636,6 @@ async fn record_refusal(
         command_id: id,
         correlation_id: id,
     };
-    if events::subject::check_token("node", node).is_err() || events::subject::check_token("tenant", tenant).is_err() {
-        return Ok(());
-    }
     let refused = refusal(handler.execute::<Node>(node, &NodeCommand::RefuseReport { sequence, reason }, &meta).await)?;
     if let Some(rejection) = refused {
         tracing::warn!(sequence, node, %rejection, "recording a refused report");

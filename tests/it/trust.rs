@@ -205,11 +205,14 @@ async fn no_reply_subject_a_party_names_makes_the_server_write_into_the_stream()
             .await
             .unwrap();
     }
-    // Each connection's last request is answered once the ones before it were.
-    for client in [&node, &auditor, &subscriber] {
-        let info = format!("{api}.STREAM.INFO.{stream}");
-        let asked = if std::ptr::eq(client, &auditor) { info } else { format!("{api}.CONSUMER.INFO.{stream}.x") };
-        let _ = tokio::time::timeout(TIMEOUT, client.request(asked, "".into())).await;
+    // Each connection's last request, one it may make, is answered after the ones before it.
+    for (client, asked) in [
+        (&node, format!("{api}.CONSUMER.INFO.{stream}.{consumer}")),
+        (&subscriber, format!("{api}.CONSUMER.INFO.{stream}.{feed}")),
+        (&auditor, format!("{api}.STREAM.INFO.{stream}")),
+    ] {
+        let answer = tokio::time::timeout(TIMEOUT, client.request(asked.clone(), "".into())).await;
+        assert!(matches!(answer, Ok(Ok(_))), "{asked} is answered: {answer:?}");
     }
 
     // What is stored since on those subjects is the node's three reports, as itself (which the
