@@ -15,7 +15,7 @@ demo="$root/.run/demo"
 nats_port=14222
 api_port=18080
 node=edge-1
-export ENGINE_API="http://127.0.0.1:$api_port"
+export ENGINE_API="https://127.0.0.1:$api_port"
 export NATS_URL="tls://127.0.0.1:$nats_port"
 
 stop_all() {
@@ -53,6 +53,8 @@ trap stop_all EXIT
 say "trust: an operator, its account and keys, a local CA and the server's certificate"
 "$bin/engine" trust init --dir "$demo/trust"
 export NATS_CA="$demo/trust/ca.pem"
+# The API presents the servers' certificate: the CLI and curl trust the same authority.
+export ENGINE_CA="$demo/trust/ca.pem"
 
 say "starting nats-server on 127.0.0.1:$nats_port (operator mode, TLS only), the engine on 127.0.0.1:$api_port"
 "$NATS_SERVER_BIN" -c "$demo/trust/nats.conf" -js -a 127.0.0.1 -p "$nats_port" -sd "$demo/jetstream" \
@@ -61,107 +63,124 @@ echo $! >"$demo/nats-server.pid"
 "$bin/engine" serve --nats "$NATS_URL" --trust "$demo/trust" --listen "127.0.0.1:$api_port" \
   --data-dir "$demo/engine" >"$demo/engine.log" 2>&1 &
 echo $! >"$demo/engine.pid"
-wait_for "the engine" curl -sf "$ENGINE_API/healthz"
-echo "an anonymous connection is refused:"
+wait_for "the engine" curl -sf --cacert "$ENGINE_CA" "$ENGINE_API/healthz"
+echo "an anonymous connection to NATS is refused:"
 "$bin/replay" --nats "$NATS_URL" audit 2>&1 | sed 's/^/  /' || true
+echo "an API call without a token is refused:"
+curl -s --cacert "$ENGINE_CA" "$ENGINE_API/v1/deployments" | sed 's/^/  /'
+echo
+
+say "admin: the engine's first admin token is in $demo/engine/admin.token (mode $(stat -c %a "$demo/engine/admin.token")); it makes a vendor's and an operator's"
+admin_token=$(cat "$demo/engine/admin.token")
+admin() { ENGINE_TOKEN=$admin_token "$bin/engine" "$@"; }
+token_of() { sed -n 's/.*"token": "\(.*\)".*/\1/p'; }
+vendor_token=$(admin --tenant default token create --subject vera@vendor --role vendor | token_of)
+operator_token=$(admin --tenant default token create --subject otto@operator --role operator | token_of)
+vendor() { ENGINE_TOKEN=$vendor_token "$bin/engine" "$@"; }
+operator() { ENGINE_TOKEN=$operator_token "$bin/engine" "$@"; }
+api() { curl -s --cacert "$ENGINE_CA" -H "Authorization: Bearer $operator_token" "$ENGINE_API$1"; }
+echo "tokens made for vera@vendor (vendor) and otto@operator (operator) of tenant default; the log keeps only their hashes"
 
 say "edge node $node makes its own key pair; only its public key is enrolled"
 mkdir -p "$demo/$node"
 key=$("$bin/edge-node" keygen --out "$demo/$node/node.nk")
-"$bin/engine" node enroll "$node" --public-key "$key" --label site=lab --out "$demo/$node/node.creds"
+admin node enroll "$node" --public-key "$key" --label site=lab --out "$demo/$node/node.creds"
 "$bin/edge-node" run --nats "$NATS_URL" --creds "$demo/$node/node.creds" --key "$demo/$node/node.nk" \
   --node "$node" --label site=lab --label arch=amd64 \
   --reconcile 1 --data-dir "$demo/$node" >"$demo/edge-node.log" 2>&1 &
 echo $! >"$demo/edge-node.pid"
-wait_for "the node to register" sh -c "curl -sf '$ENGINE_API/v1/nodes/$node' | grep -q online"
-curl -s "$ENGINE_API/v1/nodes/$node"; echo
+for _ in $(seq 1 300); do api "/v1/nodes/$node" | grep -q online && break; sleep 0.1; done
+api "/v1/nodes/$node"; echo
 
 say "vendor: register the application and add two versions"
-"$bin/engine" --actor vendor app register sample --name "Sample app"
-"$bin/engine" --actor vendor app add-version sample 1.0.0 --image 127.0.0.1:5000/sample/app:1.0.0 >/dev/null
-"$bin/engine" --actor vendor app add-version sample v1.1.0 --image 127.0.0.1:5000/sample/app:1.1.0 >/dev/null
+vendor app register sample --name "Sample app"
+vendor app add-version sample 1.0.0 --image 127.0.0.1:5000/sample/app:1.0.0 >/dev/null
+vendor app add-version sample v1.1.0 --image 127.0.0.1:5000/sample/app:1.1.0 >/dev/null
 
 say "vendor: publish 1.0.0 (1.1.0 stays a draft)"
-"$bin/engine" --actor vendor app publish sample 1.0.0
+vendor app publish sample 1.0.0
+
+say "an operator may not publish: that is the vendor's role"
+operator app publish sample v1.1.0 2>&1 | sed 's/^/  /' || true
 
 say "operator: launch sample 1.0.0 on $node, watching its status"
-"$bin/engine" launch --app sample --version 1.0.0 --node "$node" --watch
+operator launch --app sample --version 1.0.0 --node "$node" --watch
 
-id=$("$bin/engine" list --limit 1 | awk 'NR==2 {print $1}')
+id=$(operator list --limit 1 | awk 'NR==2 {print $1}')
 
 say "operator: stop the deployment, then start it again (the container is kept)"
-"$bin/engine" stop "$id" --watch
-"$bin/engine" start "$id" --watch
+operator stop "$id" --watch
+operator start "$id" --watch
 
 say "operator: launch a second copy staged: downloaded now, started on apply"
-staged_out=$("$bin/engine" launch --app sample --version 1.0.0 --node "$node" --staged --instantly-apply false)
+staged_out=$(operator launch --app sample --version 1.0.0 --node "$node" --staged --instantly-apply false)
 echo "$staged_out"
 staged_id=$(echo "$staged_out" | awk '{print $3}')
 for _ in $(seq 1 100); do
-  "$bin/engine" list --staged true --status staged | grep -q "$staged_id" && break
+  operator list --staged true --status staged | grep -q "$staged_id" && break
   sleep 0.1
 done
-"$bin/engine" list --staged true
+operator list --staged true
 
 say "operator: apply it"
-"$bin/engine" apply "$staged_id" --watch
+operator apply "$staged_id" --watch
 
 say "operator: launching the draft 1.1.0 is refused"
-"$bin/engine" launch --app sample --version 1.1.0 --node "$node" || true
+operator launch --app sample --version 1.1.0 --node "$node" || true
 
 say "vendor: publish 1.1.0: the deployment shows an update notification"
-"$bin/engine" --actor vendor app publish sample 1.1.0 >/dev/null
+vendor app publish sample 1.1.0 >/dev/null
 for _ in $(seq 1 50); do
-  "$bin/engine" notifications | grep -q 1.1.0 && break
+  operator notifications | grep -q 1.1.0 && break
   sleep 0.1
 done
-"$bin/engine" notifications
+operator notifications
 
 say "operator: update the first to 1.1.0 (downloaded while 1.0.0 runs, switched after)"
-"$bin/engine" update "$id" --version 1.1.0 --watch
+operator update "$id" --version 1.1.0 --watch
 
 say "operator: update the second staged, applied at once (everything downloaded first, then switched)"
-"$bin/engine" update "$staged_id" --version 1.1.0 --staged --watch
+operator update "$staged_id" --version 1.1.0 --staged --watch
 
 say "no notification left"
-"$bin/engine" notifications
+operator notifications
 
 say "vendor: a compose application of two services (examples/shop.compose.yaml)"
-"$bin/engine" --actor vendor app register shop --name "Shop"
-"$bin/engine" --actor vendor app add-version shop 1.0.0 --compose examples/shop.compose.yaml >/dev/null
-"$bin/engine" --actor vendor app publish shop 1.0.0 >/dev/null
-"$bin/engine" app show shop | grep -A3 '"parameters"'
+vendor app register shop --name "Shop"
+vendor app add-version shop 1.0.0 --compose examples/shop.compose.yaml >/dev/null
+vendor app publish shop 1.0.0 >/dev/null
+operator app show shop | grep -A3 '"parameters"'
 
 say "operator: launch it with GREETING=hi: one container per service, each reported"
-shop_out=$("$bin/engine" launch --app shop --version 1.0.0 --node "$node" --set GREETING=hi)
+shop_out=$(operator launch --app shop --version 1.0.0 --node "$node" --set GREETING=hi)
 echo "$shop_out"
 shop_id=$(echo "$shop_out" | awk '{print $3}')
-"$bin/engine" watch "$shop_id"
+operator watch "$shop_id"
 echo "web answers on its published loopback port: $(curl -s http://127.0.0.1:18090/)"
 for _ in $(seq 1 50); do
-  "$bin/engine" logs "$shop_id" | grep -q "sample app" && break
+  operator logs "$shop_id" | grep -q "sample app" && break
   sleep 0.1
 done
 echo "probe's log, fetched through the engine (it reached web by name):"
-"$bin/engine" logs "$shop_id" | grep "probe\] sample app"
+operator logs "$shop_id" | grep "probe\] sample app"
 
 say "drift: a container stopped behind the node's back is put back, and the engine records it"
 victim=$(docker -H "$DOCKER_HOST" ps -q --filter "label=io.edge-orchestrator.deployment=$id")
 docker -H "$DOCKER_HOST" stop -t 1 "$victim" >/dev/null
 for _ in $(seq 1 100); do
-  "$bin/engine" get "$id" | grep -q '"last_drift"' && break
+  operator get "$id" | grep -q '"last_drift"' && break
   sleep 0.1
 done
-"$bin/engine" watch "$id" --timeout 30s | tail -n 4
+operator watch "$id" --timeout 30s | tail -n 4
 
 say "on the edge machine itself, with or without a link: edge-node workloads list"
 "$bin/edge-node" workloads list --data-dir "$demo/$node"
 
 say "the deployments"
-"$bin/engine" list
+operator list
 
 say "auditor: a read-only credential; every event's signature and hash chain checked"
-"$bin/engine" credential auditor --name demo --out "$demo/auditor.creds" >/dev/null
+admin credential auditor --name demo --out "$demo/auditor.creds" >/dev/null
 "$bin/replay" --nats "$NATS_URL" --creds "$demo/auditor.creds" verify \
   --engine-key "$(grep -o '"engine": "[A-Z0-9]*"' "$demo/trust/trust.json" | cut -d'"' -f4)" | tail -n 1
 
@@ -170,17 +189,21 @@ docker -H "$DOCKER_HOST" ps --filter "label=io.edge-orchestrator.node=$node" \
   --format 'table {{.ID}}\t{{.Image}}\t{{.Status}}\t{{.Names}}'
 
 say "operator: revoke $node's credential: the server cuts it off, its deployments say so"
-"$bin/engine" node revoke "$node"
+admin node revoke "$node"
 for _ in $(seq 1 100); do
   kill -0 "$(cat "$demo/edge-node.pid")" 2>/dev/null || break
   sleep 0.1
 done
 tail -n 1 "$demo/edge-node.log" | sed 's/^/  edge-node: /'
 for _ in $(seq 1 100); do
-  "$bin/engine" get "$id" | grep -q '"revoked": true' && break
+  operator get "$id" | grep -q '"revoked": true' && break
   sleep 0.1
 done
-"$bin/engine" get "$id" | grep -E '"(status|revoked|reason)"' | head -n 4
+operator get "$id" | grep -E '"(status|revoked|reason)"' | head -n 4
+
+say "admin: revoke the operator's token: its next call is refused"
+admin token revoke "${operator_token%%.*}"
+operator list 2>&1 | sed 's/^/  /' || true
 
 say "done"
 echo "logs: $demo/*.log"

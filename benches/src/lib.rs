@@ -90,12 +90,14 @@ impl Api {
             trust_dir: nats.trust().dir().to_owned(),
             listen: "127.0.0.1:0".parse().expect("a loopback address"),
             data_dir: data.path().join("engine"),
+            tls: Some(engine::trust::Trust::server_tls(nats.trust().dir())),
             ..EngineConfig::default()
         };
         let engine = Engine::start(config).await.expect("the engine starts");
-        let url = format!("http://{}", engine.api_addr);
+        let url = format!("https://{}", engine.api_addr);
         let (nats_url, ca) = (nats.url(), nats.trust().ca());
-        Api { engine, url, http: reqwest::Client::new(), nats_url, ca, data }
+        let http = tests::admin_client(&engine.commands, &ca).await;
+        Api { engine, url, http, nats_url, ca, data }
     }
 
     /// Enrolls `node`: its credentials, with a key the engine made.

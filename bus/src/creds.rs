@@ -159,6 +159,20 @@ pub fn jwt_claims(jwt: &str) -> Result<serde_json::Value, CredsError> {
     serde_json::from_slice(&bytes).map_err(|e| CredsError::BadJwt(format!("claims are not JSON: {e}")))
 }
 
+/// Writes `contents` to `path`, readable by its owner alone: to a file beside it first, then
+/// renamed over it, so that a crash leaves the old file or the new one whole.
+pub fn write_secret(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&partial)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

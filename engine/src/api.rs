@@ -1,17 +1,23 @@
 //! The HTTP JSON API. Every error is a 4xx or 5xx with `{"error": ..., "field": ...}`, the
 //! field naming what was wrong.
 //!
-//! Web-safe: a command (POST) must say `Content-Type: application/json`. A browser sends a form
+//! Every call but `/healthz` is authenticated by a bearer token, and each handler names the
+//! roles that may make it (`crate::auth`): the tenant and the actor come from the token, never
+//! from what the caller claims.
+//!
+//! Web-safe: the API speaks HTTPS when given a certificate (`engine serve` always gives it
+//! one). A command (POST) must say `Content-Type: application/json`: a browser sends a form
 //! or plain text to any address without asking, but JSON across origins only after a preflight
-//! this API never answers (415 otherwise). A page served under a rebound DNS name counts as the
-//! same origin and is not stopped by this: the API does not check `Host` yet. A body
-//! past [`MAX_BODY`] is refused (413), a request that takes longer than [`REQUEST_TIMEOUT`] is
-//! answered 408, and at most [`MAX_CONCURRENT`] requests are served at once (the rest wait).
+//! this API never answers (415 otherwise); nor does a browser add a bearer token by itself, so
+//! a page under a rebound DNS name has nothing to present. A body past [`MAX_BODY`] is refused
+//! (413), a request that takes longer than [`REQUEST_TIMEOUT`] is answered 408, at most
+//! [`MAX_CONCURRENT`] requests are served at once (the rest wait), and each token has a rate
+//! budget (429 with `Retry-After` past it).
 
 use std::time::Duration;
 
 use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -25,8 +31,10 @@ use events::node::{Labels, Node, NodeRejection};
 use events::projection::deployments::DeploymentView;
 use events::subject::check_token;
 use events::tenant::{Tenant, TenantCommand, TenantRejection};
+use events::token::Role;
 use events::Aggregate;
 
+use crate::auth::{Auth, Caller, READERS};
 use crate::command::{CommandError, CommandHandler, CommandMeta, Committed};
 use crate::read_model::{Deployments, Notifications, Page};
 use bus::store::{ReadError, StoreError};
@@ -52,7 +60,7 @@ pub struct AppState {
     pub issuer: crate::credentials::Issuer,
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, auth: Auth) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/applications", post(register_application))
@@ -78,7 +86,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{id}/revoke", post(revoke_node))
         .route("/v1/credentials/subscriber", post(subscriber_credential))
         .route("/v1/credentials/auditor", post(auditor_credential))
+        .route("/v1/tokens", post(crate::auth::create_token))
+        .route("/v1/tokens/{id}/revoke", post(crate::auth::revoke_token))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(auth, crate::auth::authenticate))
         .layer(axum::middleware::from_fn(json_only))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
@@ -115,7 +126,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, field: Option<&str>, error: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn new(status: StatusCode, field: Option<&str>, error: impl std::fmt::Display) -> ApiError {
         ApiError { status, error: error.to_string(), field: field.map(str::to_owned) }
     }
 
@@ -155,7 +166,7 @@ impl From<anyhow::Error> for ApiError {
 }
 
 /// Maps a domain rejection to a status and the field it is about.
-trait Rejection: std::error::Error {
+pub(crate) trait Rejection: std::error::Error {
     fn status_and_field(&self) -> (StatusCode, &'static str);
 }
 
@@ -268,35 +279,9 @@ fn missing_field(message: &str) -> Option<&str> {
     message.strip_prefix("missing field `")?.split('`').next()
 }
 
-/// Who is asking: `x-tenant` (default `default`), `x-actor` (default `operator`) and an
-/// optional `idempotency-key` (a UUID) that makes a retried command harmless.
-fn meta(headers: &HeaderMap) -> Result<CommandMeta, ApiError> {
-    let header = |name: &str| -> Result<Option<&str>, ApiError> {
-        headers
-            .get(name)
-            .map(|v| v.to_str().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, Some(name), "not ASCII")))
-            .transpose()
-    };
-    let tenant = header("x-tenant")?.unwrap_or("default");
-    check_token("tenant", tenant).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, Some("x-tenant"), e))?;
-    let actor = header("x-actor")?.unwrap_or("operator");
-    let mut meta = CommandMeta::new(tenant, actor);
-    if let Some(key) = header("idempotency-key")? {
-        let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, Some("idempotency-key"), why);
-        let id = Uuid::parse_str(key).map_err(|e| bad(format!("not a UUID: {e}")))?;
-        // A launch takes the key as its deployment id, and deployments list in id order.
-        if id.get_version_num() != 7 {
-            return Err(bad("must be a UUID v7 (time-ordered)".to_owned()));
-        }
-        meta.command_id = id;
-        meta.correlation_id = id;
-    }
-    Ok(meta)
-}
-
 /// `meta` for a command: refused (410) once the tenant is deleted.
-async fn live_meta(state: &AppState, headers: &HeaderMap) -> Result<CommandMeta, ApiError> {
-    let meta = meta(headers)?;
+async fn live_meta(state: &AppState, caller: &Caller, roles: &[Role]) -> Result<CommandMeta, ApiError> {
+    let meta = caller.meta(roles)?;
     let tenant: Tenant = state.commands.state(&meta.tenant, &meta.tenant).await?;
     if tenant.deleted {
         return Err(ApiError::new(StatusCode::GONE, Some("x-tenant"), format!("tenant `{}` is deleted", meta.tenant)));
@@ -374,10 +359,10 @@ async fn application_response(
 
 async fn register_application(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Body(body): Body<RegisterApplication>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = live_meta(&state, &headers).await?;
+    let meta = live_meta(&state, &caller, &[Role::Vendor]).await?;
     token("id", &body.id)?;
     let command = ApplicationCommand::Register { name: body.name };
     let committed = state.commands.execute::<Application>(&body.id, &command, &meta).await?;
@@ -386,10 +371,10 @@ async fn register_application(
 
 async fn get_application(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = caller.meta(READERS)?;
     token("id", &id)?;
     let app: Application = state.commands.state(&meta.tenant, &id).await?;
     if !app.registered {
@@ -418,11 +403,11 @@ pub struct AddVersion {
 
 async fn add_version(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<AddVersion>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = live_meta(&state, &headers).await?;
+    let meta = live_meta(&state, &caller, &[Role::Vendor]).await?;
     token("id", &id)?;
     let settings = Settings { parameters: body.parameters, profiles: body.profiles };
     let version = body.version;
@@ -438,10 +423,10 @@ async fn add_version(
 
 async fn publish(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((id, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = live_meta(&state, &headers).await?;
+    let meta = live_meta(&state, &caller, &[Role::Vendor]).await?;
     token("id", &id)?;
     let command = ApplicationCommand::Publish { version };
     state.commands.execute::<Application>(&id, &command, &meta).await?;
@@ -517,10 +502,10 @@ impl RolloutRequest {
 
 async fn launch(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Body(body): Body<LaunchRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = live_meta(&state, &headers).await?;
+    let meta = live_meta(&state, &caller, &[Role::Operator]).await?;
     token("application", &body.application)?;
     let (nodes, registered_nodes) = match (&body.nodes, &body.selector) {
         (Some(_), Some(_)) => return Err(ApiError::invalid("selector", "name the nodes or a selector, not both")),
@@ -584,11 +569,11 @@ async fn deployment_response(
 
 async fn deployment_command(
     state: &AppState,
-    headers: &HeaderMap,
+    caller: &Caller,
     id: String,
     command: DeploymentCommand,
 ) -> Result<(StatusCode, Json<DeploymentAnswer>), ApiError> {
-    let meta = live_meta(state, headers).await?;
+    let meta = live_meta(state, caller, &[Role::Operator]).await?;
     check_token("id", &id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, Some("id"), e))?;
     let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await?;
     let (status, body) = deployment_response(state, &meta.tenant, id, &committed).await?;
@@ -598,18 +583,18 @@ async fn deployment_command(
 
 async fn stop(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    deployment_command(&state, &headers, id, DeploymentCommand::Stop).await
+    deployment_command(&state, &caller, id, DeploymentCommand::Stop).await
 }
 
 async fn start(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    deployment_command(&state, &headers, id, DeploymentCommand::Start).await
+    deployment_command(&state, &caller, id, DeploymentCommand::Start).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -630,11 +615,11 @@ pub struct UpdateRequest {
 
 async fn update(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<UpdateRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = live_meta(&state, &headers).await?;
+    let meta = live_meta(&state, &caller, &[Role::Operator]).await?;
     token("id", &id)?;
     let deployment: Deployment = state.commands.state(&meta.tenant, &id).await?;
     let application: Application = if deployment.launched {
@@ -646,7 +631,7 @@ async fn update(
     let rollout = body.rollout.as_ref().map(RolloutRequest::rollout).transpose()?;
     let rollback_within = body.rollback_within;
     let command = DeploymentCommand::Update { application, version: body.version, mode, rollout, rollback_within };
-    deployment_command(&state, &headers, id, command).await
+    deployment_command(&state, &caller, id, command).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -673,15 +658,16 @@ pub struct ApplyResult {
 /// Applies several staged deployments at once; each succeeds or fails on its own.
 async fn apply(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Body(body): Body<ApplyRequest>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
+    live_meta(&state, &caller, &[Role::Operator]).await?;
     if body.deployments.is_empty() {
         return Err(ApiError::invalid("deployments", "name at least one deployment"));
     }
     let mut results = Vec::with_capacity(body.deployments.len());
     for id in body.deployments {
-        let result = match deployment_command(&state, &headers, id.clone(), DeploymentCommand::Apply).await {
+        let result = match deployment_command(&state, &caller, id.clone(), DeploymentCommand::Apply).await {
             Ok((status, _)) => ApplyResult { id, status: status.as_u16(), error: None },
             Err(e) => ApplyResult { id, status: e.status.as_u16(), error: Some(e.error) },
         };
@@ -693,18 +679,18 @@ async fn apply(
 /// Pulls the same tags again on every node and recreates only what changed.
 async fn force_update(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    deployment_command(&state, &headers, id, DeploymentCommand::ForceUpdate).await
+    deployment_command(&state, &caller, id, DeploymentCommand::ForceUpdate).await
 }
 
 async fn uninstall(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    deployment_command(&state, &headers, id, DeploymentCommand::Uninstall).await
+    deployment_command(&state, &caller, id, DeploymentCommand::Uninstall).await
 }
 
 /// The answer to a deployment command: the deployment, once the read model shows the command.
@@ -719,10 +705,10 @@ pub struct DeploymentAnswer {
 
 async fn get_deployment(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DeploymentView>, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = caller.meta(READERS)?;
     state
         .deployments
         .get(&meta.tenant, &id)?
@@ -754,11 +740,11 @@ pub struct HistoryEntry {
 /// not the read model's latest.
 async fn deployment_history(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     use events::deployment::DeploymentEvent;
-    let meta = meta(&headers)?;
+    let meta = caller.meta(READERS)?;
     token("id", &id)?;
     let subject = events::subject::aggregate(&meta.tenant, Deployment::TYPE, &id);
     let loaded = state.commands.store().load(&subject).await?;
@@ -846,10 +832,10 @@ fn page_params<'q>(
 
 async fn list_deployments(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Page<DeploymentView>>, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = caller.meta(READERS)?;
     let (limit, cursor) = page_params(&query, &["staged", "status"])?;
     let bad = |field: &str, why: String| ApiError::new(StatusCode::BAD_REQUEST, Some(field), why);
     let staged = match query.get("staged").map(String::as_str) {
@@ -874,10 +860,10 @@ async fn list_deployments(
 /// Deployments running an older version than the newest published one of their application.
 async fn list_notifications(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Page<events::projection::notifications::Notification>>, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = caller.meta(READERS)?;
     let (limit, cursor) = page_params(&query, &[])?;
     Ok(Json(state.notifications.list(&meta.tenant, cursor, limit)?))
 }
@@ -899,10 +885,10 @@ pub struct NodeBody {
 
 async fn get_node(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<NodeBody>, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = caller.meta(READERS)?;
     token("id", &id)?;
     let node: Node = state.commands.state(&meta.tenant, &id).await?;
     if !node.registered {
@@ -922,9 +908,9 @@ async fn get_node(
 /// application and version, over the tenant's deployments.
 async fn summary(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<events::projection::summary::Summary>, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = caller.meta(READERS)?;
     let views = state.deployments.all_of(&meta.tenant)?;
     Ok(Json(events::projection::summary::summarize(&views)))
 }
@@ -943,12 +929,12 @@ pub struct LogsPage {
 /// A page (200 lines) of a deployment's container logs on one node, fetched from the node.
 async fn deployment_logs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<LogsPage>, ApiError> {
     use events::logs::{LogsReply, LogsRequest};
-    let meta = meta(&headers)?;
+    let meta = caller.meta(&[Role::Operator, Role::Auditor])?;
     let bad = |field: &str, why: String| ApiError::new(StatusCode::BAD_REQUEST, Some(field), why);
     if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "node" | "cursor")) {
         return Err(bad(unknown, format!("unknown parameter `{unknown}`, expected `node` or `cursor`")));
@@ -987,10 +973,10 @@ async fn deployment_logs(
 /// The node's latest heartbeat: its containers' state, restarts, CPU and memory.
 async fn node_telemetry(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<events::telemetry::Heartbeat>, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = caller.meta(READERS)?;
     token("id", &id)?;
     state.liveness.latest(&meta.tenant, &id).map(Json).ok_or_else(|| {
         ApiError::new(
@@ -1004,9 +990,9 @@ async fn node_telemetry(
 /// Every node of the tenant: labels and state.
 async fn list_nodes(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Vec<events::projection::nodes::NodeRecord>>, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = caller.meta(READERS)?;
     Ok(Json(state.nodes.all_of(&meta.tenant)?))
 }
 
@@ -1022,12 +1008,11 @@ impl Rejection for TenantRejection {
 /// and no further command is taken for it.
 async fn delete_tenant(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let mut meta = meta(&headers)?;
     token("id", &id)?;
-    meta.tenant = id.clone();
+    let meta = caller.meta_on(&id, &[Role::Admin])?;
     let committed = state.commands.execute::<Tenant>(&id, &TenantCommand::Delete, &meta).await?;
     let sequence = committed.events.last().map_or(0, |e| e.sequence);
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "tenant": id, "sequence": sequence }))))
@@ -1049,11 +1034,11 @@ struct EnrollBody {
 /// Enrolls a node of the caller's tenant, or gives it a new key: answers its credentials.
 async fn enroll_node(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<EnrollBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = live_meta(&state, &headers).await?;
+    let meta = live_meta(&state, &caller, &[Role::Admin]).await?;
     token("id", &id)?;
     let enrollment = state.issuer.enroll(&id, body.labels, body.public_key, &meta).await?;
     Ok((StatusCode::CREATED, Json(enrollment)))
@@ -1061,10 +1046,10 @@ async fn enroll_node(
 
 async fn revoke_node(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = meta(&headers)?;
+    let meta = caller.meta(&[Role::Admin])?;
     token("id", &id)?;
     let key = state.issuer.revoke(&id, &meta).await?;
     Ok(Json(serde_json::json!({ "node": id, "revoked": key })))
@@ -1087,10 +1072,10 @@ fn reader_name(body: &ReaderBody) -> Result<String, ApiError> {
 /// A credential that reads the caller's tenant's events through its own consumer.
 async fn subscriber_credential(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Body(body): Body<ReaderBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = live_meta(&state, &headers).await?;
+    let meta = live_meta(&state, &caller, &[Role::Operator, Role::Auditor]).await?;
     let role = crate::trust::Role::Subscriber { tenant: meta.tenant, id: reader_name(&body)? };
     let credential = state.issuer.reader(&role).await.map_err(StoreError::from)?;
     Ok((StatusCode::CREATED, Json(credential)))
@@ -1099,8 +1084,16 @@ async fn subscriber_credential(
 /// A credential that reads every tenant's events and writes nothing.
 async fn auditor_credential(
     State(state): State<AppState>,
+    caller: Caller,
     Body(body): Body<ReaderBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // It reads every tenant: only a token of every tenant may have one.
+    if !caller.global() {
+        let error =
+            "an auditor credential reads every tenant: it needs the role auditor or admin on a token of every tenant";
+        return Err(ApiError::new(StatusCode::FORBIDDEN, None, error));
+    }
+    caller.meta(&[Role::Auditor])?;
     let role = crate::trust::Role::Auditor { id: reader_name(&body)? };
     let credential = state.issuer.reader(&role).await.map_err(StoreError::from)?;
     Ok((StatusCode::CREATED, Json(credential)))

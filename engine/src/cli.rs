@@ -21,12 +21,18 @@ use engine::{Engine, EngineConfig};
 #[command(name = "engine", about = "Event-sourced orchestration of edge applications", version)]
 pub struct Cli {
     /// The engine's HTTP API.
-    #[arg(long, global = true, env = "ENGINE_API", default_value = "http://127.0.0.1:8080")]
+    #[arg(long, global = true, env = "ENGINE_API", default_value = "https://127.0.0.1:8080")]
     api: String,
-    #[arg(long, global = true, env = "ENGINE_TENANT", default_value = "default")]
-    tenant: String,
-    #[arg(long, global = true, env = "ENGINE_ACTOR", default_value = "operator")]
-    actor: String,
+    /// The tenant to act on: the token's own when absent (or `default`, for a token of every
+    /// tenant).
+    #[arg(long, global = true, env = "ENGINE_TENANT")]
+    tenant: Option<String>,
+    /// The API token (`<id>.<secret>`); the engine's first is in its data directory, `admin.token`.
+    #[arg(long, global = true, env = "ENGINE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The certificate authority (PEM) of an engine whose API speaks HTTPS.
+    #[arg(long, global = true, env = "ENGINE_CA")]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,7 +53,23 @@ enum Command {
         /// Copies of every event across a JetStream cluster: 3 survives a server's loss.
         #[arg(long, default_value_t = 1)]
         replicas: usize,
+        /// The API's certificate chain (PEM), with `--tls-key`; the trust directory's server
+        /// certificate when absent. The API speaks HTTPS only.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of `--tls-cert`.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Requests per second each API token may make, sustained.
+        #[arg(long, default_value_t = engine::auth::RateLimit::default().per_second)]
+        rate_limit: std::num::NonZeroU32,
+        /// Requests a token may make at once above its sustained rate.
+        #[arg(long, default_value_t = engine::auth::RateLimit::default().burst)]
+        rate_burst: std::num::NonZeroU32,
     },
+    /// API tokens: make and revoke them (an admin's token is needed).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// The keys, certificates and nats-server configuration of a deployment of the engine.
     #[command(subcommand)]
     Trust(TrustCommand),
@@ -227,6 +249,25 @@ enum TrustCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token; its secret is shown once. The tenant is `--tenant`, or every tenant with
+    /// `--all-tenants`.
+    Create {
+        /// Who the token stands for: the actor recorded in every event it causes.
+        #[arg(long)]
+        subject: String,
+        /// A role: admin, vendor, operator or auditor; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<events::token::Role>,
+        /// A token of every tenant (only another such token may make one).
+        #[arg(long)]
+        all_tenants: bool,
+    },
+    /// Revoke a token by its id: it never works again.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum NodeCommand {
     /// Give a node of the tenant its credential (the tenant is `--tenant`). With
     /// `--public-key` (from `edge-node keygen`) the seed never leaves the node; enrolling again
@@ -271,16 +312,7 @@ fn deliver(answer: &Value, out: Option<&PathBuf>) -> anyhow::Result<()> {
         print!("{creds}");
         return Ok(());
     };
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(creds.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    bus::creds::write_secret(path, creds).with_context(|| format!("writing {}", path.display()))?;
     let mut shown = answer.clone();
     shown["creds"] = json!(path.display().to_string());
     print_json(&shown);
@@ -324,15 +356,30 @@ fn humantime_secs(text: &str) -> Result<Duration, String> {
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let client = Client { http: reqwest::Client::new(), cli: &self };
+        let http = match (&self.ca, self.api.starts_with("https:")) {
+            (None, true) if !matches!(self.command, Command::Serve { .. } | Command::Trust(_)) => {
+                anyhow::bail!(
+                    "the API at {} speaks HTTPS: give its certificate authority with --ca or ENGINE_CA",
+                    self.api
+                )
+            }
+            (ca, _) => engine::api_client(ca.as_deref())?,
+        };
+        let client = Client { http, cli: &self };
         match &self.command {
-            Command::Serve { nats, trust, listen, data_dir, replicas } => {
+            Command::Serve { nats, trust, listen, data_dir, replicas, tls_cert, tls_key, rate_limit, rate_burst } => {
+                let tls = match tls_cert.clone().zip(tls_key.clone()) {
+                    Some((cert, key)) => engine::ApiTls { cert, key },
+                    None => engine::trust::Trust::server_tls(trust),
+                };
                 let config = EngineConfig {
                     store: bus::store::StoreConfig { replicas: *replicas, ..Default::default() },
                     nats_url: nats.clone(),
                     trust_dir: trust.clone(),
                     listen: *listen,
                     data_dir: data_dir.clone(),
+                    rate_limit: engine::auth::RateLimit { per_second: *rate_limit, burst: *rate_burst },
+                    tls: Some(tls),
                     ..EngineConfig::default()
                 };
                 Engine::start(config).await?.wait().await?;
@@ -344,6 +391,18 @@ impl Cli {
                 println!("  nats-server configuration: {}", trust.server_config_file().display());
                 println!("  certificate authority:     {}", trust.ca().display());
                 println!("  engine key:                {}", trust.facts().engine);
+            }
+            Command::Token(TokenCommand::Create { subject, roles, all_tenants }) => {
+                let tenant = match (&self.tenant, all_tenants) {
+                    (Some(tenant), false) => json!(tenant),
+                    (None, true) => Value::Null,
+                    _ => anyhow::bail!("name the token's tenant with `--tenant`, or give `--all-tenants`"),
+                };
+                let body = json!({"subject": subject, "tenant": tenant, "roles": roles});
+                print_json(&client.post("/v1/tokens", body).await?)
+            }
+            Command::Token(TokenCommand::Revoke { id }) => {
+                print_json(&client.post(&format!("/v1/tokens/{id}/revoke"), json!({})).await?)
             }
             Command::Node(NodeCommand::Enroll { node, labels, public_key, out }) => {
                 let labels: serde_json::Map<String, Value> =
@@ -591,10 +650,14 @@ struct Client<'a> {
 
 impl Client<'_> {
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.cli.api.trim_end_matches('/')))
-            .header("x-tenant", &self.cli.tenant)
-            .header("x-actor", &self.cli.actor)
+        let mut request = self.http.request(method, format!("{}{path}", self.cli.api.trim_end_matches('/')));
+        if let Some(tenant) = &self.cli.tenant {
+            request = request.header("x-tenant", tenant);
+        }
+        if let Some(token) = &self.cli.token {
+            request = request.bearer_auth(token.trim());
+        }
+        request
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {

@@ -12,6 +12,7 @@
 //! other; every command they issue is idempotent, so nothing is done twice.
 
 pub mod api;
+pub mod auth;
 pub mod command;
 pub mod credentials;
 pub mod liveness;
@@ -45,6 +46,17 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     pub store: StoreConfig,
     pub projector: ProjectorConfig,
+    /// Each API token's rate budget.
+    pub rate_limit: auth::RateLimit,
+    /// The API's certificate and key (PEM): with them it speaks HTTPS only.
+    pub tls: Option<ApiTls>,
+}
+
+/// The API's certificate chain and private key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct ApiTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for EngineConfig {
@@ -56,8 +68,32 @@ impl Default for EngineConfig {
             data_dir: PathBuf::from("engine-data"),
             store: StoreConfig::default(),
             projector: ProjectorConfig::default(),
+            rate_limit: auth::RateLimit::default(),
+            tls: None,
         }
     }
+}
+
+/// A client of the API: over HTTPS it trusts the certificate authority in `ca` (PEM) alone.
+pub fn api_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    Ok(api_client_builder(ca)?.build()?)
+}
+
+/// [`api_client`], to be configured further.
+pub fn api_client_builder(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::ClientBuilder> {
+    use rustls::pki_types::pem::PemObject;
+    let Some(ca) = ca else { return Ok(reqwest::Client::builder()) };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("reading the certificate authority {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("reading {}", ca.display()))?)?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(reqwest::Client::builder().use_preconfigured_tls(tls))
 }
 
 /// A running engine. Dropping it stops every task.
@@ -71,6 +107,14 @@ pub struct Engine {
     pub liveness: liveness::Liveness,
     pub issuer: credentials::Issuer,
     tasks: JoinSet<anyhow::Result<()>>,
+    /// Closes the API's connections, which live in tasks of their own.
+    server: axum_server::Handle,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.server.shutdown();
+    }
 }
 
 impl Engine {
@@ -95,18 +139,33 @@ impl Engine {
         liveness::open_stream(store.jetstream(), config.store.replicas).await?;
         let liveness = liveness::Liveness::default();
 
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        if let Some(path) = auth::first_admin(&commands, &config.data_dir).await? {
+            tracing::info!(path = %path.display(), "issued the first admin token: use it as ENGINE_TOKEN");
+        }
+        let listener =
+            std::net::TcpListener::bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
+        listener.set_nonblocking(true)?;
         let api_addr = listener.local_addr()?;
-        let app = api::router(api::AppState {
-            commands: commands.clone(),
-            deployments: deployments.clone(),
-            notifications: notifications.clone(),
-            nodes: nodes.clone(),
-            liveness: liveness.clone(),
-            issuer: issuer.clone(),
-        });
+        let tls = match &config.tls {
+            Some(files) => Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+                    .await
+                    .with_context(|| format!("loading the API's TLS certificate {}", files.cert.display()))?,
+            ),
+            None => None,
+        };
+        let app = api::router(
+            api::AppState {
+                commands: commands.clone(),
+                deployments: deployments.clone(),
+                notifications: notifications.clone(),
+                nodes: nodes.clone(),
+                liveness: liveness.clone(),
+                issuer: issuer.clone(),
+            },
+            auth::Auth::new(commands.clone(), config.rate_limit),
+        );
 
         let mut tasks = JoinSet::new();
         let tree = deployments.tree().clone();
@@ -123,9 +182,18 @@ impl Engine {
         let (d, n) = (deployments.clone(), nodes.clone());
         tasks.spawn(credentials::run(commands.clone(), d, n, trust.clone(), system, keys));
         tasks.spawn(liveness::run(commands.clone(), liveness.clone(), nodes.clone()));
-        tasks.spawn(async move { axum::serve(listener, app).await.context("serving the API") });
+        let server = axum_server::Handle::new();
+        let handle = server.clone();
+        tasks.spawn(async move {
+            let app = app.into_make_service();
+            match tls {
+                Some(tls) => axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(app).await,
+                None => axum_server::from_tcp(listener).handle(handle).serve(app).await,
+            }
+            .context("serving the API")
+        });
         tracing::info!(%api_addr, "engine started");
-        Ok(Engine { api_addr, commands, deployments, notifications, nodes, liveness, issuer, tasks })
+        Ok(Engine { api_addr, commands, deployments, notifications, nodes, liveness, issuer, tasks, server })
     }
 
     /// Runs until a task fails; returns its error.

@@ -15,8 +15,6 @@
 //! the server's configuration, in a directory of their own; secrets are written mode 0600.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -315,6 +313,12 @@ impl Trust {
         self.dir.join(CA)
     }
 
+    /// The servers' certificate and key, which the engine's API presents too unless given
+    /// others: valid for the hosts `init` was given, signed by [`Trust::ca`].
+    pub fn server_tls(dir: &Path) -> crate::ApiTls {
+        crate::ApiTls { cert: dir.join(SERVER_CERT), key: dir.join(SERVER_KEY) }
+    }
+
     /// nats-server's configuration file, as `init` wrote it.
     pub fn server_config_file(&self) -> PathBuf {
         self.dir.join(SERVER_CONFIG)
@@ -421,9 +425,7 @@ fn seed(key: &KeyPair) -> String {
 
 /// Writes `text` to `path`, readable by its owner alone.
 fn secret(path: &Path, text: &str) -> Result<(), TrustError> {
-    let mut file =
-        std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path).map_err(io(path))?;
-    file.write_all(text.as_bytes()).map_err(io(path))
+    bus::creds::write_secret(path, text).map_err(io(path))
 }
 
 fn base64url(bytes: impl AsRef<[u8]>) -> String {

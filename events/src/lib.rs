@@ -23,6 +23,7 @@ pub mod telemetry;
 pub mod tenant;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod token;
 pub mod work;
 
 pub use aggregate::{Aggregate, Ctx, EventPayload};

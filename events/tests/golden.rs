@@ -17,6 +17,7 @@ use events::deployment::{DeploymentEvent, Mode, Rollout};
 use events::node::{NodeEvent, NodeState};
 use events::report::NodeReport;
 use events::tenant::TenantEvent;
+use events::token::{Role, TokenEvent};
 use events::work::NodeWork;
 use events::{ContainerStatus, EventPayload, Failure, Status};
 
@@ -191,6 +192,19 @@ fn reports() -> Vec<NodeReport> {
     ]
 }
 
+fn tokens() -> Vec<TokenEvent> {
+    vec![
+        TokenEvent::Issued {
+            subject: "alice".into(),
+            tenant: Some("acme".into()),
+            roles: [Role::Operator, Role::Auditor].into(),
+            secret_sha256: "ab".repeat(32),
+            at: at(),
+        },
+        TokenEvent::Revoked { at: at() },
+    ]
+}
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -257,6 +271,7 @@ fn the_event_reference_is_the_code() {
     check_documented(&doc, &work());
     check_documented(&doc, &reports());
     check_documented(&doc, &[TenantEvent::Deleted { at: at() }]);
+    check_documented(&doc, &tokens());
 }
 
 #[test]
@@ -268,6 +283,7 @@ fn every_event_type_at_every_version_reads_from_its_golden_bytes() {
     seen.extend(check(work()));
     seen.extend(check(reports()));
     seen.extend(check(vec![TenantEvent::Deleted { at: at() }]));
+    seen.extend(check(tokens()));
     // No fixture without a sample: a type removed from the code would go unnoticed.
     for entry in std::fs::read_dir(fixtures()).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();

@@ -65,8 +65,14 @@ enum Command {
     /// Rebuild, then compare with a live engine's read models; print every difference.
     Check {
         /// The live engine's API.
-        #[arg(long, env = "ENGINE_API", default_value = "http://127.0.0.1:8080")]
+        #[arg(long, env = "ENGINE_API", default_value = "https://127.0.0.1:8080")]
         engine_api: String,
+        /// An API token that reads every tenant (an auditor's of every tenant).
+        #[arg(long, env = "ENGINE_TOKEN", hide_env_values = true)]
+        engine_token: String,
+        /// The API's certificate authority (PEM); `--ca` when absent.
+        #[arg(long, env = "ENGINE_CA")]
+        engine_ca: Option<std::path::PathBuf>,
     },
     /// Who did what, and when, narrowed by the filters given.
     Audit {
@@ -183,10 +189,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { engine_api } => {
+        Command::Check { engine_api, engine_token, engine_ca } => {
             let dir = tempfile::tempdir()?;
             let rebuilt = replay::rebuild::rebuild(&store, dir.path()).await?;
-            let differences = replay::rebuild::differences(&rebuilt, &engine_api).await?;
+            let mut headers = reqwest::header::HeaderMap::new();
+            let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", engine_token.trim()))
+                .map_err(|_| anyhow::anyhow!("the engine token is not ASCII"))?;
+            headers.insert(reqwest::header::AUTHORIZATION, bearer);
+            let ca = engine_ca.or(cli.ca.clone());
+            let http = engine::api_client_builder(ca.as_deref())?.default_headers(headers).build()?;
+            let differences = replay::rebuild::differences(&rebuilt, &engine_api, &http).await?;
             for difference in &differences {
                 println!("{difference}");
             }

@@ -35,8 +35,8 @@ pub async fn rebuild(store: &EventStore, dir: &Path) -> anyhow::Result<Rebuilt> 
 }
 
 /// Every difference between the rebuilt read models and a live engine's API, one per line.
-pub async fn differences(rebuilt: &Rebuilt, api: &str) -> anyhow::Result<Vec<String>> {
-    let http = reqwest::Client::new();
+/// `http` presents a token that reads every tenant.
+pub async fn differences(rebuilt: &Rebuilt, api: &str, http: &reqwest::Client) -> anyhow::Result<Vec<String>> {
     let get = |tenant: String, path: String| {
         let request = http.get(format!("{api}{path}")).header("x-tenant", tenant);
         async move { anyhow::Ok((request.send().await?.error_for_status()?).json::<serde_json::Value>().await?) }

@@ -36,10 +36,23 @@ impl TestEngine {
     /// An engine on `nats_url` (one server or a cluster's list) trusted by `trust`, whose
     /// streams keep `replicas`.
     pub async fn start_on(nats_url: &str, trust: &engine::trust::Trust, replicas: usize) -> TestEngine {
+        TestEngine::start_with(nats_url, trust, replicas, |_| {}).await
+    }
+
+    /// An engine as [`TestEngine::start_on`] makes it, its configuration changed by `change`.
+    pub async fn start_with(
+        nats_url: &str,
+        trust: &engine::trust::Trust,
+        replicas: usize,
+        change: impl FnOnce(&mut EngineConfig),
+    ) -> TestEngine {
         let data = tempfile::tempdir().unwrap();
-        let engine = Engine::start(Self::config(nats_url, trust, replicas, &data)).await.expect("the engine starts");
+        let mut config = Self::config(nats_url, trust, replicas, &data);
+        change(&mut config);
+        let engine = Engine::start(config).await.expect("the engine starts");
         let trust = trust.clone();
-        TestEngine { engine, http: reqwest::Client::new(), nats_url: nats_url.to_owned(), trust, replicas, data }
+        let http = tests::admin_client(&engine.commands, &trust.ca()).await;
+        TestEngine { engine, http, nats_url: nats_url.to_owned(), trust, replicas, data }
     }
 
     fn config(nats_url: &str, trust: &engine::trust::Trust, replicas: usize, data: &tempfile::TempDir) -> EngineConfig {
@@ -49,6 +62,7 @@ impl TestEngine {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data.path().join("read-models"),
             store: bus::store::StoreConfig { replicas, ..Default::default() },
+            tls: Some(engine::trust::Trust::server_tls(trust.dir())),
             ..EngineConfig::default()
         }
     }
@@ -65,6 +79,11 @@ impl TestEngine {
         TestEngine { engine, http, nats_url, trust, replicas, data }
     }
 
+    /// The engine's data directory (its read models, and the first admin token's file).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.data.path().join("read-models")
+    }
+
     /// The trust directory the engine and its servers share.
     pub fn trust(&self) -> &engine::trust::Trust {
         &self.trust
@@ -77,7 +96,7 @@ impl TestEngine {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.engine.api_addr)
+        format!("https://{}{path}", self.engine.api_addr)
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {

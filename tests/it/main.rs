@@ -1,6 +1,7 @@
 //! Integration tests on a real nats-server (one per test) and the real Docker engine.
 
 mod api;
+mod auth;
 mod chaos;
 mod cluster;
 mod compose;

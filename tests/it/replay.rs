@@ -71,7 +71,7 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(
         (lines[0]["type"].as_str(), lines[0]["actor"].as_str()),
-        (Some("deployment.launched"), Some("operator"))
+        (Some("deployment.launched"), Some(tests::ADMIN_SUBJECT))
     );
     assert_eq!(lines[0]["payload"]["launched"]["application"], "sample");
     let by_node = format!("node:{}", node.name);
@@ -142,7 +142,9 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
 
     // Rebuilt from the log by the engine's projection code, the read models are the live ones.
     let api = engine.url("");
-    let (code, text) = replay(&nats, &["check", "--engine-api", &api]).await;
+    let ca = nats.trust().ca().display().to_string();
+    let (code, text) =
+        replay(&nats, &["check", "--engine-api", &api, "--engine-token", tests::ADMIN_TOKEN, "--engine-ca", &ca]).await;
     assert_eq!(
         (code, text.trim_end().lines().last()),
         (0, Some(format!("0 difference(s) between the log and the engine at {api}").as_str())),
@@ -154,7 +156,11 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
     // A log without the launch does not make the deployment the engine shows.
     let mut without = raw(&all);
     without.remove(on_chain[0]);
-    let (code, text) = replay(&copy_of(&without).await, &["check", "--engine-api", &api]).await;
+    let (code, text) = replay(
+        &copy_of(&without).await,
+        &["check", "--engine-api", &api, "--engine-token", tests::ADMIN_TOKEN, "--engine-ca", &ca],
+    )
+    .await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains(&format!("deployment {id}: live, but not in the log")), "{text}");
     node.stop().await;

@@ -453,3 +453,31 @@ impl Drop for DockerEngine {
         // are plain directories.
     }
 }
+
+/// The token of every tenant, with every role, that tests and benchmarks call the API with:
+/// `tests.<secret>`, issued once per log (again on the same log: already there, and the same).
+pub const ADMIN_TOKEN: &str = "tests.test-admin-secret-not-for-production";
+/// The actor of every event caused through [`ADMIN_TOKEN`].
+pub const ADMIN_SUBJECT: &str = "tester";
+
+/// Issues [`ADMIN_TOKEN`] on the engine's log, unless it is there; answers a client of the API
+/// that presents it and trusts `ca`.
+pub async fn admin_client(commands: &engine::command::CommandHandler, ca: &Path) -> reqwest::Client {
+    use events::token::{Grant, Role, TokenRejection};
+    let (id, secret) = ADMIN_TOKEN.split_once('.').expect("the token has an id");
+    let grant = Grant { subject: ADMIN_SUBJECT.to_owned(), tenant: None, roles: [Role::Admin].into() };
+    let meta = engine::command::CommandMeta::new(events::token::NAMESPACE, "tests");
+    match engine::auth::issue(commands, id, grant, secret, &meta).await {
+        Ok(()) | Err(engine::command::CommandError::Rejected(TokenRejection::AlreadyIssued)) => {}
+        Err(e) => panic!("issuing the tests' token: {e}"),
+    }
+    bearer_client(ADMIN_TOKEN, ca)
+}
+
+/// A client of the API that presents `token` and trusts the certificate authority `ca`.
+pub fn bearer_client(token: &str, ca: &Path) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a token is ASCII");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    engine::api_client_builder(Some(ca)).expect("the CA reads").default_headers(headers).build().expect("a client")
+}
