@@ -188,7 +188,7 @@ say "what dockerd runs (docker -H $DOCKER_HOST ps)"
 docker -H "$DOCKER_HOST" ps --filter "label=io.edge-orchestrator.node=$node" \
   --format 'table {{.ID}}\t{{.Image}}\t{{.Status}}\t{{.Names}}'
 
-say "operator: revoke $node's credential: the server cuts it off, its deployments say so"
+say "admin: revoke $node's credential: the server cuts it off, its deployments say so"
 admin node revoke "$node"
 for _ in $(seq 1 100); do
   kill -0 "$(cat "$demo/edge-node.pid")" 2>/dev/null || break

@@ -74,7 +74,8 @@ impl Default for EngineConfig {
     }
 }
 
-/// A client of the API: over HTTPS it trusts the certificate authority in `ca` (PEM) alone.
+/// A client of the API: over HTTPS it trusts the certificate authority in `ca` (PEM) alone, and
+/// no authority at all without one.
 pub fn api_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
     Ok(api_client_builder(ca)?.build()?)
 }
@@ -82,12 +83,13 @@ pub fn api_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Clien
 /// [`api_client`], to be configured further.
 pub fn api_client_builder(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::ClientBuilder> {
     use rustls::pki_types::pem::PemObject;
-    let Some(ca) = ca else { return Ok(reqwest::Client::builder()) };
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)
-        .with_context(|| format!("reading the certificate authority {}", ca.display()))?
-    {
-        roots.add(cert.with_context(|| format!("reading {}", ca.display()))?)?;
+    if let Some(ca) = ca {
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("reading the certificate authority {}", ca.display()))?
+        {
+            roots.add(cert.with_context(|| format!("reading {}", ca.display()))?)?;
+        }
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?

@@ -237,7 +237,7 @@ async fn a_burst_past_a_tokens_rate_is_answered_429_with_retry_after_and_other_t
 async fn the_api_speaks_https_only_with_the_certificate_it_was_given() {
     let nats = NatsServer::start().await;
     let engine = TestEngine::start(&nats).await;
-    let plain = reqwest::Client::new();
+    let plain = engine::api_client(None).unwrap();
     let http = format!("http://{}/healthz", engine.engine.api_addr);
     let answered = plain.get(&http).send().await.is_ok_and(|r| r.status().is_success());
     assert!(!answered, "the API answered plain HTTP");
