@@ -118,7 +118,12 @@ async fn command_existing(handler: &CommandHandler, n: usize) -> Figures {
     for i in 0..n {
         let t = Instant::now();
         let image = format!("127.0.0.1:5000/a:{i}");
-        let add = ApplicationCommand::AddVersion { version: "1.0.0".into(), image, settings: Default::default() };
+        let add = ApplicationCommand::AddVersion {
+            version: "1.0.0".into(),
+            image,
+            settings: Default::default(),
+            policy: Default::default(),
+        };
         handler.execute::<Application>(&format!("app{i}"), &add, &meta()).await.unwrap();
         latencies.push(t.elapsed());
     }
@@ -133,6 +138,7 @@ async fn deployment_history(handler: &CommandHandler, n: usize, writers: usize) 
         version: "1.0.0".into(),
         image: "127.0.0.1:5000/sample/app:1.0.0".into(),
         settings: Default::default(),
+        policy: Default::default(),
     };
     handler.execute::<Application>("sample", &add, &meta()).await.unwrap();
     let publish = ApplicationCommand::Publish { version: "1.0.0".into() };

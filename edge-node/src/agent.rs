@@ -47,10 +47,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use events::compose::{self, Mount, Service};
+use events::compose::{self, Limits, Mount, Service};
 use events::deployment::Desired;
 #[cfg(test)]
 use events::deployment::Mode;
+use events::policy::Policy;
 use events::report::NodeReport;
 use events::work::NodeWork;
 use events::{ContainerStatus, Containers, Failure, Status};
@@ -357,6 +358,10 @@ pub struct Agent {
     workloads: BTreeMap<String, Workload>,
     actions: VecDeque<Action>,
     deadlines: Deadlines,
+    /// What this host lets a workload use, whatever the engine allowed.
+    policy: Policy,
+    /// Each container's limits where its version sets none.
+    default_limits: Limits,
     /// The last time a tick brought.
     now: u64,
 }
@@ -373,8 +378,18 @@ impl Agent {
             workloads: BTreeMap::new(),
             actions: VecDeque::new(),
             deadlines,
+            policy: Policy::default(),
+            default_limits: Limits::default(),
             now: 0,
         }
+    }
+
+    /// Checks every container against this host's `policy` before pulling or creating it, and
+    /// gives it `default_limits` where its version sets none.
+    pub fn on_host(mut self, policy: Policy, default_limits: Limits) -> Agent {
+        self.policy = policy;
+        self.default_limits = default_limits;
+        self
     }
 
     /// What the node's own command line lists.
@@ -918,14 +933,18 @@ impl Agent {
                 Some(old) if downloaded => retire(Status::Removing, old),
                 _ => Step::Wait,
             },
-            Desired::Running if !u.pulled => Step::Act(
-                Status::Downloading,
-                Box::new(Action::Pull { deployment, service, image: u.service.image.clone() }),
-            ),
-            Desired::Running if u.refreshing => Step::Act(
-                Status::Downloading,
-                Box::new(Action::Refresh { deployment, service, image: u.service.image.clone() }),
-            ),
+            Desired::Running if !u.pulled || u.refreshing => {
+                if let Err(message) = self.policy.check_image(&u.service.image) {
+                    return Step::Fail(Failure { code: "policy_denied".into(), message });
+                }
+                let image = u.service.image.clone();
+                let action = if u.pulled {
+                    Action::Refresh { deployment, service, image }
+                } else {
+                    Action::Pull { deployment, service, image }
+                };
+                Step::Act(Status::Downloading, Box::new(action))
+            }
             Desired::Running if !downloaded => Step::Wait,
             // Waiting for an apply; a previous version that was stopped meanwhile runs again.
             Desired::Running if w.hold && u.stale && !u.running => Step::Act(
@@ -992,7 +1011,7 @@ impl Agent {
         // The node checks its host's paths itself, whatever the engine let through.
         for mount in &mounts {
             if let Mount::Bind { source, .. } = mount {
-                compose::bind_policy(source).map_err(|message| Failure { code: "policy_denied".into(), message })?;
+                self.policy.check_bind(source).map_err(|message| Failure { code: "policy_denied".into(), message })?;
             }
         }
         let restart = u.service.restart.as_deref().map(compose::parse_restart).transpose();
@@ -1015,7 +1034,11 @@ impl Agent {
                 .collect(),
             restart: restart.map_err(invalid)?,
             network: w.network.clone().map(|network| (network, u.service.name.clone())),
-            limits: u.service.limits.clone(),
+            limits: Limits {
+                memory: u.service.limits.memory.or(self.default_limits.memory),
+                nano_cpus: u.service.limits.nano_cpus.or(self.default_limits.nano_cpus),
+                pids: u.service.limits.pids.or(self.default_limits.pids),
+            },
         })
     }
 
@@ -1110,6 +1133,13 @@ mod tests {
 
     const IMAGE: &str = "127.0.0.1:5000/sample/app:1.0.0";
 
+    /// An agent on a host that takes images from Docker Hub as well as the local registry.
+    fn agent() -> Agent {
+        let policy =
+            Policy { registries: vec!["docker.io".into(), events::policy::LOCAL_REGISTRY.into()], binds: vec![] };
+        Agent::new("acme", "edge-1").on_host(policy, Limits::default())
+    }
+
     fn deploy_work(mode: Mode) -> NodeWork {
         NodeWork::Deploy {
             deployment: "d1".into(),
@@ -1187,7 +1217,7 @@ mod tests {
 
     #[test]
     fn a_deploy_goes_through_every_step_to_running() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         agent.handle(deploy());
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Received, Status::Downloading]);
@@ -1213,7 +1243,7 @@ mod tests {
 
     #[test]
     fn work_delivered_twice_is_handled_once() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         agent.handle(deploy());
         drain(&mut agent);
         agent.handle(deploy());
@@ -1222,7 +1252,7 @@ mod tests {
 
     #[test]
     fn a_failed_pull_reports_failed_with_its_code() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         agent.handle(deploy());
         drain(&mut agent);
         let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
@@ -1239,7 +1269,7 @@ mod tests {
 
     #[test]
     fn a_container_that_exits_at_once_is_a_failure() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         agent.handle(deploy());
         agent.handle(pulled(IMAGE, Ok(())));
         agent.handle(created(IMAGE, Ok("c1".into())));
@@ -1260,7 +1290,7 @@ mod tests {
 
     /// An agent with d1 running in container c1.
     fn running() -> Agent {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         agent.handle(deploy());
         agent.handle(pulled(IMAGE, Ok(())));
         agent.handle(created(IMAGE, Ok("c1".into())));
@@ -1305,7 +1335,7 @@ mod tests {
 
     #[test]
     fn a_stop_during_the_pull_leaves_it_stopped_without_a_container() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         agent.handle(deploy());
         drain(&mut agent);
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
@@ -1320,7 +1350,7 @@ mod tests {
 
     #[test]
     fn a_failed_workload_waits_for_new_work_and_can_still_be_removed() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         agent.handle(deploy());
         drain(&mut agent);
         let error = RuntimeError::new(ErrorCode::ImageNotFound, "manifest unknown");
@@ -1334,7 +1364,7 @@ mod tests {
 
     #[test]
     fn a_recovered_running_deployment_is_reported_running_without_a_pull() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
         recover(&mut agent, vec![deploy_work(Mode::default())], observed);
         assert_eq!(reported(&drain(&mut agent)), [Status::Running]);
@@ -1345,7 +1375,7 @@ mod tests {
 
     #[test]
     fn a_recovered_deployment_whose_container_is_gone_is_created_again_without_a_pull() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         let observed = Observed { container: None, image_present: true };
         recover(&mut agent, vec![deploy_work(Mode::default())], observed);
         let actions = drain(&mut agent);
@@ -1382,7 +1412,7 @@ mod tests {
 
     #[test]
     fn a_staged_deploy_downloads_then_waits_for_an_apply() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         agent.handle(Input::Work(deploy_work(STAGED)));
         let actions = drain(&mut agent);
         assert_eq!(reported(&actions), [Status::Received, Status::Processing, Status::Downloading]);
@@ -1453,7 +1483,7 @@ mod tests {
 
     #[test]
     fn an_apply_after_a_stop_starts_it() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         agent.handle(Input::Work(deploy_work(STAGED)));
         agent.handle(pulled(IMAGE, Ok(())));
         agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
@@ -1464,7 +1494,7 @@ mod tests {
 
     #[test]
     fn a_pull_from_before_an_update_does_not_count_for_the_new_image() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         agent.handle(deploy());
         agent.handle(update_to("1.1.0"));
         drain(&mut agent);
@@ -1489,7 +1519,7 @@ mod tests {
 
     #[test]
     fn recovery_folds_every_work_received_before_acting_once() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         let works = vec![
             deploy_work(Mode::default()),
             NodeWork::Stop { deployment: "d1".into() },
@@ -1504,7 +1534,7 @@ mod tests {
 
     #[test]
     fn recovery_replaces_a_container_whose_environment_is_not_the_wanted_one() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         let NodeWork::Deploy { deployment, application, version, image, mode, .. } = deploy_work(Mode::default())
         else {
             unreachable!()
@@ -1520,9 +1550,9 @@ mod tests {
 
     #[test]
     fn recovery_mid_update_sees_the_old_container_for_what_it_is() {
-        let mut agent = Agent::new("acme", "edge-1");
         let works = vec![deploy_work(Mode::default()), update_work("1.1.0", Mode::default())];
-        let lookups = Agent::new("acme", "edge-1").recover(works.clone()).unwrap().1;
+        let lookups = agent().recover(works.clone()).unwrap().1;
+        let mut agent = agent();
         assert_eq!(lookups[0].image, "127.0.0.1:5000/sample/app:1.1.0");
         let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
         recover(&mut agent, works, observed);
@@ -1598,7 +1628,7 @@ mod tests {
 
     #[test]
     fn outcomes_for_an_unknown_deployment_are_ignored() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         agent.handle(Input::Pulled {
             deployment: "nope".into(),
             service: String::new(),
@@ -1680,27 +1710,67 @@ mod tests {
 
     #[test]
     fn work_that_binds_the_hosts_own_paths_fails_on_the_node_whatever_the_engine_sent() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         let root = Service { volumes: vec!["/var/run/docker.sock:/sock".into()], ..service("web", "web:1", &[]) };
         agent.handle(Input::Work(compose_work(vec![root])));
         drain(&mut agent);
         service_pulled(&mut agent, "web", "web:1");
         let actions = drain(&mut agent);
         assert_eq!(units_of(&actions), [], "nothing is created: {actions:?}");
+        let failed = failure_in(&actions);
+        assert_eq!(failed.code, "policy_denied");
+        assert!(failed.message.contains("/var/run/docker.sock"), "{}", failed.message);
+    }
+
+    /// The failure the agent reported among `actions`.
+    fn failure_in(actions: &[Action]) -> Failure {
         let failed = actions.iter().find_map(|a| match a {
             Action::Report(NodeReport::DeploymentState { status: Status::Failed, error: Some(error), .. }) => {
                 Some(error.clone())
             }
             _ => None,
         });
-        let failed = failed.unwrap_or_else(|| panic!("no failure reported: {actions:?}"));
+        failed.unwrap_or_else(|| panic!("no failure reported: {actions:?}"))
+    }
+
+    #[test]
+    fn an_image_from_a_registry_the_host_does_not_allow_is_never_pulled() {
+        let mut agent = Agent::new("acme", "edge-1");
+        agent.handle(Input::Work(compose_work(vec![service("web", "ghcr.io/x/web:1", &[])])));
+        let actions = drain(&mut agent);
+        assert_eq!(units_of(&actions), [], "nothing is pulled: {actions:?}");
+        let failed = failure_in(&actions);
         assert_eq!(failed.code, "policy_denied");
-        assert!(failed.message.contains("/var/run/docker.sock"), "{}", failed.message);
+        assert!(failed.message.contains("comes from `ghcr.io`"), "{}", failed.message);
+    }
+
+    #[test]
+    fn a_bind_under_an_allowed_path_is_made_and_the_hosts_default_limits_fill_what_the_version_leaves() {
+        let policy = Policy { binds: vec!["/srv/apps".into()], ..Policy::default() };
+        let defaults = Limits { memory: Some(64 << 20), nano_cpus: Some(500_000_000), pids: None };
+        let mut agent = Agent::new("acme", "edge-1").on_host(policy, defaults);
+        let image = "127.0.0.1:5000/web:1";
+        let web = Service {
+            volumes: vec!["/srv/apps/web:/data".into()],
+            limits: Limits { memory: Some(32 << 20), ..Limits::default() },
+            ..service("web", image, &[])
+        };
+        agent.handle(Input::Work(compose_work(vec![web])));
+        drain(&mut agent);
+        service_pulled(&mut agent, "web", image);
+        let actions = drain(&mut agent);
+        let spec = actions.iter().find_map(|a| match a {
+            Action::Create { spec, .. } => Some(spec.clone()),
+            _ => None,
+        });
+        let spec = spec.unwrap_or_else(|| panic!("no container made: {actions:?}"));
+        assert_eq!(spec.limits, Limits { memory: Some(32 << 20), nano_cpus: Some(500_000_000), pids: None });
+        assert!(matches!(&spec.mounts[..], [Mount::Bind { source, .. }] if source == "/srv/apps/web"), "{spec:?}");
     }
 
     #[test]
     fn a_compose_deployment_pulls_every_image_then_starts_each_service_after_those_it_depends_on() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         let services = vec![service("db", "db:1", &[]), service("web", "web:1", &["db"])];
         agent.handle(Input::Work(compose_work(services)));
         let actions = drain(&mut agent);
@@ -1731,7 +1801,7 @@ mod tests {
 
     #[test]
     fn an_update_replaces_only_the_services_that_changed_and_retires_those_that_left() {
-        let mut agent = Agent::new("acme", "edge-1");
+        let mut agent = agent();
         let services = vec![service("db", "db:1", &[]), service("web", "web:1", &[]), service("cache", "cache:1", &[])];
         agent.handle(Input::Work(compose_work(services)));
         for (name, image) in [("db", "db:1"), ("web", "web:1"), ("cache", "cache:1")] {

@@ -13,6 +13,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use events::compose::{Mount, Restart};
+use events::policy::Policy;
 use futures::StreamExt;
 
 use crate::runtime::{
@@ -22,12 +23,13 @@ use crate::runtime::{
 /// A bind's host path with its symbolic links resolved, checked again: a link another
 /// container left in an allowed directory must not lead Docker to the host's own paths. A path
 /// that does not exist yet is taken as written (Docker makes it).
-fn resolved_bind(source: &str) -> Result<String, RuntimeError> {
+fn resolved_bind(policy: &Policy, source: &str) -> Result<String, RuntimeError> {
     let resolved = match std::fs::canonicalize(source) {
         Ok(path) => path.to_string_lossy().into_owned(),
         Err(_) => source.to_owned(),
     };
-    events::compose::bind_policy(&resolved)
+    policy
+        .check_bind(&resolved)
         .map(|()| resolved)
         .map_err(|message| RuntimeError { code: ErrorCode::PolicyDenied, message })
 }
@@ -51,6 +53,8 @@ pub struct DockerRuntime {
     docker: Docker,
     /// Held while a network is looked for and made: Docker would make two of one name.
     networks: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The host paths a bind may resolve to.
+    policy: Policy,
 }
 
 impl DockerRuntime {
@@ -63,7 +67,13 @@ impl DockerRuntime {
     pub async fn with(docker: Docker) -> Result<DockerRuntime, RuntimeError> {
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
         docker.ping().await.map_err(unavailable)?;
-        Ok(DockerRuntime { docker, networks: Default::default() })
+        Ok(DockerRuntime { docker, networks: Default::default(), policy: Policy::default() })
+    }
+
+    /// Binds only what `policy` allows once their links are resolved (none by default).
+    pub fn confined_to(mut self, policy: Policy) -> DockerRuntime {
+        self.policy = policy;
+        self
     }
 }
 
@@ -208,7 +218,7 @@ impl ContainerRuntime for DockerRuntime {
         for mount in &spec.mounts {
             let (source, target, read_only) = match mount {
                 Mount::Volume { name, target, read_only } => (name.clone(), target, read_only),
-                Mount::Bind { source, target, read_only } => (resolved_bind(source)?, target, read_only),
+                Mount::Bind { source, target, read_only } => (resolved_bind(&self.policy, source)?, target, read_only),
             };
             binds.push(format!("{source}:{target}{}", if *read_only { ":ro" } else { "" }));
         }
@@ -386,22 +396,36 @@ fn split_tag(image: &str) -> (&str, &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::{resolved_bind, split_tag, ErrorCode};
+    use super::{resolved_bind, split_tag, ErrorCode, Policy};
 
     #[test]
-    fn a_bind_through_a_symbolic_link_to_the_hosts_own_paths_is_refused() {
+    fn a_bind_through_a_symbolic_link_out_of_the_allowed_paths_is_refused() {
         let dir = std::env::temp_dir().join(format!("bind-policy-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
+        let elsewhere = tempfile_dir("bind-policy-elsewhere");
         std::os::unix::fs::symlink("/", dir.join("root")).unwrap();
         std::os::unix::fs::symlink("/etc", dir.join("config")).unwrap();
-        for link in ["root", "config"] {
-            let refused = resolved_bind(&dir.join(link).to_string_lossy()).unwrap_err();
+        std::os::unix::fs::symlink(&elsewhere, dir.join("out")).unwrap();
+        let canonical = std::fs::canonicalize(&dir).unwrap().to_string_lossy().into_owned();
+        let policy = Policy { binds: vec![canonical], ..Policy::default() };
+        for link in ["root", "config", "out"] {
+            let refused = resolved_bind(&policy, &dir.join(link).to_string_lossy()).unwrap_err();
             assert_eq!(refused.code, ErrorCode::PolicyDenied, "{link}: {refused}");
         }
         let data = dir.join("data").to_string_lossy().into_owned();
-        assert_eq!(resolved_bind(&data).unwrap(), std::fs::canonicalize(&data).unwrap().to_string_lossy());
+        let resolved = resolved_bind(&policy, &data).unwrap();
+        assert_eq!(resolved, std::fs::canonicalize(&data).unwrap().to_string_lossy());
+        // Without an allowed path, nothing is bound.
+        assert_eq!(resolved_bind(&Policy::default(), &data).unwrap_err().code, ErrorCode::PolicyDenied);
+        std::fs::remove_dir_all(&elsewhere).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

@@ -132,7 +132,8 @@ pub async fn run_on<R: ContainerRuntime>(
     let (local_tx, mut local_requests) = mpsc::channel::<(LocalRequest, oneshot::Sender<LocalReply>)>(8);
     let _local = control.map(|path| AbortOnDrop(tokio::spawn(serve_local(path, local_tx))));
     let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Input>();
-    let mut agent = Agent::with_deadlines(&config.tenant, &config.node, config.deadlines);
+    let mut agent = Agent::with_deadlines(&config.tenant, &config.node, config.deadlines)
+        .on_host(config.policy.clone(), config.default_limits.clone());
     let started = tokio::time::Instant::now();
     let mut ticks = tokio::time::interval(config.reconcile);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -39,6 +39,10 @@ pub struct NodeConfig {
     /// How often the node looks at its containers for drift and at its steps for deadlines.
     pub reconcile: std::time::Duration,
     pub deadlines: agent::Deadlines,
+    /// What this host lets a workload use: host paths to bind-mount, registries to pull from.
+    pub policy: events::policy::Policy,
+    /// Each container's limits where its version sets none.
+    pub default_limits: events::compose::Limits,
 }
 
 impl NodeConfig {
@@ -69,6 +73,8 @@ impl Default for NodeConfig {
             heartbeat: std::time::Duration::from_secs(5),
             reconcile: std::time::Duration::from_secs(5),
             deadlines: agent::Deadlines::default(),
+            policy: events::policy::Policy::default(),
+            default_limits: events::compose::Limits::default(),
         }
     }
 }

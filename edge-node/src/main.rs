@@ -20,6 +20,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once, at start: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent.
@@ -51,6 +53,21 @@ enum Command {
         /// (deadlines).
         #[arg(long, default_value_t = 5.0)]
         reconcile: f64,
+        /// A host directory deployments may bind-mount (itself or below); repeat for several.
+        /// None by default; `/`, the Docker socket, `/etc`, `/proc`, `/sys`, `/dev` and the
+        /// like never.
+        #[arg(long = "allow-bind")]
+        allow_binds: Vec<String>,
+        /// A registry images may come from (`host[:port]`, `docker.io` for Docker Hub); repeat
+        /// for several.
+        #[arg(long = "registry", default_value = events::policy::LOCAL_REGISTRY)]
+        registries: Vec<String>,
+        /// A container's memory where its version sets none (`512m`, `1g`).
+        #[arg(long, value_parser = events::compose::parse_size)]
+        default_memory: Option<i64>,
+        /// A container's CPUs where its version sets none (`0.5`, `2`).
+        #[arg(long, value_parser = parse_cpus)]
+        default_cpus: Option<i64>,
     },
     /// Make the node's key pair: the seed goes to OUT (mode 0600) and never leaves the node;
     /// the public key is printed, for `engine node enroll --public-key`.
@@ -107,7 +124,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.public_key());
             Ok(())
         }
-        Command::Run { nats, creds, key, ca, tenant, node, labels, data_dir, heartbeat, reconcile } => {
+        Command::Run {
+            nats,
+            creds,
+            key,
+            ca,
+            tenant,
+            node,
+            labels,
+            data_dir,
+            heartbeat,
+            reconcile,
+            allow_binds,
+            registries,
+            default_memory,
+            default_cpus,
+        } => {
             for (name, value) in [("--heartbeat", heartbeat), ("--reconcile", reconcile)] {
                 if !(0.1..=3600.0).contains(&value) {
                     anyhow::bail!("{name} must be 0.1 to 3600 seconds, not {value}");
@@ -117,7 +149,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             events::subject::check_token("node", &node).map_err(anyhow::Error::msg)?;
             let credentials = bus::Credentials::read(&creds, key.as_deref())
                 .with_context(|| format!("reading the credentials {}", creds.display()))?;
-            let runtime = DockerRuntime::connect().await.context("connecting to Docker")?;
+            let policy = events::policy::Policy { binds: allow_binds, registries };
+            policy.validate().map_err(|v| anyhow::anyhow!("--allow-bind or --registry: {v}"))?;
+            let runtime = DockerRuntime::connect().await.context("connecting to Docker")?.confined_to(policy.clone());
+            let default_limits =
+                events::compose::Limits { memory: default_memory, nano_cpus: default_cpus, pids: None };
             let config = NodeConfig {
                 nats_url: nats,
                 credentials: Some(credentials),
@@ -128,6 +164,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir,
                 heartbeat: std::time::Duration::from_secs_f64(heartbeat),
                 reconcile: std::time::Duration::from_secs_f64(reconcile),
+                policy,
+                default_limits,
                 ..NodeConfig::default()
             };
             edge_node::driver::run(config, Arc::new(runtime)).await
@@ -145,6 +183,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workloads(Workloads::Apply { name, data_dir }) => {
             answer(local::ask(&data_dir, &LocalRequest::Apply { name })?)
         }
+    }
+}
+
+/// CPUs (`0.5`) as billionths of a CPU.
+fn parse_cpus(text: &str) -> Result<i64, String> {
+    match text.parse::<f64>() {
+        Ok(cpus) if (0.01..=1024.0).contains(&cpus) => Ok((cpus * 1e9).round() as i64),
+        _ => Err(format!("`{text}` is not a number of CPUs from 0.01 to 1024")),
     }
 }
 

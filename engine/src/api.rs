@@ -79,6 +79,7 @@ pub fn router(state: AppState, auth: Auth) -> Router {
         .route("/v1/deployments/{id}/history", get(deployment_history))
         .route("/v1/deployments/{id}/logs", get(deployment_logs))
         .route("/v1/tenants/{id}", axum::routing::delete(delete_tenant))
+        .route("/v1/tenants/{id}/policy", get(get_policy).put(set_policy))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}", get(get_node))
         .route("/v1/nodes/{id}/telemetry", get(node_telemetry))
@@ -98,7 +99,7 @@ pub fn router(state: AppState, auth: Auth) -> Router {
 
 /// Refuses a command that is not JSON (415), whatever its handler reads.
 async fn json_only(request: Request, next: axum::middleware::Next) -> Result<Response, ApiError> {
-    if request.method() == axum::http::Method::POST {
+    if matches!(*request.method(), axum::http::Method::POST | axum::http::Method::PUT) {
         let json = request
             .headers()
             .get(axum::http::header::CONTENT_TYPE)
@@ -184,6 +185,8 @@ impl Rejection for ApplicationRejection {
             R::InvalidSettings(_) => (StatusCode::UNPROCESSABLE_ENTITY, "profiles"),
             R::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "version"),
             R::InvalidCompose(_) => (StatusCode::UNPROCESSABLE_ENTITY, "compose"),
+            R::PolicyDenied(v) if v.key == "image" => (StatusCode::UNPROCESSABLE_ENTITY, "image"),
+            R::PolicyDenied(_) => (StatusCode::UNPROCESSABLE_ENTITY, "compose"),
         }
     }
 }
@@ -281,12 +284,17 @@ fn missing_field(message: &str) -> Option<&str> {
 
 /// `meta` for a command: refused (410) once the tenant is deleted.
 async fn live_meta(state: &AppState, caller: &Caller, roles: &[Role]) -> Result<CommandMeta, ApiError> {
+    Ok(live_tenant(state, caller, roles).await?.0)
+}
+
+/// `meta` for a command, with the tenant it acts on: refused (410) once the tenant is deleted.
+async fn live_tenant(state: &AppState, caller: &Caller, roles: &[Role]) -> Result<(CommandMeta, Tenant), ApiError> {
     let meta = caller.meta(roles)?;
     let tenant: Tenant = state.commands.state(&meta.tenant, &meta.tenant).await?;
     if tenant.deleted {
         return Err(ApiError::new(StatusCode::GONE, Some("x-tenant"), format!("tenant `{}` is deleted", meta.tenant)));
     }
-    Ok(meta)
+    Ok((meta, tenant))
 }
 
 fn status_of(committed: &Committed) -> StatusCode {
@@ -407,13 +415,14 @@ async fn add_version(
     Path(id): Path<String>,
     Body(body): Body<AddVersion>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = live_meta(&state, &caller, &[Role::Vendor]).await?;
+    let (meta, tenant) = live_tenant(&state, &caller, &[Role::Vendor]).await?;
     token("id", &id)?;
     let settings = Settings { parameters: body.parameters, profiles: body.profiles };
     let version = body.version;
+    let policy = tenant.policy;
     let command = match (body.image, body.compose) {
-        (Some(image), None) => ApplicationCommand::AddVersion { version, image, settings },
-        (None, Some(compose)) => ApplicationCommand::AddComposeVersion { version, compose, settings },
+        (Some(image), None) => ApplicationCommand::AddVersion { version, image, settings, policy },
+        (None, Some(compose)) => ApplicationCommand::AddComposeVersion { version, compose, settings, policy },
         (Some(_), Some(_)) => return Err(ApiError::invalid("compose", "give `image` or `compose`, not both")),
         (None, None) => return Err(ApiError::invalid("image", "give `image`, or `compose` for several containers")),
     };
@@ -1000,6 +1009,7 @@ impl Rejection for TenantRejection {
     fn status_and_field(&self) -> (StatusCode, &'static str) {
         match self {
             TenantRejection::Deleted => (StatusCode::GONE, "id"),
+            TenantRejection::InvalidPolicy(_) => (StatusCode::UNPROCESSABLE_ENTITY, "policy"),
         }
     }
 }
@@ -1016,6 +1026,37 @@ async fn delete_tenant(
     let committed = state.commands.execute::<Tenant>(&id, &TenantCommand::Delete, &meta).await?;
     let sequence = committed.events.last().map_or(0, |e| e.sequence);
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "tenant": id, "sequence": sequence }))))
+}
+
+/// A tenant's workload policy: the host directories its versions may bind-mount and the
+/// registries their images may come from.
+async fn get_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<events::policy::Policy>, ApiError> {
+    token("id", &id)?;
+    caller.meta_on(&id, READERS)?;
+    let tenant: Tenant = state.commands.state(&id, &id).await?;
+    Ok(Json(tenant.policy))
+}
+
+/// Sets a tenant's workload policy, whole; versions added from then on are checked against it.
+async fn set_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(policy): Body<events::policy::Policy>,
+) -> Result<impl IntoResponse, ApiError> {
+    token("id", &id)?;
+    let meta = caller.meta_on(&id, &[Role::Admin])?;
+    let command = TenantCommand::SetPolicy(policy);
+    state.commands.execute::<Tenant>(&id, &command, &meta).await.map_err(|e| match e {
+        CommandError::Rejected(TenantRejection::InvalidPolicy(v)) => ApiError::invalid(&v.key, v.message),
+        e => e.into(),
+    })?;
+    let tenant: Tenant = state.commands.state(&id, &id).await?;
+    Ok(Json(tenant.policy))
 }
 
 // ---------------------------------------------------------------------------------------------

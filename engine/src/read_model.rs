@@ -32,7 +32,7 @@ fn forget_deleted_tenant(
     if envelope.aggregate_type != <events::tenant::Tenant as events::Aggregate>::TYPE {
         return Ok(false);
     }
-    let events::tenant::TenantEvent::Deleted { .. } = envelope.event()?;
+    let events::tenant::TenantEvent::Deleted { .. } = envelope.event()? else { return Ok(true) };
     for prefix in prefixes {
         batch.remove_prefix(format!("{prefix}{}/", envelope.tenant).as_bytes())?;
     }

@@ -664,7 +664,7 @@ pub async fn tenants(handler: CommandHandler) -> anyhow::Result<()> {
 
 async fn tenant_one(handler: &CommandHandler, stored: StoredEvent) -> anyhow::Result<()> {
     let envelope = &stored.envelope;
-    let events::tenant::TenantEvent::Deleted { .. } = envelope.event()?;
+    let events::tenant::TenantEvent::Deleted { .. } = envelope.event()? else { return Ok(()) };
     let pattern = events::subject::aggregate(&envelope.tenant, Deployment::TYPE, "*");
     for subject in handler.store().subjects(&pattern).await? {
         let Some(id) = subject.rsplit('.').next() else { continue };

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::{event_payload, Aggregate, Ctx};
 use crate::compose::{self, ComposeError, Service};
 use crate::envelope::DecodeError;
+use crate::policy::{Policy, Violation};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Application {
@@ -104,16 +105,19 @@ pub enum ApplicationCommand {
     Register {
         name: String,
     },
+    /// A version of one image; `policy` is the tenant's, which the image must meet.
     AddVersion {
         version: String,
         image: String,
         settings: Settings,
+        policy: Policy,
     },
-    /// A version made of the services of a compose file.
+    /// A version made of the services of a compose file, each meeting the tenant's `policy`.
     AddComposeVersion {
         version: String,
         compose: String,
         settings: Settings,
+        policy: Policy,
     },
     Publish {
         version: String,
@@ -217,6 +221,8 @@ pub enum ApplicationRejection {
     InvalidSettings(SettingsError),
     #[error("{0}")]
     InvalidCompose(ComposeError),
+    #[error("{0}")]
+    PolicyDenied(Violation),
 }
 
 impl Aggregate for Application {
@@ -233,18 +239,20 @@ impl Aggregate for Application {
             C::Register { name } if name.trim().is_empty() => Err(R::EmptyName),
             C::Register { name } => Ok(vec![ApplicationEvent::Registered { name: name.trim().to_owned() }]),
             _ if !self.registered => Err(R::NotRegistered),
-            C::AddVersion { version, image, settings } => {
+            C::AddVersion { version, image, settings, policy } => {
                 let version = self.new_version(version)?;
                 check_image(image)?;
+                policy.check_version(image, &[]).map_err(R::PolicyDenied)?;
                 settings.check().map_err(ApplicationRejection::InvalidSettings)?;
                 Ok(vec![ApplicationEvent::version_added(&version, image, vec![], settings.clone())])
             }
-            C::AddComposeVersion { version, compose, settings } => {
+            C::AddComposeVersion { version, compose, settings, policy } => {
                 let version = self.new_version(version)?;
                 let compose = compose::parse(compose).map_err(R::InvalidCompose)?;
                 for service in &compose.services {
                     check_image(&service.image)?;
                 }
+                policy.check_version("", &compose.services).map_err(R::PolicyDenied)?;
                 // What the file's interpolations declare, unless the settings give another default.
                 let mut settings = settings.clone();
                 for (name, default) in compose.parameters {
@@ -379,6 +387,7 @@ mod tests {
                 version: "v1.2.3-4".into(),
                 image: "127.0.0.1:5000/sample/app:1.2.3-4".into(),
                 settings: Default::default(),
+                policy: Default::default(),
             })
             .then([E::version_added("1.2.3-4", "127.0.0.1:5000/sample/app:1.2.3-4", vec![], Default::default())]);
     }
@@ -386,14 +395,24 @@ mod tests {
     #[test]
     fn add_version_to_an_unknown_application_is_rejected() {
         given::<Application>([])
-            .when(C::AddVersion { version: "1.0.0".into(), image: "x:1".into(), settings: Default::default() })
+            .when(C::AddVersion {
+                version: "1.0.0".into(),
+                image: "127.0.0.1:5000/x:1".into(),
+                settings: Default::default(),
+                policy: Default::default(),
+            })
             .then_rejected(R::NotRegistered);
     }
 
     #[test]
     fn add_version_that_is_not_semver_is_rejected() {
         given::<Application>([registered()])
-            .when(C::AddVersion { version: "one".into(), image: "x:1".into(), settings: Default::default() })
+            .when(C::AddVersion {
+                version: "one".into(),
+                image: "127.0.0.1:5000/x:1".into(),
+                settings: Default::default(),
+                policy: Default::default(),
+            })
             .then_rejected(R::InvalidVersion {
                 version: "one".into(),
                 reason: "unexpected character 'o' while parsing major version number".into(),
@@ -403,17 +422,32 @@ mod tests {
     #[test]
     fn add_version_twice_is_rejected() {
         given::<Application>([registered(), added("1.0.0")])
-            .when(C::AddVersion { version: "v1.0.0".into(), image: "x:1".into(), settings: Default::default() })
+            .when(C::AddVersion {
+                version: "v1.0.0".into(),
+                image: "127.0.0.1:5000/x:1".into(),
+                settings: Default::default(),
+                policy: Default::default(),
+            })
             .then_rejected(R::VersionExists { version: "1.0.0".into() });
     }
 
     #[test]
     fn add_version_with_a_bad_image_is_rejected() {
         given::<Application>([registered()])
-            .when(C::AddVersion { version: "1.0.0".into(), image: "a b".into(), settings: Default::default() })
+            .when(C::AddVersion {
+                version: "1.0.0".into(),
+                image: "a b".into(),
+                settings: Default::default(),
+                policy: Default::default(),
+            })
             .then_rejected(R::InvalidImage { image: "a b".into(), reason: "it contains whitespace".into() });
         given::<Application>([registered()])
-            .when(C::AddVersion { version: "1.0.0".into(), image: "".into(), settings: Default::default() })
+            .when(C::AddVersion {
+                version: "1.0.0".into(),
+                image: "".into(),
+                settings: Default::default(),
+                policy: Default::default(),
+            })
             .then_rejected(R::InvalidImage { image: "".into(), reason: "it is empty".into() });
     }
 
@@ -426,8 +460,18 @@ mod tests {
 
     #[test]
     fn add_version_with_parameters_and_profiles() {
-        let add = C::AddVersion { version: "1.0.0".into(), image: "x:1".into(), settings: settings() };
-        given::<Application>([registered()]).when(add).then([E::version_added("1.0.0", "x:1", vec![], settings())]);
+        let add = C::AddVersion {
+            version: "1.0.0".into(),
+            image: "127.0.0.1:5000/x:1".into(),
+            settings: settings(),
+            policy: Default::default(),
+        };
+        given::<Application>([registered()]).when(add).then([E::version_added(
+            "1.0.0",
+            "127.0.0.1:5000/x:1",
+            vec![],
+            settings(),
+        )]);
     }
 
     #[test]
@@ -435,7 +479,12 @@ mod tests {
         let mut bad = settings();
         bad.profiles.insert("x".into(), [("COLOR".into(), "red".into())].into());
         given::<Application>([registered()])
-            .when(C::AddVersion { version: "1.0.0".into(), image: "x:1".into(), settings: bad })
+            .when(C::AddVersion {
+                version: "1.0.0".into(),
+                image: "127.0.0.1:5000/x:1".into(),
+                settings: bad,
+                policy: Default::default(),
+            })
             .then_rejected(R::InvalidSettings(SettingsError::ProfileParameter {
                 profile: "x".into(),
                 parameter: "COLOR".into(),
@@ -446,7 +495,12 @@ mod tests {
     fn add_version_with_a_parameter_that_is_no_variable_name_is_rejected() {
         let bad = Settings { parameters: [("1X".into(), "".into())].into(), ..Settings::default() };
         given::<Application>([registered()])
-            .when(C::AddVersion { version: "1.0.0".into(), image: "x:1".into(), settings: bad })
+            .when(C::AddVersion {
+                version: "1.0.0".into(),
+                image: "127.0.0.1:5000/x:1".into(),
+                settings: bad,
+                policy: Default::default(),
+            })
             .then_rejected(R::InvalidSettings(SettingsError::InvalidParameter("1X".into())));
     }
 
@@ -500,7 +554,12 @@ mod tests {
     fn add_version_with_an_overlong_image_is_rejected() {
         let image = format!("127.0.0.1:5000/{}", "a".repeat(250));
         given::<Application>([registered()])
-            .when(C::AddVersion { version: "1.0.0".into(), image: image.clone(), settings: Default::default() })
+            .when(C::AddVersion {
+                version: "1.0.0".into(),
+                image: image.clone(),
+                settings: Default::default(),
+                policy: Default::default(),
+            })
             .then_rejected(R::InvalidImage { image, reason: "it is longer than 255 characters".into() });
     }
 
@@ -514,7 +573,12 @@ mod tests {
         let compose =
             "services:\n  web:\n    image: 127.0.0.1:5000/web:1\n    environment:\n      LEVEL: ${LEVEL:-info}\n";
         let settings = Settings { parameters: [("LEVEL".into(), "debug".into())].into(), ..Default::default() };
-        let add = C::AddComposeVersion { version: "1.0.0".into(), compose: compose.into(), settings: settings.clone() };
+        let add = C::AddComposeVersion {
+            version: "1.0.0".into(),
+            compose: compose.into(),
+            settings: settings.clone(),
+            policy: Default::default(),
+        };
         let web = Service {
             name: "web".into(),
             image: "127.0.0.1:5000/web:1".into(),
@@ -528,11 +592,41 @@ mod tests {
     #[test]
     fn add_compose_version_the_node_cannot_honour_is_rejected_naming_the_key() {
         let compose = "services:\n  web:\n    build: .\n";
-        let add =
-            C::AddComposeVersion { version: "1.0.0".into(), compose: compose.into(), settings: Default::default() };
+        let add = C::AddComposeVersion {
+            version: "1.0.0".into(),
+            compose: compose.into(),
+            settings: Default::default(),
+            policy: Default::default(),
+        };
         let message = "the edge node pulls images, it does not build them; give `image`".into();
         let error = ComposeError { path: "services.web.build".into(), message };
         given::<Application>([registered()]).when(add).then_rejected(R::InvalidCompose(error));
+    }
+
+    #[test]
+    fn add_version_outside_the_tenants_policy_is_rejected_naming_the_key_and_the_rule() {
+        let compose = "services:\n  web:\n    image: 127.0.0.1:5000/a:1\n    volumes: [\"/srv/app/data:/data\"]\n";
+        let add = |policy: Policy| C::AddComposeVersion {
+            version: "1.0.0".into(),
+            compose: compose.into(),
+            settings: Default::default(),
+            policy,
+        };
+        let refused = given::<Application>([registered()]).when(add(Policy::default())).rejection();
+        let R::PolicyDenied(violation) = refused else { panic!("{refused:?}") };
+        assert_eq!(violation.key, "services.web.volumes[0]");
+        assert!(violation.message.contains("no host path is allowed"), "{violation}");
+        let allowing = Policy { binds: vec!["/srv/app".into()], ..Policy::default() };
+        assert_eq!(given::<Application>([registered()]).when(add(allowing)).events().len(), 1);
+
+        let hub = C::AddVersion {
+            version: "1.0.0".into(),
+            image: "busybox:1".into(),
+            settings: Default::default(),
+            policy: Default::default(),
+        };
+        let refused = given::<Application>([registered()]).when(hub).rejection();
+        assert!(matches!(&refused, R::PolicyDenied(v) if v.key == "image"), "{refused:?}");
     }
 
     #[test]

@@ -614,15 +614,7 @@ pub const FORBIDDEN_BINDS: &[&str] = &[
 /// Whether host path `source` may be bind-mounted; if not, why, naming the rule. Checked when
 /// a version is added and again by the node, which does not take the engine's word for it.
 pub fn bind_policy(source: &str) -> Result<(), String> {
-    let mut parts = Vec::new();
-    for part in source.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => return Err(format!("host path `{source}` holds `..`: give the path itself")),
-            part => parts.push(part),
-        }
-    }
-    let path = format!("/{}", parts.join("/"));
+    let path = normalize_path(source)?;
     for forbidden in FORBIDDEN_BINDS {
         if path == *forbidden || path.starts_with(&format!("{forbidden}/")) {
             return Err(format!("host path `{source}` is never mounted: it is under `{forbidden}`"));
@@ -632,6 +624,19 @@ pub fn bind_policy(source: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `source` as an absolute path without `.`, empty parts or a final `/`; refused with `..`.
+pub fn normalize_path(source: &str) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for part in source.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(format!("host path `{source}` holds `..`: give the path itself")),
+            part => parts.push(part),
+        }
+    }
+    Ok(format!("/{}", parts.join("/")))
 }
 
 /// Reads `SOURCE:TARGET[:ro|:rw]`.

@@ -15,6 +15,7 @@ pub mod deployment;
 pub mod envelope;
 pub mod logs;
 pub mod node;
+pub mod policy;
 pub mod projection;
 pub mod report;
 pub mod status;

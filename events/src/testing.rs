@@ -54,6 +54,24 @@ impl<A: Aggregate> When<A> {
         }
     }
 
+    /// The events decided, for a test that looks at them itself.
+    #[track_caller]
+    pub fn events(self) -> Vec<A::Event> {
+        match self.result {
+            Ok(events) => events,
+            Err(rejection) => panic!("{:?} was rejected: {rejection}", self.command),
+        }
+    }
+
+    /// The rejection, for a test that looks at it itself.
+    #[track_caller]
+    pub fn rejection(self) -> A::Rejection {
+        match self.result {
+            Ok(events) => panic!("{:?} was accepted with {events:?}", self.command),
+            Err(rejection) => rejection,
+        }
+    }
+
     #[track_caller]
     pub fn then_rejected(self, expected: A::Rejection) {
         match self.result {

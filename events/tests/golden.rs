@@ -192,6 +192,13 @@ fn reports() -> Vec<NodeReport> {
     ]
 }
 
+fn tenants() -> Vec<TenantEvent> {
+    vec![
+        TenantEvent::Deleted { at: at() },
+        TenantEvent::PolicySet { binds: vec!["/srv/acme".into()], registries: vec!["127.0.0.1:5000".into()], at: at() },
+    ]
+}
+
 fn tokens() -> Vec<TokenEvent> {
     vec![
         TokenEvent::Issued {
@@ -270,7 +277,7 @@ fn the_event_reference_is_the_code() {
     check_documented(&doc, &nodes());
     check_documented(&doc, &work());
     check_documented(&doc, &reports());
-    check_documented(&doc, &[TenantEvent::Deleted { at: at() }]);
+    check_documented(&doc, &tenants());
     check_documented(&doc, &tokens());
 }
 
@@ -282,7 +289,7 @@ fn every_event_type_at_every_version_reads_from_its_golden_bytes() {
     seen.extend(check(nodes()));
     seen.extend(check(work()));
     seen.extend(check(reports()));
-    seen.extend(check(vec![TenantEvent::Deleted { at: at() }]));
+    seen.extend(check(tenants()));
     seen.extend(check(tokens()));
     // No fixture without a sample: a type removed from the code would go unnoticed.
     for entry in std::fs::read_dir(fixtures()).unwrap() {

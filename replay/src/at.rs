@@ -85,7 +85,7 @@ impl Fold {
             }
             // As the read models do: a deleted tenant is forgotten.
             "tenant" => {
-                let TenantEvent::Deleted { .. } = e.event::<TenantEvent>()?;
+                let TenantEvent::Deleted { .. } = e.event::<TenantEvent>()? else { return Ok(()) };
                 self.deployments.retain(|(tenant, _), _| *tenant != e.tenant);
                 self.nodes.retain(|(tenant, _), _| *tenant != e.tenant);
                 self.applications.retain(|(tenant, _), _| *tenant != e.tenant);

@@ -22,7 +22,7 @@ async fn call(
     tenant: &str,
 ) -> (u16, Value) {
     let mut request = client.request(method.clone(), engine.url(path)).header("x-tenant", tenant);
-    if *method == Method::POST {
+    if *method == Method::POST || *method == Method::PUT {
         request = request.json(&body_for(path));
     }
     let response = request.send().await.unwrap();
@@ -38,6 +38,7 @@ fn body_for(path: &str) -> Value {
         "/v1/deployments/d1/update" => json!({"version": "1.0.0"}),
         "/v1/deployments/apply" => json!({"deployments": ["d1"]}),
         "/v1/tokens" => json!({"subject": "mallory", "tenant": "acme", "roles": ["admin"]}),
+        "/v1/tenants/acme/policy" => json!({"binds": ["/srv/acme"]}),
         _ => json!({}),
     }
 }
@@ -69,6 +70,8 @@ fn routes() -> Vec<(Method, &'static str, &'static [&'static str])> {
         (Method::GET, "/v1/notifications", READER),
         (Method::GET, "/v1/summary", READER),
         (Method::DELETE, "/v1/tenants/acme", ADMIN),
+        (Method::GET, "/v1/tenants/acme/policy", READER),
+        (Method::PUT, "/v1/tenants/acme/policy", ADMIN),
         (Method::GET, "/v1/nodes", READER),
         (Method::GET, "/v1/nodes/edge-1", READER),
         (Method::GET, "/v1/nodes/edge-1/telemetry", READER),

@@ -10,7 +10,7 @@ use tests::{docker, eventually, NatsServer};
 use crate::harness::{Lab, TestEngine, IMAGE_1_0_0, IMAGE_1_1_0, TIMEOUT};
 
 /// Registers `shop` with version 1.0.0 made of `compose`, published.
-async fn publish_compose(engine: &TestEngine, compose: &str) {
+pub(crate) async fn publish_compose(engine: &TestEngine, compose: &str) {
     let (status, body) = engine.post("/v1/applications", json!({"id": "shop", "name": "Shop"})).await;
     assert_eq!(status, 201, "{body}");
     let (status, body) =
@@ -20,7 +20,7 @@ async fn publish_compose(engine: &TestEngine, compose: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
-async fn launch_shop(engine: &TestEngine, node: &str, overrides: Value) -> String {
+pub(crate) async fn launch_shop(engine: &TestEngine, node: &str, overrides: Value) -> String {
     let body = json!({"application": "shop", "version": "1.0.0", "nodes": [node], "overrides": overrides});
     let (status, body) = engine.post("/v1/deployments", body).await;
     assert_eq!(status, 201, "{body}");

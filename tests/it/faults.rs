@@ -329,8 +329,13 @@ async fn a_download_that_hangs_is_reported_failed_when_its_deadline_passes() {
     let data = tempfile::tempdir().unwrap();
     let name = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let deadlines = edge_node::agent::Deadlines { download: 2_000, step: 2_000 };
-    let config = edge_node::NodeConfig { deadlines, ..TestNode::config(&nats.url(), &name, &data) };
+    // The tenant and the node both take images from it.
+    let registry = format!("127.0.0.1:{port}");
+    let policy = events::policy::Policy { registries: vec![registry.clone()], ..Default::default() };
+    let config = edge_node::NodeConfig { deadlines, policy, ..TestNode::config(&nats.url(), &name, &data) };
     let node = TestNode::start_with(config, &engine, data).await;
+    let (status, body) = engine.put("/v1/tenants/default/policy", json!({"registries": [registry]})).await;
+    assert_eq!(status, 200, "{body}");
     engine.publish_sample(&format!("127.0.0.1:{port}/sample/app:1.0.0")).await;
 
     let id = launch(&engine, &node.name).await;

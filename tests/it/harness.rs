@@ -104,6 +104,11 @@ impl TestEngine {
         (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self.http.put(self.url(path)).json(&body).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         let response = self.http.delete(self.url(path)).send().await.unwrap();
         (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
@@ -177,6 +182,7 @@ pub async fn seed(handler: &CommandHandler, nodes: &[&str]) {
             version: "1.0.0".into(),
             image: IMAGE_1_0_0.into(),
             settings: Default::default(),
+            policy: Default::default(),
         },
         ApplicationCommand::Publish { version: "1.0.0".into() },
     ];
@@ -301,6 +307,7 @@ impl TestNode {
         let config = TestNode::enrolled(config, engine, &data).await;
         let name = config.node.clone();
         let runtime = DockerRuntime::with(docker).await.expect("the Docker engine answers");
+        let runtime = runtime.confined_to(config.policy.clone());
         let task = tokio::spawn(edge_node::driver::run(config, Arc::new(runtime)));
         eventually("the node to register", TIMEOUT, || async {
             let (status, body) = engine.get(&format!("/v1/nodes/{name}")).await;

@@ -12,7 +12,12 @@ use crate::harness::{handler, meta, stored};
 
 fn add(version: &str) -> ApplicationCommand {
     let image = format!("127.0.0.1:5000/sample/app:{version}");
-    ApplicationCommand::AddVersion { version: version.into(), image, settings: Default::default() }
+    ApplicationCommand::AddVersion {
+        version: version.into(),
+        image,
+        settings: Default::default(),
+        policy: Default::default(),
+    }
 }
 
 /// Two writers on one registered application: B has read it, then A added `version`.
