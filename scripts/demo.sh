@@ -151,8 +151,9 @@ vendor app add-version shop 1.0.0 --compose examples/shop.compose.yaml >/dev/nul
 vendor app publish shop 1.0.0 >/dev/null
 operator app show shop | grep -A3 '"parameters"'
 
-say "operator: launch it with GREETING=hi: one container per service, each reported"
-shop_out=$(operator launch --app shop --version 1.0.0 --node "$node" --set GREETING=hi)
+say "operator: launch it with GREETING=hi and a secret API_KEY: one container per service, each reported"
+api_key="demo-key-$RANDOM$RANDOM"
+shop_out=$(operator launch --app shop --version 1.0.0 --node "$node" --set GREETING=hi --secret "API_KEY=$api_key")
 echo "$shop_out"
 shop_id=$(echo "$shop_out" | awk '{print $3}')
 operator watch "$shop_id"
@@ -163,6 +164,17 @@ for _ in $(seq 1 50); do
 done
 echo "probe's log, fetched through the engine (it reached web by name):"
 operator logs "$shop_id" | grep "probe\] sample app"
+
+say "the secret: in the containers' environment, sealed in the log, *** in the API"
+web=$(docker -H "$DOCKER_HOST" ps -q --filter "label=io.edge-orchestrator.deployment=$shop_id" | head -n 1)
+docker -H "$DOCKER_HOST" inspect "$web" --format '{{range .Config.Env}}{{println .}}{{end}}' | grep '^API_KEY=' |
+  sed 's/^/  container: /'
+operator get "$shop_id" | grep -A2 '"secrets"' | sed 's/^/  API: /'
+if grep -rqa "$api_key" "$demo/jetstream" "$demo/engine" "$demo/$node" "$demo"/*.log; then
+  echo "  the secret is in clear on disk!" >&2
+  exit 1
+fi
+echo "  not in clear in the stream's files, the engine's or the node's database, or any log"
 
 say "drift: a container stopped behind the node's back is put back, and the engine records it"
 victim=$(docker -H "$DOCKER_HOST" ps -q --filter "label=io.edge-orchestrator.deployment=$id")

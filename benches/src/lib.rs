@@ -25,6 +25,7 @@ pub fn launched() -> DeploymentEvent {
         env: Default::default(),
         services: Default::default(),
         rollout: None,
+        secrets: Default::default(),
     }
 }
 

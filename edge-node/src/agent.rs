@@ -82,6 +82,8 @@ pub struct Workload {
     pub hold: bool,
     /// The network is being removed, the last step of an uninstall.
     busy: bool,
+    /// Environment values sealed for this node, by name: opened only as a container is made.
+    secrets: BTreeMap<String, String>,
 }
 
 /// One container of a workload.
@@ -686,7 +688,7 @@ impl Agent {
     /// nothing (delivered again, or for a deployment this node does not hold).
     fn record(&mut self, work: NodeWork) -> Option<String> {
         match work {
-            NodeWork::Deploy { deployment, application, version, image, mode, env, services } => {
+            NodeWork::Deploy { deployment, application, version, image, mode, env, services, secrets } => {
                 if let Some(w) = self.workloads.get_mut(&deployment) {
                     if w.desired != Desired::Removed {
                         return None;
@@ -714,12 +716,15 @@ impl Agent {
                     desired: Desired::Running,
                     hold: mode.waits_for_apply(),
                     busy: false,
+                    secrets,
                 };
                 self.workloads.insert(deployment.clone(), workload);
                 Some(deployment)
             }
-            NodeWork::Update { deployment, version, image, mode, env, services } => {
+            NodeWork::Update { deployment, version, image, mode, env, services, secrets } => {
                 let w = self.workloads.get_mut(&deployment)?;
+                // Sealed afresh for each piece of work: the same values, other bytes.
+                w.secrets = secrets;
                 let wanted = events::work::containers(&image, &env, &services);
                 let unchanged = |s: &Service| w.units.get(&s.name).is_some_and(|u| u.wanted && u.service == *s);
                 if w.version == version && wanted.len() == w.units.len() && wanted.iter().all(unchanged) {
@@ -1039,6 +1044,7 @@ impl Agent {
                 nano_cpus: u.service.limits.nano_cpus.or(self.default_limits.nano_cpus),
                 pids: u.service.limits.pids.or(self.default_limits.pids),
             },
+            secrets: w.secrets.clone(),
         })
     }
 
@@ -1149,6 +1155,7 @@ mod tests {
             mode,
             env: Default::default(),
             services: vec![],
+            secrets: Default::default(),
         }
     }
 
@@ -1391,6 +1398,7 @@ mod tests {
             mode,
             env: Default::default(),
             services: vec![],
+            secrets: Default::default(),
         }
     }
 
@@ -1540,7 +1548,16 @@ mod tests {
             unreachable!()
         };
         let env = [("MODE".to_owned(), "test".to_owned())].into();
-        let works = vec![NodeWork::Deploy { deployment, application, version, image, mode, env, services: vec![] }];
+        let works = vec![NodeWork::Deploy {
+            deployment,
+            application,
+            version,
+            image,
+            mode,
+            env,
+            services: vec![],
+            secrets: Default::default(),
+        }];
         // The container found was made before the environment changed.
         let observed = Observed { container: Some(found("c1", true, "1.0.0")), image_present: true };
         recover(&mut agent, works, observed);
@@ -1662,6 +1679,7 @@ mod tests {
             mode: Mode::default(),
             env: Default::default(),
             services,
+            secrets: Default::default(),
         }
     }
 
@@ -1824,6 +1842,7 @@ mod tests {
             mode: Mode::default(),
             env: Default::default(),
             services: vec![service("db", "db:1", &[]), service("web", "web:2", &[])],
+            secrets: Default::default(),
         }));
         let actions = drain(&mut agent);
         assert_eq!(units_of(&actions), [("pull", "web".into())], "only the new image is pulled; the rest runs on");

@@ -128,6 +128,7 @@ mod tests {
             mode: Default::default(),
             env: Default::default(),
             services: vec![],
+            secrets: Default::default(),
         };
         let refresh = NodeWork::Refresh { deployment: "d1".into() };
         let stop = NodeWork::Stop { deployment: "d1".into() };

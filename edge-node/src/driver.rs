@@ -40,7 +40,7 @@ use crate::agent::{Action, Agent, Check, Input, Lookup};
 use crate::desired::Desired;
 use crate::local::{LocalReply, LocalRequest};
 use crate::outbox::Outbox;
-use crate::runtime::{ContainerRuntime, Observed};
+use crate::runtime::{ContainerRuntime, ContainerSpec, ErrorCode, Observed, RuntimeError};
 use crate::NodeConfig;
 
 /// Runs the node until its connection to JetStream fails for good.
@@ -99,6 +99,23 @@ pub struct Attachment {
     pub control: Option<std::path::PathBuf>,
 }
 
+/// `spec` with its sealed secrets opened into its environment, for the runtime alone: the
+/// clear values are never logged or kept.
+fn opened(mut spec: ContainerSpec, key: Option<&Arc<nkeys::KeyPair>>) -> Result<ContainerSpec, RuntimeError> {
+    let secrets = std::mem::take(&mut spec.secrets);
+    for (name, sealed) in secrets {
+        let unreadable = |why: String| {
+            RuntimeError::new(ErrorCode::SecretUnreadable, format!("secret `{name}` does not open here: {why}"))
+        };
+        let key = key.ok_or_else(|| unreadable("the node has no key".to_owned()))?;
+        let value = bus::seal::open_as_node(key, &sealed).map_err(|e| unreadable(e.to_string()))?;
+        let value = String::from_utf8(value).map_err(|_| unreadable("not text".to_owned()))?;
+        spec.env.retain(|e| e.split('=').next() != Some(name.as_str()));
+        spec.env.push(format!("{name}={value}"));
+    }
+    Ok(spec)
+}
+
 /// Runs the node on `attachment` until its connection to JetStream fails for good.
 pub async fn run_on<R: ContainerRuntime>(
     config: NodeConfig,
@@ -111,6 +128,8 @@ pub async fn run_on<R: ContainerRuntime>(
     let desired = Desired::open(&db, &trees)?;
     let sent = Arc::new(Notify::new());
     let actor = format!("node:{}", config.node);
+    // The node's own key opens the secrets sealed for it.
+    let key: Option<Arc<nkeys::KeyPair>> = config.credentials.as_ref().map(|c| c.key().clone());
 
     let hello = Uuid::now_v7();
     let online = NodeReport::Online { labels: config.labels.clone(), agent_version: env!("CARGO_PKG_VERSION").into() };
@@ -186,9 +205,16 @@ pub async fn run_on<R: ContainerRuntime>(
                 Action::Pull { deployment, service, image } => step(&runtime, &outcomes_tx, move |rt| async move {
                     Input::Pulled { result: rt.pull(&image).await, deployment, service, image }
                 }),
-                Action::Create { deployment, service, spec } => step(&runtime, &outcomes_tx, move |rt| async move {
-                    Input::Created { result: rt.create(&spec).await, deployment, service, image: spec.image }
-                }),
+                Action::Create { deployment, service, spec } => {
+                    let key = key.clone();
+                    step(&runtime, &outcomes_tx, move |rt| async move {
+                        let result = match opened(*spec.clone(), key.as_ref()) {
+                            Ok(spec) => rt.create(&spec).await,
+                            Err(e) => Err(e),
+                        };
+                        Input::Created { result, deployment, service, image: spec.image }
+                    })
+                }
                 Action::Start { deployment, service, container } => {
                     step(&runtime, &outcomes_tx, move |rt| async move {
                         Input::Started { result: rt.start(&container).await, deployment, service, container }

@@ -29,6 +29,9 @@ pub struct ContainerSpec {
     pub network: Option<(String, String)>,
     /// What it may use; the node's defaults where absent.
     pub limits: events::compose::Limits,
+    /// Environment values still sealed for this node, by name: the driver opens them into
+    /// `env` just before the container is made, so that they are never kept in clear.
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +52,8 @@ pub enum ErrorCode {
     ContainerExited,
     /// The host refuses what the work asks of it (a bind of one of its own paths).
     PolicyDenied,
+    /// A secret sealed for another node, altered, or with no key to open it.
+    SecretUnreadable,
     Runtime,
 }
 
@@ -60,6 +65,7 @@ impl ErrorCode {
             ErrorCode::RuntimeUnavailable => "runtime_unavailable",
             ErrorCode::ContainerExited => "container_exited",
             ErrorCode::PolicyDenied => "policy_denied",
+            ErrorCode::SecretUnreadable => "secret_unreadable",
             ErrorCode::Runtime => "runtime_error",
         }
     }

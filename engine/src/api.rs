@@ -58,6 +58,8 @@ pub struct AppState {
     pub nodes: crate::read_model::Nodes,
     pub liveness: crate::liveness::Liveness,
     pub issuer: crate::credentials::Issuer,
+    /// The tenants' keys, which seal every secret before it is stored.
+    pub keys: crate::secrets::TenantKeys,
 }
 
 pub fn router(state: AppState, auth: Auth) -> Router {
@@ -196,6 +198,7 @@ impl Rejection for DeploymentRejection {
         use DeploymentRejection as R;
         match self {
             R::AlreadyLaunched => (StatusCode::CONFLICT, "id"),
+            R::InvalidSecret(_) => (StatusCode::UNPROCESSABLE_ENTITY, "secrets"),
             R::NotLaunched => (StatusCode::NOT_FOUND, "id"),
             R::UnknownApplication(_) => (StatusCode::UNPROCESSABLE_ENTITY, "application"),
             R::UnknownVersion { .. } | R::VersionNotPublished { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "version"),
@@ -472,6 +475,10 @@ pub struct LaunchRequest {
     /// than `max_failures` failed.
     #[serde(default)]
     pub rollout: Option<RolloutRequest>,
+    /// Environment values never stored in clear: sealed under the tenant's key before the
+    /// launch is stored, shown as `***`.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 fn yes() -> bool {
@@ -543,6 +550,10 @@ async fn launch(
     let application: Application = state.commands.state(&meta.tenant, &body.application).await?;
     // With an idempotency key, the deployment id is the key: a retried launch finds it.
     let id = meta.command_id.to_string();
+    if let Some(name) = body.secrets.keys().find(|name| !events::application::is_variable_name(name)) {
+        return Err(ApiError::invalid("secrets", format!("secret `{name}` is not an environment variable name")));
+    }
+    let secrets = state.keys.seal(&meta.tenant, &id, &body.secrets).await?;
     let command = DeploymentCommand::Launch(Launch {
         application_id: body.application,
         application,
@@ -554,6 +565,7 @@ async fn launch(
         profile: body.profile,
         overrides: body.overrides,
         rollout: body.rollout.as_ref().map(RolloutRequest::rollout).transpose()?,
+        secrets,
     });
     let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await?;
     deployment_response(&state, &meta.tenant, id, &committed).await

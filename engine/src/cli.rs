@@ -104,6 +104,10 @@ enum Command {
         /// A parameter value over the defaults and the profile (`NAME=value`); repeat for several.
         #[arg(long = "set", value_parser = key_value)]
         overrides: Vec<(String, String)>,
+        /// A value the containers get in their environment that is never stored or shown in
+        /// clear (`NAME=value`, sealed at once); repeat for several.
+        #[arg(long = "secret", value_parser = key_value)]
+        secrets: Vec<(String, String)>,
         /// Follow the status until every node is running or failed.
         #[arg(long)]
         watch: bool,
@@ -349,6 +353,11 @@ fn key_value(text: &str) -> Result<(String, String), String> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
+/// `NAME=value` pairs as a JSON object of strings.
+fn string_map(pairs: &[(String, String)]) -> serde_json::Map<String, Value> {
+    pairs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()
+}
+
 fn humantime_secs(text: &str) -> Result<Duration, String> {
     let digits = text.strip_suffix('s').unwrap_or(text);
     digits.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("`{text}` is not a number of seconds"))
@@ -405,9 +414,7 @@ impl Cli {
                 print_json(&client.post(&format!("/v1/tokens/{id}/revoke"), json!({})).await?)
             }
             Command::Node(NodeCommand::Enroll { node, labels, public_key, out }) => {
-                let labels: serde_json::Map<String, Value> =
-                    labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-                let body = json!({"labels": labels, "public_key": public_key});
+                let body = json!({"labels": string_map(labels), "public_key": public_key});
                 deliver(&client.post(&format!("/v1/nodes/{node}/enroll"), body).await?, out.as_ref())?;
             }
             Command::Node(NodeCommand::Revoke { node }) => {
@@ -443,11 +450,11 @@ impl Cli {
                 rollout,
                 profile,
                 overrides,
+                secrets,
                 watch,
                 timeout,
             } => {
-                let overrides: serde_json::Map<String, Value> =
-                    overrides.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+                let (overrides, secrets) = (string_map(overrides), string_map(secrets));
                 let mut body = json!({
                     "application": application,
                     "version": version,
@@ -456,6 +463,7 @@ impl Cli {
                     "profile": profile,
                     "overrides": overrides,
                     "rollout": rollout.json(),
+                    "secrets": secrets,
                 });
                 match selector {
                     Some(selector) => {

@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod liveness;
 pub mod projector;
 pub mod read_model;
+pub mod secrets;
 pub mod trust;
 pub mod worker;
 
@@ -139,6 +140,7 @@ impl Engine {
         let commands = CommandHandler::new(store.clone());
         let issuer = credentials::Issuer::new(trust.clone(), commands.clone(), nodes.clone());
         liveness::open_stream(store.jetstream(), config.store.replicas).await?;
+        let keys = secrets::TenantKeys::open(store.jetstream(), config.store.replicas).await?;
         let liveness = liveness::Liveness::default();
 
         std::fs::create_dir_all(&config.data_dir)?;
@@ -165,6 +167,7 @@ impl Engine {
                 nodes: nodes.clone(),
                 liveness: liveness.clone(),
                 issuer: issuer.clone(),
+                keys: keys.clone(),
             },
             auth::Auth::new(commands.clone(), config.rate_limit),
         );
@@ -177,8 +180,8 @@ impl Engine {
         let tree = nodes.tree().clone();
         tasks.spawn(projector::run(store.clone(), nodes.clone(), tree, config.projector));
         tasks.spawn(worker::membership(commands.clone(), deployments.clone(), nodes.clone()));
-        tasks.spawn(worker::tenants(commands.clone()));
-        tasks.spawn(worker::route(store.clone()));
+        tasks.spawn(worker::tenants(commands.clone(), keys.clone()));
+        tasks.spawn(worker::route(store.clone(), keys.clone()));
         let keys = Arc::new(worker::NodeKeys::default());
         tasks.spawn(worker::ingest(commands.clone(), keys.clone()));
         let (d, n) = (deployments.clone(), nodes.clone());

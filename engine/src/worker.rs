@@ -50,7 +50,7 @@
 //! launch on ten thousand nodes, five reports each, spends about ten seconds in those appends
 //! alone. Group commit would need atomic batches, which do not take `Nats-Msg-Id`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, pull};
@@ -66,6 +66,7 @@ use events::work::{self, NodeWork};
 use events::{Aggregate, Envelope};
 
 use crate::command::{CommandError, CommandHandler, CommandMeta};
+use crate::secrets::TenantKeys;
 use bus::store::{AppendError, EventStore, Outgoing, StoredEvent};
 
 /// Deliveries of one event before a consumer gives up on it.
@@ -149,16 +150,29 @@ where
 }
 
 /// Translates deployment events into work on the subject of each target node.
-pub async fn route(store: EventStore) -> anyhow::Result<()> {
+pub async fn route(store: EventStore, keys: TenantKeys) -> anyhow::Result<()> {
     let folds = Folds::default();
-    consume(&store, "router", events::subject::ALL_DEPLOYMENTS, |_, event| route_one(&store, &folds, event)).await
+    let router = Router { store: &store, folds: &folds, keys: &keys };
+    consume(&store, "router", events::subject::ALL_DEPLOYMENTS, |_, event| route_one(&router, event)).await
 }
 
-async fn route_one(store: &EventStore, folds: &Folds, stored: StoredEvent) -> anyhow::Result<()> {
+/// What the router reads and keeps.
+struct Router<'a> {
+    store: &'a EventStore,
+    folds: &'a Folds,
+    keys: &'a TenantKeys,
+}
+
+async fn route_one(router: &Router<'_>, stored: StoredEvent) -> anyhow::Result<()> {
+    let Router { store, folds, .. } = *router;
     let envelope = &stored.envelope;
     let deployment = envelope.aggregate_id.clone();
     let event = envelope.event::<DeploymentEvent>()?;
     folds.advance(&stored, &event);
+    let launched_secrets = match &event {
+        DeploymentEvent::Launched { secrets, .. } => Some(secrets.clone()),
+        _ => None,
+    };
     let (work, nodes): (NodeWork, Vec<String>) = match event {
         // A phased rollout sends the launch or the update wave by wave.
         DeploymentEvent::Launched { rollout: Some(_), .. }
@@ -166,10 +180,11 @@ async fn route_one(store: &EventStore, folds: &Folds, stored: StoredEvent) -> an
             return Ok(());
         }
         DeploymentEvent::Launched { application, version, image, nodes, mode, env, services, .. } => {
-            (NodeWork::Deploy { deployment, application, version, image, mode, env, services }, nodes)
+            let secrets = BTreeMap::new();
+            (NodeWork::Deploy { deployment, application, version, image, mode, env, services, secrets }, nodes)
         }
-        DeploymentEvent::TargetAdded { node, .. } => return send_current(store, folds, &stored, &[node]).await,
-        DeploymentEvent::WaveReleased { nodes } => return send_current(store, folds, &stored, &nodes).await,
+        DeploymentEvent::TargetAdded { node, .. } => return send_current(router, &stored, &[node]).await,
+        DeploymentEvent::WaveReleased { nodes } => return send_current(router, &stored, &nodes).await,
         DeploymentEvent::TargetRemoved { node, .. } => (NodeWork::Remove { deployment }, vec![node]),
         DeploymentEvent::StopRequested { .. } => (NodeWork::Stop { deployment }, targets(store, folds, &stored).await?),
         DeploymentEvent::StartRequested { .. } => {
@@ -179,13 +194,14 @@ async fn route_one(store: &EventStore, folds: &Folds, stored: StoredEvent) -> an
             (NodeWork::Remove { deployment }, targets(store, folds, &stored).await?)
         }
         DeploymentEvent::UpdateRequested { version, image, mode, env, services, .. } => {
-            let work = NodeWork::Update { deployment, version, image, mode, env, services };
+            let secrets = BTreeMap::new();
+            let work = NodeWork::Update { deployment, version, image, mode, env, services, secrets };
             (work, targets(store, folds, &stored).await?)
         }
         // Back to the version before, at once, everywhere.
         DeploymentEvent::RolledBack { version, image, env, services, .. } => {
-            let mode = Mode::default();
-            let work = NodeWork::Update { deployment, version, image, mode, env, services };
+            let (mode, secrets) = (Mode::default(), BTreeMap::new());
+            let work = NodeWork::Update { deployment, version, image, mode, env, services, secrets };
             (work, targets(store, folds, &stored).await?)
         }
         DeploymentEvent::ApplyRequested { .. } => {
@@ -200,8 +216,34 @@ async fn route_one(store: &EventStore, folds: &Folds, stored: StoredEvent) -> an
         | DeploymentEvent::RolloutHalted { .. }
         | DeploymentEvent::NodeRevoked { .. } => return Ok(()),
     };
-    let each = nodes.into_iter().map(|node| (vec![(format!("{}:{node}", envelope.id), work.clone())], node)).collect();
+    let secrets = match (&work, launched_secrets) {
+        (NodeWork::Deploy { .. }, Some(secrets)) => secrets,
+        (NodeWork::Update { .. }, _) => folds.as_of(store, &stored, |state| state.secrets.clone()).await?,
+        _ => BTreeMap::new(),
+    };
+    let each = for_each_node(router, envelope, &work, &secrets, nodes).await?;
     send(store, envelope, each).await
+}
+
+/// `work` for each of `nodes`, with the deployment's `secrets` (sealed under the tenant's key)
+/// sealed again for that node alone.
+async fn for_each_node(
+    router: &Router<'_>,
+    envelope: &Envelope,
+    work: &NodeWork,
+    secrets: &BTreeMap<String, String>,
+    nodes: Vec<String>,
+) -> anyhow::Result<Vec<(Vec<(String, NodeWork)>, String)>> {
+    let mut each = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let mut work = work.clone();
+        if let NodeWork::Deploy { secrets: sealed, .. } | NodeWork::Update { secrets: sealed, .. } = &mut work {
+            let (tenant, deployment) = (&envelope.tenant, &envelope.aggregate_id);
+            *sealed = router.keys.reseal_for(router.store, tenant, deployment, secrets, &node).await?;
+        }
+        each.push((vec![(format!("{}:{node}", envelope.id), work)], node));
+    }
+    Ok(each)
 }
 
 /// Appends work caused by `envelope` to each node's subject: a node's pieces of work, each
@@ -297,16 +339,19 @@ fn caused_by(envelope: &Envelope) -> Metadata {
 /// reached by a rollout wave. An applied deployment does not wait for an apply there; a
 /// stopped one is stopped there too; during an update a node that has the deployment is
 /// updated.
-async fn send_current(store: &EventStore, folds: &Folds, stored: &StoredEvent, nodes: &[String]) -> anyhow::Result<()> {
+async fn send_current(router: &Router<'_>, stored: &StoredEvent, nodes: &[String]) -> anyhow::Result<()> {
     let envelope = &stored.envelope;
     let deployment = envelope.aggregate_id.clone();
-    let (work, stopped) = folds
-        .as_of(store, stored, |state| {
+    let (work, stopped, secrets) = router
+        .folds
+        .as_of(router.store, stored, |state| {
             let mode = Mode { staged: state.mode.staged, instantly_apply: !state.awaiting_apply };
             let (version, image) = (state.version.clone(), state.image.clone());
-            let (env, services) = (state.env.clone(), state.services.clone());
+            let (env, services, secrets) = (state.env.clone(), state.services.clone(), BTreeMap::new());
             let work = match state.updating {
-                true => NodeWork::Update { deployment: deployment.clone(), version, image, mode, env, services },
+                true => {
+                    NodeWork::Update { deployment: deployment.clone(), version, image, mode, env, services, secrets }
+                }
                 false => NodeWork::Deploy {
                     deployment: deployment.clone(),
                     application: state.application.clone(),
@@ -315,22 +360,19 @@ async fn send_current(store: &EventStore, folds: &Folds, stored: &StoredEvent, n
                     mode,
                     env,
                     services,
+                    secrets,
                 },
             };
-            (work, state.desired == Desired::Stopped)
+            (work, state.desired == Desired::Stopped, state.secrets.clone())
         })
         .await?;
-    let each = nodes
-        .iter()
-        .map(|node| {
-            let mut works = vec![(format!("{}:{node}", envelope.id), work.clone())];
-            if stopped {
-                works.push((format!("{}:{node}:stop", envelope.id), NodeWork::Stop { deployment: deployment.clone() }));
-            }
-            (works, node.clone())
-        })
-        .collect();
-    send(store, envelope, each).await
+    let mut each = for_each_node(router, envelope, &work, &secrets, nodes.to_vec()).await?;
+    if stopped {
+        for (works, node) in &mut each {
+            works.push((format!("{}:{node}:stop", envelope.id), NodeWork::Stop { deployment: deployment.clone() }));
+        }
+    }
+    send(router.store, envelope, each).await
 }
 
 /// The nodes the deployment of `stored` targets, as of that event.
@@ -657,12 +699,12 @@ fn refusal<R: std::error::Error>(
 /// Carries out a tenant's deletion: every deployment it has in the log is uninstalled, which
 /// removes it from every node. The deployments are found from the stream's subjects, not from a
 /// read model that the same deletion empties.
-pub async fn tenants(handler: CommandHandler) -> anyhow::Result<()> {
+pub async fn tenants(handler: CommandHandler, keys: TenantKeys) -> anyhow::Result<()> {
     let store = handler.store().clone();
-    consume(&store, "tenants", events::subject::ALL_TENANTS, |_, event| tenant_one(&handler, event)).await
+    consume(&store, "tenants", events::subject::ALL_TENANTS, |_, event| tenant_one(&handler, &keys, event)).await
 }
 
-async fn tenant_one(handler: &CommandHandler, stored: StoredEvent) -> anyhow::Result<()> {
+async fn tenant_one(handler: &CommandHandler, keys: &TenantKeys, stored: StoredEvent) -> anyhow::Result<()> {
     let envelope = &stored.envelope;
     let events::tenant::TenantEvent::Deleted { .. } = envelope.event()? else { return Ok(()) };
     let pattern = events::subject::aggregate(&envelope.tenant, Deployment::TYPE, "*");
@@ -679,5 +721,6 @@ async fn tenant_one(handler: &CommandHandler, stored: StoredEvent) -> anyhow::Re
             tracing::debug!(deployment = id, %rejection, "nothing to uninstall");
         }
     }
-    Ok(())
+    // Crypto-shredding: what the log holds sealed under the tenant's key is unreadable from now.
+    keys.shred(&envelope.tenant).await
 }

@@ -71,6 +71,8 @@ pub struct Deployment {
     pub env: BTreeMap<String, String>,
     /// A compose version's services, resolved.
     pub services: Vec<Service>,
+    /// Sealed under the tenant's key, by name: the engine seals each again for each node.
+    pub secrets: BTreeMap<String, String>,
     pub nodes: BTreeMap<String, NodeProgress>,
 }
 
@@ -220,6 +222,9 @@ pub struct Launch {
     pub profile: Option<String>,
     pub overrides: BTreeMap<String, String>,
     pub rollout: Option<Rollout>,
+    /// Values the containers get in their environment that the log must never hold in clear:
+    /// each sealed under the tenant's key by the engine (`bus::seal`), by name.
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl Launch {
@@ -237,6 +242,7 @@ impl Launch {
             profile: None,
             overrides: BTreeMap::new(),
             rollout: None,
+            secrets: BTreeMap::new(),
         }
     }
 }
@@ -326,6 +332,9 @@ pub enum DeploymentEvent {
         services: Vec<Service>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rollout: Option<Rollout>,
+        /// Environment values sealed under the tenant's key, by name; never in clear.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        secrets: BTreeMap<String, String>,
     },
     StopRequested {
         at: DateTime<Utc>,
@@ -439,6 +448,8 @@ pub enum DeploymentRejection {
     AlreadyLaunched,
     #[error("the deployment does not exist")]
     NotLaunched,
+    #[error("secret `{0}` is not an environment variable name")]
+    InvalidSecret(String),
     #[error("application `{0}` does not exist")]
     UnknownApplication(String),
     #[error("application `{application}` has no version {version}")]
@@ -497,6 +508,9 @@ impl Aggregate for Deployment {
                 let env =
                     version.settings.resolve(launch.profile.as_deref(), &launch.overrides).map_err(R::Settings)?;
                 let services = version.resolve_services(&env).map_err(R::Compose)?;
+                if let Some(name) = launch.secrets.keys().find(|name| !crate::application::is_variable_name(name)) {
+                    return Err(R::InvalidSecret(name.clone()));
+                }
                 match &launch.selector {
                     None if launch.nodes.is_empty() => return Err(R::NoNodes),
                     Some(selector) if selector.is_empty() => return Err(R::EmptySelector),
@@ -523,6 +537,7 @@ impl Aggregate for Deployment {
                     env,
                     services,
                     rollout: launch.rollout,
+                    secrets: launch.secrets.clone(),
                 })
             }
             _ if !self.launched => Err(R::NotLaunched),
@@ -649,8 +664,10 @@ impl Aggregate for Deployment {
                 env,
                 services,
                 rollout,
+                secrets,
             } => {
                 self.launched = true;
+                self.secrets = secrets.clone();
                 self.services = services.clone();
                 self.rollout = *rollout;
                 self.halted = None;
@@ -944,6 +961,7 @@ mod tests {
             profile: None,
             overrides: BTreeMap::new(),
             rollout: Default::default(),
+            secrets: Default::default(),
         }
     }
 
@@ -960,6 +978,7 @@ mod tests {
             env: BTreeMap::new(),
             services: Default::default(),
             rollout: Default::default(),
+            secrets: Default::default(),
         }
     }
 
@@ -1133,6 +1152,7 @@ mod tests {
             env: BTreeMap::new(),
             services: Default::default(),
             rollout: Default::default(),
+            secrets: Default::default(),
         }
     }
 
@@ -1193,6 +1213,7 @@ mod tests {
             env: [("GREETING".to_owned(), "hi".to_owned()), ("MODE".to_owned(), "test".to_owned())].into(),
             services: Default::default(),
             rollout: Default::default(),
+            secrets: Default::default(),
         }]);
         assert_eq!(state.env["MODE"], "test");
     }
@@ -1244,6 +1265,7 @@ mod tests {
             env: BTreeMap::new(),
             services: Default::default(),
             rollout: Default::default(),
+            secrets: Default::default(),
         }
     }
 
@@ -1523,6 +1545,7 @@ mod tests {
             env: BTreeMap::new(),
             services: vec![],
             rollout,
+            secrets: Default::default(),
         };
         (launch, event)
     }

@@ -28,5 +28,29 @@ pub mod token;
 pub mod work;
 
 pub use aggregate::{Aggregate, Ctx, EventPayload};
+
+/// What is shown in place of a secret's value, everywhere.
+pub const REDACTED: &str = "***";
+
+/// `value` (an event's payload, as JSON) with every value of every `secrets` map in it shown
+/// as [`REDACTED`]: sealed values are not secrets in clear, but they are nobody's business.
+pub fn redact(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                match inner {
+                    serde_json::Value::Object(secrets) if key == "secrets" => {
+                        for sealed in secrets.values_mut() {
+                            *sealed = serde_json::Value::String(REDACTED.to_owned());
+                        }
+                    }
+                    _ => redact(inner),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
 pub use envelope::{DecodeError, Envelope, Sign, SignatureError};
 pub use status::{ContainerStatus, Containers, Failure, Status};

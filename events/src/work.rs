@@ -30,6 +30,10 @@ pub enum NodeWork {
         /// their own. Empty for a single image.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         services: Vec<Service>,
+        /// Environment values sealed for this node alone (`bus::seal`), by name: it opens them
+        /// as it makes each container, and keeps them only sealed.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        secrets: BTreeMap<String, String>,
     },
     /// Stop the deployment's containers; keep them.
     Stop { deployment: String },
@@ -48,6 +52,8 @@ pub enum NodeWork {
         env: BTreeMap<String, String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         services: Vec<Service>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        secrets: BTreeMap<String, String>,
     },
     /// Go on with what was staged: switch to the downloaded version.
     Apply { deployment: String },

@@ -31,8 +31,10 @@ impl Entry {
     pub fn of(subject: &str, event: &StoredEvent) -> Entry {
         let e = &event.envelope;
         // The payload is MessagePack with named fields: any self-describing reader takes it.
-        let payload = rmp_serde::from_slice::<serde_json::Value>(&e.payload)
+        let mut payload = rmp_serde::from_slice::<serde_json::Value>(&e.payload)
             .unwrap_or_else(|err| serde_json::json!({ "undecodable": err.to_string() }));
+        // Secrets are sealed in the log; their sealed form is not shown either.
+        events::redact(&mut payload);
         Entry {
             sequence: event.sequence,
             time: e.time,

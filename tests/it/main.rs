@@ -13,5 +13,6 @@ mod policy;
 mod projector;
 mod replay;
 mod rollout;
+mod secrets;
 mod store;
 mod trust;

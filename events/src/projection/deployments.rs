@@ -64,6 +64,9 @@ pub struct DeploymentView {
     /// A compose version's services, as its containers get them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
+    /// The names of the values its containers get that are never shown: each is `***`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     /// The phased rollout of the last launch or update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
@@ -139,6 +142,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
                 env,
                 services,
                 rollout,
+                secrets,
                 ..
             },
         ) => {
@@ -160,6 +164,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
                 profile: profile.clone(),
                 env: env.clone(),
                 services: services.clone(),
+                secrets: secrets.keys().map(|name| (name.clone(), crate::REDACTED.to_owned())).collect(),
                 rollout: *rollout,
                 rollout_halted: None,
                 rolled_back: None,
@@ -323,6 +328,7 @@ mod tests {
             env: Default::default(),
             services: Default::default(),
             rollout: Default::default(),
+            secrets: Default::default(),
         };
         let running = |node: &str| DeploymentEvent::NodeStateReported {
             node: node.into(),
@@ -383,6 +389,7 @@ mod tests {
             env: Default::default(),
             services: Default::default(),
             rollout: Default::default(),
+            secrets: Default::default(),
         };
         let left = DeploymentEvent::TargetRemoved { node: "edge-2".into(), reason: "labels changed".into() };
         let removed = DeploymentEvent::NodeStateReported {

@@ -130,6 +130,7 @@ mod tests {
             env: Default::default(),
             services: Default::default(),
             rollout: Default::default(),
+            secrets: Default::default(),
         }
     }
 

@@ -105,6 +105,7 @@ mod tests {
             rollout: Default::default(),
             rollout_halted: Default::default(),
             rolled_back: Default::default(),
+            secrets: Default::default(),
         }
     }
 
