@@ -184,6 +184,7 @@ impl Rejection for ApplicationRejection {
             R::VersionExists { .. } | R::AlreadyPublished { .. } => (StatusCode::CONFLICT, "version"),
             R::InvalidImage { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "image"),
             R::InvalidSettings(SettingsError::InvalidParameter(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "parameters"),
+            R::InvalidSettings(SettingsError::SecretWithValue(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "secrets"),
             R::InvalidSettings(_) => (StatusCode::UNPROCESSABLE_ENTITY, "profiles"),
             R::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "version"),
             R::InvalidCompose(_) => (StatusCode::UNPROCESSABLE_ENTITY, "compose"),
@@ -212,6 +213,7 @@ impl Rejection for DeploymentRejection {
             R::NeverApplied => (StatusCode::UNPROCESSABLE_ENTITY, "instantly_apply"),
             R::NoSelector | R::EmptySelector => (StatusCode::UNPROCESSABLE_ENTITY, "selector"),
             R::Settings(SettingsError::UnknownProfile(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "profile"),
+            R::Settings(SettingsError::MissingSecret(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "secrets"),
             R::Settings(_) | R::Compose(_) => (StatusCode::UNPROCESSABLE_ENTITY, "overrides"),
             R::InvalidRollout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rollout.batch"),
         }
@@ -410,6 +412,10 @@ pub struct AddVersion {
     /// Named sets of values for some parameters.
     #[serde(default)]
     pub profiles: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// Environment variables whose values are secret: each launch must give them sealed
+    /// (`secrets`), never as a parameter, profile or override.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeSet<String>,
 }
 
 async fn add_version(
@@ -420,7 +426,7 @@ async fn add_version(
 ) -> Result<impl IntoResponse, ApiError> {
     let (meta, tenant) = live_tenant(&state, &caller, &[Role::Vendor]).await?;
     token("id", &id)?;
-    let settings = Settings { parameters: body.parameters, profiles: body.profiles };
+    let settings = Settings { parameters: body.parameters, profiles: body.profiles, secrets: body.secrets };
     let version = body.version;
     let policy = tenant.policy;
     let command = match (body.image, body.compose) {

@@ -26,6 +26,10 @@ pub struct Settings {
     pub parameters: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub profiles: BTreeMap<String, BTreeMap<String, String>>,
+    /// Environment variables whose values are secret: each launch gives them as secrets
+    /// (sealed, never stored in clear), and no default, profile or override may.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub secrets: std::collections::BTreeSet<String>,
 }
 
 impl Settings {
@@ -36,6 +40,9 @@ impl Settings {
         profile: Option<&str>,
         overrides: &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, String>, SettingsError> {
+        if let Some(name) = overrides.keys().find(|name| self.secrets.contains(*name)) {
+            return Err(SettingsError::SecretInOverrides(name.clone()));
+        }
         let mut env = self.parameters.clone();
         if let Some(name) = profile {
             let values = self.profiles.get(name).ok_or_else(|| SettingsError::UnknownProfile(name.to_owned()))?;
@@ -50,9 +57,19 @@ impl Settings {
         Ok(env)
     }
 
+    /// The secrets this version declares that `given` lacks.
+    pub fn missing_secret<'a>(&'a self, given: &BTreeMap<String, String>) -> Option<&'a String> {
+        self.secrets.iter().find(|name| !given.contains_key(*name))
+    }
+
     fn check(&self) -> Result<(), SettingsError> {
-        if let Some(name) = self.parameters.keys().find(|name| !is_variable_name(name)) {
+        if let Some(name) = self.parameters.keys().chain(&self.secrets).find(|name| !is_variable_name(name)) {
             return Err(SettingsError::InvalidParameter(name.clone()));
+        }
+        let valued =
+            |name: &String| self.parameters.contains_key(name) || self.profiles.values().any(|p| p.contains_key(name));
+        if let Some(name) = self.secrets.iter().find(|name| valued(name)) {
+            return Err(SettingsError::SecretWithValue(name.clone()));
         }
         for (profile, values) in &self.profiles {
             if let Some(unknown) = values.keys().find(|k| !self.parameters.contains_key(*k)) {
@@ -79,6 +96,12 @@ pub enum SettingsError {
     UnknownProfile(String),
     #[error("`{0}` is not a parameter of the version")]
     UnknownParameter(String),
+    #[error("secret `{0}` has a value in the version's parameters or profiles, which the log would keep in clear")]
+    SecretWithValue(String),
+    #[error("`{0}` is a secret of the version: give it with the launch's secrets, not as an override")]
+    SecretInOverrides(String),
+    #[error("the version needs the secret `{0}`: give it with the launch's secrets")]
+    MissingSecret(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -455,6 +478,7 @@ mod tests {
         Settings {
             parameters: [("GREETING".into(), "hello".into()), ("MODE".into(), "prod".into())].into(),
             profiles: [("test".into(), [("MODE".into(), "test".into())].into())].into(),
+            secrets: Default::default(),
         }
     }
 
@@ -601,6 +625,34 @@ mod tests {
         let message = "the edge node pulls images, it does not build them; give `image`".into();
         let error = ComposeError { path: "services.web.build".into(), message };
         given::<Application>([registered()]).when(add).then_rejected(R::InvalidCompose(error));
+    }
+
+    #[test]
+    fn add_version_with_a_secret_that_has_a_value_is_rejected() {
+        for settings in [
+            Settings {
+                parameters: [("TOKEN".into(), "abc".into())].into(),
+                secrets: ["TOKEN".into()].into(),
+                ..Settings::default()
+            },
+            Settings {
+                parameters: [("MODE".into(), "".into())].into(),
+                profiles: [("p".into(), [("TOKEN".into(), "abc".into())].into())].into(),
+                secrets: ["TOKEN".into()].into(),
+            },
+        ] {
+            let add = C::AddVersion {
+                version: "1.0.0".into(),
+                image: "127.0.0.1:5000/x:1".into(),
+                settings,
+                policy: Default::default(),
+            };
+            let refused = given::<Application>([registered()]).when(add).rejection();
+            assert!(
+                matches!(&refused, R::InvalidSettings(SettingsError::SecretWithValue(n)) if n == "TOKEN"),
+                "{refused:?}"
+            );
+        }
     }
 
     #[test]

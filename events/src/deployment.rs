@@ -507,6 +507,9 @@ impl Aggregate for Deployment {
                 launch.rollout.as_ref().map(Rollout::check).transpose()?;
                 let env =
                     version.settings.resolve(launch.profile.as_deref(), &launch.overrides).map_err(R::Settings)?;
+                if let Some(name) = version.settings.missing_secret(&launch.secrets) {
+                    return Err(R::Settings(SettingsError::MissingSecret(name.clone())));
+                }
                 let services = version.resolve_services(&env).map_err(R::Compose)?;
                 if let Some(name) = launch.secrets.keys().find(|name| !crate::application::is_variable_name(name)) {
                     return Err(R::InvalidSecret(name.clone()));
@@ -577,6 +580,9 @@ impl Aggregate for Deployment {
                 check_mode(*mode)?;
                 rollout.as_ref().map(Rollout::check).transpose()?;
                 let env = target.settings.resolve(self.profile.as_deref(), &self.overrides).map_err(R::Settings)?;
+                if let Some(name) = target.settings.missing_secret(&self.secrets) {
+                    return Err(R::Settings(SettingsError::MissingSecret(name.clone())));
+                }
                 let services = target.resolve_services(&env).map_err(R::Compose)?;
                 if target.version == self.version {
                     return Err(R::AlreadyDesired("at that version"));
@@ -1187,6 +1193,7 @@ mod tests {
         let settings = Settings {
             parameters: [("GREETING".into(), "hello".into()), ("MODE".into(), "prod".into())].into(),
             profiles: [("test".into(), [("MODE".into(), "test".into())].into())].into(),
+            secrets: Default::default(),
         };
         Application::fold(&[
             ApplicationEvent::Registered { name: "Sample".into() },
@@ -1216,6 +1223,31 @@ mod tests {
             secrets: Default::default(),
         }]);
         assert_eq!(state.env["MODE"], "test");
+    }
+
+    #[test]
+    fn a_secret_the_version_declares_must_come_sealed_with_the_launch_and_never_as_an_override() {
+        use crate::application::Settings;
+        let settings = Settings { secrets: ["DB_PASSWORD".to_owned()].into(), ..Settings::default() };
+        let mut l = launch(&["edge-1"]);
+        l.application = Application::fold(&[
+            ApplicationEvent::Registered { name: "Sample".into() },
+            ApplicationEvent::version_added("1.0.0", "x:1", vec![], settings),
+            ApplicationEvent::VersionPublished { version: "1.0.0".into(), published_at: now() },
+        ]);
+        given::<Deployment>([])
+            .when(C::Launch(l.clone()))
+            .then_rejected(R::Settings(SettingsError::MissingSecret("DB_PASSWORD".into())));
+        let mut in_clear = l.clone();
+        in_clear.overrides = [("DB_PASSWORD".to_owned(), "hunter2".to_owned())].into();
+        given::<Deployment>([])
+            .when(C::Launch(in_clear))
+            .then_rejected(R::Settings(SettingsError::SecretInOverrides("DB_PASSWORD".into())));
+        l.secrets = [("DB_PASSWORD".to_owned(), "tenant1.sealed".to_owned())].into();
+        let state =
+            given::<Deployment>([]).when(C::Launch(l)).events().iter().fold(Deployment::default(), Deployment::evolve);
+        assert_eq!(state.secrets["DB_PASSWORD"], "tenant1.sealed");
+        assert!(state.env.is_empty());
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn applications() -> Vec<ApplicationEvent> {
     let settings = Settings {
         parameters: map(&[("GREETING", "hello")]),
         profiles: [("test".to_owned(), map(&[("GREETING", "hi")]))].into(),
+        secrets: Default::default(),
     };
     vec![
         ApplicationEvent::Registered { name: "Sample".into() },

@@ -93,3 +93,33 @@ async fn a_secret_reaches_the_container_and_nowhere_else_in_clear_and_is_gone_wi
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_a_version_declares_is_refused_in_clear_and_required_at_launch() {
+    let nats = tests::NatsServer::start().await;
+    let engine = crate::harness::TestEngine::start(&nats).await;
+    let commands = crate::harness::handler(&nats).await;
+    crate::harness::seed(&commands, &["edge-1"]).await;
+    let (status, body) = engine.post("/v1/applications", json!({"id": "db", "name": "DB"})).await;
+    assert_eq!(status, 201, "{body}");
+    let version = |parameters: serde_json::Value| json!({"version": "1.0.0", "image": IMAGE_1_0_0, "secrets": ["DB_PASSWORD"], "parameters": parameters});
+    let (status, body) = engine.post("/v1/applications/db/versions", version(json!({"DB_PASSWORD": "x"}))).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("secrets")), "{body}");
+    let (status, body) = engine.post("/v1/applications/db/versions", version(json!({"MODE": "prod"}))).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = engine.post("/v1/applications/db/versions/1.0.0/publish", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    let launch = |extra: serde_json::Value| {
+        let mut body = json!({"application": "db", "version": "1.0.0", "nodes": ["edge-1"]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let (status, body) = engine.post("/v1/deployments", launch(json!({}))).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("secrets")), "{body}");
+    let (status, body) = engine.post("/v1/deployments", launch(json!({"overrides": {"DB_PASSWORD": "x"}}))).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("overrides")), "{body}");
+    let (status, body) = engine.post("/v1/deployments", launch(json!({"secrets": {"DB_PASSWORD": "x"}}))).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["deployment"]["secrets"], json!({"DB_PASSWORD": "***"}), "{body}");
+}
