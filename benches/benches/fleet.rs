@@ -118,8 +118,8 @@ async fn all_running(api: &Api, id: &str, version: &str, since: Instant) -> Dura
 async fn fleet(size: usize) {
     let nats = NatsServer::start().await;
     let api = Api::start(&nats).await;
-    api.publish_sample("127.0.0.1:5000/sim/app:1.0.0").await;
-    api.post("/v1/applications/sample/versions", json!({"version": "2.0.0", "image": "127.0.0.1:5000/sim/app:2.0.0"}))
+    api.publish_sample(&tests::sim_image("1.0.0")).await;
+    api.post("/v1/applications/sample/versions", json!({"version": "2.0.0", "image": &tests::sim_image("2.0.0")}))
         .await;
     api.post("/v1/applications/sample/versions/2.0.0/publish", json!({})).await;
     let (nodes, _data) = start_fleet(&nats, &api, size).await;

@@ -141,7 +141,7 @@ async fn deployment_history(handler: &CommandHandler, n: usize, writers: usize) 
         policy: Default::default(),
     };
     handler.execute::<Application>("sample", &add, &meta()).await.unwrap();
-    let publish = ApplicationCommand::Publish { version: "1.0.0".into() };
+    let publish = ApplicationCommand::Publish { version: "1.0.0".into(), digests: Default::default() };
     handler.execute::<Application>("sample", &publish, &meta()).await.unwrap();
     handler.execute::<Node>("edge-1", &NodeCommand::Register { labels: Labels::new() }, &meta()).await.unwrap();
     let application: Application = handler.state("bench", "sample").await.unwrap();

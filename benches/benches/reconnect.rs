@@ -44,7 +44,7 @@ async fn main() {
     let data = tempfile::tempdir().unwrap();
     let _node = benches::sim_node(&api, &link.url(), "sim-1", data.path()).await;
     api.wait_node("sim-1").await;
-    api.publish_sample("127.0.0.1:5000/sim/app:1.0.0").await;
+    api.publish_sample(&tests::sim_image("1.0.0")).await;
     let mut ids = Vec::new();
     for _ in 0..DEPLOYMENTS {
         let launched =

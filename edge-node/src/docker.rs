@@ -335,9 +335,9 @@ impl ContainerRuntime for DockerRuntime {
         let Some(image) = image else { return Ok(()) };
         // Removing one of several tags of an image only untags it, whoever uses it: keep it while
         // a container was created from this very reference. (The last tag of content in use
-        // is refused by Docker itself, with 409.)
-        let filters = [("ancestor".to_owned(), vec![image.to_owned()])].into_iter().collect();
-        let users = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+        // is refused by Docker itself, with 409.) Every container is looked at: Docker's
+        // `ancestor` filter does not take a reference pinned to a digest.
+        let users = ListContainersOptions { all: true, ..Default::default() };
         match self.docker.list_containers(Some(users)).await {
             Ok(users) if users.iter().any(|c| c.image.as_deref() == Some(image)) => return Ok(()),
             Ok(_) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}

@@ -60,6 +60,8 @@ pub struct AppState {
     pub issuer: crate::credentials::Issuer,
     /// The tenants' keys, which seal every secret before it is stored.
     pub keys: crate::secrets::TenantKeys,
+    /// Asks registries what a tag names now.
+    pub registry: reqwest::Client,
 }
 
 pub fn router(state: AppState, auth: Auth) -> Router {
@@ -339,6 +341,9 @@ pub struct VersionBody {
     pub published: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub published_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The digest each image's tag named when the version was published: what nodes run.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub digests: std::collections::BTreeMap<String, String>,
 }
 
 fn application_body(id: &str, app: &Application) -> ApplicationBody {
@@ -355,6 +360,7 @@ fn application_body(id: &str, app: &Application) -> ApplicationBody {
                 settings: v.settings.clone(),
                 published: v.published_at.is_some(),
                 published_at: v.published_at,
+                digests: v.digests.clone(),
             })
             .collect(),
     }
@@ -446,13 +452,26 @@ async fn publish(
 ) -> Result<impl IntoResponse, ApiError> {
     let meta = live_meta(&state, &caller, &[Role::Vendor]).await?;
     token("id", &id)?;
-    let command = ApplicationCommand::Publish { version };
+    // Every image pinned to what its tag names now.
+    let app: Application = state.commands.state(&meta.tenant, &id).await?;
+    let digests = match app.version(&version).filter(|v| v.published_at.is_none()) {
+        Some(v) => crate::registry::resolve_all(&state.registry, v.images()).await.map_err(unresolved)?,
+        None => Default::default(),
+    };
+    let command = ApplicationCommand::Publish { version, digests };
     state.commands.execute::<Application>(&id, &command, &meta).await?;
     application_response(&state, &meta.tenant, &id, StatusCode::OK).await
 }
 
-// ---------------------------------------------------------------------------------------------
-// Deployments
+/// A tag the registry could not resolve: missing (422, naming the image), or the registry
+/// out of reach (503).
+fn unresolved(e: crate::registry::ResolveError) -> ApiError {
+    use crate::registry::ResolveError as E;
+    match e {
+        E::NotFound { .. } => ApiError::invalid("image", e),
+        E::Unreachable { .. } | E::NoDigest { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Some("image"), e),
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -703,13 +722,26 @@ async fn apply(
     Ok(Json(ApplyResponse { results }))
 }
 
-/// Pulls the same tags again on every node and recreates only what changed.
+/// Resolves the version's tags again and moves every node to what they name now: only the
+/// containers whose digest changed are recreated.
 async fn force_update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    deployment_command(&state, &caller, id, DeploymentCommand::ForceUpdate).await
+    let meta = live_meta(&state, &caller, &[Role::Operator]).await?;
+    check_token("id", &id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, Some("id"), e))?;
+    let deployment: Deployment = state.commands.state(&meta.tenant, &id).await?;
+    let mut digests = std::collections::BTreeMap::new();
+    if deployment.launched {
+        let app: Application = state.commands.state(&meta.tenant, &deployment.application).await?;
+        if let Some(version) = app.version(&deployment.version) {
+            let resolved = crate::registry::resolve_all(&state.registry, version.images()).await.map_err(unresolved)?;
+            digests =
+                resolved.into_iter().map(|(image, d)| (events::application::unpinned(&image).to_owned(), d)).collect();
+        }
+    }
+    deployment_command(&state, &caller, id, DeploymentCommand::ForceUpdate { digests }).await
 }
 
 async fn uninstall(

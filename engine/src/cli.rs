@@ -149,7 +149,8 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// Pull the same tags again; recreate only the containers whose image changed.
+    /// Take what the version's tags name now (asked of the registry again); recreate only the
+    /// containers whose digest changed.
     ForceUpdate {
         id: String,
         #[arg(long)]
@@ -342,7 +343,8 @@ enum AppCommand {
         #[arg(long)]
         compose: Option<PathBuf>,
     },
-    /// Publish a version: it becomes launchable and immutable.
+    /// Publish a version: it becomes launchable and immutable, each image pinned to the digest
+    /// its tag names now.
     Publish { id: String, version: String },
     /// Show an application and its versions.
     Show { id: String },

@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod liveness;
 pub mod projector;
 pub mod read_model;
+pub mod registry;
 pub mod secrets;
 pub mod trust;
 pub mod worker;
@@ -168,6 +169,7 @@ impl Engine {
                 liveness: liveness.clone(),
                 issuer: issuer.clone(),
                 keys: keys.clone(),
+                registry: api_client(None)?,
             },
             auth::Auth::new(commands.clone(), config.rate_limit),
         );

@@ -207,8 +207,24 @@ async fn route_one(router: &Router<'_>, stored: StoredEvent) -> anyhow::Result<(
         DeploymentEvent::ApplyRequested { .. } => {
             (NodeWork::Apply { deployment }, targets(store, folds, &stored).await?)
         }
-        DeploymentEvent::ForceUpdateRequested { .. } => {
+        // Written before images were pinned: the same tags pulled again.
+        DeploymentEvent::ForceUpdateRequested { image, services, .. } if image.is_empty() && services.is_empty() => {
             (NodeWork::Refresh { deployment }, targets(store, folds, &stored).await?)
+        }
+        // What the tags name now, by digest: the nodes recreate the containers whose changed.
+        DeploymentEvent::ForceUpdateRequested { .. } => {
+            let work = folds
+                .as_of(store, &stored, |state| NodeWork::Update {
+                    deployment: deployment.clone(),
+                    version: state.version.clone(),
+                    image: state.image.clone(),
+                    mode: Mode::default(),
+                    env: state.env.clone(),
+                    services: state.services.clone(),
+                    secrets: BTreeMap::new(),
+                })
+                .await?;
+            (work, targets(store, folds, &stored).await?)
         }
         DeploymentEvent::NodeStateReported { .. }
         | DeploymentEvent::DriftDetected { .. }

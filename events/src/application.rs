@@ -113,6 +113,8 @@ pub struct Version {
     pub services: Vec<Service>,
     pub settings: Settings,
     pub published_at: Option<DateTime<Utc>>,
+    /// The digest of each image's tag when it was published.
+    pub digests: BTreeMap<String, String>,
 }
 
 impl Application {
@@ -142,8 +144,11 @@ pub enum ApplicationCommand {
         settings: Settings,
         policy: Policy,
     },
+    /// Publishes a version, its images pinned: `digests` has the digest the registry
+    /// resolved each image's tag to when it was published (the engine asks it).
     Publish {
         version: String,
+        digests: BTreeMap<String, String>,
     },
 }
 
@@ -171,6 +176,10 @@ pub enum ApplicationEvent {
     VersionPublished {
         version: String,
         published_at: DateTime<Utc>,
+        /// Each image of the version (as written) and the digest its tag had when published:
+        /// nodes pull and run it by digest.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        digests: BTreeMap<String, String>,
     },
 }
 
@@ -284,12 +293,26 @@ impl Aggregate for Application {
                 settings.check().map_err(ApplicationRejection::InvalidSettings)?;
                 Ok(vec![ApplicationEvent::version_added(&version, "", compose.services, settings)])
             }
-            C::Publish { version } => {
+            C::Publish { version, digests } => {
                 let version = canonical_version(version)?;
                 match self.versions.get(&version) {
                     None => Err(R::UnknownVersion { version }),
                     Some(v) if v.published_at.is_some() => Err(R::AlreadyPublished { version }),
-                    Some(_) => Ok(vec![ApplicationEvent::VersionPublished { version, published_at: ctx.now }]),
+                    Some(v) => {
+                        if let Some((image, digest)) = digests.iter().find(|(_, d)| !is_digest(d)) {
+                            return Err(R::InvalidImage {
+                                image: image.clone(),
+                                reason: format!("`{digest}` is not a digest"),
+                            });
+                        }
+                        let images = v.images();
+                        let digests = digests
+                            .iter()
+                            .filter(|(i, _)| images.contains(i))
+                            .map(|(i, d)| (i.clone(), d.clone()))
+                            .collect();
+                        Ok(vec![ApplicationEvent::VersionPublished { version, published_at: ctx.now, digests }])
+                    }
                 }
             }
         }
@@ -308,12 +331,14 @@ impl Aggregate for Application {
                     services: services.clone(),
                     settings: settings.clone(),
                     published_at: None,
+                    digests: BTreeMap::new(),
                 };
                 self.versions.insert(version.clone(), entry);
             }
-            ApplicationEvent::VersionPublished { version, published_at } => {
+            ApplicationEvent::VersionPublished { version, published_at, digests } => {
                 if let Some(v) = self.versions.get_mut(version) {
                     v.published_at = Some(*published_at);
+                    v.digests = digests.clone();
                 }
             }
         }
@@ -333,10 +358,48 @@ impl Application {
 }
 
 impl Version {
-    /// The services of a compose version with the launch's values filled in.
+    /// The services of a compose version with the launch's values filled in, each image
+    /// pinned to its digest.
     pub fn resolve_services(&self, values: &BTreeMap<String, String>) -> Result<Vec<Service>, ComposeError> {
-        self.services.iter().map(|s| s.resolve(values)).collect()
+        self.services.iter().map(|s| s.resolve(values).map(|s| Service { image: self.pin(&s.image), ..s })).collect()
     }
+
+    /// The image of a single-image version, pinned to its digest.
+    pub fn pinned_image(&self) -> String {
+        self.pin(&self.image)
+    }
+
+    /// Every image of the version, as written.
+    pub fn images(&self) -> Vec<String> {
+        let mut images: Vec<String> = self.services.iter().map(|s| s.image.clone()).collect();
+        if !self.image.is_empty() {
+            images.push(self.image.clone());
+        }
+        images
+    }
+
+    fn pin(&self, image: &str) -> String {
+        match self.digests.get(image) {
+            Some(digest) => pin(image, digest),
+            None => image.to_owned(),
+        }
+    }
+}
+
+/// `image` (`repo:tag`) pinned to `digest`: `repo:tag@sha256:…`, which Docker pulls and runs
+/// by the digest alone, the tag kept for people to read.
+pub fn pin(image: &str, digest: &str) -> String {
+    format!("{}@{digest}", unpinned(image))
+}
+
+/// `image` without its digest, if it has one.
+pub fn unpinned(image: &str) -> &str {
+    image.split_once('@').map_or(image, |(name, _)| name)
+}
+
+/// `sha256:` and 64 hex digits.
+pub fn is_digest(text: &str) -> bool {
+    text.strip_prefix("sha256:").is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn is_default(settings: &Settings) -> bool {
@@ -542,8 +605,8 @@ mod tests {
     #[test]
     fn publish() {
         given::<Application>([registered(), added("1.0.0")])
-            .when(C::Publish { version: "v1.0.0".into() })
-            .then([E::VersionPublished { version: "1.0.0".into(), published_at: now() }]);
+            .when(C::Publish { version: "v1.0.0".into(), digests: Default::default() })
+            .then([E::VersionPublished { version: "1.0.0".into(), published_at: now(), digests: Default::default() }]);
     }
 
     #[test]
@@ -551,27 +614,27 @@ mod tests {
         given::<Application>([
             registered(),
             added("1.0.0"),
-            E::VersionPublished { version: "1.0.0".into(), published_at: now() },
+            E::VersionPublished { version: "1.0.0".into(), published_at: now(), digests: Default::default() },
         ])
-        .when(C::Publish { version: "1.0.0".into() })
+        .when(C::Publish { version: "1.0.0".into(), digests: Default::default() })
         .then_rejected(R::AlreadyPublished { version: "1.0.0".into() });
     }
 
     #[test]
     fn publish_an_unknown_version_is_rejected() {
         given::<Application>([registered(), added("1.0.0")])
-            .when(C::Publish { version: "2.0.0".into() })
+            .when(C::Publish { version: "2.0.0".into(), digests: Default::default() })
             .then_rejected(R::UnknownVersion { version: "2.0.0".into() });
     }
 
     #[test]
     fn publish_a_version_that_is_not_semver_is_rejected() {
-        given::<Application>([registered(), added("1.0.0")]).when(C::Publish { version: "1.0".into() }).then_rejected(
-            R::InvalidVersion {
+        given::<Application>([registered(), added("1.0.0")])
+            .when(C::Publish { version: "1.0".into(), digests: Default::default() })
+            .then_rejected(R::InvalidVersion {
                 version: "1.0".into(),
                 reason: "unexpected end of input while parsing minor version number".into(),
-            },
-        );
+            });
     }
 
     #[test]
@@ -589,7 +652,9 @@ mod tests {
 
     #[test]
     fn publish_on_an_unknown_application_is_rejected() {
-        given::<Application>([]).when(C::Publish { version: "1.0.0".into() }).then_rejected(R::NotRegistered);
+        given::<Application>([])
+            .when(C::Publish { version: "1.0.0".into(), digests: Default::default() })
+            .then_rejected(R::NotRegistered);
     }
 
     #[test]

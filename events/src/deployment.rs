@@ -269,8 +269,11 @@ pub enum DeploymentCommand {
     },
     /// Start what was staged.
     Apply,
-    /// Pull the same tags again; recreate only the containers whose image changed.
-    ForceUpdate,
+    /// Take what the tags name now: `digests` has each image's tag (`repo:tag`) resolved
+    /// afresh; the containers whose digest changed are recreated, the rest stay.
+    ForceUpdate {
+        digests: BTreeMap<String, String>,
+    },
     /// A node now matches the selector.
     AddTarget {
         node: String,
@@ -381,6 +384,12 @@ pub enum DeploymentEvent {
     },
     ForceUpdateRequested {
         at: DateTime<Utc>,
+        /// The image pinned to its tag's digest now (a single-image version).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        image: String,
+        /// The services, each image pinned to its tag's digest now (a compose version).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        services: Vec<Service>,
     },
     TargetAdded {
         node: String,
@@ -531,7 +540,7 @@ impl Aggregate for Deployment {
                 self.with_next_wave(DeploymentEvent::Launched {
                     application: name.clone(),
                     version: version.version.clone(),
-                    image: version.image.clone(),
+                    image: version.pinned_image(),
                     nodes: launch.nodes.clone(),
                     mode: launch.mode,
                     selector: launch.selector.clone(),
@@ -549,7 +558,7 @@ impl Aggregate for Deployment {
             | DeploymentCommand::Uninstall
             | DeploymentCommand::Update { .. }
             | DeploymentCommand::Apply
-            | DeploymentCommand::ForceUpdate
+            | DeploymentCommand::ForceUpdate { .. }
             | DeploymentCommand::AddTarget { .. }
                 if self.desired == Desired::Removed =>
             {
@@ -557,7 +566,20 @@ impl Aggregate for Deployment {
             }
             DeploymentCommand::Apply if !self.awaiting_apply => Err(R::NothingToApply),
             DeploymentCommand::Apply => Ok(vec![DeploymentEvent::ApplyRequested { at: ctx.now }]),
-            DeploymentCommand::ForceUpdate => Ok(vec![DeploymentEvent::ForceUpdateRequested { at: ctx.now }]),
+            DeploymentCommand::ForceUpdate { digests } => {
+                let repin = |image: &str| match digests.get(crate::application::unpinned(image)) {
+                    Some(digest) => crate::application::pin(image, digest),
+                    None => image.to_owned(),
+                };
+                let (image, services) = match digests.is_empty() {
+                    true => (String::new(), Vec::new()),
+                    false => (
+                        if self.image.is_empty() { String::new() } else { repin(&self.image) },
+                        self.services.iter().map(|s| Service { image: repin(&s.image), ..s.clone() }).collect(),
+                    ),
+                };
+                Ok(vec![DeploymentEvent::ForceUpdateRequested { at: ctx.now, image, services }])
+            }
             DeploymentCommand::AddTarget { .. } | DeploymentCommand::RemoveTarget { .. } if self.selector.is_none() => {
                 Err(R::NoSelector)
             }
@@ -590,7 +612,7 @@ impl Aggregate for Deployment {
                 self.with_next_wave(DeploymentEvent::UpdateRequested {
                     from_version: self.version.clone(),
                     version: target.version.clone(),
-                    image: target.image.clone(),
+                    image: target.pinned_image(),
                     mode: *mode,
                     env,
                     services,
@@ -742,7 +764,15 @@ impl Aggregate for Deployment {
                 self.awaiting_apply = false;
                 self.request(Desired::Running, Status::PendingApply);
             }
-            DeploymentEvent::ForceUpdateRequested { .. } => self.request(Desired::Running, Status::PendingDeploy),
+            DeploymentEvent::ForceUpdateRequested { image, services, .. } => {
+                if !image.is_empty() {
+                    self.image = image.clone();
+                }
+                if !services.is_empty() {
+                    self.services = services.clone();
+                }
+                self.request(Desired::Running, Status::PendingDeploy)
+            }
             DeploymentEvent::TargetAdded { node, .. } => {
                 let progress = NodeProgress::pending();
                 self.nodes.insert(node.clone(), progress);
@@ -950,7 +980,11 @@ mod tests {
             ApplicationEvent::version_added("1.0.0", "127.0.0.1:5000/sample/app:1.0.0", vec![], Default::default()),
         ];
         if published {
-            events.push(ApplicationEvent::VersionPublished { version: "1.0.0".into(), published_at: now() });
+            events.push(ApplicationEvent::VersionPublished {
+                version: "1.0.0".into(),
+                published_at: now(),
+                digests: Default::default(),
+            });
         }
         Application::fold(&events)
     }
@@ -1126,7 +1160,11 @@ mod tests {
             let image = format!("127.0.0.1:5000/sample/app:{version}");
             events.push(ApplicationEvent::version_added(version, &image, vec![], Default::default()));
             if *published {
-                events.push(ApplicationEvent::VersionPublished { version: version.to_string(), published_at: now() });
+                events.push(ApplicationEvent::VersionPublished {
+                    version: version.to_string(),
+                    published_at: now(),
+                    digests: Default::default(),
+                });
             }
         }
         Application::fold(&events)
@@ -1198,7 +1236,11 @@ mod tests {
         Application::fold(&[
             ApplicationEvent::Registered { name: "Sample".into() },
             ApplicationEvent::version_added("1.0.0", "x:1", vec![], settings),
-            ApplicationEvent::VersionPublished { version: "1.0.0".into(), published_at: now() },
+            ApplicationEvent::VersionPublished {
+                version: "1.0.0".into(),
+                published_at: now(),
+                digests: Default::default(),
+            },
         ])
     }
 
@@ -1233,7 +1275,11 @@ mod tests {
         l.application = Application::fold(&[
             ApplicationEvent::Registered { name: "Sample".into() },
             ApplicationEvent::version_added("1.0.0", "x:1", vec![], settings),
-            ApplicationEvent::VersionPublished { version: "1.0.0".into(), published_at: now() },
+            ApplicationEvent::VersionPublished {
+                version: "1.0.0".into(),
+                published_at: now(),
+                digests: Default::default(),
+            },
         ]);
         given::<Deployment>([])
             .when(C::Launch(l.clone()))
@@ -1358,21 +1404,38 @@ mod tests {
     #[test]
     fn force_update() {
         let state = given::<Deployment>([launched(), E::StopRequested { at: at() }])
-            .when(C::ForceUpdate)
-            .then([E::ForceUpdateRequested { at: at() }]);
+            .when(C::ForceUpdate { digests: BTreeMap::new() })
+            .then([E::ForceUpdateRequested { at: at(), image: String::new(), services: vec![] }]);
         assert_eq!((state.desired, state.nodes["edge-1"].status), (Desired::Running, Status::PendingDeploy));
+    }
+
+    #[test]
+    fn a_forced_update_pins_each_image_to_its_tags_digest_now() {
+        let old = format!("sha256:{}", "a".repeat(64));
+        let new = format!("sha256:{}", "b".repeat(64));
+        let mut launched = launched();
+        if let E::Launched { image, .. } = &mut launched {
+            *image = format!("x:1@{old}");
+        }
+        let digests = [("x:1".to_owned(), new.clone())].into();
+        let state = given::<Deployment>([launched]).when(C::ForceUpdate { digests }).then([E::ForceUpdateRequested {
+            at: at(),
+            image: format!("x:1@{new}"),
+            services: vec![],
+        }]);
+        assert_eq!(state.image, format!("x:1@{new}"));
     }
 
     #[test]
     fn force_update_an_uninstalled_deployment_is_rejected() {
         given::<Deployment>([launched(), E::UninstallRequested { at: at() }])
-            .when(C::ForceUpdate)
+            .when(C::ForceUpdate { digests: BTreeMap::new() })
             .then_rejected(R::Uninstalled);
     }
 
     #[test]
     fn force_update_an_unknown_deployment_is_rejected() {
-        given::<Deployment>([]).when(C::ForceUpdate).then_rejected(R::NotLaunched);
+        given::<Deployment>([]).when(C::ForceUpdate { digests: BTreeMap::new() }).then_rejected(R::NotLaunched);
     }
 
     #[test]

@@ -66,7 +66,7 @@ fn applications() -> Vec<ApplicationEvent> {
             services: vec![service()],
             settings,
         },
-        ApplicationEvent::VersionPublished { version: "1.0.0".into(), published_at: at() },
+        ApplicationEvent::VersionPublished { version: "1.0.0".into(), published_at: at(), digests: Default::default() },
     ]
 }
 
@@ -113,7 +113,7 @@ fn deployments() -> Vec<DeploymentEvent> {
             at: at(),
         },
         DeploymentEvent::ApplyRequested { at: at() },
-        DeploymentEvent::ForceUpdateRequested { at: at() },
+        DeploymentEvent::ForceUpdateRequested { at: at(), image: String::new(), services: vec![] },
         DeploymentEvent::TargetAdded { node: "edge-2".into(), reason: "node `edge-2` matches site=lab".into() },
         DeploymentEvent::TargetRemoved { node: "edge-2".into(), reason: "node `edge-2` no longer matches".into() },
         DeploymentEvent::NodeStateReported {

@@ -129,8 +129,8 @@ async fn a_simulated_fleet_under_chaos_ends_with_the_engine_saying_what_every_no
     for i in 0..NODES {
         nodes.push(SimNode::start(&nats, &engine, i).await);
     }
-    engine.publish_sample("127.0.0.1:5000/sim/app:1.0.0").await;
-    let second = json!({"version": "1.1.0", "image": "127.0.0.1:5000/sim/app:1.1.0"});
+    engine.publish_sample(&tests::sim_image("1.0.0")).await;
+    let second = json!({"version": "1.1.0", "image": &tests::sim_image("1.1.0")});
     assert_eq!(engine.post("/v1/applications/sample/versions", second).await.0, 201);
     assert_eq!(engine.post("/v1/applications/sample/versions/1.1.0/publish", json!({})).await.0, 200);
     tests::eventually("every simulated node to register", TIMEOUT, || async {
@@ -240,7 +240,7 @@ async fn a_simulated_fleet_under_chaos_ends_with_the_engine_saying_what_every_no
 async fn nodes_sharing_a_connection_and_a_database_each_run_their_own_work() {
     let nats = NatsServer::start().await;
     let engine = TestEngine::start(&nats).await;
-    engine.publish_sample("127.0.0.1:5000/sim/app:1.0.0").await;
+    engine.publish_sample(&tests::sim_image("1.0.0")).await;
     let data = tempfile::tempdir().unwrap();
     let db = sled::open(data.path().join("fleet")).unwrap();
     let client = nats.client().await;

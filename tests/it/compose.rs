@@ -136,7 +136,8 @@ volumes:
 async fn a_failing_container_fails_the_deployment_while_the_other_runs() {
     let Lab { nats: _nats, engine, node } = Lab::start().await;
     let compose = format!(
-        "services:\n  web:\n    image: {IMAGE_1_0_0}\n  broken:\n    image: 127.0.0.1:5000/sample/missing:1.0.0\n"
+        "services:\n  web:\n    image: {IMAGE_1_0_0}\n  broken:\n    image: 127.0.0.1:5000/sample/missing:1.0.0@sha256:{}\n",
+        "0".repeat(64)
     );
     publish_compose(&engine, &compose).await;
     let id = launch_shop(&engine, &node.name, json!({})).await;

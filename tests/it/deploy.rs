@@ -15,14 +15,15 @@ async fn a_launch_runs_in_docker_and_the_read_model_says_running() {
 
     let view = engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
     assert_eq!(view["nodes"][&node.name]["status"], "running");
-    assert_eq!(view["image"], IMAGE_1_0_0);
+    // Pinned to the digest its tag had when it was published.
+    assert!(tests::is_image(view["image"].as_str(), IMAGE_1_0_0) && view["image"] != IMAGE_1_0_0, "{view}");
 
     // What dockerd actually runs.
     let docker = docker().await;
     let containers = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
     assert_eq!(containers.len(), 1, "one container for the deployment: {containers:?}");
     let container = &containers[0];
-    assert_eq!(container.image.as_deref(), Some(IMAGE_1_0_0));
+    assert_eq!(container.image.as_deref(), view["image"].as_str(), "it runs by digest");
     assert_eq!(container.state, Some(bollard::models::ContainerSummaryStateEnum::RUNNING));
     assert_eq!(container.labels.as_ref().unwrap()[NODE_LABEL], node.name);
     // Confined: capabilities dropped to a few, no privilege gained by exec, processes bounded,
@@ -70,9 +71,39 @@ async fn launch_failing(image: &str) -> (serde_json::Value, String) {
     (error, id)
 }
 
+/// A digest no registry has: an image pinned to it is published as it is, and fails on the node.
+const NO_SUCH_DIGEST: &str = "@sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_pins_each_tag_to_its_digest_and_refuses_a_tag_the_registry_does_not_have() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    // What the registry itself says the tag names.
+    let head = reqwest::Client::new()
+        .head("http://127.0.0.1:5000/v2/sample/app/manifests/1.0.0")
+        .header("accept", "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .await
+        .unwrap();
+    let digest = head.headers()["docker-content-digest"].to_str().unwrap().to_owned();
+    let (_, app) = engine.get("/v1/applications/sample").await;
+    assert_eq!(app["versions"][0]["digests"], json!({ IMAGE_1_0_0: digest }), "{app}");
+
+    let missing = "127.0.0.1:5000/sample/missing:9.9.9";
+    let (status, body) =
+        engine.post("/v1/applications/sample/versions", json!({"version": "2.0.0", "image": missing})).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = engine.post("/v1/applications/sample/versions/2.0.0/publish", json!({})).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("image")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("is not in its registry"), "{body}");
+    let (_, app) = engine.get("/v1/applications/sample").await;
+    assert_eq!(app["versions"][1]["published"], false, "{app}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_of_an_image_missing_from_the_registry_fails_with_a_code_and_message() {
-    let (error, id) = launch_failing("127.0.0.1:5000/sample/missing:9.9.9").await;
+    let (error, id) = launch_failing(&format!("127.0.0.1:5000/sample/missing:9.9.9{NO_SUCH_DIGEST}")).await;
     assert_eq!(error["code"], "image_not_found", "{error}");
     assert!(error["message"].as_str().unwrap().contains("sample/missing"), "{error}");
     let docker = docker().await;
@@ -81,7 +112,7 @@ async fn a_launch_of_an_image_missing_from_the_registry_fails_with_a_code_and_me
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_of_a_malformed_image_reference_fails_with_its_own_code() {
-    let (error, _) = launch_failing("127.0.0.1:5000/Sample/UPPER::1").await;
+    let (error, _) = launch_failing(&format!("127.0.0.1:5000/Sample/UPPER:1{NO_SUCH_DIGEST}")).await;
     assert_eq!(error["code"], "invalid_image_reference", "{error}");
 }
 
@@ -163,7 +194,11 @@ async fn uninstall_keeps_an_image_another_deployment_still_runs() {
     let response = engine.http.delete(engine.url(&format!("/v1/deployments/{first}"))).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 202);
     engine.wait_deployment(&first, "the first to be removed", |v| v["status"] == "removed").await;
-    assert!(tests::has_image(&docker, &image).await, "the second deployment still uses the image");
+    // Pulled by digest, the image is known by its pinned reference.
+    let (_, view) = engine.get(&format!("/v1/deployments/{second}")).await;
+    let pinned = view["image"].as_str().unwrap();
+    assert!(tests::is_image(Some(pinned), &image) && pinned != image, "{view}");
+    assert!(tests::has_image(&docker, pinned).await, "the second deployment still uses the image");
     assert_eq!(tests::containers(&docker, DEPLOYMENT_LABEL, &second).await.unwrap().len(), 1);
     node.stop().await;
 }
@@ -198,7 +233,7 @@ async fn an_update_downloads_first_and_switches_after_with_notifications_on_publ
     let add = |version: &str, image: &str| {
         engine.post("/v1/applications/sample/versions", json!({"version": version, "image": image}))
     };
-    assert_eq!(add("1.0.1", "127.0.0.1:5000/sample/missing:1.0.1").await.0, 201);
+    assert_eq!(add("1.0.1", &format!("127.0.0.1:5000/sample/missing:1.0.1{NO_SUCH_DIGEST}")).await.0, 201);
     assert_eq!(add("1.1.0", IMAGE_1_1_0).await.0, 201);
     let engine = &engine;
     let publish = |version: &'static str| async move {
@@ -218,7 +253,7 @@ async fn an_update_downloads_first_and_switches_after_with_notifications_on_publ
         async move {
             let found = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
             let running = bollard::models::ContainerSummaryStateEnum::RUNNING;
-            (found.len() == 1 && found[0].state == Some(running) && found[0].image.as_deref() == Some(image))
+            (found.len() == 1 && found[0].state == Some(running) && tests::is_image(found[0].image.as_deref(), image))
                 .then(|| found[0].id.clone().unwrap())
         }
     };
@@ -254,7 +289,8 @@ async fn an_update_downloads_first_and_switches_after_with_notifications_on_publ
     let (status, _) = engine.post(&format!("/v1/deployments/{id}/update"), json!({"version": "1.1.0"})).await;
     assert_eq!(status, 202);
     let view = engine.wait_deployment(&id, "1.1.0 to run", |v| v["status"] == "running").await;
-    assert_eq!((view["version"].as_str(), view["image"].as_str()), (Some("1.1.0"), Some(IMAGE_1_1_0)));
+    assert_eq!(view["version"].as_str(), Some("1.1.0"));
+    assert!(tests::is_image(view["image"].as_str(), IMAGE_1_1_0), "{view}");
     let second = eventually("1.1.0's container to run", TIMEOUT, || running(IMAGE_1_1_0)).await;
     assert_ne!(second, first);
     assert!(notifications().await.is_empty(), "the update clears the notification");
@@ -324,7 +360,7 @@ async fn a_staged_deployment_downloads_then_waits_for_an_apply() {
     engine.wait_deployment(&id, "the new version to be downloaded", |v| v["status"] == "ready").await;
     let found = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
     assert_eq!(found.len(), 1);
-    assert_eq!(found[0].image.as_deref(), Some(IMAGE_1_0_0));
+    assert!(tests::is_image(found[0].image.as_deref(), IMAGE_1_0_0), "{found:?}");
     assert_eq!(
         found[0].state,
         Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
@@ -337,7 +373,7 @@ async fn a_staged_deployment_downloads_then_waits_for_an_apply() {
         .await;
     eventually("1.1.0 to run in Docker", TIMEOUT, || async {
         let found = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
-        (found.len() == 1 && found[0].image.as_deref() == Some(IMAGE_1_1_0)).then_some(())
+        (found.len() == 1 && tests::is_image(found[0].image.as_deref(), IMAGE_1_1_0)).then_some(())
     })
     .await;
     let (status, answer) = engine.post("/v1/deployments/apply", json!({"deployments": [id]})).await;

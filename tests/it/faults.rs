@@ -336,7 +336,8 @@ async fn a_download_that_hangs_is_reported_failed_when_its_deadline_passes() {
     let node = TestNode::start_with(config, &engine, data).await;
     let (status, body) = engine.put("/v1/tenants/default/policy", json!({"registries": [registry]})).await;
     assert_eq!(status, 200, "{body}");
-    engine.publish_sample(&format!("127.0.0.1:{port}/sample/app:1.0.0")).await;
+    // Pinned already: publishing asks the registry nothing.
+    engine.publish_sample(&format!("127.0.0.1:{port}/sample/app:1.0.0@sha256:{}", "0".repeat(64))).await;
 
     let id = launch(&engine, &node.name).await;
     let view = engine.wait_deployment(&id, "the deadline to pass", |v| v["status"] == "failed").await;
@@ -358,8 +359,10 @@ async fn a_dockerd_restart_is_survived_and_the_containers_it_stopped_are_started
     let config = TestNode::config(&nats.url(), &name, &data);
     let node = TestNode::start_on_docker(config, &engine, data, own.client().await).await;
     // That engine reaches no registry: the image is there already, and not downloaded again.
+    // Loaded from an archive it has no digest, so the version is published unpinned, through
+    // the command path (the API would ask the registry for one).
     own.load(IMAGE_1_0_0).await.unwrap();
-    engine.publish_sample(IMAGE_1_0_0).await;
+    crate::harness::seed(&engine.engine.commands, &[]).await;
     let id = launch(&engine, &node.name).await;
     engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
     let before = in_docker(&own.client().await, &id).await;

@@ -184,7 +184,7 @@ pub async fn seed(handler: &CommandHandler, nodes: &[&str]) {
             settings: Default::default(),
             policy: Default::default(),
         },
-        ApplicationCommand::Publish { version: "1.0.0".into() },
+        ApplicationCommand::Publish { version: "1.0.0".into(), digests: Default::default() },
     ];
     for command in commands {
         handler.execute::<Application>("sample", &command, &meta()).await.unwrap();

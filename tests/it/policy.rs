@@ -78,7 +78,8 @@ async fn a_node_refuses_what_its_host_does_not_allow_whatever_the_engine_let_thr
     assert!(error["message"].as_str().unwrap().contains("no host path is allowed"), "{error}");
     assert!(tests::containers(&docker().await, DEPLOYMENT_LABEL, &id).await.unwrap().is_empty());
 
-    let image = "registry.invalid:5000/sample/app:1.0.0";
+    // Pinned already: the engine asks no registry, and the node refuses before it would.
+    let image = &format!("registry.invalid:5000/sample/app:1.0.0@sha256:{}", "0".repeat(64));
     let (status, body) = engine.post("/v1/applications", json!({"id": "far", "name": "Far"})).await;
     assert_eq!(status, 201, "{body}");
     let (status, body) =

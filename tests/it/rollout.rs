@@ -42,7 +42,9 @@ async fn a_phased_rollout_goes_a_batch_at_a_time_and_halts_on_failure() {
     }
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     engine.publish_sample(IMAGE_1_0_0).await;
-    let broken = json!({"version": "1.0.1", "image": "127.0.0.1:5000/sample/missing:1.0.1"});
+    // Pinned to a digest the registry does not have: it fails to download.
+    let missing = format!("127.0.0.1:5000/sample/missing:1.0.1@sha256:{}", "0".repeat(64));
+    let broken = json!({"version": "1.0.1", "image": missing});
     assert_eq!(engine.post("/v1/applications/sample/versions", broken).await.0, 201);
     assert_eq!(engine.post("/v1/applications/sample/versions/1.0.1/publish", json!({})).await.0, 200);
 
@@ -71,7 +73,7 @@ async fn a_phased_rollout_goes_a_batch_at_a_time_and_halts_on_failure() {
         // Untouched: 1.0.0 runs on there.
         let found = tests::containers(&docker().await, NODE_LABEL, node).await.unwrap();
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].image.as_deref(), Some(IMAGE_1_0_0));
+        assert!(tests::is_image(found[0].image.as_deref(), IMAGE_1_0_0), "{found:?}");
         assert_eq!(found[0].state, Some(bollard::models::ContainerSummaryStateEnum::RUNNING));
     }
     for node in nodes {
@@ -112,7 +114,9 @@ async fn an_update_that_fails_to_start_or_to_stay_running_goes_back_by_itself() 
     let node = TestNode::start(&nats, &engine).await;
     let docker = docker().await;
     engine.publish_sample(IMAGE_1_0_0).await;
-    publish_version(&engine, json!({"version": "1.0.1", "image": "127.0.0.1:5000/sample/missing:1.0.1"})).await;
+    // Pinned to a digest the registry does not have: it fails to download.
+    let missing = format!("127.0.0.1:5000/sample/missing:1.0.1@sha256:{}", "0".repeat(64));
+    publish_version(&engine, json!({"version": "1.0.1", "image": missing})).await;
     // Starts, runs two seconds, and exits.
     let short =
         format!("services:\n  web:\n    image: {IMAGE_1_0_0}\n    command: [\"sh\", \"-c\", \"sleep 2; exit 3\"]\n");
@@ -124,11 +128,12 @@ async fn an_update_that_fails_to_start_or_to_stay_running_goes_back_by_itself() 
     let runs_1_0_0 = || async {
         let found = tests::containers(&docker, NODE_LABEL, &node.name).await.unwrap();
         found.len() == 1
-            && found[0].image.as_deref() == Some(IMAGE_1_0_0)
+            && tests::is_image(found[0].image.as_deref(), IMAGE_1_0_0)
             && found[0].state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
     };
 
     for (version, cause) in [("1.0.1", "did not start"), ("1.0.2", "was stopped")] {
+        let since = chrono::Utc::now().timestamp();
         let update = json!({"version": version, "rollback_within": 60});
         let (status, body) = engine.post(&format!("/v1/deployments/{id}/update"), update).await;
         assert_eq!(status, 202, "{body}");
@@ -147,6 +152,10 @@ async fn an_update_that_fails_to_start_or_to_stay_running_goes_back_by_itself() 
             .filter_map(|e| e["note"].as_str())
             .rfind(|n| n.starts_with("rolled back"));
         assert!(note.is_some_and(|n| n.starts_with("rolled back to 1.0.0")), "{history}");
+        // Going back took 1.0.0's image by its digest, which the node still had: nothing was
+        // downloaded.
+        let pulled = tests::pulls_between(&docker, since, chrono::Utc::now().timestamp() + 1).await;
+        assert_eq!(pulled, Vec::<String>::new(), "the rollback from {version} pulled");
     }
     // The newest published version is available again.
     let (_, notes) = engine.get("/v1/notifications").await;

@@ -83,7 +83,7 @@ async fn a_cached_aggregate_behind_the_log_does_not_refuse_what_the_log_allows()
     let nats = NatsServer::start().await;
     let (a, _b) = stale_cache(&nats, "1.0.0").await;
     // A's copy knows no 1.0.0, so it would refuse to publish it: the log is read first.
-    let publish = ApplicationCommand::Publish { version: "1.0.0".into() };
+    let publish = ApplicationCommand::Publish { version: "1.0.0".into(), digests: Default::default() };
     let committed = a.execute::<Application>("sample", &publish, &meta()).await.unwrap();
     assert_eq!(committed.events.len(), 1);
     let app: Application = a.state("default", "sample").await.unwrap();

@@ -481,3 +481,33 @@ pub fn bearer_client(token: &str, ca: &Path) -> reqwest::Client {
     headers.insert(reqwest::header::AUTHORIZATION, value);
     engine::api_client_builder(Some(ca)).expect("the CA reads").default_headers(headers).build().expect("a client")
 }
+
+/// True when a container or view's image `reference` is `image`, pinned to a digest or not.
+pub fn is_image(reference: Option<&str>, image: &str) -> bool {
+    reference.is_some_and(|r| r == image || r.strip_prefix(image).is_some_and(|rest| rest.starts_with("@sha256:")))
+}
+
+/// The images the Docker engine pulled between `since` and `until` (Unix seconds), from its
+/// own event log: what a node downloaded.
+pub async fn pulls_between(docker: &bollard::Docker, since: i64, until: i64) -> Vec<String> {
+    use futures::StreamExt;
+    let options = bollard::query_parameters::EventsOptions {
+        since: Some(since.to_string()),
+        until: Some(until.to_string()),
+        filters: Some(
+            [("type".to_owned(), vec!["image".to_owned()]), ("event".to_owned(), vec!["pull".to_owned()])].into(),
+        ),
+    };
+    let events: Vec<_> = docker.events(Some(options)).collect().await;
+    events
+        .into_iter()
+        .map(|e| e.expect("the Docker engine's events read"))
+        .filter_map(|e| e.actor.and_then(|a| a.id))
+        .collect()
+}
+
+/// An image for the simulated runtime: pinned to a digest no registry has, so that publishing
+/// it asks no registry.
+pub fn sim_image(version: &str) -> String {
+    format!("127.0.0.1:5000/sim/app:{version}@sha256:{}", "5".repeat(64))
+}

@@ -213,7 +213,15 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
             view.awaiting_apply = false;
             Some((Desired::Running, Status::PendingApply))
         }
-        DeploymentEvent::ForceUpdateRequested { .. } => Some((Desired::Running, Status::PendingDeploy)),
+        DeploymentEvent::ForceUpdateRequested { image, services, .. } => {
+            if !image.is_empty() {
+                view.image = image.clone();
+            }
+            if !services.is_empty() {
+                view.services = services.clone();
+            }
+            Some((Desired::Running, Status::PendingDeploy))
+        }
         DeploymentEvent::TargetAdded { node, reason } => {
             let joined = NodeView { reason: Some(reason.clone()), ..pending(Status::PendingDeploy) };
             view.nodes.insert(node.clone(), joined);

@@ -54,7 +54,7 @@ pub fn newer(a: &str, b: &str) -> bool {
 
 impl ApplicationUpdates {
     pub fn apply_application(&mut self, event: &ApplicationEvent) {
-        if let ApplicationEvent::VersionPublished { version, published_at } = event {
+        if let ApplicationEvent::VersionPublished { version, published_at, .. } = event {
             if self.latest.as_ref().is_none_or(|latest| newer(version, &latest.version)) {
                 self.latest = Some(Published { version: version.clone(), published_at: *published_at });
             }
@@ -114,7 +114,7 @@ mod tests {
     use crate::testing::now;
 
     fn published(version: &str) -> ApplicationEvent {
-        ApplicationEvent::VersionPublished { version: version.into(), published_at: now() }
+        ApplicationEvent::VersionPublished { version: version.into(), published_at: now(), digests: Default::default() }
     }
 
     fn launched(version: &str) -> DeploymentEvent {
