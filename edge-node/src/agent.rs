@@ -1044,7 +1044,20 @@ impl Agent {
                 nano_cpus: u.service.limits.nano_cpus.or(self.default_limits.nano_cpus),
                 pids: u.service.limits.pids.or(self.default_limits.pids),
             },
-            secrets: w.secrets.clone(),
+            // A secret a service reads from a file under `/run/secrets` is not in its environment.
+            secrets: w
+                .secrets
+                .iter()
+                .filter(|(variable, _)| !w.units.values().any(|u| u.service.secrets.values().any(|v| v == *variable)))
+                .map(|(variable, sealed)| (variable.clone(), sealed.clone()))
+                .collect(),
+            secret_files: u
+                .service
+                .secrets
+                .iter()
+                .filter_map(|(name, variable)| w.secrets.get(variable).map(|sealed| (name.clone(), sealed.clone())))
+                .collect(),
+            files: Vec::new(),
         })
     }
 

@@ -55,7 +55,12 @@ pub struct DockerRuntime {
     networks: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// The host paths a bind may resolve to.
     policy: Policy,
+    /// Where each container's files under `/run/secrets` are kept, in memory (`tmpfs`).
+    secrets_dir: std::path::PathBuf,
 }
+
+/// Where secret files are kept unless told otherwise: shared memory, never the disk.
+pub const SECRETS_DIR: &str = "/dev/shm/edge-node-secrets";
 
 impl DockerRuntime {
     /// Connects where `DOCKER_HOST` says (or the default socket) and agrees on an API version.
@@ -67,13 +72,58 @@ impl DockerRuntime {
     pub async fn with(docker: Docker) -> Result<DockerRuntime, RuntimeError> {
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
         docker.ping().await.map_err(unavailable)?;
-        Ok(DockerRuntime { docker, networks: Default::default(), policy: Policy::default() })
+        let secrets_dir = std::path::PathBuf::from(SECRETS_DIR);
+        Ok(DockerRuntime { docker, networks: Default::default(), policy: Policy::default(), secrets_dir })
     }
 
     /// Binds only what `policy` allows once their links are resolved (none by default).
     pub fn confined_to(mut self, policy: Policy) -> DockerRuntime {
         self.policy = policy;
         self
+    }
+
+    /// Keeps the containers' secret files under `dir` (it should be a `tmpfs`).
+    pub fn with_secrets_dir(mut self, dir: std::path::PathBuf) -> DockerRuntime {
+        self.secrets_dir = dir;
+        self
+    }
+
+    /// Writes `spec`'s secret files, readable and not listable, for read-only binds at
+    /// `/run/secrets/<name>`; returns the binds.
+    fn write_secret_files(&self, spec: &ContainerSpec) -> Result<Vec<String>, RuntimeError> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if spec.files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let failed = |e: std::io::Error| RuntimeError::new(ErrorCode::Runtime, format!("writing a secret file: {e}"));
+        let dir = self.secrets_dir.join(&spec.name);
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        for path in [&self.secrets_dir, &dir] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711)).map_err(failed)?;
+        }
+        let mut binds = Vec::with_capacity(spec.files.len());
+        for file in &spec.files {
+            if !file.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+                || file.name.starts_with('.')
+            {
+                return Err(RuntimeError::new(
+                    ErrorCode::PolicyDenied,
+                    format!("`{}` is not a secret's name", file.name),
+                ));
+            }
+            let path = dir.join(&file.name);
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o444)
+                .open(&path)
+                .map_err(failed)?;
+            out.write_all(&file.content).map_err(failed)?;
+            binds.push(format!("{}:/run/secrets/{}:ro", path.display(), file.name));
+        }
+        Ok(binds)
     }
 }
 
@@ -222,6 +272,7 @@ impl ContainerRuntime for DockerRuntime {
             };
             binds.push(format!("{source}:{target}{}", if *read_only { ":ro" } else { "" }));
         }
+        binds.extend(self.write_secret_files(spec)?);
         let restart_policy = spec.restart.map(|r| {
             let (name, retries) = match r {
                 Restart::No => (RestartPolicyNameEnum::NO, None),
@@ -327,10 +378,15 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str, image: Option<&str>) -> Result<(), RuntimeError> {
+        let name = self.docker.inspect_container(id, None).await.ok().and_then(|c| c.name);
         let options = RemoveContainerOptions { force: true, ..Default::default() };
         match self.docker.remove_container(id, Some(options)).await {
             Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
             Err(e) => return Err(classify(Step::Other, e)),
+        }
+        // Its secret files go with it.
+        if let Some(name) = name.as_deref().map(|n| n.trim_start_matches('/')).filter(|n| !n.is_empty()) {
+            let _ = std::fs::remove_dir_all(self.secrets_dir.join(name));
         }
         let Some(image) = image else { return Ok(()) };
         // Removing one of several tags of an image only untags it, whoever uses it: keep it while

@@ -40,7 +40,7 @@ use crate::agent::{Action, Agent, Check, Input, Lookup};
 use crate::desired::Desired;
 use crate::local::{LocalReply, LocalRequest};
 use crate::outbox::Outbox;
-use crate::runtime::{ContainerRuntime, ContainerSpec, ErrorCode, Observed, RuntimeError};
+use crate::runtime::{ContainerRuntime, ContainerSpec, ErrorCode, Observed, RuntimeError, SecretFile};
 use crate::NodeConfig;
 
 /// Runs the node until its connection to JetStream fails for good.
@@ -102,16 +102,22 @@ pub struct Attachment {
 /// `spec` with its sealed secrets opened into its environment, for the runtime alone: the
 /// clear values are never logged or kept.
 fn opened(mut spec: ContainerSpec, key: Option<&Arc<nkeys::KeyPair>>) -> Result<ContainerSpec, RuntimeError> {
-    let secrets = std::mem::take(&mut spec.secrets);
-    for (name, sealed) in secrets {
+    let open = |name: &str, sealed: &str| {
         let unreadable = |why: String| {
             RuntimeError::new(ErrorCode::SecretUnreadable, format!("secret `{name}` does not open here: {why}"))
         };
         let key = key.ok_or_else(|| unreadable("the node has no key".to_owned()))?;
-        let value = bus::seal::open_as_node(key, &sealed).map_err(|e| unreadable(e.to_string()))?;
-        let value = String::from_utf8(value).map_err(|_| unreadable("not text".to_owned()))?;
+        bus::seal::open_as_node(key, sealed).map_err(|e| unreadable(e.to_string()))
+    };
+    for (name, sealed) in std::mem::take(&mut spec.secrets) {
+        let value = String::from_utf8(open(&name, &sealed)?)
+            .map_err(|_| RuntimeError::new(ErrorCode::SecretUnreadable, format!("secret `{name}` is not text")))?;
         spec.env.retain(|e| e.split('=').next() != Some(name.as_str()));
         spec.env.push(format!("{name}={value}"));
+    }
+    for (name, sealed) in std::mem::take(&mut spec.secret_files) {
+        let content = open(&name, &sealed)?;
+        spec.files.push(SecretFile { name, content });
     }
     Ok(spec)
 }

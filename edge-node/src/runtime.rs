@@ -32,6 +32,23 @@ pub struct ContainerSpec {
     /// Environment values still sealed for this node, by name: the driver opens them into
     /// `env` just before the container is made, so that they are never kept in clear.
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// Files under `/run/secrets`, by name, still sealed: the driver opens them into `files`.
+    pub secret_files: std::collections::BTreeMap<String, String>,
+    /// The files under `/run/secrets`, opened, for the runtime alone.
+    pub files: Vec<SecretFile>,
+}
+
+/// A file a container gets under `/run/secrets`. Its content is never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    pub name: String,
+    pub content: Vec<u8>,
+}
+
+impl std::fmt::Debug for SecretFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretFile({}, ***)", self.name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

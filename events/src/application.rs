@@ -290,6 +290,8 @@ impl Aggregate for Application {
                 for (name, default) in compose.parameters {
                     settings.parameters.entry(name).or_insert(default);
                 }
+                // What its files under `/run/secrets` hold: secrets each launch gives.
+                settings.secrets.extend(compose.secrets.into_values());
                 settings.check().map_err(ApplicationRejection::InvalidSettings)?;
                 Ok(vec![ApplicationEvent::version_added(&version, "", compose.services, settings)])
             }

@@ -35,6 +35,9 @@ pub struct Service {
     /// What the container may use; the node's defaults where absent.
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
+    /// Files under `/run/secrets`, by name, and the secret variable each holds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// A container's resource limits (compose `mem_limit`, `cpus`, `pids_limit`, or
@@ -63,6 +66,9 @@ impl Limits {
 pub struct Compose {
     pub services: Vec<Service>,
     pub parameters: BTreeMap<String, String>,
+    /// The top-level `secrets`: each name and the variable its value comes from, which the
+    /// version declares secret.
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// What is wrong with a compose file, and where: `path` is the key, as in
@@ -78,7 +84,7 @@ fn error(path: impl Into<String>, message: impl Into<String>) -> ComposeError {
     ComposeError { path: path.into(), message: message.into() }
 }
 
-const TOP_LEVEL: &[&str] = &["services", "volumes", "version", "name"];
+const TOP_LEVEL: &[&str] = &["services", "volumes", "secrets", "version", "name"];
 const SERVICE_KEYS: &[&str] = &[
     "image",
     "command",
@@ -91,6 +97,7 @@ const SERVICE_KEYS: &[&str] = &[
     "cpus",
     "pids_limit",
     "deploy",
+    "secrets",
 ];
 
 /// Why a key the node does not honour is refused, when there is more to say than that.
@@ -100,7 +107,6 @@ fn refusal(key: &str) -> &'static str {
         "networks" => "the services of a version share one network of their own; remove `networks`",
         "env_file" => "there is no file beside the compose file on the node; use `environment`",
         "container_name" => "the node names the containers, one per deployment and node",
-        "secrets" => "not carried to the node as files; declare the variable in the version's `secrets` and give its value with the launch's secrets (sealed, never stored in clear)",
         "configs" => "not carried to the node; use `environment` or a volume",
         "deploy" => "placement and replicas are the engine's (launch on nodes or a label selector); only `deploy.resources.limits` is honoured",
         "extends" | "include" => "the compose file must stand alone",
@@ -123,6 +129,7 @@ pub fn parse(text: &str) -> Result<Compose, ComposeError> {
         }
     }
     let volumes = declared_volumes(top.get("volumes"))?;
+    let secrets = declared_secrets(top.get("secrets"))?;
     let services = top
         .get("services")
         .and_then(Value::as_mapping)
@@ -131,7 +138,7 @@ pub fn parse(text: &str) -> Result<Compose, ComposeError> {
     let mut parsed = Vec::with_capacity(services.len());
     for (name, body) in services {
         let name = text_key(name, "services")?;
-        parsed.push(service(name, body, &volumes)?);
+        parsed.push(service(name, body, &volumes, &secrets)?);
     }
     check_dependencies(&parsed)?;
     let mut parameters = BTreeMap::new();
@@ -145,7 +152,32 @@ pub fn parse(text: &str) -> Result<Compose, ComposeError> {
             parse_port(&interpolate(port, &parameters, &path)?).map_err(|m| error(&path, m))?;
         }
     }
-    Ok(Compose { services: in_start_order(parsed), parameters })
+    Ok(Compose { services: in_start_order(parsed), parameters, secrets })
+}
+
+/// The top-level `secrets`: each from an environment variable (`environment: NAME`), which
+/// each launch gives sealed. A file beside the compose file is not on the node.
+fn declared_secrets(value: Option<&Value>) -> Result<BTreeMap<String, String>, ComposeError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(BTreeMap::new()) };
+    let map = value.as_mapping().ok_or_else(|| error("secrets", "must map secret names to their source"))?;
+    let mut secrets = BTreeMap::new();
+    for (name, source) in map {
+        let name = text_key(name, "secrets")?;
+        let path = format!("secrets.{name}");
+        if !valid_name(name) {
+            return Err(error(&path, "a secret's name is letters, digits, `_`, `.` and `-`"));
+        }
+        let variable = match source.as_mapping().map(|m| (m.len(), m.get("environment"))) {
+            Some((1, Some(Value::String(variable)))) if crate::application::is_variable_name(variable) => variable,
+            _ => {
+                let message = "give its value as `environment: VARIABLE`, a secret each launch gives sealed \
+                    (a `file` beside the compose file is not on the node)";
+                return Err(error(&path, message));
+            }
+        };
+        secrets.insert(name.to_owned(), variable.clone());
+    }
+    Ok(secrets)
 }
 
 fn text_key<'a>(key: &'a Value, path: &str) -> Result<&'a str, ComposeError> {
@@ -171,7 +203,12 @@ fn valid_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-fn service(name: &str, body: &Value, volumes: &BTreeSet<String>) -> Result<Service, ComposeError> {
+fn service(
+    name: &str,
+    body: &Value,
+    volumes: &BTreeSet<String>,
+    declared: &BTreeMap<String, String>,
+) -> Result<Service, ComposeError> {
     let path = format!("services.{name}");
     if !valid_name(name) {
         return Err(error(&path, "a service name is letters, digits, `_`, `.` and `-`"));
@@ -235,6 +272,13 @@ fn service(name: &str, body: &Value, volumes: &BTreeSet<String>) -> Result<Servi
         Some(_) => return Err(error(at("depends_on"), "must list service names")),
     };
     let limits = limits(body, &path)?;
+    let mut secrets = BTreeMap::new();
+    for secret in list(body.get("secrets"), &at("secrets"), "secret names")? {
+        let variable = declared.get(&secret).ok_or_else(|| {
+            error(at("secrets"), format!("secret `{secret}` is not declared under the top-level `secrets`"))
+        })?;
+        secrets.insert(secret, variable.clone());
+    }
     Ok(Service {
         name: name.to_owned(),
         image,
@@ -245,6 +289,7 @@ fn service(name: &str, body: &Value, volumes: &BTreeSet<String>) -> Result<Servi
         restart,
         depends_on,
         limits,
+        secrets,
     })
 }
 
@@ -743,6 +788,25 @@ volumes:
         ] {
             assert_eq!(service(body).unwrap_err().path, path, "{body}");
         }
+    }
+
+    #[test]
+    fn secrets_come_from_variables_each_launch_gives_and_become_files_of_the_services_that_name_them() {
+        let text = "secrets:\n  db_password:\n    environment: DB_PASSWORD\nservices:\n  web:\n    image: a:1\n    secrets: [db_password]\n  side:\n    image: b:1\n";
+        let compose = parse(text).unwrap();
+        assert_eq!(compose.secrets, [("db_password".to_owned(), "DB_PASSWORD".to_owned())].into());
+        let web = compose.services.iter().find(|s| s.name == "web").unwrap();
+        assert_eq!(web.secrets, [("db_password".to_owned(), "DB_PASSWORD".to_owned())].into());
+        assert!(compose.services.iter().find(|s| s.name == "side").unwrap().secrets.is_empty());
+
+        let from_file = "secrets:\n  db_password:\n    file: ./pw.txt\nservices:\n  web:\n    image: a:1\n";
+        let refused = parse(from_file).unwrap_err();
+        assert_eq!(refused.path, "secrets.db_password");
+        assert!(refused.message.contains("environment: VARIABLE"), "{}", refused.message);
+        let undeclared = "services:\n  web:\n    image: a:1\n    secrets: [db_password]\n";
+        let refused = parse(undeclared).unwrap_err();
+        assert_eq!(refused.path, "services.web.secrets");
+        assert!(refused.message.contains("not declared"), "{}", refused.message);
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn service() -> Service {
         depends_on: vec!["db".into()],
         // No limits: a service without them is written as it was before they existed.
         limits: Default::default(),
+        secrets: Default::default(),
     }
 }
 

@@ -123,3 +123,48 @@ async fn a_secret_a_version_declares_is_refused_in_clear_and_required_at_launch(
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["deployment"]["secrets"], json!({"DB_PASSWORD": "***"}), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_secret_is_a_file_in_memory_under_run_secrets_and_leaves_with_its_container() {
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
+    let compose = format!(
+        "secrets:\n  db_password:\n    environment: DB_PASSWORD\nservices:\n  db:\n    image: {IMAGE_1_0_0}\n    \
+         command: [\"sh\", \"-c\", \"cat /run/secrets/db_password; echo; exec sleep 3600\"]\n    secrets: [db_password]\n"
+    );
+    crate::compose::publish_compose(&engine, &compose).await;
+    let secret = format!("pw-{}", uuid::Uuid::now_v7().simple());
+    let body =
+        json!({"application": "shop", "version": "1.0.0", "nodes": [node.name], "secrets": {"DB_PASSWORD": secret}});
+    let (status, answer) = engine.post("/v1/deployments", body).await;
+    assert_eq!(status, 201, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_owned();
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+
+    let docker = docker().await;
+    let container = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap().remove(0);
+    let inspected = docker.inspect_container(container.id.as_deref().unwrap(), None).await.unwrap();
+    // Not in its environment: a file, bound read-only from shared memory.
+    let env = inspected.config.unwrap().env.unwrap_or_default();
+    assert!(!env.iter().any(|e| e.contains(&secret)), "{env:?}");
+    let binds = inspected.host_config.unwrap().binds.unwrap_or_default();
+    let bind = binds.iter().find(|b| b.ends_with(":/run/secrets/db_password:ro")).expect("the secret's bind");
+    let source = bind.split(':').next().unwrap();
+    assert!(source.starts_with(edge_node::docker::SECRETS_DIR), "{bind}");
+    assert_eq!(std::fs::read_to_string(source).unwrap(), secret);
+    // The container reads it.
+    let logs = eventually("the container to print its secret", TIMEOUT, || async {
+        use futures::StreamExt;
+        let options = bollard::query_parameters::LogsOptions { stdout: true, ..Default::default() };
+        let lines: Vec<_> = docker.logs(container.id.as_deref().unwrap(), Some(options)).collect().await;
+        let text: String = lines.into_iter().filter_map(Result::ok).map(|l| l.to_string()).collect();
+        text.contains(&secret).then_some(text)
+    })
+    .await;
+    assert!(logs.contains(&secret));
+
+    let (status, _) = engine.delete(&format!("/v1/deployments/{id}")).await;
+    assert_eq!(status, 202);
+    engine.wait_deployment(&id, "the deployment to be removed", |v| v["status"] == "removed").await;
+    assert!(!std::path::Path::new(source).exists(), "the secret file went with its container");
+    node.stop().await;
+}
