@@ -153,7 +153,7 @@ operator app show shop | grep -A3 '"parameters"'
 
 say "operator: launch it with GREETING=hi and a secret API_KEY: one container per service, each reported"
 api_key="demo-key-$RANDOM$RANDOM"
-shop_out=$(operator launch --app shop --version 1.0.0 --node "$node" --set GREETING=hi --secret "API_KEY=$api_key")
+shop_out=$(export API_KEY=$api_key; operator launch --app shop --version 1.0.0 --node "$node" --set GREETING=hi --secret API_KEY)
 echo "$shop_out"
 shop_id=$(echo "$shop_out" | awk '{print $3}')
 operator watch "$shop_id"

@@ -34,6 +34,21 @@ fn resolved_bind(policy: &Policy, source: &str) -> Result<String, RuntimeError> 
         .map_err(|message| RuntimeError { code: ErrorCode::PolicyDenied, message })
 }
 
+/// `path` as a directory of this process's user alone (0700): made if missing; refused if it
+/// is a link, not a directory, or another user's (someone else may write in `/dev/shm`).
+fn private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let refuse = |why: &str| std::io::Error::other(format!("{} {why}", path.display()));
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() || !meta.is_dir() => return Err(refuse("is not a directory")),
+        Ok(meta) if meta.uid() != std::fs::metadata("/proc/self")?.uid() => return Err(refuse("is another user's")),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new().mode(0o700).create(path)?,
+        Err(e) => return Err(e),
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
 /// How long a container has to stop on SIGTERM before it is killed.
 const STOP_GRACE_SECONDS: i32 = 10;
 
@@ -92,15 +107,14 @@ impl DockerRuntime {
     /// `/run/secrets/<name>`; returns the binds.
     fn write_secret_files(&self, spec: &ContainerSpec) -> Result<Vec<String>, RuntimeError> {
         use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         if spec.files.is_empty() {
             return Ok(Vec::new());
         }
         let failed = |e: std::io::Error| RuntimeError::new(ErrorCode::Runtime, format!("writing a secret file: {e}"));
         let dir = self.secrets_dir.join(&spec.name);
-        std::fs::create_dir_all(&dir).map_err(failed)?;
         for path in [&self.secrets_dir, &dir] {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711)).map_err(failed)?;
+            private_dir(path).map_err(failed)?;
         }
         let mut binds = Vec::with_capacity(spec.files.len());
         for file in &spec.files {
@@ -475,6 +489,20 @@ mod tests {
         // Without an allowed path, nothing is bound.
         assert_eq!(resolved_bind(&Policy::default(), &data).unwrap_err().code, ErrorCode::PolicyDenied);
         std::fs::remove_dir_all(&elsewhere).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secret_files_are_kept_in_a_directory_of_the_node_alone_never_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir("secrets-dir");
+        let mine = dir.join("mine");
+        super::private_dir(&mine).unwrap();
+        assert_eq!(std::fs::metadata(&mine).unwrap().permissions().mode() & 0o777, 0o700);
+        super::private_dir(&mine).unwrap();
+        let planted = dir.join("planted");
+        std::os::unix::fs::symlink(&mine, &planted).unwrap();
+        assert!(super::private_dir(&planted).is_err(), "a link someone left is not followed");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

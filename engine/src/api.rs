@@ -201,7 +201,7 @@ impl Rejection for DeploymentRejection {
         use DeploymentRejection as R;
         match self {
             R::AlreadyLaunched => (StatusCode::CONFLICT, "id"),
-            R::InvalidSecret(_) => (StatusCode::UNPROCESSABLE_ENTITY, "secrets"),
+            R::InvalidSecret(_) | R::SecretIsParameter(_) => (StatusCode::UNPROCESSABLE_ENTITY, "secrets"),
             R::NotLaunched => (StatusCode::NOT_FOUND, "id"),
             R::UnknownApplication(_) => (StatusCode::UNPROCESSABLE_ENTITY, "application"),
             R::UnknownVersion { .. } | R::VersionNotPublished { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "version"),
@@ -468,7 +468,7 @@ async fn publish(
 fn unresolved(e: crate::registry::ResolveError) -> ApiError {
     use crate::registry::ResolveError as E;
     match e {
-        E::NotFound { .. } => ApiError::invalid("image", e),
+        E::NotFound { .. } | E::Unauthorized { .. } => ApiError::invalid("image", e),
         E::Unreachable { .. } | E::NoDigest { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Some("image"), e),
     }
 }
@@ -575,9 +575,6 @@ async fn launch(
     let application: Application = state.commands.state(&meta.tenant, &body.application).await?;
     // With an idempotency key, the deployment id is the key: a retried launch finds it.
     let id = meta.command_id.to_string();
-    if let Some(name) = body.secrets.keys().find(|name| !events::application::is_variable_name(name)) {
-        return Err(ApiError::invalid("secrets", format!("secret `{name}` is not an environment variable name")));
-    }
     let secrets = state.keys.seal(&meta.tenant, &id, &body.secrets).await?;
     let command = DeploymentCommand::Launch(Launch {
         application_id: body.application,
@@ -1071,7 +1068,7 @@ async fn delete_tenant(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    token("id", &id)?;
+    events::token::check_tenant(&id).map_err(|e| ApiError::invalid("id", e))?;
     let meta = caller.meta_on(&id, &[Role::Admin])?;
     let committed = state.commands.execute::<Tenant>(&id, &TenantCommand::Delete, &meta).await?;
     let sequence = committed.events.last().map_or(0, |e| e.sequence);
@@ -1085,7 +1082,7 @@ async fn get_policy(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<events::policy::Policy>, ApiError> {
-    token("id", &id)?;
+    events::token::check_tenant(&id).map_err(|e| ApiError::invalid("id", e))?;
     caller.meta_on(&id, READERS)?;
     let tenant: Tenant = state.commands.state(&id, &id).await?;
     Ok(Json(tenant.policy))
@@ -1098,7 +1095,7 @@ async fn set_policy(
     Path(id): Path<String>,
     Body(policy): Body<events::policy::Policy>,
 ) -> Result<impl IntoResponse, ApiError> {
-    token("id", &id)?;
+    events::token::check_tenant(&id).map_err(|e| ApiError::invalid("id", e))?;
     let meta = caller.meta_on(&id, &[Role::Admin])?;
     let command = TenantCommand::SetPolicy(policy);
     state.commands.execute::<Tenant>(&id, &command, &meta).await.map_err(|e| match e {

@@ -104,9 +104,10 @@ enum Command {
         /// A parameter value over the defaults and the profile (`NAME=value`); repeat for several.
         #[arg(long = "set", value_parser = key_value)]
         overrides: Vec<(String, String)>,
-        /// A value the containers get in their environment that is never stored or shown in
-        /// clear (`NAME=value`, sealed at once); repeat for several.
-        #[arg(long = "secret", value_parser = key_value)]
+        /// A value the containers get that is never stored or shown in clear, sealed at once:
+        /// `NAME` takes it from this command's environment variable NAME (kept out of the
+        /// process list and the shell's history), `NAME=value` as given; repeat for several.
+        #[arg(long = "secret", value_parser = secret_value)]
         secrets: Vec<(String, String)>,
         /// Follow the status until every node is running or failed.
         #[arg(long)]
@@ -353,6 +354,16 @@ enum AppCommand {
 fn key_value(text: &str) -> Result<(String, String), String> {
     let (key, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not NAME=value"))?;
     Ok((key.to_owned(), value.to_owned()))
+}
+
+/// `NAME=value`, or `NAME` with the value of the environment variable NAME.
+fn secret_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) => Ok((name.to_owned(), value.to_owned())),
+        None => std::env::var(text)
+            .map(|value| (text.to_owned(), value))
+            .map_err(|_| format!("`{text}` is not NAME=value, and no environment variable {text} is set")),
+    }
 }
 
 /// `NAME=value` pairs as a JSON object of strings.

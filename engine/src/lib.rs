@@ -169,7 +169,7 @@ impl Engine {
                 liveness: liveness.clone(),
                 issuer: issuer.clone(),
                 keys: keys.clone(),
-                registry: api_client(None)?,
+                registry: registry::client()?,
             },
             auth::Auth::new(commands.clone(), config.rate_limit),
         );

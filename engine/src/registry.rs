@@ -17,10 +17,33 @@ const MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 
+/// A client of registries: over HTTPS it trusts the public certificate authorities (Mozilla's,
+/// built in).
+pub fn client() -> anyhow::Result<reqwest::Client> {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(reqwest::Client::builder().use_preconfigured_tls(tls).build()?)
+}
+
+/// Whether `host` (`name[:port]`) is this machine: a registry there is asked over plain HTTP.
+fn is_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("image `{image}` is not in its registry (it answered {status})")]
     NotFound { image: String, status: u16 },
+    #[error("the registry of image `{image}` asks for credentials, which the engine does not hold")]
+    Unauthorized { image: String },
     #[error("the registry of image `{image}` cannot be reached: {reason}")]
     Unreachable { image: String, reason: String },
     #[error("the registry of image `{image}` answered without a digest")]
@@ -46,8 +69,7 @@ pub async fn resolve(http: &reqwest::Client, image: &str) -> Result<String, Reso
         _ => repository.to_owned(),
     };
     let host = if registry == "docker.io" { "registry-1.docker.io" } else { registry };
-    let loopback = ["127.", "localhost", "[::1]"].iter().any(|p| host.starts_with(p));
-    let scheme = if loopback { "http" } else { "https" };
+    let scheme = if is_loopback(host) { "http" } else { "https" };
     let url = format!("{scheme}://{host}/v2/{repository}/manifests/{tag}");
     let unreachable = |reason: String| ResolveError::Unreachable { image: image.to_owned(), reason };
     let answer = http
@@ -58,7 +80,10 @@ pub async fn resolve(http: &reqwest::Client, image: &str) -> Result<String, Reso
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     let status = answer.status();
-    if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::UNAUTHORIZED {
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(ResolveError::Unauthorized { image: image.to_owned() });
+    }
+    if status.is_client_error() {
         return Err(ResolveError::NotFound { image: image.to_owned(), status: status.as_u16() });
     }
     if !status.is_success() {
@@ -79,4 +104,25 @@ pub async fn resolve_all(
         digests.insert(image, digest);
     }
     Ok(digests)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn only_this_machine_is_asked_over_plain_http() {
+        for host in ["127.0.0.1:5000", "localhost:5000", "localhost", "[::1]:5000", "127.1.2.3"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "localhost.example.com:5000",
+            "127.0.0.1.example.com",
+            "registry.example.com",
+            "[::2]:5000",
+            "10.0.0.1:5000",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
 }

@@ -58,10 +58,13 @@ impl TenantKeys {
 
     /// The tenant's key, if it has one.
     pub async fn get(&self, tenant: &str) -> anyhow::Result<Option<TenantKey>> {
-        let stored = self.kv.get(tenant).await.context("reading a tenant's key")?;
+        let stored = self.kv.get(tenant).await.with_context(|| format!("reading tenant `{tenant}`'s key"))?;
         match stored {
             None => Ok(None),
-            Some(bytes) => Ok(Some(TenantKey::from_bytes(&bytes).context("a tenant's key is not 32 bytes")?)),
+            Some(bytes) => {
+                let key = TenantKey::from_bytes(&bytes);
+                Ok(Some(key.with_context(|| format!("tenant `{tenant}`'s key is {} bytes, not 32", bytes.len()))?))
+            }
         }
     }
 
@@ -74,13 +77,13 @@ impl TenantKeys {
         match self.kv.create(tenant, key.as_bytes().to_vec().into()).await {
             Ok(_) => Ok(key),
             // Another engine made one first: that one is the tenant's.
-            Err(_) => self.get(tenant).await?.context("a tenant's key was made, then lost"),
+            Err(e) => self.get(tenant).await?.with_context(|| format!("making tenant `{tenant}`'s key: {e}")),
         }
     }
 
     /// Destroys the tenant's key, and with it every value sealed under it.
     pub async fn shred(&self, tenant: &str) -> anyhow::Result<()> {
-        self.kv.purge(tenant).await.context("destroying a tenant's key")?;
+        self.kv.purge(tenant).await.with_context(|| format!("destroying tenant `{tenant}`'s key"))?;
         Ok(())
     }
 

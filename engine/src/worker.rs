@@ -218,7 +218,8 @@ async fn route_one(router: &Router<'_>, stored: StoredEvent) -> anyhow::Result<(
                     deployment: deployment.clone(),
                     version: state.version.clone(),
                     image: state.image.clone(),
-                    mode: Mode::default(),
+                    // Staged and not applied yet: it still waits for its apply.
+                    mode: Mode { staged: state.mode.staged, instantly_apply: !state.awaiting_apply },
                     env: state.env.clone(),
                     services: state.services.clone(),
                     secrets: BTreeMap::new(),
@@ -255,7 +256,14 @@ async fn for_each_node(
         let mut work = work.clone();
         if let NodeWork::Deploy { secrets: sealed, .. } | NodeWork::Update { secrets: sealed, .. } = &mut work {
             let (tenant, deployment) = (&envelope.tenant, &envelope.aggregate_id);
-            *sealed = router.keys.reseal_for(router.store, tenant, deployment, secrets, &node).await?;
+            match router.keys.reseal_for(router.store, tenant, deployment, secrets, &node).await {
+                Ok(resealed) => *sealed = resealed,
+                // That node gets nothing it could not run; the others go on.
+                Err(e) => {
+                    tracing::warn!(%node, deployment, error = format!("{e:#}"), "no work: its secrets cannot be sealed for it");
+                    continue;
+                }
+            }
         }
         each.push((vec![(format!("{}:{node}", envelope.id), work)], node));
     }

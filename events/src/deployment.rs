@@ -459,6 +459,8 @@ pub enum DeploymentRejection {
     NotLaunched,
     #[error("secret `{0}` is not an environment variable name")]
     InvalidSecret(String),
+    #[error("secret `{0}` is a parameter of the version, whose value is not secret")]
+    SecretIsParameter(String),
     #[error("application `{0}` does not exist")]
     UnknownApplication(String),
     #[error("application `{application}` has no version {version}")]
@@ -522,6 +524,9 @@ impl Aggregate for Deployment {
                 let services = version.resolve_services(&env).map_err(R::Compose)?;
                 if let Some(name) = launch.secrets.keys().find(|name| !crate::application::is_variable_name(name)) {
                     return Err(R::InvalidSecret(name.clone()));
+                }
+                if let Some(name) = launch.secrets.keys().find(|name| env.contains_key(*name)) {
+                    return Err(R::SecretIsParameter(name.clone()));
                 }
                 match &launch.selector {
                     None if launch.nodes.is_empty() => return Err(R::NoNodes),
@@ -1289,6 +1294,11 @@ mod tests {
         given::<Deployment>([])
             .when(C::Launch(in_clear))
             .then_rejected(R::Settings(SettingsError::SecretInOverrides("DB_PASSWORD".into())));
+        let mut shadowing = l.clone();
+        shadowing.secrets = [("DB_PASSWORD".to_owned(), "x".to_owned()), ("MODE".to_owned(), "x".to_owned())].into();
+        shadowing.application = catalog_with_settings();
+        let refused = given::<Deployment>([]).when(C::Launch(shadowing)).rejection();
+        assert_eq!(refused, R::SecretIsParameter("MODE".into()));
         l.secrets = [("DB_PASSWORD".to_owned(), "tenant1.sealed".to_owned())].into();
         let state =
             given::<Deployment>([]).when(C::Launch(l)).events().iter().fold(Deployment::default(), Deployment::evolve);

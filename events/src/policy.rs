@@ -15,6 +15,7 @@ use crate::compose::{bind_policy, normalize_path, Mount, Service};
 pub const LOCAL_REGISTRY: &str = "127.0.0.1:5000";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Host directories a bind mount may come from (the directory itself, or below it).
     #[serde(default)]

@@ -134,6 +134,15 @@ async fn every_call_without_a_valid_token_of_the_tenant_and_role_is_refused_and_
     assert_eq!(answer.status().as_u16(), 403);
     assert_eq!(stored(&commands).await, before, "a refused call stored something");
 
+    // The tokens' own namespace is no tenant, whoever asks.
+    let (status, body) = engine.delete("/v1/tenants/_engine").await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("id")), "{body}");
+    // The scheme is read as the standard says, whatever its case.
+    let lower =
+        no_token.get(engine.url("/v1/deployments")).header("authorization", format!("bearer {}", tests::ADMIN_TOKEN));
+    assert_eq!(lower.send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(stored(&commands).await, before, "a refused call stored something");
+
     // The healthz probe alone needs nothing.
     let response = no_token.get(engine.url("/healthz")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
