@@ -503,7 +503,18 @@ pub struct LaunchRequest {
     /// Environment values never stored in clear: sealed under the tenant's key before the
     /// launch is stored, shown as `***`.
     #[serde(default)]
-    pub secrets: std::collections::BTreeMap<String, String>,
+    pub secrets: SecretValues,
+}
+
+/// Values in clear on their way to be sealed: printed, each is `***`.
+#[derive(Default, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValues(pub std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|name| (name, events::REDACTED))).finish()
+    }
 }
 
 fn yes() -> bool {
@@ -575,7 +586,7 @@ async fn launch(
     let application: Application = state.commands.state(&meta.tenant, &body.application).await?;
     // With an idempotency key, the deployment id is the key: a retried launch finds it.
     let id = meta.command_id.to_string();
-    let secrets = state.keys.seal(&meta.tenant, &id, &body.secrets).await?;
+    let secrets = state.keys.seal(&meta.tenant, &id, &body.secrets.0).await?;
     let command = DeploymentCommand::Launch(Launch {
         application_id: body.application,
         application,
@@ -1185,4 +1196,27 @@ async fn auditor_credential(
     let role = crate::trust::Role::Auditor { id: reader_name(&body)? };
     let credential = state.issuer.reader(&role).await.map_err(StoreError::from)?;
     Ok((StatusCode::CREATED, Json(credential)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_on_their_way_in_print_as_stars() {
+        let launch: LaunchRequest = serde_json::from_value(serde_json::json!({
+            "application": "a", "version": "1.0.0", "nodes": ["n"], "secrets": {"DB_PASSWORD": "hunter2"}
+        }))
+        .unwrap();
+        let printed = format!("{launch:?}");
+        assert!(printed.contains(r#""DB_PASSWORD": "***""#) && !printed.contains("hunter2"), "{printed}");
+        let issued = crate::auth::IssuedToken {
+            id: "t1".into(),
+            token: "t1.s3cret".into(),
+            subject: "otto".into(),
+            tenant: None,
+            roles: vec![Role::Operator],
+        };
+        assert!(!format!("{issued:?}").contains("s3cret"));
+    }
 }

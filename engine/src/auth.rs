@@ -220,8 +220,8 @@ pub struct CreateToken {
     pub roles: Vec<Role>,
 }
 
-/// A token as its maker receives it: the only time its secret is shown.
-#[derive(Debug, Serialize, Deserialize)]
+/// A token as its maker receives it: the only time its secret is shown (never by `Debug`).
+#[derive(Serialize, Deserialize)]
 pub struct IssuedToken {
     pub id: String,
     /// `Authorization: Bearer <token>`.
@@ -230,6 +230,18 @@ pub struct IssuedToken {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     pub roles: Vec<Role>,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("id", &self.id)
+            .field("token", &events::REDACTED)
+            .field("subject", &self.subject)
+            .field("tenant", &self.tenant)
+            .field("roles", &self.roles)
+            .finish()
+    }
 }
 
 impl crate::api::Rejection for TokenRejection {
