@@ -3,8 +3,10 @@
 //! `membership` (node events to selector targets) and the `tenants` (a tenant's deletion to
 //! the uninstall of its deployments).
 //!
-//! Each message is acked once handled. A handler error leaves it unacked, so it comes again
-//! after `ack_wait`; the appends it makes are deduplicated by message id. A message that fails
+//! Each message is acked once handled. A handler error is tried again in place for a few
+//! seconds first, the messages behind it held back, so that the order holds through a lost
+//! server; then it is left unacked, so it comes again after `ack_wait`; the appends it makes
+//! are deduplicated by message id. A message that fails
 //! five times is named in the log and acked. Each consumer is pulled with a heartbeat every
 //! second and pulled again on a missed one, which reaches the consumer's new leader; a
 //! consumer the server no longer knows is made again. When two engines run, each message goes
@@ -125,7 +127,7 @@ where
     };
     let (sequence, delivered) = (info.stream_sequence, info.delivered);
     let outcome = match StoredEvent::decode(sequence, message.payload.clone()) {
-        Ok(event) => handle(message.subject.to_string(), event).await,
+        Ok(event) => handle_in_order(name, &message, event, handle).await,
         Err(e) => {
             tracing::error!(consumer = name, sequence, error = %e, "skipping a malformed event");
             Ok(())
@@ -148,6 +150,40 @@ where
         tracing::warn!(consumer = name, sequence, error = %e, "the ack was lost; the event comes again");
     }
 }
+
+/// Handles `event`; a failure is tried again here a few times first (the server told the
+/// message is in progress), holding back the messages behind it, so that the consumer's order
+/// holds through a lost server or link: a node's report applied after its next one would be
+/// dropped as stale. What still fails is left for redelivery.
+async fn handle_in_order<F, Fut>(
+    name: &str,
+    message: &async_nats::jetstream::Message,
+    event: StoredEvent,
+    handle: &mut F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(String, StoredEvent) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let subject = message.subject.to_string();
+    let mut pause = Duration::from_millis(100);
+    let mut outcome = handle(subject.clone(), event.clone()).await;
+    for _ in 0..RETRIES_IN_PLACE {
+        let Err(e) = &outcome else { break };
+        tracing::debug!(consumer = name, sequence = event.sequence, error = format!("{e:#}"), "trying again");
+        if let Err(e) = message.ack_with(async_nats::jetstream::AckKind::Progress).await {
+            tracing::debug!(consumer = name, error = %e, "could not say the event is in progress");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+        outcome = handle(subject.clone(), event.clone()).await;
+    }
+    outcome
+}
+
+/// Times a failed event is tried again before the next one is taken: over about 7 s in all,
+/// time for a cluster to elect a stream's new leader.
+const RETRIES_IN_PLACE: usize = 7;
 
 /// Translates deployment events into work on the subject of each target node.
 pub async fn route(store: EventStore, keys: TenantKeys) -> anyhow::Result<()> {
