@@ -1767,12 +1767,12 @@ mod tests {
     #[test]
     fn an_image_from_a_registry_the_host_does_not_allow_is_never_pulled() {
         let mut agent = Agent::new("acme", "edge-1");
-        agent.handle(Input::Work(compose_work(vec![service("web", "ghcr.io/x/web:1", &[])])));
+        agent.handle(Input::Work(compose_work(vec![service("web", "127.0.0.1:5001/x/web:1", &[])])));
         let actions = drain(&mut agent);
         assert_eq!(units_of(&actions), [], "nothing is pulled: {actions:?}");
         let failed = failure_in(&actions);
         assert_eq!(failed.code, "policy_denied");
-        assert!(failed.message.contains("comes from `ghcr.io`"), "{}", failed.message);
+        assert!(failed.message.contains("comes from `127.0.0.1:5001`"), "{}", failed.message);
     }
 
     #[test]

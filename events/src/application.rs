@@ -738,13 +738,13 @@ mod tests {
         let allowing = Policy { binds: vec!["/srv/app".into()], ..Policy::default() };
         assert_eq!(given::<Application>([registered()]).when(add(allowing)).events().len(), 1);
 
-        let hub = C::AddVersion {
+        let elsewhere = C::AddVersion {
             version: "1.0.0".into(),
-            image: "busybox:1".into(),
+            image: "127.0.0.1:5001/x:1".into(),
             settings: Default::default(),
             policy: Default::default(),
         };
-        let refused = given::<Application>([registered()]).when(hub).rejection();
+        let refused = given::<Application>([registered()]).when(elsewhere).rejection();
         assert!(matches!(&refused, R::PolicyDenied(v) if v.key == "image"), "{refused:?}");
     }
 

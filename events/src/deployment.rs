@@ -1238,6 +1238,11 @@ mod tests {
             profiles: [("test".into(), [("MODE".into(), "test".into())].into())].into(),
             secrets: Default::default(),
         };
+        catalog_of(settings)
+    }
+
+    /// `sample` 1.0.0 (`x:1`), published, with `settings`.
+    fn catalog_of(settings: crate::application::Settings) -> Application {
         Application::fold(&[
             ApplicationEvent::Registered { name: "Sample".into() },
             ApplicationEvent::version_added("1.0.0", "x:1", vec![], settings),
@@ -1277,15 +1282,7 @@ mod tests {
         use crate::application::Settings;
         let settings = Settings { secrets: ["DB_PASSWORD".to_owned()].into(), ..Settings::default() };
         let mut l = launch(&["edge-1"]);
-        l.application = Application::fold(&[
-            ApplicationEvent::Registered { name: "Sample".into() },
-            ApplicationEvent::version_added("1.0.0", "x:1", vec![], settings),
-            ApplicationEvent::VersionPublished {
-                version: "1.0.0".into(),
-                published_at: now(),
-                digests: Default::default(),
-            },
-        ]);
+        l.application = catalog_of(settings);
         given::<Deployment>([])
             .when(C::Launch(l.clone()))
             .then_rejected(R::Settings(SettingsError::MissingSecret("DB_PASSWORD".into())));

@@ -133,8 +133,9 @@ mod tests {
     fn the_default_allows_the_local_registry_and_no_bind() {
         let default = Policy::default();
         assert_eq!(default.check_image("127.0.0.1:5000/sample/app:1.0.0"), Ok(()));
-        assert!(default.check_image("busybox:1").unwrap_err().contains("comes from `docker.io`"));
-        assert!(default.check_image("ghcr.io/x/y:1").is_err());
+        // Another registry, even on this machine, is not allowed until a policy names it.
+        assert!(default.check_image("127.0.0.1:5001/x/y:1").unwrap_err().contains("comes from `127.0.0.1:5001`"));
+        assert!(default.check_image("localhost:5000/x/y:1").is_err());
         assert!(default.check_bind("/srv/data").unwrap_err().contains("no host path is allowed"));
     }
 
@@ -180,7 +181,7 @@ mod tests {
         };
         let refused = Policy::default().check_version("", &[service]).unwrap_err();
         assert_eq!(refused.key, "services.web.volumes[0]");
-        let refused = Policy::default().check_version("busybox:1", &[]).unwrap_err();
+        let refused = Policy::default().check_version("127.0.0.1:5001/x:1", &[]).unwrap_err();
         assert_eq!(refused.key, "image");
     }
 }

@@ -34,8 +34,12 @@ async fn a_version_outside_the_tenants_policy_is_refused_naming_the_key_until_th
         (json!({"compose": with_bind(IMAGE_1_0_0, "/srv/acme/data")}), "compose", "no host path is allowed"),
         (json!({"compose": with_bind(IMAGE_1_0_0, "/")}), "compose", "never mounted"),
         (json!({"compose": with_bind(IMAGE_1_0_0, "/var/run/docker.sock")}), "compose", "never mounted"),
-        (json!({"image": "busybox:1"}), "image", "comes from `docker.io`"),
-        (json!({"compose": "services:\n  web:\n    image: ghcr.io/x/web:1\n"}), "compose", "comes from `ghcr.io`"),
+        (json!({"image": "127.0.0.1:5001/x:1"}), "image", "comes from `127.0.0.1:5001`"),
+        (
+            json!({"compose": "services:\n  web:\n    image: localhost:5002/x/web:1\n"}),
+            "compose",
+            "comes from `localhost:5002`",
+        ),
     ];
     for (body, field, rule) in &refusals {
         let (status, answer) = add_version(&engine, "1.0.0", body.clone()).await;
@@ -66,7 +70,7 @@ async fn a_node_refuses_what_its_host_does_not_allow_whatever_the_engine_let_thr
     let engine = TestEngine::start(&nats).await;
     let node = TestNode::start(&nats, &engine).await;
     let dir = tempfile::tempdir().unwrap();
-    let policy = json!({"binds": [dir.path()], "registries": ["127.0.0.1:5000", "registry.invalid:5000"]});
+    let policy = json!({"binds": [dir.path()], "registries": ["127.0.0.1:5000", "127.0.0.1:5003"]});
     let (status, body) = engine.put("/v1/tenants/default/policy", policy).await;
     assert_eq!(status, 200, "{body}");
 
@@ -79,7 +83,7 @@ async fn a_node_refuses_what_its_host_does_not_allow_whatever_the_engine_let_thr
     assert!(tests::containers(&docker().await, DEPLOYMENT_LABEL, &id).await.unwrap().is_empty());
 
     // Pinned already: the engine asks no registry, and the node refuses before it would.
-    let image = &format!("registry.invalid:5000/sample/app:1.0.0@sha256:{}", "0".repeat(64));
+    let image = &format!("127.0.0.1:5003/sample/app:1.0.0@sha256:{}", "0".repeat(64));
     let (status, body) = engine.post("/v1/applications", json!({"id": "far", "name": "Far"})).await;
     assert_eq!(status, 201, "{body}");
     let (status, body) =
@@ -94,7 +98,7 @@ async fn a_node_refuses_what_its_host_does_not_allow_whatever_the_engine_let_thr
     let view = engine.wait_deployment(id, "the registry to be refused", |v| v["status"] == "failed").await;
     let error = &view["nodes"][&node.name]["error"];
     assert_eq!(error["code"], "policy_denied", "{view}");
-    assert!(error["message"].as_str().unwrap().contains("comes from `registry.invalid:5000`"), "{error}");
+    assert!(error["message"].as_str().unwrap().contains("comes from `127.0.0.1:5003`"), "{error}");
     node.stop().await;
 }
 
