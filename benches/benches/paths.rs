@@ -153,16 +153,19 @@ async fn deployment_history(handler: &CommandHandler, n: usize, writers: usize) 
             let id = uuid::Uuid::now_v7().to_string();
             let launch = Launch::new("sample", application, "1.0.0", &["edge-1"]);
             handler.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &meta()).await.unwrap();
+            let pair = events::deployment_node::id(&id, "edge-1");
+            let seen = handler.read::<Deployment, _>("bench", &id, |d| d.seen("edge-1")).await.unwrap();
             for status in [Status::Received, Status::Downloading, Status::Starting, Status::Running] {
-                let report = DeploymentCommand::ReportNodeState {
+                let report = events::deployment_node::DeploymentNodeCommand::Report {
                     node: "edge-1".into(),
+                    seen: seen.clone(),
                     status,
                     error: None,
                     reported_at: chrono::Utc::now(),
                     containers: Default::default(),
                     version: Default::default(),
                 };
-                handler.execute::<Deployment>(&id, &report, &meta()).await.unwrap();
+                handler.execute::<events::deployment_node::DeploymentNode>(&pair, &report, &meta()).await.unwrap();
             }
         });
         if tasks.len() >= writers {

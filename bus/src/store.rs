@@ -348,6 +348,19 @@ impl EventStore {
         Ok(loaded)
     }
 
+    /// Every event on `filter` (wildcards allowed) from sequence `from`, in stream order.
+    pub async fn load_matching(&self, filter: &str, mut from: u64) -> Result<Vec<StoredEvent>, ReadError> {
+        let mut events = Vec::new();
+        loop {
+            let batch = self.direct(filter, from, None, DIRECT_BATCH).await?;
+            let Some(end) = batch.last().map(|m| m.sequence) else { return Ok(events) };
+            for raw in batch {
+                events.push(StoredEvent::decode(raw.sequence, raw.payload)?);
+            }
+            from = end + 1;
+        }
+    }
+
     /// One batched direct get: the events of `subject` from sequence `from` up to `up_to`,
     /// at most `DIRECT_BATCH` of them. It leaves nothing on the server (no consumer), and any
     /// replica may answer.

@@ -814,15 +814,18 @@ async fn deployment_history(
     let meta = caller.meta(READERS)?;
     token("id", &id)?;
     let subject = events::subject::aggregate(&meta.tenant, Deployment::TYPE, &id);
-    let loaded = state.commands.store().load(&subject).await?;
-    if loaded.events.is_empty() {
+    let store = state.commands.store();
+    let mut loaded = store.load(&subject).await?.events;
+    let Some(first) = loaded.first().map(|e| e.sequence) else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("deployment `{id}` does not exist")));
-    }
-    let mut history = Vec::with_capacity(loaded.events.len());
-    for stored in &loaded.events {
+    };
+    // What each node said is on its pair's subject.
+    loaded.extend(store.load_matching(&events::subject::deployment_nodes(&meta.tenant, &id), first).await?);
+    loaded.sort_by_key(|e| e.sequence);
+    let mut history = Vec::with_capacity(loaded.len());
+    for stored in &loaded {
         let envelope = &stored.envelope;
-        let event: DeploymentEvent =
-            envelope.event().map_err(|source| ReadError::Corrupt { sequence: stored.sequence, source })?;
+        let corrupt = |source| ReadError::Corrupt { sequence: stored.sequence, source };
         use events::Status as S;
         let mut entry = HistoryEntry {
             sequence: stored.sequence,
@@ -834,6 +837,15 @@ async fn deployment_history(
             note: None,
             containers: events::Containers::new(),
         };
+        if envelope.aggregate_type == events::deployment_node::TYPE {
+            let node = events::deployment_node::split(&envelope.aggregate_id).map(|(_, node)| node.to_owned());
+            let events::deployment_node::DeploymentNodeEvent::StateReported { status, error, containers, .. } =
+                envelope.event().map_err(corrupt)?;
+            (entry.node, entry.status, entry.error, entry.containers) = (node, Some(status), error, containers);
+            history.push(entry);
+            continue;
+        }
+        let event: DeploymentEvent = envelope.event().map_err(corrupt)?;
         match event {
             DeploymentEvent::Launched { .. } => entry.status = Some(S::PendingDeploy),
             DeploymentEvent::StopRequested { .. } => entry.status = Some(S::PendingStop),
@@ -852,6 +864,8 @@ async fn deployment_history(
                 (entry.node, entry.status, entry.error, entry.containers) =
                     (Some(node), Some(status), error, containers);
             }
+            // The same report is in the history from the node's pair.
+            DeploymentEvent::NodeSettled { .. } => continue,
             DeploymentEvent::DriftDetected { node, container, drift, .. } => {
                 (entry.node, entry.note) = (Some(node), Some(format!("drift: {container} {drift}")));
             }

@@ -126,23 +126,40 @@ impl CommandHandler {
     /// Aggregate `id` of type `A` as the log has it now. One direct get of the subject's last
     /// event tells whether the cached fold is still current.
     pub async fn state<A: Aggregate>(&self, tenant: &str, id: &str) -> Result<A, StoreError> {
+        self.read(tenant, id, A::clone).await
+    }
+
+    /// `look` at aggregate `id` of type `A` as the log has it now, or later, without copying
+    /// it. The direct get that tells whether the cached fold is current is made before the
+    /// fold is locked, so readers of one aggregate do not wait on each other's round trips.
+    pub async fn read<A: Aggregate, T>(
+        &self,
+        tenant: &str,
+        id: &str,
+        look: impl FnOnce(&A) -> T,
+    ) -> Result<T, StoreError> {
         let subject = events::subject::aggregate(tenant, A::TYPE, id);
+        let last = self.store.last(&subject).await?.map_or(0, |e| e.sequence);
         let slot = self.cache.slot(&subject);
         let mut held = slot.lock().await;
-        let last = self.store.last(&subject).await?.map_or(0, |e| e.sequence);
-        match held.take().and_then(|c| c.downcast::<Current<A>>().ok()) {
-            Some(current) if current.last_sequence == last => {
-                let state = current.state.clone();
-                *held = Some(current);
-                Ok(state)
-            }
+        match held.as_ref().and_then(|c| c.downcast_ref::<Current<A>>()) {
+            Some(current) if current.last_sequence >= last => Ok(look(&current.state)),
             _ => {
                 let current = Current::<A>::load(&self.store, &subject).await?;
-                let state = current.state.clone();
+                let seen = look(&current.state);
                 *held = Some(Box::new(current));
-                Ok(state)
+                Ok(seen)
             }
         }
+    }
+
+    /// `look` at aggregate `id` of type `A` as this engine last folded it, if it has: no round
+    /// trip, but maybe behind the log (another engine wrote since).
+    pub async fn peek<A: Aggregate, T>(&self, tenant: &str, id: &str, look: impl FnOnce(&A) -> T) -> Option<T> {
+        let subject = events::subject::aggregate(tenant, A::TYPE, id);
+        let slot = self.cache.slot(&subject);
+        let held = slot.lock().await;
+        held.as_ref().and_then(|c| c.downcast_ref::<Current<A>>()).map(|current| look(&current.state))
     }
 
     /// Decides `command` on aggregate `id` and appends what it decided.

@@ -186,6 +186,7 @@ impl Engine {
         tasks.spawn(worker::route(store.clone(), keys.clone()));
         let keys = Arc::new(worker::NodeKeys::default());
         tasks.spawn(worker::ingest(commands.clone(), keys.clone()));
+        tasks.spawn(worker::settle(commands.clone()));
         let (d, n) = (deployments.clone(), nodes.clone());
         tasks.spawn(credentials::run(commands.clone(), d, n, trust.clone(), system, keys));
         tasks.spawn(liveness::run(commands.clone(), liveness.clone(), nodes.clone()));

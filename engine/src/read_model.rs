@@ -13,6 +13,7 @@
 
 use events::application::ApplicationEvent;
 use events::deployment::DeploymentEvent;
+use events::deployment_node::DeploymentNodeEvent;
 use events::node::NodeEvent;
 use events::projection::deployments::{self, DeploymentView};
 use events::projection::nodes::NodeRecord;
@@ -134,19 +135,32 @@ impl Projection for Deployments {
     const NAME: &'static str = "deployments";
 
     fn subjects(&self) -> Vec<String> {
-        vec![events::subject::ALL_AGGREGATES.to_owned()]
+        vec![events::subject::ALL_AGGREGATES.to_owned(), events::subject::ALL_DEPLOYMENT_NODES.to_owned()]
     }
 
     fn apply(&self, batch: &mut Overlay<'_>, stored: &StoredEvent) -> Result<(), ProjectionError> {
         let envelope = &stored.envelope;
-        if forget_deleted_tenant(batch, envelope, &["d/"])? || envelope.aggregate_type != "deployment" {
+        if forget_deleted_tenant(batch, envelope, &["d/"])? {
             return Ok(());
         }
-        let event: DeploymentEvent = envelope.event()?;
-        let key = key(&envelope.tenant, &envelope.aggregate_id);
-        let current = batch.take_json::<DeploymentView>(&key)?;
+        let view = match envelope.aggregate_type.as_str() {
+            "deployment" => {
+                let event: DeploymentEvent = envelope.event()?;
+                let key = key(&envelope.tenant, &envelope.aggregate_id);
+                (deployments::apply(batch.take_json::<DeploymentView>(&key)?, envelope, &event), key)
+            }
+            events::deployment_node::TYPE => {
+                let Some((deployment, node)) = events::deployment_node::split(&envelope.aggregate_id) else {
+                    return Ok(());
+                };
+                let event: DeploymentNodeEvent = envelope.event()?;
+                let key = key(&envelope.tenant, deployment);
+                (deployments::apply_node(batch.take_json::<DeploymentView>(&key)?, envelope, node, &event), key)
+            }
+            _ => return Ok(()),
+        };
         // A fold that shows nothing (an event before its launch) leaves the model as it is.
-        if let Some(view) = deployments::apply(current, envelope, &event) {
+        if let (Some(view), key) = view {
             batch.put_json(key, view);
         }
         Ok(())

@@ -1,7 +1,8 @@
 //! Durable JetStream consumers that turn events into more events: the `router` (deployment
 //! events to work on each node's subject), the `ingest` (node reports to commands), the
-//! `membership` (node events to selector targets) and the `tenants` (a tenant's deletion to
-//! the uninstall of its deployments).
+//! `settle` (a node settling to its deployment's rollout), the `membership` (node events to
+//! selector targets) and the `tenants` (a tenant's deletion to the uninstall of its
+//! deployments).
 //!
 //! Each message is acked once handled. A handler error is tried again in place for a few
 //! seconds first, the messages behind it held back, so that the order holds through a lost
@@ -41,16 +42,26 @@
 //!
 //! # Ingest
 //!
-//! Each report becomes a command on the deployment (or node) aggregate, with the report's id
-//! as command id, so a report delivered twice is applied once. A report is taken only when its
-//! envelope's tenant, type and node are its subject's and it verifies under the key the node
-//! is enrolled with now (`NodeKeys`): it speaks for the node whose subject it arrived on. Any
-//! other is refused and recorded as the node's `node.report_refused`. A report that does not
-//! decode, or that its aggregate refuses, is logged and acked.
+//! Each report becomes a command, with the report's id as command id, so a report delivered
+//! twice is applied once. A deployment's state report goes to the aggregate of its
+//! (deployment, node) pair (`events::deployment_node`), checked against what the deployment
+//! asks of the node as this engine last folded it (and as the log has it, when that refuses
+//! it); drift and a local apply go to the deployment, a node's coming online to the node. A
+//! report is taken only when its envelope's tenant, type and node are its subject's and it
+//! verifies under the key the node is enrolled with now (`NodeKeys`): it speaks for the node
+//! whose subject it arrived on. Any other is refused and recorded as the node's
+//! `node.report_refused`. A report that does not decode, or that its aggregate refuses, is
+//! logged and acked.
 //!
-//! Reports are appended one at a time, each waiting for the previous ack (about 0.2 ms): a
-//! launch on ten thousand nodes, five reports each, spends about ten seconds in those appends
-//! alone. Group commit would need atomic batches, which do not take `Nats-Msg-Id`.
+//! The reports are spread over lanes by node ([`consume_in_lanes`]): a node's reports are
+//! taken in order, and no node's wait on another's, since each pair is a subject of its own.
+//!
+//! # Settle
+//!
+//! The `settle` consumer reads the pairs' events and passes each settled report on to its
+//! deployment (`deployment.node_settled`), when the deployment decides on it: a phased rollout
+//! releases the next wave or halts, a guarded update goes back. The deployment is read as the
+//! log has it (one direct get), so an update through another engine is never missed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -61,6 +72,7 @@ use futures::StreamExt;
 use uuid::Uuid;
 
 use events::deployment::{Deployment, DeploymentCommand, DeploymentEvent, Desired, Mode};
+use events::deployment_node::{DeploymentNode, DeploymentNodeCommand, DeploymentNodeEvent};
 use events::envelope::{chain_hash, Metadata};
 use events::node::{Node, NodeCommand, NodeEvent};
 use events::report::NodeReport;
@@ -114,6 +126,49 @@ where
     }
     Ok(())
 }
+
+/// Like [`consume`], with the messages spread over [`LANES`] lanes by subject: the lanes run
+/// side by side, each in the order of the stream. A node's reports all come on its one subject,
+/// so they stay in order, while one node's report no longer waits on another's.
+pub(crate) async fn consume_in_lanes<F, Fut>(
+    store: &EventStore,
+    name: &str,
+    filter: &str,
+    handle: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(String, StoredEvent) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use std::hash::{Hash, Hasher};
+    let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT };
+    let messages = bus::consume::durable(name, pull, move || durable(store, name, filter));
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..LANES).map(|_| tokio::sync::mpsc::channel(LANE_DEPTH)).unzip();
+    let handle = &handle;
+    let lanes = futures::future::join_all(receivers.into_iter().map(|mut lane| async move {
+        let mut handle = |subject, event| handle(subject, event);
+        while let Some(message) = lane.recv().await {
+            handle_one(name, message, &mut handle).await;
+        }
+    }));
+    let feed = async move {
+        let mut messages = std::pin::pin!(messages);
+        while let Some(message) = messages.next().await {
+            let mut hasher = std::hash::DefaultHasher::new();
+            message.subject.hash(&mut hasher);
+            let lane = (hasher.finish() % LANES as u64) as usize;
+            if senders[lane].send(message).await.is_err() {
+                break;
+            }
+        }
+    };
+    futures::join!(feed, lanes);
+    Ok(())
+}
+
+/// The lanes of [`consume_in_lanes`], and the messages each may hold waiting.
+const LANES: usize = 32;
+const LANE_DEPTH: usize = 16;
 
 /// Hands one message to `handle` and acks it once handled, or once it has failed too often.
 async fn handle_one<F, Fut>(name: &str, message: async_nats::jetstream::Message, handle: &mut F)
@@ -267,7 +322,8 @@ async fn route_one(router: &Router<'_>, stored: StoredEvent) -> anyhow::Result<(
         | DeploymentEvent::DriftDetected { .. }
         | DeploymentEvent::AppliedLocally { .. }
         | DeploymentEvent::RolloutHalted { .. }
-        | DeploymentEvent::NodeRevoked { .. } => return Ok(()),
+        | DeploymentEvent::NodeRevoked { .. }
+        | DeploymentEvent::NodeSettled { .. } => return Ok(()),
     };
     let secrets = match (&work, launched_secrets) {
         (NodeWork::Deploy { .. }, Some(secrets)) => secrets,
@@ -586,7 +642,7 @@ const ROUTE_ATTEMPTS: u32 = 8;
 /// and acked: it would be refused again. Only a failure of the store leaves it for redelivery.
 pub async fn ingest(handler: CommandHandler, keys: std::sync::Arc<NodeKeys>) -> anyhow::Result<()> {
     let store = handler.store().clone();
-    consume(&store, "ingest", events::subject::ALL_NODE_REPORTS, |subject, event| {
+    consume_in_lanes(&store, "ingest", events::subject::ALL_NODE_REPORTS, |subject, event| {
         ingest_one(&handler, &keys, subject, event)
     })
     .await
@@ -687,9 +743,15 @@ async fn ingest_one(
             return Ok(());
         }
         NodeReport::DeploymentState { deployment, version, status, error, containers } => {
-            let reported_at = envelope.time;
-            let node = node.to_owned();
-            (deployment, DeploymentCommand::ReportNodeState { node, version, status, error, containers, reported_at })
+            if let Err(e) = events::subject::check_token("deployment", &deployment) {
+                tracing::warn!(sequence, node, error = %e, "report refused");
+                return Ok(());
+            }
+            let report = StateReport { version, status, error, containers, reported_at: envelope.time };
+            if let Some(rejection) = report_state(handler, &meta, &deployment, node, report).await? {
+                tracing::warn!(sequence, node, %rejection, "report refused");
+            }
+            return Ok(());
         }
         NodeReport::Drift { deployment, container, drift } => {
             let (node, at) = (node.to_owned(), envelope.time);
@@ -706,6 +768,106 @@ async fn ingest_one(
     let refused = refusal(handler.execute::<Deployment>(&deployment, &command, &meta).await)?;
     if let Some(rejection) = refused {
         tracing::warn!(sequence, node, %rejection, "report refused");
+    }
+    Ok(())
+}
+
+/// What a node said of one deployment.
+struct StateReport {
+    version: String,
+    status: events::Status,
+    error: Option<events::Failure>,
+    containers: events::Containers,
+    reported_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Records `report` on the aggregate of the (deployment, node) pair, checked against what the
+/// deployment asks of the node. That is read from this engine's fold of the deployment, which
+/// costs nothing but may be behind the log: what it refused, or found to change nothing, is
+/// decided again on the deployment as the log has it.
+async fn report_state(
+    handler: &CommandHandler,
+    meta: &CommandMeta,
+    deployment: &str,
+    node: &str,
+    report: StateReport,
+) -> anyhow::Result<Option<String>> {
+    let tenant = &meta.tenant;
+    let seen = |state: &Deployment| state.seen(node);
+    let (mut seen_now, mut fresh) = match handler.peek::<Deployment, _>(tenant, deployment, seen).await {
+        Some(cached) => (cached, false),
+        None => (handler.read::<Deployment, _>(tenant, deployment, seen).await?, true),
+    };
+    let id = events::deployment_node::id(deployment, node);
+    loop {
+        let StateReport { version, status, error, containers, reported_at } = &report;
+        let command = DeploymentNodeCommand::Report {
+            node: node.to_owned(),
+            seen: seen_now.clone(),
+            version: version.clone(),
+            status: *status,
+            error: error.clone(),
+            containers: containers.clone(),
+            reported_at: *reported_at,
+        };
+        let result = handler.execute::<DeploymentNode>(&id, &command, meta).await;
+        let doubtful = match &result {
+            Err(CommandError::Rejected(_)) => true,
+            Ok(committed) => committed.events.is_empty() && !committed.duplicate,
+            Err(_) => false,
+        };
+        if doubtful && !fresh {
+            (seen_now, fresh) = (handler.read::<Deployment, _>(tenant, deployment, seen).await?, true);
+            continue;
+        }
+        return refusal(result);
+    }
+}
+
+/// Passes each settled report of a (deployment, node) pair on to its deployment, when the
+/// deployment decides on it: a phased rollout releases the next nodes or halts, a guarded
+/// update goes back. The deployment is read as the log has it, so another engine's update is
+/// never missed. Other reports, and the deployments that do not watch their nodes, are left.
+pub async fn settle(handler: CommandHandler) -> anyhow::Result<()> {
+    let store = handler.store().clone();
+    consume(&store, "settle", events::subject::ALL_DEPLOYMENT_NODES, |subject, event| {
+        settle_one(&handler, subject, event)
+    })
+    .await
+}
+
+async fn settle_one(handler: &CommandHandler, subject: String, stored: StoredEvent) -> anyhow::Result<()> {
+    let envelope = &stored.envelope;
+    let sequence = stored.sequence;
+    let placed = subject == events::subject::aggregate(&envelope.tenant, DeploymentNode::TYPE, &envelope.aggregate_id);
+    let Some((deployment, node)) = events::deployment_node::split(&envelope.aggregate_id).filter(|_| placed) else {
+        tracing::error!(sequence, subject, "skipping an event whose envelope disagrees with its subject");
+        return Ok(());
+    };
+    let reported = match envelope.event::<DeploymentNodeEvent>() {
+        Ok(event) => event,
+        Err(e) => {
+            tracing::error!(sequence, subject, error = %e, "skipping an event that does not decode");
+            return Ok(());
+        }
+    };
+    let DeploymentNodeEvent::StateReported { version, status, error, reported_at, .. } = reported;
+    if !status.is_settled() {
+        return Ok(());
+    }
+    let tenant = &envelope.tenant;
+    if !handler.read::<Deployment, _>(tenant, deployment, Deployment::watches_nodes).await? {
+        return Ok(());
+    }
+    let meta = CommandMeta {
+        tenant: tenant.clone(),
+        actor: envelope.actor.clone(),
+        command_id: envelope.id,
+        correlation_id: envelope.correlation_id,
+    };
+    let command = DeploymentCommand::SettleNode { node: node.to_owned(), version, status, error, reported_at };
+    if let Some(rejection) = refusal(handler.execute::<Deployment>(deployment, &command, &meta).await)? {
+        tracing::warn!(sequence, deployment, node, %rejection, "a settled node not taken");
     }
     Ok(())
 }

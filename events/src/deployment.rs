@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::{event_payload, Aggregate, Ctx};
 use crate::application::{Application, SettingsError};
 use crate::compose::{ComposeError, Service};
+use crate::deployment_node::Seen;
 use crate::node::Labels;
 use crate::status::{Containers, Failure, Status};
 
@@ -74,6 +75,9 @@ pub struct Deployment {
     /// Sealed under the tenant's key, by name: the engine seals each again for each node.
     pub secrets: BTreeMap<String, String>,
     pub nodes: BTreeMap<String, NodeProgress>,
+    /// How many events asked the nodes for something (a launch, a request, a wave): a node's
+    /// report like its last one counts again once one came between them.
+    pub requests: u64,
 }
 
 /// How a deployment reaches its nodes (Kelvin's `staged` and `instantly_apply`):
@@ -174,8 +178,6 @@ pub struct NodeProgress {
     pub active: bool,
     pub status: Status,
     pub error: Option<Failure>,
-    /// Each container's own status, when the node reported them.
-    pub containers: Containers,
     /// When the node said so; a report older than this one is stale.
     pub reported_at: Option<DateTime<Utc>>,
     /// The staged version was applied on the node itself.
@@ -195,7 +197,6 @@ impl NodeProgress {
             active: true,
             status: Status::PendingDeploy,
             error: None,
-            containers: Containers::new(),
             reported_at: None,
             applied_locally: false,
             released: true,
@@ -288,13 +289,14 @@ pub enum DeploymentCommand {
         node: String,
         reason: String,
     },
-    ReportNodeState {
+    /// A node's report, as its own aggregate recorded it (`crate::deployment_node`), passed on
+    /// because the deployment decides on it: a phased rollout or a guarded update.
+    SettleNode {
         node: String,
         /// The version the node speaks of; empty when it did not say.
         version: String,
         status: Status,
         error: Option<Failure>,
-        containers: Containers,
         reported_at: DateTime<Utc>,
     },
     /// A node found a container changed behind its back and is putting it back.
@@ -399,12 +401,23 @@ pub enum DeploymentEvent {
         node: String,
         reason: String,
     },
+    /// A node's report, in a log written before each (deployment, node) pair had an aggregate
+    /// of its own: read and folded, never written any more.
     NodeStateReported {
         node: String,
         status: Status,
         error: Option<Failure>,
         #[serde(default, skip_serializing_if = "Containers::is_empty")]
         containers: Containers,
+        reported_at: DateTime<Utc>,
+    },
+    /// A node settled (running, stopped, failed...), as its pair's aggregate recorded it: what
+    /// a phased rollout and a guarded update decide on. Only those deployments have it.
+    NodeSettled {
+        node: String,
+        status: Status,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Failure>,
         reported_at: DateTime<Utc>,
     },
     DriftDetected {
@@ -449,6 +462,7 @@ event_payload!(DeploymentEvent, "deployment", {
     RolloutHalted => "rollout_halted",
     RolledBack => "rolled_back",
     NodeRevoked => "node_revoked",
+    NodeSettled => "node_settled",
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -648,7 +662,7 @@ impl Aggregate for Deployment {
                 true => vec![DeploymentEvent::AppliedLocally { node: node.clone(), at: *at }],
                 false => vec![],
             }),
-            DeploymentCommand::ReportNodeState { node, version, status, error, containers, reported_at } => {
+            DeploymentCommand::SettleNode { node, version, status, error, reported_at } => {
                 let Some(current) = self.nodes.get(node) else {
                     return Err(R::NotATarget(node.clone()));
                 };
@@ -662,21 +676,16 @@ impl Aggregate for Deployment {
                 if *status == Status::Failed && error.is_none() {
                     return Err(R::FailureWithoutError);
                 }
-                // The deployment's status is the most severe of its containers'.
-                if let Some((name, worse)) = containers.iter().find(|(_, c)| c.status.severity() > status.severity()) {
-                    return Err(R::BelowContainer { status: *status, container: name.clone(), its: worse.status });
-                }
                 let stale = current.reported_at.is_some_and(|last| *reported_at < last);
-                let same = current.status == *status && current.error == *error && current.containers == *containers;
-                if stale || same {
+                let same = current.status == *status && current.error == *error;
+                if !status.is_settled() || stale || same {
                     return Ok(vec![]);
                 }
                 // A node settling lets a phased rollout go on, or halts it.
-                self.with_next_wave(DeploymentEvent::NodeStateReported {
+                self.with_next_wave(DeploymentEvent::NodeSettled {
                     node: node.clone(),
                     status: *status,
                     error: error.clone(),
-                    containers: containers.clone(),
                     reported_at: *reported_at,
                 })
             }
@@ -684,6 +693,18 @@ impl Aggregate for Deployment {
     }
 
     fn evolve(mut self, event: &DeploymentEvent) -> Deployment {
+        let reported = matches!(
+            event,
+            DeploymentEvent::NodeStateReported { .. }
+                | DeploymentEvent::NodeSettled { .. }
+                | DeploymentEvent::DriftDetected { .. }
+                | DeploymentEvent::AppliedLocally { .. }
+                | DeploymentEvent::NodeRevoked { .. }
+                | DeploymentEvent::RolloutHalted { .. }
+        );
+        if !reported {
+            self.requests += 1;
+        }
         match event {
             DeploymentEvent::Launched {
                 application,
@@ -789,11 +810,11 @@ impl Aggregate for Deployment {
                     progress.error = None;
                 }
             }
-            DeploymentEvent::NodeStateReported { node, status, error, containers, reported_at } => {
+            DeploymentEvent::NodeStateReported { node, status, error, reported_at, .. }
+            | DeploymentEvent::NodeSettled { node, status, error, reported_at } => {
                 if let Some(progress) = self.nodes.get_mut(node) {
                     progress.status = *status;
                     progress.error = error.clone();
-                    progress.containers = containers.clone();
                     progress.reported_at = Some(*reported_at);
                     progress.revoked = false;
                     if *status == Status::Running && progress.running_since.is_none() {
@@ -803,9 +824,10 @@ impl Aggregate for Deployment {
             }
             DeploymentEvent::DriftDetected { .. } => {}
             DeploymentEvent::WaveReleased { nodes } => {
+                // What a node said before its wave was of the version before: it is sent this one now.
                 for node in nodes {
                     if let Some(progress) = self.nodes.get_mut(node) {
-                        progress.released = true;
+                        (progress.released, progress.status, progress.error) = (true, Status::PendingDeploy, None);
                     }
                 }
             }
@@ -857,6 +879,25 @@ fn published<'a>(
 }
 
 impl Deployment {
+    /// What it asks of `node`, for that node's report (`crate::deployment_node`).
+    pub fn seen(&self, node: &str) -> Seen {
+        match self.nodes.get(node) {
+            Some(progress) => Seen {
+                target: true,
+                version: self.version.clone(),
+                released: progress.released,
+                requests: self.requests,
+            },
+            None => Seen::default(),
+        }
+    }
+
+    /// Whether a node settling bears on what it decides: a phased rollout still releasing
+    /// nodes, or an update that goes back if it fails.
+    pub fn watches_nodes(&self) -> bool {
+        (self.rollout.is_some() && self.halted.is_none()) || self.guard.is_some()
+    }
+
     /// The nodes it targets now.
     /// The nodes that have the deployment: the active targets, but for those a phased launch
     /// has not reached yet.
@@ -872,14 +913,13 @@ impl Deployment {
         // node still under way: it frees no place in a wave, fails nothing, stops nothing.
         // Those are most reports, and folding one into a copy of a deployment of many nodes is
         // not free.
-        let under_way = matches!(&first, DeploymentEvent::NodeStateReported { status, .. } if !status.is_settled());
-        let reported =
-            matches!(&first, DeploymentEvent::NodeStateReported { .. } | DeploymentEvent::DriftDetected { .. });
+        let under_way = matches!(&first, DeploymentEvent::NodeSettled { status, .. } if !status.is_settled());
+        let reported = matches!(&first, DeploymentEvent::NodeSettled { .. } | DeploymentEvent::DriftDetected { .. });
         if under_way || (reported && self.rollout.is_none() && self.guard.is_none()) {
             return Ok(vec![first]);
         }
         // Without a guard, a report bears on the rollout through the node's new status alone.
-        if let (DeploymentEvent::NodeStateReported { node, status, .. }, None) = (&first, &self.guard) {
+        if let (DeploymentEvent::NodeSettled { node, status, .. }, None) = (&first, &self.guard) {
             let then = self.advance_with(Some((node, *status)));
             return Ok(std::iter::once(first).chain(then).collect());
         }
@@ -900,7 +940,7 @@ impl Deployment {
             (*at - since < chrono::Duration::seconds(guard.within_secs.into())).then_some(since)
         };
         let (reason, at) = match event {
-            DeploymentEvent::NodeStateReported { node, status: Status::Failed, error, reported_at, .. } => {
+            DeploymentEvent::NodeSettled { node, status: Status::Failed, error, reported_at, .. } => {
                 let why = error.as_ref().map(|e| format!(": {}", e.message)).unwrap_or_default();
                 match self.nodes.get(node).and_then(|p| p.running_since) {
                     None => (format!("{} did not start on {node}{why}", self.version), *reported_at),
@@ -1028,14 +1068,7 @@ mod tests {
     }
 
     fn report(node: &str, status: Status, error: Option<Failure>) -> C {
-        C::ReportNodeState {
-            node: node.into(),
-            version: String::new(),
-            status,
-            error,
-            reported_at: now(),
-            containers: Default::default(),
-        }
+        C::SettleNode { node: node.into(), version: String::new(), status, error, reported_at: now() }
     }
 
     #[test]
@@ -1150,12 +1183,11 @@ mod tests {
         for command in [C::Stop, C::Start, C::Uninstall] {
             given::<Deployment>(history.clone()).when(command).then_rejected(R::Uninstalled);
         }
-        given::<Deployment>(history).when(report("edge-1", Status::Removed, None)).then([E::NodeStateReported {
+        given::<Deployment>(history).when(report("edge-1", Status::Removed, None)).then([E::NodeSettled {
             node: "edge-1".into(),
             status: Status::Removed,
             error: None,
             reported_at: now(),
-            containers: Default::default(),
         }]);
     }
 
@@ -1547,15 +1579,9 @@ mod tests {
 
     #[test]
     fn report_node_state() {
-        let state = given::<Deployment>([launched()]).when(report("edge-1", Status::Running, None)).then([
-            E::NodeStateReported {
-                node: "edge-1".into(),
-                status: Status::Running,
-                error: None,
-                reported_at: now(),
-                containers: Default::default(),
-            },
-        ]);
+        let state = given::<Deployment>([launched()])
+            .when(report("edge-1", Status::Running, None))
+            .then([E::NodeSettled { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() }]);
         assert_eq!(state.nodes["edge-1"].status, Status::Running);
         assert_eq!(state.nodes["edge-2"].status, Status::PendingDeploy);
     }
@@ -1564,38 +1590,21 @@ mod tests {
     fn report_a_failure_with_its_error() {
         let error = Failure { code: "image_not_found".into(), message: "manifest unknown".into() };
         given::<Deployment>([launched()]).when(report("edge-1", Status::Failed, Some(error.clone()))).then([
-            E::NodeStateReported {
-                node: "edge-1".into(),
-                status: Status::Failed,
-                error: Some(error),
-                reported_at: now(),
-                containers: Default::default(),
-            },
+            E::NodeSettled { node: "edge-1".into(), status: Status::Failed, error: Some(error), reported_at: now() },
         ]);
     }
 
     #[test]
     fn report_the_same_state_again_changes_nothing() {
-        let first = E::NodeStateReported {
-            node: "edge-1".into(),
-            status: Status::Running,
-            error: None,
-            reported_at: now(),
-            containers: Default::default(),
-        };
+        let first = E::NodeSettled { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() };
         given::<Deployment>([launched(), first]).when(report("edge-1", Status::Running, None)).then([]);
     }
 
     #[test]
     fn a_report_older_than_the_last_one_changes_nothing() {
         let later = now() + chrono::Duration::seconds(5);
-        let running = E::NodeStateReported {
-            node: "edge-1".into(),
-            status: Status::Running,
-            error: None,
-            reported_at: later,
-            containers: Default::default(),
-        };
+        let running =
+            E::NodeSettled { node: "edge-1".into(), status: Status::Running, error: None, reported_at: later };
         given::<Deployment>([launched(), running]).when(report("edge-1", Status::Downloading, None)).then([]);
     }
 
@@ -1661,26 +1670,15 @@ mod tests {
         let (command, event) = phased(2, 0);
         let state = given::<Deployment>([]).when(C::Launch(command)).then([event.clone(), wave(&["edge-1", "edge-2"])]);
         assert_eq!(state.targets().collect::<Vec<_>>(), ["edge-1", "edge-2"], "the others do not have it yet");
-        let running = |node: &str| E::NodeStateReported {
-            node: node.into(),
-            status: Status::Running,
-            error: None,
-            containers: Default::default(),
-            reported_at: now(),
-        };
+        let running =
+            |node: &str| E::NodeSettled { node: node.into(), status: Status::Running, error: None, reported_at: now() };
         given::<Deployment>([event.clone(), wave(&["edge-1", "edge-2"])])
             .when(report("edge-1", Status::Running, None))
             .then([running("edge-1"), wave(&["edge-3"])]);
-        // Still downloading: not settled, nothing more is released.
+        // Still downloading: not settled, nothing to decide.
         given::<Deployment>([event, wave(&["edge-1", "edge-2"])])
             .when(report("edge-1", Status::Downloading, None))
-            .then([E::NodeStateReported {
-                node: "edge-1".into(),
-                status: Status::Downloading,
-                error: None,
-                containers: Default::default(),
-                reported_at: now(),
-            }]);
+            .then([]);
     }
 
     #[test]
@@ -1690,11 +1688,10 @@ mod tests {
         let events = given::<Deployment>([event, wave(&["edge-1"])])
             .when(report("edge-1", Status::Failed, Some(failure.clone())))
             .then([
-                E::NodeStateReported {
+                E::NodeSettled {
                     node: "edge-1".into(),
                     status: Status::Failed,
                     error: Some(failure),
-                    containers: Default::default(),
                     reported_at: now(),
                 },
                 E::RolloutHalted { reason: "1 node(s) failed, more than the 0 allowed; 3 node(s) not reached".into() },
@@ -1746,11 +1743,10 @@ mod tests {
         let state = given::<Deployment>([launched(), guarded_update(30)])
             .when(report("edge-1", Status::Failed, Some(failure.clone())))
             .then([
-                E::NodeStateReported {
+                E::NodeSettled {
                     node: "edge-1".into(),
                     status: Status::Failed,
                     error: Some(failure),
-                    containers: Default::default(),
                     reported_at: now(),
                 },
                 rolled_back("1.1.0 did not start on edge-1: manifest unknown"),
@@ -1761,13 +1757,8 @@ mod tests {
 
     #[test]
     fn a_guarded_update_goes_back_if_it_stops_too_soon_and_stays_once_proven() {
-        let running = E::NodeStateReported {
-            node: "edge-1".into(),
-            status: Status::Running,
-            error: None,
-            containers: Default::default(),
-            reported_at: now(),
-        };
+        let running =
+            E::NodeSettled { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() };
         let drift = |secs: i64| C::RecordDrift {
             node: "edge-1".into(),
             container: "c".into(),
@@ -1798,24 +1789,22 @@ mod tests {
 
     #[test]
     fn a_report_of_the_version_before_an_update_answers_nothing() {
-        let of = |version: &str| C::ReportNodeState {
+        let of = |version: &str| C::SettleNode {
             node: "edge-1".into(),
             version: version.into(),
             status: Status::Running,
             error: None,
             reported_at: now(),
-            containers: Default::default(),
         };
         let mut update = guarded_update(30);
         if let E::UpdateRequested { rollback_within, .. } = &mut update {
             *rollback_within = None;
         }
         given::<Deployment>([launched(), update.clone()]).when(of("1.0.0")).then([]);
-        let state = given::<Deployment>([launched(), update]).when(of("1.1.0")).then([E::NodeStateReported {
+        let state = given::<Deployment>([launched(), update]).when(of("1.1.0")).then([E::NodeSettled {
             node: "edge-1".into(),
             status: Status::Running,
             error: None,
-            containers: Default::default(),
             reported_at: now(),
         }]);
         assert_eq!(state.nodes["edge-1"].status, Status::Running);

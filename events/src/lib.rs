@@ -12,6 +12,7 @@ pub mod aggregate;
 pub mod application;
 pub mod compose;
 pub mod deployment;
+pub mod deployment_node;
 pub mod envelope;
 pub mod logs;
 pub mod node;

@@ -1,6 +1,8 @@
 //! The subjects of the `EVENTS` stream, and the ids that may appear in them.
 //!
 //! - `ev.<tenant>.<aggregate type>.<id>`: the events of one aggregate;
+//! - `ev.<tenant>.deployment_node.<deployment>.<node>`: one deployment on one node, an
+//!   aggregate whose id is `<deployment>.<node>`;
 //! - `ev.<tenant>.node.<node>.desired`: work the engine addresses to one node;
 //! - `ev.<tenant>.node.<node>.state`: reports one node sends back.
 
@@ -15,6 +17,13 @@ pub const ALL_TENANTS: &str = "ev.*.tenant.*";
 /// The node aggregates only (their work and report subjects have a fifth token).
 pub const ALL_NODES: &str = "ev.*.node.*";
 pub const ALL_NODE_REPORTS: &str = "ev.*.node.*.state";
+/// Every (deployment, node) pair: `ev.<tenant>.deployment_node.<deployment>.<node>`.
+pub const ALL_DEPLOYMENT_NODES: &str = "ev.*.deployment_node.*.*";
+
+/// Every pair of one deployment.
+pub fn deployment_nodes(tenant: &str, deployment: &str) -> String {
+    format!("ev.{tenant}.deployment_node.{deployment}.*")
+}
 
 /// Every event of one tenant.
 pub fn tenant_events(tenant: &str) -> String {

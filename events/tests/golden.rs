@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use events::application::{ApplicationEvent, Settings};
 use events::compose::Service;
 use events::deployment::{DeploymentEvent, Mode, Rollout};
+use events::deployment_node::DeploymentNodeEvent;
 use events::node::{NodeEvent, NodeState};
 use events::report::NodeReport;
 use events::tenant::TenantEvent;
@@ -135,7 +136,24 @@ fn deployments() -> Vec<DeploymentEvent> {
         DeploymentEvent::WaveReleased { nodes: vec!["edge-1".into(), "edge-2".into()] },
         DeploymentEvent::RolloutHalted { reason: "1 node(s) failed".into() },
         DeploymentEvent::NodeRevoked { node: "edge-1".into() },
+        DeploymentEvent::NodeSettled {
+            node: "edge-1".into(),
+            status: Status::Failed,
+            error: Some(Failure { code: "image_not_found".into(), message: "manifest unknown".into() }),
+            reported_at: at(),
+        },
     ]
+}
+
+fn deployment_nodes() -> Vec<DeploymentNodeEvent> {
+    vec![DeploymentNodeEvent::StateReported {
+        version: "1.0.0".into(),
+        status: Status::Running,
+        error: None,
+        containers: [("web".to_owned(), ContainerStatus { status: Status::Running, error: None })].into(),
+        reported_at: at(),
+        requests: 3,
+    }]
 }
 
 fn nodes() -> Vec<NodeEvent> {
@@ -280,6 +298,7 @@ fn the_event_reference_is_the_code() {
     let doc = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../EVENTS.md")).unwrap();
     check_documented(&doc, &applications());
     check_documented(&doc, &deployments());
+    check_documented(&doc, &deployment_nodes());
     check_documented(&doc, &nodes());
     check_documented(&doc, &work());
     check_documented(&doc, &reports());
@@ -292,6 +311,7 @@ fn every_event_type_at_every_version_reads_from_its_golden_bytes() {
     let mut seen = Vec::new();
     seen.extend(check(applications()));
     seen.extend(check(deployments()));
+    seen.extend(check(deployment_nodes()));
     seen.extend(check(nodes()));
     seen.extend(check(work()));
     seen.extend(check(reports()));

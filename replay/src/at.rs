@@ -73,6 +73,14 @@ impl Fold {
                     self.deployments.insert(key, view);
                 }
             }
+            events::deployment_node::TYPE => {
+                let Some((deployment, node)) = events::deployment_node::split(&e.aggregate_id) else { return Ok(()) };
+                let key = (e.tenant.clone(), deployment.to_owned());
+                let view = self.deployments.remove(&key);
+                if let Some(view) = deployments::apply_node(view, e, node, &e.event()?) {
+                    self.deployments.insert(key, view);
+                }
+            }
             "node" => {
                 let record = self.nodes.remove(&key);
                 if let Some(record) = nodes::apply(record, e, &e.event::<NodeEvent>()?) {

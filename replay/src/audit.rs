@@ -84,6 +84,14 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Whether `entry` is an event of a (deployment, node) pair of that deployment, or node.
+    fn of_pair(&self, entry: &Entry, deployment: Option<&str>, node: Option<&str>) -> bool {
+        let pair = (entry.aggregate_type == events::deployment_node::TYPE)
+            .then(|| events::deployment_node::split(&entry.aggregate_id))
+            .flatten();
+        pair.is_some_and(|(d, n)| deployment.is_none_or(|w| w == d) && node.is_none_or(|w| w == n))
+    }
+
     pub fn admits(&self, entry: &Entry) -> bool {
         let is = |wanted: &Option<String>, value: &str| wanted.as_deref().is_none_or(|w| w == value);
         let of_aggregate = |kind: &str, id: &str| entry.aggregate_type == kind && entry.aggregate_id == id;
@@ -92,7 +100,10 @@ impl Filter {
             && self.event_type.as_deref().is_none_or(|t| entry.event_type.starts_with(t))
             && self.since.is_none_or(|t| entry.time >= t)
             && self.until.is_none_or(|t| entry.time <= t)
-            && self.deployment.as_deref().is_none_or(|d| of_aggregate("deployment", d))
+            && self
+                .deployment
+                .as_deref()
+                .is_none_or(|d| of_aggregate("deployment", d) || self.of_pair(entry, Some(d), None))
             && self.application.as_deref().is_none_or(|a| {
                 of_aggregate("application", a)
                     || (entry.aggregate_type == "deployment" && entry.payload_field("application") == Some(a))
@@ -100,6 +111,7 @@ impl Filter {
             && self.node.as_deref().is_none_or(|n| {
                 entry.subject.split('.').nth(3) == Some(n) && entry.subject.split('.').nth(2) == Some("node")
                     || entry.payload_field("node") == Some(n)
+                    || self.of_pair(entry, None, Some(n))
             })
     }
 }

@@ -48,8 +48,13 @@ impl Signatures {
             self.findings.push(Finding { subject: subject.to_owned(), sequence, id, what });
         };
         let tokens: Vec<&str> = subject.split('.').collect();
+        let pair;
         // Where the subject says it belongs, and whose key must have signed it.
         let (tenant, aggregate_type, aggregate_id, writer) = match tokens[..] {
+            ["ev", tenant, events::deployment_node::TYPE, deployment, node] => {
+                pair = events::deployment_node::id(deployment, node);
+                (tenant, events::deployment_node::TYPE, pair.as_str(), None)
+            }
             ["ev", tenant, "node", node, "state"] => {
                 (tenant, events::report::AGGREGATE_TYPE, node, Some((tenant, node)))
             }

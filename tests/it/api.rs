@@ -279,15 +279,7 @@ async fn the_summary_counts_per_deployment_node_and_version() {
         commands.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &crate::harness::meta()).await.unwrap();
         for (node, status) in [("edge-1", first), ("edge-2", second)] {
             let error = (status == Status::Failed).then(|| Failure { code: "x".into(), message: "y".into() });
-            let report = DeploymentCommand::ReportNodeState {
-                node: node.into(),
-                status,
-                error,
-                reported_at: chrono::Utc::now(),
-                containers: Default::default(),
-                version: Default::default(),
-            };
-            let committed = commands.execute::<Deployment>(&id, &report, &crate::harness::meta()).await.unwrap();
+            let committed = crate::harness::report(&commands, &id, node, status, error).await;
             last = committed.events.last().map_or(last, |e| e.sequence);
         }
         ids.push(id);

@@ -38,9 +38,10 @@ async fn a_deploy_on_a_three_server_cluster_completes_with_a_server_killed_midwa
         .await
         .unwrap();
     tests::eventually("the restarted server to have caught up", crate::harness::TIMEOUT, || async {
-        let subject = events::subject::aggregate("default", "deployment", &second);
-        let loaded = store.load(&subject).await.ok()?;
-        (loaded.events.len() >= 6).then_some(())
+        // The node's five reports, on the pair's subject.
+        let pair = events::deployment_node::id(&second, &node.name);
+        let loaded = store.load(&events::subject::aggregate("default", "deployment_node", &pair)).await.ok()?;
+        (loaded.events.len() >= 5).then_some(())
     })
     .await;
     node.stop().await;

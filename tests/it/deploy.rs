@@ -43,20 +43,22 @@ async fn a_launch_runs_in_docker_and_the_read_model_says_running() {
     let rotation = logs.config.unwrap_or_default();
     assert_eq!((rotation["max-size"].as_str(), rotation["max-file"].as_str()), ("10m", "3"));
 
-    // Every step was reported, in order, as events of the deployment.
-    let loaded =
-        engine.engine.commands.store().load(&events::subject::aggregate("default", "deployment", &id)).await.unwrap();
+    // Every step was reported, in order, as events of the deployment on that node.
+    let store = engine.engine.commands.store();
+    let pair = events::deployment_node::id(&id, &node.name);
+    let loaded = store.load(&events::subject::aggregate("default", "deployment_node", &pair)).await.unwrap();
     let statuses: Vec<String> = loaded
         .events
         .iter()
-        .filter_map(|e| match e.envelope.event().unwrap() {
-            events::deployment::DeploymentEvent::NodeStateReported { status, .. } => Some(status.to_string()),
-            _ => None,
+        .map(|e| match e.envelope.event().unwrap() {
+            events::deployment_node::DeploymentNodeEvent::StateReported { status, .. } => status.to_string(),
         })
         .collect();
     assert_eq!(statuses, ["received", "downloading", "deploying", "starting", "running"]);
-    assert!(loaded.events[1..].iter().all(|e| e.envelope.actor == format!("node:{}", node.name)));
-    assert!(loaded.events.iter().all(|e| e.envelope.correlation_id == loaded.events[0].envelope.correlation_id));
+    assert!(loaded.events.iter().all(|e| e.envelope.actor == format!("node:{}", node.name)));
+    let launched = store.load(&events::subject::aggregate("default", "deployment", &id)).await.unwrap();
+    let correlation = launched.events[0].envelope.correlation_id;
+    assert!(loaded.events.iter().all(|e| e.envelope.correlation_id == correlation));
     node.stop().await;
 }
 

@@ -174,6 +174,29 @@ pub fn meta() -> CommandMeta {
     CommandMeta::new("default", "test")
 }
 
+/// `node`'s report of `status` on deployment `id`, recorded on their pair's aggregate as the
+/// engine's ingest records it.
+pub async fn report(
+    commands: &CommandHandler,
+    id: &str,
+    node: &str,
+    status: events::Status,
+    error: Option<events::Failure>,
+) -> engine::command::Committed {
+    use events::deployment_node::{self, DeploymentNode, DeploymentNodeCommand};
+    let seen = commands.read::<events::deployment::Deployment, _>("default", id, |d| d.seen(node)).await.unwrap();
+    let report = DeploymentNodeCommand::Report {
+        node: node.into(),
+        seen,
+        version: String::new(),
+        status,
+        error,
+        containers: Default::default(),
+        reported_at: chrono::Utc::now(),
+    };
+    commands.execute::<DeploymentNode>(&deployment_node::id(id, node), &report, &meta()).await.unwrap()
+}
+
 /// Registers, through the command path, a published `sample` 1.0.0 and the nodes named.
 pub async fn seed(handler: &CommandHandler, nodes: &[&str]) {
     let commands = [

@@ -70,13 +70,17 @@ async fn reports_that_cannot_be_applied_are_refused_and_the_rest_go_through() {
         .wait_deployment(&id, "edge-1's report to be applied", |v| v["nodes"]["edge-1"]["status"] == "running")
         .await;
     assert_eq!(view["nodes"]["edge-2"]["status"], "pending_deploy", "edge-2 said nothing: {view}");
-    let loaded = store.load(&events::subject::aggregate("default", "deployment", &id)).await.unwrap();
+    let pair = |node: &str| events::subject::aggregate("default", "deployment_node", &format!("{id}.{node}"));
+    let loaded = store.load(&pair("edge-1")).await.unwrap();
     assert_eq!(loaded.events.last().unwrap().envelope.actor, "node:edge-1");
-    let failed =
-        loaded.events.iter().filter_map(|e| e.envelope.event::<events::deployment::DeploymentEvent>().ok()).any(|e| {
-            matches!(e, events::deployment::DeploymentEvent::NodeStateReported { status: Status::Failed, .. })
-        });
+    let failed = loaded.events.iter().any(|e| {
+        matches!(
+            e.envelope.event::<events::deployment_node::DeploymentNodeEvent>(),
+            Ok(events::deployment_node::DeploymentNodeEvent::StateReported { status: Status::Failed, .. })
+        )
+    });
     assert!(!failed, "no refused report reached the deployment");
+    assert!(store.load(&pair("edge-2")).await.unwrap().events.is_empty(), "edge-2 said nothing");
 
     let consumer =
         store.stream().get_consumer::<async_nats::jetstream::consumer::pull::Config>("ingest").await.unwrap();

@@ -33,15 +33,7 @@ async fn history(nats: &NatsServer, count: usize) {
             ] {
                 let error = (status == Status::Failed)
                     .then(|| Failure { code: "image_not_found".into(), message: "gone".into() });
-                let report = DeploymentCommand::ReportNodeState {
-                    node: node.into(),
-                    status,
-                    error,
-                    reported_at: chrono::Utc::now(),
-                    containers: Default::default(),
-                    version: Default::default(),
-                };
-                commands.execute::<Deployment>(&id, &report, &meta()).await.unwrap();
+                crate::harness::report(&commands, &id, node, status, error).await;
             }
         });
         if tasks.len() >= 32 {

@@ -75,7 +75,7 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
     );
     assert_eq!(lines[0]["payload"]["launched"]["application"], "sample");
     let by_node = format!("node:{}", node.name);
-    assert!(lines.iter().any(|l| l["actor"] == by_node.as_str() && l["type"] == "deployment.node_state_reported"));
+    assert!(lines.iter().any(|l| l["actor"] == by_node.as_str() && l["type"] == "deployment_node.state_reported"));
     let (_, text) = replay(&nats, &["audit", "--actor", &by_node, "--type", "report.", "--format", "json"]).await;
     let reports: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!reports.is_empty() && reports.iter().all(|r| r["actor"] == by_node.as_str()), "{text}");
@@ -89,11 +89,15 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("0 broken chain(s)"), "{text}");
 
-    // Copies of the log, each with one thing done to the deployment's chain.
+    // Copies of the log, each with one thing done to the chain of what the node said.
     let all = history(&nats).await;
-    let subject = events::subject::aggregate("default", "deployment", &id);
-    let on_chain: Vec<usize> = all.iter().enumerate().filter(|(_, (s, _))| *s == subject).map(|(i, _)| i).collect();
-    assert!(on_chain.len() >= 4, "{} events on the deployment", on_chain.len());
+    let positions = |subject: String| -> Vec<usize> {
+        all.iter().enumerate().filter(|(_, (s, _))| *s == subject).map(|(i, _)| i).collect()
+    };
+    let launch_at = positions(events::subject::aggregate("default", "deployment", &id))[0];
+    let pair = events::deployment_node::id(&id, &node.name);
+    let on_chain = positions(events::subject::aggregate("default", "deployment_node", &pair));
+    assert!(on_chain.len() >= 4, "{} events on the deployment's node", on_chain.len());
     let raw = |events: &[(String, StoredEvent)]| -> Vec<(String, bytes::Bytes)> {
         events.iter().map(|(s, e)| (s.clone(), e.bytes.clone())).collect()
     };
@@ -120,7 +124,7 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
     assert!(text.contains(&id_of(on_chain[2])) && text.contains("reordered"), "{text}");
 
     // Point in time: just after the launch, then now, then before anything.
-    let launched = &all[on_chain[0]].1;
+    let launched = &all[launch_at].1;
     let at = |args: Vec<String>| {
         let nats = &nats;
         async move {
@@ -155,7 +159,7 @@ async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_
     assert!(code == 0 && text.contains("events folded into"), "{text}");
     // A log without the launch does not make the deployment the engine shows.
     let mut without = raw(&all);
-    without.remove(on_chain[0]);
+    without.remove(launch_at);
     let (code, text) = replay(
         &copy_of(&without).await,
         &["check", "--engine-api", &api, "--engine-token", tests::ADMIN_TOKEN, "--engine-ca", &ca],

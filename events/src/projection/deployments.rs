@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compose::Service;
 use crate::deployment::{DeploymentEvent, Desired, Rollout};
+use crate::deployment_node::DeploymentNodeEvent;
 use crate::envelope::Envelope;
 use crate::status::{Containers, Failure, Status};
 
@@ -268,7 +269,9 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
             }
             None
         }
-        DeploymentEvent::Launched { .. } | DeploymentEvent::NodeStateReported { .. } => None,
+        DeploymentEvent::Launched { .. }
+        | DeploymentEvent::NodeStateReported { .. }
+        | DeploymentEvent::NodeSettled { .. } => None,
     };
     if let Some((desired, status)) = request {
         view.desired = desired;
@@ -279,25 +282,57 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         }
     }
     if let DeploymentEvent::NodeStateReported { node, status, error, containers, reported_at } = event {
-        let active = view.nodes.get(node).is_none_or(|n| n.active);
-        let previous = view.nodes.get(node);
-        let reported = NodeView {
-            applied_locally: previous.is_some_and(|n| n.applied_locally),
-            released: previous.is_none_or(|n| n.released),
-            revoked: false,
-            last_drift: previous.and_then(|n| n.last_drift.clone()),
-            active,
-            status: *status,
-            error: error.clone(),
-            reason: None,
-            containers: containers.clone(),
-            updated_at: *reported_at,
-        };
-        view.nodes.insert(node.clone(), reported);
+        report(&mut view, node, *status, error, containers, *reported_at);
     }
     view.status = Status::roll_up(view.nodes.values().map(|n| n.status)).unwrap_or(Status::PendingDeploy);
     view.updated_at = envelope.time;
     Some(view)
+}
+
+/// Folds the report of one (deployment, node) pair into the view of its deployment, checked
+/// again against the deployment as of this point of the log: a report of a node that is not a
+/// target, or of a version before the one the node was sent, changes nothing.
+pub fn apply_node(
+    view: Option<DeploymentView>,
+    envelope: &Envelope,
+    node: &str,
+    event: &DeploymentNodeEvent,
+) -> Option<DeploymentView> {
+    let mut view = view?;
+    let DeploymentNodeEvent::StateReported { version, status, error, containers, reported_at, .. } = event;
+    let Some(previous) = view.nodes.get(node) else { return Some(view) };
+    if !version.is_empty() && *version != view.version && previous.released {
+        return Some(view);
+    }
+    report(&mut view, node, *status, error, containers, *reported_at);
+    view.status = Status::roll_up(view.nodes.values().map(|n| n.status)).unwrap_or(Status::PendingDeploy);
+    view.updated_at = envelope.time;
+    Some(view)
+}
+
+/// A node's report in its deployment's view.
+fn report(
+    view: &mut DeploymentView,
+    node: &str,
+    status: Status,
+    error: &Option<Failure>,
+    containers: &Containers,
+    reported_at: DateTime<Utc>,
+) {
+    let previous = view.nodes.get(node);
+    let reported = NodeView {
+        applied_locally: previous.is_some_and(|n| n.applied_locally),
+        released: previous.is_none_or(|n| n.released),
+        revoked: false,
+        last_drift: previous.and_then(|n| n.last_drift.clone()),
+        active: previous.is_none_or(|n| n.active),
+        status,
+        error: error.clone(),
+        reason: None,
+        containers: containers.clone(),
+        updated_at: reported_at,
+    };
+    view.nodes.insert(node.to_owned(), reported);
 }
 
 #[cfg(test)]
@@ -424,5 +459,49 @@ mod tests {
             containers: Default::default(),
         };
         assert_eq!(fold(&[report]), None);
+    }
+
+    #[test]
+    fn a_nodes_report_on_its_pair_rolls_up_like_one_on_the_deployment_and_an_old_version_counts_for_nothing() {
+        let launched = DeploymentEvent::Launched {
+            application: "sample".into(),
+            version: "1.0.0".into(),
+            image: "x:1".into(),
+            nodes: vec!["edge-1".into()],
+            mode: Default::default(),
+            selector: None,
+            profile: None,
+            overrides: Default::default(),
+            env: Default::default(),
+            services: Default::default(),
+            rollout: Default::default(),
+            secrets: Default::default(),
+        };
+        let reported = |version: &str, status: Status| DeploymentNodeEvent::StateReported {
+            version: version.into(),
+            status,
+            error: None,
+            containers: Default::default(),
+            reported_at: now(),
+            requests: 1,
+        };
+        let pair = |view: Option<DeploymentView>, event: &DeploymentNodeEvent| {
+            let meta = crate::envelope::Metadata {
+                tenant: "acme".into(),
+                actor: "node:edge-1".into(),
+                correlation_id: Uuid::from_u128(7),
+                causation_id: Uuid::from_u128(7),
+            };
+            let envelope = Envelope::new(Uuid::from_u128(2), now(), "deployment_node", "d1.edge-1", &meta, event, None);
+            apply_node(view, &envelope, "edge-1", event)
+        };
+        let view = pair(fold(std::slice::from_ref(&launched)), &reported("1.0.0", Status::Running)).unwrap();
+        assert_eq!((view.status, view.nodes["edge-1"].status), (Status::Running, Status::Running));
+        // Said of a version the node was not sent: the view stays as the launch left it.
+        let view = pair(fold(std::slice::from_ref(&launched)), &reported("0.9.0", Status::Running)).unwrap();
+        assert_eq!(view.status, Status::PendingDeploy);
+        assert_eq!(view, fold(&[launched]).unwrap());
+        // Of a node that is not a target, or before the launch: nothing.
+        assert_eq!(pair(None, &reported("1.0.0", Status::Running)), None);
     }
 }

@@ -86,7 +86,8 @@ impl ApplicationUpdates {
             | DeploymentEvent::ForceUpdateRequested { .. }
             | DeploymentEvent::TargetAdded { .. }
             | DeploymentEvent::TargetRemoved { .. }
-            | DeploymentEvent::NodeStateReported { .. } => {}
+            | DeploymentEvent::NodeStateReported { .. }
+            | DeploymentEvent::NodeSettled { .. } => {}
         }
     }
 
