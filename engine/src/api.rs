@@ -865,7 +865,7 @@ async fn deployment_history(
                     (Some(node), Some(status), error, containers);
             }
             // The same report is in the history from the node's pair.
-            DeploymentEvent::NodeSettled { .. } => continue,
+            DeploymentEvent::NodesSettled { .. } => continue,
             DeploymentEvent::DriftDetected { node, container, drift, .. } => {
                 (entry.node, entry.note) = (Some(node), Some(format!("drift: {container} {drift}")));
             }

@@ -180,58 +180,72 @@ where
         tracing::error!(consumer = name, subject = %message.subject, "skipping a message with no stream info");
         return;
     };
-    let (sequence, delivered) = (info.stream_sequence, info.delivered);
+    let sequence = info.stream_sequence;
     let outcome = match StoredEvent::decode(sequence, message.payload.clone()) {
-        Ok(event) => handle_in_order(name, &message, event, handle).await,
+        Ok(event) => {
+            let subject = message.subject.to_string();
+            in_order(name, std::slice::from_ref(&message), || handle(subject.clone(), event.clone())).await
+        }
         Err(e) => {
             tracing::error!(consumer = name, sequence, error = %e, "skipping a malformed event");
             Ok(())
         }
     };
-    let acked = match outcome {
-        Ok(()) => message.ack().await,
-        Err(e) if delivered >= MAX_DELIVERIES => {
-            // It fails the same way each time: a poison message. It is left in the log,
-            // named here, and no longer holds the consumer up.
-            tracing::error!(consumer = name, sequence, delivered, error = format!("{e:#}"), "giving up on an event");
-            message.ack().await
+    finish(name, &[message], outcome).await;
+}
+
+/// Acks `messages` once handled together, or once they have failed too often; otherwise
+/// leaves them for redelivery.
+async fn finish(name: &str, messages: &[async_nats::jetstream::Message], outcome: anyhow::Result<()>) {
+    for message in messages {
+        let (sequence, delivered) = message.info().map_or((0, 0), |info| (info.stream_sequence, info.delivered));
+        let acked = match &outcome {
+            Ok(()) => message.ack().await,
+            Err(e) if delivered >= MAX_DELIVERIES => {
+                // It fails the same way each time: a poison message. It is left in the log,
+                // named here, and no longer holds the consumer up.
+                tracing::error!(
+                    consumer = name,
+                    sequence,
+                    delivered,
+                    error = format!("{e:#}"),
+                    "giving up on an event"
+                );
+                message.ack().await
+            }
+            Err(e) => {
+                tracing::warn!(consumer = name, sequence, error = format!("{e:#}"), "will retry");
+                Ok(())
+            }
+        };
+        if let Err(e) = acked {
+            tracing::warn!(consumer = name, sequence, error = %e, "the ack was lost; the event comes again");
         }
-        Err(e) => {
-            tracing::warn!(consumer = name, sequence, error = format!("{e:#}"), "will retry");
-            Ok(())
-        }
-    };
-    if let Err(e) = acked {
-        tracing::warn!(consumer = name, sequence, error = %e, "the ack was lost; the event comes again");
     }
 }
 
-/// Handles `event`; a failure is tried again here a few times first (the server told the
-/// message is in progress), holding back the messages behind it, so that the consumer's order
-/// holds through a lost server or link: a node's report applied after its next one would be
-/// dropped as stale. What still fails is left for redelivery.
-async fn handle_in_order<F, Fut>(
-    name: &str,
-    message: &async_nats::jetstream::Message,
-    event: StoredEvent,
-    handle: &mut F,
-) -> anyhow::Result<()>
+/// Runs `attempt` for `messages`; a failure is tried again here a few times first (the server
+/// told the messages are in progress), holding back the messages behind them, so that the
+/// consumer's order holds through a lost server or link: a node's report applied after its
+/// next one would be dropped as stale. What still fails is left for redelivery.
+async fn in_order<F, Fut>(name: &str, messages: &[async_nats::jetstream::Message], mut attempt: F) -> anyhow::Result<()>
 where
-    F: FnMut(String, StoredEvent) -> Fut,
+    F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let subject = message.subject.to_string();
     let mut pause = Duration::from_millis(100);
-    let mut outcome = handle(subject.clone(), event.clone()).await;
+    let mut outcome = attempt().await;
     for _ in 0..RETRIES_IN_PLACE {
         let Err(e) = &outcome else { break };
-        tracing::debug!(consumer = name, sequence = event.sequence, error = format!("{e:#}"), "trying again");
-        if let Err(e) = message.ack_with(async_nats::jetstream::AckKind::Progress).await {
-            tracing::debug!(consumer = name, error = %e, "could not say the event is in progress");
+        tracing::debug!(consumer = name, error = format!("{e:#}"), "trying again");
+        for message in messages {
+            if let Err(e) = message.ack_with(async_nats::jetstream::AckKind::Progress).await {
+                tracing::debug!(consumer = name, error = %e, "could not say the event is in progress");
+            }
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));
-        outcome = handle(subject.clone(), event.clone()).await;
+        outcome = attempt().await;
     }
     outcome
 }
@@ -323,7 +337,7 @@ async fn route_one(router: &Router<'_>, stored: StoredEvent) -> anyhow::Result<(
         | DeploymentEvent::AppliedLocally { .. }
         | DeploymentEvent::RolloutHalted { .. }
         | DeploymentEvent::NodeRevoked { .. }
-        | DeploymentEvent::NodeSettled { .. } => return Ok(()),
+        | DeploymentEvent::NodesSettled { .. } => return Ok(()),
     };
     let secrets = match (&work, launched_secrets) {
         (NodeWork::Deploy { .. }, Some(secrets)) => secrets,
@@ -824,50 +838,121 @@ async fn report_state(
     }
 }
 
-/// Passes each settled report of a (deployment, node) pair on to its deployment, when the
-/// deployment decides on it: a phased rollout releases the next nodes or halts, a guarded
+/// Passes the settled reports of (deployment, node) pairs on to their deployments, when the
+/// deployment decides on them: a phased rollout releases the next nodes or halts, a guarded
 /// update goes back. The deployment is read as the log has it, so another engine's update is
-/// never missed. Other reports, and the deployments that do not watch their nodes, are left.
+/// never missed. What has come in at once is passed on in one command per deployment. Other
+/// reports, and the deployments that do not watch their nodes, are left.
 pub async fn settle(handler: CommandHandler) -> anyhow::Result<()> {
     let store = handler.store().clone();
-    consume(&store, "settle", events::subject::ALL_DEPLOYMENT_NODES, |subject, event| {
-        settle_one(&handler, subject, event)
-    })
-    .await
+    let (name, filter) = ("settle", events::subject::ALL_DEPLOYMENT_NODES);
+    let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT };
+    let messages = bus::consume::durable(name, pull, || durable(&store, name, filter));
+    let mut chunks = std::pin::pin!(messages.ready_chunks(SETTLED_AT_ONCE));
+    while let Some(chunk) = chunks.next().await {
+        let mut groups: Vec<Settling> = Vec::new();
+        let mut others = Vec::new();
+        for message in chunk {
+            match settled(&message) {
+                Some((key, report, cause)) => match groups.iter_mut().find(|g| g.key == key) {
+                    Some(group) => group.add(report, cause, message),
+                    None => groups.push(Settling::new(key, report, cause, message)),
+                },
+                None => others.push(message),
+            }
+        }
+        for group in groups {
+            let outcome = in_order(name, &group.messages, || settle_group(&handler, &group)).await;
+            finish(name, &group.messages, outcome).await;
+        }
+        finish(name, &others, Ok(())).await;
+    }
+    Ok(())
 }
 
-async fn settle_one(handler: &CommandHandler, subject: String, stored: StoredEvent) -> anyhow::Result<()> {
-    let envelope = &stored.envelope;
-    let sequence = stored.sequence;
+/// Pair events taken at once by the `settle` consumer.
+const SETTLED_AT_ONCE: usize = 512;
+
+/// The settled reports of one deployment, with their messages.
+struct Settling {
+    /// The tenant and the deployment.
+    key: (String, String),
+    reports: Vec<events::deployment::Settle>,
+    /// The first report's event, whose correlation the command keeps, and every event's id.
+    first: Envelope,
+    ids: Vec<Uuid>,
+    messages: Vec<async_nats::jetstream::Message>,
+}
+
+impl Settling {
+    fn new(
+        key: (String, String),
+        report: events::deployment::Settle,
+        cause: Envelope,
+        message: async_nats::jetstream::Message,
+    ) -> Settling {
+        let ids = vec![cause.id];
+        Settling { key, reports: vec![report], first: cause, ids, messages: vec![message] }
+    }
+
+    fn add(&mut self, report: events::deployment::Settle, cause: Envelope, message: async_nats::jetstream::Message) {
+        self.reports.push(report);
+        self.ids.push(cause.id);
+        self.messages.push(message);
+    }
+}
+
+/// The settled report a pair's event holds, with its deployment and the event; none for any
+/// other event (under way, misplaced, or not an event at all: logged).
+fn settled(
+    message: &async_nats::jetstream::Message,
+) -> Option<((String, String), events::deployment::Settle, Envelope)> {
+    let sequence = message.info().map_or(0, |info| info.stream_sequence);
+    let subject = message.subject.as_str();
+    let stored = match StoredEvent::decode(sequence, message.payload.clone()) {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!(sequence, subject, error = %e, "skipping a malformed event");
+            return None;
+        }
+    };
+    let envelope = stored.envelope;
     let placed = subject == events::subject::aggregate(&envelope.tenant, DeploymentNode::TYPE, &envelope.aggregate_id);
     let Some((deployment, node)) = events::deployment_node::split(&envelope.aggregate_id).filter(|_| placed) else {
         tracing::error!(sequence, subject, "skipping an event whose envelope disagrees with its subject");
-        return Ok(());
+        return None;
     };
-    let reported = match envelope.event::<DeploymentNodeEvent>() {
+    let DeploymentNodeEvent::StateReported { version, status, error, reported_at, .. } = match envelope.event() {
         Ok(event) => event,
         Err(e) => {
             tracing::error!(sequence, subject, error = %e, "skipping an event that does not decode");
-            return Ok(());
+            return None;
         }
     };
-    let DeploymentNodeEvent::StateReported { version, status, error, reported_at, .. } = reported;
     if !status.is_settled() {
-        return Ok(());
+        return None;
     }
-    let tenant = &envelope.tenant;
+    let key = (envelope.tenant.clone(), deployment.to_owned());
+    let report = events::deployment::Settle { node: node.to_owned(), version, status, error, reported_at };
+    Some((key, report, envelope))
+}
+
+async fn settle_group(handler: &CommandHandler, group: &Settling) -> anyhow::Result<()> {
+    let (tenant, deployment) = &group.key;
     if !handler.read::<Deployment, _>(tenant, deployment, Deployment::watches_nodes).await? {
         return Ok(());
     }
+    // The same events give the same command id, however they come again.
+    let ids: Vec<u8> = group.ids.iter().flat_map(|id| id.into_bytes()).collect();
     let meta = CommandMeta {
         tenant: tenant.clone(),
-        actor: envelope.actor.clone(),
-        command_id: envelope.id,
-        correlation_id: envelope.correlation_id,
+        actor: "engine:settle".to_owned(),
+        command_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, &ids),
+        correlation_id: group.first.correlation_id,
     };
-    let command = DeploymentCommand::SettleNode { node: node.to_owned(), version, status, error, reported_at };
+    let command = DeploymentCommand::SettleNodes { reports: group.reports.clone() };
     if let Some(rejection) = refusal(handler.execute::<Deployment>(deployment, &command, &meta).await)? {
-        tracing::warn!(sequence, deployment, node, %rejection, "a settled node not taken");
+        tracing::warn!(deployment, %rejection, "settled nodes not taken");
     }
     Ok(())
 }

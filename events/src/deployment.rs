@@ -289,15 +289,10 @@ pub enum DeploymentCommand {
         node: String,
         reason: String,
     },
-    /// A node's report, as its own aggregate recorded it (`crate::deployment_node`), passed on
-    /// because the deployment decides on it: a phased rollout or a guarded update.
-    SettleNode {
-        node: String,
-        /// The version the node speaks of; empty when it did not say.
-        version: String,
-        status: Status,
-        error: Option<Failure>,
-        reported_at: DateTime<Utc>,
+    /// Nodes' reports, as their own aggregates recorded them (`crate::deployment_node`), passed
+    /// on because the deployment decides on them: a phased rollout or a guarded update.
+    SettleNodes {
+        reports: Vec<Settle>,
     },
     /// A node found a container changed behind its back and is putting it back.
     RecordDrift {
@@ -411,14 +406,10 @@ pub enum DeploymentEvent {
         containers: Containers,
         reported_at: DateTime<Utc>,
     },
-    /// A node settled (running, stopped, failed...), as its pair's aggregate recorded it: what
-    /// a phased rollout and a guarded update decide on. Only those deployments have it.
-    NodeSettled {
-        node: String,
-        status: Status,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        error: Option<Failure>,
-        reported_at: DateTime<Utc>,
+    /// Nodes settled (running, stopped, failed...), as their pairs' aggregates recorded it:
+    /// what a phased rollout and a guarded update decide on. Only those deployments have it.
+    NodesSettled {
+        nodes: Vec<Settled>,
     },
     DriftDetected {
         node: String,
@@ -445,6 +436,30 @@ pub enum DeploymentEvent {
     },
 }
 
+/// When a node last said something, and what.
+type Last<'a> = (Option<DateTime<Utc>>, Status, &'a Option<Failure>);
+
+/// A node's report passed on to its deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settle {
+    pub node: String,
+    /// The version the node speaks of; empty when it did not say.
+    pub version: String,
+    pub status: Status,
+    pub error: Option<Failure>,
+    pub reported_at: DateTime<Utc>,
+}
+
+/// A node that settled, as the deployment took it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settled {
+    pub node: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Failure>,
+    pub reported_at: DateTime<Utc>,
+}
+
 event_payload!(DeploymentEvent, "deployment", {
     Launched => "launched",
     StopRequested => "stop_requested",
@@ -462,7 +477,7 @@ event_payload!(DeploymentEvent, "deployment", {
     RolloutHalted => "rollout_halted",
     RolledBack => "rolled_back",
     NodeRevoked => "node_revoked",
-    NodeSettled => "node_settled",
+    NodesSettled => "nodes_settled",
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -662,32 +677,37 @@ impl Aggregate for Deployment {
                 true => vec![DeploymentEvent::AppliedLocally { node: node.clone(), at: *at }],
                 false => vec![],
             }),
-            DeploymentCommand::SettleNode { node, version, status, error, reported_at } => {
-                let Some(current) = self.nodes.get(node) else {
-                    return Err(R::NotATarget(node.clone()));
-                };
-                // Said of a version before the one the node was sent since: it answers nothing.
-                if !version.is_empty() && *version != self.version && current.released {
+            DeploymentCommand::SettleNodes { reports } => {
+                // Each node's reports in order, each against the one before it.
+                let mut taken: Vec<Settled> = Vec::new();
+                let mut last: BTreeMap<&str, Last<'_>> = BTreeMap::new();
+                for Settle { node, version, status, error, reported_at } in reports {
+                    let Some(current) = self.nodes.get(node) else { continue };
+                    // Said of a version before the one the node was sent since: it answers nothing.
+                    let before = !version.is_empty() && *version != self.version && current.released;
+                    let failed_without_error = *status == Status::Failed && error.is_none();
+                    if before || !status.is_settled() || failed_without_error {
+                        continue;
+                    }
+                    let (at, was, had) =
+                        *last.entry(node).or_insert((current.reported_at, current.status, &current.error));
+                    let stale = at.is_some_and(|last| *reported_at < last);
+                    if stale || (was == *status && had == error) {
+                        continue;
+                    }
+                    last.insert(node, (Some(*reported_at), *status, error));
+                    taken.push(Settled {
+                        node: node.clone(),
+                        status: *status,
+                        error: error.clone(),
+                        reported_at: *reported_at,
+                    });
+                }
+                if taken.is_empty() {
                     return Ok(vec![]);
                 }
-                if status.is_pending() {
-                    return Err(R::NotANodeStatus(*status));
-                }
-                if *status == Status::Failed && error.is_none() {
-                    return Err(R::FailureWithoutError);
-                }
-                let stale = current.reported_at.is_some_and(|last| *reported_at < last);
-                let same = current.status == *status && current.error == *error;
-                if !status.is_settled() || stale || same {
-                    return Ok(vec![]);
-                }
-                // A node settling lets a phased rollout go on, or halts it.
-                self.with_next_wave(DeploymentEvent::NodeSettled {
-                    node: node.clone(),
-                    status: *status,
-                    error: error.clone(),
-                    reported_at: *reported_at,
-                })
+                // Nodes settling let a phased rollout go on, or halt it, or a guarded update go back.
+                self.with_next_wave(DeploymentEvent::NodesSettled { nodes: taken })
             }
         }
     }
@@ -696,7 +716,7 @@ impl Aggregate for Deployment {
         let reported = matches!(
             event,
             DeploymentEvent::NodeStateReported { .. }
-                | DeploymentEvent::NodeSettled { .. }
+                | DeploymentEvent::NodesSettled { .. }
                 | DeploymentEvent::DriftDetected { .. }
                 | DeploymentEvent::AppliedLocally { .. }
                 | DeploymentEvent::NodeRevoked { .. }
@@ -810,16 +830,12 @@ impl Aggregate for Deployment {
                     progress.error = None;
                 }
             }
-            DeploymentEvent::NodeStateReported { node, status, error, reported_at, .. }
-            | DeploymentEvent::NodeSettled { node, status, error, reported_at } => {
-                if let Some(progress) = self.nodes.get_mut(node) {
-                    progress.status = *status;
-                    progress.error = error.clone();
-                    progress.reported_at = Some(*reported_at);
-                    progress.revoked = false;
-                    if *status == Status::Running && progress.running_since.is_none() {
-                        progress.running_since = Some(*reported_at);
-                    }
+            DeploymentEvent::NodeStateReported { node, status, error, reported_at, .. } => {
+                self.settle(node, *status, error, *reported_at)
+            }
+            DeploymentEvent::NodesSettled { nodes } => {
+                for Settled { node, status, error, reported_at } in nodes {
+                    self.settle(node, *status, error, *reported_at);
                 }
             }
             DeploymentEvent::DriftDetected { .. } => {}
@@ -905,22 +921,33 @@ impl Deployment {
         self.nodes.iter().filter(|(_, p)| p.active && (p.released || self.updating)).map(|(node, _)| node)
     }
 
+    /// What a node said, folded in.
+    fn settle(&mut self, node: &str, status: Status, error: &Option<Failure>, reported_at: DateTime<Utc>) {
+        if let Some(progress) = self.nodes.get_mut(node) {
+            progress.status = status;
+            progress.error = error.clone();
+            progress.reported_at = Some(reported_at);
+            progress.revoked = false;
+            if status == Status::Running && progress.running_since.is_none() {
+                progress.running_since = Some(reported_at);
+            }
+        }
+    }
+
     /// `first`, then what follows from it once it is folded in: going back to the previous
     /// version when a guarded update failed; or else, in a phased rollout, releasing the next
     /// nodes up to the batch, or halting when too many of those released failed.
     fn with_next_wave(&self, first: DeploymentEvent) -> Result<Vec<DeploymentEvent>, DeploymentRejection> {
-        // Nothing can follow a node's report without a rollout or a guard, nor a report of a
-        // node still under way: it frees no place in a wave, fails nothing, stops nothing.
-        // Those are most reports, and folding one into a copy of a deployment of many nodes is
-        // not free.
-        let under_way = matches!(&first, DeploymentEvent::NodeSettled { status, .. } if !status.is_settled());
-        let reported = matches!(&first, DeploymentEvent::NodeSettled { .. } | DeploymentEvent::DriftDetected { .. });
-        if under_way || (reported && self.rollout.is_none() && self.guard.is_none()) {
+        // Nothing can follow a node's report without a rollout or a guard.
+        let reported = matches!(&first, DeploymentEvent::NodesSettled { .. } | DeploymentEvent::DriftDetected { .. });
+        if reported && self.rollout.is_none() && self.guard.is_none() {
             return Ok(vec![first]);
         }
-        // Without a guard, a report bears on the rollout through the node's new status alone.
-        if let (DeploymentEvent::NodeSettled { node, status, .. }, None) = (&first, &self.guard) {
-            let then = self.advance_with(Some((node, *status)));
+        // Without a guard, reports bear on the rollout through the nodes' new statuses alone:
+        // no copy of a deployment of many nodes is needed.
+        if let (DeploymentEvent::NodesSettled { nodes }, None) = (&first, &self.guard) {
+            let reported = nodes.iter().map(|s| (s.node.as_str(), s.status)).collect();
+            let then = self.advance_with(&reported);
             return Ok(std::iter::once(first).chain(then).collect());
         }
         let next = self.clone().evolve(&first);
@@ -939,16 +966,20 @@ impl Deployment {
             let since = self.nodes.get(node)?.running_since?;
             (*at - since < chrono::Duration::seconds(guard.within_secs.into())).then_some(since)
         };
+        let failed = |Settled { node, error, reported_at, .. }: &Settled| {
+            let why = error.as_ref().map(|e| format!(": {}", e.message)).unwrap_or_default();
+            match self.nodes.get(node).and_then(|p| p.running_since) {
+                None => Some((format!("{} did not start on {node}{why}", self.version), *reported_at)),
+                Some(_) if too_soon(node, reported_at).is_some() => Some((
+                    format!("{} failed on {node} within {} s{why}", self.version, guard.within_secs),
+                    *reported_at,
+                )),
+                Some(_) => None,
+            }
+        };
         let (reason, at) = match event {
-            DeploymentEvent::NodeSettled { node, status: Status::Failed, error, reported_at, .. } => {
-                let why = error.as_ref().map(|e| format!(": {}", e.message)).unwrap_or_default();
-                match self.nodes.get(node).and_then(|p| p.running_since) {
-                    None => (format!("{} did not start on {node}{why}", self.version), *reported_at),
-                    Some(_) if too_soon(node, reported_at).is_some() => {
-                        (format!("{} failed on {node} within {} s{why}", self.version, guard.within_secs), *reported_at)
-                    }
-                    Some(_) => return None,
-                }
+            DeploymentEvent::NodesSettled { nodes } => {
+                nodes.iter().filter(|s| s.status == Status::Failed).find_map(failed)?
             }
             DeploymentEvent::DriftDetected { node, container, drift, at } if drift != "started" => {
                 too_soon(node, at)?;
@@ -969,19 +1000,17 @@ impl Deployment {
     }
 
     fn advance(&self) -> Option<DeploymentEvent> {
-        self.advance_with(None)
+        self.advance_with(&BTreeMap::new())
     }
 
-    /// The rollout's next step, as if `reported` (a node and its new status) were folded in.
-    fn advance_with(&self, reported: Option<(&String, Status)>) -> Option<DeploymentEvent> {
+    /// The rollout's next step, as if `reported` (nodes and their new statuses) were folded in.
+    fn advance_with(&self, reported: &BTreeMap<&str, Status>) -> Option<DeploymentEvent> {
         let rollout = self.rollout?;
         if self.halted.is_some() || self.desired == Desired::Removed {
             return None;
         }
-        let status = |node: &String, progress: &NodeProgress| match reported {
-            Some((reporter, status)) if reporter == node => status,
-            _ => progress.status,
-        };
+        let status =
+            |node: &String, progress: &NodeProgress| reported.get(node.as_str()).copied().unwrap_or(progress.status);
         let active: Vec<(&String, &NodeProgress)> = self.nodes.iter().filter(|(_, p)| p.active).collect();
         let released = active.iter().filter(|(_, p)| p.released);
         let failed = released.clone().filter(|(n, p)| status(n, p) == Status::Failed).count();
@@ -1068,7 +1097,9 @@ mod tests {
     }
 
     fn report(node: &str, status: Status, error: Option<Failure>) -> C {
-        C::SettleNode { node: node.into(), version: String::new(), status, error, reported_at: now() }
+        C::SettleNodes {
+            reports: vec![Settle { node: node.into(), version: String::new(), status, error, reported_at: now() }],
+        }
     }
 
     #[test]
@@ -1183,11 +1214,8 @@ mod tests {
         for command in [C::Stop, C::Start, C::Uninstall] {
             given::<Deployment>(history.clone()).when(command).then_rejected(R::Uninstalled);
         }
-        given::<Deployment>(history).when(report("edge-1", Status::Removed, None)).then([E::NodeSettled {
-            node: "edge-1".into(),
-            status: Status::Removed,
-            error: None,
-            reported_at: now(),
+        given::<Deployment>(history).when(report("edge-1", Status::Removed, None)).then([E::NodesSettled {
+            nodes: vec![Settled { node: "edge-1".into(), status: Status::Removed, error: None, reported_at: now() }],
         }]);
     }
 
@@ -1579,9 +1607,15 @@ mod tests {
 
     #[test]
     fn report_node_state() {
-        let state = given::<Deployment>([launched()])
-            .when(report("edge-1", Status::Running, None))
-            .then([E::NodeSettled { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() }]);
+        let state =
+            given::<Deployment>([launched()]).when(report("edge-1", Status::Running, None)).then([E::NodesSettled {
+                nodes: vec![Settled {
+                    node: "edge-1".into(),
+                    status: Status::Running,
+                    error: None,
+                    reported_at: now(),
+                }],
+            }]);
         assert_eq!(state.nodes["edge-1"].status, Status::Running);
         assert_eq!(state.nodes["edge-2"].status, Status::PendingDeploy);
     }
@@ -1590,51 +1624,70 @@ mod tests {
     fn report_a_failure_with_its_error() {
         let error = Failure { code: "image_not_found".into(), message: "manifest unknown".into() };
         given::<Deployment>([launched()]).when(report("edge-1", Status::Failed, Some(error.clone()))).then([
-            E::NodeSettled { node: "edge-1".into(), status: Status::Failed, error: Some(error), reported_at: now() },
+            E::NodesSettled {
+                nodes: vec![Settled {
+                    node: "edge-1".into(),
+                    status: Status::Failed,
+                    error: Some(error),
+                    reported_at: now(),
+                }],
+            },
         ]);
     }
 
     #[test]
     fn report_the_same_state_again_changes_nothing() {
-        let first = E::NodeSettled { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() };
+        let first = E::NodesSettled {
+            nodes: vec![Settled { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() }],
+        };
         given::<Deployment>([launched(), first]).when(report("edge-1", Status::Running, None)).then([]);
     }
 
     #[test]
     fn a_report_older_than_the_last_one_changes_nothing() {
         let later = now() + chrono::Duration::seconds(5);
-        let running =
-            E::NodeSettled { node: "edge-1".into(), status: Status::Running, error: None, reported_at: later };
+        let running = E::NodesSettled {
+            nodes: vec![Settled { node: "edge-1".into(), status: Status::Running, error: None, reported_at: later }],
+        };
         given::<Deployment>([launched(), running]).when(report("edge-1", Status::Downloading, None)).then([]);
     }
 
     #[test]
-    fn report_from_a_node_that_is_not_a_target_is_rejected() {
-        given::<Deployment>([launched()])
-            .when(report("edge-3", Status::Running, None))
-            .then_rejected(R::NotATarget("edge-3".into()));
+    fn a_batch_leaves_out_what_its_nodes_could_not_have_said_and_takes_the_rest() {
+        let settle = |node: &str, status: Status, error: Option<Failure>, at: i64| Settle {
+            node: node.into(),
+            version: String::new(),
+            status,
+            error,
+            reported_at: now() + chrono::Duration::seconds(at),
+        };
+        let failed = Failure { code: "x".into(), message: "y".into() };
+        let batch = C::SettleNodes {
+            reports: vec![
+                settle("edge-3", Status::Running, None, 0),
+                settle("edge-1", Status::PendingDeploy, None, 0),
+                settle("edge-1", Status::Failed, None, 0),
+                settle("edge-1", Status::Downloading, None, 0),
+                settle("edge-2", Status::Failed, Some(failed.clone()), 1),
+                settle("edge-2", Status::Running, None, 2),
+                settle("edge-2", Status::Failed, Some(failed), 1),
+            ],
+        };
+        let at = |seconds| now() + chrono::Duration::seconds(seconds);
+        let failure = Some(Failure { code: "x".into(), message: "y".into() });
+        let state = given::<Deployment>([launched()]).when(batch).then([E::NodesSettled {
+            nodes: vec![
+                Settled { node: "edge-2".into(), status: Status::Failed, error: failure, reported_at: at(1) },
+                Settled { node: "edge-2".into(), status: Status::Running, error: None, reported_at: at(2) },
+            ],
+        }]);
+        assert_eq!(state.nodes["edge-2"].status, Status::Running, "each in order, the older one after them dropped");
+        assert_eq!(state.nodes["edge-1"].status, Status::PendingDeploy);
     }
 
     #[test]
     fn report_on_an_unknown_deployment_is_rejected() {
         given::<Deployment>([]).when(report("edge-1", Status::Running, None)).then_rejected(R::NotLaunched);
-    }
-
-    #[test]
-    fn report_of_the_servers_own_status_is_rejected() {
-        given::<Deployment>([launched()])
-            .when(report("edge-1", Status::PendingDeploy, None))
-            .then_rejected(R::NotANodeStatus(Status::PendingDeploy));
-        given::<Deployment>([launched()])
-            .when(report("edge-1", Status::PendingStop, None))
-            .then_rejected(R::NotANodeStatus(Status::PendingStop));
-    }
-
-    #[test]
-    fn report_of_a_failure_without_an_error_is_rejected() {
-        given::<Deployment>([launched()])
-            .when(report("edge-1", Status::Failed, None))
-            .then_rejected(R::FailureWithoutError);
     }
 
     const FOUR: [&str; 4] = ["edge-1", "edge-2", "edge-3", "edge-4"];
@@ -1670,8 +1723,9 @@ mod tests {
         let (command, event) = phased(2, 0);
         let state = given::<Deployment>([]).when(C::Launch(command)).then([event.clone(), wave(&["edge-1", "edge-2"])]);
         assert_eq!(state.targets().collect::<Vec<_>>(), ["edge-1", "edge-2"], "the others do not have it yet");
-        let running =
-            |node: &str| E::NodeSettled { node: node.into(), status: Status::Running, error: None, reported_at: now() };
+        let running = |node: &str| E::NodesSettled {
+            nodes: vec![Settled { node: node.into(), status: Status::Running, error: None, reported_at: now() }],
+        };
         given::<Deployment>([event.clone(), wave(&["edge-1", "edge-2"])])
             .when(report("edge-1", Status::Running, None))
             .then([running("edge-1"), wave(&["edge-3"])]);
@@ -1688,11 +1742,13 @@ mod tests {
         let events = given::<Deployment>([event, wave(&["edge-1"])])
             .when(report("edge-1", Status::Failed, Some(failure.clone())))
             .then([
-                E::NodeSettled {
-                    node: "edge-1".into(),
-                    status: Status::Failed,
-                    error: Some(failure),
-                    reported_at: now(),
+                E::NodesSettled {
+                    nodes: vec![Settled {
+                        node: "edge-1".into(),
+                        status: Status::Failed,
+                        error: Some(failure),
+                        reported_at: now(),
+                    }],
                 },
                 E::RolloutHalted { reason: "1 node(s) failed, more than the 0 allowed; 3 node(s) not reached".into() },
             ]);
@@ -1743,11 +1799,13 @@ mod tests {
         let state = given::<Deployment>([launched(), guarded_update(30)])
             .when(report("edge-1", Status::Failed, Some(failure.clone())))
             .then([
-                E::NodeSettled {
-                    node: "edge-1".into(),
-                    status: Status::Failed,
-                    error: Some(failure),
-                    reported_at: now(),
+                E::NodesSettled {
+                    nodes: vec![Settled {
+                        node: "edge-1".into(),
+                        status: Status::Failed,
+                        error: Some(failure),
+                        reported_at: now(),
+                    }],
                 },
                 rolled_back("1.1.0 did not start on edge-1: manifest unknown"),
             ]);
@@ -1757,8 +1815,9 @@ mod tests {
 
     #[test]
     fn a_guarded_update_goes_back_if_it_stops_too_soon_and_stays_once_proven() {
-        let running =
-            E::NodeSettled { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() };
+        let running = E::NodesSettled {
+            nodes: vec![Settled { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() }],
+        };
         let drift = |secs: i64| C::RecordDrift {
             node: "edge-1".into(),
             container: "c".into(),
@@ -1789,23 +1848,22 @@ mod tests {
 
     #[test]
     fn a_report_of_the_version_before_an_update_answers_nothing() {
-        let of = |version: &str| C::SettleNode {
-            node: "edge-1".into(),
-            version: version.into(),
-            status: Status::Running,
-            error: None,
-            reported_at: now(),
+        let of = |version: &str| C::SettleNodes {
+            reports: vec![Settle {
+                node: "edge-1".into(),
+                version: version.into(),
+                status: Status::Running,
+                error: None,
+                reported_at: now(),
+            }],
         };
         let mut update = guarded_update(30);
         if let E::UpdateRequested { rollback_within, .. } = &mut update {
             *rollback_within = None;
         }
         given::<Deployment>([launched(), update.clone()]).when(of("1.0.0")).then([]);
-        let state = given::<Deployment>([launched(), update]).when(of("1.1.0")).then([E::NodeSettled {
-            node: "edge-1".into(),
-            status: Status::Running,
-            error: None,
-            reported_at: now(),
+        let state = given::<Deployment>([launched(), update]).when(of("1.1.0")).then([E::NodesSettled {
+            nodes: vec![Settled { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() }],
         }]);
         assert_eq!(state.nodes["edge-1"].status, Status::Running);
     }

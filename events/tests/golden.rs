@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use events::application::{ApplicationEvent, Settings};
 use events::compose::Service;
-use events::deployment::{DeploymentEvent, Mode, Rollout};
+use events::deployment::{DeploymentEvent, Mode, Rollout, Settled};
 use events::deployment_node::DeploymentNodeEvent;
 use events::node::{NodeEvent, NodeState};
 use events::report::NodeReport;
@@ -136,11 +136,16 @@ fn deployments() -> Vec<DeploymentEvent> {
         DeploymentEvent::WaveReleased { nodes: vec!["edge-1".into(), "edge-2".into()] },
         DeploymentEvent::RolloutHalted { reason: "1 node(s) failed".into() },
         DeploymentEvent::NodeRevoked { node: "edge-1".into() },
-        DeploymentEvent::NodeSettled {
-            node: "edge-1".into(),
-            status: Status::Failed,
-            error: Some(Failure { code: "image_not_found".into(), message: "manifest unknown".into() }),
-            reported_at: at(),
+        DeploymentEvent::NodesSettled {
+            nodes: vec![
+                Settled {
+                    node: "edge-1".into(),
+                    status: Status::Failed,
+                    error: Some(Failure { code: "image_not_found".into(), message: "manifest unknown".into() }),
+                    reported_at: at(),
+                },
+                Settled { node: "edge-2".into(), status: Status::Running, error: None, reported_at: at() },
+            ],
         },
     ]
 }

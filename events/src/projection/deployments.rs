@@ -271,7 +271,7 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         }
         DeploymentEvent::Launched { .. }
         | DeploymentEvent::NodeStateReported { .. }
-        | DeploymentEvent::NodeSettled { .. } => None,
+        | DeploymentEvent::NodesSettled { .. } => None,
     };
     if let Some((desired, status)) = request {
         view.desired = desired;

@@ -87,7 +87,7 @@ impl ApplicationUpdates {
             | DeploymentEvent::TargetAdded { .. }
             | DeploymentEvent::TargetRemoved { .. }
             | DeploymentEvent::NodeStateReported { .. }
-            | DeploymentEvent::NodeSettled { .. } => {}
+            | DeploymentEvent::NodesSettled { .. } => {}
         }
     }
 
