@@ -12,7 +12,6 @@ use benches::Figures;
 use bus::store::{EventStore, StoreConfig};
 use engine::command::{CommandHandler, CommandMeta};
 use engine::projector::{self, ProjectorConfig};
-use engine::read_model::Deployments;
 use events::application::{Application, ApplicationCommand};
 use events::deployment::{Deployment, DeploymentCommand, Launch};
 use events::node::{Labels, Node, NodeCommand};
@@ -181,12 +180,11 @@ async fn deployment_history(handler: &CommandHandler, n: usize, writers: usize) 
 async fn projection(store: &EventStore, events: usize) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path()).unwrap();
-    let model = Deployments::open(&db).unwrap();
+    let models = engine::read_model::open(&db).unwrap();
     let last = store.last_sequence().await.unwrap();
     let start = Instant::now();
-    let run =
-        tokio::spawn(projector::run(store.clone(), model.clone(), model.tree().clone(), ProjectorConfig::default()));
-    assert!(projector::wait_for(model.tree(), last, Duration::from_secs(600)).await.unwrap());
+    let run = tokio::spawn(projector::run(store.clone(), models.clone(), ProjectorConfig::default()));
+    assert!(projector::wait_for(&models, last, Duration::from_secs(600)).await.unwrap());
     let wall = start.elapsed();
     run.abort();
     Figures::rate(events, wall)

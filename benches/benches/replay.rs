@@ -6,17 +6,14 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::time::Instant;
 
 use async_nats::jetstream::{self, consumer};
 use bus::store::{EventStore, StoreConfig};
 use engine::projector::{self, ProjectorConfig};
-use engine::read_model::Deployments;
-use events::deployment::DeploymentEvent;
+use events::deployment_node::DeploymentNodeEvent;
 use events::envelope::{chain_hash, Metadata};
-use events::projection::deployments::{self, DeploymentView};
 use events::{Envelope, Status};
 use futures::StreamExt;
 use tests::NatsServer;
@@ -46,30 +43,49 @@ async fn write_history(js: &jetstream::Context, events: usize) {
     let mut acks = futures::stream::FuturesUnordered::new();
     for d in 0..events / per_deployment {
         let id = format!("d{d:07}");
-        let mut prev: Option<String> = None;
+        let pair = events::deployment_node::id(&id, "edge-1");
+        let (mut prev, mut prev_pair): (Option<String>, Option<String>) = (None, None);
         for i in 0..per_deployment {
-            let event = match i {
-                0 => benches::launched(),
-                _ => DeploymentEvent::NodeStateReported {
-                    node: "edge-1".into(),
-                    status: [
-                        Status::Received,
-                        Status::Downloading,
-                        Status::Deploying,
-                        Status::Starting,
-                        Status::Running,
-                    ][i % 5],
-                    error: None,
-                    containers: Default::default(),
-                    reported_at: chrono::Utc::now(),
-                },
+            let now = chrono::Utc::now();
+            // The launch on the deployment, then what the node said on its pair's subject.
+            let (subject, envelope, chain) = match i {
+                0 => {
+                    let event = benches::launched();
+                    let envelope =
+                        Envelope::new(uuid::Uuid::now_v7(), now, "deployment", &id, &meta, &event, prev.take());
+                    (format!("ev.bench.deployment.{id}"), envelope, &mut prev)
+                }
+                _ => {
+                    let event = DeploymentNodeEvent::StateReported {
+                        version: "1.0.0".into(),
+                        status: [
+                            Status::Received,
+                            Status::Downloading,
+                            Status::Deploying,
+                            Status::Starting,
+                            Status::Running,
+                        ][i % 5],
+                        error: None,
+                        containers: Default::default(),
+                        reported_at: now,
+                        requests: 1,
+                    };
+                    let envelope = Envelope::new(
+                        uuid::Uuid::now_v7(),
+                        now,
+                        "deployment_node",
+                        &pair,
+                        &meta,
+                        &event,
+                        prev_pair.take(),
+                    );
+                    (format!("ev.bench.deployment_node.{pair}"), envelope, &mut prev_pair)
+                }
             };
-            let envelope =
-                Envelope::new(uuid::Uuid::now_v7(), chrono::Utc::now(), "deployment", &id, &meta, &event, prev.take());
             let bytes = envelope.encode();
-            prev = Some(chain_hash(&bytes));
+            *chain = Some(chain_hash(&bytes));
             let message = jetstream::message::PublishMessage::build().payload(bytes.into());
-            acks.push(js.send_publish(format!("ev.bench.deployment.{id}"), message).await.unwrap().into_future());
+            acks.push(js.send_publish(subject, message).await.unwrap().into_future());
             while acks.len() >= 1024 {
                 acks.next().await.unwrap().unwrap();
             }
@@ -114,53 +130,39 @@ async fn main() {
     let decoded_rate = decoded as f64 / start.elapsed().as_secs_f64();
     println!("read and decoded by replay               {decoded_rate:>9.0} events/s");
 
-    // The same fold as the deployments read model, into memory: what the fold costs alone.
+    // The read models' own fold, into memory: what the fold costs alone.
     reset_peak();
     let before = current_rss_mb();
     let start = Instant::now();
-    let mut views: HashMap<String, DeploymentView> = HashMap::new();
+    let mut models = events::projection::MemoryStore::default();
     let folded = replay::each_event(&store, 1, |_, event| {
-        let envelope = &event.envelope;
-        if envelope.aggregate_type == "deployment" {
-            let key = format!("{}/{}", envelope.tenant, envelope.aggregate_id);
-            let current = views.remove(&key);
-            if let Some(view) = deployments::apply(current, envelope, &envelope.event()?) {
-                views.insert(key, view);
-            }
-        }
+        let fact = events::projection::Fact::of(&event.envelope)?;
+        events::projection::fold(&mut models, &event.envelope, &fact)?;
         Ok(())
     })
     .await
     .unwrap();
     let memory_rate = folded as f64 / start.elapsed().as_secs_f64();
     println!(
-        "rebuild, deployments in memory           {memory_rate:>9.0} events/s over {folded}   peak RSS {:.0} MB (from {before:.0} MB)",
+        "rebuild, read models in memory           {memory_rate:>9.0} events/s over {folded}   peak RSS {:.0} MB (from {before:.0} MB)",
         peak_rss_mb()
     );
     benches::record("rebuild_memory_ratio", memory_rate / raw_rate);
     benches::record("rebuild_memory_peak_rss_mb", peak_rss_mb());
-    drop(views);
+    drop(models);
 
     // The rebuild of the deployments read model into sled, by the engine's projector.
     let dir = tempfile::tempdir().unwrap();
     let db = sled::Config::new().path(dir.path()).open().unwrap();
-    let deployments = Deployments::open(&db).unwrap();
+    let models = engine::read_model::open(&db).unwrap();
     let until = store.last_sequence().await.unwrap();
     reset_peak();
     let before = current_rss_mb();
     let start = Instant::now();
-    let folded = projector::rebuild(
-        &store,
-        &deployments,
-        &deployments.tree().clone(),
-        &ProjectorConfig { batch_size: 1000 },
-        until,
-    )
-    .await
-    .unwrap();
+    let folded = projector::rebuild(&store, &models, &ProjectorConfig { batch_size: 1000 }, until).await.unwrap();
     let rate = folded as f64 / start.elapsed().as_secs_f64();
     println!(
-        "replay rebuild, deployments into sled     {rate:>9.0} events/s over {folded}   peak RSS {:.0} MB (from {before:.0} MB)",
+        "replay rebuild, read models into sled     {rate:>9.0} events/s over {folded}   peak RSS {:.0} MB (from {before:.0} MB)",
         peak_rss_mb()
     );
     benches::record("rebuild_sled_ratio", rate / raw_rate);

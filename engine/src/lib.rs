@@ -135,9 +135,10 @@ impl Engine {
             .signed_by(trust.engine().key().clone());
         let db = sled::open(&config.data_dir)
             .with_context(|| format!("opening the read models in {}", config.data_dir.display()))?;
-        let deployments = Deployments::open(&db)?;
-        let notifications = Notifications::open(&db)?;
-        let nodes = Nodes::open(&db)?;
+        let models = read_model::open(&db)?;
+        let deployments = Deployments::new(models.clone());
+        let notifications = Notifications::new(models.clone());
+        let nodes = Nodes::new(models.clone());
         let commands = CommandHandler::new(store.clone());
         let issuer = credentials::Issuer::new(trust.clone(), commands.clone(), nodes.clone());
         liveness::open_stream(store.jetstream(), config.store.replicas).await?;
@@ -175,12 +176,7 @@ impl Engine {
         );
 
         let mut tasks = JoinSet::new();
-        let tree = deployments.tree().clone();
-        tasks.spawn(projector::run(store.clone(), deployments.clone(), tree, config.projector.clone()));
-        let tree = notifications.tree().clone();
-        tasks.spawn(projector::run(store.clone(), notifications.clone(), tree, config.projector.clone()));
-        let tree = nodes.tree().clone();
-        tasks.spawn(projector::run(store.clone(), nodes.clone(), tree, config.projector));
+        tasks.spawn(projector::run(store.clone(), models, config.projector));
         tasks.spawn(worker::membership(commands.clone(), deployments.clone(), nodes.clone()));
         tasks.spawn(worker::tenants(commands.clone(), keys.clone()));
         tasks.spawn(worker::route(store.clone(), keys.clone()));

@@ -1,184 +1,141 @@
-//! Projectors: they fold the log, read in order ([`bus::tail`]), into sled trees. The checkpoint
-//! (last stream sequence folded) is written in the same atomic batch as the read-model change,
-//! so a crash never applies an event twice or skips one. Delete the sled directory and each
-//! projector folds its tree again from sequence 1; [`rebuild`] is the same fold up to a given
-//! sequence, which `replay` runs into fresh trees.
+//! The projector: one reader of the whole log, in order ([`bus::tail`]), that decodes each
+//! event once and folds it into every read model (`events::projection`, where each is
+//! declared), all in one sled tree. The checkpoint (last stream sequence folded) is written in
+//! the same atomic batch as the read models' changes, so a crash never applies an event twice
+//! or skips one. Delete the sled directory and the projector folds the tree again from
+//! sequence 1; [`rebuild`] is the same fold up to a given sequence, which `replay` runs into a
+//! fresh tree.
 //!
 //! # Batches
 //!
 //! A batch is committed when full ([`ProjectorConfig::batch_size`]); when the reader has
 //! caught up with the stream, as long as commits take under a tenth of the projector's time;
-//! and at the latest when the stream pauses for 2 ms. A view changed by several events of a
-//! batch (a deployment on ten thousand nodes) stays decoded until the batch is committed
-//! ([`Overlay::take_json`]).
+//! and at the latest when the stream pauses for 2 ms. A value changed by several events of a
+//! batch (a deployment's header, with each report) stays decoded until the batch is committed
+//! ([`Overlay`]).
 //!
 //! # No filter
 //!
-//! Each projector reads the whole stream with no filter and matches the subjects it folds
-//! ([`Projection::subjects`]) itself. With a filter, the server matched every message against
+//! The projector reads the whole stream with no filter and matches the subjects the read
+//! models fold (`events::projection::SUBJECTS`) itself; the payload of any other event (node
+//! work and reports) is never decoded. With a filter, the server matched every message against
 //! every subject of the stream, and a rebuild ran at a seventh of the raw read (42k against
 //! 313k events/s; 175k without the filter).
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use bus::store::{EventStore, ReadError, StoreError, StoredEvent};
+use events::projection::{Fact, ModelError, Store, Value};
 
 const CHECKPOINT_KEY: &[u8] = b"meta/checkpoint";
 
 /// A batch in the making is committed once the stream has been quiet this long.
 const IDLE_COMMIT: Duration = Duration::from_millis(2);
 
-/// A read model kept in one sled tree.
-pub trait Projection: Send + Sync + 'static {
-    /// Name of the sled tree.
-    const NAME: &'static str;
-
-    /// The subjects it folds, as patterns (`*`, `>`): the projector reads the whole stream and
-    /// matches each message's subject itself.
-    fn subjects(&self) -> Vec<String>;
-
-    /// Folds one event into `batch`. An event that does not decode is skipped and logged, and
-    /// the projector goes on; a failure of the read model stops it.
-    fn apply(&self, batch: &mut Overlay<'_>, event: &StoredEvent) -> Result<(), ProjectionError>;
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProjectionError {
-    /// The event is unreadable: skipped.
-    #[error(transparent)]
-    Decode(#[from] events::DecodeError),
-    /// The read model could not be read or written: the projector stops.
-    #[error("read model: {0}")]
-    ReadModel(String),
-}
-
-impl From<sled::Error> for ProjectionError {
-    fn from(e: sled::Error) -> Self {
-        ProjectionError::ReadModel(e.to_string())
-    }
-}
-
-impl From<serde_json::Error> for ProjectionError {
-    fn from(e: serde_json::Error) -> Self {
-        ProjectionError::ReadModel(e.to_string())
-    }
-}
-
-/// Pending changes over a tree: reads see earlier writes of the same batch.
+/// Pending changes over the read models' tree: reads see earlier writes of the same batch.
 ///
-/// A value taken with [`Overlay::take_json`] and put back with [`Overlay::put_json`] stays
-/// decoded until the batch is committed: a large value (a deployment of ten thousand nodes)
-/// changed by many events of one batch is decoded and encoded once per batch, not per event.
+/// A value read or written stays decoded until the batch is committed, and only what was
+/// written is encoded then: a deployment's header, changed by every report of a batch, is
+/// decoded and encoded once per batch.
 pub struct Overlay<'a> {
     tree: &'a sled::Tree,
-    changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    decoded: HashMap<Vec<u8>, Box<dyn Decoded>>,
+    values: BTreeMap<String, Kept>,
+}
+
+/// A value of a batch: `None` once removed; `written` when the commit must store it.
+struct Kept {
+    value: Option<Box<dyn Decoded>>,
+    written: bool,
 }
 
 impl std::fmt::Debug for Overlay<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Overlay").field("changes", &self.changes.len()).field("decoded", &self.decoded.len()).finish()
+        f.debug_struct("Overlay").field("values", &self.values.len()).finish()
     }
 }
 
 /// A value kept decoded in an overlay, encoded when needed.
 trait Decoded: Any + Send {
     fn encode(&self) -> Result<Vec<u8>, serde_json::Error>;
-    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+    fn as_any(&self) -> &dyn Any;
 }
 
-impl<T: Serialize + Any + Send> Decoded for T {
+impl<T: serde::Serialize + Any + Send> Decoded for T {
     fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(self)
     }
 
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+    fn as_any(&self) -> &dyn Any {
         self
     }
 }
 
+fn model_error(e: impl std::fmt::Display) -> ModelError {
+    ModelError(e.to_string())
+}
+
 impl<'a> Overlay<'a> {
-    fn new(tree: &'a sled::Tree) -> Self {
-        Overlay { tree, changes: BTreeMap::new(), decoded: HashMap::new() }
-    }
-
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
-        if let Some(value) = self.decoded.get(key) {
-            return Ok(Some(value.encode()?));
-        }
-        match self.changes.get(key) {
-            Some(value) => Ok(value.clone()),
-            None => Ok(self.tree.get(key)?.map(|v| v.to_vec())),
-        }
-    }
-
-    pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.decoded.remove(&key);
-        self.changes.insert(key, Some(value));
-    }
-
-    pub fn remove(&mut self, key: Vec<u8>) {
-        self.decoded.remove(&key);
-        self.changes.insert(key, None);
-    }
-
-    /// The JSON value at `key`, decoded, for the caller to change and [`Overlay::put_json`]
-    /// back. Until it is put back, the key reads as it was before this batch took it.
-    pub fn take_json<T: DeserializeOwned + Serialize + Send + 'static>(
-        &mut self,
-        key: &[u8],
-    ) -> Result<Option<T>, ProjectionError> {
-        if let Some(value) = self.decoded.remove(key) {
-            match value.into_any().downcast::<T>() {
-                Ok(value) => return Ok(Some(*value)),
-                Err(_) => return Err(ProjectionError::ReadModel(format!("{key:?} was kept as another type"))),
-            }
-        }
-        match self.get(key)? {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Puts `value` at `key`, to be encoded as JSON when the batch is committed.
-    pub fn put_json<T: Serialize + Send + 'static>(&mut self, key: Vec<u8>, value: T) {
-        self.changes.remove(&key);
-        self.decoded.insert(key, Box::new(value));
-    }
-
-    /// Removes every key that starts with `prefix`, stored or pending.
-    pub fn remove_prefix(&mut self, prefix: &[u8]) -> sled::Result<()> {
-        let mut doomed: Vec<Vec<u8>> = self.changes.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
-        doomed.extend(self.decoded.keys().filter(|k| k.starts_with(prefix)).cloned());
-        for entry in self.tree.scan_prefix(prefix) {
-            doomed.push(entry?.0.to_vec());
-        }
-        for key in doomed {
-            self.remove(key);
-        }
-        Ok(())
+    /// A batch over `tree`; one that is never committed reads the read models as they are.
+    pub fn new(tree: &'a sled::Tree) -> Self {
+        Overlay { tree, values: BTreeMap::new() }
     }
 
     /// Writes the changes and the checkpoint in one atomic batch.
-    fn commit(self, checkpoint: u64) -> Result<(), ProjectionError> {
+    fn commit(self, checkpoint: u64) -> Result<(), ModelError> {
         let mut batch = sled::Batch::default();
-        for (key, value) in self.changes {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
+        for (key, kept) in self.values.into_iter().filter(|(_, kept)| kept.written) {
+            match kept.value {
+                Some(value) => batch.insert(key.as_bytes(), value.encode()?),
+                None => batch.remove(key.as_bytes()),
             }
         }
-        for (key, value) in self.decoded {
-            batch.insert(key, value.encode()?);
-        }
         batch.insert(CHECKPOINT_KEY, &checkpoint.to_be_bytes());
-        Ok(self.tree.apply_batch(batch)?)
+        self.tree.apply_batch(batch).map_err(model_error)
+    }
+}
+
+impl Store for Overlay<'_> {
+    fn get<T: Value>(&mut self, key: &str) -> Result<Option<T>, ModelError> {
+        if let Some(kept) = self.values.get(key) {
+            return match &kept.value {
+                None => Ok(None),
+                Some(value) => match value.as_any().downcast_ref::<T>() {
+                    Some(value) => Ok(Some(value.clone())),
+                    None => Err(ModelError(format!("{key} was kept as another type"))),
+                },
+            };
+        }
+        let Some(bytes) = self.tree.get(key.as_bytes()).map_err(model_error)? else { return Ok(None) };
+        let value: T = serde_json::from_slice(&bytes)?;
+        self.values.insert(key.to_owned(), Kept { value: Some(Box::new(value.clone())), written: false });
+        Ok(Some(value))
+    }
+
+    fn put<T: Value>(&mut self, key: String, value: T) {
+        self.values.insert(key, Kept { value: Some(Box::new(value)), written: true });
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.values.insert(key.to_owned(), Kept { value: None, written: true });
+    }
+
+    fn keys(&mut self, prefix: &str) -> Result<Vec<String>, ModelError> {
+        let mut keys = BTreeSet::new();
+        for key in self.tree.scan_prefix(prefix.as_bytes()).keys() {
+            keys.insert(String::from_utf8_lossy(&key.map_err(model_error)?).into_owned());
+        }
+        let batch = self.values.range(prefix.to_owned()..).take_while(|(k, _)| k.starts_with(prefix));
+        for (key, kept) in batch {
+            match kept.value {
+                Some(_) => keys.insert(key.clone()),
+                None => keys.remove(key),
+            };
+        }
+        Ok(keys.into_iter().collect())
     }
 }
 
@@ -203,23 +160,18 @@ impl Default for ProjectorConfig {
     }
 }
 
-/// Runs `projection` on `tree` from its checkpoint, forever (until the task is dropped).
-pub async fn run<P: Projection>(
-    store: EventStore,
-    projection: P,
-    tree: sled::Tree,
-    config: ProjectorConfig,
-) -> anyhow::Result<()> {
-    fold(&store, &projection, &tree, &config, None).await?;
-    anyhow::bail!("the {} consumer ended", P::NAME)
+/// Runs the read models (`events::projection`) on `tree` from its checkpoint, forever (until
+/// the task is dropped).
+pub async fn run(store: EventStore, tree: sled::Tree, config: ProjectorConfig) -> anyhow::Result<()> {
+    fold(&store, &tree, &config, None).await?;
+    anyhow::bail!("the projector's reader ended")
 }
 
 /// Folds the stream into `tree` from its checkpoint up to stream sequence `until` (the
 /// stream's last sequence read beforehand, say), then returns how many events it read: a
 /// rebuild by the same code as the live projection.
-pub async fn rebuild<P: Projection>(
+pub async fn rebuild(
     store: &EventStore,
-    projection: &P,
     tree: &sled::Tree,
     config: &ProjectorConfig,
     until: u64,
@@ -227,28 +179,23 @@ pub async fn rebuild<P: Projection>(
     if checkpoint(tree)? >= until {
         return Ok(0);
     }
-    fold(store, projection, tree, config, Some(until)).await
+    fold(store, tree, config, Some(until)).await
 }
 
-async fn fold<P: Projection>(
+async fn fold(
     store: &EventStore,
-    projection: &P,
     tree: &sled::Tree,
     config: &ProjectorConfig,
     until: Option<u64>,
 ) -> anyhow::Result<u64> {
     let tree = tree.clone();
     let start = checkpoint(&tree)? + 1;
-    tracing::info!(projection = P::NAME, start, "projector starting");
-    // The consumer reads the whole stream and the subjects are matched here: with a filter,
-    // the server matches each message against every subject of the stream (profiled: a
-    // rebuild ran at a seventh of the raw read), and reading what is skipped costs less.
-    let wanted = projection.subjects();
+    tracing::info!(start, "projector starting");
     // A rebuild with nothing left to read in the stream is done already.
     if until.is_some() && store.last_sequence().await? < start {
         return Ok(0);
     }
-    let messages = bus::tail::tail(store, start).await.map_err(|e| anyhow::anyhow!("{}: {e}", P::NAME))?;
+    let messages = bus::tail::tail(store, start).await.map_err(|e| anyhow::anyhow!("projector: {e}"))?;
     let mut messages = std::pin::pin!(messages);
     let mut batch = Overlay::new(&tree);
     let mut in_batch = 0usize;
@@ -258,8 +205,8 @@ async fn fold<P: Projection>(
     loop {
         // A batch is committed when full; when the consumer has caught up with the stream, if
         // commits have been cheap; and at the latest once the stream pauses. Under a steady
-        // flow the consumer catches up at every event, and a deployment of many nodes would be
-        // encoded whole for each one: the pace keeps commits to a tenth of the projector's time.
+        // flow the consumer catches up at every event: the pace keeps commits to a tenth of
+        // the projector's time.
         let next = if in_batch == 0 {
             messages.next().await
         } else {
@@ -275,17 +222,16 @@ async fn fold<P: Projection>(
         let Some(message) = next else { break };
         let (sequence, pending) = (message.sequence, message.pending);
         last = sequence;
-        let folded = wanted.iter().any(|pattern| events::subject::matches(pattern, &message.subject));
+        let folded =
+            events::projection::SUBJECTS.iter().any(|pattern| events::subject::matches(pattern, &message.subject));
         match folded.then(|| StoredEvent::decode(sequence, message.payload.clone())) {
             None => {}
-            Some(Ok(event)) => match projection.apply(&mut batch, &event) {
-                Ok(()) => {}
-                Err(ProjectionError::Decode(e)) => {
-                    tracing::error!(projection = P::NAME, sequence, error = %e, "skipping an event that does not decode")
-                }
-                Err(e) => anyhow::bail!("{} at stream sequence {sequence}: {e}", P::NAME),
+            Some(Ok(event)) => match Fact::of(&event.envelope) {
+                Ok(fact) => events::projection::fold(&mut batch, &event.envelope, &fact)
+                    .map_err(|e| anyhow::anyhow!("at stream sequence {sequence}: {e}"))?,
+                Err(e) => tracing::error!(sequence, error = %e, "skipping an event that does not decode"),
             },
-            Some(Err(e)) => tracing::error!(projection = P::NAME, sequence, error = %e, "skipping a malformed event"),
+            Some(Err(e)) => tracing::error!(sequence, error = %e, "skipping a malformed event"),
         }
         in_batch += 1;
         read += 1;
@@ -321,7 +267,7 @@ impl Pace {
         self.ended.elapsed() >= self.cost * 10
     }
 
-    fn commit(&mut self, batch: Overlay<'_>, checkpoint: u64) -> Result<(), ProjectionError> {
+    fn commit(&mut self, batch: Overlay<'_>, checkpoint: u64) -> Result<(), ModelError> {
         let start = std::time::Instant::now();
         batch.commit(checkpoint)?;
         self.ended = std::time::Instant::now();

@@ -1,7 +1,162 @@
-//! Read models as pure folds over the log, shared by the engine's live projectors and by
+//! Read models as pure folds over the log, shared by the engine's live projector and by
 //! `replay`.
+//!
+//! Each read model is declared once, here: its keys, its fold, and what a tenant's deletion
+//! clears (`deployments`, `nodes`, `notifications`). They all live in one key-value store
+//! ([`Store`]: a sled tree in the engine, memory in `replay at`), are fed by one reader, and
+//! [`fold`] takes each event to every one of them: the event is decoded once ([`Fact`]), and
+//! the payload of an event no read model folds (node work and reports) is never decoded.
+//!
+//! | model | keys |
+//! |---|---|
+//! | `deployments` | `d/<tenant>/<deployment>`: the deployment and how many of its nodes are in each status; `p/<tenant>/<deployment>/<node>`: one node's view |
+//! | `nodes` | `n/<tenant>/<node>`: a node's labels and state; `r/<key>`: each key ever revoked, which no deletion forgets |
+//! | `notifications` | `a/<tenant>/<application>`: its newest published version and live deployments; `i/<tenant>/<deployment>`: the deployment's application |
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::application::ApplicationEvent;
+use crate::deployment::DeploymentEvent;
+use crate::deployment_node::DeploymentNodeEvent;
+use crate::envelope::{DecodeError, Envelope};
+use crate::node::NodeEvent;
+use crate::tenant::TenantEvent;
 
 pub mod deployments;
 pub mod nodes;
 pub mod notifications;
 pub mod summary;
+
+/// The subjects the read models fold: every aggregate's (not the node work and reports).
+pub const SUBJECTS: [&str; 2] = [crate::subject::ALL_AGGREGATES, crate::subject::ALL_DEPLOYMENT_NODES];
+
+/// A read model's store failed: the fold cannot go on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("read model: {0}")]
+pub struct ModelError(pub String);
+
+impl From<serde_json::Error> for ModelError {
+    fn from(e: serde_json::Error) -> Self {
+        ModelError(e.to_string())
+    }
+}
+
+/// A value a read model keeps.
+pub trait Value: Serialize + DeserializeOwned + Clone + Send + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Clone + Send + 'static> Value for T {}
+
+/// Where the read models keep their values, by key. Reads see earlier writes of the same fold.
+pub trait Store {
+    fn get<T: Value>(&mut self, key: &str) -> Result<Option<T>, ModelError>;
+    fn put<T: Value>(&mut self, key: String, value: T);
+    fn remove(&mut self, key: &str);
+    /// Every key that starts with `prefix`, in order.
+    fn keys(&mut self, prefix: &str) -> Result<Vec<String>, ModelError>;
+
+    fn remove_prefix(&mut self, prefix: &str) -> Result<(), ModelError> {
+        for key in self.keys(prefix)? {
+            self.remove(&key);
+        }
+        Ok(())
+    }
+}
+
+/// An event, decoded once for every read model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fact {
+    Application(ApplicationEvent),
+    Deployment(DeploymentEvent),
+    DeploymentNode {
+        deployment: String,
+        node: String,
+        event: DeploymentNodeEvent,
+    },
+    Node(NodeEvent),
+    Tenant(TenantEvent),
+    /// Folded by no read model: its payload is not decoded.
+    Other,
+}
+
+impl Fact {
+    pub fn of(envelope: &Envelope) -> Result<Fact, DecodeError> {
+        use crate::Aggregate;
+        Ok(match envelope.aggregate_type.as_str() {
+            crate::application::Application::TYPE => Fact::Application(envelope.event()?),
+            crate::deployment::Deployment::TYPE => Fact::Deployment(envelope.event()?),
+            crate::deployment_node::TYPE => match crate::deployment_node::split(&envelope.aggregate_id) {
+                Some((deployment, node)) => {
+                    Fact::DeploymentNode { deployment: deployment.into(), node: node.into(), event: envelope.event()? }
+                }
+                None => Fact::Other,
+            },
+            crate::node::Node::TYPE => Fact::Node(envelope.event()?),
+            crate::tenant::Tenant::TYPE => Fact::Tenant(envelope.event()?),
+            _ => Fact::Other,
+        })
+    }
+}
+
+/// Folds one event into every read model. A tenant's deletion clears what each keeps of it.
+pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<(), ModelError> {
+    if let Fact::Tenant(TenantEvent::Deleted { .. }) = fact {
+        let prefixes =
+            deployments::TENANT_PREFIXES.iter().chain(nodes::TENANT_PREFIXES).chain(notifications::TENANT_PREFIXES);
+        for prefix in prefixes {
+            store.remove_prefix(&format!("{prefix}{}/", envelope.tenant))?;
+        }
+        return Ok(());
+    }
+    deployments::fold(store, envelope, fact)?;
+    nodes::fold(store, envelope, fact)?;
+    notifications::fold(store, envelope, fact)
+}
+
+/// A [`Store`] in memory, for `replay at` and tests.
+#[derive(Default)]
+pub struct MemoryStore {
+    values: std::collections::BTreeMap<String, Box<dyn KeptValue>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").field("values", &self.values.len()).finish()
+    }
+}
+
+/// A value kept as it is, of any type.
+trait KeptValue: std::any::Any + Send {
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl<T: std::any::Any + Send> KeptValue for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Store for MemoryStore {
+    fn get<T: Value>(&mut self, key: &str) -> Result<Option<T>, ModelError> {
+        match self.values.get(key) {
+            None => Ok(None),
+            Some(value) => match value.as_ref().as_any().downcast_ref::<T>() {
+                Some(value) => Ok(Some(value.clone())),
+                None => Err(ModelError(format!("{key} is kept as another type"))),
+            },
+        }
+    }
+
+    fn put<T: Value>(&mut self, key: String, value: T) {
+        self.values.insert(key, Box::new(value));
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.values.remove(key);
+    }
+
+    fn keys(&mut self, prefix: &str) -> Result<Vec<String>, ModelError> {
+        let keys = self.values.range(prefix.to_owned()..).map(|(k, _)| k).take_while(|k| k.starts_with(prefix));
+        Ok(keys.cloned().collect())
+    }
+}

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where a deployment stands on one node. The `pending_*` statuses are the server's word
 /// between a request and the node's first answer to it; the others are the node's own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     PendingDeploy,

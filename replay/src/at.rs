@@ -8,11 +8,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use bus::store::StoredEvent;
-use events::application::{Application, ApplicationEvent};
-use events::deployment::DeploymentEvent;
-use events::node::NodeEvent;
+use events::application::Application;
 use events::projection::deployments::{self, DeploymentView};
-use events::projection::nodes::{self, NodeRecord};
+use events::projection::nodes::NodeRecord;
+use events::projection::{Fact, MemoryStore, Store};
 use events::tenant::TenantEvent;
 use events::Aggregate;
 
@@ -48,8 +47,8 @@ pub struct State {
 pub struct Fold {
     sequence: u64,
     time: Option<DateTime<Utc>>,
-    deployments: BTreeMap<(String, String), DeploymentView>,
-    nodes: BTreeMap<(String, String), NodeRecord>,
+    /// The read models, folded by their own code (`events::projection`), in memory.
+    models: MemoryStore,
     applications: BTreeMap<(String, String), Application>,
 }
 
@@ -64,46 +63,23 @@ impl Fold {
 
     pub fn add(&mut self, event: &StoredEvent) -> anyhow::Result<()> {
         let e = &event.envelope;
-        let key = (e.tenant.clone(), e.aggregate_id.clone());
         (self.sequence, self.time) = (event.sequence, Some(e.time));
-        match e.aggregate_type.as_str() {
-            "deployment" => {
-                let view = self.deployments.remove(&key);
-                if let Some(view) = deployments::apply(view, e, &e.event::<DeploymentEvent>()?) {
-                    self.deployments.insert(key, view);
-                }
-            }
-            events::deployment_node::TYPE => {
-                let Some((deployment, node)) = events::deployment_node::split(&e.aggregate_id) else { return Ok(()) };
-                let key = (e.tenant.clone(), deployment.to_owned());
-                let view = self.deployments.remove(&key);
-                if let Some(view) = deployments::apply_node(view, e, node, &e.event()?) {
-                    self.deployments.insert(key, view);
-                }
-            }
-            "node" => {
-                let record = self.nodes.remove(&key);
-                if let Some(record) = nodes::apply(record, e, &e.event::<NodeEvent>()?) {
-                    self.nodes.insert(key, record);
-                }
-            }
-            "application" => {
-                let app = self.applications.remove(&key).unwrap_or_default();
-                self.applications.insert(key, app.evolve(&e.event::<ApplicationEvent>()?));
+        let fact = Fact::of(e)?;
+        events::projection::fold(&mut self.models, e, &fact)?;
+        match &fact {
+            Fact::Application(app) => {
+                let key = (e.tenant.clone(), e.aggregate_id.clone());
+                let state = self.applications.remove(&key).unwrap_or_default();
+                self.applications.insert(key, state.evolve(app));
             }
             // As the read models do: a deleted tenant is forgotten.
-            "tenant" => {
-                let TenantEvent::Deleted { .. } = e.event::<TenantEvent>()? else { return Ok(()) };
-                self.deployments.retain(|(tenant, _), _| *tenant != e.tenant);
-                self.nodes.retain(|(tenant, _), _| *tenant != e.tenant);
-                self.applications.retain(|(tenant, _), _| *tenant != e.tenant);
-            }
+            Fact::Tenant(TenantEvent::Deleted { .. }) => self.applications.retain(|(tenant, _), _| *tenant != e.tenant),
             _ => {}
         }
         Ok(())
     }
 
-    pub fn state(self) -> State {
+    pub fn state(mut self) -> anyhow::Result<State> {
         let applications = self
             .applications
             .into_iter()
@@ -114,12 +90,16 @@ impl Fold {
                 versions: app.versions.into_iter().map(|(v, version)| (v, version.published_at.is_some())).collect(),
             })
             .collect();
-        State {
-            sequence: self.sequence,
-            time: self.time,
-            deployments: self.deployments.into_values().collect(),
-            nodes: self.nodes.into_values().collect(),
-            applications,
+        let mut found = Vec::new();
+        for key in self.models.keys("d/")? {
+            if let Some((tenant, id)) = key.strip_prefix("d/").and_then(|k| k.split_once('/')) {
+                found.extend(deployments::view(&mut self.models, tenant, id)?);
+            }
         }
+        let mut nodes = Vec::new();
+        for key in self.models.keys("n/")? {
+            nodes.extend(self.models.get::<NodeRecord>(&key)?);
+        }
+        Ok(State { sequence: self.sequence, time: self.time, deployments: found, nodes, applications })
     }
 }

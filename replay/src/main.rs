@@ -163,7 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 false => Ok(()),
             })
             .await?;
-            println!("{}", serde_json::to_string_pretty(&fold.state())?);
+            println!("{}", serde_json::to_string_pretty(&fold.state()?)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Tail { from } => {

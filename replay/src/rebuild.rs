@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bus::store::EventStore;
 use engine::projector::{self, ProjectorConfig};
-use engine::read_model::{Deployments, Nodes, Notifications};
+use engine::read_model::{Deployments, Nodes};
 use events::projection::deployments::DeploymentView;
 use events::projection::nodes::NodeRecord;
 
@@ -15,7 +15,7 @@ use events::projection::nodes::NodeRecord;
 pub struct Rebuilt {
     pub deployments: Deployments,
     pub nodes: Nodes,
-    /// Events read, summed over the read models.
+    /// Events read.
     pub events: u64,
     pub took: Duration,
 }
@@ -24,12 +24,11 @@ pub struct Rebuilt {
 pub async fn rebuild(store: &EventStore, dir: &Path) -> anyhow::Result<Rebuilt> {
     let started = Instant::now();
     let db = sled::Config::new().path(dir).open()?;
-    let (deployments, notifications, nodes) = (Deployments::open(&db)?, Notifications::open(&db)?, Nodes::open(&db)?);
+    let models = engine::read_model::open(&db)?;
+    let (deployments, nodes) = (Deployments::new(models.clone()), Nodes::new(models.clone()));
     let until = store.last_sequence().await?;
     let config = ProjectorConfig { batch_size: 1000 };
-    let mut events = projector::rebuild(store, &deployments, &deployments.tree().clone(), &config, until).await?;
-    events += projector::rebuild(store, &notifications, &notifications.tree().clone(), &config, until).await?;
-    events += projector::rebuild(store, &nodes, &nodes.tree().clone(), &config, until).await?;
+    let events = projector::rebuild(store, &models, &config, until).await?;
     db.flush_async().await?;
     Ok(Rebuilt { deployments, nodes, events, took: started.elapsed() })
 }

@@ -1,4 +1,4 @@
-//! The deployments projector on a real nats-server: stopped mid-stream, it resumes from its
+//! The projector on a real nats-server: stopped mid-stream, it resumes from its
 //! checkpoint and ends with the same read model as a fresh rebuild.
 
 use std::time::Duration;
@@ -55,18 +55,18 @@ async fn a_projector_stopped_mid_stream_resumes_to_the_same_model_as_a_rebuild()
 
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path().join("live")).unwrap();
-    let live = Deployments::open(&db).unwrap();
+    let live = Deployments::new(engine::read_model::open(&db).unwrap());
     let small_batches = ProjectorConfig { batch_size: 10 };
     // Stop it as soon as its first batch lands: the watcher sees the checkpoint key change.
     let mut first_commit = live.tree().watch_prefix(b"meta/checkpoint");
-    let run = tokio::spawn(projector::run(store.clone(), live.clone(), live.tree().clone(), small_batches.clone()));
+    let run = tokio::spawn(projector::run(store.clone(), live.tree().clone(), small_batches.clone()));
     tokio::time::timeout(Duration::from_secs(60), &mut first_commit).await.expect("a first batch is committed");
     run.abort();
     let _ = run.await;
     let stopped_at = projector::checkpoint(live.tree()).unwrap();
     assert!(stopped_at > 0 && stopped_at < last, "stopped at {stopped_at} of {last}: not mid-stream");
 
-    let resumed = tokio::spawn(projector::run(store.clone(), live.clone(), live.tree().clone(), small_batches));
+    let resumed = tokio::spawn(projector::run(store.clone(), live.tree().clone(), small_batches));
     assert!(
         projector::wait_for(live.tree(), last, Duration::from_secs(60)).await.unwrap(),
         "the resumed projector catches up"
@@ -74,8 +74,8 @@ async fn a_projector_stopped_mid_stream_resumes_to_the_same_model_as_a_rebuild()
     resumed.abort();
 
     let fresh_db = sled::open(dir.path().join("fresh")).unwrap();
-    let fresh = Deployments::open(&fresh_db).unwrap();
-    let rebuild = tokio::spawn(projector::run(store, fresh.clone(), fresh.tree().clone(), ProjectorConfig::default()));
+    let fresh = Deployments::new(engine::read_model::open(&fresh_db).unwrap());
+    let rebuild = tokio::spawn(projector::run(store, fresh.tree().clone(), ProjectorConfig::default()));
     assert!(projector::wait_for(fresh.tree(), last, Duration::from_secs(60)).await.unwrap(), "the rebuild catches up");
     rebuild.abort();
 

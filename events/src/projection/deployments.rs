@@ -10,6 +10,7 @@ use crate::compose::Service;
 use crate::deployment::{DeploymentEvent, Desired, Rollout};
 use crate::deployment_node::DeploymentNodeEvent;
 use crate::envelope::Envelope;
+use crate::projection::{Fact, ModelError, Store};
 use crate::status::{Containers, Failure, Status};
 
 fn yes() -> bool {
@@ -112,9 +113,52 @@ pub struct NodeView {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Folds one deployment event into the view of its deployment.
-pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &DeploymentEvent) -> Option<DeploymentView> {
-    let pending = |status: Status| NodeView {
+/// The prefixes of its keys that hold a tenant's deployments: a tenant's deletion clears them.
+pub const TENANT_PREFIXES: &[&str] = &["d/", "p/"];
+
+/// The key of a deployment's [`Header`].
+pub fn key(tenant: &str, id: &str) -> String {
+    format!("d/{tenant}/{id}")
+}
+
+/// The prefix of the keys of a deployment's nodes, each followed by the node.
+pub fn nodes_prefix(tenant: &str, id: &str) -> String {
+    format!("p/{tenant}/{id}/")
+}
+
+fn node_key(tenant: &str, id: &str, node: &str) -> String {
+    format!("p/{tenant}/{id}/{node}")
+}
+
+/// What is kept of a deployment besides its nodes, each of which is kept apart: its view
+/// without them, and how many of them are in each status, which its status rolls up. A
+/// report rewrites one node and this, never the whole deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub view: DeploymentView,
+    pub counts: BTreeMap<Status, u32>,
+}
+
+/// The view of deployment `id`, with its nodes.
+pub fn view(store: &mut impl Store, tenant: &str, id: &str) -> Result<Option<DeploymentView>, ModelError> {
+    let Some(header) = store.get::<Header>(&key(tenant, id))? else { return Ok(None) };
+    let mut open = Open { store, tenant: tenant.to_owned(), id: id.to_owned(), header };
+    let nodes = open.nodes()?.into_iter().collect();
+    Ok(Some(DeploymentView { nodes, ..open.header.view }))
+}
+
+/// Folds a deployment's event, or one of its nodes' reports.
+pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<(), ModelError> {
+    match fact {
+        Fact::Deployment(event) => deployment(store, envelope, event),
+        Fact::DeploymentNode { deployment, node, event } => pair(store, envelope, deployment, node, event),
+        _ => Ok(()),
+    }
+}
+
+/// A node waiting for what was asked of it.
+fn pending(status: Status, at: DateTime<Utc>) -> NodeView {
+    NodeView {
         active: true,
         status,
         error: None,
@@ -124,97 +168,182 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
         last_drift: None,
         released: true,
         revoked: false,
-        updated_at: envelope.time,
-    };
-    // A node a phased rollout has not reached yet.
-    let held = |reason: String| NodeView { released: false, reason: Some(reason), ..pending(Status::PendingDeploy) };
+        updated_at: at,
+    }
+}
+
+/// A node a phased rollout has not reached yet.
+fn held(at: DateTime<Utc>) -> NodeView {
     const TURN: &str = "waiting for its turn in the phased rollout";
-    let mut view = match (view, event) {
-        (
-            _,
-            DeploymentEvent::Launched {
-                application,
-                version,
-                image,
-                nodes,
-                mode,
-                selector,
-                profile,
-                env,
-                services,
-                rollout,
-                secrets,
-                ..
-            },
-        ) => {
-            let node = match rollout {
-                Some(_) => held(TURN.to_owned()),
-                None => pending(Status::PendingDeploy),
-            };
-            return Some(DeploymentView {
-                id: envelope.aggregate_id.clone(),
-                tenant: envelope.tenant.clone(),
-                application: application.clone(),
-                version: version.clone(),
-                image: image.clone(),
-                status: Status::PendingDeploy,
-                desired: Desired::Running,
-                staged: mode.staged,
-                awaiting_apply: mode.waits_for_apply(),
-                selector: selector.clone(),
-                profile: profile.clone(),
-                env: env.clone(),
-                services: services.clone(),
-                secrets: secrets.keys().map(|name| (name.clone(), crate::REDACTED.to_owned())).collect(),
-                rollout: *rollout,
-                rollout_halted: None,
-                rolled_back: None,
-                nodes: nodes.iter().map(|n| (n.clone(), node.clone())).collect(),
-                launched_by: envelope.actor.clone(),
-                created_at: envelope.time,
-                updated_at: envelope.time,
-            });
+    NodeView { released: false, reason: Some(TURN.to_owned()), ..pending(Status::PendingDeploy, at) }
+}
+
+/// A deployment open for a fold: its header, and its nodes read and written one by one.
+struct Open<'s, S: Store> {
+    store: &'s mut S,
+    tenant: String,
+    id: String,
+    header: Header,
+}
+
+impl<S: Store> Open<'_, S> {
+    fn node(&mut self, node: &str) -> Result<Option<NodeView>, ModelError> {
+        self.store.get(&node_key(&self.tenant, &self.id, node))
+    }
+
+    /// Every node, in order.
+    fn nodes(&mut self) -> Result<Vec<(String, NodeView)>, ModelError> {
+        let prefix = nodes_prefix(&self.tenant, &self.id);
+        let mut nodes = Vec::new();
+        for key in self.store.keys(&prefix)? {
+            if let (Some(node), Some(view)) = (key.strip_prefix(&prefix), self.store.get::<NodeView>(&key)?) {
+                nodes.push((node.to_owned(), view));
+            }
         }
-        (Some(view), _) => view,
-        // An event for a deployment this model never saw launched: nothing to show.
-        (None, _) => return None,
-    };
+        Ok(nodes)
+    }
+
+    /// Sets a node's view, counted in its status.
+    fn set(&mut self, node: &str, view: NodeView) -> Result<(), ModelError> {
+        let key = node_key(&self.tenant, &self.id, node);
+        if let Some(old) = self.store.get::<NodeView>(&key)? {
+            if let Some(count) = self.header.counts.get_mut(&old.status) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.header.counts.remove(&old.status);
+                }
+            }
+        }
+        *self.header.counts.entry(view.status).or_default() += 1;
+        self.store.put(key, view);
+        Ok(())
+    }
+
+    /// A node's report, over what was known of it (`previous`).
+    fn report(
+        &mut self,
+        node: &str,
+        previous: Option<NodeView>,
+        status: Status,
+        error: &Option<Failure>,
+        containers: &Containers,
+        reported_at: DateTime<Utc>,
+    ) -> Result<(), ModelError> {
+        let previous = previous.as_ref();
+        let reported = NodeView {
+            applied_locally: previous.is_some_and(|n| n.applied_locally),
+            released: previous.is_none_or(|n| n.released),
+            revoked: false,
+            last_drift: previous.and_then(|n| n.last_drift.clone()),
+            active: previous.is_none_or(|n| n.active),
+            status,
+            error: error.clone(),
+            reason: None,
+            containers: containers.clone(),
+            updated_at: reported_at,
+        };
+        self.set(node, reported)
+    }
+
+    /// Writes the header back, its status rolled up from its nodes'.
+    fn close(mut self, at: DateTime<Utc>) -> Result<(), ModelError> {
+        let view = &mut self.header.view;
+        view.status = Status::roll_up(self.header.counts.keys().copied()).unwrap_or(Status::PendingDeploy);
+        view.updated_at = at;
+        self.store.put(key(&self.tenant, &self.id), self.header);
+        Ok(())
+    }
+}
+
+fn deployment(store: &mut impl Store, envelope: &Envelope, event: &DeploymentEvent) -> Result<(), ModelError> {
+    let (tenant, id, time) = (envelope.tenant.clone(), envelope.aggregate_id.clone(), envelope.time);
+    if let DeploymentEvent::Launched {
+        application,
+        version,
+        image,
+        nodes,
+        mode,
+        selector,
+        profile,
+        env,
+        services,
+        rollout,
+        secrets,
+        ..
+    } = event
+    {
+        store.remove_prefix(&nodes_prefix(&tenant, &id))?;
+        let view = DeploymentView {
+            id: id.clone(),
+            tenant: tenant.clone(),
+            application: application.clone(),
+            version: version.clone(),
+            image: image.clone(),
+            status: Status::PendingDeploy,
+            desired: Desired::Running,
+            staged: mode.staged,
+            awaiting_apply: mode.waits_for_apply(),
+            selector: selector.clone(),
+            profile: profile.clone(),
+            env: env.clone(),
+            services: services.clone(),
+            secrets: secrets.keys().map(|name| (name.clone(), crate::REDACTED.to_owned())).collect(),
+            rollout: *rollout,
+            rollout_halted: None,
+            rolled_back: None,
+            nodes: BTreeMap::new(),
+            launched_by: envelope.actor.clone(),
+            created_at: time,
+            updated_at: time,
+        };
+        let mut open = Open { store, tenant, id, header: Header { view, counts: BTreeMap::new() } };
+        let node = match rollout {
+            Some(_) => held(time),
+            None => pending(Status::PendingDeploy, time),
+        };
+        for name in nodes {
+            open.set(name, node.clone())?;
+        }
+        return open.close(time);
+    }
+    // An event for a deployment this model never saw launched: nothing to show.
+    let Some(header) = store.get::<Header>(&key(&tenant, &id))? else { return Ok(()) };
+    let mut open = Open { store, tenant, id, header };
     let request = match event {
         DeploymentEvent::StopRequested { .. } => Some((Desired::Stopped, Status::PendingStop)),
         DeploymentEvent::StartRequested { .. } => Some((Desired::Running, Status::PendingStart)),
         DeploymentEvent::UninstallRequested { .. } => Some((Desired::Removed, Status::PendingRemove)),
         DeploymentEvent::UpdateRequested { version, image, mode, env, services, rollout, .. } => {
-            view.env = env.clone();
-            view.services = services.clone();
-            view.rollout = *rollout;
-            view.rollout_halted = None;
+            let view = &mut open.header.view;
+            (view.env, view.services) = (env.clone(), services.clone());
+            (view.rollout, view.rollout_halted) = (*rollout, None);
+            (view.version, view.image) = (version.clone(), image.clone());
+            (view.staged, view.awaiting_apply) = (mode.staged, mode.waits_for_apply());
+            view.rolled_back = None;
             if rollout.is_some() {
-                for node in view.nodes.values_mut().filter(|n| n.active) {
-                    *node = held(TURN.to_owned());
+                for (node, _) in open.nodes()?.into_iter().filter(|(_, n)| n.active) {
+                    open.set(&node, held(time))?;
                 }
             }
-            view.version = version.clone();
-            view.image = image.clone();
-            view.staged = mode.staged;
-            view.awaiting_apply = mode.waits_for_apply();
-            view.rolled_back = None;
             Some((Desired::Running, Status::PendingDeploy))
         }
         DeploymentEvent::RolledBack { version, image, env, services, reason, .. } => {
+            let view = &mut open.header.view;
             (view.version, view.image) = (version.clone(), image.clone());
             (view.env, view.services) = (env.clone(), services.clone());
             (view.rollout, view.rollout_halted) = (None, None);
             view.rolled_back = Some(reason.clone());
-            for node in view.nodes.values_mut().filter(|n| n.active) {
-                node.released = true;
+            for (node, view) in open.nodes()?.into_iter().filter(|(_, n)| n.active) {
+                open.set(&node, NodeView { released: true, ..view })?;
             }
             Some((Desired::Running, Status::PendingDeploy))
         }
         DeploymentEvent::ApplyRequested { .. } => {
-            view.awaiting_apply = false;
+            open.header.view.awaiting_apply = false;
             Some((Desired::Running, Status::PendingApply))
         }
         DeploymentEvent::ForceUpdateRequested { image, services, .. } => {
+            let view = &mut open.header.view;
             if !image.is_empty() {
                 view.image = image.clone();
             }
@@ -224,121 +353,96 @@ pub fn apply(view: Option<DeploymentView>, envelope: &Envelope, event: &Deployme
             Some((Desired::Running, Status::PendingDeploy))
         }
         DeploymentEvent::TargetAdded { node, reason } => {
-            let joined = NodeView { reason: Some(reason.clone()), ..pending(Status::PendingDeploy) };
-            view.nodes.insert(node.clone(), joined);
+            open.set(node, NodeView { reason: Some(reason.clone()), ..pending(Status::PendingDeploy, time) })?;
             None
         }
         DeploymentEvent::TargetRemoved { node, reason } => {
-            let left = NodeView { active: false, reason: Some(reason.clone()), ..pending(Status::PendingRemove) };
-            view.nodes.insert(node.clone(), left);
+            let left = NodeView { active: false, reason: Some(reason.clone()), ..pending(Status::PendingRemove, time) };
+            open.set(node, left)?;
             None
         }
         DeploymentEvent::AppliedLocally { node, at } => {
-            if let Some(n) = view.nodes.get_mut(node) {
-                n.applied_locally = true;
-                n.updated_at = *at;
+            if let Some(view) = open.node(node)? {
+                open.set(node, NodeView { applied_locally: true, updated_at: *at, ..view })?;
             }
-            view.awaiting_apply = view.nodes.values().any(|n| n.active && !n.applied_locally);
+            open.header.view.awaiting_apply = open.nodes()?.iter().any(|(_, n)| n.active && !n.applied_locally);
             None
         }
         DeploymentEvent::DriftDetected { node, container, drift, at } => {
-            if let Some(n) = view.nodes.get_mut(node) {
-                n.last_drift = Some(format!("{container} {drift}"));
-                n.updated_at = *at;
+            if let Some(view) = open.node(node)? {
+                open.set(node, NodeView { last_drift: Some(format!("{container} {drift}")), updated_at: *at, ..view })?;
             }
             None
         }
         DeploymentEvent::WaveReleased { nodes } => {
             for node in nodes {
-                view.nodes.insert(node.clone(), pending(Status::PendingDeploy));
+                open.set(node, pending(Status::PendingDeploy, time))?;
             }
             None
         }
         DeploymentEvent::RolloutHalted { reason } => {
-            for node in view.nodes.values_mut().filter(|n| n.active && !n.released) {
-                node.reason = Some(format!("not reached: the rollout halted ({reason})"));
+            for (node, view) in open.nodes()?.into_iter().filter(|(_, n)| n.active && !n.released) {
+                open.set(
+                    &node,
+                    NodeView { reason: Some(format!("not reached: the rollout halted ({reason})")), ..view },
+                )?;
             }
-            view.rollout_halted = Some(reason.clone());
+            open.header.view.rollout_halted = Some(reason.clone());
             None
         }
         DeploymentEvent::NodeRevoked { node } => {
-            if let Some(n) = view.nodes.get_mut(node) {
-                n.revoked = true;
-                n.reason = Some("the node's credential was revoked".to_owned());
-                n.updated_at = envelope.time;
+            if let Some(view) = open.node(node)? {
+                let reason = Some("the node's credential was revoked".to_owned());
+                open.set(node, NodeView { revoked: true, reason, updated_at: time, ..view })?;
             }
             None
         }
-        DeploymentEvent::Launched { .. }
-        | DeploymentEvent::NodeStateReported { .. }
-        | DeploymentEvent::NodesSettled { .. } => None,
+        // A log written before each pair had an aggregate of its own.
+        DeploymentEvent::NodeStateReported { node, status, error, containers, reported_at } => {
+            let previous = open.node(node)?;
+            open.report(node, previous, *status, error, containers, *reported_at)?;
+            None
+        }
+        DeploymentEvent::Launched { .. } | DeploymentEvent::NodesSettled { .. } => None,
     };
     if let Some((desired, status)) = request {
-        view.desired = desired;
+        open.header.view.desired = desired;
         // A request concerns the nodes the deployment targets now, but for those a phased
         // rollout holds back.
-        for node in view.nodes.values_mut().filter(|n| n.active && n.released) {
-            *node = pending(status);
+        for (node, _) in open.nodes()?.into_iter().filter(|(_, n)| n.active && n.released) {
+            open.set(&node, pending(status, time))?;
         }
     }
-    if let DeploymentEvent::NodeStateReported { node, status, error, containers, reported_at } = event {
-        report(&mut view, node, *status, error, containers, *reported_at);
-    }
-    view.status = Status::roll_up(view.nodes.values().map(|n| n.status)).unwrap_or(Status::PendingDeploy);
-    view.updated_at = envelope.time;
-    Some(view)
+    open.close(time)
 }
 
-/// Folds the report of one (deployment, node) pair into the view of its deployment, checked
-/// again against the deployment as of this point of the log: a report of a node that is not a
-/// target, or of a version before the one the node was sent, changes nothing.
-pub fn apply_node(
-    view: Option<DeploymentView>,
+/// Folds the report of one (deployment, node) pair, checked again against the deployment as
+/// of this point of the log: a report of a node that is not a target, or of a version before
+/// the one the node was sent, changes nothing.
+fn pair(
+    store: &mut impl Store,
     envelope: &Envelope,
+    deployment: &str,
     node: &str,
     event: &DeploymentNodeEvent,
-) -> Option<DeploymentView> {
-    let mut view = view?;
+) -> Result<(), ModelError> {
+    let (tenant, id) = (envelope.tenant.clone(), deployment.to_owned());
+    let Some(header) = store.get::<Header>(&key(&tenant, &id))? else { return Ok(()) };
+    let mut open = Open { store, tenant, id, header };
     let DeploymentNodeEvent::StateReported { version, status, error, containers, reported_at, .. } = event;
-    let Some(previous) = view.nodes.get(node) else { return Some(view) };
-    if !version.is_empty() && *version != view.version && previous.released {
-        return Some(view);
+    let Some(previous) = open.node(node)? else { return Ok(()) };
+    if !version.is_empty() && *version != open.header.view.version && previous.released {
+        return Ok(());
     }
-    report(&mut view, node, *status, error, containers, *reported_at);
-    view.status = Status::roll_up(view.nodes.values().map(|n| n.status)).unwrap_or(Status::PendingDeploy);
-    view.updated_at = envelope.time;
-    Some(view)
-}
-
-/// A node's report in its deployment's view.
-fn report(
-    view: &mut DeploymentView,
-    node: &str,
-    status: Status,
-    error: &Option<Failure>,
-    containers: &Containers,
-    reported_at: DateTime<Utc>,
-) {
-    let previous = view.nodes.get(node);
-    let reported = NodeView {
-        applied_locally: previous.is_some_and(|n| n.applied_locally),
-        released: previous.is_none_or(|n| n.released),
-        revoked: false,
-        last_drift: previous.and_then(|n| n.last_drift.clone()),
-        active: previous.is_none_or(|n| n.active),
-        status,
-        error: error.clone(),
-        reason: None,
-        containers: containers.clone(),
-        updated_at: reported_at,
-    };
-    view.nodes.insert(node.to_owned(), reported);
+    open.report(node, Some(previous), *status, error, containers, *reported_at)?;
+    open.close(envelope.time)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::envelope::Metadata;
+    use crate::projection::MemoryStore;
     use crate::testing::now;
     use expect_test::expect;
     use uuid::Uuid;
@@ -353,8 +457,16 @@ mod tests {
         Envelope::new(Uuid::from_u128(1), now(), "deployment", "d1", &meta, event, None)
     }
 
+    fn fold_into(store: &mut MemoryStore, events: &[DeploymentEvent]) {
+        for event in events {
+            crate::projection::fold(store, &envelope(event), &Fact::Deployment(event.clone())).unwrap();
+        }
+    }
+
     fn fold(events: &[DeploymentEvent]) -> Option<DeploymentView> {
-        events.iter().fold(None, |view, e| apply(view, &envelope(e), e))
+        let mut store = MemoryStore::default();
+        fold_into(&mut store, events);
+        view(&mut store, "acme", "d1").unwrap()
     }
 
     #[test]
@@ -485,7 +597,7 @@ mod tests {
             reported_at: now(),
             requests: 1,
         };
-        let pair = |view: Option<DeploymentView>, event: &DeploymentNodeEvent| {
+        let pair = |launch: &[DeploymentEvent], event: &DeploymentNodeEvent| {
             let meta = crate::envelope::Metadata {
                 tenant: "acme".into(),
                 actor: "node:edge-1".into(),
@@ -493,15 +605,24 @@ mod tests {
                 causation_id: Uuid::from_u128(7),
             };
             let envelope = Envelope::new(Uuid::from_u128(2), now(), "deployment_node", "d1.edge-1", &meta, event, None);
-            apply_node(view, &envelope, "edge-1", event)
+            let mut store = MemoryStore::default();
+            fold_into(&mut store, launch);
+            let fact = Fact::of(&envelope).unwrap();
+            assert_eq!(
+                fact,
+                Fact::DeploymentNode { deployment: "d1".into(), node: "edge-1".into(), event: event.clone() }
+            );
+            crate::projection::fold(&mut store, &envelope, &fact).unwrap();
+            view(&mut store, "acme", "d1").unwrap()
         };
-        let view = pair(fold(std::slice::from_ref(&launched)), &reported("1.0.0", Status::Running)).unwrap();
+        let launch = std::slice::from_ref(&launched);
+        let view = pair(launch, &reported("1.0.0", Status::Running)).unwrap();
         assert_eq!((view.status, view.nodes["edge-1"].status), (Status::Running, Status::Running));
         // Said of a version the node was not sent: the view stays as the launch left it.
-        let view = pair(fold(std::slice::from_ref(&launched)), &reported("0.9.0", Status::Running)).unwrap();
+        let view = pair(launch, &reported("0.9.0", Status::Running)).unwrap();
         assert_eq!(view.status, Status::PendingDeploy);
-        assert_eq!(view, fold(&[launched]).unwrap());
+        assert_eq!(view, fold(launch).unwrap());
         // Of a node that is not a target, or before the launch: nothing.
-        assert_eq!(pair(None, &reported("1.0.0", Status::Running)), None);
+        assert_eq!(pair(&[], &reported("1.0.0", Status::Running)), None);
     }
 }

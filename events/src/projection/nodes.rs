@@ -6,6 +6,40 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
 use crate::node::{Labels, NodeEvent, NodeState, Refused};
+use crate::projection::{Fact, ModelError, Store};
+
+/// The prefixes of its keys that hold a tenant's nodes: a tenant's deletion clears them. The
+/// revoked keys (`r/`) stay: the servers must go on refusing them.
+pub const TENANT_PREFIXES: &[&str] = &["n/"];
+
+/// The key of a node's record.
+pub fn key(tenant: &str, node: &str) -> String {
+    format!("n/{tenant}/{node}")
+}
+
+/// The key under which a revoked key is kept, with the unix second up to which the servers
+/// refuse the JWTs issued to it.
+pub fn revoked_key(key: &str) -> String {
+    format!("r/{key}")
+}
+
+/// Folds a node's event into its record, and a revoked key into the revocation list.
+pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<(), ModelError> {
+    let Fact::Node(event) = fact else { return Ok(()) };
+    match event {
+        // The server refuses the key's JWTs issued at or before this second: one more, so that a
+        // JWT minted in the second of its revocation is refused too.
+        NodeEvent::KeyRotated { previous: key, .. } | NodeEvent::Revoked { public_key: key } => {
+            store.put(revoked_key(key), envelope.time.timestamp() + 1)
+        }
+        _ => {}
+    }
+    let key = key(&envelope.tenant, &envelope.aggregate_id);
+    if let Some(record) = apply(store.get::<NodeRecord>(&key)?, envelope, event) {
+        store.put(key, record);
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -40,7 +74,7 @@ pub fn matches(labels: &Labels, selector: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-pub fn apply(record: Option<NodeRecord>, envelope: &Envelope, event: &NodeEvent) -> Option<NodeRecord> {
+fn apply(record: Option<NodeRecord>, envelope: &Envelope, event: &NodeEvent) -> Option<NodeRecord> {
     let mut record = match record {
         Some(record) => record,
         None => NodeRecord {

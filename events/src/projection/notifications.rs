@@ -12,6 +12,47 @@ use serde::{Deserialize, Serialize};
 
 use crate::application::ApplicationEvent;
 use crate::deployment::DeploymentEvent;
+use crate::envelope::Envelope;
+use crate::projection::{Fact, ModelError, Store};
+
+/// The prefixes of its keys that hold a tenant's: a tenant's deletion clears them.
+pub const TENANT_PREFIXES: &[&str] = &["a/", "i/"];
+
+/// The key of an application's updates.
+pub fn key(tenant: &str, application: &str) -> String {
+    format!("a/{tenant}/{application}")
+}
+
+/// The key of the application a deployment belongs to.
+fn index(tenant: &str, deployment: &str) -> String {
+    format!("i/{tenant}/{deployment}")
+}
+
+/// Folds an application's event, or a deployment's routed to its application.
+pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<(), ModelError> {
+    let tenant = &envelope.tenant;
+    let application = match fact {
+        Fact::Application(_) => envelope.aggregate_id.clone(),
+        Fact::Deployment(DeploymentEvent::Launched { application, .. }) => {
+            store.put(index(tenant, &envelope.aggregate_id), application.clone());
+            application.clone()
+        }
+        Fact::Deployment(_) => match store.get::<String>(&index(tenant, &envelope.aggregate_id))? {
+            Some(application) => application,
+            None => return Ok(()),
+        },
+        _ => return Ok(()),
+    };
+    let key = key(tenant, &application);
+    let mut updates = store.get::<ApplicationUpdates>(&key)?.unwrap_or_default();
+    match fact {
+        Fact::Application(event) => updates.apply_application(event),
+        Fact::Deployment(event) => updates.apply_deployment(&envelope.aggregate_id, event),
+        _ => {}
+    }
+    store.put(key, updates);
+    Ok(())
+}
 
 /// What is known of one application for its notifications.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
