@@ -208,11 +208,23 @@ fn answer(reply: LocalReply) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
-        )
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // `RUST_LOG` as a list of `target=level` (`info,edge_node=debug`): the node keeps no
+    // regular expression engine for span and field filters.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| match directives.parse::<tracing_subscriber::filter::Targets>() {
+            Ok(targets) => Some(targets),
+            Err(e) => {
+                eprintln!("RUST_LOG `{directives}` is not a list of target=level: {e}; logging at info");
+                None
+            }
+        })
+        .unwrap_or_else(|| "info,async_nats=warn".parse().expect("a valid default"));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     match runtime.block_on(run(cli)) {

@@ -783,25 +783,7 @@ async fn get_deployment(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("deployment `{id}` does not exist")))
 }
 
-/// One step of a deployment's history, read from the log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    pub sequence: u64,
-    pub time: chrono::DateTime<chrono::Utc>,
-    pub actor: String,
-    pub node: Option<String>,
-    /// The status the event brought; none for an event that changes no status.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub status: Option<events::Status>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub error: Option<events::Failure>,
-    /// What happened, for an event that changes no status (drift, a local apply).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub note: Option<String>,
-    /// Each container's status, when the node reported them.
-    #[serde(skip_serializing_if = "events::Containers::is_empty", default)]
-    pub containers: events::Containers,
-}
+pub use events::projection::history::HistoryEntry;
 
 /// Every status the deployment went through, on every node, in order: the log's own account,
 /// not the read model's latest.
@@ -810,7 +792,6 @@ async fn deployment_history(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
-    use events::deployment::DeploymentEvent;
     let meta = caller.meta(READERS)?;
     token("id", &id)?;
     let subject = events::subject::aggregate(&meta.tenant, Deployment::TYPE, &id);
@@ -824,67 +805,9 @@ async fn deployment_history(
     loaded.sort_by_key(|e| e.sequence);
     let mut history = Vec::with_capacity(loaded.len());
     for stored in &loaded {
-        let envelope = &stored.envelope;
         let corrupt = |source| ReadError::Corrupt { sequence: stored.sequence, source };
-        use events::Status as S;
-        let mut entry = HistoryEntry {
-            sequence: stored.sequence,
-            time: envelope.time,
-            actor: envelope.actor.clone(),
-            node: None,
-            status: None,
-            error: None,
-            note: None,
-            containers: events::Containers::new(),
-        };
-        if envelope.aggregate_type == events::deployment_node::TYPE {
-            let node = events::deployment_node::split(&envelope.aggregate_id).map(|(_, node)| node.to_owned());
-            let events::deployment_node::DeploymentNodeEvent::StateReported { status, error, containers, .. } =
-                envelope.event().map_err(corrupt)?;
-            (entry.node, entry.status, entry.error, entry.containers) = (node, Some(status), error, containers);
-            history.push(entry);
-            continue;
-        }
-        let event: DeploymentEvent = envelope.event().map_err(corrupt)?;
-        match event {
-            DeploymentEvent::Launched { .. } => entry.status = Some(S::PendingDeploy),
-            DeploymentEvent::StopRequested { .. } => entry.status = Some(S::PendingStop),
-            DeploymentEvent::StartRequested { .. } => entry.status = Some(S::PendingStart),
-            DeploymentEvent::UninstallRequested { .. } => entry.status = Some(S::PendingRemove),
-            DeploymentEvent::UpdateRequested { .. } => entry.status = Some(S::PendingDeploy),
-            DeploymentEvent::ApplyRequested { .. } => entry.status = Some(S::PendingApply),
-            DeploymentEvent::ForceUpdateRequested { .. } => entry.status = Some(S::PendingDeploy),
-            DeploymentEvent::TargetAdded { node, .. } => {
-                (entry.node, entry.status) = (Some(node), Some(S::PendingDeploy))
-            }
-            DeploymentEvent::TargetRemoved { node, .. } => {
-                (entry.node, entry.status) = (Some(node), Some(S::PendingRemove))
-            }
-            DeploymentEvent::NodeStateReported { node, status, error, containers, .. } => {
-                (entry.node, entry.status, entry.error, entry.containers) =
-                    (Some(node), Some(status), error, containers);
-            }
-            // The same report is in the history from the node's pair.
-            DeploymentEvent::NodesSettled { .. } => continue,
-            DeploymentEvent::DriftDetected { node, container, drift, .. } => {
-                (entry.node, entry.note) = (Some(node), Some(format!("drift: {container} {drift}")));
-            }
-            DeploymentEvent::AppliedLocally { node, .. } => {
-                (entry.node, entry.note) = (Some(node), Some("applied on the node".to_owned()));
-            }
-            DeploymentEvent::WaveReleased { nodes } => {
-                entry.note = Some(format!("rollout reaches {}", nodes.join(", ")))
-            }
-            DeploymentEvent::RolloutHalted { reason } => entry.note = Some(format!("rollout halted: {reason}")),
-            DeploymentEvent::NodeRevoked { node } => {
-                (entry.node, entry.note) = (Some(node), Some("the node's credential was revoked".to_owned()))
-            }
-            DeploymentEvent::RolledBack { version, reason, .. } => {
-                entry.status = Some(S::PendingDeploy);
-                entry.note = Some(format!("rolled back to {version}: {reason}"));
-            }
-        }
-        history.push(entry);
+        let fact = events::projection::Fact::of(&stored.envelope).map_err(corrupt)?;
+        history.extend(events::projection::history::entry(stored.sequence, &stored.envelope, fact));
     }
     Ok(Json(history))
 }

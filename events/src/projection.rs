@@ -24,6 +24,7 @@ use crate::node::NodeEvent;
 use crate::tenant::TenantEvent;
 
 pub mod deployments;
+pub mod history;
 pub mod nodes;
 pub mod notifications;
 pub mod summary;
