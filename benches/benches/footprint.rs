@@ -29,7 +29,8 @@ async fn main() {
     api.wait_node(&node).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = memory_mb(pid, "VmRSS");
-    println!("edge-node resident memory, idle          {idle:.1} MB");
+    let (anonymous, file) = (memory_mb(pid, "RssAnon"), memory_mb(pid, "RssFile"));
+    println!("edge-node resident memory, idle          {idle:.1} MB ({anonymous:.1} MB its own, {file:.1} MB mapped from files)");
     benches::record("edge_rss_idle_mb", idle);
 
     api.publish_sample("127.0.0.1:5000/sample/app:1.0.0").await;

@@ -119,9 +119,26 @@ impl Api {
         path
     }
 
+    /// Posts `body`, as a client should: asked to slow down (429), it waits as long as told
+    /// and asks again. Any other refusal ends the run, naming it.
     pub async fn post(&self, path: &str, body: Value) -> Value {
-        let response = self.http.post(format!("{}{path}", self.url)).json(&body).send().await.expect("the API answers");
-        response.json().await.unwrap_or(Value::Null)
+        loop {
+            let response =
+                self.http.post(format!("{}{path}", self.url)).json(&body).send().await.expect("the API answers");
+            let status = response.status();
+            if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                let wait = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                continue;
+            }
+            let answer = response.json().await.unwrap_or(Value::Null);
+            assert!(status.is_success(), "POST {path}: {status} {answer}");
+            return answer;
+        }
     }
 
     pub async fn get(&self, path: &str) -> Value {
