@@ -62,6 +62,7 @@ impl std::fmt::Debug for Overlay<'_> {
 trait Decoded: Any + Send {
     fn encode(&self) -> Result<Vec<u8>, serde_json::Error>;
     fn as_any(&self) -> &dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
 }
 
 impl<T: serde::Serialize + Any + Send> Decoded for T {
@@ -70,6 +71,10 @@ impl<T: serde::Serialize + Any + Send> Decoded for T {
     }
 
     fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self
     }
 }
@@ -113,6 +118,24 @@ impl Store for Overlay<'_> {
         let value: T = serde_json::from_slice(&bytes)?;
         self.values.insert(key.to_owned(), Kept { value: Some(Box::new(value.clone())), written: false });
         Ok(Some(value))
+    }
+
+    fn take<T: Value>(&mut self, key: &str) -> Result<Option<T>, ModelError> {
+        match self.values.remove(key) {
+            Some(Kept { value: Some(value), .. }) => match value.into_any().downcast::<T>() {
+                Ok(value) => Ok(Some(*value)),
+                Err(_) => Err(ModelError(format!("{key} was kept as another type"))),
+            },
+            // Removed in this batch: it stays removed until put back.
+            Some(removed) => {
+                self.values.insert(key.to_owned(), removed);
+                Ok(None)
+            }
+            None => match self.tree.get(key.as_bytes()).map_err(model_error)? {
+                Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+                None => Ok(None),
+            },
+        }
     }
 
     fn put<T: Value>(&mut self, key: String, value: T) {

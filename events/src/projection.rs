@@ -50,7 +50,11 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + 'static> Value for T {}
 
 /// Where the read models keep their values, by key. Reads see earlier writes of the same fold.
 pub trait Store {
+    /// A copy of the value at `key`.
     fn get<T: Value>(&mut self, key: &str) -> Result<Option<T>, ModelError>;
+    /// The value at `key` itself, not copied, for the caller to change and [`Store::put`]
+    /// back: a large value (every deployment of an application) changed by each event.
+    fn take<T: Value>(&mut self, key: &str) -> Result<Option<T>, ModelError>;
     fn put<T: Value>(&mut self, key: String, value: T);
     fn remove(&mut self, key: &str);
     /// Every key that starts with `prefix`, in order.
@@ -129,10 +133,15 @@ impl std::fmt::Debug for MemoryStore {
 /// A value kept as it is, of any type.
 trait KeptValue: std::any::Any + Send {
     fn as_any(&self) -> &dyn std::any::Any;
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
 }
 
 impl<T: std::any::Any + Send> KeptValue for T {
     fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
         self
     }
 }
@@ -144,6 +153,16 @@ impl Store for MemoryStore {
             Some(value) => match value.as_ref().as_any().downcast_ref::<T>() {
                 Some(value) => Ok(Some(value.clone())),
                 None => Err(ModelError(format!("{key} is kept as another type"))),
+            },
+        }
+    }
+
+    fn take<T: Value>(&mut self, key: &str) -> Result<Option<T>, ModelError> {
+        match self.values.remove(key) {
+            None => Ok(None),
+            Some(value) => match value.into_any().downcast::<T>() {
+                Ok(value) => Ok(Some(*value)),
+                Err(_) => Err(ModelError(format!("{key} is kept as another type"))),
             },
         }
     }

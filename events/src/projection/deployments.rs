@@ -245,6 +245,12 @@ impl<S: Store> Open<'_, S> {
         self.set(node, reported)
     }
 
+    /// Puts the header back as it was.
+    fn keep(self) -> Result<(), ModelError> {
+        self.store.put(key(&self.tenant, &self.id), self.header);
+        Ok(())
+    }
+
     /// Writes the header back, its status rolled up from its nodes'.
     fn close(mut self, at: DateTime<Utc>) -> Result<(), ModelError> {
         let view = &mut self.header.view;
@@ -307,7 +313,7 @@ fn deployment(store: &mut impl Store, envelope: &Envelope, event: &DeploymentEve
         return open.close(time);
     }
     // An event for a deployment this model never saw launched: nothing to show.
-    let Some(header) = store.get::<Header>(&key(&tenant, &id))? else { return Ok(()) };
+    let Some(header) = store.take::<Header>(&key(&tenant, &id))? else { return Ok(()) };
     let mut open = Open { store, tenant, id, header };
     let request = match event {
         DeploymentEvent::StopRequested { .. } => Some((Desired::Stopped, Status::PendingStop)),
@@ -427,12 +433,12 @@ fn pair(
     event: &DeploymentNodeEvent,
 ) -> Result<(), ModelError> {
     let (tenant, id) = (envelope.tenant.clone(), deployment.to_owned());
-    let Some(header) = store.get::<Header>(&key(&tenant, &id))? else { return Ok(()) };
+    let Some(header) = store.take::<Header>(&key(&tenant, &id))? else { return Ok(()) };
     let mut open = Open { store, tenant, id, header };
     let DeploymentNodeEvent::StateReported { version, status, error, containers, reported_at, .. } = event;
-    let Some(previous) = open.node(node)? else { return Ok(()) };
+    let Some(previous) = open.node(node)? else { return open.keep() };
     if !version.is_empty() && *version != open.header.view.version && previous.released {
-        return Ok(());
+        return open.keep();
     }
     open.report(node, Some(previous), *status, error, containers, *reported_at)?;
     open.close(envelope.time)

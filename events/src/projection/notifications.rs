@@ -44,7 +44,7 @@ pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<
         _ => return Ok(()),
     };
     let key = key(tenant, &application);
-    let mut updates = store.get::<ApplicationUpdates>(&key)?.unwrap_or_default();
+    let mut updates = store.take::<ApplicationUpdates>(&key)?.unwrap_or_default();
     match fact {
         Fact::Application(event) => updates.apply_application(event),
         Fact::Deployment(event) => updates.apply_deployment(&envelope.aggregate_id, event),
