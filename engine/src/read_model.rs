@@ -153,12 +153,20 @@ impl Notifications {
 
     /// The notifications of `tenant`, by deployment id, `limit` a page, after `cursor`.
     pub fn list(&self, tenant: &str, cursor: Option<&str>, limit: usize) -> anyhow::Result<Page<Notification>> {
-        let prefix = events::projection::notifications::key(tenant, "");
+        use events::projection::notifications::{key, tracked_prefix, Published, Tracked};
+        let prefix = key(tenant, "");
         let mut all = Vec::new();
         for entry in self.tree.scan_prefix(&prefix) {
             let (key, value) = entry?;
             let application = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-            let updates: ApplicationUpdates = serde_json::from_slice(&value)?;
+            let mut updates =
+                ApplicationUpdates { latest: Some(serde_json::from_slice::<Published>(&value)?), ..Default::default() };
+            let tracked = tracked_prefix(tenant, &application);
+            for entry in self.tree.scan_prefix(&tracked) {
+                let (key, value) = entry?;
+                let deployment = String::from_utf8_lossy(&key[tracked.len()..]).into_owned();
+                updates.deployments.insert(deployment, serde_json::from_slice::<Tracked>(&value)?);
+            }
             all.extend(updates.notifications(&application));
         }
         all.sort_by(|a, b| a.deployment.cmp(&b.deployment));

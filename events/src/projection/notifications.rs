@@ -16,11 +16,17 @@ use crate::envelope::Envelope;
 use crate::projection::{Fact, ModelError, Store};
 
 /// The prefixes of its keys that hold a tenant's: a tenant's deletion clears them.
-pub const TENANT_PREFIXES: &[&str] = &["a/", "i/"];
+pub const TENANT_PREFIXES: &[&str] = &["a/", "i/", "t/"];
 
-/// The key of an application's updates.
+/// The key of an application's newest published version.
 pub fn key(tenant: &str, application: &str) -> String {
     format!("a/{tenant}/{application}")
+}
+
+/// The prefix of the keys of an application's live deployments, each followed by its id: one
+/// key each, so that an event of one deployment never rewrites them all.
+pub fn tracked_prefix(tenant: &str, application: &str) -> String {
+    format!("t/{tenant}/{application}/")
 }
 
 /// The key of the application a deployment belongs to.
@@ -31,30 +37,76 @@ fn index(tenant: &str, deployment: &str) -> String {
 /// Folds an application's event, or a deployment's routed to its application.
 pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<(), ModelError> {
     let tenant = &envelope.tenant;
-    let application = match fact {
-        Fact::Application(_) => envelope.aggregate_id.clone(),
-        Fact::Deployment(DeploymentEvent::Launched { application, .. }) => {
-            store.put(index(tenant, &envelope.aggregate_id), application.clone());
-            application.clone()
-        }
-        Fact::Deployment(_) => match store.get::<String>(&index(tenant, &envelope.aggregate_id))? {
-            Some(application) => application,
-            None => return Ok(()),
-        },
-        _ => return Ok(()),
-    };
-    let key = key(tenant, &application);
-    let mut updates = store.take::<ApplicationUpdates>(&key)?.unwrap_or_default();
     match fact {
-        Fact::Application(event) => updates.apply_application(event),
-        Fact::Deployment(event) => updates.apply_deployment(&envelope.aggregate_id, event),
-        _ => {}
+        Fact::Application(event) => {
+            let key = key(tenant, &envelope.aggregate_id);
+            let latest = store.get::<Published>(&key)?;
+            if let Some(newer) = publish(latest.as_ref(), event) {
+                store.put(key, newer);
+            }
+            Ok(())
+        }
+        Fact::Deployment(event) => {
+            let index = index(tenant, &envelope.aggregate_id);
+            let application = match event {
+                DeploymentEvent::Launched { application, .. } => {
+                    store.put(index, application.clone());
+                    application.clone()
+                }
+                _ => match store.get::<String>(&index)? {
+                    Some(application) => application,
+                    None => return Ok(()),
+                },
+            };
+            let key = format!("{}{}", tracked_prefix(tenant, &application), envelope.aggregate_id);
+            let tracked = store.get::<Tracked>(&key)?;
+            match track(tracked.clone(), event) {
+                Some(now) if Some(&now) != tracked.as_ref() => store.put(key, now),
+                Some(_) => {}
+                None if tracked.is_some() => store.remove(&key),
+                None => {}
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
-    store.put(key, updates);
-    Ok(())
 }
 
-/// What is known of one application for its notifications.
+/// The newest published version after `event`, if it changed.
+fn publish(latest: Option<&Published>, event: &ApplicationEvent) -> Option<Published> {
+    let ApplicationEvent::VersionPublished { version, published_at, .. } = event else { return None };
+    latest
+        .is_none_or(|latest| newer(version, &latest.version))
+        .then(|| Published { version: version.clone(), published_at: *published_at })
+}
+
+/// A live deployment as `event` leaves it; none once uninstalled.
+fn track(tracked: Option<Tracked>, event: &DeploymentEvent) -> Option<Tracked> {
+    match event {
+        DeploymentEvent::Launched { version, nodes, .. } => {
+            Some(Tracked { version: version.clone(), nodes: nodes.clone() })
+        }
+        DeploymentEvent::UpdateRequested { version, .. } | DeploymentEvent::RolledBack { version, .. } => {
+            tracked.map(|t| Tracked { version: version.clone(), ..t })
+        }
+        DeploymentEvent::UninstallRequested { .. } => None,
+        DeploymentEvent::StopRequested { .. }
+        | DeploymentEvent::StartRequested { .. }
+        | DeploymentEvent::ApplyRequested { .. }
+        | DeploymentEvent::DriftDetected { .. }
+        | DeploymentEvent::AppliedLocally { .. }
+        | DeploymentEvent::WaveReleased { .. }
+        | DeploymentEvent::RolloutHalted { .. }
+        | DeploymentEvent::NodeRevoked { .. }
+        | DeploymentEvent::ForceUpdateRequested { .. }
+        | DeploymentEvent::TargetAdded { .. }
+        | DeploymentEvent::TargetRemoved { .. }
+        | DeploymentEvent::NodeStateReported { .. }
+        | DeploymentEvent::NodesSettled { .. } => tracked,
+    }
+}
+
+/// What is known of one application for its notifications, put together from its keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ApplicationUpdates {
     pub latest: Option<Published>,
@@ -95,41 +147,17 @@ pub fn newer(a: &str, b: &str) -> bool {
 
 impl ApplicationUpdates {
     pub fn apply_application(&mut self, event: &ApplicationEvent) {
-        if let ApplicationEvent::VersionPublished { version, published_at, .. } = event {
-            if self.latest.as_ref().is_none_or(|latest| newer(version, &latest.version)) {
-                self.latest = Some(Published { version: version.clone(), published_at: *published_at });
-            }
+        if let Some(newer) = publish(self.latest.as_ref(), event) {
+            self.latest = Some(newer);
         }
     }
 
     /// Folds an event of deployment `id`, which belongs to this application.
     pub fn apply_deployment(&mut self, id: &str, event: &DeploymentEvent) {
-        match event {
-            DeploymentEvent::Launched { version, nodes, .. } => {
-                self.deployments.insert(id.to_owned(), Tracked { version: version.clone(), nodes: nodes.clone() });
-            }
-            DeploymentEvent::UpdateRequested { version, .. } | DeploymentEvent::RolledBack { version, .. } => {
-                if let Some(tracked) = self.deployments.get_mut(id) {
-                    tracked.version = version.clone();
-                }
-            }
-            DeploymentEvent::UninstallRequested { .. } => {
-                self.deployments.remove(id);
-            }
-            DeploymentEvent::StopRequested { .. }
-            | DeploymentEvent::StartRequested { .. }
-            | DeploymentEvent::ApplyRequested { .. }
-            | DeploymentEvent::DriftDetected { .. }
-            | DeploymentEvent::AppliedLocally { .. }
-            | DeploymentEvent::WaveReleased { .. }
-            | DeploymentEvent::RolloutHalted { .. }
-            | DeploymentEvent::NodeRevoked { .. }
-            | DeploymentEvent::ForceUpdateRequested { .. }
-            | DeploymentEvent::TargetAdded { .. }
-            | DeploymentEvent::TargetRemoved { .. }
-            | DeploymentEvent::NodeStateReported { .. }
-            | DeploymentEvent::NodesSettled { .. } => {}
-        }
+        match track(self.deployments.remove(id), event) {
+            Some(tracked) => self.deployments.insert(id.to_owned(), tracked),
+            None => None,
+        };
     }
 
     /// The notifications of this application's deployments, by deployment id.
