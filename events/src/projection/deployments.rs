@@ -463,6 +463,24 @@ mod tests {
         Envelope::new(Uuid::from_u128(1), now(), "deployment", "d1", &meta, event, None)
     }
 
+    /// Version 1.0.0 of `sample` launched on `nodes`.
+    fn launched_on(nodes: &[&str]) -> DeploymentEvent {
+        DeploymentEvent::Launched {
+            application: "sample".into(),
+            version: "1.0.0".into(),
+            image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            mode: Default::default(),
+            selector: None,
+            profile: None,
+            overrides: Default::default(),
+            env: Default::default(),
+            services: Default::default(),
+            rollout: Default::default(),
+            secrets: Default::default(),
+        }
+    }
+
     fn fold_into(store: &mut MemoryStore, events: &[DeploymentEvent]) {
         for event in events {
             crate::projection::fold(store, &envelope(event), &Fact::Deployment(event.clone())).unwrap();
@@ -477,20 +495,7 @@ mod tests {
 
     #[test]
     fn a_launch_is_pending_with_a_reason_then_rolls_up_the_nodes() {
-        let launched = DeploymentEvent::Launched {
-            application: "sample".into(),
-            version: "1.0.0".into(),
-            image: "127.0.0.1:5000/sample/app:1.0.0".into(),
-            nodes: vec!["edge-1".into(), "edge-2".into()],
-            mode: Default::default(),
-            selector: None,
-            profile: None,
-            overrides: Default::default(),
-            env: Default::default(),
-            services: Default::default(),
-            rollout: Default::default(),
-            secrets: Default::default(),
-        };
+        let launched = launched_on(&["edge-1", "edge-2"]);
         let running = |node: &str| DeploymentEvent::NodeStateReported {
             node: node.into(),
             status: Status::Running,
@@ -581,20 +586,7 @@ mod tests {
 
     #[test]
     fn a_nodes_report_on_its_pair_rolls_up_like_one_on_the_deployment_and_an_old_version_counts_for_nothing() {
-        let launched = DeploymentEvent::Launched {
-            application: "sample".into(),
-            version: "1.0.0".into(),
-            image: "x:1".into(),
-            nodes: vec!["edge-1".into()],
-            mode: Default::default(),
-            selector: None,
-            profile: None,
-            overrides: Default::default(),
-            env: Default::default(),
-            services: Default::default(),
-            rollout: Default::default(),
-            secrets: Default::default(),
-        };
+        let launched = launched_on(&["edge-1"]);
         let reported = |version: &str, status: Status| DeploymentNodeEvent::StateReported {
             version: version.into(),
             status,
