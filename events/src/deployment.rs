@@ -31,8 +31,12 @@
 //!
 //! # Reports
 //!
-//! A node's report says the version it speaks of: one about a version older than the one the
-//! node was sent since changes nothing, and so does a report older than the node's last one.
+//! What a node says of a deployment is recorded on the aggregate of that pair
+//! (`crate::deployment_node`), not here: a fleet's reports do not wait on each other. The
+//! deployment takes, in batches (`SettleNodes`), only the settled reports it decides on: a
+//! phased rollout's waves and failure threshold, a guarded update's rollback. A report says
+//! the version it speaks of: one about a version older than the one the node was sent since
+//! changes nothing, and so does a report older than the node's last one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
