@@ -58,10 +58,11 @@
 //!
 //! # Settle
 //!
-//! The `settle` consumer reads the pairs' events and passes each settled report on to its
-//! deployment (`deployment.node_settled`), when the deployment decides on it: a phased rollout
-//! releases the next wave or halts, a guarded update goes back. The deployment is read as the
-//! log has it (one direct get), so an update through another engine is never missed.
+//! The `settle` consumer reads the pairs' events and passes the settled reports on to their
+//! deployment, when the deployment decides on them: a phased rollout releases the next wave or
+//! halts, a guarded update goes back. What has come in at once goes in one command per
+//! deployment (`deployment.nodes_settled`). The deployment is read as the log has it (one
+//! direct get), so an update through another engine is never missed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -878,8 +879,8 @@ struct Settling {
     /// The tenant and the deployment.
     key: (String, String),
     reports: Vec<events::deployment::Settle>,
-    /// The first report's event, whose correlation the command keeps, and every event's id.
-    first: Envelope,
+    /// The first report's correlation, which the command keeps, and every event's id.
+    correlation_id: Uuid,
     ids: Vec<Uuid>,
     messages: Vec<async_nats::jetstream::Message>,
 }
@@ -891,8 +892,8 @@ impl Settling {
         cause: Envelope,
         message: async_nats::jetstream::Message,
     ) -> Settling {
-        let ids = vec![cause.id];
-        Settling { key, reports: vec![report], first: cause, ids, messages: vec![message] }
+        let (correlation_id, ids) = (cause.correlation_id, vec![cause.id]);
+        Settling { key, reports: vec![report], correlation_id, ids, messages: vec![message] }
     }
 
     fn add(&mut self, report: events::deployment::Settle, cause: Envelope, message: async_nats::jetstream::Message) {
@@ -948,7 +949,7 @@ async fn settle_group(handler: &CommandHandler, group: &Settling) -> anyhow::Res
         tenant: tenant.clone(),
         actor: "engine:settle".to_owned(),
         command_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, &ids),
-        correlation_id: group.first.correlation_id,
+        correlation_id: group.correlation_id,
     };
     let command = DeploymentCommand::SettleNodes { reports: group.reports.clone() };
     if let Some(rejection) = refusal(handler.execute::<Deployment>(deployment, &command, &meta).await)? {

@@ -12,7 +12,7 @@
 //! recorded report names its version and every fold checks it again against the deployment as
 //! of that point of the log. The decisions that need the whole deployment (a phased rollout's
 //! waves, its failure threshold, a guarded update's rollback) are the deployment's: the engine
-//! passes a settled report on to it (`DeploymentCommand::SettleNode`).
+//! passes settled reports on to it (`DeploymentCommand::SettleNodes`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

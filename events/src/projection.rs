@@ -180,3 +180,87 @@ impl Store for MemoryStore {
         Ok(keys.cloned().collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deployment_node::DeploymentNodeEvent;
+    use crate::envelope::Metadata;
+    use crate::status::Status;
+    use crate::testing::now;
+    use uuid::Uuid;
+
+    fn envelope(tenant: &str, aggregate_type: &str, id: &str, event: &impl crate::EventPayload) -> Envelope {
+        let meta = Metadata {
+            tenant: tenant.into(),
+            actor: "ops".into(),
+            correlation_id: Uuid::from_u128(7),
+            causation_id: Uuid::from_u128(7),
+        };
+        Envelope::new(Uuid::from_u128(1), now(), aggregate_type, id, &meta, event, None)
+    }
+
+    /// Folds every event of `tenant` named here into `store`: a node, its revocation, a
+    /// published version, a launch and a node's report of it.
+    fn history(store: &mut MemoryStore, tenant: &str) {
+        let launched = DeploymentEvent::Launched {
+            application: "sample".into(),
+            version: "1.0.0".into(),
+            image: "127.0.0.1:5000/sample/app:1.0.0".into(),
+            nodes: vec!["edge-1".into()],
+            mode: Default::default(),
+            selector: None,
+            profile: None,
+            overrides: Default::default(),
+            env: Default::default(),
+            services: Default::default(),
+            rollout: Default::default(),
+            secrets: Default::default(),
+        };
+        let reported = DeploymentNodeEvent::StateReported {
+            version: "1.0.0".into(),
+            status: Status::Running,
+            error: None,
+            containers: Default::default(),
+            reported_at: now(),
+            requests: 1,
+        };
+        let published = ApplicationEvent::VersionPublished {
+            version: "1.1.0".into(),
+            published_at: now(),
+            digests: Default::default(),
+        };
+        let key = format!("U{tenant}");
+        let envelopes = [
+            envelope(tenant, "node", "edge-1", &NodeEvent::Registered { labels: Default::default() }),
+            envelope(tenant, "node", "edge-1", &NodeEvent::Revoked { public_key: key }),
+            envelope(tenant, "application", "sample", &published),
+            envelope(tenant, "deployment", "d1", &launched),
+            envelope(tenant, "deployment_node", "d1.edge-1", &reported),
+        ];
+        for envelope in envelopes {
+            fold(store, &envelope, &Fact::of(&envelope).unwrap()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_tenants_deletion_clears_what_every_model_keeps_of_it_but_the_revoked_keys() {
+        let mut store = MemoryStore::default();
+        history(&mut store, "acme");
+        history(&mut store, "other");
+        let of = |store: &mut MemoryStore, tenant: &str| -> Vec<String> {
+            store.keys("").unwrap().into_iter().filter(|k| k.contains(&format!("/{tenant}/"))).collect()
+        };
+        let kept = of(&mut store, "acme");
+        for prefix in ["d/", "p/", "n/", "a/", "t/", "i/"] {
+            assert!(kept.iter().any(|k| k.starts_with(prefix)), "no {prefix} key before the deletion: {kept:?}");
+        }
+
+        let deleted = envelope("acme", "tenant", "acme", &TenantEvent::Deleted { at: now() });
+        fold(&mut store, &deleted, &Fact::of(&deleted).unwrap()).unwrap();
+        assert_eq!(of(&mut store, "acme"), Vec::<String>::new());
+        assert_eq!(of(&mut store, "other").len(), kept.len(), "another tenant keeps everything");
+        let revoked = store.keys("r/").unwrap();
+        assert_eq!(revoked, ["r/Uacme", "r/Uother"], "the servers go on refusing a deleted tenant's keys");
+    }
+}
