@@ -16,11 +16,13 @@ use futures::{Stream, StreamExt};
 
 use crate::store::ConsumeError;
 
-/// How one pull waits and how often the server says it is alive.
+/// How one pull waits, how often the server says it is alive, and how many messages it asks
+/// for at once.
 #[derive(Debug, Clone, Copy)]
 pub struct Pull {
     pub expires: Duration,
     pub heartbeat: Duration,
+    pub batch: usize,
 }
 
 /// The longest pause between attempts to find or make the consumer.
@@ -69,8 +71,9 @@ where
                 continue;
             };
             let Some(messages) = self.messages.as_mut() else {
-                let Pull { expires, heartbeat } = self.pull;
-                match consumer.stream().expires(expires).heartbeat(heartbeat).messages().await {
+                let Pull { expires, heartbeat, batch } = self.pull;
+                let pulled = consumer.stream().max_messages_per_batch(batch).expires(expires).heartbeat(heartbeat);
+                match pulled.messages().await {
                     Ok(messages) => self.messages = Some(messages),
                     Err(e) => {
                         tracing::warn!(consumer = name, error = %e, "pulling; the consumer is found again");

@@ -459,6 +459,18 @@ impl Agent {
         Some(w.units.values().map(|u| (u.name.clone(), u.container_ref())).collect())
     }
 
+    /// Whether a runtime step of the deployment is under way.
+    pub fn busy(&self, deployment: &str) -> bool {
+        self.workloads.get(deployment).is_some_and(|w| w.busy || w.units.values().any(|u| u.busy))
+    }
+
+    /// Lets go of a deployment, leaving its containers as they are, so that it is taken up
+    /// again ([`Agent::recover`]) from all its work: work the link delayed behind later work
+    /// is then folded in the order it was written.
+    pub fn let_go(&mut self, deployment: &str) {
+        self.workloads.remove(deployment);
+    }
+
     /// Whether a forced update of the deployment is still under way.
     pub fn refreshing(&self, deployment: &str) -> bool {
         self.workloads.get(deployment).is_some_and(|w| w.units.values().any(|u| u.refreshing))
@@ -1551,6 +1563,23 @@ mod tests {
         let actions = drain(&mut agent);
         assert_eq!(actions.len(), 1, "a running container is not stopped and started again: {actions:?}");
         assert_eq!(reported(&actions), [Status::Running]);
+    }
+
+    #[test]
+    fn a_deploy_that_came_after_its_stop_is_taken_up_again_in_order_and_never_started() {
+        let mut agent = agent();
+        agent.handle(work_for(|deployment| NodeWork::Stop { deployment }));
+        assert_eq!(drain(&mut agent), [], "a stop of a deployment the node does not hold does nothing");
+        agent.let_go("d1");
+        let works = vec![deploy_work(Mode::default()), NodeWork::Stop { deployment: "d1".into() }];
+        recover(&mut agent, works, Observed::default());
+        let actions = drain(&mut agent);
+        assert_eq!(reported(&actions), [Status::Stopped], "held, and stopped as the later stop asks: {actions:?}");
+        assert_eq!(actions.len(), 1, "nothing pulled, made or started: {actions:?}");
+        assert!(!agent.busy("d1"));
+        agent.handle(work_for(|deployment| NodeWork::Start { deployment }));
+        assert!(matches!(drain(&mut agent).last(), Some(Action::Pull { .. })), "a start then brings it up");
+        assert!(agent.busy("d1"));
     }
 
     #[test]

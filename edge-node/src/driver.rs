@@ -19,7 +19,7 @@
 //! [`run_on`] runs a node on a connection and a sled database it may share with other nodes:
 //! the fleet benchmark and the chaos test run thousands in one process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ use events::work::NodeWork;
 use events::{Envelope, Status};
 
 use crate::agent::{Action, Agent, Check, Input, Lookup};
-use crate::desired::Desired;
+use crate::desired::{Desired, Kept};
 use crate::local::{LocalReply, LocalRequest};
 use crate::outbox::Outbox;
 use crate::runtime::{ContainerRuntime, ContainerSpec, ErrorCode, Observed, RuntimeError, SecretFile};
@@ -151,7 +151,7 @@ pub async fn run_on<R: ContainerRuntime>(
 
     // Work arrives through a task of its own, which rides out a lost link: the loop goes on
     // deciding meanwhile.
-    let (work_tx, mut work) = mpsc::channel::<jetstream::Message>(64);
+    let (work_tx, mut work) = mpsc::channel::<jetstream::Message>(WORK_TAKEN_AT_ONCE);
     let _receiver = AbortOnDrop(tokio::spawn(receive_work(js.clone(), config.clone(), work_tx)));
     let mut log_requests = client.subscribe(events::logs::subject(&config.tenant, &config.node)).await?;
     let (local_tx, mut local_requests) = mpsc::channel::<(LocalRequest, oneshot::Sender<LocalReply>)>(8);
@@ -168,24 +168,29 @@ pub async fn run_on<R: ContainerRuntime>(
     tracing::info!(node = %config.node, tenant = %config.tenant, "edge node started");
 
     // What was accepted before a restart is taken up again.
-    // Each deployment is taken up from all the work it received and from what the runtime
-    // really has, so nothing is pulled, created or restarted twice.
     for group in desired.all()? {
         let works: Vec<NodeWork> =
             group.iter().filter_map(|e| accept(e, &config, &actor, &mut causes)).filter_map(as_work).collect();
-        let Some((deployment, lookups)) = agent.recover(works) else { continue };
-        let mut observed = BTreeMap::new();
-        for Lookup { service, name, image } in lookups {
-            let found = runtime.observe(&name, &image).await.unwrap_or_else(|e| {
-                tracing::warn!(container = name, error = %e, "could not observe; starting over");
-                Observed::default()
-            });
-            observed.insert(service, found);
-        }
-        agent.handle(Input::Recovered { deployment, observed });
+        take_up(&mut agent, runtime.as_ref(), works).await;
     }
+    // Deployments that received work behind later work: each is taken up again from all its
+    // work, in order, once no step of it is under way.
+    let mut late: BTreeSet<String> = BTreeSet::new();
 
     loop {
+        let ready: Vec<String> = late.iter().filter(|d| !agent.busy(d)).cloned().collect();
+        for deployment in ready {
+            late.remove(&deployment);
+            tracing::info!(deployment, "work came behind later work: the deployment is taken up again in order");
+            agent.let_go(&deployment);
+            let works: Vec<NodeWork> = desired
+                .of(&deployment)?
+                .iter()
+                .filter_map(|e| accept(e, &config, &actor, &mut causes))
+                .filter_map(as_work)
+                .collect();
+            take_up(&mut agent, runtime.as_ref(), works).await;
+        }
         watched_tx.send_if_modified(|watched| {
             let now = agent.watched();
             let changed = *watched != now;
@@ -252,31 +257,40 @@ pub async fn run_on<R: ContainerRuntime>(
             }
         }
         let input = tokio::select! {
-            Some(message) = work.recv() => {
-                let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-                let input = match Envelope::decode(&message.payload) {
-                    Ok(envelope) => {
-                        let input = accept(&envelope, &config, &actor, &mut causes);
-                        match &input {
-                            // Delivered again (its ack was lost): it was carried out already.
-                            Some(Input::Work(work)) if !desired.keep(work.deployment(), &envelope, sequence)? => None,
-                            _ => input,
+            Some(first) = work.recv() => {
+                // A node that missed much work takes all of it (the consumer says how much
+                // is behind each piece) before the agent acts, and goes straight to the last
+                // piece's wanted state: one step and a report or two per deployment.
+                let mut pieces = Vec::new();
+                let mut messages = vec![first];
+                let began = tokio::time::Instant::now();
+                loop {
+                    while messages.len() < WORK_TAKEN_AT_ONCE {
+                        let Ok(message) = work.try_recv() else { break };
+                        messages.push(message);
+                    }
+                    let behind = messages.last().and_then(|m| m.info().ok()).map_or(0, |info| info.pending);
+                    take_work(&desired, std::mem::take(&mut messages), &config, &actor, &mut causes, &mut pieces).await?;
+                    if behind == 0 || began.elapsed() > CATCHING_UP_AT_MOST {
+                        break;
+                    }
+                    match tokio::time::timeout(CATCHING_UP_AT_MOST, work.recv()).await {
+                        Ok(Some(message)) => messages.push(message),
+                        _ => break,
+                    }
+                }
+                for (work, kept) in pieces {
+                    match kept {
+                        Kept::InOrder => agent.handle(Input::Work(work)),
+                        Kept::Late => {
+                            late.insert(work.deployment().to_owned());
                         }
+                        // Delivered again (its ack was lost), or older than the removal of
+                        // its deployment: nothing to do.
+                        Kept::Again | Kept::Superseded => {}
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "skipping malformed work");
-                        None
-                    }
-                };
-                // Kept (or refused) first, acked after: a crash in between brings it again. An
-                // ack lost with the link brings it again too, and it is recognised then.
-                if let Err(e) = message.ack().await {
-                    tracing::warn!(sequence, error = %e, "acking work");
                 }
-                match input {
-                    Some(input) => input,
-                    None => continue,
-                }
+                continue;
             }
             Some(outcome) = outcomes.recv() => outcome,
             Some((request, reply)) = local_requests.recv() => {
@@ -292,7 +306,7 @@ pub async fn run_on<R: ContainerRuntime>(
                             let local = Metadata { correlation_id: id, causation_id: id, ..meta.clone() };
                             let envelope =
                                 Envelope::new(id, Utc::now(), events::work::AGGREGATE_TYPE, &config.node, &local, &work, None);
-                            desired.keep(&deployment, &envelope, 0)?;
+                            desired.keep(&[(&deployment, &envelope, 0)])?;
                             causes.insert(deployment.clone(), local.clone());
                             let applied = NodeReport::AppliedLocally { deployment: deployment.clone() };
                             outbox.push(&config.node, &local, &applied, Utc::now())?;
@@ -336,6 +350,41 @@ pub async fn run_on<R: ContainerRuntime>(
     }
 }
 
+/// Keeps `messages` of work in the work log, in one write, then acks them; adds each piece of
+/// work to `pieces` with what became of it.
+async fn take_work(
+    desired: &Desired,
+    messages: Vec<jetstream::Message>,
+    config: &NodeConfig,
+    actor: &str,
+    causes: &mut HashMap<String, Metadata>,
+    pieces: &mut Vec<(NodeWork, Kept)>,
+) -> anyhow::Result<()> {
+    let mut taken = Vec::with_capacity(messages.len());
+    for message in &messages {
+        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        match Envelope::decode(&message.payload) {
+            Ok(envelope) => {
+                if let Some(work) = accept(&envelope, config, actor, causes).and_then(as_work) {
+                    taken.push((work, envelope, sequence));
+                }
+            }
+            Err(e) => tracing::error!(sequence, error = %e, "skipping malformed work"),
+        }
+    }
+    let offered: Vec<_> = taken.iter().map(|(work, e, sequence)| (work.deployment(), e, *sequence)).collect();
+    let kept = desired.keep(&offered)?;
+    // Kept (or refused) first, acked after: a crash in between brings it again. An ack lost
+    // with the link brings it again too, and it is recognised then.
+    for message in &messages {
+        if let Err(e) = message.ack().await {
+            tracing::warn!(error = %e, "acking work");
+        }
+    }
+    pieces.extend(taken.into_iter().map(|(work, _, _)| work).zip(kept));
+    Ok(())
+}
+
 /// Reads a work envelope into an input for the agent, remembering what caused it; `None` for
 /// work of a kind this node does not know.
 fn accept(
@@ -359,6 +408,21 @@ fn accept(
     };
     causes.insert(work.deployment().to_owned(), meta);
     Some(Input::Work(work))
+}
+
+/// Takes a deployment up from all its work, in order, and from what the runtime really has of
+/// it, so nothing is pulled, created or restarted twice.
+async fn take_up<R: ContainerRuntime>(agent: &mut Agent, runtime: &R, works: Vec<NodeWork>) {
+    let Some((deployment, lookups)) = agent.recover(works) else { return };
+    let mut observed = BTreeMap::new();
+    for Lookup { service, name, image } in lookups {
+        let found = runtime.observe(&name, &image).await.unwrap_or_else(|e| {
+            tracing::warn!(container = name, error = %e, "could not observe; starting over");
+            Observed::default()
+        });
+        observed.insert(service, found);
+    }
+    agent.handle(Input::Recovered { deployment, observed });
 }
 
 fn as_work(input: Input) -> Option<NodeWork> {
@@ -478,6 +542,11 @@ where
     });
 }
 
+/// How many pieces of work are kept in one write, at most.
+const WORK_TAKEN_AT_ONCE: usize = 256;
+/// How long a node catching up takes work before its agent acts on what it has, at most.
+const CATCHING_UP_AT_MOST: Duration = Duration::from_millis(500);
+
 /// How long one pull of the node's work waits, and how often the server says it is alive
 /// while no work comes. Every node of a fleet holds a pull on the server: a heartbeat every
 /// five seconds is 2,000 messages a second for 10,000 nodes.
@@ -490,7 +559,7 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 /// read it.
 async fn receive_work(js: jetstream::Context, config: NodeConfig, work: mpsc::Sender<jetstream::Message>) {
     let name = events::subject::node_consumer(&config.tenant, &config.node);
-    let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT };
+    let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT, batch: events::work::IN_FLIGHT };
     let find = || {
         let (js, stream, name) = (js.clone(), config.stream.clone(), name.clone());
         async move {
@@ -524,24 +593,35 @@ async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<Notify
             let _ = tokio::time::timeout(Duration::from_secs(1), sent.notified()).await;
             continue;
         }
+        // Sent together, in order, and each removed once acknowledged; what failed is sent
+        // again from the oldest (the server stores a report sent twice once).
+        let mut failed = None;
+        let mut acks = Vec::with_capacity(pending.len());
         for report in pending {
             let message = jetstream::message::PublishMessage::build().payload(report.bytes).message_id(&report.msg_id);
-            let acked = match js.send_publish(subject.clone(), message).await {
-                Ok(ack) => ack.await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match acked {
+            match js.send_publish(subject.clone(), message).await {
+                Ok(ack) => acks.push((report.key, ack)),
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        for (key, ack) in acks {
+            match ack.await {
                 Ok(_) => {
-                    if let Err(e) = outbox.remove(report.key) {
+                    if let Err(e) = outbox.remove(key) {
                         tracing::error!(error = %e, "removing a sent report from the outbox");
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, pending = outbox.len(), "the outbox waits for the link");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    break;
+                    failed.get_or_insert(e.to_string());
                 }
             }
+        }
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, pending = outbox.len(), "the outbox waits for the link");
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 }

@@ -153,9 +153,10 @@ pub async fn node_consumer(store: &EventStore, tenant: &str, node: &str) -> Resu
         ack_policy: consumer::AckPolicy::Explicit,
         // Work the link lost on its way is sent again soon after the link is back.
         ack_wait: NODE_ACK_WAIT,
-        // One piece of work in flight: what the link lost comes again before anything after it,
-        // so a node carries out its work in the order the engine wrote it.
-        max_ack_pending: 1,
+        // Many pieces in flight: a node that was cut off takes what it missed in a few round
+        // trips. What the link lost comes again behind later work, and the node folds each
+        // deployment's work in stream order whatever order it arrives in (`edge_node::desired`).
+        max_ack_pending: events::work::IN_FLIGHT as i64,
         ..Default::default()
     };
     durable(store, &name, config).await

@@ -89,6 +89,8 @@ const MAX_DELIVERIES: i64 = 5;
 /// How long one pull waits, and how often the server says the consumer is alive.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How many messages one pull of a worker asks for (the client's default).
+const PULL_BATCH: usize = 200;
 
 async fn durable(
     store: &EventStore,
@@ -119,7 +121,7 @@ where
     F: FnMut(String, StoredEvent) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT };
+    let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT, batch: PULL_BATCH };
     let messages = bus::consume::durable(name, pull, move || durable(store, name, filter));
     let mut messages = std::pin::pin!(messages);
     while let Some(message) = messages.next().await {
@@ -142,7 +144,7 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     use std::hash::{Hash, Hasher};
-    let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT };
+    let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT, batch: PULL_BATCH };
     let messages = bus::consume::durable(name, pull, move || durable(store, name, filter));
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..LANES).map(|_| tokio::sync::mpsc::channel(LANE_DEPTH)).unzip();
     let handle = &handle;
@@ -847,7 +849,7 @@ async fn report_state(
 pub async fn settle(handler: CommandHandler) -> anyhow::Result<()> {
     let store = handler.store().clone();
     let (name, filter) = ("settle", events::subject::ALL_DEPLOYMENT_NODES);
-    let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT };
+    let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT, batch: PULL_BATCH };
     let messages = bus::consume::durable(name, pull, || durable(&store, name, filter));
     let mut chunks = std::pin::pin!(messages.ready_chunks(SETTLED_AT_ONCE));
     while let Some(chunk) = chunks.next().await {

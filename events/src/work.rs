@@ -12,6 +12,11 @@ use crate::deployment::Mode;
 /// The `aggregate_type` of work envelopes; the aggregate id is the node.
 pub const AGGREGATE_TYPE: &str = "node_work";
 
+/// How many pieces of a node's work its consumer lets wait for an ack at once, and how many
+/// one pull of the node asks for: a node that was cut off takes what it missed in a few round
+/// trips.
+pub const IN_FLIGHT: usize = 512;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeWork {
