@@ -1,6 +1,6 @@
-//! A fleet of simulated nodes in this process, each enrolled with a credential of its own, on
-//! a TLS connection of its own, with its own durable consumer, outbox and work log (sled
-//! databases on tmpfs of 100 nodes each): the time until all are connected and consuming, with
+//! A fleet of simulated nodes in this process ([`tests::SimFleet`]), each enrolled with a
+//! credential of its own, on a TLS connection of its own, with its own durable consumer,
+//! outbox and work log: the time until all are connected and consuming, with
 //! nats-server's memory then; one launch by label selector until every node is `running` in the
 //! read model; then an update across the fleet in a phased rollout until every node runs the
 //! new version.
@@ -9,34 +9,20 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::Api;
-use edge_node::driver::{self, Attachment};
-use edge_node::sim::SimRuntime;
-use edge_node::NodeConfig;
 use events::Status;
 use serde_json::json;
-use tests::NatsServer;
-
-/// Nodes per connection when they share them (`FLEET_SHARED=1`), for comparison.
-const NODES_PER_SHARED_CONNECTION: usize = 500;
-/// Nodes per shared sled database: sled grows out of proportion with thousands of trees in one.
-const NODES_PER_DATABASE: usize = 100;
+use tests::{NatsServer, SimFleet};
 
 /// Starts `size` simulated nodes labelled `fleet=sim`, and waits until the engine knows them.
-async fn start_fleet(
-    nats: &NatsServer,
-    api: &Api,
-    size: usize,
-) -> (Vec<tokio::task::JoinHandle<()>>, tempfile::TempDir) {
-    let data = tempfile::tempdir_in("/dev/shm").expect("a directory on tmpfs");
-    let mut nodes = Vec::with_capacity(size);
+async fn start_fleet(nats: &NatsServer, api: &Api, size: usize) -> SimFleet {
     let started = Instant::now();
-    let mut credentials = Vec::with_capacity(size);
+    let mut enrolled = Vec::with_capacity(size);
     for i in 0..size {
-        credentials.push(api.enroll(&format!("sim-{i:05}")).await);
+        let node = format!("sim-{i:05}");
+        enrolled.push((node.clone(), api.enroll(&node).await));
     }
     println!("  {size} nodes enrolled in {:.1?}", started.elapsed());
     // Each node's consumer is made by the engine; a node connects once it is there.
@@ -48,48 +34,8 @@ async fn start_fleet(
     .await;
 
     let started = Instant::now();
-    let mut db = None;
-    let shared = std::env::var("FLEET_SHARED").is_ok();
-    let mut connection = None;
-    for (i, credentials) in credentials.into_iter().enumerate() {
-        if i % NODES_PER_DATABASE == 0 {
-            let path = data.path().join(format!("db-{}", i / NODES_PER_DATABASE));
-            db = Some(sled::Config::new().path(path).flush_every_ms(None).open().expect("a sled of the fleet"));
-        }
-        let node = format!("sim-{i:05}");
-        let config = NodeConfig {
-            nats_url: nats.url(),
-            credentials: Some(credentials),
-            ca: Some(nats.trust().ca()),
-            node: node.clone(),
-            labels: [("fleet".to_owned(), "sim".to_owned())].into(),
-            data_dir: data.path().join(&node),
-            heartbeat: Duration::from_secs(3600),
-            reconcile: Duration::from_secs(3600),
-            ..NodeConfig::default()
-        };
-        // For comparison only: nodes sharing a few connections (`FLEET_SHARED=1`).
-        if shared && i % NODES_PER_SHARED_CONNECTION == 0 {
-            connection = Some(nats.client().await);
-        }
-        let (js, links) = match &connection {
-            Some(client) if shared => {
-                (async_nats::jetstream::new(client.clone()), tokio::sync::mpsc::unbounded_channel().1)
-            }
-            _ => {
-                let (client, links) = driver::connect(&config).await.expect("the node connects");
-                (config.connection().jetstream(client), links)
-            }
-        };
-        let attachment =
-            Attachment { js, links, db: db.clone().expect("a database"), trees: format!("{node}/"), control: None };
-        let runtime = Arc::new(SimRuntime::new(Duration::ZERO));
-        nodes.push(tokio::spawn(async move {
-            if let Err(e) = driver::run_on(config, runtime, attachment).await {
-                println!("{node} stopped: {e:#}");
-            }
-        }));
-    }
+    let labels = [("fleet".to_owned(), "sim".to_owned())].into();
+    let fleet = SimFleet::start(&nats.url(), &nats.trust().ca(), enrolled, &labels).await;
     tests::eventually("every node to register", Duration::from_secs(600), || async {
         let online = api.engine.nodes.all().ok()?;
         (online.iter().filter(|n| n.state == Some(events::node::NodeState::Online)).count() >= size).then_some(())
@@ -100,7 +46,7 @@ async fn start_fleet(
     println!("  {size} nodes connected with their own credentials and consuming in {connected:.1?}; nats-server RSS {rss:.0} MB");
     benches::record(&format!("fleet_{size}_connected_s"), connected.as_secs_f64());
     benches::record(&format!("fleet_{size}_nats_rss_mb"), rss);
-    (nodes, data)
+    fleet
 }
 
 /// Waits until every node of deployment `id` runs `version` (the deployment's status is the
@@ -122,7 +68,7 @@ async fn fleet(size: usize) {
     api.post("/v1/applications/sample/versions", json!({"version": "2.0.0", "image": &tests::sim_image("2.0.0")}))
         .await;
     api.post("/v1/applications/sample/versions/2.0.0/publish", json!({})).await;
-    let (nodes, _data) = start_fleet(&nats, &api, size).await;
+    let fleet = start_fleet(&nats, &api, size).await;
 
     let start = Instant::now();
     let launched = api
@@ -139,9 +85,7 @@ async fn fleet(size: usize) {
     let update = all_running(&api, &id, "2.0.0", start).await;
     println!("  update in waves of 10% to {size} nodes running {:.2} s", update.as_secs_f64());
     benches::record(&format!("fleet_{size}_update_s"), update.as_secs_f64());
-    for node in nodes {
-        node.abort();
-    }
+    drop(fleet);
 }
 
 #[tokio::main]

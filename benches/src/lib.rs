@@ -85,18 +85,25 @@ pub struct Api {
 
 impl Api {
     pub async fn start(nats: &tests::NatsServer) -> Api {
+        Api::start_on(&nats.url(), nats.trust(), 1).await
+    }
+
+    /// An engine on `nats_url` (one server or a cluster's members) trusted by `trust`, whose
+    /// streams keep `replicas`.
+    pub async fn start_on(nats_url: &str, trust: &engine::trust::Trust, replicas: usize) -> Api {
         let data = tempfile::tempdir().expect("a temporary directory");
         let config = EngineConfig {
-            nats_url: nats.url(),
-            trust_dir: nats.trust().dir().to_owned(),
+            nats_url: nats_url.to_owned(),
+            trust_dir: trust.dir().to_owned(),
             listen: "127.0.0.1:0".parse().expect("a loopback address"),
             data_dir: data.path().join("engine"),
-            tls: Some(engine::trust::Trust::server_tls(nats.trust().dir())),
+            store: bus::store::StoreConfig { replicas, ..Default::default() },
+            tls: Some(engine::trust::Trust::server_tls(trust.dir())),
             ..EngineConfig::default()
         };
         let engine = Engine::start(config).await.expect("the engine starts");
         let url = format!("https://{}", engine.api_addr);
-        let (nats_url, ca) = (nats.url(), nats.trust().ca());
+        let (nats_url, ca) = (nats_url.to_owned(), trust.ca());
         let http = tests::admin_client(&engine.commands, &ca).await;
         Api { engine, url, http, nats_url, ca, data }
     }

@@ -1,9 +1,14 @@
-//! The engine on a three-server JetStream cluster, and two engine processes at once.
+//! The engine on a three-server JetStream cluster, and several engines at once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bus::store::{EventStore, StoreConfig};
-use tests::{NatsCluster, NatsServer};
+use events::deployment::DeploymentEvent;
+use events::deployment_node::DeploymentNodeEvent;
+use events::work::NodeWork;
+use events::Status;
+use serde_json::json;
+use tests::{NatsCluster, NatsServer, SimFleet};
 
 use crate::harness::{launch, TestEngine, TestNode, IMAGE_1_0_0};
 
@@ -89,4 +94,99 @@ async fn two_engines_at_once_share_the_work_without_doing_anything_twice() {
         assert_eq!(found.len(), 1, "{id}");
     }
     node.stop().await;
+}
+
+/// How long a rollout on a cluster may take once a server and an engine died under it.
+const FAILOVER: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How many of the deployment's nodes run `version` in `engine`'s read model.
+fn running(engine: &TestEngine, id: &str) -> usize {
+    let view = engine.engine.deployments.get("default", id).ok().flatten();
+    view.map_or(0, |v| v.nodes.values().filter(|n| n.status == Status::Running).count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_engines_finish_a_rollout_to_200_nodes_with_an_engine_and_a_server_killed_midway() {
+    const FLEET: usize = 200;
+    let mut cluster = NatsCluster::start(3).await;
+    let (url, trust) = (cluster.url(), cluster.trust().clone());
+    let first = TestEngine::start_on(&url, &trust, 3).await;
+    let second = TestEngine::start_on(&url, &trust, 3).await;
+    let third = TestEngine::start_on(&url, &trust, 3).await;
+    first.publish_sample(&tests::sim_image("1.0.0")).await;
+    let mut enrolled = Vec::with_capacity(FLEET);
+    for i in 0..FLEET {
+        let name = format!("sim-{i:03}");
+        enrolled.push((name.clone(), first.enroll(&name).await));
+    }
+    let labels = [("fleet".to_owned(), "sim".to_owned())].into();
+    let fleet = SimFleet::start(&url, &trust.ca(), enrolled, &labels).await;
+    tests::eventually("every node to be online", crate::harness::TIMEOUT, || async {
+        let nodes = third.engine.nodes.all().ok()?;
+        let online = nodes.iter().filter(|n| n.state == Some(events::node::NodeState::Online)).count();
+        (online == FLEET).then_some(())
+    })
+    .await;
+
+    // A rollout in waves of ten nodes, through the first engine.
+    let body =
+        json!({"application": "sample", "version": "1.0.0", "selector": {"fleet": "sim"}, "rollout": {"batch": 10}});
+    let (status, launched) = first.post("/v1/deployments", body).await;
+    assert_eq!(status, 201, "{launched}");
+    let id = launched["id"].as_str().unwrap().to_owned();
+    tests::eventually("the first waves to run", crate::harness::TIMEOUT, || async {
+        (running(&first, &id) >= 30).then_some(())
+    })
+    .await;
+    // The second engine and a server die mid-rollout, whatever they were doing.
+    drop(second);
+    cluster.servers[0].kill();
+    let at_kill = running(&first, &id);
+    assert!(at_kill < FLEET, "the rollout was still under way: {at_kill} of {FLEET} running");
+
+    // A node whose consumer's leader died with the server pulls again once the server's
+    // heartbeats stop coming (10 s), and holds a place in its wave until then.
+    for engine in [&first, &third] {
+        tests::eventually("every node to run, with an engine and a server gone", FAILOVER, || async {
+            (running(engine, &id) == FLEET).then_some(())
+        })
+        .await;
+    }
+
+    // Nothing lost, nothing done twice.
+    let store = EventStore::open(cluster.servers[1].client().await, &StoreConfig { replicas: 3, ..Default::default() })
+        .await
+        .unwrap();
+    let log = store.load(&events::subject::aggregate("default", "deployment", &id)).await.unwrap();
+    let mut released: BTreeMap<String, usize> = BTreeMap::new();
+    for event in &log.events {
+        if let Ok(DeploymentEvent::WaveReleased { nodes }) = event.envelope.event::<DeploymentEvent>() {
+            for node in nodes {
+                *released.entry(node).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(released.len(), FLEET, "every node released");
+    assert!(released.values().all(|n| *n == 1), "no node released twice: {released:?}");
+    for node in &fleet.nodes {
+        let work = store.load(&events::subject::node_desired("default", &node.name)).await.unwrap();
+        let deploys = work
+            .events
+            .iter()
+            .filter(|e| matches!(e.envelope.event::<NodeWork>(), Ok(NodeWork::Deploy { deployment, .. }) if deployment == id))
+            .count();
+        assert_eq!(deploys, 1, "{} got its work once", node.name);
+        assert_eq!(node.runtime.containers().len(), 1, "{} made one container", node.name);
+        let pair = events::deployment_node::id(&id, &node.name);
+        let reports = store.load(&events::subject::aggregate("default", "deployment_node", &pair)).await.unwrap();
+        let (mut seen, mut last) = (BTreeSet::new(), None);
+        for event in &reports.events {
+            let Ok(DeploymentNodeEvent::StateReported { status, reported_at, .. }) = event.envelope.event() else {
+                panic!("{}: an event of another kind on the pair", node.name);
+            };
+            assert!(seen.insert((status, reported_at)), "{}: the report {status:?} recorded twice", node.name);
+            last = Some(status);
+        }
+        assert_eq!(last, Some(Status::Running), "{}: the last report", node.name);
+    }
 }

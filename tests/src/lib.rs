@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+mod fleet;
 mod link;
+pub use fleet::{SimFleet, SimMember};
 pub use link::Link;
 
 /// The workspace root.
