@@ -1,6 +1,6 @@
-//! A fleet of simulated nodes in this process ([`tests::SimFleet`]), each enrolled with a
-//! credential of its own, on a TLS connection of its own, with its own durable consumer,
-//! outbox and work log: the time until all are connected and consuming, with
+//! A fleet of simulated nodes ([`tests::SimFleet`]) in a process of their own
+//! ([`benches::FleetProcess`]), each enrolled with a credential of its own, on a TLS connection
+//! of its own, with its own durable consumer, outbox and work log: the time until all are connected and consuming, with
 //! nats-server's memory then; one launch by label selector until every node is `running` in the
 //! read model; then an update across the fleet in a phased rollout until every node runs the
 //! new version.
@@ -12,12 +12,13 @@
 use std::time::{Duration, Instant};
 
 use benches::Api;
+use benches::FleetProcess;
 use events::Status;
 use serde_json::json;
-use tests::{NatsServer, SimFleet};
+use tests::NatsServer;
 
 /// Starts `size` simulated nodes labelled `fleet=sim`, and waits until the engine knows them.
-async fn start_fleet(nats: &NatsServer, api: &Api, size: usize) -> SimFleet {
+async fn start_fleet(nats: &NatsServer, api: &Api, size: usize) -> FleetProcess {
     let started = Instant::now();
     let mut enrolled = Vec::with_capacity(size);
     for i in 0..size {
@@ -35,7 +36,7 @@ async fn start_fleet(nats: &NatsServer, api: &Api, size: usize) -> SimFleet {
 
     let started = Instant::now();
     let labels = [("fleet".to_owned(), "sim".to_owned())].into();
-    let fleet = SimFleet::start(&nats.url(), &nats.trust().ca(), enrolled, &labels).await;
+    let fleet = FleetProcess::start(&nats.url(), &nats.trust().ca(), &enrolled, &labels).await;
     tests::eventually("every node to register", Duration::from_secs(600), || async {
         let online = api.engine.nodes.all().ok()?;
         (online.iter().filter(|n| n.state == Some(events::node::NodeState::Online)).count() >= size).then_some(())
@@ -64,6 +65,9 @@ async fn all_running(api: &Api, id: &str, version: &str, since: Instant) -> Dura
 async fn fleet(size: usize) {
     let nats = NatsServer::start().await;
     let api = Api::start(&nats).await;
+    // This process holds the engine alone: its memory before the fleet and once the fleet runs.
+    let engine_rss = || benches::memory_mb(std::process::id(), "VmRSS");
+    let idle = engine_rss();
     api.publish_sample(&tests::sim_image("1.0.0")).await;
     api.post("/v1/applications/sample/versions", json!({"version": "2.0.0", "image": &tests::sim_image("2.0.0")}))
         .await;
@@ -78,6 +82,15 @@ async fn fleet(size: usize) {
     let launch = all_running(&api, &id, "1.0.0", start).await;
     println!("  launch by selector to {size} nodes running    {:.2} s", launch.as_secs_f64());
     benches::record(&format!("fleet_{size}_s"), launch.as_secs_f64());
+    let launched = engine_rss();
+    let per_node_kb = (launched - idle) * 1024.0 / size as f64;
+    println!(
+        "  engine RSS {idle:.0} MB before the fleet, {launched:.0} MB with {size} nodes running: {per_node_kb:.1} kB a node \
+         (the simulated nodes: {:.0} MB in their own process)",
+        benches::memory_mb(fleet.pid(), "VmRSS")
+    );
+    benches::record(&format!("fleet_{size}_engine_rss_mb"), launched);
+    benches::record(&format!("fleet_{size}_engine_kb_per_node"), per_node_kb);
 
     let start = Instant::now();
     let update = json!({"version": "2.0.0", "rollout": {"batch": "10%", "max_failures": 0}});
@@ -90,6 +103,9 @@ async fn fleet(size: usize) {
 
 #[tokio::main]
 async fn main() {
+    if FleetProcess::serve().await {
+        return;
+    }
     let sizes = std::env::var("FLEET").unwrap_or_else(|_| "1000,10000".to_owned());
     for size in sizes.split(',').filter_map(|s| s.trim().parse::<usize>().ok()) {
         println!("fleet of {size} simulated nodes");

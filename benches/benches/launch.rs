@@ -10,16 +10,27 @@
 use std::time::{Duration, Instant};
 
 use benches::{Api, Figures};
+use chrono::{DateTime, Utc};
+use events::deployment_node::DeploymentNodeEvent;
+use events::work::NodeWork;
 use serde_json::json;
 use tests::NatsServer;
 
+/// One launch, timed: its deployment, and when the call began and the read model said `running`.
+struct Timed {
+    id: String,
+    called: DateTime<Utc>,
+    shown: DateTime<Utc>,
+}
+
 /// Launches `sample` 1.0.0 on `node` `launches` times, one after the other, each timed until
 /// the read model says `running`.
-async fn launch_to_running(api: &Api, node: &str, launches: usize) -> Figures {
+async fn launch_to_running(api: &Api, node: &str, launches: usize) -> (Figures, Vec<Timed>) {
     let mut latencies = Vec::with_capacity(launches);
+    let mut timed = Vec::with_capacity(launches);
     let start = Instant::now();
     for _ in 0..launches {
-        let t = Instant::now();
+        let (t, called) = (Instant::now(), Utc::now());
         let launched =
             api.post("/v1/deployments", json!({"application": "sample", "version": "1.0.0", "nodes": [node]})).await;
         let id = launched["id"].as_str().expect("a deployment id");
@@ -28,8 +39,68 @@ async fn launch_to_running(api: &Api, node: &str, launches: usize) -> Figures {
         })
         .await;
         latencies.push(t.elapsed());
+        timed.push(Timed { id: id.to_owned(), called, shown: Utc::now() });
     }
-    Figures::from(latencies, start.elapsed())
+    (Figures::from(latencies, start.elapsed()), timed)
+}
+
+/// Where the time of each launch went, hop by hop, from the times the log holds (the engine's
+/// and the node's clocks are this machine's): the median and p99 of each hop.
+async fn hops(api: &Api, node: &str, launches: &[Timed]) {
+    let store = api.engine.commands.store();
+    let work = store.load(&events::subject::node_desired("default", node)).await.expect("the node's work");
+    let mut spans: Vec<(&str, Vec<f64>)> = [
+        "API call to launched",
+        "launched to work written",
+        "work written to the node's first report",
+        "first report to running, on the node",
+        "running reported to recorded on the pair",
+        "recorded to shown by the read model",
+    ]
+    .into_iter()
+    .map(|name| (name, Vec::new()))
+    .collect();
+    for launch in launches {
+        let deployment = events::subject::aggregate("default", "deployment", &launch.id);
+        let Some(launched) = store.load(&deployment).await.ok().and_then(|l| l.events.first().map(|e| e.envelope.time))
+        else {
+            continue;
+        };
+        let written = work.events.iter().find(|e| {
+            matches!(e.envelope.event::<NodeWork>(), Ok(NodeWork::Deploy { deployment, .. }) if deployment == launch.id)
+        });
+        let pair =
+            events::subject::aggregate("default", "deployment_node", &events::deployment_node::id(&launch.id, node));
+        let reports: Vec<(DateTime<Utc>, DateTime<Utc>, events::Status)> = store
+            .load(&pair)
+            .await
+            .map(|l| l.events)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| match e.envelope.event::<DeploymentNodeEvent>() {
+                Ok(DeploymentNodeEvent::StateReported { reported_at, status, .. }) => {
+                    Some((reported_at, e.envelope.time, status))
+                }
+                _ => None,
+            })
+            .collect();
+        let (Some(written), Some(first), Some(running)) = (
+            written.map(|e| e.envelope.time),
+            reports.first(),
+            reports.iter().find(|r| r.2 == events::Status::Running),
+        ) else {
+            continue;
+        };
+        let marks = [launch.called, launched, written, first.0, running.0, running.1, launch.shown];
+        for (i, (_, values)) in spans.iter_mut().enumerate() {
+            values.push((marks[i + 1] - marks[i]).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+    }
+    for (name, mut values) in spans {
+        values.sort_by(f64::total_cmp);
+        let at = |q: f64| values.get(((values.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
+        println!("  {name:<42} p50 {:>6.2} ms   p99 {:>6.2} ms", at(0.5), at(0.99));
+    }
 }
 
 #[tokio::main]
@@ -41,8 +112,9 @@ async fn main() {
     let _node = benches::sim_node(&api, &nats.url(), "sim-1", data.path()).await;
     api.wait_node("sim-1").await;
     api.publish_sample("127.0.0.1:5000/sample/app:1.0.0").await;
-    let sim = launch_to_running(&api, "sim-1", launches).await;
+    let (sim, timed) = launch_to_running(&api, "sim-1", launches).await;
     println!("launch to running, simulated runtime     {sim}");
+    hops(&api, "sim-1", &timed).await;
     benches::record("launch_to_running_p50_ms_sim", sim.p50.as_secs_f64() * 1000.0);
     benches::record("launch_to_running_p99_ms_sim", sim.p99.as_secs_f64() * 1000.0);
 
@@ -50,7 +122,7 @@ async fn main() {
     let node = format!("launch-{}", std::process::id());
     let mut child = benches::edge_node_process(&api, &node, data.path(), &[]).await;
     api.wait_node(&node).await;
-    let docker = launch_to_running(&api, &node, (launches / 10).max(10)).await;
+    let (docker, _) = launch_to_running(&api, &node, (launches / 10).max(10)).await;
     println!("launch to running, Docker engine         {docker}");
     benches::record("launch_to_running_p50_ms_docker", docker.p50.as_secs_f64() * 1000.0);
     benches::record("launch_to_running_p99_ms_docker", docker.p99.as_secs_f64() * 1000.0);

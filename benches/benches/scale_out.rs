@@ -72,7 +72,34 @@ async fn scale_out(size: usize, engines: usize, kill: bool) {
         cluster.servers[0].kill();
         println!("  an engine and a server killed {:.2} s into the rollout", killed_at.as_secs_f64());
     }
-    benches::until("every node to run", Duration::from_millis(20), || running(api, &id) == size).await;
+    // Every ten seconds, where it stands; when nothing moved, where the engine's consumers are.
+    let (mut shown, mut before) = (start.elapsed(), 0);
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    while running(api, &id) < size {
+        assert!(Instant::now() < deadline, "every node did not run within twenty minutes");
+        if start.elapsed() >= shown + Duration::from_secs(10) {
+            shown = start.elapsed();
+            let now = running(api, &id);
+            let others: Vec<usize> = apis.iter().map(|other| running(other, &id)).collect();
+            println!("  … {:.0} s: {now} nodes running (the other engines: {others:?})", shown.as_secs_f64());
+            if now == before {
+                for name in ["router", "ingest", "settle"] {
+                    match store.stream().clone().consumer_info(name).await {
+                        Ok(info) => println!(
+                            "    {name}: pending {}, waiting for acks {}, redelivered {}, acked up to {}",
+                            info.num_pending,
+                            info.num_ack_pending,
+                            info.num_redelivered,
+                            info.ack_floor.stream_sequence
+                        ),
+                        Err(e) => println!("    {name}: {e}"),
+                    }
+                }
+            }
+            before = now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let took = start.elapsed();
     let what = if kill { "rollout in waves of 10 %, an engine and a server killed" } else { "launch to every node" };
     println!(

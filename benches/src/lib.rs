@@ -254,3 +254,69 @@ pub fn memory_mb(pid: u32, field: &str) -> f64 {
         .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok());
     kb.unwrap_or(0.0) / 1024.0
 }
+
+/// The environment variable that makes a bench binary run a [`FleetProcess`]'s nodes instead of
+/// its bench: the path of their description.
+const FLEET_CHILD: &str = "BENCH_SIM_FLEET";
+
+/// Simulated nodes ([`tests::SimFleet`]) in a process of their own, so that the bench's own
+/// process holds the engine alone and its memory is the engine's. The process is the bench's
+/// own binary again, run with [`FLEET_CHILD`]: its `main` starts with [`FleetProcess::serve`].
+#[derive(Debug)]
+pub struct FleetProcess {
+    child: tokio::process::Child,
+    _description: tempfile::NamedTempFile,
+}
+
+impl FleetProcess {
+    /// Starts `enrolled` (each node's name and credentials) on `nats_url`, trusting `ca`,
+    /// labelled `labels`, in a new process.
+    pub async fn start(
+        nats_url: &str,
+        ca: &Path,
+        enrolled: &[(String, bus::Credentials)],
+        labels: &events::node::Labels,
+    ) -> FleetProcess {
+        let nodes: Vec<(String, String)> = enrolled
+            .iter()
+            .map(|(name, c)| {
+                let seed = c.key().seed().expect("a seed");
+                (name.clone(), bus::Credentials::format(c.jwt(), Some(seed.as_str())))
+            })
+            .collect();
+        let description = json!({"nats_url": nats_url, "ca": ca, "labels": labels, "nodes": nodes});
+        let file = tempfile::NamedTempFile::new().expect("a temporary file");
+        std::fs::write(file.path(), description.to_string()).expect("writing the fleet's description");
+        let child = tokio::process::Command::new(std::env::current_exe().expect("this bench's binary"))
+            .env(FLEET_CHILD, file.path())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the fleet's process");
+        FleetProcess { child, _description: file }
+    }
+
+    /// The process's id, for its memory.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the fleet's process runs")
+    }
+
+    /// In a process started by [`FleetProcess::start`]: runs its nodes until it is killed, and
+    /// returns `true`. Elsewhere returns `false` at once.
+    pub async fn serve() -> bool {
+        let Ok(path) = std::env::var(FLEET_CHILD) else { return false };
+        let text = std::fs::read_to_string(&path).expect("the fleet's description");
+        let description: Value = serde_json::from_str(&text).expect("the fleet's description is JSON");
+        let field = |name: &str| description[name].as_str().expect("a field of the description").to_owned();
+        let labels: events::node::Labels =
+            serde_json::from_value(description["labels"].clone()).expect("the fleet's labels");
+        let nodes: Vec<(String, String)> =
+            serde_json::from_value(description["nodes"].clone()).expect("the fleet's nodes");
+        let enrolled = nodes
+            .into_iter()
+            .map(|(name, creds)| (name, bus::Credentials::parse(&creds, None).expect("a node's credentials")))
+            .collect();
+        let _fleet = tests::SimFleet::start(&field("nats_url"), Path::new(&field("ca")), enrolled, &labels).await;
+        std::future::pending::<()>().await;
+        true
+    }
+}

@@ -9,8 +9,8 @@
 //! # Batches
 //!
 //! A batch is committed when full ([`ProjectorConfig::batch_size`]); when the reader has
-//! caught up with the stream, as long as commits take under a tenth of the projector's time;
-//! and at the latest when the stream pauses for 2 ms. A value changed by several events of a
+//! caught up with the stream, as long as commits take under a fifth of the projector's time;
+//! and at the latest when the stream pauses for a millisecond. A value changed by several events of a
 //! batch (a deployment's header, with each report) stays decoded until the batch is committed
 //! ([`Overlay`]).
 //!
@@ -34,7 +34,7 @@ use events::projection::{Fact, ModelError, Store, Value};
 const CHECKPOINT_KEY: &[u8] = b"meta/checkpoint";
 
 /// A batch in the making is committed once the stream has been quiet this long.
-const IDLE_COMMIT: Duration = Duration::from_millis(2);
+const IDLE_COMMIT: Duration = Duration::from_millis(1);
 
 /// Pending changes over the read models' tree: reads see earlier writes of the same batch.
 ///
@@ -228,7 +228,7 @@ async fn fold(
     loop {
         // A batch is committed when full; when the consumer has caught up with the stream, if
         // commits have been cheap; and at the latest once the stream pauses. Under a steady
-        // flow the consumer catches up at every event: the pace keeps commits to a tenth of
+        // flow the consumer catches up at every event: the pace keeps commits to a fifth of
         // the projector's time.
         let next = if in_batch == 0 {
             messages.next().await
@@ -285,9 +285,9 @@ impl Default for Pace {
 }
 
 impl Pace {
-    /// True once ten times the last commit's cost has passed since it ended.
+    /// True once four times the last commit's cost has passed since it ended.
     fn may_commit_early(&self) -> bool {
-        self.ended.elapsed() >= self.cost * 10
+        self.ended.elapsed() >= self.cost * 4
     }
 
     fn commit(&mut self, batch: Overlay<'_>, checkpoint: u64) -> Result<(), ModelError> {
