@@ -62,6 +62,29 @@ async fn all_running(api: &Api, id: &str, version: &str, since: Instant) -> Dura
     since.elapsed()
 }
 
+/// The CPU time used so far by the engine (this process), the simulated nodes and nats-server.
+struct CpuShares([f64; 3]);
+
+impl CpuShares {
+    fn now(nats: &NatsServer, fleet: &FleetProcess) -> CpuShares {
+        CpuShares([std::process::id(), fleet.pid(), nats.pid()].map(benches::cpu_seconds))
+    }
+
+    /// What each used since `self`, over `wall` on this machine's cores.
+    fn print(&self, nats: &NatsServer, fleet: &FleetProcess, wall: Duration) {
+        let [engine, nodes, server] = CpuShares::now(nats, fleet).0;
+        let [e, n, s] = self.0;
+        println!(
+            "    CPU: engine {:.1} s, simulated nodes {:.1} s, nats-server {:.1} s, of {:.1} s on {} cores",
+            engine - e,
+            nodes - n,
+            server - s,
+            wall.as_secs_f64() * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        );
+    }
+}
+
 async fn fleet(size: usize) {
     let nats = NatsServer::start().await;
     let api = Api::start(&nats).await;
@@ -74,6 +97,7 @@ async fn fleet(size: usize) {
     api.post("/v1/applications/sample/versions/2.0.0/publish", json!({})).await;
     let fleet = start_fleet(&nats, &api, size).await;
 
+    let cpu = CpuShares::now(&nats, &fleet);
     let start = Instant::now();
     let launched = api
         .post("/v1/deployments", json!({"application": "sample", "version": "1.0.0", "selector": {"fleet": "sim"}}))
@@ -81,6 +105,7 @@ async fn fleet(size: usize) {
     let id = launched["id"].as_str().expect("a deployment id").to_owned();
     let launch = all_running(&api, &id, "1.0.0", start).await;
     println!("  launch by selector to {size} nodes running    {:.2} s", launch.as_secs_f64());
+    cpu.print(&nats, &fleet, launch);
     benches::record(&format!("fleet_{size}_s"), launch.as_secs_f64());
     let launched = engine_rss();
     let per_node_kb = (launched - idle) * 1024.0 / size as f64;
@@ -92,11 +117,13 @@ async fn fleet(size: usize) {
     benches::record(&format!("fleet_{size}_engine_rss_mb"), launched);
     benches::record(&format!("fleet_{size}_engine_kb_per_node"), per_node_kb);
 
+    let cpu = CpuShares::now(&nats, &fleet);
     let start = Instant::now();
     let update = json!({"version": "2.0.0", "rollout": {"batch": "10%", "max_failures": 0}});
     api.post(&format!("/v1/deployments/{id}/update"), update).await;
     let update = all_running(&api, &id, "2.0.0", start).await;
     println!("  update in waves of 10% to {size} nodes running {:.2} s", update.as_secs_f64());
+    cpu.print(&nats, &fleet, update);
     benches::record(&format!("fleet_{size}_update_s"), update.as_secs_f64());
     drop(fleet);
 }

@@ -153,13 +153,15 @@ async fn main() {
 
     // The rebuild of the deployments read model into sled, by the engine's projector.
     let dir = tempfile::tempdir().unwrap();
-    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    // As `replay rebuild` opens it: written out once, at the end.
+    let db = sled::Config::new().path(dir.path()).flush_every_ms(None).open().unwrap();
     let models = engine::read_model::open(&db).unwrap();
     let until = store.last_sequence().await.unwrap();
     reset_peak();
     let before = current_rss_mb();
     let start = Instant::now();
     let folded = projector::rebuild(&store, &models, &ProjectorConfig { batch_size: 1000 }, until).await.unwrap();
+    db.flush_async().await.unwrap();
     let rate = folded as f64 / start.elapsed().as_secs_f64();
     println!(
         "replay rebuild, read models into sled     {rate:>9.0} events/s over {folded}   peak RSS {:.0} MB (from {before:.0} MB)",

@@ -23,7 +23,8 @@ pub struct Rebuilt {
 /// Folds the log, up to its last sequence now, into new read models in `dir`.
 pub async fn rebuild(store: &EventStore, dir: &Path) -> anyhow::Result<Rebuilt> {
     let started = Instant::now();
-    let db = sled::Config::new().path(dir).open()?;
+    // Written out once, at the end: a rebuild cut short starts again from what was written.
+    let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
     let models = engine::read_model::open(&db)?;
     let (deployments, nodes) = (Deployments::new(models.clone()), Nodes::new(models.clone()));
     let until = store.last_sequence().await?;
