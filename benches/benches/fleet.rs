@@ -1,9 +1,10 @@
 //! A fleet of simulated nodes ([`tests::SimFleet`]) in a process of their own
 //! ([`benches::FleetProcess`]), each enrolled with a credential of its own, on a TLS connection
-//! of its own, with its own durable consumer, outbox and work log: the time until all are connected and consuming, with
-//! nats-server's memory then; one launch by label selector until every node is `running` in the
-//! read model; then an update across the fleet in a phased rollout until every node runs the
-//! new version.
+//! of its own, with its own durable consumer, outbox and work log: the time until all are
+//! connected and consuming, with nats-server's memory then; one launch by label selector until
+//! every node is `running` in the read model, with the engine's memory then (this process
+//! holds the engine alone); then an update across the fleet in a phased rollout until every
+//! node runs the new version. The CPU each party used is printed for the launch and the update.
 //!
 //! `cargo bench -p benches --bench fleet` (`FLEET=1000,10000` sets the fleet sizes).
 

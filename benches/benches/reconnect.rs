@@ -2,7 +2,8 @@
 //! each stopped and started again fifty times, ending stopped) catches up once its link heals.
 //! Timed from the heal until the read model shows what the node really runs: every deployment
 //! stopped there; and from the first delivery on the node's new connection (the reconnection
-//! itself waits up to a second, the node's pause between attempts). Simulated runtime, so the figure is the engine's and the node's alone.
+//! itself waits up to a second, the node's pause between attempts). Simulated runtime, so the
+//! figure is the engine's and the node's alone.
 //!
 //! `cargo bench -p benches --bench reconnect` (`RECONNECT_RUNS` repeats it in one run).
 
@@ -67,10 +68,12 @@ async fn main() {
         for id in &ids {
             api.post(&format!("/v1/deployments/{id}/stop"), json!({})).await;
         }
-        let (sent, delivered) = work_waiting(&api).await;
+        let sent = work_waiting(&api).await;
+        let stream = api.engine.commands.store().stream().clone();
+        let delivered = deliveries(&stream).await;
         let healed = Instant::now();
         link.heal();
-        let reconnected = tokio::spawn(first_delivery_after(api.engine.commands.store().stream().clone(), delivered));
+        let reconnected = tokio::spawn(first_delivery_after(stream, delivered));
         until_shown(&api, &ids, Desired::Stopped, Status::Stopped).await;
         let caught_up = healed.elapsed();
         let reconnected = reconnected.await.expect("the watch of the node's consumer");
@@ -91,23 +94,26 @@ async fn main() {
     }
 }
 
-/// When the node's consumer first delivers after `delivered` deliveries: the node is connected
-/// and pulling again.
-async fn first_delivery_after(stream: async_nats::jetstream::stream::Stream, delivered: u64) -> Instant {
+/// How many deliveries the node's consumer has made.
+async fn deliveries(stream: &async_nats::jetstream::stream::Stream) -> u64 {
     let name = events::subject::node_consumer("default", "sim-1");
+    stream.clone().consumer_info(&name).await.expect("the node's consumer").delivered.consumer_sequence
+}
+
+/// When the node's consumer first delivers after `delivered` deliveries (counted at the heal):
+/// the node is connected and pulling again. Looked at every 10 ms, lest the looking slow the
+/// catching up.
+async fn first_delivery_after(stream: async_nats::jetstream::stream::Stream, delivered: u64) -> Instant {
     loop {
-        if let Ok(info) = stream.clone().consumer_info(&name).await {
-            if info.delivered.consumer_sequence > delivered {
-                return Instant::now();
-            }
+        if deliveries(&stream).await > delivered {
+            return Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// The work waiting on the node's consumer, once the router has written every piece of it, and
-/// how many deliveries the consumer made so far.
-async fn work_waiting(api: &Api) -> (u64, u64) {
+/// The work waiting on the node's consumer, once the router has written every piece of it.
+async fn work_waiting(api: &Api) -> u64 {
     let stream = api.engine.commands.store().stream().clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -116,7 +122,7 @@ async fn work_waiting(api: &Api) -> (u64, u64) {
         if routed {
             let name = events::subject::node_consumer("default", "sim-1");
             let info = stream.clone().consumer_info(name).await.expect("the node's consumer");
-            return (info.num_pending + info.num_ack_pending as u64, info.delivered.consumer_sequence);
+            return info.num_pending + info.num_ack_pending as u64;
         }
         assert!(Instant::now() < deadline, "the router did not write the work within a minute");
         tokio::time::sleep(Duration::from_millis(5)).await;

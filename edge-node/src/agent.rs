@@ -32,9 +32,9 @@
 //!
 //! # Restart, deadlines, drift
 //!
-//! A restarted node folds each deployment's work log (`crate::desired`, in the order received)
-//! into one wanted state, observes what Docker really has (the container, the image it runs,
-//! whether the wanted image is present) and converges once ([`Agent::recover`]): nothing is
+//! A restarted node folds each deployment's work log (`crate::desired`, in the order the
+//! engine wrote it) into one wanted state, observes what Docker really has (the container, the
+//! image it runs, whether the wanted image is present) and converges once ([`Agent::recover`]): nothing is
 //! pulled, created or restarted twice. On each [`Input::Tick`] a runtime step past its
 //! deadline ([`Deadlines`]: downloads 10 min, other steps 2 min) is reported `failed` with
 //! `deadline_exceeded`, and a late outcome still counts. A settled container found stopped,
@@ -459,9 +459,10 @@ impl Agent {
         Some(w.units.values().map(|u| (u.name.clone(), u.container_ref())).collect())
     }
 
-    /// Whether a runtime step of the deployment is under way.
+    /// Whether a runtime step of the deployment is under way, or past its deadline and still
+    /// to come back.
     pub fn busy(&self, deployment: &str) -> bool {
-        self.workloads.get(deployment).is_some_and(|w| w.busy || w.units.values().any(|u| u.busy))
+        self.workloads.get(deployment).is_some_and(|w| w.busy || w.units.values().any(|u| u.busy || u.overdue))
     }
 
     /// Lets go of a deployment, leaving its containers as they are, so that it is taken up
@@ -494,9 +495,9 @@ impl Agent {
         self.actions.pop_front()
     }
 
-    /// Takes up a deployment after a restart: records every piece of work it received, in
-    /// order, without acting, and says which containers to look for. The driver answers with
-    /// [`Input::Recovered`].
+    /// Takes up a deployment after a restart, or after work came behind later work
+    /// ([`Agent::let_go`]): records every piece of work it received, in order, without acting,
+    /// and says which containers to look for. The driver answers with [`Input::Recovered`].
     pub fn recover(&mut self, works: Vec<NodeWork>) -> Option<(String, Vec<Lookup>)> {
         let deployment = works.first()?.deployment().to_owned();
         for work in works {

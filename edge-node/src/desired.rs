@@ -22,10 +22,11 @@ pub struct Desired {
 /// What became of a piece of work offered to the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kept {
-    /// Newer than any work of its deployment: carried out now.
+    /// Newer than any work of its deployment kept so far, or made on the node: carried out
+    /// now.
     InOrder,
-    /// Older than work of its deployment already carried out: the deployment is taken up
-    /// again from all its work, in order.
+    /// Older than work of its deployment already kept: the deployment is taken up again from
+    /// all its work, in order.
     Late,
     /// Older than the work that removed its deployment from the node: nothing to do.
     Superseded,
@@ -34,7 +35,7 @@ pub enum Kept {
 }
 
 /// `#<sequence>`: a stream sequence of work kept. No deployment key starts with `#`.
-fn handled(sequence: u64) -> Vec<u8> {
+fn handled_key(sequence: u64) -> Vec<u8> {
     let mut key = b"#".to_vec();
     key.extend_from_slice(&sequence.to_be_bytes());
     key
@@ -42,7 +43,7 @@ fn handled(sequence: u64) -> Vec<u8> {
 
 /// `^<deployment>`: the newest stream sequence of the deployment's work, kept after the
 /// deployment is forgotten.
-fn newest(deployment: &str) -> Vec<u8> {
+fn newest_key(deployment: &str) -> Vec<u8> {
     format!("^{deployment}").into_bytes()
 }
 
@@ -52,7 +53,7 @@ const HANDLED_KEPT: u64 = 100_000;
 /// `<deployment>/<sequence><order>`: a deployment's work sorts together, in stream order, and
 /// work made on the node after the engine's work it followed. (A log written before kept
 /// `<deployment>/<order>`, work received in order: [`Desired::all`] reads it first.)
-fn key(deployment: &str, sequence: u64, order: u64) -> Vec<u8> {
+fn work_key(deployment: &str, sequence: u64, order: u64) -> Vec<u8> {
     let mut key = format!("{deployment}/").into_bytes();
     key.extend_from_slice(&sequence.to_be_bytes());
     key.extend_from_slice(&order.to_be_bytes());
@@ -97,7 +98,7 @@ impl Desired {
             };
             let outcome = if sequence == 0 {
                 Kept::InOrder
-            } else if !seen.insert(sequence) || self.tree.contains_key(handled(sequence))? {
+            } else if !seen.insert(sequence) || self.tree.contains_key(handled_key(sequence))? {
                 Kept::Again
             } else if sequence > last {
                 Kept::InOrder
@@ -107,20 +108,20 @@ impl Desired {
                 Kept::Superseded
             };
             if sequence != 0 && outcome != Kept::Again {
-                batch.insert(handled(sequence), &[]);
+                batch.insert(handled_key(sequence), &[]);
                 // Redelivery comes within minutes: sequences far behind are forgotten.
                 if sequence.is_multiple_of(1024) {
-                    for old in self.tree.range(handled(0)..handled(sequence.saturating_sub(HANDLED_KEPT))) {
+                    for old in self.tree.range(handled_key(0)..handled_key(sequence.saturating_sub(HANDLED_KEPT))) {
                         batch.remove(old?.0);
                     }
                 }
             }
             if matches!(outcome, Kept::InOrder | Kept::Late) {
                 let at = if sequence == 0 { last } else { sequence };
-                batch.insert(key(deployment, at, self.db.generate_id()?), envelope.encode());
+                batch.insert(work_key(deployment, at, self.db.generate_id()?), envelope.encode());
                 if sequence > last {
                     newest_of.insert(deployment, sequence);
-                    batch.insert(newest(deployment), &sequence.to_be_bytes());
+                    batch.insert(newest_key(deployment), &sequence.to_be_bytes());
                 } else {
                     newest_of.insert(deployment, last);
                 }
@@ -134,7 +135,7 @@ impl Desired {
 
     /// The newest stream sequence of `deployment`'s work, 0 if none.
     fn newest(&self, deployment: &str) -> sled::Result<u64> {
-        let bytes = self.tree.get(newest(deployment))?;
+        let bytes = self.tree.get(newest_key(deployment))?;
         Ok(bytes.and_then(|b| b.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
     }
 
@@ -165,38 +166,38 @@ impl Desired {
 
     /// Every kept work envelope of `deployment`, in order.
     pub fn of(&self, deployment: &str) -> anyhow::Result<Vec<Envelope>> {
-        Ok(self.grouped(self.tree.scan_prefix(format!("{deployment}/")))?.into_iter().flatten().collect())
+        Ok(grouped(self.tree.scan_prefix(format!("{deployment}/")))?.into_iter().flatten().collect())
     }
 
     /// Every kept work envelope, grouped by deployment, each group in order.
     pub fn all(&self) -> anyhow::Result<Vec<Vec<Envelope>>> {
-        self.grouped(self.tree.iter())
+        grouped(self.tree.iter())
     }
+}
 
-    fn grouped(
-        &self,
-        entries: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
-    ) -> anyhow::Result<Vec<Vec<Envelope>>> {
-        // Each deployment's work, with where it sorts.
-        type Group = (Vec<u8>, Vec<((u64, u64), Envelope)>);
-        let mut groups: Vec<Group> = Vec::new();
-        for entry in entries {
-            let (key, bytes) = entry?;
-            let Some((deployment, at)) = position(&key) else { continue };
-            let envelope = Envelope::decode(&bytes)?;
-            match groups.last_mut() {
-                Some((last, group)) if last.as_slice() == deployment => group.push((at, envelope)),
-                _ => groups.push((deployment.to_vec(), vec![(at, envelope)])),
-            }
+/// Work entries (`entries`), grouped by deployment, each group in order.
+fn grouped(
+    entries: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+) -> anyhow::Result<Vec<Vec<Envelope>>> {
+    // Each deployment's work, with where it sorts.
+    type Group = (Vec<u8>, Vec<((u64, u64), Envelope)>);
+    let mut groups: Vec<Group> = Vec::new();
+    for entry in entries {
+        let (key, bytes) = entry?;
+        let Some((deployment, at)) = position(&key) else { continue };
+        let envelope = Envelope::decode(&bytes)?;
+        match groups.last_mut() {
+            Some((last, group)) if last.as_slice() == deployment => group.push((at, envelope)),
+            _ => groups.push((deployment.to_vec(), vec![(at, envelope)])),
         }
-        Ok(groups
-            .into_iter()
-            .map(|(_, mut group)| {
-                group.sort_by_key(|(at, _)| *at);
-                group.into_iter().map(|(_, envelope)| envelope).collect()
-            })
-            .collect())
     }
+    Ok(groups
+        .into_iter()
+        .map(|(_, mut group)| {
+            group.sort_by_key(|(at, _)| *at);
+            group.into_iter().map(|(_, envelope)| envelope).collect()
+        })
+        .collect())
 }
 
 #[cfg(test)]

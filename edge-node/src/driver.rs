@@ -178,19 +178,6 @@ pub async fn run_on<R: ContainerRuntime>(
     let mut late: BTreeSet<String> = BTreeSet::new();
 
     loop {
-        let ready: Vec<String> = late.iter().filter(|d| !agent.busy(d)).cloned().collect();
-        for deployment in ready {
-            late.remove(&deployment);
-            tracing::info!(deployment, "work came behind later work: the deployment is taken up again in order");
-            agent.let_go(&deployment);
-            let works: Vec<NodeWork> = desired
-                .of(&deployment)?
-                .iter()
-                .filter_map(|e| accept(e, &config, &actor, &mut causes))
-                .filter_map(as_work)
-                .collect();
-            take_up(&mut agent, runtime.as_ref(), works).await;
-        }
         watched_tx.send_if_modified(|watched| {
             let now = agent.watched();
             let changed = *watched != now;
@@ -202,6 +189,7 @@ pub async fn run_on<R: ContainerRuntime>(
                 Action::Report(report) => {
                     if let NodeReport::DeploymentState { deployment, status: Status::Removed, .. } = &report {
                         desired.forget(deployment)?;
+                        late.remove(deployment);
                     }
                     let meta = match &report {
                         NodeReport::DeploymentState { deployment, .. }
@@ -256,6 +244,25 @@ pub async fn run_on<R: ContainerRuntime>(
                 }),
             }
         }
+        let ready: Vec<String> = late.iter().filter(|d| !agent.busy(d)).cloned().collect();
+        let mut refolded = false;
+        for deployment in ready {
+            late.remove(&deployment);
+            tracing::info!(deployment, "work came behind later work: the deployment is taken up again in order");
+            agent.let_go(&deployment);
+            let works: Vec<NodeWork> = desired
+                .of(&deployment)?
+                .iter()
+                .filter_map(|e| accept(e, &config, &actor, &mut causes))
+                .filter_map(as_work)
+                .collect();
+            take_up(&mut agent, runtime.as_ref(), works).await;
+            refolded = true;
+        }
+        if refolded {
+            // What the deployments taken up again call for is done before anything else.
+            continue;
+        }
         let input = tokio::select! {
             Some(first) = work.recv() => {
                 // A node that missed much work takes all of it (the consumer says how much
@@ -274,7 +281,7 @@ pub async fn run_on<R: ContainerRuntime>(
                     if behind == 0 || began.elapsed() > CATCHING_UP_AT_MOST {
                         break;
                     }
-                    match tokio::time::timeout(CATCHING_UP_AT_MOST, work.recv()).await {
+                    match tokio::time::timeout(CATCHING_UP_AT_MOST.saturating_sub(began.elapsed()), work.recv()).await {
                         Ok(Some(message)) => messages.push(message),
                         _ => break,
                     }
@@ -577,7 +584,7 @@ async fn receive_work(js: jetstream::Context, config: NodeConfig, work: mpsc::Se
     }
 }
 
-/// Publishes the outbox in order, removing each report once JetStream acknowledged it.
+/// Publishes the outbox, oldest first, removing each report once JetStream acknowledged it.
 async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<Notify>, config: NodeConfig) {
     let subject = events::subject::node_reports(&config.tenant, &config.node);
     loop {
@@ -593,8 +600,10 @@ async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<Notify
             let _ = tokio::time::timeout(Duration::from_secs(1), sent.notified()).await;
             continue;
         }
-        // Sent together, in order, and each removed once acknowledged; what failed is sent
-        // again from the oldest (the server stores a report sent twice once).
+        // Sent together, oldest first, and each removed once acknowledged. From the first that
+        // is not, the rest are sent again (the server stores a report sent twice once); one
+        // acknowledged meanwhile may then have been stored before an older one, which the
+        // engine tells by its time.
         let mut failed = None;
         let mut acks = Vec::with_capacity(pending.len());
         for report in pending {
@@ -614,8 +623,10 @@ async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<Notify
                         tracing::error!(error = %e, "removing a sent report from the outbox");
                     }
                 }
+                // Each ack waits its own timeout: on a lost link, one is enough to wait for.
                 Err(e) => {
                     failed.get_or_insert(e.to_string());
+                    break;
                 }
             }
         }

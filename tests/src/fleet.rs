@@ -67,7 +67,7 @@ impl SimFleet {
             let (node, run) = (name.clone(), Arc::new(runtime.clone()));
             let task = tokio::spawn(async move {
                 if let Err(e) = driver::run_on(config, run, attachment).await {
-                    eprintln!("{node} stopped: {e:#}");
+                    tracing::error!(node, error = format!("{e:#}"), "a simulated node stopped");
                 }
             });
             nodes.push(SimMember { name, runtime, task });
