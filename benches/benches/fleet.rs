@@ -20,29 +20,11 @@ use tests::NatsServer;
 
 /// Starts `size` simulated nodes labelled `fleet=sim`, and waits until the engine knows them.
 async fn start_fleet(nats: &NatsServer, api: &Api, size: usize) -> FleetProcess {
-    let started = Instant::now();
-    let mut enrolled = Vec::with_capacity(size);
-    for i in 0..size {
-        let node = format!("sim-{i:05}");
-        enrolled.push((node.clone(), api.enroll(&node).await));
-    }
-    println!("  {size} nodes enrolled in {:.1?}", started.elapsed());
-    // Each node's consumer is made by the engine; a node connects once it is there.
-    let store = api.engine.commands.store();
-    tests::eventually("every node's consumer", Duration::from_secs(600), || async {
-        let info = store.stream().clone().info().await.ok()?.state.consumer_count;
-        (info >= size).then_some(())
-    })
-    .await;
-
+    let enrolled = api.enroll_fleet(size).await;
     let started = Instant::now();
     let labels = [("fleet".to_owned(), "sim".to_owned())].into();
     let fleet = FleetProcess::start(&nats.url(), &nats.trust().ca(), &enrolled, &labels).await;
-    tests::eventually("every node to register", Duration::from_secs(600), || async {
-        let online = api.engine.nodes.all().ok()?;
-        (online.iter().filter(|n| n.state == Some(events::node::NodeState::Online)).count() >= size).then_some(())
-    })
-    .await;
+    api.wait_online(size).await;
     let connected = started.elapsed();
     let rss = benches::memory_mb(nats.pid(), "VmRSS");
     println!("  {size} nodes connected with their own credentials and consuming in {connected:.1?}; nats-server RSS {rss:.0} MB");

@@ -40,25 +40,11 @@ async fn scale_out(size: usize, engines: usize, kill: bool) {
     let api = &first;
     api.publish_sample(&tests::sim_image("1.0.0")).await;
     let began = Instant::now();
-    let mut enrolled = Vec::with_capacity(size);
-    for i in 0..size {
-        let node = format!("sim-{i:05}");
-        enrolled.push((node.clone(), api.enroll(&node).await));
-    }
-    println!("  {size} nodes enrolled in {:.1?}", began.elapsed());
+    let enrolled = api.enroll_fleet(size).await;
     let store = api.engine.commands.store().clone();
-    tests::eventually("every node's consumer", Duration::from_secs(1800), || async {
-        (store.stream().clone().info().await.ok()?.state.consumer_count >= size).then_some(())
-    })
-    .await;
-    println!("  every node's consumer made after {:.1?}", began.elapsed());
     let labels = [("fleet".to_owned(), "sim".to_owned())].into();
     let fleet = SimFleet::start(&url, &trust.ca(), enrolled, &labels).await;
-    tests::eventually("every node to register", Duration::from_secs(1800), || async {
-        let nodes = api.engine.nodes.all().ok()?;
-        (nodes.iter().filter(|n| n.state == Some(events::node::NodeState::Online)).count() >= size).then_some(())
-    })
-    .await;
+    api.wait_online(size).await;
     println!("  every node connected and registered after {:.1?}", began.elapsed());
 
     let start = Instant::now();

@@ -116,6 +116,37 @@ impl Api {
         bus::Credentials::parse(&enrolled.creds, None).expect("the engine's credentials parse")
     }
 
+    /// Enrolls `size` simulated nodes (`sim-00000`, ...) and waits until the engine has made
+    /// each one's consumer: their names and credentials. Says how long each took, as the
+    /// benches that call it print their figures.
+    #[allow(clippy::print_stdout)]
+    pub async fn enroll_fleet(&self, size: usize) -> Vec<(String, bus::Credentials)> {
+        let started = Instant::now();
+        let mut enrolled = Vec::with_capacity(size);
+        for i in 0..size {
+            let node = format!("sim-{i:05}");
+            enrolled.push((node.clone(), self.enroll(&node).await));
+        }
+        println!("  {size} nodes enrolled in {:.1?}", started.elapsed());
+        // Each node's consumer is made by the engine; a node connects once it is there.
+        let stream = self.engine.commands.store().stream().clone();
+        tests::eventually("every node's consumer", Duration::from_secs(1800), || async {
+            (stream.clone().info().await.ok()?.state.consumer_count >= size).then_some(())
+        })
+        .await;
+        println!("  every node's consumer made after {:.1?}", started.elapsed());
+        enrolled
+    }
+
+    /// Waits until the engine knows `size` nodes online.
+    pub async fn wait_online(&self, size: usize) {
+        tests::eventually("every node to register", Duration::from_secs(1800), || async {
+            let nodes = self.engine.nodes.all().ok()?;
+            (nodes.iter().filter(|n| n.state == Some(events::node::NodeState::Online)).count() >= size).then_some(())
+        })
+        .await;
+    }
+
     /// Enrolls `node` and writes its credentials file; returns the file.
     pub async fn enroll_to_file(&self, node: &str) -> std::path::PathBuf {
         let credentials = self.enroll(node).await;

@@ -1,5 +1,6 @@
-//! The outbox: every report is written to sled first, then published from here in order with
-//! its event id as `Nats-Msg-Id`, and removed only once JetStream acknowledged it. A node that
+//! The outbox: every report is written to sled first, then published from here oldest first
+//! (the driver sends many before awaiting their acks) with its event id as `Nats-Msg-Id`, and
+//! removed only once JetStream acknowledged it. A node that
 //! loses its link or restarts loses no report, and a report sent twice is stored once.
 
 use bytes::Bytes;

@@ -1084,20 +1084,7 @@ mod tests {
     }
 
     fn launched() -> E {
-        E::Launched {
-            application: "sample".into(),
-            version: "1.0.0".into(),
-            image: "127.0.0.1:5000/sample/app:1.0.0".into(),
-            nodes: vec!["edge-1".into(), "edge-2".into()],
-            mode: Mode::default(),
-            selector: None,
-            profile: None,
-            overrides: BTreeMap::new(),
-            env: BTreeMap::new(),
-            services: Default::default(),
-            rollout: Default::default(),
-            secrets: Default::default(),
-        }
+        crate::testing::launched("1.0.0", &["edge-1", "edge-2"])
     }
 
     fn report(node: &str, status: Status, error: Option<Failure>) -> C {

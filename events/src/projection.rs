@@ -203,20 +203,7 @@ mod tests {
     /// Folds every event of `tenant` named here into `store`: a node, its revocation, a
     /// published version, a launch and a node's report of it.
     fn history(store: &mut MemoryStore, tenant: &str) {
-        let launched = DeploymentEvent::Launched {
-            application: "sample".into(),
-            version: "1.0.0".into(),
-            image: "127.0.0.1:5000/sample/app:1.0.0".into(),
-            nodes: vec!["edge-1".into()],
-            mode: Default::default(),
-            selector: None,
-            profile: None,
-            overrides: Default::default(),
-            env: Default::default(),
-            services: Default::default(),
-            rollout: Default::default(),
-            secrets: Default::default(),
-        };
+        let launched = crate::testing::launched("1.0.0", &["edge-1"]);
         let reported = DeploymentNodeEvent::StateReported {
             version: "1.0.0".into(),
             status: Status::Running,

@@ -4,6 +4,25 @@ use chrono::{DateTime, Utc};
 
 use crate::aggregate::{Aggregate, Ctx};
 
+/// Version `version` of `sample` (image `127.0.0.1:5000/sample/app:<version>`) launched on
+/// `nodes`, with nothing else asked: the launch most tests start from.
+pub fn launched(version: &str, nodes: &[&str]) -> crate::deployment::DeploymentEvent {
+    crate::deployment::DeploymentEvent::Launched {
+        application: "sample".into(),
+        version: version.into(),
+        image: format!("127.0.0.1:5000/sample/app:{version}"),
+        nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        mode: Default::default(),
+        selector: None,
+        profile: None,
+        overrides: Default::default(),
+        env: Default::default(),
+        services: Default::default(),
+        rollout: Default::default(),
+        secrets: Default::default(),
+    }
+}
+
 /// The fixed time every decision in a test is made at.
 pub fn now() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z").expect("a valid time").to_utc()

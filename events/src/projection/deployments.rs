@@ -465,20 +465,7 @@ mod tests {
 
     /// Version 1.0.0 of `sample` launched on `nodes`.
     fn launched_on(nodes: &[&str]) -> DeploymentEvent {
-        DeploymentEvent::Launched {
-            application: "sample".into(),
-            version: "1.0.0".into(),
-            image: "127.0.0.1:5000/sample/app:1.0.0".into(),
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            mode: Default::default(),
-            selector: None,
-            profile: None,
-            overrides: Default::default(),
-            env: Default::default(),
-            services: Default::default(),
-            rollout: Default::default(),
-            secrets: Default::default(),
-        }
+        crate::testing::launched("1.0.0", nodes)
     }
 
     fn fold_into(store: &mut MemoryStore, events: &[DeploymentEvent]) {

@@ -188,20 +188,7 @@ mod tests {
     }
 
     fn launched(version: &str) -> DeploymentEvent {
-        DeploymentEvent::Launched {
-            application: "sample".into(),
-            version: version.into(),
-            image: format!("127.0.0.1:5000/sample/app:{version}"),
-            nodes: vec!["edge-1".into()],
-            mode: Default::default(),
-            selector: None,
-            profile: None,
-            overrides: Default::default(),
-            env: Default::default(),
-            services: Default::default(),
-            rollout: Default::default(),
-            secrets: Default::default(),
-        }
+        crate::testing::launched(version, &["edge-1"])
     }
 
     fn available(state: &ApplicationUpdates) -> Vec<(String, String, String)> {
