@@ -8,6 +8,7 @@
 
 pub mod consume;
 pub mod creds;
+pub mod dead;
 pub mod seal;
 pub mod store;
 pub mod tail;

@@ -17,6 +17,7 @@
 
 use std::time::Duration;
 
+use crate::dead::Letter;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -130,6 +131,17 @@ impl StoredEvent {
     }
 }
 
+impl From<async_nats::jetstream::message::StreamMessage> for RawMessage {
+    fn from(message: async_nats::jetstream::message::StreamMessage) -> RawMessage {
+        RawMessage {
+            sequence: message.sequence,
+            subject: message.subject.to_string(),
+            payload: message.payload,
+            pending: None,
+        }
+    }
+}
+
 /// A message as a direct get hands it out.
 #[derive(Debug, Clone)]
 pub struct RawMessage {
@@ -145,8 +157,19 @@ pub struct RawMessage {
 pub struct Loaded {
     pub subject: String,
     pub events: Vec<StoredEvent>,
-    /// The stream sequence of the subject's last event; 0 when it has none.
+    /// The stream sequence of the subject's last message; 0 when it has none.
     pub last_sequence: u64,
+    /// How many messages of the subject did not fit there and were set aside.
+    pub set_aside: usize,
+}
+
+/// The end of a subject, for a writer chaining onto it.
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    /// The stream sequence of the subject's last message; 0 when it has none.
+    pub last_sequence: u64,
+    /// Its last event that fits there.
+    pub last: Option<StoredEvent>,
 }
 
 impl Loaded {
@@ -174,6 +197,8 @@ pub struct EventStore {
     signer: Option<std::sync::Arc<nkeys::KeyPair>>,
     /// Reads the log by direct gets: its credential may not make consumers.
     direct_reads: bool,
+    /// Where what does not fit is set aside.
+    dead: crate::dead::DeadLetters,
     /// The prefix of the JetStream API as this client's account sees it.
     api: &'static str,
 }
@@ -216,7 +241,17 @@ impl EventStore {
         quick.set_timeout(CONSUMER_TIMEOUT);
         let consumers = quick.get_stream_no_info(&config.stream).await.map_err(|e| nats(e.to_string()))?;
         let name = config.stream.clone();
-        Ok(EventStore { client, js, stream, consumers, name, signer: None, direct_reads: false, api: crate::API })
+        Ok(EventStore {
+            client,
+            js,
+            stream,
+            consumers,
+            name,
+            signer: None,
+            direct_reads: false,
+            api: crate::API,
+            dead: Default::default(),
+        })
     }
 
     /// The same store, signing the envelopes it seals with `key`.
@@ -228,6 +263,16 @@ impl EventStore {
     /// auditor's credential, which may make none.
     pub fn reading_by_direct_get(self) -> EventStore {
         EventStore { direct_reads: true, ..self }
+    }
+
+    /// The same store, copying what it sets aside to `dead`.
+    pub fn setting_aside_to(self, dead: crate::dead::DeadLetters) -> EventStore {
+        EventStore { dead, ..self }
+    }
+
+    /// Where this store's readers set aside what does not fit.
+    pub fn dead_letters(&self) -> &crate::dead::DeadLetters {
+        &self.dead
     }
 
     pub fn reads_by_direct_get(&self) -> bool {
@@ -248,7 +293,17 @@ impl EventStore {
         quick.set_timeout(CONSUMER_TIMEOUT);
         let consumers = quick.get_stream_no_info(&config.stream).await.map_err(|e| nats(e.to_string()))?;
         let name = config.stream.clone();
-        Ok(EventStore { client, js, stream, consumers, name, signer: None, direct_reads: false, api })
+        Ok(EventStore {
+            client,
+            js,
+            stream,
+            consumers,
+            name,
+            signer: None,
+            direct_reads: false,
+            api,
+            dead: Default::default(),
+        })
     }
 
     /// `envelope` signed by this writer's key, ready to encode.
@@ -309,6 +364,16 @@ impl EventStore {
         }
     }
 
+    /// The message at stream sequence `sequence` as stored, whatever it holds; `None` when the
+    /// stream has none there.
+    pub async fn raw_at(&self, sequence: u64) -> Result<Option<RawMessage>, ReadError> {
+        match self.stream.get_raw_message(sequence).await {
+            Ok(message) => Ok(Some(RawMessage::from(message))),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(read(format!("stream sequence {sequence}"))(e.to_string())),
+        }
+    }
+
     /// The events at stream sequences `sequences`.
     pub async fn events_at(&self, sequences: &[u64]) -> Result<Vec<StoredEvent>, ReadError> {
         let mut events = Vec::with_capacity(sequences.len());
@@ -323,53 +388,94 @@ impl EventStore {
         Ok(events)
     }
 
-    /// Every event of `subject`, in order.
+    /// The stream sequence of the last message on `subject` (0 when it has none), whatever
+    /// that message holds.
+    pub async fn last_sequence_of(&self, subject: &str) -> Result<u64, ReadError> {
+        Ok(self.last_raw(subject).await?.map_or(0, |m| m.sequence))
+    }
+
+    /// The last message of `subject` as stored, if it has any.
+    async fn last_raw(&self, subject: &str) -> Result<Option<RawMessage>, ReadError> {
+        match self.stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(Some(RawMessage::from(message))),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(read(format!("the last event of {subject}"))(e.to_string())),
+        }
+    }
+
+    /// What a writer chaining onto `subject` needs: the sequence of its last message and its
+    /// last event that fits there ([`events::fit`]). Only when the last message does not fit
+    /// is the subject read whole.
+    pub async fn head(&self, subject: &str) -> Result<Head, ReadError> {
+        let Some(last) = self.last_raw(subject).await? else {
+            return Ok(Head::default());
+        };
+        if let Ok(envelope) = events::fit::read(subject, &last.payload) {
+            let event = StoredEvent { sequence: last.sequence, envelope, bytes: last.payload };
+            return Ok(Head { last_sequence: last.sequence, last: Some(event) });
+        }
+        let mut loaded = self.load(subject).await?;
+        Ok(Head { last_sequence: loaded.last_sequence, last: loaded.events.pop() })
+    }
+
+    /// Every event of `subject`, in order. A message that does not fit there ([`events::fit`])
+    /// is set aside ([`crate::dead`]) and left out: the history goes on without it.
     pub async fn load(&self, subject: &str) -> Result<Loaded, ReadError> {
         let mut loaded = Loaded { subject: subject.to_owned(), ..Loaded::default() };
-        let Some(last) = self.last(subject).await? else {
+        let Some(last) = self.last_raw(subject).await? else {
             return Ok(loaded);
         };
         loaded.last_sequence = last.sequence;
-        // An event without a previous hash opens its chain: the subject holds it alone, so
-        // a new aggregate loads without a consumer.
-        if last.envelope.prev_hash.is_none() {
-            loaded.events.push(last);
-            return Ok(loaded);
+        // An event without a previous hash opens its chain: the subject holds it alone (or
+        // after what was set aside), so a new aggregate loads without a consumer.
+        if let Ok(envelope) = events::fit::read(subject, &last.payload) {
+            if envelope.prev_hash.is_none() {
+                loaded.events.push(StoredEvent { sequence: last.sequence, envelope, bytes: last.payload });
+                return Ok(loaded);
+            }
         }
         let mut from = 1;
         while from <= last.sequence {
-            let batch = self.direct_batch(subject, from, last.sequence).await?;
-            let Some(end) = batch.last().map(|e| e.sequence) else {
+            let batch = self.direct(subject, from, Some(last.sequence), DIRECT_BATCH).await?;
+            let Some(end) = batch.last().map(|m| m.sequence) else {
                 break;
             };
-            loaded.events.extend(batch);
+            let (events, unfit) = self.sort_out(batch, "load").await;
+            loaded.events.extend(events);
+            loaded.set_aside += unfit;
             from = end + 1;
         }
         Ok(loaded)
     }
 
-    /// Every event on `filter` (wildcards allowed) from sequence `from`, in stream order.
+    /// Every event on `filter` (wildcards allowed) from sequence `from`, in stream order; what
+    /// does not fit is set aside.
     pub async fn load_matching(&self, filter: &str, mut from: u64) -> Result<Vec<StoredEvent>, ReadError> {
         let mut events = Vec::new();
         loop {
             let batch = self.direct(filter, from, None, DIRECT_BATCH).await?;
             let Some(end) = batch.last().map(|m| m.sequence) else { return Ok(events) };
-            for raw in batch {
-                events.push(StoredEvent::decode(raw.sequence, raw.payload)?);
-            }
+            events.extend(self.sort_out(batch, "load").await.0);
             from = end + 1;
         }
     }
 
-    /// One batched direct get: the events of `subject` from sequence `from` up to `up_to`,
-    /// at most `DIRECT_BATCH` of them. It leaves nothing on the server (no consumer), and any
-    /// replica may answer.
-    async fn direct_batch(&self, subject: &str, from: u64, up_to: u64) -> Result<Vec<StoredEvent>, ReadError> {
-        self.direct(subject, from, Some(up_to), DIRECT_BATCH)
-            .await?
-            .into_iter()
-            .map(|raw| StoredEvent::decode(raw.sequence, raw.payload))
-            .collect()
+    /// The messages that fit where they are, as events, and how many others were set aside.
+    async fn sort_out(&self, batch: Vec<RawMessage>, reader: &str) -> (Vec<StoredEvent>, usize) {
+        let mut events = Vec::with_capacity(batch.len());
+        let mut unfit = 0;
+        for raw in batch {
+            match events::fit::read(&raw.subject, &raw.payload) {
+                Ok(envelope) => events.push(StoredEvent { sequence: raw.sequence, envelope, bytes: raw.payload }),
+                Err(reason) => {
+                    unfit += 1;
+                    self.dead
+                        .set_aside(Letter::new(reader, &raw.subject, Some(raw.sequence), &raw.payload, reason))
+                        .await;
+                }
+            }
+        }
+        (events, unfit)
     }
 
     /// One batched direct get of the messages on `filter` (wildcards allowed) from sequence

@@ -157,7 +157,7 @@ impl Desired {
     pub fn done_refreshing(&self, deployment: &str) -> anyhow::Result<()> {
         for entry in self.tree.scan_prefix(format!("{deployment}/")) {
             let (key, bytes) = entry?;
-            if Envelope::decode(&bytes)?.event_type == "work.refresh" {
+            if Envelope::decode(&bytes).is_ok_and(|e| e.event_type == "work.refresh") {
                 self.tree.remove(key)?;
             }
         }
@@ -185,7 +185,14 @@ fn grouped(
     for entry in entries {
         let (key, bytes) = entry?;
         let Some((deployment, at)) = position(&key) else { continue };
-        let envelope = Envelope::decode(&bytes)?;
+        // A corrupt entry (a disk's fault) is passed over: the rest of the work still counts.
+        let envelope = match Envelope::decode(&bytes) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::error!(key = %String::from_utf8_lossy(&key), error = %e, "passing over a corrupt entry of the work log");
+                continue;
+            }
+        };
         match groups.last_mut() {
             Some((last, group)) if last.as_slice() == deployment => group.push((at, envelope)),
             _ => groups.push((deployment.to_vec(), vec![(at, envelope)])),

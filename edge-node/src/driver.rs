@@ -195,7 +195,7 @@ pub async fn run_on<R: ContainerRuntime>(
                         NodeReport::DeploymentState { deployment, .. }
                         | NodeReport::Drift { deployment, .. }
                         | NodeReport::AppliedLocally { deployment } => causes.get(deployment).cloned(),
-                        NodeReport::Online { .. } => None,
+                        NodeReport::Online { .. } | NodeReport::WorkSetAside { .. } => None,
                     }
                     .unwrap_or_else(|| meta.clone());
                     outbox.push(&config.node, &meta, &report, Utc::now())?;
@@ -277,7 +277,8 @@ pub async fn run_on<R: ContainerRuntime>(
                         messages.push(message);
                     }
                     let behind = messages.last().and_then(|m| m.info().ok()).map_or(0, |info| info.pending);
-                    take_work(&desired, std::mem::take(&mut messages), &config, &actor, &mut causes, &mut pieces).await?;
+                    let taking = std::mem::take(&mut messages);
+                    take_work(&desired, &outbox, taking, &config, &actor, &mut causes, &mut pieces).await?;
                     if behind == 0 || began.elapsed() > CATCHING_UP_AT_MOST {
                         break;
                     }
@@ -358,9 +359,11 @@ pub async fn run_on<R: ContainerRuntime>(
 }
 
 /// Keeps `messages` of work in the work log, in one write, then acks them; adds each piece of
-/// work to `pieces` with what became of it.
+/// work to `pieces` with what became of it. A message that is not work for this node
+/// (`events::fit`) is set aside: logged, and reported to the engine, which keeps a copy.
 async fn take_work(
     desired: &Desired,
+    outbox: &Outbox,
     messages: Vec<jetstream::Message>,
     config: &NodeConfig,
     actor: &str,
@@ -370,13 +373,24 @@ async fn take_work(
     let mut taken = Vec::with_capacity(messages.len());
     for message in &messages {
         let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-        match Envelope::decode(&message.payload) {
+        match events::fit::read(&message.subject, &message.payload) {
             Ok(envelope) => {
                 if let Some(work) = accept(&envelope, config, actor, causes).and_then(as_work) {
                     taken.push((work, envelope, sequence));
                 }
             }
-            Err(e) => tracing::error!(sequence, error = %e, "skipping malformed work"),
+            Err(unfit) => {
+                tracing::error!(sequence, subject = %message.subject, reason = %unfit, "work set aside");
+                let id = Uuid::now_v7();
+                let meta = Metadata {
+                    tenant: config.tenant.clone(),
+                    actor: actor.to_owned(),
+                    correlation_id: id,
+                    causation_id: id,
+                };
+                let report = NodeReport::WorkSetAside { sequence, reason: unfit.to_string() };
+                outbox.push(&config.node, &meta, &report, Utc::now())?;
+            }
         }
     }
     let offered: Vec<_> = taken.iter().map(|(work, e, sequence)| (work.deployment(), e, *sequence)).collect();

@@ -63,16 +63,31 @@ impl Outbox {
 
     /// The oldest reports not yet acknowledged, at most `limit`.
     pub fn oldest(&self, limit: usize) -> anyhow::Result<Vec<Pending>> {
-        self.pending
-            .iter()
-            .take(limit)
-            .map(|entry| {
-                let (key, bytes) = entry?;
-                let key = u64::from_be_bytes(key.as_ref().try_into()?);
-                let envelope = Envelope::decode(&bytes)?;
-                Ok(Pending { key, msg_id: envelope.id.to_string(), bytes: Bytes::copy_from_slice(&bytes) })
-            })
-            .collect()
+        let mut oldest = Vec::with_capacity(limit.min(1024));
+        for entry in self.pending.iter() {
+            if oldest.len() >= limit {
+                break;
+            }
+            let (key, bytes) = entry?;
+            // A corrupt entry (a disk's fault) cannot be sent: it is dropped, and the rest go.
+            let decoded = <[u8; 8]>::try_from(key.as_ref()).map_err(|e| e.to_string()).and_then(|number| {
+                Envelope::decode(&bytes)
+                    .map(|envelope| (u64::from_be_bytes(number), envelope))
+                    .map_err(|e| e.to_string())
+            });
+            match decoded {
+                Ok((number, envelope)) => oldest.push(Pending {
+                    key: number,
+                    msg_id: envelope.id.to_string(),
+                    bytes: Bytes::copy_from_slice(&bytes),
+                }),
+                Err(error) => {
+                    tracing::error!(error, "dropping a corrupt report from the outbox");
+                    self.pending.remove(key)?;
+                }
+            }
+        }
+        Ok(oldest)
     }
 
     pub fn remove(&self, key: u64) -> sled::Result<()> {

@@ -880,7 +880,13 @@ pub struct NodeBody {
     pub id: String,
     pub labels: events::node::Labels,
     pub state: Option<events::node::NodeState>,
+    /// When the engine last heard the node, by the engine's clock: its last heartbeat's
+    /// arrival, or, for a node not heard since the engine started, the last one recorded.
     pub last_heartbeat: Option<chrono::DateTime<chrono::Utc>>,
+    /// How far the node's clock was ahead of the engine's at its last heartbeat (behind when
+    /// negative), in milliseconds; absent until the engine hears it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<i64>,
     /// Reports on its subject the engine refused (`node.report_refused`), and the last.
     pub refused_reports: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -898,11 +904,13 @@ async fn get_node(
     if !node.registered {
         return Err(ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("node `{id}` is not registered")));
     }
+    let heard = state.liveness.latest(&meta.tenant, &id);
     Ok(Json(NodeBody {
         id,
         labels: node.labels,
         state: node.state,
-        last_heartbeat: node.last_heartbeat,
+        last_heartbeat: heard.as_ref().map(|h| h.received).or(node.last_heartbeat),
+        clock_skew_ms: heard.map(|h| h.clock_skew_ms),
         refused_reports: node.refused_reports,
         last_refused: node.last_refused,
     }))
@@ -982,7 +990,7 @@ async fn node_telemetry(
 ) -> Result<Json<events::telemetry::Heartbeat>, ApiError> {
     let meta = caller.meta(READERS)?;
     token("id", &id)?;
-    state.liveness.latest(&meta.tenant, &id).map(Json).ok_or_else(|| {
+    state.liveness.latest(&meta.tenant, &id).map(|heard| Json(heard.heartbeat)).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             Some("id"),

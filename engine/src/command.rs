@@ -139,7 +139,7 @@ impl CommandHandler {
         look: impl FnOnce(&A) -> T,
     ) -> Result<T, StoreError> {
         let subject = events::subject::aggregate(tenant, A::TYPE, id);
-        let last = self.store.last(&subject).await?.map_or(0, |e| e.sequence);
+        let last = self.store.last_sequence_of(&subject).await?;
         let slot = self.cache.slot(&subject);
         let mut held = slot.lock().await;
         match held.as_ref().and_then(|c| c.downcast_ref::<Current<A>>()) {
@@ -220,7 +220,7 @@ impl CommandHandler {
                 // A refusal, or nothing to do, is only trusted on a fold known to be current:
                 // no append will prove the cached one right, so the log's last sequence does.
                 _ if !fresh => {
-                    let last = self.store.last(&subject).await?.map_or(0, |e| e.sequence);
+                    let last = self.store.last_sequence_of(&subject).await?;
                     if last != current.last_sequence {
                         current = Current::load(&self.store, &subject).await?;
                     }

@@ -26,6 +26,7 @@ pub mod worker;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::task::JoinSet;
@@ -133,6 +134,8 @@ impl Engine {
             .await
             .context("opening the event store")?
             .signed_by(trust.engine().key().clone());
+        let dead = bus::dead::DeadLetters::open(store.jetstream().clone(), config.store.replicas).await?;
+        let store = store.setting_aside_to(dead);
         let db = sled::open(&config.data_dir)
             .with_context(|| format!("opening the read models in {}", config.data_dir.display()))?;
         let models = read_model::open(&db)?;
@@ -176,16 +179,25 @@ impl Engine {
         );
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(projector::run(store.clone(), models, config.projector));
-        tasks.spawn(worker::membership(commands.clone(), deployments.clone(), nodes.clone()));
-        tasks.spawn(worker::tenants(commands.clone(), keys.clone()));
-        tasks.spawn(worker::route(store.clone(), keys.clone()));
+        let (s, m, p) = (store.clone(), models, config.projector);
+        tasks.spawn(supervise("projector", move || projector::run(s.clone(), m.clone(), p.clone())));
+        let (c, d, n) = (commands.clone(), deployments.clone(), nodes.clone());
+        tasks.spawn(supervise("targets", move || worker::membership(c.clone(), d.clone(), n.clone())));
+        let (c, k) = (commands.clone(), keys.clone());
+        tasks.spawn(supervise("tenants", move || worker::tenants(c.clone(), k.clone())));
+        let (s, k) = (store.clone(), keys.clone());
+        tasks.spawn(supervise("router", move || worker::route(s.clone(), k.clone())));
         let keys = Arc::new(worker::NodeKeys::default());
-        tasks.spawn(worker::ingest(commands.clone(), keys.clone()));
-        tasks.spawn(worker::settle(commands.clone()));
-        let (d, n) = (deployments.clone(), nodes.clone());
-        tasks.spawn(credentials::run(commands.clone(), d, n, trust.clone(), system, keys));
-        tasks.spawn(liveness::run(commands.clone(), liveness.clone(), nodes.clone()));
+        let (c, k) = (commands.clone(), keys.clone());
+        tasks.spawn(supervise("ingest", move || worker::ingest(c.clone(), k.clone())));
+        let c = commands.clone();
+        tasks.spawn(supervise("settle", move || worker::settle(c.clone())));
+        let (c, d, n, t) = (commands.clone(), deployments.clone(), nodes.clone(), trust.clone());
+        tasks.spawn(supervise("credentials", move || {
+            credentials::run(c.clone(), d.clone(), n.clone(), t.clone(), system.clone(), keys.clone())
+        }));
+        let (c, l, n) = (commands.clone(), liveness.clone(), nodes.clone());
+        tasks.spawn(supervise("liveness", move || liveness::run(c.clone(), l.clone(), n.clone())));
         let server = axum_server::Handle::new();
         let handle = server.clone();
         tasks.spawn(async move {
@@ -200,12 +212,53 @@ impl Engine {
         Ok(Engine { api_addr, commands, deployments, notifications, nodes, liveness, issuer, tasks, server })
     }
 
-    /// Runs until a task fails; returns its error.
+    /// Runs until the API server ends; returns its error.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         match self.tasks.join_next().await {
             Some(Ok(result)) => result.and_then(|()| anyhow::bail!("an engine task ended")),
             Some(Err(e)) => Err(e.into()),
             None => Ok(()),
         }
+    }
+}
+
+/// Runs the task `make` makes for as long as the engine runs: one that ends, fails or panics
+/// is logged and made again, after a pause that doubles from 100 ms to 30 s (and starts over
+/// once a task has run for a minute). No task's failure ends the engine.
+async fn supervise<F, Fut>(name: &'static str, mut make: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    const FIRST_PAUSE: Duration = Duration::from_millis(100);
+    const LONGEST_PAUSE: Duration = Duration::from_secs(30);
+    const SETTLED: Duration = Duration::from_secs(60);
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let started = std::time::Instant::now();
+        // Spawned apart, so that a panic is caught here; aborted with the supervisor, so that
+        // an engine shut down leaves no task of its own behind.
+        let mut task = Aborting(tokio::spawn(make()));
+        match (&mut task.0).await {
+            Ok(Ok(())) => tracing::error!(task = name, "an engine task ended; starting it again"),
+            Ok(Err(e)) => {
+                tracing::error!(task = name, error = format!("{e:#}"), "an engine task failed; starting it again")
+            }
+            Err(e) => tracing::error!(task = name, error = %e, "an engine task panicked; starting it again"),
+        }
+        if started.elapsed() >= SETTLED {
+            pause = FIRST_PAUSE;
+        }
+        tokio::time::sleep(pause).await;
+        pause = pause.saturating_mul(2).min(LONGEST_PAUSE);
+    }
+}
+
+/// A spawned task, aborted when dropped.
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

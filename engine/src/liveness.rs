@@ -13,6 +13,7 @@ use async_nats::jetstream::{self, stream};
 use chrono::Utc;
 use futures::StreamExt;
 
+use bus::dead::Letter;
 use events::node::{Node, NodeCommand, NodeState};
 use events::telemetry::Heartbeat;
 
@@ -39,10 +40,25 @@ struct Seen {
     state: Option<NodeState>,
 }
 
+/// What the engine last heard from a node.
+#[derive(Debug, Clone)]
+pub struct Heard {
+    pub heartbeat: Heartbeat,
+    /// When the heartbeat arrived, by the engine's clock.
+    pub received: chrono::DateTime<Utc>,
+    /// How far the node's clock is ahead of the engine's (behind when negative), as this
+    /// heartbeat showed: the time it carries less the time it arrived.
+    pub clock_skew_ms: i64,
+}
+
 impl Liveness {
-    pub fn latest(&self, tenant: &str, node: &str) -> Option<Heartbeat> {
+    pub fn latest(&self, tenant: &str, node: &str) -> Option<Heard> {
         let latest = self.latest.read().expect("the liveness map is never poisoned");
-        latest.get(&(tenant.to_owned(), node.to_owned())).map(|s| s.heartbeat.clone())
+        latest.get(&(tenant.to_owned(), node.to_owned())).map(|s| Heard {
+            heartbeat: s.heartbeat.clone(),
+            received: s.received,
+            clock_skew_ms: (s.heartbeat.at - s.received).num_milliseconds(),
+        })
     }
 }
 
@@ -77,9 +93,13 @@ pub async fn run(handler: CommandHandler, liveness: Liveness, nodes: crate::read
                 let (Some(tenant), Some(node)) = (beat.subject.split('.').nth(1), beat.subject.split('.').nth(2)) else {
                     continue;
                 };
-                let Ok(mut heartbeat) = serde_json::from_slice::<Heartbeat>(&beat.payload) else {
-                    tracing::warn!(subject = %beat.subject, "skipping a heartbeat that does not decode");
-                    continue;
+                let mut heartbeat = match serde_json::from_slice::<Heartbeat>(&beat.payload) {
+                    Ok(heartbeat) => heartbeat,
+                    Err(e) => {
+                        let letter = Letter::new("liveness", &beat.subject, None, &beat.payload, e);
+                        handler.store().dead_letters().set_aside(letter).await;
+                        continue;
+                    }
                 };
                 (heartbeat.tenant, heartbeat.node) = (tenant.to_owned(), node.to_owned());
                 let key = (heartbeat.tenant.clone(), heartbeat.node.clone());
@@ -101,8 +121,12 @@ pub async fn run(handler: CommandHandler, liveness: Liveness, nodes: crate::read
                     .expect("the liveness map is never poisoned")
                     .iter()
                     .filter(|(_, s)| {
-                        let silent_since = s.received + (s.heartbeat.silent_after() - s.heartbeat.at);
-                        s.state != Some(NodeState::Unreachable) && silent_since < now
+                        // On the engine's clock alone: the node's may be anywhere.
+                        let silent = chrono::Duration::from_std(s.heartbeat.silence())
+                            .ok()
+                            .and_then(|silence| s.received.checked_add_signed(silence))
+                            .is_none_or(|silent_since| silent_since < now);
+                        s.state != Some(NodeState::Unreachable) && silent
                     })
                     .map(|(key, _)| key.clone())
                     .collect();
@@ -127,7 +151,7 @@ fn expect_known_nodes(liveness: &Liveness, nodes: &crate::read_model::Nodes) -> 
             tenant: record.tenant.clone(),
             node: record.id.clone(),
             at: now,
-            interval_ms: ASSUMED_INTERVAL.as_millis() as u64,
+            interval_ms: ASSUMED_INTERVAL_MS,
             containers: vec![],
         };
         latest.entry((record.tenant, record.id)).or_insert(Seen {
@@ -140,7 +164,7 @@ fn expect_known_nodes(liveness: &Liveness, nodes: &crate::read_model::Nodes) -> 
 }
 
 /// The rate assumed for a node not heard from since the engine started.
-const ASSUMED_INTERVAL: Duration = Duration::from_secs(5);
+const ASSUMED_INTERVAL_MS: u64 = 5000;
 
 /// Records a change of reachability; on failure it is tried again at the next beat or check.
 async fn change(

@@ -28,8 +28,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use bus::store::{EventStore, ReadError, StoreError, StoredEvent};
+use bus::dead::Letter;
+use bus::store::{EventStore, ReadError, StoreError};
+use events::fit::Unfit;
 use events::projection::{Fact, ModelError, Store, Value};
+use events::Envelope;
 
 const CHECKPOINT_KEY: &[u8] = b"meta/checkpoint";
 
@@ -247,14 +250,19 @@ async fn fold(
         last = sequence;
         let folded =
             events::projection::SUBJECTS.iter().any(|pattern| events::subject::matches(pattern, &message.subject));
-        match folded.then(|| StoredEvent::decode(sequence, message.payload.clone())) {
-            None => {}
-            Some(Ok(event)) => match Fact::of(&event.envelope) {
-                Ok(fact) => events::projection::fold(&mut batch, &event.envelope, &fact)
+        if folded {
+            let fact = Envelope::decode(&message.payload)
+                .map_err(Unfit::NotAnEvent)
+                .and_then(|envelope| events::fit::placed(&message.subject, &envelope).map(|()| envelope))
+                .and_then(|envelope| Fact::of(&envelope).map(|fact| (envelope, fact)).map_err(Unfit::Payload));
+            match fact {
+                Ok((envelope, fact)) => events::projection::fold(&mut batch, &envelope, &fact)
                     .map_err(|e| anyhow::anyhow!("at stream sequence {sequence}: {e}"))?,
-                Err(e) => tracing::error!(sequence, error = %e, "skipping an event that does not decode"),
-            },
-            Some(Err(e)) => tracing::error!(sequence, error = %e, "skipping a malformed event"),
+                Err(unfit) => {
+                    let letter = Letter::new("projector", &message.subject, Some(sequence), &message.payload, unfit);
+                    store.dead_letters().set_aside(letter).await;
+                }
+            }
         }
         in_batch += 1;
         read += 1;

@@ -47,11 +47,12 @@
 //! (deployment, node) pair (`events::deployment_node`), checked against what the deployment
 //! asks of the node as this engine last folded it (and as the log has it, when that refuses
 //! it); drift and a local apply go to the deployment, a node's coming online to the node. A
-//! report is taken only when its envelope's tenant, type and node are its subject's and it
-//! verifies under the key the node is enrolled with now (`NodeKeys`): it speaks for the node
-//! whose subject it arrived on. Any other is refused and recorded as the node's
-//! `node.report_refused`. A report that does not decode, or that its aggregate refuses, is
-//! logged and acked.
+//! report that does not fit its subject (not an envelope, its tenant, type or node not the
+//! subject's, not a report) is set aside as a dead letter, as any message a worker reads that
+//! does not fit (`events::fit`, `bus::dead`). One that fits is taken only when it verifies
+//! under the key the node is enrolled with now (`NodeKeys`): it speaks for the node whose
+//! subject it arrived on. Any other is refused and recorded as the node's
+//! `node.report_refused`. A report that its aggregate refuses is logged and acked.
 //!
 //! The reports are spread over lanes by node ([`consume_in_lanes`]): a node's reports are
 //! taken in order, and no node's wait on another's, since each pair is a subject of its own.
@@ -125,7 +126,7 @@ where
     let messages = bus::consume::durable(name, pull, move || durable(store, name, filter));
     let mut messages = std::pin::pin!(messages);
     while let Some(message) = messages.next().await {
-        handle_one(name, message, &mut handle).await;
+        handle_one(store, name, message, &mut handle).await;
     }
     Ok(())
 }
@@ -151,7 +152,7 @@ where
     let lanes = futures::future::join_all(receivers.into_iter().map(|mut lane| async move {
         let mut handle = |subject, event| handle(subject, event);
         while let Some(message) = lane.recv().await {
-            handle_one(name, message, &mut handle).await;
+            handle_one(store, name, message, &mut handle).await;
         }
     }));
     let feed = async move {
@@ -174,7 +175,8 @@ const LANES: usize = 32;
 const LANE_DEPTH: usize = 16;
 
 /// Hands one message to `handle` and acks it once handled, or once it has failed too often.
-async fn handle_one<F, Fut>(name: &str, message: async_nats::jetstream::Message, handle: &mut F)
+/// One that does not fit where it is ([`events::fit`]) is set aside and acked.
+async fn handle_one<F, Fut>(store: &EventStore, name: &str, message: async_nats::jetstream::Message, handle: &mut F)
 where
     F: FnMut(String, StoredEvent) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -184,13 +186,15 @@ where
         return;
     };
     let sequence = info.stream_sequence;
-    let outcome = match StoredEvent::decode(sequence, message.payload.clone()) {
-        Ok(event) => {
-            let subject = message.subject.to_string();
+    let subject = message.subject.to_string();
+    let outcome = match events::fit::read(&subject, &message.payload) {
+        Ok(envelope) => {
+            let event = StoredEvent { sequence, envelope, bytes: message.payload.clone() };
             in_order(name, std::slice::from_ref(&message), || handle(subject.clone(), event.clone())).await
         }
-        Err(e) => {
-            tracing::error!(consumer = name, sequence, error = %e, "skipping a malformed event");
+        Err(unfit) => {
+            let letter = bus::dead::Letter::new(name, &subject, Some(sequence), &message.payload, unfit);
+            store.dead_letters().set_aside(letter).await;
             Ok(())
         }
     };
@@ -626,8 +630,8 @@ async fn append_chained(
     msg_id: String,
 ) -> anyhow::Result<()> {
     for _ in 0..ROUTE_ATTEMPTS {
-        let last = store.last(subject).await?;
-        let prev_hash = last.as_ref().map(|e| chain_hash(&e.bytes));
+        let head = store.head(subject).await?;
+        let prev_hash = head.last.as_ref().map(|e| chain_hash(&e.bytes));
         let envelope = store.seal(Envelope::new(
             Uuid::now_v7(),
             chrono::Utc::now(),
@@ -638,8 +642,7 @@ async fn append_chained(
             prev_hash,
         ));
         let outgoing = Outgoing { msg_id: msg_id.clone(), bytes: Bytes::from(envelope.encode()) };
-        let expected = last.map_or(0, |e| e.sequence);
-        match store.append(subject, expected, vec![outgoing]).await {
+        match store.append(subject, head.last_sequence, vec![outgoing]).await {
             Ok(_) | Err(AppendError::Duplicate { .. }) => return Ok(()),
             Err(AppendError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -653,10 +656,10 @@ const ROUTE_ATTEMPTS: u32 = 8;
 
 /// Turns node reports into commands on the node and deployment aggregates.
 ///
-/// A report speaks for the node whose subject it arrived on, whatever its envelope claims. A
-/// report whose envelope is misplaced or not signed by the node's key is refused and recorded
-/// as `node.report_refused`. One that does not decode, or that the aggregate refuses, is logged
-/// and acked: it would be refused again. Only a failure of the store leaves it for redelivery.
+/// A report speaks for the node whose subject it arrived on. One that does not fit there is set
+/// aside; one not signed by the node's key is refused and recorded as `node.report_refused`.
+/// One that the aggregate refuses is logged and acked: it would be refused again. Only a
+/// failure of the store leaves it for redelivery.
 pub async fn ingest(handler: CommandHandler, keys: std::sync::Arc<NodeKeys>) -> anyhow::Result<()> {
     let store = handler.store().clone();
     consume_in_lanes(&store, "ingest", events::subject::ALL_NODE_REPORTS, |subject, event| {
@@ -719,26 +722,12 @@ async fn ingest_one(
         tracing::error!(sequence, subject, "a report on an unexpected subject");
         return Ok(());
     };
-    let misplaced = envelope.tenant != tenant
-        || envelope.aggregate_id != node
-        || envelope.aggregate_type != events::report::AGGREGATE_TYPE;
-    if misplaced {
-        let claimed = format!("{}/{}/{}", envelope.tenant, envelope.aggregate_type, envelope.aggregate_id);
-        tracing::error!(sequence, subject, claimed, "refused: a report whose envelope disagrees with its subject");
-        let reason = format!("the report claims to be {claimed}");
-        return record_refusal(handler, tenant, node, sequence, reason).await;
-    }
     if let Some(why) = keys.refusal(handler, tenant, node, envelope).await? {
         tracing::error!(sequence, subject, why, "refused: a report not signed by its node");
         return record_refusal(handler, tenant, node, sequence, why).await;
     }
-    let report = match envelope.event::<NodeReport>() {
-        Ok(report) => report,
-        Err(e) => {
-            tracing::error!(sequence, node, error = %e, "skipping a report that does not decode");
-            return Ok(());
-        }
-    };
+    // It fits its subject (`handle_one`): its payload is a report.
+    let Ok(report) = envelope.event::<NodeReport>() else { return Ok(()) };
     // The report is the cause; its id makes the command idempotent.
     let meta = CommandMeta {
         tenant: tenant.to_owned(),
@@ -767,6 +756,18 @@ async fn ingest_one(
             let report = StateReport { version, status, error, containers, reported_at: envelope.time };
             if let Some(rejection) = report_state(handler, &meta, &deployment, node, report).await? {
                 tracing::warn!(sequence, node, %rejection, "report refused");
+            }
+            return Ok(());
+        }
+        NodeReport::WorkSetAside { sequence: set_aside, reason } => {
+            // The node's word is taken for its own work subject alone.
+            let work = events::subject::node_desired(tenant, node);
+            match handler.store().raw_at(set_aside).await? {
+                Some(raw) if raw.subject == work => {
+                    let letter = bus::dead::Letter::new(&meta.actor, &work, Some(set_aside), &raw.payload, reason);
+                    handler.store().dead_letters().set_aside(letter).await;
+                }
+                _ => tracing::warn!(sequence, node, set_aside, "a node set aside a message not on its work subject"),
             }
             return Ok(());
         }
@@ -856,12 +857,18 @@ pub async fn settle(handler: CommandHandler) -> anyhow::Result<()> {
         let mut groups: Vec<Settling> = Vec::new();
         let mut others = Vec::new();
         for message in chunk {
-            match settled(&message) {
-                Some((key, report, cause)) => match groups.iter_mut().find(|g| g.key == key) {
+            match settled(&message.subject, &message.payload) {
+                Ok(Some((key, report, cause))) => match groups.iter_mut().find(|g| g.key == key) {
                     Some(group) => group.add(report, cause, message),
                     None => groups.push(Settling::new(key, report, cause, message)),
                 },
-                None => others.push(message),
+                Ok(None) => others.push(message),
+                Err(unfit) => {
+                    let sequence = message.info().map(|info| info.stream_sequence).ok();
+                    let letter = bus::dead::Letter::new(name, &message.subject, sequence, &message.payload, unfit);
+                    store.dead_letters().set_aside(letter).await;
+                    others.push(message);
+                }
             }
         }
         for group in groups {
@@ -905,39 +912,24 @@ impl Settling {
     }
 }
 
+/// A settled report: (tenant, deployment), the report, and the pair's event that holds it.
+type Settled = ((String, String), events::deployment::Settle, Envelope);
+
 /// The settled report a pair's event holds, with its deployment and the event; none for any
-/// other event (under way, misplaced, or not an event at all: logged).
-fn settled(
-    message: &async_nats::jetstream::Message,
-) -> Option<((String, String), events::deployment::Settle, Envelope)> {
-    let sequence = message.info().map_or(0, |info| info.stream_sequence);
-    let subject = message.subject.as_str();
-    let stored = match StoredEvent::decode(sequence, message.payload.clone()) {
-        Ok(stored) => stored,
-        Err(e) => {
-            tracing::error!(sequence, subject, error = %e, "skipping a malformed event");
-            return None;
-        }
+/// other event; why not, for a message that does not fit on its subject.
+fn settled(subject: &str, payload: &[u8]) -> Result<Option<Settled>, events::fit::Unfit> {
+    let envelope = events::fit::read(subject, payload)?;
+    let Some((deployment, node)) = events::deployment_node::split(&envelope.aggregate_id) else {
+        return Ok(None);
     };
-    let envelope = stored.envelope;
-    let placed = subject == events::subject::aggregate(&envelope.tenant, DeploymentNode::TYPE, &envelope.aggregate_id);
-    let Some((deployment, node)) = events::deployment_node::split(&envelope.aggregate_id).filter(|_| placed) else {
-        tracing::error!(sequence, subject, "skipping an event whose envelope disagrees with its subject");
-        return None;
-    };
-    let DeploymentNodeEvent::StateReported { version, status, error, reported_at, .. } = match envelope.event() {
-        Ok(event) => event,
-        Err(e) => {
-            tracing::error!(sequence, subject, error = %e, "skipping an event that does not decode");
-            return None;
-        }
-    };
+    let DeploymentNodeEvent::StateReported { version, status, error, reported_at, .. } =
+        envelope.event().map_err(events::fit::Unfit::Payload)?;
     if !status.is_settled() {
-        return None;
+        return Ok(None);
     }
     let key = (envelope.tenant.clone(), deployment.to_owned());
     let report = events::deployment::Settle { node: node.to_owned(), version, status, error, reported_at };
-    Some((key, report, envelope))
+    Ok(Some((key, report, envelope)))
 }
 
 async fn settle_group(handler: &CommandHandler, group: &Settling) -> anyhow::Result<()> {

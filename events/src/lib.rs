@@ -14,6 +14,7 @@ pub mod compose;
 pub mod deployment;
 pub mod deployment_node;
 pub mod envelope;
+pub mod fit;
 pub mod logs;
 pub mod node;
 pub mod policy;

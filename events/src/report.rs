@@ -32,6 +32,9 @@ pub enum NodeReport {
     Drift { deployment: String, container: String, drift: String },
     /// A staged deployment was applied on the node itself, with or without a link.
     AppliedLocally { deployment: String },
+    /// The message at stream sequence `sequence` of the node's work subject is not work for
+    /// it (`crate::fit`): the node set it aside and went on.
+    WorkSetAside { sequence: u64, reason: String },
 }
 
 event_payload!(NodeReport, "report", {
@@ -39,4 +42,5 @@ event_payload!(NodeReport, "report", {
     DeploymentState => "deployment_state",
     Drift => "drift",
     AppliedLocally => "applied_locally",
+    WorkSetAside => "work_set_aside",
 });

@@ -53,6 +53,31 @@ pub fn node_inbox(tenant: &str, node: &str) -> String {
     format!("_INBOX_node.{tenant}.{node}")
 }
 
+/// Whose a subject of the `EVENTS` stream is: the tenant, aggregate type and id an envelope
+/// on it must carry. Reports count as the aggregate [`crate::report::AGGREGATE_TYPE`] of their
+/// node, work as [`crate::work::AGGREGATE_TYPE`]; `None` for a subject outside the layout.
+pub fn owner(subject: &str) -> Option<Owner<'_>> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let (tenant, aggregate_type, id): (&str, &str, std::borrow::Cow<'_, str>) = match tokens[..] {
+        ["ev", tenant, crate::deployment_node::TYPE, deployment, node] => {
+            (tenant, crate::deployment_node::TYPE, crate::deployment_node::id(deployment, node).into())
+        }
+        ["ev", tenant, "node", node, "state"] => (tenant, crate::report::AGGREGATE_TYPE, node.into()),
+        ["ev", tenant, "node", node, "desired"] => (tenant, crate::work::AGGREGATE_TYPE, node.into()),
+        ["ev", tenant, aggregate_type, id] => (tenant, aggregate_type, id.into()),
+        _ => return None,
+    };
+    Some(Owner { tenant, aggregate_type, id })
+}
+
+/// What [`owner`] finds a subject belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner<'a> {
+    pub tenant: &'a str,
+    pub aggregate_type: &'a str,
+    pub id: std::borrow::Cow<'a, str>,
+}
+
 /// Checks that `value` can be one token of a subject: 1 to 64 of `[A-Za-z0-9_-]`.
 pub fn check_token(what: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
@@ -103,6 +128,17 @@ mod tests {
         assert_eq!(node_desired("acme", "n1"), "ev.acme.node.n1.desired");
         assert_eq!(node_reports("acme", "n1"), "ev.acme.node.n1.state");
         assert_ne!(node_consumer("a-b", "c"), node_consumer("a", "b-c"));
+    }
+
+    #[test]
+    fn each_subject_names_its_owner() {
+        let owner_of = |subject| owner(subject).map(|o| format!("{}/{}/{}", o.tenant, o.aggregate_type, o.id));
+        assert_eq!(owner_of("ev.acme.deployment.d1").as_deref(), Some("acme/deployment/d1"));
+        assert_eq!(owner_of("ev.acme.deployment_node.d1.n1").as_deref(), Some("acme/deployment_node/d1.n1"));
+        assert_eq!(owner_of("ev.acme.node.n1.state").as_deref(), Some("acme/node_report/n1"));
+        assert_eq!(owner_of("ev.acme.node.n1.desired").as_deref(), Some("acme/node_work/n1"));
+        assert_eq!(owner_of("ev.acme.node.n1.other"), None);
+        assert_eq!(owner_of("tm.acme.n1"), None);
     }
 
     #[test]

@@ -40,11 +40,18 @@ pub struct ContainerTelemetry {
     pub memory_bytes: u64,
 }
 
+/// A node saying it beats less often than this is taken to beat this often: its silence is
+/// noticed within three hours, whatever it claims.
+pub const MAX_INTERVAL_MS: u64 = 3_600_000;
+
 impl Heartbeat {
-    /// When the node counts as unreachable if nothing newer arrived.
-    pub fn silent_after(&self) -> DateTime<Utc> {
-        let silence = (self.interval_ms * MISSED_BEATS as u64).max(MIN_SILENCE_MS);
-        self.at + chrono::Duration::milliseconds(silence as i64)
+    /// How long after this heartbeat's arrival the node counts as unreachable if nothing newer
+    /// arrived: [`MISSED_BEATS`] beats at the node's rate (at most [`MAX_INTERVAL_MS`]), never
+    /// less than [`MIN_SILENCE_MS`].
+    pub fn silence(&self) -> std::time::Duration {
+        let interval = self.interval_ms.min(MAX_INTERVAL_MS);
+        let silence = interval.saturating_mul(u64::from(MISSED_BEATS)).max(MIN_SILENCE_MS);
+        std::time::Duration::from_millis(silence)
     }
 }
 
@@ -58,8 +65,10 @@ mod tests {
     }
 
     #[test]
-    fn silence_is_three_missed_beats_and_never_less_than_the_floor() {
-        assert_eq!(beat(5000).silent_after(), now() + chrono::Duration::seconds(15));
-        assert_eq!(beat(300).silent_after(), now() + chrono::Duration::milliseconds(2000));
+    fn silence_is_three_missed_beats_within_a_floor_and_a_ceiling() {
+        use std::time::Duration;
+        assert_eq!(beat(5000).silence(), Duration::from_secs(15));
+        assert_eq!(beat(300).silence(), Duration::from_millis(2000));
+        assert_eq!(beat(u64::MAX).silence(), Duration::from_secs(3 * 3600), "an absurd interval is capped");
     }
 }

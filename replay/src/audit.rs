@@ -123,3 +123,18 @@ impl Entry {
         inner.get(name)?.as_str()
     }
 }
+
+/// A message of the trail that is not an event where it was found, as one JSON line: where,
+/// and why it was set aside.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SetAsideEntry {
+    pub sequence: u64,
+    pub subject: String,
+    pub set_aside: String,
+}
+
+impl SetAsideEntry {
+    pub fn of(subject: &str, unfit: &crate::SetAside) -> SetAsideEntry {
+        SetAsideEntry { sequence: unfit.sequence, subject: subject.to_owned(), set_aside: unfit.reason.to_string() }
+    }
+}

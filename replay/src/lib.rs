@@ -13,13 +13,54 @@ use futures::StreamExt;
 
 use bus::store::{EventStore, StoredEvent};
 
+/// A message of the log as a reader finds it: an event that fits where it is, or one that does
+/// not ([`events::fit`]), which every reader sets aside and goes on.
+pub type Found = Result<StoredEvent, SetAside>;
+
+/// A message that does not fit where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    pub sequence: u64,
+    pub reason: events::fit::Unfit,
+}
+
+impl std::fmt::Display for SetAside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the message at sequence {} is set aside: {}", self.sequence, self.reason)
+    }
+}
+
+fn found(sequence: u64, subject: &str, payload: bytes::Bytes) -> Found {
+    match events::fit::read(subject, &payload) {
+        Ok(envelope) => Ok(StoredEvent { sequence, envelope, bytes: payload }),
+        Err(reason) => Err(SetAside { sequence, reason }),
+    }
+}
+
 /// Hands `each` every event of the stream from sequence `from` to the last one there is now,
-/// with its subject, in stream order; returns how many there were. Progress is shown on a
-/// terminal.
+/// with its subject, in stream order; returns how many there were. A message that does not
+/// fit where it is is logged and passed over. Progress is shown on a terminal.
 pub async fn each_event(
     store: &EventStore,
     from: u64,
     mut each: impl FnMut(&str, StoredEvent) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    each_message(store, from, |subject, found| match found {
+        Ok(event) => each(subject, event),
+        Err(set_aside) => {
+            eprintln!("warning: {subject}: {set_aside}");
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Like [`each_event`], handing `each` every message, whether it fits or not; returns how many
+/// there were.
+pub async fn each_message(
+    store: &EventStore,
+    from: u64,
+    mut each: impl FnMut(&str, Found) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
     let last = store.last_sequence().await?;
     if last < from.max(1) {
@@ -38,7 +79,7 @@ pub async fn each_event(
     let mut count = 0;
     while let Some(message) = messages.next().await {
         let sequence = message.sequence;
-        each(&message.subject, StoredEvent::decode(sequence, message.payload)?)?;
+        each(&message.subject, found(sequence, &message.subject, message.payload))?;
         count += 1;
         progress.set_position(sequence);
         // The log never ends: stop at the end read beforehand.
@@ -50,12 +91,12 @@ pub async fn each_event(
     Ok(count)
 }
 
-/// Hands `each` every event appended from now on (or from `from` when given), with its
+/// Hands `each` every message appended from now on (or from `from` when given), with its
 /// subject, as it comes, until `each` fails; a lost link or server is waited out.
 pub async fn follow(
     store: &EventStore,
     from: Option<u64>,
-    mut each: impl FnMut(&str, StoredEvent) -> anyhow::Result<()>,
+    mut each: impl FnMut(&str, Found) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let from = match from {
         Some(from) => from,
@@ -64,7 +105,7 @@ pub async fn follow(
     let messages = bus::tail::tail(store, from).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
     let mut messages = std::pin::pin!(messages);
     while let Some(message) = messages.next().await {
-        each(&message.subject, StoredEvent::decode(message.sequence, message.payload)?)?;
+        each(&message.subject, found(message.sequence, &message.subject, message.payload))?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use bus::store::{EventStore, StoreConfig};
 use replay::at::{Fold, Until};
-use replay::audit::{Entry, Filter};
+use replay::audit::{Entry, Filter, SetAsideEntry};
 use replay::verify::{Chains, Signatures};
 
 #[derive(Debug, Parser)]
@@ -34,7 +34,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Walk every subject's hash chain and name the first altered, removed or reordered event;
-    /// check every signature and name each unsigned, forged or misplaced event.
+    /// check every signature and name each unsigned or forged event, and each message that
+    /// does not fit where it is (not an event, misplaced, or not of its subject's type).
     Verify {
         /// A key of the engine's (`engine trust init` prints it, `trust.json` holds it); repeat
         /// for several (keys rotate). The log cannot vouch for its own writer.
@@ -129,10 +130,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify { engine_keys } => {
             let mut chains = Chains::default();
             let mut signatures = Signatures::new(engine_keys);
-            let count = replay::each_event(&store, 1, |subject, event| {
-                let prev = event.envelope.prev_hash.clone();
-                chains.add(subject, event.sequence, event.envelope.id.to_string(), &event.bytes, prev);
-                signatures.add(subject, event.sequence, &event.envelope);
+            let mut set_aside = Vec::new();
+            let count = replay::each_message(&store, 1, |subject, found| {
+                match found {
+                    Ok(event) => {
+                        let prev = event.envelope.prev_hash.clone();
+                        chains.add(subject, event.sequence, event.envelope.id.to_string(), &event.bytes, prev);
+                        signatures.add(subject, event.sequence, &event.envelope);
+                    }
+                    Err(unfit) => set_aside.push(format!("{subject}: {unfit}")),
+                }
                 Ok(())
             })
             .await?;
@@ -143,13 +150,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for finding in signatures.findings() {
                 println!("{finding}");
             }
+            for unfit in &set_aside {
+                println!("{unfit}");
+            }
             let found = signatures.findings().len();
             println!(
-                "{count} events on {} subjects: {} broken chain(s), {found} unsigned, forged or misplaced event(s)",
+                "{count} messages on {} subjects: {} broken chain(s), {found} unsigned or forged event(s), {} set \
+                 aside (not an event, misplaced, or not of its subject's type)",
                 chains.subjects(),
-                breaks.len()
+                breaks.len(),
+                set_aside.len()
             );
-            Ok(if breaks.is_empty() && found == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let whole = breaks.is_empty() && found == 0 && set_aside.is_empty();
+            Ok(if whole { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::At { seq, time } => {
             let until = match (seq, time) {
@@ -169,8 +182,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tail { from } => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
-            replay::follow(&store, from, |subject, event| {
-                writeln!(out, "{}", serde_json::to_string(&Entry::of(subject, &event))?)?;
+            replay::follow(&store, from, |subject, found| {
+                let line = match found {
+                    Ok(event) => serde_json::to_string(&Entry::of(subject, &event))?,
+                    Err(unfit) => serde_json::to_string(&SetAsideEntry::of(subject, &unfit))?,
+                };
+                writeln!(out, "{line}")?;
                 // Each line as it comes, for whoever reads the pipe.
                 out.flush()?;
                 Ok(())
@@ -207,7 +224,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { actor, tenant, application, deployment, node, event_type, since, until, format } => {
             let filter = Filter { actor, tenant, application, deployment, node, event_type, since, until };
-            replay::each_event(&store, 1, |subject, event| {
+            let mut set_aside = 0usize;
+            replay::each_message(&store, 1, |subject, found| {
+                let event = match found {
+                    Ok(event) => event,
+                    // Whoever reads the trail learns of each message it cannot show.
+                    Err(unfit) => {
+                        set_aside = set_aside.saturating_add(1);
+                        match format {
+                            Format::Text => println!("{:>8}  set aside on {subject}: {}", unfit.sequence, unfit.reason),
+                            Format::Json => println!("{}", serde_json::to_string(&SetAsideEntry::of(subject, &unfit))?),
+                        }
+                        return Ok(());
+                    }
+                };
                 let entry = Entry::of(subject, &event);
                 if filter.admits(&entry) {
                     match format {
@@ -218,6 +248,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(())
             })
             .await?;
+            if set_aside > 0 {
+                eprintln!("{set_aside} message(s) set aside: not events, misplaced, or not of their subject's type");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -56,11 +56,11 @@ async fn reports_that_cannot_be_applied_are_refused_and_the_rest_go_through() {
     let store = commands.store();
     let subject = events::subject::node_reports("default", "edge-1");
     let garbage = Outgoing { msg_id: "garbage".into(), bytes: Bytes::from_static(b"\xc1 not messagepack") };
-    store.publish(&subject, garbage).await.unwrap();
+    let garbage = store.publish(&subject, garbage).await.unwrap();
     store.publish(&subject, report("edge-1", "no-such-deployment", Status::Running, Some(one))).await.unwrap();
     store.publish(&subject, report("edge-1", "bad.id", Status::Running, Some(one))).await.unwrap();
-    // Arrives on edge-1's subject but claims to be edge-2: misplaced, refused.
-    store.publish(&subject, report("edge-2", &id, Status::Failed, Some(two))).await.unwrap();
+    // Arrives on edge-1's subject but claims to be edge-2: misplaced, set aside.
+    let misplaced = store.publish(&subject, report("edge-2", &id, Status::Failed, Some(two))).await.unwrap();
     // Unsigned, or signed by another node's key: refused.
     store.publish(&subject, report("edge-1", &id, Status::Failed, None)).await.unwrap();
     store.publish(&subject, report("edge-1", &id, Status::Failed, Some(two))).await.unwrap();
@@ -92,6 +92,13 @@ async fn reports_that_cannot_be_applied_are_refused_and_the_rest_go_through() {
         }
     })
     .await;
+    // What could not be a report on that subject is a dead letter, with its reason.
+    let letters = bus::dead::letters(store.jetstream()).await.unwrap();
+    let reason = |sequence: u64| {
+        letters.iter().find(|l| l.sequence == Some(sequence) && l.subject == subject).map(|l| l.reason.clone())
+    };
+    assert!(reason(garbage).is_some_and(|r| r.contains("not an event envelope")), "{letters:?}");
+    assert!(reason(misplaced).is_some_and(|r| r.contains("misplaced")), "{letters:?}");
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ mod ingest;
 mod policy;
 mod projector;
 mod replay;
+mod robustness;
 mod rollout;
 mod secrets;
 mod store;
