@@ -163,6 +163,7 @@ async fn deployment_history(handler: &CommandHandler, n: usize, writers: usize) 
                     reported_at: chrono::Utc::now(),
                     containers: Default::default(),
                     version: Default::default(),
+                    order: None,
                 };
                 handler.execute::<events::deployment_node::DeploymentNode>(&pair, &report, &meta()).await.unwrap();
             }

@@ -69,6 +69,7 @@ async fn write_history(js: &jetstream::Context, events: usize) {
                         containers: Default::default(),
                         reported_at: now,
                         requests: 1,
+                        order: None,
                     };
                     let envelope = Envelope::new(
                         uuid::Uuid::now_v7(),

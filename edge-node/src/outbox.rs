@@ -8,17 +8,21 @@ use chrono::{DateTime, Utc};
 use sled::Transactional;
 use uuid::Uuid;
 
-use events::envelope::{chain_hash, Metadata};
+use events::envelope::{chain_hash, Metadata, Order};
 use events::report::{self, NodeReport};
 use events::Envelope;
 
 const LAST_HASH: &[u8] = b"last_hash";
+/// The epoch of the node's count of its reports: chosen when the outbox is first opened.
+const EPOCH: &[u8] = b"epoch";
 
 #[derive(Debug, Clone)]
 pub struct Outbox {
     db: sled::Db,
     pending: sled::Tree,
     meta: sled::Tree,
+    /// The epoch in which this outbox numbers its reports ([`events::envelope::Order`]).
+    epoch: u64,
     /// The node's key: every report is signed by it.
     signer: Option<std::sync::Arc<nkeys::KeyPair>>,
 }
@@ -35,19 +39,28 @@ impl Outbox {
     /// The outbox in `db`, in trees whose names start with `prefix`, signing with `signer`.
     pub fn open(db: &sled::Db, prefix: &str, signer: Option<std::sync::Arc<nkeys::KeyPair>>) -> sled::Result<Outbox> {
         let (pending, meta) = (db.open_tree(format!("{prefix}outbox"))?, db.open_tree(format!("{prefix}outbox_meta"))?);
-        Ok(Outbox { db: db.clone(), pending, meta, signer })
+        // The random half of a v7 id.
+        let chosen = Uuid::now_v7().as_u64_pair().1.to_be_bytes();
+        let epoch = match meta.compare_and_swap(EPOCH, None as Option<&[u8]>, Some(&chosen[..]))? {
+            Ok(()) => chosen,
+            Err(kept) => kept.current.as_deref().and_then(|e| <[u8; 8]>::try_from(e).ok()).unwrap_or(chosen),
+        };
+        Ok(Outbox { db: db.clone(), pending, meta, epoch: u64::from_be_bytes(epoch), signer })
     }
 
     /// Wraps `report` in an envelope chained to the node's previous report and stores it.
     pub fn push(&self, node: &str, meta: &Metadata, report: &NodeReport, now: DateTime<Utc>) -> anyhow::Result<Uuid> {
         let prev_hash = self.meta.get(LAST_HASH)?.map(|h| String::from_utf8_lossy(&h).into_owned());
         let id = Uuid::now_v7();
+        let key = self.db.generate_id()?;
         let mut envelope = Envelope::new(id, now, report::AGGREGATE_TYPE, node, meta, report, prev_hash);
+        // Numbered by the outbox, whose count only rises: the engine orders the node's reports
+        // by it, whatever the node's clock says.
+        envelope.order = Some(Order { epoch: self.epoch, sequence: key });
         if let Some(key) = &self.signer {
             envelope = envelope.signed(key.as_ref());
         }
         let bytes = envelope.encode();
-        let key = self.db.generate_id()?;
         // The report and the new end of the chain are written together.
         (&self.pending, &self.meta)
             .transaction(|(pending, meta)| {

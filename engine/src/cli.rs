@@ -66,6 +66,16 @@ enum Command {
         /// Requests a token may make at once above its sustained rate.
         #[arg(long, default_value_t = engine::auth::RateLimit::default().burst)]
         rate_burst: std::num::NonZeroU32,
+        /// Seconds a node may take to pick up work (a `pending_*` status) before the engine
+        /// records it overdue.
+        #[arg(long, default_value_t = events::status::Deadlines::default().pending.as_secs())]
+        pending_deadline: u64,
+        /// Seconds a download may take before the engine records it overdue.
+        #[arg(long, default_value_t = events::status::Deadlines::default().download.as_secs())]
+        download_deadline: u64,
+        /// Seconds any other step may take before the engine records it overdue.
+        #[arg(long, default_value_t = events::status::Deadlines::default().step.as_secs())]
+        step_deadline: u64,
     },
     /// API tokens: make and revoke them (an admin's token is needed).
     #[command(subcommand)]
@@ -389,7 +399,20 @@ impl Cli {
         };
         let client = Client { http, cli: &self };
         match &self.command {
-            Command::Serve { nats, trust, listen, data_dir, replicas, tls_cert, tls_key, rate_limit, rate_burst } => {
+            Command::Serve {
+                nats,
+                trust,
+                listen,
+                data_dir,
+                replicas,
+                tls_cert,
+                tls_key,
+                rate_limit,
+                rate_burst,
+                pending_deadline,
+                download_deadline,
+                step_deadline,
+            } => {
                 let tls = match tls_cert.clone().zip(tls_key.clone()) {
                     Some((cert, key)) => engine::ApiTls { cert, key },
                     None => engine::trust::Trust::server_tls(trust),
@@ -402,6 +425,11 @@ impl Cli {
                     data_dir: data_dir.clone(),
                     rate_limit: engine::auth::RateLimit { per_second: *rate_limit, burst: *rate_burst },
                     tls: Some(tls),
+                    deadlines: events::status::Deadlines {
+                        pending: Duration::from_secs(*pending_deadline),
+                        download: Duration::from_secs(*download_deadline),
+                        step: Duration::from_secs(*step_deadline),
+                    },
                     ..EngineConfig::default()
                 };
                 Engine::start(config).await?.wait().await?;

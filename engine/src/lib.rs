@@ -15,6 +15,7 @@ pub mod api;
 pub mod auth;
 pub mod command;
 pub mod credentials;
+pub mod deadlines;
 pub mod liveness;
 pub mod projector;
 pub mod read_model;
@@ -53,6 +54,8 @@ pub struct EngineConfig {
     pub rate_limit: auth::RateLimit,
     /// The API's certificate and key (PEM): with them it speaks HTTPS only.
     pub tls: Option<ApiTls>,
+    /// How long an in-flight status may stand before the engine says the node is overdue.
+    pub deadlines: events::status::Deadlines,
 }
 
 /// The API's certificate chain and private key, as PEM files.
@@ -73,6 +76,7 @@ impl Default for EngineConfig {
             projector: ProjectorConfig::default(),
             rate_limit: auth::RateLimit::default(),
             tls: None,
+            deadlines: events::status::Deadlines::default(),
         }
     }
 }
@@ -198,6 +202,8 @@ impl Engine {
         }));
         let (c, l, n) = (commands.clone(), liveness.clone(), nodes.clone());
         tasks.spawn(supervise("liveness", move || liveness::run(c.clone(), l.clone(), n.clone())));
+        let (c, d, limits) = (commands.clone(), deployments.clone(), config.deadlines);
+        tasks.spawn(supervise("deadlines", move || deadlines::run(c.clone(), d.clone(), limits)));
         let server = axum_server::Handle::new();
         let handle = server.clone();
         tasks.spawn(async move {

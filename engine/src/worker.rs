@@ -726,6 +726,7 @@ async fn ingest_one(
         tracing::error!(sequence, subject, why, "refused: a report not signed by its node");
         return record_refusal(handler, tenant, node, sequence, why).await;
     }
+    let taken_at = chrono::Utc::now();
     // It fits its subject (`handle_one`): its payload is a report.
     let Ok(report) = envelope.event::<NodeReport>() else { return Ok(()) };
     // The report is the cause; its id makes the command idempotent.
@@ -753,7 +754,10 @@ async fn ingest_one(
                 tracing::warn!(sequence, node, error = %e, "report refused");
                 return Ok(());
             }
-            let report = StateReport { version, status, error, containers, reported_at: envelope.time };
+            // Taken at the engine's time, ordered by the node's count: the node's clock may be
+            // anywhere.
+            let (reported_at, order) = (taken_at, envelope.order);
+            let report = StateReport { version, status, error, containers, reported_at, order };
             if let Some(rejection) = report_state(handler, &meta, &deployment, node, report).await? {
                 tracing::warn!(sequence, node, %rejection, "report refused");
             }
@@ -772,11 +776,11 @@ async fn ingest_one(
             return Ok(());
         }
         NodeReport::Drift { deployment, container, drift } => {
-            let (node, at) = (node.to_owned(), envelope.time);
+            let (node, at) = (node.to_owned(), taken_at);
             (deployment, DeploymentCommand::RecordDrift { node, container, drift, at })
         }
         NodeReport::AppliedLocally { deployment } => {
-            (deployment, DeploymentCommand::RecordLocalApply { node: node.to_owned(), at: envelope.time })
+            (deployment, DeploymentCommand::RecordLocalApply { node: node.to_owned(), at: taken_at })
         }
     };
     if let Err(e) = events::subject::check_token("deployment", &deployment) {
@@ -797,6 +801,7 @@ struct StateReport {
     error: Option<events::Failure>,
     containers: events::Containers,
     reported_at: chrono::DateTime<chrono::Utc>,
+    order: Option<events::envelope::Order>,
 }
 
 /// Records `report` on the aggregate of the (deployment, node) pair, checked against what the
@@ -818,7 +823,7 @@ async fn report_state(
     };
     let id = events::deployment_node::id(deployment, node);
     loop {
-        let StateReport { version, status, error, containers, reported_at } = &report;
+        let StateReport { version, status, error, containers, reported_at, order } = &report;
         let command = DeploymentNodeCommand::Report {
             node: node.to_owned(),
             seen: seen_now.clone(),
@@ -827,6 +832,7 @@ async fn report_state(
             error: error.clone(),
             containers: containers.clone(),
             reported_at: *reported_at,
+            order: *order,
         };
         let result = handler.execute::<DeploymentNode>(&id, &command, meta).await;
         let doubtful = match &result {
@@ -923,7 +929,10 @@ fn settled(subject: &str, payload: &[u8]) -> Result<Option<Settled>, events::fit
         return Ok(None);
     };
     let DeploymentNodeEvent::StateReported { version, status, error, reported_at, .. } =
-        envelope.event().map_err(events::fit::Unfit::Payload)?;
+        envelope.event().map_err(events::fit::Unfit::Payload)?
+    else {
+        return Ok(None);
+    };
     if !status.is_settled() {
         return Ok(None);
     }

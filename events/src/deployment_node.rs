@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{event_payload, Aggregate, Ctx};
 use crate::deployment::DeploymentRejection;
+use crate::envelope::Order;
 use crate::status::{Containers, Failure, Status};
 
 /// The aggregate type, the subject's third token.
@@ -36,13 +37,16 @@ pub fn split(id: &str) -> Option<(&str, &str)> {
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeploymentNode {
-    /// The last report taken, and when the node made it.
+    /// The last report taken, when the engine took it, and where it stood among the node's.
     pub status: Option<Status>,
     pub error: Option<Failure>,
     pub containers: Containers,
     pub reported_at: Option<DateTime<Utc>>,
+    pub order: Option<Order>,
     /// The deployment's requests seen when that report was taken (`Seen::requests`).
     pub requests: u64,
+    /// The status the engine last found overdue, and since when; none once a report came.
+    pub overdue: Option<(Status, DateTime<Utc>)>,
 }
 
 /// What the deployment asks of the node, as the engine read it when the report came.
@@ -69,8 +73,15 @@ pub enum DeploymentNodeCommand {
         status: Status,
         error: Option<Failure>,
         containers: Containers,
+        /// When the engine took the report, by its own clock: every duration is the engine's.
         reported_at: DateTime<Utc>,
+        /// Where the report stands among the node's (its outbox's count); none from a node
+        /// that does not number its reports.
+        order: Option<Order>,
     },
+    /// The engine found the node in `status` since `since`, past that status's deadline
+    /// (`crate::status::Deadlines`).
+    MarkOverdue { status: Status, since: DateTime<Utc> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,11 +100,19 @@ pub enum DeploymentNodeEvent {
         /// The deployment's requests the engine had seen.
         #[serde(default)]
         requests: u64,
+        /// Where the report stood among the node's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        order: Option<Order>,
     },
+    /// The node has been in `status` since `since` (both as the read model had them), and
+    /// the engine waited `waited_ms` for it, past the status's deadline. A later report still
+    /// counts, and ends it.
+    Overdue { status: Status, since: DateTime<Utc>, waited_ms: u64 },
 }
 
 event_payload!(DeploymentNodeEvent, "deployment_node", {
     StateReported => "state_reported",
+    Overdue => "overdue",
 });
 
 impl Aggregate for DeploymentNode {
@@ -105,10 +124,23 @@ impl Aggregate for DeploymentNode {
     fn decide(
         &self,
         command: &DeploymentNodeCommand,
-        _: &Ctx,
+        ctx: &Ctx,
     ) -> Result<Vec<DeploymentNodeEvent>, DeploymentRejection> {
         use DeploymentRejection as R;
-        let DeploymentNodeCommand::Report { node, seen, version, status, error, containers, reported_at } = command;
+        let (node, seen, version, status, error, containers, reported_at, order) = match command {
+            DeploymentNodeCommand::Report { node, seen, version, status, error, containers, reported_at, order } => {
+                (node, seen, version, status, error, containers, reported_at, order)
+            }
+            DeploymentNodeCommand::MarkOverdue { status, since } => {
+                // Once: and not when the node said something since.
+                let answered = self.reported_at.is_some_and(|last| last > *since);
+                if answered || self.overdue == Some((*status, *since)) {
+                    return Ok(vec![]);
+                }
+                let waited_ms = u64::try_from((ctx.now - *since).num_milliseconds()).unwrap_or(0);
+                return Ok(vec![DeploymentNodeEvent::Overdue { status: *status, since: *since, waited_ms }]);
+            }
+        };
         if !seen.target {
             return Err(R::NotATarget(node.clone()));
         }
@@ -126,7 +158,8 @@ impl Aggregate for DeploymentNode {
         if let Some((name, worse)) = containers.iter().find(|(_, c)| c.status.severity() > status.severity()) {
             return Err(R::BelowContainer { status: *status, container: name.clone(), its: worse.status });
         }
-        let stale = self.reported_at.is_some_and(|last| *reported_at < last);
+        // Made before the last one taken, by the node's own count (never by its clock).
+        let stale = self.order.zip(*order).is_some_and(|(last, this)| this.precedes(&last));
         let same = self.status == Some(*status)
             && self.error == *error
             && self.containers == *containers
@@ -141,12 +174,23 @@ impl Aggregate for DeploymentNode {
             containers: containers.clone(),
             reported_at: *reported_at,
             requests: seen.requests,
+            order: *order,
         }])
     }
 
     fn evolve(mut self, event: &DeploymentNodeEvent) -> DeploymentNode {
-        let DeploymentNodeEvent::StateReported { status, error, containers, reported_at, requests, .. } = event;
+        let (status, error, containers, reported_at, requests, order) = match event {
+            DeploymentNodeEvent::StateReported { status, error, containers, reported_at, requests, order, .. } => {
+                (status, error, containers, reported_at, requests, order)
+            }
+            DeploymentNodeEvent::Overdue { status, since, .. } => {
+                self.overdue = Some((*status, *since));
+                return self;
+            }
+        };
+        self.overdue = None;
         self.status = Some(*status);
+        self.order = *order;
         self.error = error.clone();
         self.containers = containers.clone();
         self.reported_at = Some(*reported_at);
@@ -177,6 +221,7 @@ mod tests {
             error,
             containers: Containers::new(),
             reported_at: now(),
+            order: None,
         }
     }
 
@@ -188,6 +233,7 @@ mod tests {
             containers: Containers::new(),
             reported_at: now(),
             requests: 1,
+            order: None,
         }
     }
 
@@ -223,24 +269,64 @@ mod tests {
     #[test]
     fn the_same_state_after_a_request_is_reported_again() {
         let mut again = report(Status::Running, None);
-        let C::Report { seen, .. } = &mut again;
+        let C::Report { seen, .. } = &mut again else { unreachable!() };
         seen.requests = 2;
         let events = given::<DeploymentNode>([reported(Status::Running, None)]).when(again).events();
         assert!(matches!(events[..], [E::StateReported { status: Status::Running, requests: 2, .. }]));
     }
 
+    fn numbered(status: Status, epoch: u64, sequence: u64) -> C {
+        let mut numbered = report(status, None);
+        let C::Report { order, .. } = &mut numbered else { unreachable!() };
+        *order = Some(Order { epoch, sequence });
+        numbered
+    }
+
+    fn taken(status: Status, epoch: u64, sequence: u64) -> E {
+        let mut taken = reported(status, None);
+        let E::StateReported { order, .. } = &mut taken else { unreachable!() };
+        *order = Some(Order { epoch, sequence });
+        taken
+    }
+
     #[test]
-    fn a_report_older_than_the_last_one_changes_nothing() {
-        let mut later = reported(Status::Running, None);
-        let E::StateReported { reported_at, .. } = &mut later;
-        *reported_at = now() + chrono::Duration::seconds(5);
-        given::<DeploymentNode>([later]).when(report(Status::Downloading, None)).then([]);
+    fn a_report_the_node_made_before_the_last_one_changes_nothing() {
+        given::<DeploymentNode>([taken(Status::Running, 1, 7)]).when(numbered(Status::Downloading, 1, 5)).then([]);
+    }
+
+    #[test]
+    fn the_nodes_count_orders_its_reports_whatever_its_clock_said() {
+        // The engine takes each report at its own time; a node whose clock stepped back an
+        // hour (or was a day ahead) is ordered by its count alone, and never frozen.
+        let mut taken_late = taken(Status::Downloading, 1, 5);
+        let E::StateReported { reported_at, .. } = &mut taken_late else { unreachable!() };
+        *reported_at = now() + chrono::Duration::days(1);
+        let events = given::<DeploymentNode>([taken_late]).when(numbered(Status::Running, 1, 6)).events();
+        assert!(matches!(events[..], [E::StateReported { status: Status::Running, .. }]), "{events:?}");
+        // A node whose local state was wiped counts again from the start, in a new epoch.
+        let events =
+            given::<DeploymentNode>([taken(Status::Running, 1, 900)]).when(numbered(Status::Stopped, 2, 1)).events();
+        assert!(matches!(events[..], [E::StateReported { status: Status::Stopped, .. }]), "{events:?}");
+    }
+
+    #[test]
+    fn a_status_past_its_deadline_is_recorded_overdue_once_and_a_later_report_ends_it() {
+        let since = now() - chrono::Duration::minutes(20);
+        let overdue = E::Overdue { status: Status::Downloading, since, waited_ms: 1_200_000 };
+        let mark = C::MarkOverdue { status: Status::Downloading, since };
+        let marked = given::<DeploymentNode>([]).when(mark.clone()).then([overdue.clone()]);
+        assert_eq!(marked.overdue, Some((Status::Downloading, since)));
+        given::<DeploymentNode>([overdue.clone()]).when(mark.clone()).then([]);
+        let after = given::<DeploymentNode>([overdue]).when(report(Status::Running, None)).events();
+        assert_eq!(after.iter().fold(marked, DeploymentNode::evolve).overdue, None);
+        // The node answered after the status the read model showed: nothing is overdue.
+        given::<DeploymentNode>([reported(Status::Running, None)]).when(mark).then([]);
     }
 
     #[test]
     fn report_from_a_node_that_is_not_a_target_is_rejected() {
         let mut stray = report(Status::Running, None);
-        let C::Report { seen, .. } = &mut stray;
+        let C::Report { seen, .. } = &mut stray else { unreachable!() };
         seen.target = false;
         given::<DeploymentNode>([]).when(stray).then_rejected(R::NotATarget("edge-1".into()));
     }
@@ -262,7 +348,7 @@ mod tests {
         let mut containers = Containers::new();
         containers.insert("db".into(), ContainerStatus { status: Status::Failed, error: None });
         let mut command = report(Status::Running, None);
-        let C::Report { containers: theirs, .. } = &mut command;
+        let C::Report { containers: theirs, .. } = &mut command else { unreachable!() };
         *theirs = containers;
         given::<DeploymentNode>([]).when(command).then_rejected(R::BelowContainer {
             status: Status::Running,
@@ -275,18 +361,18 @@ mod tests {
     fn a_report_of_the_version_before_an_update_answers_nothing() {
         let of = |of: &str| {
             let mut command = report(Status::Running, None);
-            let C::Report { version, .. } = &mut command;
+            let C::Report { version, .. } = &mut command else { unreachable!() };
             *version = of.into();
             command
         };
         given::<DeploymentNode>([]).when(of("0.9.0")).then([]);
         let mut held_back = of("0.9.0");
-        let C::Report { seen, .. } = &mut held_back;
+        let C::Report { seen, .. } = &mut held_back else { unreachable!() };
         seen.released = false;
         let events = given::<DeploymentNode>([]).when(held_back).events();
         assert_eq!(events.len(), 1, "a node a rollout has not reached still runs the version before");
         let mut current = reported(Status::Running, None);
-        let E::StateReported { version, .. } = &mut current;
+        let E::StateReported { version, .. } = &mut current else { unreachable!() };
         *version = "1.0.0".into();
         given::<DeploymentNode>([]).when(of("1.0.0")).then([current]);
     }

@@ -38,6 +38,10 @@ pub struct Envelope {
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     pub prev_hash: Option<String>,
+    /// Where it stands among its writer's own events, for a writer that numbers them: a node
+    /// numbers its reports, so that they are ordered without its clock. Signed with the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
     /// The public key (an nkey, `U...`) of whoever wrote it: the engine, or the node whose
     /// report it is. Absent from events written before events were signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,6 +49,22 @@ pub struct Envelope {
     /// The Ed25519 signature by `signer` over [`Envelope::signed_bytes`], in hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+}
+
+/// A writer's own count of what it wrote: `sequence` rises by one or more with each event, in
+/// an `epoch` that begins with the writer's local state (a node whose state is wiped begins a
+/// new one, and counts from the start again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub epoch: u64,
+    pub sequence: u64,
+}
+
+impl Order {
+    /// Written before `other` by the same writer, in the same epoch.
+    pub fn precedes(&self, other: &Order) -> bool {
+        self.epoch == other.epoch && self.sequence < other.sequence
+    }
 }
 
 /// Who and why: what the caller knows about an event besides its payload.
@@ -120,6 +140,7 @@ impl Envelope {
             time,
             payload: event.to_payload(),
             prev_hash,
+            order: None,
             signer: None,
             signature: None,
         }

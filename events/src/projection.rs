@@ -211,6 +211,7 @@ mod tests {
             containers: Default::default(),
             reported_at: now(),
             requests: 1,
+            order: None,
         };
         let published = ApplicationEvent::VersionPublished {
             version: "1.1.0".into(),

@@ -98,6 +98,11 @@ impl Status {
         )
     }
 
+    /// Under way: the server waits for the node, or the node is in a step.
+    pub fn in_flight(self) -> bool {
+        !self.is_settled()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::PendingDeploy => "pending_deploy",
@@ -144,6 +149,41 @@ pub type Containers = std::collections::BTreeMap<String, ContainerStatus>;
 pub struct Failure {
     pub code: String,
     pub message: String,
+}
+
+/// How long the engine lets an in-flight status stand before it records that the node is
+/// overdue (`deployment_node.overdue`): the node has deadlines of its own for each step, and
+/// these are the engine's, for a node that went quiet, lost the work or hangs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// For the node to take work it was sent (`pending_*`).
+    pub pending: std::time::Duration,
+    /// For a download (`downloading`).
+    pub download: std::time::Duration,
+    /// For any other step (`received`, `deploying`, `starting`, `stopping`, `removing`...).
+    pub step: std::time::Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Deadlines {
+        Deadlines {
+            pending: std::time::Duration::from_secs(600),
+            download: std::time::Duration::from_secs(1800),
+            step: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+impl Deadlines {
+    /// The deadline of `status`; none for a settled one.
+    pub fn of(&self, status: Status) -> Option<std::time::Duration> {
+        match status {
+            _ if status.is_settled() => None,
+            _ if status.is_pending() => Some(self.pending),
+            Status::Downloading => Some(self.download),
+            _ => Some(self.step),
+        }
+    }
 }
 
 #[cfg(test)]

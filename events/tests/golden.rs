@@ -151,14 +151,18 @@ fn deployments() -> Vec<DeploymentEvent> {
 }
 
 fn deployment_nodes() -> Vec<DeploymentNodeEvent> {
-    vec![DeploymentNodeEvent::StateReported {
-        version: "1.0.0".into(),
-        status: Status::Running,
-        error: None,
-        containers: [("web".to_owned(), ContainerStatus { status: Status::Running, error: None })].into(),
-        reported_at: at(),
-        requests: 3,
-    }]
+    vec![
+        DeploymentNodeEvent::StateReported {
+            version: "1.0.0".into(),
+            status: Status::Running,
+            error: None,
+            containers: [("web".to_owned(), ContainerStatus { status: Status::Running, error: None })].into(),
+            reported_at: at(),
+            requests: 3,
+            order: None,
+        },
+        DeploymentNodeEvent::Overdue { status: Status::Downloading, since: at(), waited_ms: 1_800_000 },
+    ]
 }
 
 fn nodes() -> Vec<NodeEvent> {
@@ -218,6 +222,7 @@ fn reports() -> Vec<NodeReport> {
         },
         NodeReport::Drift { deployment: "d1".into(), container: "sample-d1-edge-1".into(), drift: "removed".into() },
         NodeReport::AppliedLocally { deployment: "d1".into() },
+        NodeReport::WorkSetAside { sequence: 42, reason: "not an event envelope: wrong msgpack marker".into() },
     ]
 }
 

@@ -52,6 +52,7 @@ async fn a_launch_runs_in_docker_and_the_read_model_says_running() {
         .iter()
         .map(|e| match e.envelope.event().unwrap() {
             events::deployment_node::DeploymentNodeEvent::StateReported { status, .. } => status.to_string(),
+            events::deployment_node::DeploymentNodeEvent::Overdue { status, .. } => format!("{status} overdue"),
         })
         .collect();
     assert_eq!(statuses, ["received", "downloading", "deploying", "starting", "running"]);

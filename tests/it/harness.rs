@@ -193,6 +193,7 @@ pub async fn report(
         error,
         containers: Default::default(),
         reported_at: chrono::Utc::now(),
+        order: None,
     };
     commands.execute::<DeploymentNode>(&deployment_node::id(id, node), &report, &meta()).await.unwrap()
 }

@@ -158,3 +158,120 @@ async fn the_node_view_says_when_the_engine_last_heard_the_node_and_how_far_its_
     let skew = later["clock_skew_ms"].as_i64().expect("the skew is shown");
     assert!(skew.abs() < 60_000, "{later}");
 }
+
+/// A report of `node`'s on `deployment`, signed by its `key`, made at `time` by the node's
+/// clock and numbered `sequence` by its outbox.
+fn numbered_report(
+    node: &str,
+    deployment: &str,
+    status: events::Status,
+    key: &nkeys::KeyPair,
+    time: chrono::DateTime<chrono::Utc>,
+    sequence: u64,
+) -> Outgoing {
+    let id = uuid::Uuid::now_v7();
+    let meta = events::envelope::Metadata {
+        tenant: "default".into(),
+        actor: format!("node:{node}"),
+        correlation_id: id,
+        causation_id: id,
+    };
+    let error = (status == events::Status::Failed)
+        .then(|| events::Failure { code: "container_exited".into(), message: "exit 1".into() });
+    let report = events::report::NodeReport::DeploymentState {
+        deployment: deployment.into(),
+        status,
+        error,
+        containers: Default::default(),
+        version: Default::default(),
+    };
+    let mut envelope = events::Envelope::new(id, time, events::report::AGGREGATE_TYPE, node, &meta, &report, None);
+    envelope.order = Some(events::envelope::Order { epoch: 7, sequence });
+    Outgoing { msg_id: id.to_string(), bytes: envelope.signed(key).encode().into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_steps_back_an_hour_mid_deployment_is_never_frozen() {
+    use events::deployment::{Deployment, DeploymentCommand, Launch};
+    use events::Status;
+    let nats = tests::NatsServer::start().await;
+    let engine = crate::harness::TestEngine::start(&nats).await;
+    let commands = handler(&nats).await;
+    crate::harness::seed(&commands, &["edge-1"]).await;
+    let application = commands.state("default", "sample").await.unwrap();
+    let launch = Launch::new("sample", application, "1.0.0", &["edge-1"]);
+    let id = uuid::Uuid::now_v7().to_string();
+    commands.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &crate::harness::meta()).await.unwrap();
+    let credentials = engine.enroll("edge-1").await;
+    let key = credentials.key().as_ref();
+    let subject = events::subject::node_reports("default", "edge-1");
+    let store = commands.store();
+    let now = chrono::Utc::now();
+    let an_hour_ago = now - chrono::Duration::hours(1);
+
+    // Downloading by a clock a day ahead; then the clock steps back an hour.
+    let reports = [
+        (Status::Downloading, now + chrono::Duration::days(1), 1),
+        (Status::Starting, an_hour_ago, 2),
+        (Status::Running, an_hour_ago + chrono::Duration::seconds(1), 4),
+        // Made before the last one (its count says so), arriving late: it answers nothing.
+        (Status::Failed, now + chrono::Duration::days(2), 3),
+    ];
+    for (status, time, sequence) in reports {
+        store.publish(&subject, numbered_report("edge-1", &id, status, key, time, sequence)).await.unwrap();
+    }
+    let consumer = store.stream().get_consumer::<async_nats::jetstream::consumer::pull::Config>("ingest");
+    let consumer = consumer.await.unwrap();
+    eventually("every report to be taken", TIMEOUT, || {
+        let mut consumer = consumer.clone();
+        async move {
+            let info = consumer.info().await.ok()?;
+            (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+        }
+    })
+    .await;
+    let view = engine.wait_deployment(&id, "the node's last report to count", |v| v["status"] == "running").await;
+    // Taken at the engine's time: never an hour back, nor a day ahead.
+    let updated = view["nodes"]["edge-1"]["updated_at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>();
+    let updated = updated.unwrap();
+    assert!(updated >= now - chrono::Duration::minutes(5) && updated <= chrono::Utc::now(), "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_status_past_its_deadline_is_recorded_overdue_and_a_later_report_still_counts() {
+    use events::deployment::{Deployment, DeploymentCommand, Launch};
+    use events::Status;
+    let nats = tests::NatsServer::start().await;
+    let deadlines = events::status::Deadlines { pending: std::time::Duration::from_secs(1), ..Default::default() };
+    let engine = crate::harness::TestEngine::start_with(&nats.url(), nats.trust(), 1, |config| {
+        config.deadlines = deadlines;
+    })
+    .await;
+    let commands = handler(&nats).await;
+    // A node that never takes its work: its agent is not running.
+    crate::harness::seed(&commands, &["edge-1"]).await;
+    let application = commands.state("default", "sample").await.unwrap();
+    let launch = Launch::new("sample", application, "1.0.0", &["edge-1"]);
+    let id = uuid::Uuid::now_v7().to_string();
+    commands.execute::<Deployment>(&id, &DeploymentCommand::Launch(launch), &crate::harness::meta()).await.unwrap();
+
+    let view = engine
+        .wait_deployment(&id, "the pending node to be overdue", |v| !v["nodes"]["edge-1"]["overdue"].is_null())
+        .await;
+    let entry = &view["nodes"]["edge-1"];
+    assert_eq!(entry["status"], "pending_deploy", "the status stays, the overdue is beside it: {view}");
+    assert_eq!(entry["overdue"]["status"], "pending_deploy", "{view}");
+    assert!(entry["overdue"]["waited_ms"].as_u64().unwrap() >= 1000, "{view}");
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
+    let noted = history.as_array().unwrap().iter().any(|h| {
+        h["node"] == "edge-1" && h["note"].as_str().is_some_and(|n| n.starts_with("overdue: pending_deploy for "))
+    });
+    assert!(noted, "the history names the step and the wait: {history}");
+
+    // The node comes at last: its report counts, and ends the overdue.
+    let credentials = engine.enroll("edge-1").await;
+    let report = numbered_report("edge-1", &id, Status::Running, credentials.key(), chrono::Utc::now(), 1);
+    commands.store().publish(&events::subject::node_reports("default", "edge-1"), report).await.unwrap();
+    let view = engine.wait_deployment(&id, "the late report to count", |v| v["status"] == "running").await;
+    assert!(view["nodes"]["edge-1"]["overdue"].is_null(), "{view}");
+}

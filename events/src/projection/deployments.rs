@@ -110,7 +110,20 @@ pub struct NodeView {
     /// last it reported.
     #[serde(skip_serializing_if = "is_false", default)]
     pub revoked: bool,
+    /// The engine waited for the node in this status past its deadline; any change ends it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub overdue: Option<Overdue>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A status held past its deadline (`deployment_node.overdue`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overdue {
+    pub status: Status,
+    /// How long the engine had waited, in milliseconds, when it said so.
+    pub waited_ms: u64,
+    /// When it said so.
+    pub at: DateTime<Utc>,
 }
 
 /// The prefixes of its keys that hold a tenant's deployments: a tenant's deletion clears them.
@@ -168,6 +181,7 @@ fn pending(status: Status, at: DateTime<Utc>) -> NodeView {
         last_drift: None,
         released: true,
         revoked: false,
+        overdue: None,
         updated_at: at,
     }
 }
@@ -240,6 +254,7 @@ impl<S: Store> Open<'_, S> {
             error: error.clone(),
             reason: None,
             containers: containers.clone(),
+            overdue: None,
             updated_at: reported_at,
         };
         self.set(node, reported)
@@ -435,7 +450,21 @@ fn pair(
     let (tenant, id) = (envelope.tenant.clone(), deployment.to_owned());
     let Some(header) = store.take::<Header>(&key(&tenant, &id))? else { return Ok(()) };
     let mut open = Open { store, tenant, id, header };
-    let DeploymentNodeEvent::StateReported { version, status, error, containers, reported_at, .. } = event;
+    let (version, status, error, containers, reported_at) = match event {
+        DeploymentNodeEvent::StateReported { version, status, error, containers, reported_at, .. } => {
+            (version, status, error, containers, reported_at)
+        }
+        DeploymentNodeEvent::Overdue { status, since, waited_ms } => {
+            // Beside the status it is about, never in its place; gone with the next change.
+            let Some(view) = open.node(node)? else { return open.keep() };
+            if view.status != *status || view.updated_at > *since {
+                return open.keep();
+            }
+            let overdue = Overdue { status: *status, waited_ms: *waited_ms, at: envelope.time };
+            open.set(node, NodeView { overdue: Some(overdue), ..view })?;
+            return open.keep();
+        }
+    };
     let Some(previous) = open.node(node)? else { return open.keep() };
     if !version.is_empty() && *version != open.header.view.version && previous.released {
         return open.keep();
@@ -581,6 +610,7 @@ mod tests {
             containers: Default::default(),
             reported_at: now(),
             requests: 1,
+            order: None,
         };
         let pair = |launch: &[DeploymentEvent], event: &DeploymentNodeEvent| {
             let meta = crate::envelope::Metadata {

@@ -48,8 +48,17 @@ pub fn entry(sequence: u64, envelope: &Envelope, fact: Fact) -> Option<HistoryEn
     };
     let event = match fact {
         Fact::DeploymentNode { node, event, .. } => {
-            let DeploymentNodeEvent::StateReported { status, error, containers, .. } = event;
-            (entry.node, entry.status, entry.error, entry.containers) = (Some(node), Some(status), error, containers);
+            match event {
+                DeploymentNodeEvent::StateReported { status, error, containers, .. } => {
+                    (entry.node, entry.status, entry.error, entry.containers) =
+                        (Some(node), Some(status), error, containers);
+                }
+                DeploymentNodeEvent::Overdue { status, waited_ms, .. } => {
+                    let waited = waited_ms / 1000;
+                    let note = format!("overdue: {} for {waited} s, past its deadline", status.as_str());
+                    (entry.node, entry.note) = (Some(node), Some(note));
+                }
+            }
             return Some(entry);
         }
         Fact::Deployment(event) => event,
