@@ -10,6 +10,9 @@ bash scripts/setup.sh
 source .run/env
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# The decoders' fuzz tests (events/tests/fuzz.rs) and the API's (tests/it/robustness.rs) run
+# this many cases each: under two minutes in all on two cores.
+export PROPTEST_CASES=${PROPTEST_CASES:-4000} RUST_BACKTRACE=${RUST_BACKTRACE:-0}
 # The fault tests run the binaries themselves (a node killed with SIGKILL, its command line).
 cargo build --workspace --bins --locked
 set +e

@@ -99,6 +99,19 @@ pub fn router(state: AppState, auth: Auth) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+}
+
+/// What a call whose handler panicked gets: a 500 in the API's own shape, never a dropped
+/// connection. The panic is logged; the engine goes on.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = what, "an API handler panicked");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, "internal error (logged by the engine)").into_response()
 }
 
 /// Refuses a command that is not JSON (415), whatever its handler reads.
@@ -1163,5 +1176,21 @@ mod tests {
             roles: vec![Role::Operator],
         };
         assert!(!format!("{issued:?}").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_500_in_the_apis_shape_and_the_next_call_is_served() {
+        use tower::ServiceExt;
+        let app = Router::new()
+            .route("/panics", get(|| async { panic!("a bug") as &str }))
+            .route("/works", get(|| async { "ok" }))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked));
+        let get = |path: &str| Request::get(path).body(axum::body::Body::empty()).unwrap();
+        let answer = app.clone().oneshot(get("/panics")).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(answer.into_body(), 1024).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(body["error"].as_str().is_some_and(|e| e.starts_with("internal error")), "{body}");
+        assert_eq!(app.oneshot(get("/works")).await.unwrap().status(), StatusCode::OK);
     }
 }
