@@ -651,7 +651,7 @@ async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<Notify
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -1,7 +1,8 @@
 //! The heartbeat: at the node's own rate, the state and counters of every container it runs,
 //! published to the `TELEMETRY` stream. It runs beside the agent's loop, from the list of
 //! containers the loop shares, so a slow runtime never delays a decision. Nor does it delay
-//! the beat: past half the interval, the last sample stands.
+//! the beat: sampling runs apart, several containers at once, and each beat lists every container
+//! with its latest sample, or says it has none yet.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +22,8 @@ pub struct Watched {
     pub reference: String,
 }
 
-/// Sends a heartbeat every `config.heartbeat` until the node stops.
+/// Sends a heartbeat every `config.heartbeat` until the node stops. Every container watched is
+/// in every heartbeat: with its latest sample, or marked as not sampled yet.
 pub async fn beat<R: ContainerRuntime>(
     client: async_nats::Client,
     runtime: Arc<R>,
@@ -29,41 +31,29 @@ pub async fn beat<R: ContainerRuntime>(
     watched: watch::Receiver<Vec<Watched>>,
 ) {
     let subject = events::telemetry::subject(&config.tenant, &config.node);
-    let mut previous: HashMap<String, Sample> = HashMap::new();
+    let samples = Samples::default();
+    let sampler = tokio::spawn(sample(runtime, config.heartbeat, watched.clone(), samples.clone()));
+    let _sampler = crate::driver::AbortOnDrop(sampler);
     let mut ticks = tokio::time::interval(config.heartbeat);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let containers = watched.borrow().clone();
-        let mut telemetry = Vec::with_capacity(containers.len());
-        // Sampling may not hold the beat up: past half the interval, the last sample stands.
-        let deadline = tokio::time::Instant::now() + config.heartbeat / 2;
-        for container in containers {
-            let sampled = tokio::time::timeout_at(deadline, runtime.sample(&container.reference)).await;
-            let sample = match sampled {
-                Ok(Ok(sample)) => sample,
-                Ok(Err(_)) => continue,
-                Err(_) => match previous.get(&container.name) {
-                    Some(last) => last.clone(),
-                    None => continue,
-                },
-            };
-            let cpu_percent = previous.get(&container.name).map_or(0.0, |p| sample.cpu_percent_since(p));
-            telemetry.push(ContainerTelemetry {
-                deployment: container.deployment,
-                container: container.name.clone(),
-                state: sample.state.clone(),
-                restarts: sample.restarts,
-                cpu_percent,
-                memory_bytes: sample.memory_bytes,
-            });
-            previous.insert(container.name, sample);
-        }
+        let telemetry = {
+            let samples = samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            containers
+                .into_iter()
+                .map(|container| {
+                    let sampled = samples.get(&container_key(&container));
+                    telemetry_of(container, sampled)
+                })
+                .collect()
+        };
         let heartbeat = Heartbeat {
             tenant: config.tenant.clone(),
             node: config.node.clone(),
             at: Utc::now(),
-            interval_ms: config.heartbeat.as_millis() as u64,
+            interval_ms: u64::try_from(config.heartbeat.as_millis()).unwrap_or(u64::MAX),
             containers: telemetry,
         };
         let payload = serde_json::to_vec(&heartbeat).expect("a heartbeat always serializes");
@@ -71,5 +61,73 @@ pub async fn beat<R: ContainerRuntime>(
         if let Err(e) = client.publish(subject.clone(), payload.into()).await {
             tracing::debug!(error = %e, "heartbeat not sent");
         }
+    }
+}
+
+/// The latest sample of each container, by name, and the CPU use since the one before.
+type Samples = Arc<std::sync::Mutex<HashMap<String, (Sample, f64)>>>;
+
+/// How many containers are sampled at once.
+const SAMPLED_AT_ONCE: usize = 8;
+
+fn container_key(container: &Watched) -> String {
+    container.name.clone()
+}
+
+/// What a heartbeat says of `container`: its latest sample, or that there is none yet.
+fn telemetry_of(container: Watched, sampled: Option<&(Sample, f64)>) -> ContainerTelemetry {
+    match sampled {
+        Some((sample, cpu_percent)) => ContainerTelemetry {
+            deployment: container.deployment,
+            container: container.name,
+            state: sample.state.clone(),
+            restarts: sample.restarts,
+            cpu_percent: *cpu_percent,
+            memory_bytes: sample.memory_bytes,
+            not_sampled_yet: false,
+        },
+        None => ContainerTelemetry {
+            deployment: container.deployment,
+            container: container.name,
+            state: "unknown".to_owned(),
+            restarts: 0,
+            cpu_percent: 0.0,
+            memory_bytes: 0,
+            not_sampled_yet: true,
+        },
+    }
+}
+
+/// Samples every watched container, several at once, at the heartbeat's rate, apart from the
+/// beat: a slow runtime never holds a heartbeat up, nor leaves a container out of one.
+async fn sample<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    every: std::time::Duration,
+    watched: watch::Receiver<Vec<Watched>>,
+    samples: Samples,
+) {
+    use futures::StreamExt;
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let containers = watched.borrow().clone();
+        samples
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|name, _| containers.iter().any(|c| container_key(c) == *name));
+        futures::stream::iter(containers)
+            .for_each_concurrent(SAMPLED_AT_ONCE, |container| {
+                let (runtime, samples) = (runtime.clone(), samples.clone());
+                async move {
+                    // A container that cannot be sampled keeps its last sample, if any.
+                    let Ok(sample) = runtime.sample(&container.reference).await else { return };
+                    let mut samples = samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let key = container_key(&container);
+                    let cpu_percent = samples.get(&key).map_or(0.0, |(previous, _)| sample.cpu_percent_since(previous));
+                    samples.insert(key, (sample, cpu_percent));
+                }
+            })
+            .await;
     }
 }

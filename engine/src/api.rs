@@ -789,11 +789,12 @@ async fn get_deployment(
     Path(id): Path<String>,
 ) -> Result<Json<DeploymentView>, ApiError> {
     let meta = caller.meta(READERS)?;
-    state
+    let mut view = state
         .deployments
         .get(&meta.tenant, &id)?
-        .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("deployment `{id}` does not exist")))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("deployment `{id}` does not exist")))?;
+    state.nodes.mark_unreachable(&mut view)?;
+    Ok(Json(view))
 }
 
 pub use events::projection::history::HistoryEntry;
@@ -871,7 +872,11 @@ async fn list_deployments(
         ),
     };
     let wanted = |d: &DeploymentView| staged.is_none_or(|s| d.staged == s) && status.is_none_or(|s| d.status == s);
-    Ok(Json(state.deployments.list(&meta.tenant, cursor, limit, wanted)?))
+    let mut page = state.deployments.list(&meta.tenant, cursor, limit, wanted)?;
+    for view in &mut page.items {
+        state.nodes.mark_unreachable(view)?;
+    }
+    Ok(Json(page))
 }
 
 /// Deployments running an older version than the newest published one of their application.

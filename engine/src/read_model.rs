@@ -215,6 +215,21 @@ impl Nodes {
             .collect()
     }
 
+    /// Node `id` of `tenant`, if it is known.
+    pub fn get(&self, tenant: &str, id: &str) -> anyhow::Result<Option<NodeRecord>> {
+        let key = events::projection::nodes::key(tenant, id);
+        Ok(self.tree.get(key)?.map(|bytes| serde_json::from_slice(&bytes)).transpose()?)
+    }
+
+    /// Marks each node of `view` that is unreachable now, beside the last status it reported.
+    pub fn mark_unreachable(&self, view: &mut DeploymentView) -> anyhow::Result<()> {
+        for (node, entry) in view.nodes.iter_mut() {
+            let state = self.get(&view.tenant, node)?.and_then(|record| record.state);
+            entry.unreachable = state == Some(events::node::NodeState::Unreachable);
+        }
+        Ok(())
+    }
+
     /// Every node of `tenant`, by id.
     pub fn all_of(&self, tenant: &str) -> anyhow::Result<Vec<NodeRecord>> {
         let prefix = events::projection::nodes::key(tenant, "");

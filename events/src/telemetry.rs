@@ -38,6 +38,10 @@ pub struct ContainerTelemetry {
     pub restarts: u64,
     pub cpu_percent: f64,
     pub memory_bytes: u64,
+    /// The node has no sample of it yet: its state is `unknown` and its counters zero until
+    /// one comes. It is listed all the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_sampled_yet: bool,
 }
 
 /// A node saying it beats less often than this is taken to beat this often: its silence is

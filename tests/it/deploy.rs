@@ -509,6 +509,9 @@ async fn a_silent_node_turns_unreachable_without_touching_its_deployments_state(
     let (_, view) = engine.get(&format!("/v1/deployments/{id}")).await;
     assert_eq!(view["status"], "running", "the deployment keeps its last known state: {view}");
     assert_eq!(view["nodes"][&node.name]["status"], "running");
+    assert_eq!(view["nodes"][&node.name]["unreachable"], true, "and says the node is unreachable beside it: {view}");
+    let (_, page) = engine.get("/v1/deployments").await;
+    assert_eq!(page["items"][0]["nodes"][&node.name]["unreachable"], true, "{page}");
 
     // Back: online with its first heartbeat.
     let node = node.restart(&nats, &engine).await;

@@ -377,3 +377,28 @@ async fn any_body_on_any_call_is_answered_never_with_a_server_error_or_a_dropped
     let (status, _) = engine.get("/healthz").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_heartbeat_lists_every_container_the_node_runs() {
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
+    const SERVICES: usize = 8;
+    let services: String = (0..SERVICES).map(|i| format!("  s{i}:\n    image: {IMAGE_1_0_0}\n")).collect();
+    crate::compose::publish_compose(&engine, &format!("services:\n{services}")).await;
+    let id = crate::compose::launch_shop(&engine, &node.name, json!({})).await;
+    engine.wait_deployment(&id, "every service to run", |v| v["status"] == "running").await;
+
+    // Whatever the runtime takes to sample them, each beat names all of them, sampled or not.
+    let beats = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let sampled = eventually("several beats, and every container sampled", TIMEOUT, || async {
+        let (status, beat) = engine.get(&format!("/v1/nodes/{}/telemetry", node.name)).await;
+        assert_eq!(status, 200, "{beat}");
+        let containers = beat["containers"].as_array().cloned().unwrap_or_default();
+        assert_eq!(containers.len(), SERVICES, "a beat left a container out: {beat}");
+        let mut seen = beats.lock().unwrap();
+        seen.insert(beat["at"].as_str().unwrap_or_default().to_owned());
+        let all_sampled = containers.iter().all(|c| c["not_sampled_yet"].is_null() && c["state"] == "running");
+        (seen.len() >= 5 && all_sampled).then_some(beat)
+    })
+    .await;
+    assert!(sampled["containers"].as_array().unwrap().iter().all(|c| c["memory_bytes"].as_u64() > Some(0)));
+}

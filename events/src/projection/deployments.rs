@@ -110,6 +110,10 @@ pub struct NodeView {
     /// last it reported.
     #[serde(skip_serializing_if = "is_false", default)]
     pub revoked: bool,
+    /// Its node is unreachable now: the status above is the last it reported. The API sets it
+    /// from the nodes read model when it shows the view; the fold never does.
+    #[serde(skip_serializing_if = "is_false", default)]
+    pub unreachable: bool,
     /// The engine waited for the node in this status past its deadline; any change ends it.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub overdue: Option<Overdue>,
@@ -181,6 +185,7 @@ fn pending(status: Status, at: DateTime<Utc>) -> NodeView {
         last_drift: None,
         released: true,
         revoked: false,
+        unreachable: false,
         overdue: None,
         updated_at: at,
     }
@@ -254,6 +259,7 @@ impl<S: Store> Open<'_, S> {
             error: error.clone(),
             reason: None,
             containers: containers.clone(),
+            unreachable: false,
             overdue: None,
             updated_at: reported_at,
         };

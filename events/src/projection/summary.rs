@@ -94,6 +94,7 @@ mod tests {
                             last_drift: Default::default(),
                             released: Default::default(),
                             revoked: false,
+                            unreachable: false,
                             overdue: None,
                         },
                     )
