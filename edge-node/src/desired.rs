@@ -149,7 +149,8 @@ impl Desired {
         for entry in self.tree.scan_prefix(format!("{deployment}/")) {
             self.tree.remove(entry?.0)?;
         }
-        Ok(())
+        // Durable at once: a crash must not bring back a deployment that is gone.
+        self.db.flush().map(drop)
     }
 
     /// Drops a deployment's `refresh` work once it was carried out, so that a restart does not
@@ -161,6 +162,8 @@ impl Desired {
                 self.tree.remove(key)?;
             }
         }
+        // Durable at once: a crash must not have the refresh done again.
+        self.db.flush()?;
         Ok(())
     }
 

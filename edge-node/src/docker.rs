@@ -372,14 +372,15 @@ impl ContainerRuntime for DockerRuntime {
     async fn logs(&self, id: &str, offset: u64, limit: usize) -> Result<(Vec<String>, bool), RuntimeError> {
         let options = LogsOptions { stdout: true, stderr: true, ..Default::default() };
         let mut output = self.docker.logs(id, Some(options));
-        let mut text = Vec::new();
+        // Read as far as the page and one line past it, never the whole log into memory.
+        let mut page = Page::new(offset, limit);
         while let Some(chunk) = output.next().await {
-            text.extend_from_slice(&chunk.map_err(|e| classify(Step::Other, e))?.into_bytes());
+            if page.take(&chunk.map_err(|e| classify(Step::Other, e))?.into_bytes()) {
+                return Ok(page.done());
+            }
         }
-        let text = String::from_utf8_lossy(&text);
-        let mut lines = text.lines().skip(offset as usize);
-        let page: Vec<String> = lines.by_ref().take(limit).map(str::to_owned).collect();
-        Ok((page, lines.next().is_some()))
+        page.end();
+        Ok(page.done())
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
@@ -518,5 +519,98 @@ mod tests {
         assert_eq!(split_tag("127.0.0.1:5000/sample/app"), ("127.0.0.1:5000/sample/app", "latest"));
         assert_eq!(split_tag("app"), ("app", "latest"));
         assert_eq!(split_tag("127.0.0.1:5000/app@sha256:abc"), ("127.0.0.1:5000/app", "sha256:abc"));
+    }
+}
+
+/// The longest line of a container's log a page holds whole; the rest of it is cut.
+const LONGEST_LINE: usize = 64 * 1024;
+
+/// A page of a log read as it streams: `limit` lines from line `offset`, and whether more follow.
+struct Page {
+    offset: u64,
+    limit: usize,
+    /// Lines seen so far.
+    seen: u64,
+    lines: Vec<String>,
+    partial: Vec<u8>,
+    more: bool,
+}
+
+impl Page {
+    fn new(offset: u64, limit: usize) -> Page {
+        Page { offset, limit, seen: 0, lines: Vec::new(), partial: Vec::new(), more: false }
+    }
+
+    /// Takes a chunk of the log; true once the page is full and a line past it was seen.
+    fn take(&mut self, chunk: &[u8]) -> bool {
+        for &byte in chunk {
+            if byte != b'\n' {
+                if self.partial.len() < LONGEST_LINE {
+                    self.partial.push(byte);
+                }
+                continue;
+            }
+            if self.line() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The line read so far is whole; true once a line past the page was seen.
+    fn line(&mut self) -> bool {
+        let bytes = std::mem::take(&mut self.partial);
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.strip_suffix('\r').unwrap_or(&text);
+        if self.seen >= self.offset {
+            if self.lines.len() >= self.limit {
+                self.more = true;
+                return true;
+            }
+            self.lines.push(text.to_owned());
+        }
+        self.seen = self.seen.saturating_add(1);
+        false
+    }
+
+    /// The log ended: a last line without its newline counts.
+    fn end(&mut self) {
+        if !self.partial.is_empty() {
+            self.line();
+        }
+    }
+
+    fn done(self) -> (Vec<String>, bool) {
+        (self.lines, self.more)
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::Page;
+
+    fn read(log: &str, offset: u64, limit: usize, chunk: usize) -> (Vec<String>, bool) {
+        let mut page = Page::new(offset, limit);
+        for piece in log.as_bytes().chunks(chunk.max(1)) {
+            if page.take(piece) {
+                return page.done();
+            }
+        }
+        page.end();
+        page.done()
+    }
+
+    #[test]
+    fn a_page_is_its_lines_from_the_offset_and_says_whether_more_follow() {
+        let log = "a\nb\r\nc\nd";
+        for chunk in [1, 2, 3, 100] {
+            assert_eq!(read(log, 0, 2, chunk), (vec!["a".to_owned(), "b".to_owned()], true));
+            assert_eq!(read(log, 2, 2, chunk), (vec!["c".to_owned(), "d".to_owned()], false));
+            assert_eq!(read(log, 3, 5, chunk), (vec!["d".to_owned()], false));
+            assert_eq!(read(log, 9, 5, chunk), (vec![], false));
+        }
+        let long = "x".repeat(super::LONGEST_LINE * 2) + "\ny\n";
+        let (lines, more) = read(&long, 0, 1, 4096);
+        assert_eq!((lines[0].len(), more), (super::LONGEST_LINE, true));
     }
 }

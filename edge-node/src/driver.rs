@@ -154,6 +154,7 @@ pub async fn run_on<R: ContainerRuntime>(
     let (work_tx, mut work) = mpsc::channel::<jetstream::Message>(WORK_TAKEN_AT_ONCE);
     let _receiver = AbortOnDrop(tokio::spawn(receive_work(js.clone(), config.clone(), work_tx)));
     let mut log_requests = client.subscribe(events::logs::subject(&config.tenant, &config.node)).await?;
+    let log_readers = Arc::new(tokio::sync::Semaphore::new(LOG_READERS));
     let (local_tx, mut local_requests) = mpsc::channel::<(LocalRequest, oneshot::Sender<LocalReply>)>(8);
     let _local = control.map(|path| AbortOnDrop(tokio::spawn(serve_local(path, local_tx))));
     let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Input>();
@@ -343,7 +344,17 @@ pub async fn run_on<R: ContainerRuntime>(
                 let target = serde_json::from_slice::<LogsRequest>(&request.payload)
                     .ok()
                     .map(|r| LogTarget { containers: agent.containers(&r.deployment), request: r });
-                tokio::spawn(answer_logs(client.clone(), runtime.clone(), request, target));
+                // A few at once: more are answered busy, never queued without bound.
+                match log_readers.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let answer = answer_logs(client.clone(), runtime.clone(), request, target);
+                        tokio::spawn(async move {
+                            answer.await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => busy(client.clone(), request).await,
+                }
                 continue;
             }
         };
@@ -460,6 +471,21 @@ struct LogTarget {
     containers: Option<Vec<(String, String)>>,
 }
 
+/// Logs requests answered at once.
+const LOG_READERS: usize = 4;
+
+/// Answers a logs request that came while [`LOG_READERS`] others were being answered.
+async fn busy(client: async_nats::Client, request: async_nats::Message) {
+    let Some(reply_to) = request.reply else { return };
+    let error =
+        events::Failure { code: "busy".to_owned(), message: "the node is reading other logs: ask again".to_owned() };
+    let payload =
+        serde_json::to_vec(&LogsReply { containers: vec![], error: Some(error) }).expect("a reply serializes");
+    if let Err(e) = client.publish(reply_to, payload.into()).await {
+        tracing::warn!(error = %e, "answering a logs request");
+    }
+}
+
 /// Answers a logs request with a page per container; a container that fails says so alone.
 async fn answer_logs<R: ContainerRuntime>(
     client: async_nats::Client,
@@ -479,9 +505,12 @@ async fn answer_logs<R: ContainerRuntime>(
             let mut pages = Vec::with_capacity(containers.len());
             for (name, reference) in containers {
                 let offset = request.cursor.get(&name).copied().unwrap_or(0);
-                pages.push(match runtime.logs(&reference, offset, request.limit).await {
+                // The engine asks for a page; no request makes the node read more than one.
+                let limit = request.limit.min(events::logs::PAGE_LINES);
+                pages.push(match runtime.logs(&reference, offset, limit).await {
                     Ok((lines, more)) => {
-                        let next = more.then_some(offset + lines.len() as u64);
+                        let read = u64::try_from(lines.len()).unwrap_or(u64::MAX);
+                        let next = more.then_some(offset.saturating_add(read));
                         ContainerLogs { container: name, lines, next, error: None }
                     }
                     Err(e) => ContainerLogs { container: name, lines: vec![], next: None, error: Some(e.failure()) },
@@ -643,6 +672,9 @@ async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<Notify
                     break;
                 }
             }
+        }
+        if let Err(e) = outbox.flush() {
+            tracing::error!(error = %e, "flushing the outbox");
         }
         if let Some(e) = failed {
             tracing::warn!(error = %e, pending = outbox.len(), "the outbox waits for the link");

@@ -107,6 +107,12 @@ impl Outbox {
         self.pending.remove(key.to_be_bytes()).map(|_| ())
     }
 
+    /// Makes the removals durable: a crash then sends none of them again (beyond the server's
+    /// window of duplicates, one sent again would be stored twice).
+    pub fn flush(&self) -> sled::Result<()> {
+        self.db.flush().map(drop)
+    }
+
     pub fn len(&self) -> usize {
         self.pending.len()
     }

@@ -245,6 +245,19 @@ async fn carry_out(
         _ => return Ok(()),
     }
     if let NodeEvent::Revoked { .. } = envelope.event::<NodeEvent>()? {
+        use async_nats::jetstream::stream::ConsumerErrorKind as consumer_error;
+        // Its work consumer goes with it: nothing is held on the server for a node that is cut
+        // off. A node enrolled again gets a new one, from the start of its work.
+        let name = events::subject::node_consumer(tenant, node);
+        match commands.store().consumers().delete_consumer(&name).await {
+            Ok(_) => tracing::info!(tenant, node, "the revoked node's consumer is removed"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    consumer_error::JetStream(ref js) if js.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND
+                ) => {}
+            Err(e) => anyhow::bail!("removing the consumer of revoked node {node}: {e}"),
+        }
         let meta = CommandMeta {
             actor: envelope.actor.clone(),
             correlation_id: envelope.correlation_id,

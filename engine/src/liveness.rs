@@ -62,18 +62,38 @@ impl Liveness {
     }
 }
 
-/// Creates the `TELEMETRY` stream if it is missing.
+/// The `TELEMETRY` stream keeps this many bytes at most, the oldest going first...
+pub const TELEMETRY_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+/// ...and this many heartbeats of any one node (ten minutes at one a second): a node beating
+/// too fast, or a writer flooding one subject, cannot push the others out.
+pub const TELEMETRY_MAX_PER_NODE: i64 = 600;
+
+/// Creates the `TELEMETRY` stream if it is missing, and gives one made before its limits.
 pub async fn open_stream(js: &jetstream::Context, replicas: usize) -> anyhow::Result<()> {
-    js.get_or_create_stream(stream::Config {
+    let config = stream::Config {
         name: events::telemetry::STREAM.to_owned(),
         subjects: vec![events::telemetry::ALL.to_owned()],
         storage: stream::StorageType::File,
         num_replicas: replicas,
         max_age: TELEMETRY_MAX_AGE,
+        max_bytes: TELEMETRY_MAX_BYTES,
+        max_messages_per_subject: TELEMETRY_MAX_PER_NODE,
+        discard: stream::DiscardPolicy::Old,
         ..Default::default()
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("creating the telemetry stream: {e}"))?;
+    };
+    let made = js
+        .get_or_create_stream(config.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the telemetry stream: {e}"))?;
+    let had = &made.cached_info().config;
+    if had.max_bytes != config.max_bytes || had.max_messages_per_subject != config.max_messages_per_subject {
+        let limited = stream::Config {
+            max_bytes: config.max_bytes,
+            max_messages_per_subject: config.max_messages_per_subject,
+            ..had.clone()
+        };
+        js.update_stream(limited).await.map_err(|e| anyhow::anyhow!("limiting the telemetry stream: {e}"))?;
+    }
     Ok(())
 }
 

@@ -301,6 +301,13 @@ async fn a_revoked_node_is_cut_off_cannot_come_back_and_its_deployments_say_so()
         (409, Some("public_key")),
         "a revoked key is never enrolled again: {body}"
     );
+    // Nothing is held on the server for it: its work consumer is gone.
+    let store = engine.engine.commands.store().clone();
+    let consumer = events::subject::node_consumer("default", &node.name);
+    tests::eventually("the revoked node's consumer to be removed", TIMEOUT, || async {
+        store.consumers().consumer_info(&consumer).await.is_err().then_some(())
+    })
+    .await;
     node.stop().await;
 }
 
