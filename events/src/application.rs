@@ -208,9 +208,12 @@ fn upcast(event_type: &str, from: u16, mut value: serde_json::Value) -> Result<s
 /// `repository:tag`, split at the tag's colon (a colon before the last `/` is a registry's
 /// port); a digest reference, or one without a tag, stays whole with an empty tag.
 pub fn split_image(image: &str) -> (String, String) {
-    let last = image.rfind('/').map_or(0, |i| i + 1);
-    match image[last..].rfind(':') {
-        Some(colon) if !image.contains('@') => (image[..last + colon].to_owned(), image[last + colon + 1..].to_owned()),
+    let (path, last) = image.rsplit_once('/').map_or(("", image), |(path, last)| (path, last));
+    match last.rsplit_once(':') {
+        Some((name, tag)) if !image.contains('@') => {
+            let repository = if image.contains('/') { format!("{path}/{name}") } else { name.to_owned() };
+            (repository, tag.to_owned())
+        }
         _ => (image.to_owned(), String::new()),
     }
 }

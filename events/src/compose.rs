@@ -367,7 +367,7 @@ fn limits(body: &serde_yaml::Mapping, path: &str) -> Result<Limits, ComposeError
 pub fn parse_size(text: &str) -> Result<i64, String> {
     let lower = text.trim().to_ascii_lowercase();
     let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &lower[digits.len()..];
+    let unit = lower.strip_prefix(digits).unwrap_or_default();
     let factor: i64 = match unit {
         "" | "b" => 1,
         "k" | "kb" => 1 << 10,
@@ -501,36 +501,39 @@ pub fn interpolate(text: &str, values: &BTreeMap<String, String>, path: &str) ->
 fn scan(text: &str, path: &str, value: &mut dyn FnMut(&str, Option<&str>) -> String) -> Result<String, ComposeError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        rest = &rest[at + 1..];
+    while let Some((before, after)) = rest.split_once('$') {
+        out.push_str(before);
+        rest = after;
         if let Some(after) = rest.strip_prefix('$') {
             out.push('$');
             rest = after;
         } else if let Some(braced) = rest.strip_prefix('{') {
-            let end = braced.find('}').ok_or_else(|| error(path, format!("unclosed `${{` in {text:?}")))?;
-            let inner = &braced[..end];
-            let (name, default) = match inner.find([':', '-', '?', '+']) {
+            let (inner, after) =
+                braced.split_once('}').ok_or_else(|| error(path, format!("unclosed `${{` in {text:?}")))?;
+            let (name, default) = match inner.find([':', '-', '?', '+']).and_then(|i| inner.split_at_checked(i)) {
                 None => (inner, None),
-                Some(i) if inner[i..].starts_with(":-") => (&inner[..i], Some(&inner[i + 2..])),
-                Some(i) if inner[i..].starts_with('-') => (&inner[..i], Some(&inner[i + 1..])),
-                Some(i) => {
-                    let form = &inner[i..inner.len().min(i + 2)];
-                    return Err(error(path, format!("`${{NAME{form}...}}` is not honoured; use `${{NAME:-default}}`")));
-                }
+                Some((name, form)) => match form.strip_prefix(":-").or_else(|| form.strip_prefix('-')) {
+                    Some(default) => (name, Some(default)),
+                    None => {
+                        let form: String = form.chars().take(2).collect();
+                        let honoured = "use `${NAME:-default}`";
+                        return Err(error(path, format!("`${{NAME{form}...}}` is not honoured; {honoured}")));
+                    }
+                },
             };
             if !crate::application::is_variable_name(name) {
                 return Err(error(path, format!("`${{{inner}}}` does not name a variable")));
             }
             out.push_str(&value(name, default));
-            rest = &braced[end + 1..];
+            rest = after;
         } else {
             let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
-            if end == 0 || !crate::application::is_variable_name(&rest[..end]) {
+            let (name, after) = rest.split_at_checked(end).unwrap_or((rest, ""));
+            if name.is_empty() || !crate::application::is_variable_name(name) {
                 return Err(error(path, format!("a lone `$` in {text:?}; write `$$` for a dollar sign")));
             }
-            out.push_str(&value(&rest[..end], None));
-            rest = &rest[end..];
+            out.push_str(&value(name, None));
+            rest = after;
         }
     }
     out.push_str(rest);

@@ -142,9 +142,10 @@ fn is_false(value: &bool) -> bool {
 impl Rollout {
     /// How many nodes may be under way at once, out of `targets`: never less than one.
     pub fn size(&self, targets: usize) -> usize {
+        let batch = usize::try_from(self.batch).unwrap_or(usize::MAX);
         let size = match self.percent {
-            true => (targets * self.batch as usize).div_ceil(100),
-            false => self.batch as usize,
+            true => targets.saturating_mul(batch).div_ceil(100),
+            false => batch,
         };
         size.max(1)
     }
@@ -727,7 +728,7 @@ impl Aggregate for Deployment {
                 | DeploymentEvent::RolloutHalted { .. }
         );
         if !reported {
-            self.requests += 1;
+            self.requests = self.requests.saturating_add(1);
         }
         match event {
             DeploymentEvent::Launched {
@@ -968,7 +969,7 @@ impl Deployment {
         let guard = self.guard.as_ref()?;
         let too_soon = |node: &str, at: &DateTime<Utc>| {
             let since = self.nodes.get(node)?.running_since?;
-            (*at - since < chrono::Duration::seconds(guard.within_secs.into())).then_some(since)
+            (at.signed_duration_since(since) < chrono::Duration::seconds(guard.within_secs.into())).then_some(since)
         };
         let failed = |Settled { node, error, reported_at, .. }: &Settled| {
             let why = error.as_ref().map(|e| format!(": {}", e.message)).unwrap_or_default();

@@ -137,7 +137,7 @@ impl Aggregate for DeploymentNode {
                 if answered || self.overdue == Some((*status, *since)) {
                     return Ok(vec![]);
                 }
-                let waited_ms = u64::try_from((ctx.now - *since).num_milliseconds()).unwrap_or(0);
+                let waited_ms = u64::try_from(ctx.now.signed_duration_since(*since).num_milliseconds()).unwrap_or(0);
                 return Ok(vec![DeploymentNodeEvent::Overdue { status: *status, since: *since, waited_ms }]);
             }
         };

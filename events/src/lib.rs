@@ -7,6 +7,11 @@
 //! It deliberately does no I/O: no clock, no random ids, no network, no disk. The time comes
 //! in through [`Ctx`], ids are chosen by the caller, so folding the same events always gives
 //! the same state.
+//!
+//! Everything here reads what comes from outside (the log, nodes, the API): no arithmetic that
+//! can overflow, no indexing that can panic, no slicing of a string off a character boundary.
+
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::string_slice))]
 
 pub mod aggregate;
 pub mod application;

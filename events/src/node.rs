@@ -220,7 +220,9 @@ impl Aggregate for Node {
                 if self.state != Some(NodeState::Online) {
                     events.push(NodeEvent::StateChanged { state: NodeState::Online });
                 }
-                let due = self.last_heartbeat.is_none_or(|last| ctx.now - last >= HEARTBEAT_RECORD_INTERVAL);
+                let due = self
+                    .last_heartbeat
+                    .is_none_or(|last| ctx.now.signed_duration_since(last) >= HEARTBEAT_RECORD_INTERVAL);
                 if due {
                     events.push(NodeEvent::HeartbeatRecorded { at: ctx.now });
                 }
@@ -251,7 +253,7 @@ impl Aggregate for Node {
             NodeEvent::StateChanged { state } => self.state = Some(*state),
             NodeEvent::HeartbeatRecorded { at } => self.last_heartbeat = Some(*at),
             NodeEvent::ReportRefused { sequence, reason } => {
-                self.refused_reports += 1;
+                self.refused_reports = self.refused_reports.saturating_add(1);
                 self.last_refused = Some(Refused { sequence: *sequence, reason: reason.clone() });
             }
         }

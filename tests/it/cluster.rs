@@ -19,7 +19,7 @@ async fn statuses(engine: &TestEngine, id: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deploy_on_a_three_server_cluster_completes_with_a_server_killed_midway() {
+async fn a_deploy_on_a_three_server_cluster_completes_with_the_logs_leader_killed_midway() {
     let mut cluster = NatsCluster::start(3).await;
     let engine = TestEngine::start_on(&cluster.url(), cluster.trust(), 3).await;
     let node = TestNode::start_via(&cluster.url(), &engine).await;
@@ -27,21 +27,30 @@ async fn a_deploy_on_a_three_server_cluster_completes_with_a_server_killed_midwa
     let client = cluster.servers[1].client().await;
     let info = async_nats::jetstream::new(client).get_stream("EVENTS").await.unwrap().info().await.unwrap().clone();
     assert_eq!(info.config.num_replicas, 3, "every event is kept on three servers");
+    // The server that leads the log, as the servers say: members are named n0, n1, n2.
+    let leader = info.cluster.and_then(|c| c.leader).expect("the stream has a leader");
+    let killed = leader.trim_start_matches('n').parse::<usize>().expect("a member's name");
 
     let id = launch(&engine, &node.name).await;
-    // Killed while the deployment is under way, whichever server it was.
-    cluster.servers[0].kill();
-    engine.wait_deployment(&id, "the deployment to run despite the dead server", |v| v["status"] == "running").await;
+    // The leader of the log is killed while the deployment is under way.
+    cluster.servers[killed].kill();
+    engine.wait_deployment(&id, "the deployment to run despite the dead leader", |v| v["status"] == "running").await;
     let seen = statuses(&engine, &id).await;
     assert_eq!(seen, ["pending_deploy", "received", "downloading", "deploying", "starting", "running"], "nothing lost");
+    // Another server leads the log now.
+    let survivor = cluster.servers[(killed + 1) % 3].client().await;
+    let info = async_nats::jetstream::new(survivor).get_stream("EVENTS").await.unwrap().info().await.unwrap().clone();
+    let now_leading = info.cluster.and_then(|c| c.leader).unwrap_or_default();
+    assert!(!now_leading.is_empty() && now_leading != leader, "{leader} was killed, yet leads: {now_leading}");
 
     // And the two servers left carry on: another launch, then the dead server comes back.
     let second = launch(&engine, &node.name).await;
     engine.wait_deployment(&second, "a launch with a server down", |v| v["status"] == "running").await;
-    cluster.servers[0].restart().await;
-    let store = EventStore::open(cluster.servers[0].client().await, &StoreConfig { replicas: 3, ..Default::default() })
-        .await
-        .unwrap();
+    cluster.servers[killed].restart().await;
+    let store =
+        EventStore::open(cluster.servers[killed].client().await, &StoreConfig { replicas: 3, ..Default::default() })
+            .await
+            .unwrap();
     tests::eventually("the restarted server to have caught up", crate::harness::TIMEOUT, || async {
         // The node's five reports, on the pair's subject.
         let pair = events::deployment_node::id(&second, &node.name);

@@ -233,7 +233,8 @@ impl<S: Store> Open<'_, S> {
                 }
             }
         }
-        *self.header.counts.entry(view.status).or_default() += 1;
+        let count = self.header.counts.entry(view.status).or_default();
+        *count = count.saturating_add(1);
         self.store.put(key, view);
         Ok(())
     }

@@ -30,7 +30,7 @@ pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<
         // The server refuses the key's JWTs issued at or before this second: one more, so that a
         // JWT minted in the second of its revocation is refused too.
         NodeEvent::KeyRotated { previous: key, .. } | NodeEvent::Revoked { public_key: key } => {
-            store.put(revoked_key(key), envelope.time.timestamp() + 1)
+            store.put(revoked_key(key), envelope.time.timestamp().saturating_add(1))
         }
         _ => {}
     }
@@ -108,7 +108,7 @@ fn apply(record: Option<NodeRecord>, envelope: &Envelope, event: &NodeEvent) -> 
         NodeEvent::LabelsChanged { labels } => record.labels = labels.clone(),
         NodeEvent::StateChanged { state } => record.state = Some(*state),
         NodeEvent::ReportRefused { sequence, reason } => {
-            record.refused_reports += 1;
+            record.refused_reports = record.refused_reports.saturating_add(1);
             record.last_refused = Some(Refused { sequence: *sequence, reason: reason.clone() });
         }
     }

@@ -23,12 +23,12 @@ impl Counts {
     fn add(&mut self, status: Status) {
         match status {
             Status::Removed => return,
-            Status::Running => self.running += 1,
-            Status::Failed => self.failed += 1,
-            Status::Stopped => self.stopped += 1,
-            _ => self.pending += 1,
+            Status::Running => self.running = self.running.saturating_add(1),
+            Status::Failed => self.failed = self.failed.saturating_add(1),
+            Status::Stopped => self.stopped = self.stopped.saturating_add(1),
+            _ => self.pending = self.pending.saturating_add(1),
         }
-        self.total += 1;
+        self.total = self.total.saturating_add(1);
     }
 }
 
