@@ -627,8 +627,9 @@ async fn receive_work(js: jetstream::Context, config: NodeConfig, work: mpsc::Se
     }
 }
 
-/// Publishes the outbox, oldest first, removing each report once JetStream acknowledged it.
-async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<Notify>, config: NodeConfig) {
+/// Publishes the outbox, oldest first, removing each report once JetStream acknowledged it;
+/// forever, woken by `sent` when a report is kept.
+pub async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<Notify>, config: NodeConfig) {
     let subject = events::subject::node_reports(&config.tenant, &config.node);
     loop {
         let pending = match outbox.oldest(256) {
