@@ -80,6 +80,7 @@ pub struct Api {
     pub http: reqwest::Client,
     pub nats_url: String,
     pub ca: std::path::PathBuf,
+    config: EngineConfig,
     data: tempfile::TempDir,
 }
 
@@ -101,11 +102,22 @@ impl Api {
             tls: Some(engine::trust::Trust::server_tls(trust.dir())),
             ..EngineConfig::default()
         };
-        let engine = Engine::start(config).await.expect("the engine starts");
+        let engine = Engine::start(config.clone()).await.expect("the engine starts");
         let url = format!("https://{}", engine.api_addr);
         let (nats_url, ca) = (nats_url.to_owned(), trust.ca());
         let http = tests::admin_client(&engine.commands, &ca).await;
-        Api { engine, url, http, nats_url, ca, data }
+        Api { engine, url, http, nats_url, ca, config, data }
+    }
+
+    /// Stops the engine, leaving nothing of it running, and starts it again on the same read
+    /// models (on a new port).
+    pub async fn restart(self) -> Api {
+        let Api { engine, nats_url, ca, config, data, .. } = self;
+        drop(engine);
+        let engine = Engine::start(config.clone()).await.expect("the engine starts again");
+        let url = format!("https://{}", engine.api_addr);
+        let http = tests::admin_client(&engine.commands, &ca).await;
+        Api { engine, url, http, nats_url, ca, config, data }
     }
 
     /// Enrolls `node`: its credentials, with a key the engine made.

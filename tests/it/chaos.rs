@@ -16,7 +16,7 @@ use edge_node::runtime::DEPLOYMENT_LABEL;
 use edge_node::sim::SimRuntime;
 use edge_node::NodeConfig;
 use events::work::NodeWork;
-use serde_json::{json, Value};
+use serde_json::json;
 use tests::{Link, NatsServer};
 
 use crate::harness::{launch, TestEngine, TIMEOUT};
@@ -83,46 +83,17 @@ impl SimNode {
     }
 }
 
-/// A small deterministic generator, so that a failing run can be replayed from its seed.
-struct Dice(u64);
-
-impl Dice {
-    fn roll(&mut self, sides: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % sides as u64) as usize
-    }
-}
-
-/// Where the engine's view and a node's truth differ, if they do: the deployment must be
-/// settled, as wanted, and say what runs.
-fn disagreement(view: &Value, node: &SimNode) -> Option<String> {
-    let id = view["id"].as_str()?;
-    let said = view["nodes"][&node.name]["status"].as_str().unwrap_or("absent");
-    let truth =
-        node.runtime.containers().into_iter().find(|c| c.labels.get(DEPLOYMENT_LABEL).map(String::as_str) == Some(id));
-    let wanted = view["desired"].as_str()?;
-    // Stopped: nothing runs (a version updated while stopped has no container yet).
-    let agrees = match (&truth, said) {
-        (Some(c), "running") => c.running && c.image == view["image"],
-        (Some(c), "stopped") => !c.running,
-        (None, "stopped") => true,
-        _ => false,
-    };
-    (!agrees || said != wanted).then(|| {
-        format!(
-            "{id} on {}: engine says {said} ({}), wants {wanted} of {}, node has {truth:?}",
-            node.name, view["nodes"][&node.name], view["image"]
-        )
-    })
+/// Where the engine's view and a node's truth differ, if they do.
+fn disagreement(engine: &TestEngine, id: &str, node: &SimNode) -> Option<String> {
+    let view = engine.engine.deployments.get("default", id).ok().flatten()?;
+    tests::chaos::disagreement(&view, &node.name, &node.runtime)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_fleet_under_chaos_ends_with_the_engine_saying_what_every_node_runs() {
     const NODES: usize = 10;
     let seed = 0x0005_eedc_4a05_u64;
-    let mut dice = Dice(seed);
+    let mut dice = tests::chaos::Dice(seed);
     let nats = NatsServer::start().await;
     let engine = TestEngine::start(&nats).await;
     let mut nodes = Vec::new();
@@ -189,7 +160,7 @@ async fn a_simulated_fleet_under_chaos_ends_with_the_engine_saying_what_every_no
         let mut differences = Vec::new();
         for id in &ids {
             let (_, view) = engine.get(&format!("/v1/deployments/{id}")).await;
-            differences.extend(nodes.iter().filter_map(|n| disagreement(&view, n)));
+            differences.extend(nodes.iter().filter_map(|n| disagreement(&engine, id, n)));
             views.push(view);
         }
         if differences.is_empty() {
