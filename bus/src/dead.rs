@@ -71,7 +71,8 @@ impl Letter {
     }
 }
 
-/// Where a reader sets aside what it cannot take. Cloning shares the count.
+/// Where a reader sets aside what it cannot take. Cloning shares the count. The default only
+/// logs and counts, for a reader that may not write.
 #[derive(Debug, Clone, Default)]
 pub struct DeadLetters {
     /// Where the letters go; `None` for a reader that may not write.
@@ -97,11 +98,6 @@ impl DeadLetters {
         .await
         .map_err(|e| OpenError { stream: STREAM.to_owned(), reason: e.to_string() })?;
         Ok(DeadLetters { js: Some(js), ..DeadLetters::default() })
-    }
-
-    /// Letters only logged and counted, for a reader that may not write.
-    pub fn logged_only() -> DeadLetters {
-        DeadLetters::default()
     }
 
     /// How many letters were set aside through this (and its clones).

@@ -159,8 +159,6 @@ pub struct Loaded {
     pub events: Vec<StoredEvent>,
     /// The stream sequence of the subject's last message; 0 when it has none.
     pub last_sequence: u64,
-    /// How many messages of the subject did not fit there and were set aside.
-    pub set_aside: usize,
 }
 
 /// The end of a subject, for a writer chaining onto it.
@@ -237,21 +235,7 @@ impl EventStore {
             js.update_stream(raised).await.map_err(|e| nats(e.to_string()))?;
             stream = js.get_stream(&config.stream).await.map_err(|e| nats(e.to_string()))?;
         }
-        let mut quick = js.clone();
-        quick.set_timeout(CONSUMER_TIMEOUT);
-        let consumers = quick.get_stream_no_info(&config.stream).await.map_err(|e| nats(e.to_string()))?;
-        let name = config.stream.clone();
-        Ok(EventStore {
-            client,
-            js,
-            stream,
-            consumers,
-            name,
-            signer: None,
-            direct_reads: false,
-            api: crate::API,
-            dead: Default::default(),
-        })
+        EventStore::assemble(client, js, stream, crate::API, config).await
     }
 
     /// The same store, signing the envelopes it seals with `key`.
@@ -289,21 +273,26 @@ impl EventStore {
         let nats = |e: String| OpenError { stream: config.stream.clone(), reason: e };
         let js = jetstream::with_prefix(client.clone(), api);
         let stream = js.get_stream(&config.stream).await.map_err(|e| nats(e.to_string()))?;
+        EventStore::assemble(client, js, stream, api, config).await
+    }
+
+    /// The store on `stream`, with the handle its consumers are made and found through.
+    async fn assemble(
+        client: async_nats::Client,
+        js: jetstream::Context,
+        stream: stream::Stream,
+        api: &'static str,
+        config: &StoreConfig,
+    ) -> Result<EventStore, OpenError> {
         let mut quick = js.clone();
         quick.set_timeout(CONSUMER_TIMEOUT);
-        let consumers = quick.get_stream_no_info(&config.stream).await.map_err(|e| nats(e.to_string()))?;
+        let consumers = quick
+            .get_stream_no_info(&config.stream)
+            .await
+            .map_err(|e| OpenError { stream: config.stream.clone(), reason: e.to_string() })?;
         let name = config.stream.clone();
-        Ok(EventStore {
-            client,
-            js,
-            stream,
-            consumers,
-            name,
-            signer: None,
-            direct_reads: false,
-            api,
-            dead: Default::default(),
-        })
+        let (signer, direct_reads, dead) = (None, false, Default::default());
+        Ok(EventStore { client, js, stream, consumers, name, signer, direct_reads, api, dead })
     }
 
     /// `envelope` signed by this writer's key, ready to encode.
@@ -440,9 +429,7 @@ impl EventStore {
             let Some(end) = batch.last().map(|m| m.sequence) else {
                 break;
             };
-            let (events, unfit) = self.sort_out(batch, "load").await;
-            loaded.events.extend(events);
-            loaded.set_aside += unfit;
+            loaded.events.extend(self.sort_out(batch).await);
             from = end + 1;
         }
         Ok(loaded)
@@ -455,27 +442,24 @@ impl EventStore {
         loop {
             let batch = self.direct(filter, from, None, DIRECT_BATCH).await?;
             let Some(end) = batch.last().map(|m| m.sequence) else { return Ok(events) };
-            events.extend(self.sort_out(batch, "load").await.0);
+            events.extend(self.sort_out(batch).await);
             from = end + 1;
         }
     }
 
-    /// The messages that fit where they are, as events, and how many others were set aside.
-    async fn sort_out(&self, batch: Vec<RawMessage>, reader: &str) -> (Vec<StoredEvent>, usize) {
+    /// The messages that fit where they are, as events; the others are set aside.
+    async fn sort_out(&self, batch: Vec<RawMessage>) -> Vec<StoredEvent> {
         let mut events = Vec::with_capacity(batch.len());
-        let mut unfit = 0;
         for raw in batch {
             match events::fit::read(&raw.subject, &raw.payload) {
                 Ok(envelope) => events.push(StoredEvent { sequence: raw.sequence, envelope, bytes: raw.payload }),
                 Err(reason) => {
-                    unfit += 1;
-                    self.dead
-                        .set_aside(Letter::new(reader, &raw.subject, Some(raw.sequence), &raw.payload, reason))
-                        .await;
+                    let letter = Letter::new("load", &raw.subject, Some(raw.sequence), &raw.payload, reason);
+                    self.dead.set_aside(letter).await;
                 }
             }
         }
-        (events, unfit)
+        events
     }
 
     /// One batched direct get of the messages on `filter` (wildcards allowed) from sequence

@@ -647,7 +647,7 @@ pub async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<No
         // Sent together, oldest first, and each removed once acknowledged. From the first that
         // is not, the rest are sent again (the server stores a report sent twice once); one
         // acknowledged meanwhile may then have been stored before an older one, which the
-        // engine tells by its time.
+        // engine tells by the node's count (`Envelope::order`) and takes as stale.
         let mut failed = None;
         let mut acks = Vec::with_capacity(pending.len());
         for report in pending {

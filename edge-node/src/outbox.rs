@@ -121,3 +121,32 @@ impl Outbox {
         self.pending.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_report_is_dropped_and_the_rest_are_sent_numbered_in_order() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let outbox = Outbox::open(&db, "", None).unwrap();
+        let id = Uuid::nil();
+        let meta = Metadata { tenant: "t".into(), actor: "node:n".into(), correlation_id: id, causation_id: id };
+        let report = NodeReport::AppliedLocally { deployment: "d".into() };
+        outbox.push("n", &meta, &report, chrono::DateTime::UNIX_EPOCH).unwrap();
+        // A disk's fault between two reports.
+        let corrupt = db.generate_id().unwrap();
+        outbox.pending.insert(corrupt.to_be_bytes(), &b"\xc1 not a report"[..]).unwrap();
+        outbox.push("n", &meta, &report, chrono::DateTime::UNIX_EPOCH).unwrap();
+
+        let pending = outbox.oldest(10).unwrap();
+        assert_eq!(pending.len(), 2, "the corrupt one is dropped, the others stay");
+        assert_eq!(outbox.len(), 2);
+        let orders: Vec<Order> =
+            pending.iter().map(|p| Envelope::decode(&p.bytes).unwrap().order.expect("numbered")).collect();
+        assert!(orders[0].precedes(&orders[1]), "{orders:?}");
+        // Opened again, the outbox counts on in the same epoch.
+        let again = Outbox::open(&db, "", None).unwrap();
+        assert_eq!(again.epoch, outbox.epoch);
+    }
+}

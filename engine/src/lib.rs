@@ -268,3 +268,33 @@ impl<T> Drop for Aborting<T> {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_or_fails_is_started_again_and_the_supervisor_goes_on() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let supervisor = tokio::spawn(supervise("test", move || {
+            let run = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match run {
+                    0 => panic!("a bug"),
+                    1 => anyhow::bail!("a failure"),
+                    _ => std::future::pending().await,
+                }
+            }
+        }));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while runs.load(Ordering::SeqCst) < 3 {
+            assert!(std::time::Instant::now() < deadline, "started {} times", runs.load(Ordering::SeqCst));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!supervisor.is_finished(), "the supervisor runs on");
+        supervisor.abort();
+    }
+}

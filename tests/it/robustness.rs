@@ -106,6 +106,10 @@ async fn foreign_bytes_and_misplaced_envelopes_are_set_aside_and_every_reader_go
     assert!(out.contains(&format!("{} set aside", placed.len())), "{out}");
     let (code, trail) = replay(&nats, &["audit"]).await;
     assert_eq!(code, 0, "{trail}");
+    for (subject, sequence) in &placed {
+        let shown = trail.lines().any(|l| l.trim_start().starts_with(&format!("{sequence}  set aside on {subject}: ")));
+        assert!(shown, "audit shows {subject} at {sequence} set aside: {trail}");
+    }
     let last = trail.lines().last().unwrap_or_default();
     assert!(last.contains("deployment.start_requested") || last.contains("deployment_node"), "read to the end: {last}");
     drop(node);
