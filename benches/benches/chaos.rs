@@ -11,7 +11,8 @@
 //! are this machine's: a clock stepping back is covered by a test
 //! (`tests/it/robustness.rs`), not simulated here.
 //!
-//! `cargo bench -p benches --bench chaos` (`CHAOS_NODES`, `CHAOS_SECS`, `CHAOS_SEED`).
+//! `cargo bench -p benches --bench chaos` (`CHAOS_NODES`, `CHAOS_SECS`, `CHAOS_SEED`; with
+//! `CHAOS_SHOW_SLOW` set, each heal told after more than 2 s is named).
 
 #![allow(clippy::print_stdout)]
 
@@ -103,6 +104,7 @@ async fn main() {
     let seconds: u64 = env("CHAOS_SECS", 300);
     let seed: u64 = env("CHAOS_SEED", 0x00c4_a05b_e4c4_u64);
     let mut dice = Dice(seed);
+    let slow_shown = std::env::var_os("CHAOS_SHOW_SLOW").is_some();
     let nats = NatsServer::start().await;
     let mut api = Api::start(&nats).await;
     let mut nodes = Vec::with_capacity(count);
@@ -188,6 +190,13 @@ async fn main() {
             if !*told && truthful(&api, &ids, &nodes[n]) {
                 truths.push(healed.elapsed().as_secs_f64());
                 *told = true;
+                if slow_shown && healed.elapsed() > Duration::from_secs(2) {
+                    let (took, restart) = (healed.elapsed().as_secs_f64(), last_restart.elapsed().as_secs_f64());
+                    println!(
+                        "  slow: {} told the truth {took:.1} s after its heal (engine restarted {restart:.1} s ago)",
+                        nodes[n].name
+                    );
+                }
             }
             let agrees = differences(&api, &ids, &nodes[n]).is_empty();
             if agrees {

@@ -6,7 +6,8 @@
 //! expecting the subject's last sequence. On a conflict it reloads and decides again, at most
 //! 8 times ([`CommandError::Contention`]).
 //!
-//! Folded aggregates are kept in memory between commands (up to [`CACHED_AGGREGATES`]), each
+//! Folded aggregates are kept in memory between commands (up to [`CACHED_AGGREGATES`] of them
+//! and [`CACHED_BYTES`] in all, each weighed by the bytes of the events folded into it), each
 //! with its last sequence, its last hash and the ids of the commands applied, so a command on
 //! a known aggregate costs one conditional append and no load. The cache is only ever a guess:
 //! the append still expects the last sequence the cache saw, and a conflict (another engine
@@ -101,6 +102,9 @@ impl<R: std::error::Error> From<AppendError> for CommandError<R> {
 
 /// How many folded aggregates are kept in memory by default.
 pub const CACHED_AGGREGATES: usize = 100_000;
+/// How much memory the folded aggregates kept take by default, at most, as weighed by
+/// [`Current::weight`].
+pub const CACHED_BYTES: usize = 256 << 20;
 
 #[derive(Debug, Clone)]
 pub struct CommandHandler {
@@ -111,12 +115,13 @@ pub struct CommandHandler {
 
 impl CommandHandler {
     pub fn new(store: EventStore) -> CommandHandler {
-        CommandHandler::with_cache(store, CACHED_AGGREGATES)
+        CommandHandler::with_cache(store, CACHED_AGGREGATES, CACHED_BYTES)
     }
 
-    /// A handler keeping at most `capacity` folded aggregates in memory (0: none).
-    pub fn with_cache(store: EventStore, capacity: usize) -> CommandHandler {
-        CommandHandler { store, max_attempts: 8, cache: Arc::new(Cache::new(capacity)) }
+    /// A handler keeping at most `capacity` folded aggregates (0: none) and `bytes` of them in
+    /// memory.
+    pub fn with_cache(store: EventStore, capacity: usize, bytes: usize) -> CommandHandler {
+        CommandHandler { store, max_attempts: 8, cache: Arc::new(Cache::new(capacity, bytes)) }
     }
 
     pub fn store(&self) -> &EventStore {
@@ -147,7 +152,7 @@ impl CommandHandler {
             _ => {
                 let current = Current::<A>::load(&self.store, &subject).await?;
                 let seen = look(&current.state);
-                *held = Some(Box::new(current));
+                self.cache.keep(&subject, &mut held, current);
                 Ok(seen)
             }
         }
@@ -211,7 +216,7 @@ impl CommandHandler {
         for attempt in 1..=self.max_attempts {
             if let Some(sequences) = current.commands.get(&meta.command_id) {
                 let events = self.store.events_at(sequences).await?;
-                *held = Some(Box::new(current));
+                self.cache.keep(&subject, held, current);
                 return Ok(Committed { events, attempts: attempt, duplicate: true });
             }
             let ctx = Ctx { now: Utc::now() };
@@ -228,11 +233,11 @@ impl CommandHandler {
                     continue;
                 }
                 Err(rejection) => {
-                    *held = Some(Box::new(current));
+                    self.cache.keep(&subject, held, current);
                     return Err(CommandError::Rejected(rejection));
                 }
                 Ok(_) => {
-                    *held = Some(Box::new(current));
+                    self.cache.keep(&subject, held, current);
                     return Ok(Committed { events: vec![], attempts: attempt, duplicate: false });
                 }
             };
@@ -247,7 +252,7 @@ impl CommandHandler {
                     let events: Vec<StoredEvent> =
                         stored.into_iter().zip(sequences).map(|(e, sequence)| StoredEvent { sequence, ..e }).collect();
                     current.record(&events, &decided);
-                    *held = Some(Box::new(current));
+                    self.cache.keep(&subject, held, current);
                     return Ok(Committed { events, attempts: attempt, duplicate: false });
                 }
                 Err(AppendError::Conflict { appended, .. }) if appended > 0 => {
@@ -275,11 +280,18 @@ struct Current<A> {
     last_hash: Option<String>,
     /// Each applied command's id and the sequences of its events.
     commands: HashMap<Uuid, Vec<u64>>,
+    /// What it weighs in the cache: the bytes of the events folded into it, and a little for
+    /// each command kept. A guess, but one that grows as the state and its commands do.
+    weight: usize,
 }
+
+/// What one applied command kept with a fold weighs, beyond its events: its id, the vector of
+/// its sequences and its place in the map.
+const COMMAND_WEIGHT: usize = 64;
 
 impl<A: Aggregate> Current<A> {
     fn empty() -> Current<A> {
-        Current { state: A::default(), last_sequence: 0, last_hash: None, commands: HashMap::new() }
+        Current { state: A::default(), last_sequence: 0, last_hash: None, commands: HashMap::new(), weight: 0 }
     }
 
     async fn load(store: &EventStore, subject: &str) -> Result<Current<A>, StoreError> {
@@ -288,13 +300,16 @@ impl<A: Aggregate> Current<A> {
 
     fn from_loaded(loaded: &Loaded) -> Result<Current<A>, StoreError> {
         let mut commands: HashMap<Uuid, Vec<u64>> = HashMap::new();
+        let mut weight = 0usize;
         for event in &loaded.events {
             commands.entry(event.envelope.causation_id).or_default().push(event.sequence);
+            weight = weight.saturating_add(event.bytes.len());
         }
         Ok(Current {
             state: fold::<A>(loaded)?,
             last_sequence: loaded.last_sequence,
             last_hash: loaded.last_hash(),
+            weight: weight.saturating_add(commands.len().saturating_mul(COMMAND_WEIGHT)),
             commands,
         })
     }
@@ -303,7 +318,12 @@ impl<A: Aggregate> Current<A> {
     fn record(&mut self, appended: &[StoredEvent], decided: &[A::Event]) {
         for (stored, event) in appended.iter().zip(decided) {
             self.state = std::mem::take(&mut self.state).evolve(event);
-            self.commands.entry(stored.envelope.causation_id).or_default().push(stored.sequence);
+            let sequences = self.commands.entry(stored.envelope.causation_id).or_default();
+            if sequences.is_empty() {
+                self.weight = self.weight.saturating_add(COMMAND_WEIGHT);
+            }
+            sequences.push(stored.sequence);
+            self.weight = self.weight.saturating_add(stored.bytes.len());
             self.last_sequence = stored.sequence;
             self.last_hash = Some(chain_hash(&stored.bytes));
         }
@@ -313,38 +333,87 @@ impl<A: Aggregate> Current<A> {
 type Slot = Arc<tokio::sync::Mutex<Option<Box<dyn Any + Send>>>>;
 
 /// The folded aggregates kept between commands, by subject, each behind the lock that makes
-/// commands on it take turns.
+/// commands on it take turns, with what each weighs.
 struct Cache {
     capacity: usize,
-    slots: Mutex<HashMap<String, Slot>>,
+    bytes: usize,
+    slots: Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    by_subject: HashMap<String, (Slot, usize)>,
+    weight: usize,
 }
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache").field("capacity", &self.capacity).finish_non_exhaustive()
+        f.debug_struct("Cache").field("capacity", &self.capacity).field("bytes", &self.bytes).finish_non_exhaustive()
     }
 }
 
 impl Cache {
-    fn new(capacity: usize) -> Cache {
-        Cache { capacity, slots: Mutex::new(HashMap::new()) }
+    fn new(capacity: usize, bytes: usize) -> Cache {
+        Cache { capacity, bytes, slots: Mutex::new(Slots::default()) }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The slot of `subject`. Over capacity, every slot nobody holds is let go at once.
     fn slot(&self, subject: &str) -> Slot {
-        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(slot) = slots.get(subject) {
+        let mut slots = self.slots();
+        if let Some((slot, _)) = slots.by_subject.get(subject) {
             return slot.clone();
         }
         let slot = Slot::default();
         if self.capacity == 0 {
             return slot;
         }
-        if slots.len() >= self.capacity {
-            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        if slots.by_subject.len() >= self.capacity {
+            slots.let_go();
         }
-        slots.insert(subject.to_owned(), slot.clone());
+        slots.by_subject.insert(subject.to_owned(), (slot.clone(), 0));
         slot
+    }
+
+    /// Puts `current` back in `subject`'s slot, held by the caller, and weighs it. Over the
+    /// memory budget, every other slot nobody holds is let go at once; a fold heavier than the
+    /// whole budget is not kept at all.
+    fn keep<A: Aggregate>(&self, subject: &str, held: &mut Option<Box<dyn Any + Send>>, current: Current<A>) {
+        let weight = current.weight;
+        let mut slots = self.slots();
+        let Some(entry) = slots.by_subject.get_mut(subject) else {
+            return;
+        };
+        if weight > self.bytes {
+            *held = None;
+            let was = std::mem::take(&mut entry.1);
+            slots.weight = slots.weight.saturating_sub(was);
+            return;
+        }
+        let was = std::mem::replace(&mut entry.1, weight);
+        slots.weight = slots.weight.saturating_sub(was).saturating_add(weight);
+        *held = Some(Box::new(current));
+        if slots.weight > self.bytes {
+            slots.let_go();
+        }
+    }
+
+    /// How many folds are kept, and what they weigh in all.
+    #[cfg(test)]
+    fn kept(&self) -> (usize, usize) {
+        let slots = self.slots();
+        (slots.by_subject.len(), slots.weight)
+    }
+}
+
+impl Slots {
+    /// Lets go of every slot nobody holds.
+    fn let_go(&mut self) {
+        self.by_subject.retain(|_, (slot, _)| Arc::strong_count(slot) > 1);
+        self.weight = self.by_subject.values().map(|(_, weight)| weight).sum();
     }
 }
 
@@ -388,4 +457,73 @@ fn wrap<A: Aggregate>(
             StoredEvent { sequence: 0, envelope, bytes }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use events::node::Node;
+
+    use super::*;
+
+    fn weighing(weight: usize) -> Current<Node> {
+        Current { weight, ..Current::empty() }
+    }
+
+    /// Keeps a fold of `weight` for `subject`, as a command does when it is done.
+    async fn kept(cache: &Cache, subject: &str, weight: usize) {
+        let slot = cache.slot(subject);
+        let mut held = slot.lock().await;
+        cache.keep(subject, &mut held, weighing(weight));
+    }
+
+    #[tokio::test]
+    async fn the_cache_lets_go_of_folds_nobody_holds_once_over_its_memory_budget() {
+        let cache = Cache::new(1_000, 10_000);
+        for i in 0..4 {
+            kept(&cache, &format!("s.{i}"), 2_000).await;
+        }
+        assert_eq!(cache.kept(), (4, 8_000), "under the budget, every fold stays");
+        // One held by a command in progress is never let go.
+        let busy = cache.slot("s.0");
+        let guard = busy.lock().await;
+        kept(&cache, "s.4", 3_000).await;
+        assert_eq!(cache.kept(), (2, 5_000), "over it, only the one held and the one just kept stay");
+        assert!(guard.is_some(), "the held fold is still there");
+    }
+
+    #[tokio::test]
+    async fn a_fold_heavier_than_the_whole_budget_is_not_kept() {
+        let cache = Cache::new(1_000, 10_000);
+        kept(&cache, "light", 1_000).await;
+        kept(&cache, "heavy", 20_000).await;
+        assert_eq!(cache.kept(), (2, 1_000), "the heavy one weighs nothing: it is not kept");
+        let slot = cache.slot("heavy");
+        assert!(slot.lock().await.is_none(), "a command on it loads it again");
+    }
+
+    #[tokio::test]
+    async fn a_fold_growing_is_weighed_again() {
+        let cache = Cache::new(1_000, 10_000);
+        kept(&cache, "grows", 1_000).await;
+        kept(&cache, "grows", 4_000).await;
+        assert_eq!(cache.kept(), (1, 4_000));
+    }
+
+    #[test]
+    fn a_fold_weighs_the_events_folded_into_it_and_its_commands() {
+        let mut current = Current::<Node>::empty();
+        let event = events::node::NodeEvent::Revoked { public_key: "UKEY".to_owned() };
+        let metadata = Metadata {
+            tenant: "t".to_owned(),
+            actor: "a".to_owned(),
+            correlation_id: Uuid::nil(),
+            causation_id: Uuid::nil(),
+        };
+        let envelope = Envelope::new(Uuid::now_v7(), Utc::now(), Node::TYPE, "n", &metadata, &event, None);
+        let stored = StoredEvent { sequence: 1, envelope, bytes: Bytes::from(vec![0u8; 500]) };
+        current.record(std::slice::from_ref(&stored), std::slice::from_ref(&event));
+        assert_eq!(current.weight, 500 + COMMAND_WEIGHT);
+        current.record(&[StoredEvent { sequence: 2, ..stored }], std::slice::from_ref(&event));
+        assert_eq!(current.weight, 1_000 + COMMAND_WEIGHT, "a second event of the same command weighs its bytes");
+    }
 }
