@@ -65,7 +65,7 @@ where
                     Err(e) => {
                         tracing::info!(consumer = name, error = %e, "waiting for the consumer");
                         tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(MAX_PAUSE);
+                        pause = pause.saturating_mul(2).min(MAX_PAUSE);
                     }
                 }
                 continue;
@@ -79,7 +79,7 @@ where
                         tracing::warn!(consumer = name, error = %e, "pulling; the consumer is found again");
                         self.consumer = None;
                         tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(MAX_PAUSE);
+                        pause = pause.saturating_mul(2).min(MAX_PAUSE);
                     }
                 }
                 continue;
@@ -91,7 +91,7 @@ where
                     // must not spin.
                     tracing::warn!(consumer = name, error = %e, "pulling again");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_PAUSE);
+                    pause = pause.saturating_mul(2).min(MAX_PAUSE);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(consumer = name, error = %e, "the consumer is found again");

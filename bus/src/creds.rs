@@ -105,7 +105,7 @@ impl Credentials {
     /// confined to one.
     pub fn inbox_prefix(&self) -> Option<String> {
         let claims = jwt_claims(&self.jwt).ok()?;
-        let allowed = claims["nats"]["sub"]["allow"].as_array()?.clone();
+        let allowed = claims.pointer("/nats/sub/allow")?.as_array()?.clone();
         allowed
             .iter()
             .filter_map(|s| s.as_str()?.strip_suffix(".>"))
@@ -118,8 +118,9 @@ impl Credentials {
     pub fn is_outside(&self) -> bool {
         let Ok(claims) = jwt_claims(&self.jwt) else { return false };
         let prefix = format!("{}.", crate::OUTSIDE_API);
-        claims["nats"]["pub"]["allow"]
-            .as_array()
+        claims
+            .pointer("/nats/pub/allow")
+            .and_then(|allowed| allowed.as_array())
             .is_some_and(|allowed| allowed.iter().any(|s| s.as_str().is_some_and(|s| s.starts_with(&prefix))))
     }
 
@@ -135,16 +136,20 @@ impl Credentials {
 
 /// The text between `begin` and `end`, trimmed, if both are there and it is not empty.
 fn block(text: &str, begin: &str, end: &str) -> Option<String> {
-    let start = text.find(begin)? + begin.len();
-    let length = text[start..].find(end)?;
-    let inner = text[start..start + length].trim();
+    let (_, after) = text.split_once(begin)?;
+    let (inner, _) = after.split_once(end)?;
+    let inner = inner.trim();
     (!inner.is_empty()).then(|| inner.to_owned())
 }
 
 /// The `sub` claim of a JWT, read without checking its signature (the server does that).
 pub fn jwt_subject(jwt: &str) -> Result<String, CredsError> {
     let claims = jwt_claims(jwt)?;
-    claims["sub"].as_str().map(str::to_owned).ok_or_else(|| CredsError::BadJwt("no `sub` claim".into()))
+    claims
+        .get("sub")
+        .and_then(|s| s.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| CredsError::BadJwt("no `sub` claim".into()))
 }
 
 /// The claims of a JWT as JSON.

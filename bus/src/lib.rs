@@ -5,6 +5,11 @@
 //!
 //! It knows the envelope and the subjects (`events`) but no aggregate, projection or worker:
 //! what is folded from the log, and why, is the services' business.
+//!
+//! Everything here reads what comes from the server, which may be hostile: no arithmetic that
+//! can overflow, no indexing that can panic, no slicing of a string off a character boundary.
+
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::string_slice))]
 
 pub mod consume;
 pub mod creds;

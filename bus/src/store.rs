@@ -430,7 +430,11 @@ impl EventStore {
                 break;
             };
             loaded.events.extend(self.sort_out(batch).await);
-            from = end + 1;
+            // A server that answers out of order does not keep this loop going.
+            match end.checked_add(1) {
+                Some(next) if next > from => from = next,
+                _ => break,
+            }
         }
         Ok(loaded)
     }
@@ -443,7 +447,10 @@ impl EventStore {
             let batch = self.direct(filter, from, None, DIRECT_BATCH).await?;
             let Some(end) = batch.last().map(|m| m.sequence) else { return Ok(events) };
             events.extend(self.sort_out(batch).await);
-            from = end + 1;
+            match end.checked_add(1) {
+                Some(next) if next > from => from = next,
+                _ => return Ok(events),
+            }
         }
     }
 
@@ -474,10 +481,12 @@ impl EventStore {
         let failed = |reason: String| ReadError::Failed { what: format!("{filter} by direct get"), reason };
         let inbox = self.client.new_inbox();
         let mut replies = self.client.subscribe(inbox.clone()).await.map_err(|e| failed(e.to_string()))?;
-        let mut request = serde_json::json!({ "seq": from, "next_by_subj": filter, "batch": batch });
-        if let Some(up_to) = up_to {
-            request["up_to_seq"] = up_to.into();
-        }
+        let request = match up_to {
+            Some(up_to) => {
+                serde_json::json!({ "seq": from, "next_by_subj": filter, "batch": batch, "up_to_seq": up_to })
+            }
+            None => serde_json::json!({ "seq": from, "next_by_subj": filter, "batch": batch }),
+        };
         self.client
             .publish_with_reply(format!("{}.DIRECT.GET.{}", self.api, self.name), inbox, request.to_string().into())
             .await

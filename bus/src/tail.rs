@@ -66,7 +66,11 @@ async fn direct(store: EventStore, from: u64) -> Result<impl Stream<Item = Entry
         let mut retry = DIRECT_POLL;
         loop {
             if let Some(raw) = buffered.pop_front() {
-                next = raw.sequence + 1;
+                // What comes again, or out of order, was read already.
+                if raw.sequence < next {
+                    continue;
+                }
+                next = raw.sequence.saturating_add(1);
                 let pending = raw.pending.unwrap_or(buffered.len() as u64);
                 let entry = Entry { sequence: raw.sequence, subject: raw.subject, payload: raw.payload, pending };
                 return Some((entry, (store, next, buffered)));
@@ -80,7 +84,7 @@ async fn direct(store: EventStore, from: u64) -> Result<impl Stream<Item = Entry
                 Err(e) => {
                     tracing::warn!(from = next, error = %e, "reading the log; trying again");
                     tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(Duration::from_secs(2));
+                    retry = retry.saturating_mul(2).min(Duration::from_secs(2));
                 }
             }
         }
@@ -94,7 +98,7 @@ async fn consumed(store: &EventStore, from: u64) -> Result<impl Stream<Item = En
     let first = loop {
         match reader.pull().await {
             Ok(messages) => break messages,
-            Err(Unmade::Unanswered) if unanswered < FIRST_ASKS => unanswered += 1,
+            Err(Unmade::Unanswered) if unanswered < FIRST_ASKS => unanswered = unanswered.saturating_add(1),
             Err(e) => {
                 return Err(ConsumeError { consumer: format!("a reader from {from}"), reason: e.to_string() }.into())
             }
@@ -172,16 +176,19 @@ impl Reader {
                     Err(e) => {
                         tracing::warn!(from = self.next, error = %e, "reading the log; trying again");
                         tokio::time::sleep(retry).await;
-                        retry = (retry * 2).min(Duration::from_secs(2));
+                        retry = retry.saturating_mul(2).min(Duration::from_secs(2));
                     }
                 }
                 continue;
             };
             let problem = match messages.next().await {
                 Some(Ok(message)) => match message.info() {
-                    Ok(info) if info.consumer_sequence == self.delivered + 1 && info.stream_sequence >= self.next => {
+                    Ok(info)
+                        if Some(info.consumer_sequence) == self.delivered.checked_add(1)
+                            && info.stream_sequence >= self.next =>
+                    {
                         self.delivered = info.consumer_sequence;
-                        self.next = info.stream_sequence + 1;
+                        self.next = info.stream_sequence.saturating_add(1);
                         let (sequence, pending) = (info.stream_sequence, info.pending);
                         let subject = message.subject.to_string();
                         return Entry { sequence, subject, payload: message.payload.clone(), pending };

@@ -336,7 +336,7 @@ impl ContainerRuntime for DockerRuntime {
         let options = CreateContainerOptions { name: Some(spec.name.clone()), ..Default::default() };
         // A create this node asked for before it was killed may still hold the name: it is
         // either made soon (and is this very container) or given up (and the name is free).
-        let mut attempts = 0;
+        let mut attempts = 0u32;
         loop {
             match self.docker.create_container(Some(options.clone()), body.clone()).await {
                 Ok(created) => return Ok(created.id),
@@ -344,7 +344,7 @@ impl ContainerRuntime for DockerRuntime {
                     if let Ok(Some(id)) = self.docker.inspect_container(&spec.name, None).await.map(|c| c.id) {
                         return Ok(id);
                     }
-                    attempts += 1;
+                    attempts = attempts.saturating_add(1);
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(classify(Step::Create, e)),
@@ -457,12 +457,8 @@ fn split_tag(image: &str) -> (&str, &str) {
     if let Some((name, digest)) = image.split_once('@') {
         return (name, digest);
     }
-    // A colon after the last slash is a tag; before it, a registry port.
-    let last = image.rfind('/').map_or(0, |i| i + 1);
-    match image[last..].rfind(':') {
-        Some(colon) => (&image[..last + colon], &image[last + colon + 1..]),
-        None => (image, "latest"),
-    }
+    let (name, tag) = events::application::tagged(image);
+    (name, tag.unwrap_or("latest"))
 }
 
 #[cfg(test)]

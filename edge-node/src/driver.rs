@@ -79,7 +79,7 @@ pub async fn connect(config: &NodeConfig) -> anyhow::Result<(async_nats::Client,
         })
         // On a bad link, try again soon: a second at most between attempts, so a healed
         // link is used within a second.
-        .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
+        .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64).saturating_mul(100).min(1000)))
         .retry_on_initial_connect();
     let client = connection.connect_with(options).await?;
     Ok((client, links))

@@ -4,6 +4,12 @@
 //! The decisions live in [`agent`], a state machine with no I/O; the [`driver`] does the I/O;
 //! [`docker`] is the only module that talks to Docker. It deliberately knows nothing of the
 //! engine's read models or API: all it shares with the engine is the `events` vocabulary.
+//!
+//! It reads its work, its own database and Docker's answers, any of which may be corrupt: no
+//! arithmetic that can overflow, no indexing that can panic, no slicing of a string off a
+//! character boundary.
+
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::string_slice))]
 
 pub mod agent;
 pub mod desired;

@@ -114,7 +114,7 @@ impl ContainerRuntime for SimRuntime {
         if !state.images.contains(&spec.image) {
             return Err(RuntimeError::new(ErrorCode::ImageNotFound, format!("No such image: {}", spec.image)));
         }
-        state.made += 1;
+        state.made = state.made.saturating_add(1);
         let id = format!("sim{:08}", state.made);
         let container = SimContainer {
             id: id.clone(),

@@ -1126,7 +1126,7 @@ struct ReaderBody {
 }
 
 fn reader_name(body: &ReaderBody) -> Result<String, ApiError> {
-    let name = body.name.clone().unwrap_or_else(|| Uuid::now_v7().simple().to_string()[20..].to_owned());
+    let name = body.name.clone().unwrap_or_else(|| Uuid::now_v7().simple().to_string().chars().skip(20).collect());
     token("name", &name)?;
     Ok(name)
 }

@@ -107,7 +107,7 @@ pub async fn authenticate(State(auth): State<Auth>, mut request: Request, next: 
     };
     if let Err(wait) = auth.limiter.check_key(&id.to_owned()) {
         let wait = wait.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let seconds = wait.as_secs().saturating_add(u64::from(wait.subsec_nanos() > 0));
         let error = format!("token `{id}` is over its rate limit: retry in {seconds} s");
         let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, None, error).into_response();
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));

@@ -56,5 +56,5 @@ pub async fn run(handler: CommandHandler, deployments: Deployments, deadlines: D
 /// How often to look: a quarter of the shortest deadline, between 250 ms and 15 s.
 fn check_every(deadlines: &Deadlines) -> Duration {
     let shortest = deadlines.pending.min(deadlines.download).min(deadlines.step);
-    (shortest / 4).clamp(Duration::from_millis(250), Duration::from_secs(15))
+    shortest.checked_div(4).unwrap_or_default().clamp(Duration::from_millis(250), Duration::from_secs(15))
 }

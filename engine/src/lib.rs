@@ -10,6 +10,12 @@
 //! Two engines may run at once on one stream: each folds the whole log into its own read
 //! models, while the workers are durable consumers whose messages go to one engine or the
 //! other; every command they issue is idempotent, so nothing is done twice.
+//!
+//! It reads the log, the nodes' reports and the API's bodies, any of which may be hostile: no
+//! arithmetic that can overflow, no indexing that can panic, no slicing of a string off a
+//! character boundary.
+
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::string_slice))]
 
 pub mod api;
 pub mod auth;

@@ -57,7 +57,7 @@ impl Liveness {
         latest.get(&(tenant.to_owned(), node.to_owned())).map(|s| Heard {
             heartbeat: s.heartbeat.clone(),
             received: s.received,
-            clock_skew_ms: (s.heartbeat.at - s.received).num_milliseconds(),
+            clock_skew_ms: s.heartbeat.at.signed_duration_since(s.received).num_milliseconds(),
         })
     }
 }

@@ -215,7 +215,7 @@ async fn fold(
     until: Option<u64>,
 ) -> anyhow::Result<u64> {
     let tree = tree.clone();
-    let start = checkpoint(&tree)? + 1;
+    let start = checkpoint(&tree)?.saturating_add(1);
     tracing::info!(start, "projector starting");
     // A rebuild with nothing left to read in the stream is done already.
     if until.is_some() && store.last_sequence().await? < start {
@@ -264,8 +264,8 @@ async fn fold(
                 }
             }
         }
-        in_batch += 1;
-        read += 1;
+        in_batch = in_batch.saturating_add(1);
+        read = read.saturating_add(1);
         // Done at the end read beforehand, or when nothing is left in the stream.
         if until.is_some_and(|until| sequence >= until || pending == 0) {
             batch.commit(sequence)?;
@@ -295,28 +295,28 @@ impl Default for Pace {
 impl Pace {
     /// True once four times the last commit's cost has passed since it ended.
     fn may_commit_early(&self) -> bool {
-        self.ended.elapsed() >= self.cost * 4
+        self.ended.elapsed() >= self.cost.saturating_mul(4)
     }
 
     fn commit(&mut self, batch: Overlay<'_>, checkpoint: u64) -> Result<(), ModelError> {
         let start = std::time::Instant::now();
         batch.commit(checkpoint)?;
         self.ended = std::time::Instant::now();
-        self.cost = self.ended - start;
+        self.cost = self.ended.saturating_duration_since(start);
         Ok(())
     }
 }
 
 /// Waits until `tree` has folded the stream up to `sequence`; false if `timeout` passed first.
 pub async fn wait_for(tree: &sled::Tree, sequence: u64, timeout: Duration) -> Result<bool, StoreError> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let started = tokio::time::Instant::now();
     loop {
         if checkpoint(tree).map_err(|e| ReadError::Failed { what: "a checkpoint".into(), reason: e.to_string() })?
             >= sequence
         {
             return Ok(true);
         }
-        if tokio::time::Instant::now() >= deadline {
+        if started.elapsed() >= timeout {
             return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -158,20 +158,23 @@ impl Notifications {
         let mut all = Vec::new();
         for entry in self.tree.scan_prefix(&prefix) {
             let (key, value) = entry?;
-            let application = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            let application = String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default()).into_owned();
             let mut updates =
                 ApplicationUpdates { latest: Some(serde_json::from_slice::<Published>(&value)?), ..Default::default() };
             let tracked = tracked_prefix(tenant, &application);
             for entry in self.tree.scan_prefix(&tracked) {
                 let (key, value) = entry?;
-                let deployment = String::from_utf8_lossy(&key[tracked.len()..]).into_owned();
+                let deployment = String::from_utf8_lossy(key.get(tracked.len()..).unwrap_or_default()).into_owned();
                 updates.deployments.insert(deployment, serde_json::from_slice::<Tracked>(&value)?);
             }
             all.extend(updates.notifications(&application));
         }
         all.sort_by(|a, b| a.deployment.cmp(&b.deployment));
-        let mut items: Vec<Notification> =
-            all.into_iter().filter(|n| cursor.is_none_or(|c| n.deployment.as_str() > c)).take(limit + 1).collect();
+        let mut items: Vec<Notification> = all
+            .into_iter()
+            .filter(|n| cursor.is_none_or(|c| n.deployment.as_str() > c))
+            .take(limit.saturating_add(1))
+            .collect();
         let next_cursor = if items.len() > limit {
             items.truncate(limit);
             items.last().map(|n| n.deployment.clone())
@@ -209,7 +212,7 @@ impl Nodes {
             .scan_prefix(&prefix)
             .map(|e| {
                 let (key, at) = e?;
-                let key = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                let key = String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default()).into_owned();
                 Ok((key, serde_json::from_slice(&at)?))
             })
             .collect()

@@ -59,11 +59,8 @@ pub async fn resolve(http: &reqwest::Client, image: &str) -> Result<String, Reso
     let registry = registry_of(image);
     let name = unpinned(image);
     let path = name.strip_prefix(&format!("{registry}/")).unwrap_or(name);
-    let last = path.rfind('/').map_or(0, |i| i + 1);
-    let (repository, tag) = match path.get(last..).and_then(|tail| tail.rfind(':')) {
-        Some(colon) => (&path[..last + colon], &path[last + colon + 1..]),
-        None => (path, "latest"),
-    };
+    let (repository, tag) = events::application::tagged(path);
+    let tag = tag.unwrap_or("latest");
     let repository = match (registry, repository.contains('/')) {
         ("docker.io", false) => format!("library/{repository}"),
         _ => repository.to_owned(),

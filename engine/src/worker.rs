@@ -160,8 +160,9 @@ where
         while let Some(message) = messages.next().await {
             let mut hasher = std::hash::DefaultHasher::new();
             message.subject.hash(&mut hasher);
-            let lane = (hasher.finish() % LANES as u64) as usize;
-            if senders[lane].send(message).await.is_err() {
+            let lane = usize::try_from(hasher.finish().checked_rem(LANES as u64).unwrap_or(0)).unwrap_or(0);
+            let Some(sender) = senders.get(lane) else { break };
+            if sender.send(message).await.is_err() {
                 break;
             }
         }
@@ -251,7 +252,7 @@ where
             }
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
+        pause = pause.saturating_mul(2).min(Duration::from_secs(2));
         outcome = attempt().await;
     }
     outcome
@@ -522,7 +523,7 @@ async fn deployment_as_of(store: &EventStore, envelope: &Envelope) -> anyhow::Re
     let subject = events::subject::aggregate(&envelope.tenant, Deployment::TYPE, &envelope.aggregate_id);
     let mut loaded = store.load(&subject).await?;
     if let Some(at) = loaded.events.iter().position(|e| e.envelope.id == envelope.id) {
-        loaded.events.truncate(at + 1);
+        loaded.events.truncate(at.saturating_add(1));
     }
     Ok(crate::command::fold(&loaded)?)
 }
@@ -980,7 +981,7 @@ async fn record_refusal(
     let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("refused report {sequence} {tenant} {node}").as_bytes());
     // The reason may quote what the report claims: it is kept short.
     let reason = match reason.char_indices().nth(REASON_CHARS) {
-        Some((end, _)) => format!("{}…", &reason[..end]),
+        Some(_) => format!("{}…", reason.chars().take(REASON_CHARS).collect::<String>()),
         None => reason,
     };
     let meta = CommandMeta {

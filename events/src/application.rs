@@ -402,6 +402,15 @@ pub fn unpinned(image: &str) -> &str {
     image.split_once('@').map_or(image, |(name, _)| name)
 }
 
+/// A name (`registry:port/repo:tag`, no digest) split into its repository and its tag, if it
+/// has one: a colon after the last slash is a tag; before it, a registry's port.
+pub fn tagged(name: &str) -> (&str, Option<&str>) {
+    match name.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => (repository, Some(tag)),
+        _ => (name, None),
+    }
+}
+
 /// `sha256:` and 64 hex digits.
 pub fn is_digest(text: &str) -> bool {
     text.strip_prefix("sha256:").is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))

@@ -1,6 +1,11 @@
 //! The auditors' tool: reads the whole event log, in order, with bounded memory, and answers
 //! from it alone: whether its hash chains are whole ([`verify`]), who did what, when
 //! ([`audit`]), and what the read models must say ([`rebuild`]).
+//!
+//! The log it reads may hold anything: no arithmetic that can overflow, no indexing that can
+//! panic, no slicing of a string off a character boundary.
+
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::string_slice))]
 
 pub mod at;
 pub mod audit;
@@ -76,11 +81,11 @@ pub async fn each_message(
     );
     let messages = bus::tail::tail(store, from).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
     let mut messages = std::pin::pin!(messages);
-    let mut count = 0;
+    let mut count: u64 = 0;
     while let Some(message) = messages.next().await {
         let sequence = message.sequence;
         each(&message.subject, found(sequence, &message.subject, message.payload))?;
-        count += 1;
+        count = count.saturating_add(1);
         progress.set_position(sequence);
         // The log never ends: stop at the end read beforehand.
         if sequence >= last {
@@ -100,7 +105,7 @@ pub async fn follow(
 ) -> anyhow::Result<()> {
     let from = match from {
         Some(from) => from,
-        None => store.last_sequence().await? + 1,
+        None => store.last_sequence().await?.saturating_add(1),
     };
     let messages = bus::tail::tail(store, from).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
     let mut messages = std::pin::pin!(messages);

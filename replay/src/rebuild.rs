@@ -68,13 +68,13 @@ pub async fn differences(rebuilt: &Rebuilt, api: &str, http: &reqwest::Client) -
         loop {
             let query = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
             let page = get(tenant.clone(), format!("/v1/deployments?limit=200{query}")).await?;
-            for item in page["items"].as_array().into_iter().flatten() {
+            for item in page.get("items").and_then(|items| items.as_array()).into_iter().flatten() {
                 let id = item["id"].as_str().unwrap_or_default();
                 if !deployments.iter().any(|d| d.id == id && &d.tenant == tenant) {
                     found.push(format!("deployment {id}: live, but not in the log"));
                 }
             }
-            match page["next_cursor"].as_str() {
+            match page.get("next_cursor").and_then(|next| next.as_str()) {
                 Some(next) => cursor = Some(next.to_owned()),
                 None => break,
             }
