@@ -194,18 +194,21 @@ async fn a_staged_workload_is_applied_on_the_node_with_no_link_and_the_engine_he
     node.stop().await;
 }
 
-/// The edge-node binary as its own process, on its own sled directory, killed as a crash would.
+/// The edge-node binary as its own process, on its own sled directory, killed as a crash would;
+/// it finds the Docker engine through `docker_host` when set (a [`tests::DockerGate`]).
 struct NodeProcess {
     name: String,
     url: String,
     data: tempfile::TempDir,
+    docker_host: Option<String>,
     child: Option<tokio::process::Child>,
 }
 
 impl NodeProcess {
-    async fn start(url: &str, engine: &TestEngine) -> NodeProcess {
+    async fn start(url: &str, engine: &TestEngine, docker_host: Option<String>) -> NodeProcess {
         let name = format!("p{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-        let mut node = NodeProcess { name, url: url.to_owned(), data: tempfile::tempdir().unwrap(), child: None };
+        let data = tempfile::tempdir().unwrap();
+        let mut node = NodeProcess { name, url: url.to_owned(), data, docker_host, child: None };
         node.launch(engine).await;
         node
     }
@@ -219,7 +222,11 @@ impl NodeProcess {
                 engine.engine.issuer.enroll(&self.name, Default::default(), None, &crate::harness::meta()).await;
             std::fs::write(&creds, enrolled.expect("the node enrolls").creds).unwrap();
         }
-        let child = tokio::process::Command::new(tests::binary("edge-node"))
+        let mut command = tokio::process::Command::new(tests::binary("edge-node"));
+        if let Some(host) = &self.docker_host {
+            command.env("DOCKER_HOST", host);
+        }
+        let child = command
             .args(["run", "--nats", &self.url, "--node", &self.name, "--heartbeat", "0.3", "--reconcile", "0.3"])
             .arg("--creds")
             .arg(&creds)
@@ -275,7 +282,11 @@ async fn statuses(engine: &TestEngine, id: &str) -> Vec<String> {
 async fn a_node_killed_at_any_step_resumes_from_its_local_state_without_downloading_again() {
     let nats = NatsServer::start().await;
     let engine = TestEngine::start(&nats).await;
-    let mut node = NodeProcess::start(&nats.url(), &engine).await;
+    // The node reaches Docker through a gate that can hold one kind of call: a step held
+    // there is a step the node is killed inside of.
+    let sockets = tempfile::tempdir().unwrap();
+    let gate = tests::DockerGate::to(&tests::docker_socket(), sockets.path()).await;
+    let mut node = NodeProcess::start(&nats.url(), &engine, Some(gate.host())).await;
     let docker = docker().await;
     let image = tests::unique_image(&docker, IMAGE_1_0_0, "killed").await.unwrap();
     engine.publish_sample(&image).await;
@@ -294,20 +305,48 @@ async fn a_node_killed_at_any_step_resumes_from_its_local_state_without_download
     assert!(!after[before.len()..].contains(&"downloading".to_owned()), "downloaded again: {after:?}");
     assert_eq!(in_docker(&docker, &running).await, [(container[0].0.clone(), false)], "the same container");
 
-    // Killed at each step of a launch in turn: each time it resumes and ends running, once.
-    for step in ["received", "downloading", "deploying", "starting"] {
+    // Killed inside each step of a launch in turn, its runtime call held at the gate (the
+    // image looked up and pulled, the container made, the container started): each time it
+    // resumes, ends running with one container, and downloads nothing again once it had.
+    let steps = [
+        ("downloading", "GET", "/images/"),
+        ("deploying", "POST", "/containers/create"),
+        ("starting", "POST", "/start"),
+    ];
+    for (step, method, call) in steps {
+        gate.hold(method, call);
         let id = launch(&engine, &node.name).await;
-        let seen = eventually(&format!("the launch to reach {step} or beyond"), TIMEOUT, || async {
+        let at_kill = eventually(&format!("the launch to be held inside {step}"), TIMEOUT, || async {
             let statuses = statuses(&engine, &id).await;
-            statuses.iter().position(|s| s == step).map(|_| statuses)
+            let inside = statuses.last().map(String::as_str) == Some(step) && !gate.held().is_empty();
+            inside.then_some(statuses)
         })
         .await;
+        let held = gate.held();
         node.kill().await;
+        let made = in_docker(&docker, &id).await;
+        match step {
+            "starting" => assert!(made.len() == 1 && !made[0].1, "killed at {step}: made, not started: {made:?}"),
+            _ => assert!(made.is_empty(), "killed at {step}: nothing made yet: {made:?}"),
+        }
+        assert!(
+            held.iter().any(|line| line.starts_with(method) && line.contains(call)),
+            "killed inside {step}: {held:?}"
+        );
+        gate.open();
         node.launch(&engine).await;
         engine.wait_deployment(&id, "the launch to finish after the restart", |v| v["status"] == "running").await;
-        assert_eq!(in_docker(&docker, &id).await.len(), 1, "killed at {step}: one container");
+        let now = in_docker(&docker, &id).await;
+        assert_eq!(now.len(), 1, "killed at {step}: one container");
+        if step == "starting" {
+            assert_eq!(now[0].0, made[0].0, "killed at {step}: the container it had made is started");
+        }
         let all = statuses(&engine, &id).await;
-        assert_eq!(all.last().map(String::as_str), Some("running"), "killed at {step}: {all:?} (seen {seen:?})");
+        assert_eq!(all.last().map(String::as_str), Some("running"), "killed at {step}: {all:?}");
+        if step != "downloading" {
+            let resumed = &all[at_kill.len()..];
+            assert!(!resumed.contains(&"downloading".to_owned()), "killed at {step}, downloaded again: {all:?}");
+        }
     }
     reports_are_stored_once(&nats, &node.name).await;
     engine.matches_a_fresh_rebuild(&nats, &[running]).await;

@@ -14,8 +14,10 @@ use anyhow::Context;
 
 pub mod chaos;
 mod fleet;
+mod gate;
 mod link;
 pub use fleet::{SimFleet, SimMember};
+pub use gate::DockerGate;
 pub use link::Link;
 
 /// The workspace root.
@@ -251,6 +253,12 @@ pub fn docker_host() -> Option<String> {
 }
 
 /// The project's Docker engine: `DOCKER_HOST` or the one `scripts/setup.sh` started.
+/// The path of the Docker engine's socket the tests use.
+pub fn docker_socket() -> std::path::PathBuf {
+    let host = setting("DOCKER_HOST").unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+    std::path::PathBuf::from(host.strip_prefix("unix://").unwrap_or(&host))
+}
+
 pub async fn docker() -> bollard::Docker {
     let docker = match setting("DOCKER_HOST") {
         Some(host) => {
