@@ -2,7 +2,8 @@
 //! its own, for five minutes, while links are cut and healed, nodes killed and restarted,
 //! containers stopped behind the nodes' backs, operators stopping, starting and updating, and
 //! the engine restarted. After each heal, the time until the engine's view of that node says
-//! what the node runs (`status_truth_p99_s`: running with the right image, or stopped), and
+//! what the node runs (`status_truth_p99_s`: running with the right image, or stopped; or a
+//! request in flight beside the containers the node last reported, right about what runs), and
 //! until it has also settled where the operator wants it (`converged_p99_s`, which waits for
 //! the operators' last changes to be carried out too); at the end, once every link is healed,
 //! the same for every node; and then the statuses still in
@@ -105,6 +106,17 @@ async fn main() {
     let seed: u64 = env("CHAOS_SEED", 0x00c4_a05b_e4c4_u64);
     let mut dice = Dice(seed);
     let slow_shown = std::env::var_os("CHAOS_SHOW_SLOW").is_some();
+    if let Some(path) = std::env::var_os("CHAOS_LOG") {
+        let file = std::fs::File::create(path).expect("the log file");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                std::env::var("CHAOS_LOG_FILTER").unwrap_or_else(|_| "bus=info,edge_node=info,engine=warn".to_owned()),
+            )
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .try_init();
+    }
+    let mut slow_seen: HashSet<usize> = HashSet::new();
     let nats = NatsServer::start().await;
     let mut api = Api::start(&nats).await;
     let mut nodes = Vec::with_capacity(count);
@@ -178,7 +190,15 @@ async fn main() {
                 }
             }
             _ if last_restart.elapsed() > Duration::from_secs(60) => {
+                let restarting = Instant::now();
                 api = api.restart().await;
+                if slow_shown {
+                    println!(
+                        "  the engine restarted in {:.1} s at {}",
+                        restarting.elapsed().as_secs_f64(),
+                        chrono::Utc::now()
+                    );
+                }
                 engine_restarts += 1;
                 last_restart = Instant::now();
             }
@@ -187,13 +207,20 @@ async fn main() {
         actions += 1;
         // The nodes healed and waited for: each counts once the engine says its truth.
         awaiting.retain(|&n, (healed, told)| {
+            if slow_shown && !*told && healed.elapsed() > Duration::from_secs(2) && !slow_seen.contains(&n) {
+                slow_seen.insert(n);
+                let now: Vec<String> = differences(&api, &ids, &nodes[n]).iter().map(|d| d.chars().take(400).collect()).collect();
+                println!("  2 s after its heal, {}: {now:?}", nodes[n].name);
+            }
             if !*told && truthful(&api, &ids, &nodes[n]) {
+                slow_seen.remove(&n);
                 truths.push(healed.elapsed().as_secs_f64());
                 *told = true;
                 if slow_shown && healed.elapsed() > Duration::from_secs(2) {
                     let (took, restart) = (healed.elapsed().as_secs_f64(), last_restart.elapsed().as_secs_f64());
+                    let at = chrono::Utc::now() - chrono::Duration::milliseconds((took * 1000.0) as i64);
                     println!(
-                        "  slow: {} told the truth {took:.1} s after its heal (engine restarted {restart:.1} s ago)",
+                        "  slow: {} told the truth {took:.1} s after its heal at {at} (engine restarted {restart:.1} s ago)",
                         nodes[n].name
                     );
                 }
@@ -255,7 +282,9 @@ async fn main() {
             duplicates += causes.len() - unique.len();
         }
     }
-    // Lost: reports a node kept and never had recorded, once every node stopped.
+    // Lost: reports a node kept and never had recorded, once every node stopped. What a node
+    // said as every link came back (each status again) is given a few seconds to be sent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     for node in &mut nodes {
         node.task.abort();
         let _ = (&mut node.task).await;
@@ -263,7 +292,12 @@ async fn main() {
     let mut lost = 0usize;
     for node in &nodes {
         let db = sled::open(&node.config.data_dir).expect("the node's database");
-        lost += edge_node::outbox::Outbox::open(&db, "", None).expect("its outbox").len();
+        let outbox = edge_node::outbox::Outbox::open(&db, "", None).expect("its outbox");
+        for pending in outbox.oldest(16).expect("the outbox reads") {
+            let kept = events::Envelope::decode(&pending.bytes).map(|e| format!("{} of {}", e.event_type, e.time));
+            println!("  kept by {} and never recorded: {}", node.name, kept.unwrap_or_else(|e| e.to_string()));
+        }
+        lost += outbox.len();
     }
 
     println!("chaos: {actions} actions, {engine_restarts} engine restarts, {} heals waited for", truths.len());

@@ -63,6 +63,7 @@ async fn main() {
         js,
         outbox.clone(),
         Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
         config.clone(),
     ));
     benches::until("the outbox to be empty", Duration::from_millis(10), || outbox.is_empty()).await;

@@ -65,10 +65,12 @@ pub enum LinkEvent {
 pub async fn connect(config: &NodeConfig) -> anyhow::Result<(async_nats::Client, mpsc::UnboundedReceiver<LinkEvent>)> {
     let (links_tx, links) = mpsc::unbounded_channel::<LinkEvent>();
     let connection = config.connection();
+    let node = config.node.clone();
     let options = connection
         .options()
         .event_callback(move |event| {
             let links = links_tx.clone();
+            tracing::debug!(node, %event, "link");
             async move {
                 if matches!(event, async_nats::Event::Connected) {
                     let _ = links.send(LinkEvent::Connected);
@@ -133,6 +135,7 @@ pub async fn run_on<R: ContainerRuntime>(
     let outbox = Outbox::open(&db, &trees, config.credentials.as_ref().map(|c| c.key().clone()))?;
     let desired = Desired::open(&db, &trees)?;
     let sent = Arc::new(Notify::new());
+    let relinked = Arc::new(Notify::new());
     let actor = format!("node:{}", config.node);
     // The node's own key opens the secrets sealed for it.
     let key: Option<Arc<nkeys::KeyPair>> = config.credentials.as_ref().map(|c| c.key().clone());
@@ -143,7 +146,8 @@ pub async fn run_on<R: ContainerRuntime>(
         Metadata { tenant: config.tenant.clone(), actor: actor.clone(), correlation_id: hello, causation_id: hello };
     outbox.push(&config.node, &meta, &online, Utc::now())?;
 
-    let publisher = tokio::spawn(publish_outbox(js.clone(), outbox.clone(), sent.clone(), config.clone()));
+    let publisher =
+        tokio::spawn(publish_outbox(js.clone(), outbox.clone(), sent.clone(), relinked.clone(), config.clone()));
     let _publisher = AbortOnDrop(publisher);
     let (watched_tx, watched) = tokio::sync::watch::channel(Vec::new());
     let heartbeat = tokio::spawn(crate::telemetry::beat(client.clone(), runtime.clone(), config.clone(), watched));
@@ -329,7 +333,10 @@ pub async fn run_on<R: ContainerRuntime>(
                 continue;
             }
             Some(link) = links.recv() => match link {
-                LinkEvent::Connected => Input::Reconnected,
+                LinkEvent::Connected => {
+                    relinked.notify_one();
+                    Input::Reconnected
+                }
                 LinkEvent::Revoked => anyhow::bail!("the node's credential was revoked: it may not connect again"),
             },
             _ = ticks.tick() => {
@@ -382,6 +389,7 @@ async fn take_work(
     pieces: &mut Vec<(NodeWork, Kept)>,
 ) -> anyhow::Result<()> {
     let mut taken = Vec::with_capacity(messages.len());
+    tracing::debug!(node = config.node, pieces = messages.len(), "work taken");
     for message in &messages {
         let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         match events::fit::read(&message.subject, &message.payload) {
@@ -618,7 +626,7 @@ async fn receive_work(js: jetstream::Context, config: NodeConfig, work: mpsc::Se
             stream.get_consumer(&name).await.map_err(|e| failed(e.to_string()))
         }
     };
-    let messages = bus::consume::durable(&name, pull, find);
+    let messages = bus::consume::durable(&name, js.client(), pull, find);
     let mut messages = std::pin::pin!(messages);
     while let Some(message) = messages.next().await {
         if work.send(message).await.is_err() {
@@ -628,8 +636,16 @@ async fn receive_work(js: jetstream::Context, config: NodeConfig, work: mpsc::Se
 }
 
 /// Publishes the outbox, oldest first, removing each report once JetStream acknowledged it;
-/// forever, woken by `sent` when a report is kept.
-pub async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<Notify>, config: NodeConfig) {
+/// forever, woken by `sent` when a report is kept. When the link comes back (`relinked`), the
+/// acknowledgements the lost connection took are not waited for: what they were for is sent
+/// again at once (the server stores a report sent twice once).
+pub async fn publish_outbox(
+    js: jetstream::Context,
+    outbox: Outbox,
+    sent: Arc<Notify>,
+    relinked: Arc<Notify>,
+    config: NodeConfig,
+) {
     let subject = events::subject::node_reports(&config.tenant, &config.node);
     loop {
         let pending = match outbox.oldest(256) {
@@ -649,6 +665,7 @@ pub async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<No
         // acknowledged meanwhile may then have been stored before an older one, which the
         // engine tells by the node's count (`Envelope::order`) and takes as stale.
         let mut failed = None;
+        let mut relink = false;
         let mut acks = Vec::with_capacity(pending.len());
         for report in pending {
             let message = jetstream::message::PublishMessage::build().payload(report.bytes).message_id(&report.msg_id);
@@ -661,7 +678,15 @@ pub async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<No
             }
         }
         for (key, ack) in acks {
-            match ack.await {
+            let acked = tokio::select! {
+                biased;
+                acked = std::future::IntoFuture::into_future(ack) => acked,
+                _ = relinked.notified() => {
+                    relink = true;
+                    break;
+                }
+            };
+            match acked {
                 Ok(_) => {
                     if let Err(e) = outbox.remove(key) {
                         tracing::error!(error = %e, "removing a sent report from the outbox");
@@ -677,9 +702,12 @@ pub async fn publish_outbox(js: jetstream::Context, outbox: Outbox, sent: Arc<No
         if let Err(e) = outbox.flush() {
             tracing::error!(error = %e, "flushing the outbox");
         }
-        if let Some(e) = failed {
+        tracing::debug!(node = config.node, left = outbox.len(), "reports sent");
+        if relink {
+            tracing::info!(pending = outbox.len(), "the link came back: the outbox is sent again");
+        } else if let Some(e) = failed {
             tracing::warn!(error = %e, pending = outbox.len(), "the outbox waits for the link");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), relinked.notified()).await;
         }
     }
 }

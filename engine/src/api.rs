@@ -994,7 +994,13 @@ async fn deployment_logs(
         })?;
     let reply: LogsReply = serde_json::from_slice(&answer.payload).map_err(anyhow::Error::from)?;
     if let Some(error) = reply.error {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("{}: {}", error.code, error.message)));
+        // A node reading other logs says so at once: ask again soon.
+        let (status, field) = if error.code == "busy" {
+            (StatusCode::SERVICE_UNAVAILABLE, "node")
+        } else {
+            (StatusCode::NOT_FOUND, "id")
+        };
+        return Err(ApiError::new(status, Some(field), format!("{}: {}", error.code, error.message)));
     }
     let next_cursor = events::logs::encode_cursor(&reply.next_cursor());
     Ok(Json(LogsPage { node, containers: reply.containers, next_cursor }))

@@ -123,7 +123,7 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT, batch: PULL_BATCH };
-    let messages = bus::consume::durable(name, pull, move || durable(store, name, filter));
+    let messages = bus::consume::durable(name, store.client().clone(), pull, move || durable(store, name, filter));
     let mut messages = std::pin::pin!(messages);
     while let Some(message) = messages.next().await {
         handle_one(store, name, message, &mut handle).await;
@@ -146,7 +146,7 @@ where
 {
     use std::hash::{Hash, Hasher};
     let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT, batch: PULL_BATCH };
-    let messages = bus::consume::durable(name, pull, move || durable(store, name, filter));
+    let messages = bus::consume::durable(name, store.client().clone(), pull, move || durable(store, name, filter));
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..LANES).map(|_| tokio::sync::mpsc::channel(LANE_DEPTH)).unzip();
     let handle = &handle;
     let lanes = futures::future::join_all(receivers.into_iter().map(|mut lane| async move {
@@ -858,7 +858,7 @@ pub async fn settle(handler: CommandHandler) -> anyhow::Result<()> {
     let store = handler.store().clone();
     let (name, filter) = ("settle", events::subject::ALL_DEPLOYMENT_NODES);
     let pull = bus::consume::Pull { expires: PULL_EXPIRES, heartbeat: PULL_HEARTBEAT, batch: PULL_BATCH };
-    let messages = bus::consume::durable(name, pull, || durable(&store, name, filter));
+    let messages = bus::consume::durable(name, store.client().clone(), pull, || durable(&store, name, filter));
     let mut chunks = std::pin::pin!(messages.ready_chunks(SETTLED_AT_ONCE));
     while let Some(chunk) = chunks.next().await {
         let mut groups: Vec<Settling> = Vec::new();

@@ -406,3 +406,87 @@ async fn every_heartbeat_lists_every_container_the_node_runs() {
     .await;
     assert!(sampled["containers"].as_array().unwrap().iter().all(|c| c["memory_bytes"].as_u64() > Some(0)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_read_a_few_at_a_time_and_the_rest_are_answered_busy_at_once() {
+    let nats = tests::NatsServer::start().await;
+    let engine = crate::harness::TestEngine::start(&nats).await;
+    // The node reaches Docker through a gate that holds every read of logs.
+    let sockets = tempfile::tempdir().unwrap();
+    let gate = tests::DockerGate::to(&tests::docker_socket(), sockets.path()).await;
+    let host = gate.host();
+    let docker =
+        bollard::Docker::connect_with_unix(host.trim_start_matches("unix://"), 120, bollard::API_DEFAULT_VERSION)
+            .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let name = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let config = crate::harness::TestNode::config(&nats.url(), &name, &data);
+    let node = crate::harness::TestNode::start_on_docker(config, &engine, data, docker).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let id = launch(&engine, &node.name).await;
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+
+    gate.hold("GET", "/logs");
+    const ASKED: usize = 7;
+    let asks: Vec<_> = (0..ASKED)
+        .map(|_| {
+            let (http, url) = (engine.http.clone(), engine.url(&format!("/v1/deployments/{id}/logs")));
+            tokio::spawn(async move {
+                let response = http.get(url).send().await.unwrap();
+                (response.status().as_u16(), response.json::<serde_json::Value>().await.unwrap_or_default())
+            })
+        })
+        .collect();
+    // Four are read (and held at the gate); the others are answered at once, not queued.
+    eventually("the readers to be held and the rest answered", TIMEOUT, || async {
+        let answered = asks.iter().filter(|a| a.is_finished()).count();
+        (gate.held().len() == 4 && answered == ASKED - 4).then_some(())
+    })
+    .await;
+    assert_eq!(gate.held().len(), 4, "no more than four read at once: {:?}", gate.held());
+    gate.open();
+    let mut answers = Vec::new();
+    for ask in asks {
+        answers.push(ask.await.unwrap());
+    }
+    let busy: Vec<_> = answers.iter().filter(|(status, _)| *status == 503).collect();
+    assert_eq!(busy.len(), ASKED - 4, "{answers:?}");
+    for (_, body) in busy {
+        assert!(body["error"].as_str().unwrap().contains("busy"), "{body}");
+    }
+    let read: Vec<_> = answers.iter().filter(|(status, _)| *status == 200).collect();
+    assert_eq!(read.len(), 4, "{answers:?}");
+    assert!(read.iter().all(|(_, page)| page["containers"].as_array().is_some_and(|c| c.len() == 1)), "{read:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_keeps_at_most_its_limit_of_beats_per_node() {
+    let Lab { nats, engine, node } = Lab::start().await;
+    // A writer flooding one node's subject (the engine's own connection may publish anywhere).
+    let client = engine.engine.commands.store().client().clone();
+    let subject = events::telemetry::subject("default", &node.name);
+    let flood = usize::try_from(engine::liveness::TELEMETRY_MAX_PER_NODE).unwrap() + 100;
+    let js = async_nats::jetstream::new(client);
+    for i in 0..flood {
+        let ack = js.publish(subject.clone(), format!("beat {i}").into_bytes().into()).await.unwrap();
+        if i % 100 == 0 {
+            ack.await.unwrap();
+        }
+    }
+    js.publish(subject.clone(), "last".into()).await.unwrap().await.unwrap();
+    let mut stream = js.get_stream(events::telemetry::STREAM).await.unwrap();
+    let info = stream.info().await.unwrap();
+    let config = &info.config;
+    assert_eq!(config.max_messages_per_subject, engine::liveness::TELEMETRY_MAX_PER_NODE);
+    assert_eq!(config.max_bytes, engine::liveness::TELEMETRY_MAX_BYTES);
+    assert_eq!(config.max_age, engine::liveness::TELEMETRY_MAX_AGE);
+    // Of that node's beats, only the newest are kept.
+    use futures::TryStreamExt;
+    let counts: Vec<(String, usize)> = stream.info_with_subjects(&subject).await.unwrap().try_collect().await.unwrap();
+    let kept = counts.iter().find(|(s, _)| *s == subject).map(|(_, count)| *count as i64);
+    assert_eq!(kept, Some(engine::liveness::TELEMETRY_MAX_PER_NODE), "{counts:?}");
+    let newest = stream.get_last_raw_message_by_subject(&subject).await.unwrap();
+    assert_eq!(&newest.payload[..], b"last");
+    let _ = nats;
+}

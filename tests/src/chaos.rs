@@ -22,15 +22,24 @@ impl Dice {
 
 /// Whether the engine's view of a deployment says what node `node` runs of it: `running` when
 /// its container runs the view's image, `stopped` when nothing of it runs (a version updated
-/// while stopped has no container yet). A status in flight says neither.
+/// while stopped has no container yet). A status in flight says what was asked, not what runs:
+/// then the containers the node last reported, kept beside it, must say rightly whether its
+/// container runs.
 pub fn says_the_truth(view: &DeploymentView, node: &str, runtime: &SimRuntime) -> bool {
-    let said = view.nodes.get(node).map(|n| n.status);
+    let Some(entry) = view.nodes.get(node) else { return false };
     let truth =
         runtime.containers().into_iter().find(|c| c.labels.get(DEPLOYMENT_LABEL).map(String::as_str) == Some(&view.id));
-    match (&truth, said) {
-        (Some(c), Some(Status::Running)) => c.running && c.image == view.image,
-        (Some(c), Some(Status::Stopped)) => !c.running,
-        (None, Some(Status::Stopped)) => true,
+    match (&truth, entry.status) {
+        (Some(c), Status::Running) => c.running && c.image == view.image,
+        (Some(c), Status::Stopped) => !c.running,
+        (None, Status::Stopped) => true,
+        (_, status) if status.in_flight() => {
+            let said_running = |name: &str| entry.containers.get(name).is_some_and(|c| c.status == Status::Running);
+            match &truth {
+                Some(c) => said_running(&c.name) == c.running,
+                None => !entry.containers.values().any(|c| c.status == Status::Running),
+            }
+        }
         _ => false,
     }
 }

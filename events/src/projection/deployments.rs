@@ -437,8 +437,10 @@ fn deployment(store: &mut impl Store, envelope: &Envelope, event: &DeploymentEve
         open.header.view.desired = desired;
         // A request concerns the nodes the deployment targets now, but for those a phased
         // rollout holds back.
-        for (node, _) in open.nodes()?.into_iter().filter(|(_, n)| n.active && n.released) {
-            open.set(&node, pending(status, time))?;
+        for (node, known) in open.nodes()?.into_iter().filter(|(_, n)| n.active && n.released) {
+            // What the node last said runs stays beside the request until it reports again:
+            // the view never blanks what it knows.
+            open.set(&node, NodeView { containers: known.containers, ..pending(status, time) })?;
         }
     }
     open.close(time)
@@ -562,6 +564,25 @@ mod tests {
         let view = fold(&[launched, running("edge-1"), running("edge-2"), stop]).unwrap();
         assert_eq!((view.status, view.desired), (Status::PendingStop, Desired::Stopped));
         assert_eq!(view.nodes["edge-1"].reason.as_deref(), pending_reason(Status::PendingStop));
+    }
+
+    #[test]
+    fn a_request_keeps_beside_it_what_each_node_last_said_runs() {
+        let containers: Containers =
+            [("sample-d1-edge-1".to_owned(), crate::ContainerStatus { status: Status::Running, error: None })].into();
+        let running = DeploymentEvent::NodeStateReported {
+            node: "edge-1".into(),
+            status: Status::Running,
+            error: None,
+            reported_at: now(),
+            containers: containers.clone(),
+        };
+        let stop = DeploymentEvent::StopRequested { at: now() };
+        let view = fold(&[launched_on(&["edge-1", "edge-2"]), running, stop]).unwrap();
+        let edge_1 = &view.nodes["edge-1"];
+        assert_eq!(edge_1.status, Status::PendingStop, "the request is what the status says");
+        assert_eq!(edge_1.containers, containers, "what runs until the node says otherwise");
+        assert!(view.nodes["edge-2"].containers.is_empty(), "nothing known, nothing said");
     }
 
     #[test]
