@@ -62,11 +62,14 @@ pub struct AppState {
     pub keys: crate::secrets::TenantKeys,
     /// Asks registries what a tag names now.
     pub registry: reqwest::Client,
+    /// The engine's figures, scraped at `/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 pub fn router(state: AppState, auth: Auth) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/v1/applications", post(register_application))
         .route("/v1/applications/{id}", get(get_application))
         .route("/v1/applications/{id}/versions", post(add_version))
@@ -943,6 +946,39 @@ async fn summary(
     let meta = caller.meta(READERS)?;
     let views = state.deployments.all_of(&meta.tenant)?;
     Ok(Json(events::projection::summary::summarize(&views)))
+}
+
+/// The engine's figures in Prometheus text format; the nodes and deployments counted are the
+/// caller's tenant's.
+async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let meta = caller.meta(READERS)?;
+    let store = state.commands.store();
+    let folded = crate::projector::checkpoint(state.deployments.tree()).map_err(anyhow::Error::from)?;
+    let mut scraped = crate::metrics::Scraped {
+        projector_lag: store.last_sequence().await.map_err(anyhow::Error::from)?.saturating_sub(folded),
+        dead_letters: store.dead_letters().count(),
+        ..Default::default()
+    };
+    for consumer in crate::worker::CONSUMERS {
+        // A consumer not made yet (its worker starting) has nothing pending.
+        let pending = store.consumers().consumer_info(consumer).await.map_or(0, |info| info.num_pending);
+        scraped.consumer_pending.push((consumer.to_owned(), pending));
+    }
+    let mut nodes = std::collections::BTreeMap::<String, u64>::new();
+    for node in state.nodes.all_of(&meta.tenant)? {
+        let node_state = node.state.map_or("enrolled".to_owned(), |s| format!("{s:?}").to_lowercase());
+        let count = nodes.entry(node_state).or_default();
+        *count = count.saturating_add(1);
+    }
+    scraped.nodes = nodes.into_iter().collect();
+    let mut deployments = std::collections::BTreeMap::<String, u64>::new();
+    for view in state.deployments.all_of(&meta.tenant)? {
+        let count = deployments.entry(view.status.as_str().to_owned()).or_default();
+        *count = count.saturating_add(1);
+    }
+    scraped.deployments = deployments.into_iter().collect();
+    let text = state.metrics.encode(&scraped).map_err(|e| anyhow::anyhow!("encoding the metrics: {e}"))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 
 /// How long the engine waits for a node to answer a logs request.

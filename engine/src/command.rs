@@ -45,6 +45,8 @@ use events::{Aggregate, Ctx, Envelope};
 
 use bus::store::{AppendError, EventStore, Loaded, Outgoing, ReadError, StoreError, StoredEvent};
 
+use crate::metrics::CommandMetrics;
+
 /// Who asks, and the id that makes asking twice harmless.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandMeta {
@@ -111,6 +113,7 @@ pub struct CommandHandler {
     store: EventStore,
     max_attempts: u32,
     cache: Arc<Cache>,
+    metrics: CommandMetrics,
 }
 
 impl CommandHandler {
@@ -121,7 +124,17 @@ impl CommandHandler {
     /// A handler keeping at most `capacity` folded aggregates (0: none) and `bytes` of them in
     /// memory.
     pub fn with_cache(store: EventStore, capacity: usize, bytes: usize) -> CommandHandler {
-        CommandHandler { store, max_attempts: 8, cache: Arc::new(Cache::new(capacity, bytes)) }
+        CommandHandler {
+            store,
+            max_attempts: 8,
+            cache: Arc::new(Cache::new(capacity, bytes)),
+            metrics: CommandMetrics::default(),
+        }
+    }
+
+    /// What this handler counts and times: commands by outcome, appends by duration.
+    pub fn metrics(&self) -> &CommandMetrics {
+        &self.metrics
     }
 
     pub fn store(&self) -> &EventStore {
@@ -180,7 +193,9 @@ impl CommandHandler {
         // runs, and goes back only when it is known to match the log.
         let mut held = slot.lock().await;
         let cached = held.take().and_then(|c| c.downcast::<Current<A>>().ok()).map(|c| *c);
-        self.decide_and_append(&mut held, cached, subject, id, command, meta).await
+        let outcome = self.decide_and_append(&mut held, cached, subject, id, command, meta).await;
+        self.count::<A>(&outcome);
+        outcome
     }
 
     /// Decides on `loaded`, which may already be stale: a conflict reloads and decides again,
@@ -195,7 +210,21 @@ impl CommandHandler {
         let slot = self.cache.slot(&loaded.subject);
         let mut held = slot.lock().await;
         let current = Current::<A>::from_loaded(&loaded)?;
-        self.decide_and_append(&mut held, Some(current), loaded.subject, id, command, meta).await
+        let outcome = self.decide_and_append(&mut held, Some(current), loaded.subject, id, command, meta).await;
+        self.count::<A>(&outcome);
+        outcome
+    }
+
+    /// Counts what became of a command.
+    fn count<A: Aggregate>(&self, outcome: &Result<Committed, CommandError<A::Rejection>>) {
+        let outcome = match outcome {
+            Ok(committed) if committed.duplicate => "duplicate",
+            Ok(committed) if committed.events.is_empty() => "unchanged",
+            Ok(_) => "applied",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(_) => "failed",
+        };
+        self.metrics.command(A::TYPE, outcome);
     }
 
     async fn decide_and_append<A: Aggregate>(
@@ -247,7 +276,10 @@ impl CommandHandler {
                 .enumerate()
                 .map(|(i, e)| Outgoing { msg_id: msg_id(meta, &subject, i), bytes: e.bytes.clone() })
                 .collect();
-            match self.store.append(&subject, current.last_sequence, outgoing).await {
+            let appending = std::time::Instant::now();
+            let appended = self.store.append(&subject, current.last_sequence, outgoing).await;
+            self.metrics.append(appending.elapsed());
+            match appended {
                 Ok(sequences) => {
                     let events: Vec<StoredEvent> =
                         stored.into_iter().zip(sequences).map(|(e, sequence)| StoredEvent { sequence, ..e }).collect();

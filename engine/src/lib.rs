@@ -23,6 +23,7 @@ pub mod command;
 pub mod credentials;
 pub mod deadlines;
 pub mod liveness;
+pub mod metrics;
 pub mod projector;
 pub mod read_model;
 pub mod registry;
@@ -184,6 +185,7 @@ impl Engine {
                 issuer: issuer.clone(),
                 keys: keys.clone(),
                 registry: registry::client()?,
+                metrics: metrics::Metrics::new(commands.metrics()),
             },
             auth::Auth::new(commands.clone(), config.rate_limit),
         );

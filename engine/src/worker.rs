@@ -93,6 +93,9 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// How many messages one pull of a worker asks for (the client's default).
 const PULL_BATCH: usize = 200;
 
+/// The durable consumers of the engine's workers.
+pub const CONSUMERS: [&str; 5] = ["router", "targets", "ingest", "settle", "tenants"];
+
 async fn durable(
     store: &EventStore,
     name: &str,

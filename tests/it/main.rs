@@ -9,6 +9,7 @@ mod deploy;
 mod faults;
 mod harness;
 mod ingest;
+mod metrics;
 mod policy;
 mod projector;
 mod replay;
