@@ -18,66 +18,19 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::Api;
 use edge_node::runtime::DEPLOYMENT_LABEL;
-use edge_node::sim::SimRuntime;
-use edge_node::NodeConfig;
 use serde_json::json;
-use tests::chaos::{disagreement, says_the_truth, Dice};
-use tests::{Link, NatsServer};
+use tests::chaos::{disagreement, says_the_truth, ChaosNode, Dice};
+use tests::NatsServer;
 
-struct ChaosNode {
-    name: String,
-    config: NodeConfig,
-    link: Link,
-    runtime: SimRuntime,
-    _data: tempfile::TempDir,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl ChaosNode {
-    async fn start(nats: &NatsServer, api: &Api, i: usize) -> ChaosNode {
-        let link = Link::to(&format!("127.0.0.1:{}", nats.port())).await;
-        let runtime = SimRuntime::new(Duration::from_millis(5));
-        let data = tempfile::tempdir().expect("a temporary directory");
-        let name = format!("chaos-{i:03}");
-        let config = NodeConfig {
-            credentials: Some(api.enroll(&name).await),
-            ca: Some(api.ca.clone()),
-            nats_url: link.url(),
-            node: name.clone(),
-            labels: [("site".to_owned(), "chaos".to_owned())].into(),
-            data_dir: data.path().join("node"),
-            heartbeat: Duration::from_secs(1),
-            reconcile: Duration::from_millis(500),
-            ..NodeConfig::default()
-        };
-        let task = run(config.clone(), &runtime);
-        ChaosNode { name, config, link, runtime, _data: data, task }
-    }
-
-    /// Killed (its containers live on in the runtime) and started again on its local state.
-    async fn restart(&mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
-        self.task = run(self.config.clone(), &self.runtime);
-    }
-}
-
-/// Runs a node; a restart may find the killed one's sled directory not let go yet.
-fn run(config: NodeConfig, runtime: &SimRuntime) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    let runtime = Arc::new(runtime.clone());
-    tokio::spawn(async move {
-        loop {
-            match edge_node::driver::run(config.clone(), runtime.clone()).await {
-                Err(e) if format!("{e:#}").contains("opening") => tokio::time::sleep(Duration::from_millis(50)).await,
-                ended => return ended,
-            }
-        }
-    })
+/// Node `chaos-<i>` of the bench's engine, beating every second.
+async fn chaos_node(nats: &NatsServer, api: &Api, i: usize) -> ChaosNode {
+    let name = format!("chaos-{i:03}");
+    let (beat, reconcile) = (Duration::from_secs(1), Duration::from_millis(500));
+    ChaosNode::start(nats, &name, api.enroll(&name).await, api.ca.clone(), beat, reconcile).await
 }
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -121,7 +74,7 @@ async fn main() {
     let mut api = Api::start(&nats).await;
     let mut nodes = Vec::with_capacity(count);
     for i in 0..count {
-        nodes.push(ChaosNode::start(&nats, &api, i).await);
+        nodes.push(chaos_node(&nats, &api, i).await);
     }
     api.publish_sample(&tests::sim_image("1.0.0")).await;
     api.post("/v1/applications/sample/versions", json!({"version": "1.1.0", "image": tests::sim_image("1.1.0")})).await;

@@ -136,6 +136,7 @@ pub async fn run_on<R: ContainerRuntime>(
     let desired = Desired::open(&db, &trees)?;
     let sent = Arc::new(Notify::new());
     let relinked = Arc::new(Notify::new());
+    let mut linked_before = false;
     let actor = format!("node:{}", config.node);
     // The node's own key opens the secrets sealed for it.
     let key: Option<Arc<nkeys::KeyPair>> = config.credentials.as_ref().map(|c| c.key().clone());
@@ -334,7 +335,10 @@ pub async fn run_on<R: ContainerRuntime>(
             }
             Some(link) = links.recv() => match link {
                 LinkEvent::Connected => {
-                    relinked.notify_one();
+                    // The first connection brings nothing back: no link was lost before it.
+                    if std::mem::replace(&mut linked_before, true) {
+                        relinked.notify_one();
+                    }
                     Input::Reconnected
                 }
                 LinkEvent::Revoked => anyhow::bail!("the node's credential was revoked: it may not connect again"),

@@ -971,12 +971,8 @@ async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Respon
         *count = count.saturating_add(1);
     }
     scraped.nodes = nodes.into_iter().collect();
-    let mut deployments = std::collections::BTreeMap::<String, u64>::new();
-    for view in state.deployments.all_of(&meta.tenant)? {
-        let count = deployments.entry(view.status.as_str().to_owned()).or_default();
-        *count = count.saturating_add(1);
-    }
-    scraped.deployments = deployments.into_iter().collect();
+    let deployments = state.deployments.count_by_status(&meta.tenant)?;
+    scraped.deployments = deployments.into_iter().map(|(status, count)| (status.as_str().to_owned(), count)).collect();
     let text = state.metrics.encode(&scraped).map_err(|e| anyhow::anyhow!("encoding the metrics: {e}"))?;
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }

@@ -119,6 +119,18 @@ impl Deployments {
         Ok(views)
     }
 
+    /// How many deployments of `tenant` are in each status, from their headers alone (no node
+    /// entry is read): cheap to ask at every scrape.
+    pub fn count_by_status(&self, tenant: &str) -> anyhow::Result<std::collections::BTreeMap<Status, u64>> {
+        let mut counts = std::collections::BTreeMap::<Status, u64>::new();
+        for entry in self.tree.scan_prefix(deployments::key(tenant, "")) {
+            let header = serde_json::from_slice::<Header>(&entry?.1)?;
+            let count = counts.entry(header.view.status).or_default();
+            *count = count.saturating_add(1);
+        }
+        Ok(counts)
+    }
+
     /// Every view of `tenant`, in launch order.
     pub fn all_of(&self, tenant: &str) -> anyhow::Result<Vec<DeploymentView>> {
         let mut views = Vec::new();

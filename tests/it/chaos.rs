@@ -17,74 +17,20 @@ use edge_node::sim::SimRuntime;
 use edge_node::NodeConfig;
 use events::work::NodeWork;
 use serde_json::json;
-use tests::{Link, NatsServer};
+use tests::chaos::ChaosNode;
+use tests::NatsServer;
 
 use crate::harness::{launch, TestEngine, TIMEOUT};
 
-struct SimNode {
-    name: String,
-    credentials: NodeConfig,
-    link: Link,
-    runtime: SimRuntime,
-    data: tempfile::TempDir,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl SimNode {
-    async fn start(nats: &NatsServer, engine: &TestEngine, i: usize) -> SimNode {
-        let link = Link::to(&format!("127.0.0.1:{}", nats.port())).await;
-        let runtime = SimRuntime::new(Duration::from_millis(5));
-        let data = tempfile::tempdir().unwrap();
-        let name = format!("sim{i:02}-{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
-        let credentials = NodeConfig {
-            credentials: Some(engine.enroll(&name).await),
-            ca: Some(engine.trust().ca()),
-            ..NodeConfig::default()
-        };
-        let task = Self::run(Self::config(&credentials, &link, &name, &data), &runtime);
-        SimNode { name, credentials, link, runtime, data, task }
-    }
-
-    /// Runs the node; a restart in this process may find the killed one's sled directory not
-    /// let go yet (a killed process lets go at once), so opening it is tried again.
-    fn run(config: NodeConfig, runtime: &SimRuntime) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-        let runtime = Arc::new(runtime.clone());
-        tokio::spawn(async move {
-            loop {
-                match edge_node::driver::run(config.clone(), runtime.clone()).await {
-                    Err(e) if format!("{e:#}").contains("opening") => {
-                        tokio::time::sleep(Duration::from_millis(50)).await
-                    }
-                    ended => return ended,
-                }
-            }
-        })
-    }
-
-    fn config(credentials: &NodeConfig, link: &Link, name: &str, data: &tempfile::TempDir) -> NodeConfig {
-        NodeConfig {
-            credentials: credentials.credentials.clone(),
-            ca: credentials.ca.clone(),
-            nats_url: link.url(),
-            node: name.to_owned(),
-            labels: [("site".to_owned(), "chaos".to_owned())].into(),
-            data_dir: data.path().join("node"),
-            heartbeat: Duration::from_millis(300),
-            reconcile: Duration::from_millis(200),
-            ..NodeConfig::default()
-        }
-    }
-
-    /// Killed (its containers live on in the runtime) and started again on its local state.
-    async fn restart(&mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
-        self.task = Self::run(Self::config(&self.credentials, &self.link, &self.name, &self.data), &self.runtime);
-    }
+/// A simulated node of the test's engine, beating fast.
+async fn sim_node(nats: &NatsServer, engine: &TestEngine, i: usize) -> ChaosNode {
+    let name = format!("sim{i:02}-{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
+    let (beat, reconcile) = (Duration::from_millis(300), Duration::from_millis(200));
+    ChaosNode::start(nats, &name, engine.enroll(&name).await, engine.trust().ca(), beat, reconcile).await
 }
 
 /// Where the engine's view and a node's truth differ, if they do.
-fn disagreement(engine: &TestEngine, id: &str, node: &SimNode) -> Option<String> {
+fn disagreement(engine: &TestEngine, id: &str, node: &ChaosNode) -> Option<String> {
     let view = engine.engine.deployments.get("default", id).ok().flatten()?;
     tests::chaos::disagreement(&view, &node.name, &node.runtime)
 }
@@ -98,7 +44,7 @@ async fn a_simulated_fleet_under_chaos_ends_with_the_engine_saying_what_every_no
     let engine = TestEngine::start(&nats).await;
     let mut nodes = Vec::new();
     for i in 0..NODES {
-        nodes.push(SimNode::start(&nats, &engine, i).await);
+        nodes.push(sim_node(&nats, &engine, i).await);
     }
     engine.publish_sample(&tests::sim_image("1.0.0")).await;
     let second = json!({"version": "1.1.0", "image": &tests::sim_image("1.1.0")});

@@ -462,7 +462,7 @@ async fn logs_are_read_a_few_at_a_time_and_the_rest_are_answered_busy_at_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_keeps_at_most_its_limit_of_beats_per_node() {
-    let Lab { nats, engine, node } = Lab::start().await;
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
     // A writer flooding one node's subject (the engine's own connection may publish anywhere).
     let client = engine.engine.commands.store().client().clone();
     let subject = events::telemetry::subject("default", &node.name);
@@ -488,5 +488,4 @@ async fn telemetry_keeps_at_most_its_limit_of_beats_per_node() {
     assert_eq!(kept, Some(engine::liveness::TELEMETRY_MAX_PER_NODE), "{counts:?}");
     let newest = stream.get_last_raw_message_by_subject(&subject).await.unwrap();
     assert_eq!(&newest.payload[..], b"last");
-    let _ = nats;
 }
