@@ -14,6 +14,7 @@ say() { printf '\n\033[1;32m==> %s\033[0m\n' "$*"; }
 demo="$root/.run/demo"
 nats_port=14222
 api_port=18080
+dashboard_port=18081
 node=edge-1
 export ENGINE_API="https://127.0.0.1:$api_port"
 export NATS_URL="tls://127.0.0.1:$nats_port"
@@ -61,7 +62,7 @@ say "starting nats-server on 127.0.0.1:$nats_port (operator mode, TLS only), the
   >"$demo/nats-server.log" 2>&1 &
 echo $! >"$demo/nats-server.pid"
 "$bin/engine" serve --nats "$NATS_URL" --trust "$demo/trust" --listen "127.0.0.1:$api_port" \
-  --data-dir "$demo/engine" >"$demo/engine.log" 2>&1 &
+  --dashboard "127.0.0.1:$dashboard_port" --data-dir "$demo/engine" >"$demo/engine.log" 2>&1 &
 echo $! >"$demo/engine.pid"
 wait_for "the engine" curl -sf --cacert "$ENGINE_CA" "$ENGINE_API/healthz"
 echo "an anonymous connection to NATS is refused:"
@@ -217,9 +218,15 @@ say "admin: revoke the operator's token: its next call is refused"
 admin token revoke "${operator_token%%.*}"
 operator list 2>&1 | sed 's/^/  /' || true
 
+say "the dashboard"
+dashboard="https://127.0.0.1:$dashboard_port/"
+curl -s --cacert "$ENGINE_CA" -o /dev/null -w "  sign-in page: HTTP %{http_code}\n" "${dashboard}signin"
+echo "  $dashboard (its certificate is signed by $ENGINE_CA)"
+echo "  sign in with the admin token: $demo/engine/admin.token"
+
 say "done"
 echo "logs: $demo/*.log"
 if [ -t 0 ]; then
-  echo "The engine (API $ENGINE_API, NATS $NATS_URL) and $node keep running; press Enter to stop them."
+  echo "The engine (API $ENGINE_API, dashboard $dashboard, NATS $NATS_URL) and $node keep running; press Enter to stop them."
   read -r _
 fi

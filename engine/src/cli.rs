@@ -51,6 +51,12 @@ enum Command {
         trust: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the web dashboard listens (HTTPS, like the API).
+        #[arg(long, default_value = "127.0.0.1:8081", conflicts_with = "no_dashboard")]
+        dashboard: SocketAddr,
+        /// Serve no dashboard.
+        #[arg(long)]
+        no_dashboard: bool,
         #[arg(long, default_value = "engine-data")]
         data_dir: PathBuf,
         /// Copies of every event across a JetStream cluster: 3 survives a server's loss.
@@ -406,6 +412,8 @@ impl Cli {
                 nats,
                 trust,
                 listen,
+                dashboard,
+                no_dashboard,
                 data_dir,
                 replicas,
                 tls_cert,
@@ -425,6 +433,7 @@ impl Cli {
                     nats_url: nats.clone(),
                     trust_dir: trust.clone(),
                     listen: *listen,
+                    dashboard: (!no_dashboard).then_some(*dashboard),
                     data_dir: data_dir.clone(),
                     rate_limit: engine::auth::RateLimit { per_second: *rate_limit, burst: *rate_burst },
                     tls: Some(tls),
@@ -746,16 +755,28 @@ impl Client<'_> {
         Ok(ExitCode::SUCCESS)
     }
 
+    /// Every entry of a deployment's history after stream sequence `after`, page by page.
+    async fn history_after(&self, id: &str, after: u64) -> anyhow::Result<Vec<HistoryEntry>> {
+        let mut entries = Vec::new();
+        let mut cursor = after.to_string();
+        loop {
+            let page = self.get(&format!("/v1/deployments/{id}/history?limit=500&cursor={cursor}")).await?;
+            entries.extend(serde_json::from_value::<Vec<HistoryEntry>>(page["items"].clone())?);
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = next.to_owned(),
+                None => return Ok(entries),
+            }
+        }
+    }
+
     /// Prints every status the deployment goes through, from the log, as it happens, until
     /// every node has settled; fails if one failed.
     async fn watch(&self, id: &str, timeout: Duration, since: u64) -> anyhow::Result<ExitCode> {
         let started = tokio::time::Instant::now();
         let mut shown = since;
         loop {
-            let history: Vec<HistoryEntry> =
-                serde_json::from_value(self.get(&format!("/v1/deployments/{id}/history")).await?)?;
-            let since = shown;
-            for entry in history.iter().filter(|e| e.sequence > since) {
+            let history = self.history_after(id, shown).await?;
+            for entry in &history {
                 let detail = match &entry.error {
                     Some(error) => format!("  {}: {}", error.code, error.message),
                     None => String::new(),
@@ -786,7 +807,7 @@ impl Client<'_> {
             }
             let view: DeploymentView = serde_json::from_value(self.get(&format!("/v1/deployments/{id}")).await?)?;
             let settled = view.nodes.values().all(|n| n.status.is_settled());
-            if settled && history.last().is_some_and(|e| e.sequence == shown) {
+            if settled && shown > 0 {
                 if view.status != Status::Failed {
                     println!("deployment {id} is {} on {} node(s)", view.status, view.nodes.len());
                     return Ok(ExitCode::SUCCESS);

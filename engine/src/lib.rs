@@ -21,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod command;
 pub mod credentials;
+pub mod dashboard;
 pub mod deadlines;
 pub mod liveness;
 pub mod metrics;
@@ -63,6 +64,8 @@ pub struct EngineConfig {
     pub tls: Option<ApiTls>,
     /// How long an in-flight status may stand before the engine says the node is overdue.
     pub deadlines: events::status::Deadlines,
+    /// Where the web dashboard listens (port 0 picks a free one); none: no dashboard.
+    pub dashboard: Option<SocketAddr>,
 }
 
 /// The API's certificate chain and private key, as PEM files.
@@ -84,6 +87,7 @@ impl Default for EngineConfig {
             rate_limit: auth::RateLimit::default(),
             tls: None,
             deadlines: events::status::Deadlines::default(),
+            dashboard: None,
         }
     }
 }
@@ -116,6 +120,8 @@ pub fn api_client_builder(ca: Option<&std::path::Path>) -> anyhow::Result<reqwes
 #[derive(Debug)]
 pub struct Engine {
     pub api_addr: SocketAddr,
+    /// Where the dashboard listens, when it does.
+    pub dashboard_addr: Option<SocketAddr>,
     pub commands: CommandHandler,
     pub deployments: Deployments,
     pub notifications: Notifications,
@@ -123,13 +129,15 @@ pub struct Engine {
     pub liveness: liveness::Liveness,
     pub issuer: credentials::Issuer,
     tasks: JoinSet<anyhow::Result<()>>,
-    /// Closes the API's connections, which live in tasks of their own.
-    server: axum_server::Handle,
+    /// Close the API's and the dashboard's connections, which live in tasks of their own.
+    servers: Vec<axum_server::Handle>,
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.server.shutdown();
+        for server in &self.servers {
+            server.shutdown();
+        }
     }
 }
 
@@ -175,20 +183,28 @@ impl Engine {
             ),
             None => None,
         };
-        let app = api::router(
-            api::AppState {
-                commands: commands.clone(),
-                deployments: deployments.clone(),
-                notifications: notifications.clone(),
-                nodes: nodes.clone(),
-                liveness: liveness.clone(),
-                issuer: issuer.clone(),
-                keys: keys.clone(),
-                registry: registry::client()?,
-                metrics: metrics::Metrics::new(commands.metrics()),
-            },
-            auth::Auth::new(commands.clone(), config.rate_limit),
-        );
+        let state = api::AppState {
+            commands: commands.clone(),
+            deployments: deployments.clone(),
+            notifications: notifications.clone(),
+            nodes: nodes.clone(),
+            catalog: read_model::Catalog::new(models.clone()),
+            liveness: liveness.clone(),
+            issuer: issuer.clone(),
+            keys: keys.clone(),
+            registry: registry::client()?,
+            metrics: metrics::Metrics::new(commands.metrics()),
+        };
+        let auth = auth::Auth::new(commands.clone(), config.rate_limit);
+        let mut servers = vec![(listener, api::router(state.clone(), auth.clone()), "the API")];
+        let mut dashboard_addr = None;
+        if let Some(addr) = config.dashboard {
+            let listener =
+                std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr} (the dashboard)"))?;
+            listener.set_nonblocking(true)?;
+            dashboard_addr = Some(listener.local_addr()?);
+            servers.push((listener, dashboard::router(state, auth, tls.is_some()), "the dashboard"));
+        }
 
         let mut tasks = JoinSet::new();
         let (s, m, p) = (store.clone(), models, config.projector);
@@ -212,18 +228,33 @@ impl Engine {
         tasks.spawn(supervise("liveness", move || liveness::run(c.clone(), l.clone(), n.clone())));
         let (c, d, limits) = (commands.clone(), deployments.clone(), config.deadlines);
         tasks.spawn(supervise("deadlines", move || deadlines::run(c.clone(), d.clone(), limits)));
-        let server = axum_server::Handle::new();
-        let handle = server.clone();
-        tasks.spawn(async move {
-            let app = app.into_make_service();
-            match tls {
-                Some(tls) => axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(app).await,
-                None => axum_server::from_tcp(listener).handle(handle).serve(app).await,
-            }
-            .context("serving the API")
-        });
-        tracing::info!(%api_addr, "engine started");
-        Ok(Engine { api_addr, commands, deployments, notifications, nodes, liveness, issuer, tasks, server })
+        let mut handles = Vec::new();
+        for (listener, app, what) in servers {
+            let handle = axum_server::Handle::new();
+            handles.push(handle.clone());
+            let tls = tls.clone();
+            tasks.spawn(async move {
+                let app = app.into_make_service();
+                match tls {
+                    Some(tls) => axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(app).await,
+                    None => axum_server::from_tcp(listener).handle(handle).serve(app).await,
+                }
+                .with_context(|| format!("serving {what}"))
+            });
+        }
+        tracing::info!(%api_addr, dashboard = ?dashboard_addr, "engine started");
+        Ok(Engine {
+            api_addr,
+            dashboard_addr,
+            commands,
+            deployments,
+            notifications,
+            nodes,
+            liveness,
+            issuer,
+            tasks,
+            servers: handles,
+        })
     }
 
     /// Runs until the API server ends; returns its error.

@@ -9,7 +9,9 @@
 //! - `notifications`: per application, its newest published version and its live
 //!   deployments; a deployment on an older version shows a notification until it is updated
 //!   or uninstalled.
+//! - `catalog`: each application, its name and its versions, draft or published.
 
+use events::projection::catalog::CatalogEntry;
 use events::projection::deployments::{self, DeploymentView, Header};
 use events::projection::nodes::NodeRecord;
 use events::projection::notifications::{ApplicationUpdates, Notification};
@@ -20,13 +22,69 @@ use crate::projector::Overlay;
 /// The tree of every read model.
 pub const TREE: &str = "models";
 
+/// Which read models the tree holds: a tree written by an engine that kept others is cleared,
+/// and the projector folds the log again from its start.
+const MODELS: &[u8] = b"deployments nodes notifications catalog";
+const MODELS_KEY: &[u8] = b"meta/models";
+
 /// The read models' tree in `db`. The trees of an engine that kept each model apart are
-/// dropped: the projector folds the log again from its start into this one.
+/// dropped, and a tree of other models cleared: the projector folds the log again from its
+/// start into this one.
 pub fn open(db: &sled::Db) -> sled::Result<sled::Tree> {
     for old in ["deployments", "notifications", "nodes"] {
         db.drop_tree(old)?;
     }
-    db.open_tree(TREE)
+    let tree = db.open_tree(TREE)?;
+    if tree.get(MODELS_KEY)?.as_deref() != Some(MODELS) {
+        tree.clear()?;
+        tree.insert(MODELS_KEY, MODELS)?;
+        tree.flush()?;
+    }
+    Ok(tree)
+}
+
+/// A page of the values under `prefix` that `wanted` keeps, in key order, after the key
+/// `prefix` + `cursor`; the next cursor is the last key's part after `prefix`.
+fn page<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    prefix: &str,
+    cursor: Option<&str>,
+    limit: usize,
+    wanted: impl Fn(&T) -> bool,
+) -> anyhow::Result<Page<T>> {
+    let start = match cursor {
+        Some(c) => {
+            let mut k = format!("{prefix}{c}").into_bytes();
+            k.push(0);
+            k
+        }
+        None => prefix.as_bytes().to_vec(),
+    };
+    let mut items = Vec::with_capacity(limit);
+    let mut last = None;
+    let mut more = false;
+    for entry in tree.range(start..) {
+        let (k, v) = entry?;
+        if !k.starts_with(prefix.as_bytes()) {
+            break;
+        }
+        let value = serde_json::from_slice::<T>(&v)?;
+        if !wanted(&value) {
+            continue;
+        }
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        items.push(value);
+        last = Some(k);
+    }
+    let next_cursor = if more {
+        last.and_then(|k| k.get(prefix.len()..).map(|c| String::from_utf8_lossy(c).into_owned()))
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
 }
 
 /// One page of a listing, and the cursor of the next one.
@@ -80,35 +138,9 @@ impl Deployments {
         limit: usize,
         wanted: impl Fn(&DeploymentView) -> bool,
     ) -> anyhow::Result<Page<DeploymentView>> {
-        let prefix = deployments::key(tenant, "");
-        let start = match cursor {
-            Some(c) => {
-                let mut k = deployments::key(tenant, c).into_bytes();
-                k.push(0);
-                k
-            }
-            None => prefix.clone().into_bytes(),
-        };
-        let mut ids = Vec::with_capacity(limit);
-        let mut more = false;
-        for entry in self.tree.range(start..) {
-            let (k, v) = entry?;
-            if !k.starts_with(prefix.as_bytes()) {
-                break;
-            }
-            let header = serde_json::from_slice::<Header>(&v)?;
-            if !wanted(&header.view) {
-                continue;
-            }
-            if ids.len() == limit {
-                more = true;
-                break;
-            }
-            ids.push(header.view.id);
-        }
-        let items = self.views(tenant, &ids)?;
-        let next_cursor = if more { items.last().map(|d| d.id.clone()) } else { None };
-        Ok(Page { items, next_cursor })
+        let headers = page(&self.tree, &deployments::key(tenant, ""), cursor, limit, |h: &Header| wanted(&h.view))?;
+        let ids: Vec<String> = headers.items.into_iter().map(|h| h.view.id).collect();
+        Ok(Page { items: self.views(tenant, &ids)?, next_cursor: headers.next_cursor })
     }
 
     fn views(&self, tenant: &str, ids: &[String]) -> anyhow::Result<Vec<DeploymentView>> {
@@ -149,6 +181,23 @@ impl Deployments {
             views.extend(self.get(&header.view.tenant, &header.view.id)?);
         }
         Ok(views)
+    }
+}
+
+/// The catalog read model: each application, its name and versions.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    tree: sled::Tree,
+}
+
+impl Catalog {
+    pub fn new(tree: sled::Tree) -> Catalog {
+        Catalog { tree }
+    }
+
+    /// A page of the applications of `tenant`, by id, after `cursor`.
+    pub fn list(&self, tenant: &str, cursor: Option<&str>, limit: usize) -> anyhow::Result<Page<CatalogEntry>> {
+        page(&self.tree, &events::projection::catalog::key(tenant, ""), cursor, limit, |_| true)
     }
 }
 
@@ -243,6 +292,17 @@ impl Nodes {
             entry.unreachable = state == Some(events::node::NodeState::Unreachable);
         }
         Ok(())
+    }
+
+    /// A page of the nodes of `tenant` that `wanted` keeps, by id, after `cursor`.
+    pub fn list(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        wanted: impl Fn(&NodeRecord) -> bool,
+    ) -> anyhow::Result<Page<NodeRecord>> {
+        page(&self.tree, &events::projection::nodes::key(tenant, ""), cursor, limit, wanted)
     }
 
     /// Every node of `tenant`, by id.

@@ -2,7 +2,7 @@
 //! `replay`.
 //!
 //! Each read model is declared once, here: its keys, its fold, and what a tenant's deletion
-//! clears (`deployments`, `nodes`, `notifications`). They all live in one key-value store
+//! clears (`deployments`, `nodes`, `notifications`, `catalog`). They all live in one key-value store
 //! ([`Store`]: a sled tree in the engine, memory in `replay at`), are fed by one reader, and
 //! [`fold`] takes each event to every one of them: the event is decoded once ([`Fact`]), and
 //! the payload of an event no read model folds (node work and reports) is never decoded.
@@ -12,6 +12,7 @@
 //! | `deployments` | `d/<tenant>/<deployment>`: the deployment and how many of its nodes are in each status; `p/<tenant>/<deployment>/<node>`: one node's view |
 //! | `nodes` | `n/<tenant>/<node>`: a node's labels and state; `r/<key>`: each key ever revoked, which no deletion forgets |
 //! | `notifications` | `a/<tenant>/<application>`: its newest published version; `t/<tenant>/<application>/<deployment>`: each of its live deployments; `i/<tenant>/<deployment>`: the deployment's application |
+//! | `catalog` | `c/<tenant>/<application>`: its name and versions, draft or published |
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -23,6 +24,7 @@ use crate::envelope::{DecodeError, Envelope};
 use crate::node::NodeEvent;
 use crate::tenant::TenantEvent;
 
+pub mod catalog;
 pub mod deployments;
 pub mod history;
 pub mod nodes;
@@ -106,8 +108,11 @@ impl Fact {
 /// Folds one event into every read model. A tenant's deletion clears what each keeps of it.
 pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<(), ModelError> {
     if let Fact::Tenant(TenantEvent::Deleted { .. }) = fact {
-        let prefixes =
-            deployments::TENANT_PREFIXES.iter().chain(nodes::TENANT_PREFIXES).chain(notifications::TENANT_PREFIXES);
+        let prefixes = deployments::TENANT_PREFIXES
+            .iter()
+            .chain(nodes::TENANT_PREFIXES)
+            .chain(notifications::TENANT_PREFIXES)
+            .chain(catalog::TENANT_PREFIXES);
         for prefix in prefixes {
             store.remove_prefix(&format!("{prefix}{}/", envelope.tenant))?;
         }
@@ -115,7 +120,8 @@ pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<
     }
     deployments::fold(store, envelope, fact)?;
     nodes::fold(store, envelope, fact)?;
-    notifications::fold(store, envelope, fact)
+    notifications::fold(store, envelope, fact)?;
+    catalog::fold(store, envelope, fact)
 }
 
 /// A [`Store`] in memory, for `replay at` and tests.
@@ -222,6 +228,7 @@ mod tests {
         let envelopes = [
             envelope(tenant, "node", "edge-1", &NodeEvent::Registered { labels: Default::default() }),
             envelope(tenant, "node", "edge-1", &NodeEvent::Revoked { public_key: key }),
+            envelope(tenant, "application", "sample", &ApplicationEvent::Registered { name: "Sample".into() }),
             envelope(tenant, "application", "sample", &published),
             envelope(tenant, "deployment", "d1", &launched),
             envelope(tenant, "deployment_node", "d1.edge-1", &reported),
@@ -240,7 +247,7 @@ mod tests {
             store.keys("").unwrap().into_iter().filter(|k| k.contains(&format!("/{tenant}/"))).collect()
         };
         let kept = of(&mut store, "acme");
-        for prefix in ["d/", "p/", "n/", "a/", "t/", "i/"] {
+        for prefix in ["d/", "p/", "n/", "a/", "t/", "i/", "c/"] {
             assert!(kept.iter().any(|k| k.starts_with(prefix)), "no {prefix} key before the deletion: {kept:?}");
         }
 

@@ -58,25 +58,33 @@ pub async fn differences(rebuilt: &Rebuilt, api: &str, http: &reqwest::Client) -
         }
     }
     for tenant in &tenants {
-        let live = get(tenant.clone(), "/v1/nodes".to_owned()).await?;
+        // Every item of a listing, page by page.
+        let all = |path: &'static str| {
+            let get = &get;
+            async move {
+                let mut items = Vec::new();
+                let mut cursor: Option<String> = None;
+                loop {
+                    let query = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+                    let page = get(tenant.clone(), format!("{path}?limit=200{query}")).await?;
+                    items.extend(page.get("items").and_then(|items| items.as_array()).into_iter().flatten().cloned());
+                    match page.get("next_cursor").and_then(|next| next.as_str()) {
+                        Some(next) => cursor = Some(next.to_owned()),
+                        None => return anyhow::Ok(items),
+                    }
+                }
+            }
+        };
+        let live = serde_json::Value::Array(all("/v1/nodes").await?);
         let rebuilt: Vec<&NodeRecord> = nodes.iter().filter(|n| &n.tenant == tenant).collect();
         if live != serde_json::to_value(&rebuilt)? {
             found.push(format!("nodes of {tenant}: live {live}, rebuilt {}", serde_json::to_value(&rebuilt)?));
         }
         // Deployments the live engine has and the log does not.
-        let mut cursor: Option<String> = None;
-        loop {
-            let query = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
-            let page = get(tenant.clone(), format!("/v1/deployments?limit=200{query}")).await?;
-            for item in page.get("items").and_then(|items| items.as_array()).into_iter().flatten() {
-                let id = item["id"].as_str().unwrap_or_default();
-                if !deployments.iter().any(|d| d.id == id && &d.tenant == tenant) {
-                    found.push(format!("deployment {id}: live, but not in the log"));
-                }
-            }
-            match page.get("next_cursor").and_then(|next| next.as_str()) {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => break,
+        for item in all("/v1/deployments").await? {
+            let id = item.get("id").and_then(|id| id.as_str()).unwrap_or_default();
+            if !deployments.iter().any(|d| d.id == id && &d.tenant == tenant) {
+                found.push(format!("deployment {id}: live, but not in the log"));
             }
         }
     }

@@ -329,3 +329,113 @@ async fn a_command_that_is_not_json_or_too_large_is_refused_and_nothing_is_store
     assert_eq!(stored(&commands).await, before, "nothing stored");
     assert_eq!(engine.get("/v1/applications/web").await.0, 404);
 }
+
+/// Every page of a listing at `limit` a page.
+async fn every_page(engine: &TestEngine, path: &str, limit: usize) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    let join = if path.contains('?') { '&' } else { '?' };
+    loop {
+        let query = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let (status, page) = engine.get(&format!("{path}{join}limit={limit}{query}")).await;
+        assert_eq!(status, 200, "{path}: {page}");
+        let got = page["items"].as_array().unwrap();
+        assert!(got.len() <= limit, "{path}: {page}");
+        items.extend(got.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return items,
+        }
+    }
+}
+
+#[tokio::test]
+async fn nodes_applications_and_history_are_listed_a_page_at_a_time_and_a_selector_previews_its_nodes() {
+    use events::node::{Labels, Node, NodeCommand};
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let commands = handler(&nats).await;
+    seed(&commands, &["edge-1", "edge-2"]).await;
+    let lab = Labels::from([("site".to_owned(), "lab".to_owned())]);
+    for node in ["lab-1", "lab-2", "lab-3"] {
+        let register = NodeCommand::Register { labels: lab.clone() };
+        commands.execute::<Node>(node, &register, &crate::harness::meta()).await.unwrap();
+    }
+    for id in ["beta", "alpha"] {
+        let (status, body) = engine.post("/v1/applications", json!({"id": id, "name": id.to_uppercase()})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = engine
+        .post(
+            "/v1/applications/alpha/versions",
+            json!({"version": "2.0.0", "image": "127.0.0.1:5000/sample/app:1.0.0"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let ids = |items: &[Value]| items.iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    tests::eventually("the catalog to list three applications", crate::harness::TIMEOUT, || async {
+        (every_page(&engine, "/v1/applications", 2).await.len() == 3).then_some(())
+    })
+    .await;
+    let apps = every_page(&engine, "/v1/applications", 2).await;
+    assert_eq!(ids(&apps), ["alpha", "beta", "sample"], "by id, each once");
+    assert_eq!(
+        apps[0]["versions"],
+        json!([{"version": "2.0.0", "image": "127.0.0.1:5000/sample/app:1.0.0"}]),
+        "a draft"
+    );
+    assert!(apps[2]["versions"][0]["published_at"].is_string(), "sample's 1.0.0 is published: {}", apps[2]);
+
+    let nodes = every_page(&engine, "/v1/nodes", 2).await;
+    assert_eq!(ids(&nodes), ["edge-1", "edge-2", "lab-1", "lab-2", "lab-3"]);
+    let matched = every_page(&engine, "/v1/nodes?selector=site%3Dlab", 2).await;
+    assert_eq!(ids(&matched), ["lab-1", "lab-2", "lab-3"], "what a launch with the selector reaches now");
+    for (query, field) in [("selector=site", "selector"), ("state=sleeping", "state"), ("limit=501", "limit")] {
+        let (status, body) = engine.get(&format!("/v1/nodes?{query}")).await;
+        assert_eq!((status, body["field"].as_str()), (400, Some(field)), "{query}: {body}");
+    }
+
+    let (status, launched) = engine
+        .post("/v1/deployments", json!({"application": "sample", "version": "1.0.0", "selector": {"site": "lab"}}))
+        .await;
+    assert_eq!(status, 201, "{launched}");
+    let id = launched["id"].as_str().unwrap();
+    for verb in ["stop", "start", "stop"] {
+        let (status, body) = engine.post(&format!("/v1/deployments/{id}/{verb}"), json!({})).await;
+        assert_eq!(status, 202, "{verb}: {body}");
+    }
+    let history = every_page(&engine, &format!("/v1/deployments/{id}/history"), 1).await;
+    let sequences: Vec<u64> = history.iter().map(|e| e["sequence"].as_u64().unwrap()).collect();
+    assert!(sequences.len() >= 4 && sequences.windows(2).all(|w| w[0] < w[1]), "in order, each once: {sequences:?}");
+    let (whole_status, whole) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
+    assert_eq!(whole_status, 200);
+    assert_eq!(whole["items"].as_array().unwrap(), &history, "page by page, the same as at once");
+}
+
+#[tokio::test]
+async fn an_unknown_route_a_wrong_method_and_a_broken_body_answer_the_api_error_shape() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+
+    let (status, body) = engine.get("/v1/nowhere").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("/v1/nowhere"), "{body}");
+    let (status, body) = engine.delete("/v1/applications").await;
+    assert_eq!(status, 405, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("DELETE"), "{body}");
+
+    let broken = "{\n  \"id\": \"web\",\n  \"name\": oops\n}";
+    let request = engine.http.post(engine.url("/v1/applications")).header("content-type", "application/json");
+    let response = request.body(broken).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!((body["line"].as_u64(), body["column"].as_u64()), (Some(3), Some(11)), "{body}");
+    assert!(body.get("field").is_none(), "no field to name: {body}");
+    assert!(body["error"].as_str().unwrap().contains("line 3 column 11"), "{body}");
+
+    let (status, me) = engine.get("/v1/me").await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!((me["tenant"].as_str(), me["every_tenant"].as_bool()), (Some("default"), Some(true)), "{me}");
+    assert_eq!(me["roles"], json!(["admin"]), "{me}");
+}

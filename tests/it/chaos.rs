@@ -52,7 +52,7 @@ async fn a_simulated_fleet_under_chaos_ends_with_the_engine_saying_what_every_no
     assert_eq!(engine.post("/v1/applications/sample/versions/1.1.0/publish", json!({})).await.0, 200);
     tests::eventually("every simulated node to register", TIMEOUT, || async {
         let (_, listed) = engine.get("/v1/nodes").await;
-        (listed.as_array()?.len() >= NODES).then_some(())
+        (listed["items"].as_array()?.len() >= NODES).then_some(())
     })
     .await;
     let mut ids = Vec::new();

@@ -14,8 +14,8 @@ use crate::harness::{launch, TestEngine, TestNode, IMAGE_1_0_0};
 
 /// The statuses the deployment went through, from the log.
 async fn statuses(engine: &TestEngine, id: &str) -> Vec<String> {
-    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
-    history.as_array().unwrap().iter().filter_map(|e| e["status"].as_str().map(str::to_owned)).collect()
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
+    history["items"].as_array().unwrap().iter().filter_map(|e| e["status"].as_str().map(str::to_owned)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,8 +184,8 @@ async fn a_forced_update_restarts_only_the_service_whose_image_changed() {
     assert_eq!(status, 202, "{body}");
     let sequence = body["sequence"].as_u64().unwrap();
     eventually("the node's answer to the forced update", TIMEOUT, || async {
-        let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
-        let last = history.as_array()?.last()?.clone();
+        let (_, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
+        let last = history["items"].as_array()?.last()?.clone();
         (last["sequence"].as_u64()? > sequence && last["status"] == "running").then_some(())
     })
     .await;

@@ -159,8 +159,9 @@ async fn stop_start_and_uninstall_act_on_the_containers_in_docker() {
     assert!(tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap().is_empty(), "the container is gone");
     assert!(!tests::has_image(&docker, &image).await, "the image no one else uses is gone");
 
-    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
-    let statuses: Vec<&str> = history.as_array().unwrap().iter().map(|e| e["status"].as_str().unwrap()).collect();
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
+    let statuses: Vec<&str> =
+        history["items"].as_array().unwrap().iter().map(|e| e["status"].as_str().unwrap()).collect();
     assert_eq!(
         statuses,
         [
@@ -223,8 +224,8 @@ async fn a_restarted_node_takes_up_its_deployments_from_its_local_state() {
     assert_eq!(after.len(), 1, "no second container: {after:?}");
     assert_eq!(after[0].id, before[0].id);
     assert_eq!(after[0].state, Some(bollard::models::ContainerSummaryStateEnum::EXITED));
-    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
-    let downloads = history.as_array().unwrap().iter().filter(|e| e["status"] == "downloading").count();
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
+    let downloads = history["items"].as_array().unwrap().iter().filter(|e| e["status"] == "downloading").count();
     assert_eq!(downloads, 1, "the restarted node does not download again: {history}");
     node.stop().await;
 }
@@ -298,9 +299,16 @@ async fn an_update_downloads_first_and_switches_after_with_notifications_on_publ
     assert_ne!(second, first);
     assert!(notifications().await.is_empty(), "the update clears the notification");
 
-    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
-    let tail: Vec<&str> =
-        history.as_array().unwrap().iter().rev().take(6).rev().map(|e| e["status"].as_str().unwrap()).collect();
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
+    let tail: Vec<&str> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .take(6)
+        .rev()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
     assert_eq!(tail, ["pending_deploy", "received", "downloading", "deploying", "starting", "running"]);
     let (status, body) = engine.post(&format!("/v1/deployments/{id}/update"), json!({"version": "1.1.0"})).await;
     assert_eq!((status, body["field"].as_str()), (409, Some("id")), "{body}");
@@ -340,8 +348,9 @@ async fn a_staged_deployment_downloads_then_waits_for_an_apply() {
     assert_eq!(answer["results"][0]["status"], 202, "{answer}");
     assert_eq!(answer["results"][1]["status"], 404, "{answer}");
     engine.wait_deployment(&id, "the applied deployment to run", |v| v["status"] == "running").await;
-    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
-    let statuses: Vec<&str> = history.as_array().unwrap().iter().map(|e| e["status"].as_str().unwrap()).collect();
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
+    let statuses: Vec<&str> =
+        history["items"].as_array().unwrap().iter().map(|e| e["status"].as_str().unwrap()).collect();
     assert_eq!(
         statuses,
         [
@@ -404,8 +413,8 @@ async fn a_forced_update_recreates_the_container_only_when_its_image_changed() {
         let sequence = body["sequence"].as_u64().unwrap();
         // Settled again after this request: `running`, reported after the request's event.
         tests::eventually("the node's answer to the forced update", TIMEOUT, || async {
-            let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
-            let last = history.as_array()?.last()?.clone();
+            let (_, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
+            let last = history["items"].as_array()?.last()?.clone();
             (last["sequence"].as_u64()? > sequence && last["status"] == "running").then_some(())
         })
         .await;
@@ -545,7 +554,7 @@ async fn a_selector_launch_follows_nodes_as_they_join_and_change_labels() {
     // The nodes read model must know both before the selector is resolved.
     eventually("both nodes in the nodes read model", TIMEOUT, || async {
         let (_, nodes) = engine.get("/v1/nodes").await;
-        (nodes.as_array().map_or(0, |n| n.len()) == 2).then_some(())
+        (nodes["items"].as_array().map_or(0, |n| n.len()) == 2).then_some(())
     })
     .await;
 
@@ -636,7 +645,7 @@ async fn deleting_a_tenant_removes_its_deployments_from_every_node_and_the_read_
     eventually("the read models to forget the tenant", TIMEOUT, || async {
         let (_, deployments) = engine.get("/v1/deployments").await;
         let (_, nodes) = engine.get("/v1/nodes").await;
-        let forgotten = deployments["items"].as_array()?.is_empty() && nodes.as_array()?.is_empty();
+        let forgotten = deployments["items"].as_array()?.is_empty() && nodes["items"].as_array()?.is_empty();
         forgotten.then_some(())
     })
     .await;
@@ -702,7 +711,7 @@ async fn a_node_that_never_beats_again_after_an_engine_restart_turns_unreachable
     // The nodes read model knows it online: that is what a restarted engine starts from.
     eventually("the nodes read model to show the node online", TIMEOUT, || async {
         let (_, nodes) = engine.get("/v1/nodes").await;
-        nodes.as_array()?.iter().any(|n| n["id"] == node.name.as_str() && n["state"] == "online").then_some(())
+        nodes["items"].as_array()?.iter().any(|n| n["id"] == node.name.as_str() && n["state"] == "online").then_some(())
     })
     .await;
     // The node dies, and the engine restarts before it could notice.

@@ -87,8 +87,8 @@ async fn a_cut_link_loses_nothing_and_applies_nothing_twice() {
 
 /// The drift notes in the deployment's history, in order.
 async fn drifts(engine: &TestEngine, id: &str) -> Vec<String> {
-    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
-    let notes = history.as_array().unwrap().iter().filter_map(|e| e["note"].as_str());
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
+    let notes = history["items"].as_array().unwrap().iter().filter_map(|e| e["note"].as_str());
     notes.filter(|n| n.starts_with("drift")).map(str::to_owned).collect()
 }
 
@@ -185,8 +185,8 @@ async fn a_staged_workload_is_applied_on_the_node_with_no_link_and_the_engine_he
     let view = engine.wait_deployment(&id, "the engine to hear of the apply", |v| v["status"] == "running").await;
     assert_eq!(view["awaiting_apply"], false);
     assert_eq!(view["nodes"][&node.name]["applied_locally"], true);
-    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
-    let applied = history.as_array().unwrap().iter().find(|e| e["note"] == "applied on the node").cloned();
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
+    let applied = history["items"].as_array().unwrap().iter().find(|e| e["note"] == "applied on the node").cloned();
     assert_eq!(applied.map(|e| e["actor"].clone()), Some(json!(format!("node:{}", node.name))));
     let (status, _) = engine.post("/v1/deployments/apply", json!({"deployments": [id]})).await;
     assert_eq!(status, 200);
@@ -274,8 +274,8 @@ impl Drop for NodeProcess {
 
 /// The statuses the deployment went through, from the log.
 async fn statuses(engine: &TestEngine, id: &str) -> Vec<String> {
-    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
-    history.as_array().unwrap().iter().filter_map(|e| e["status"].as_str().map(str::to_owned)).collect()
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
+    history["items"].as_array().unwrap().iter().filter_map(|e| e["status"].as_str().map(str::to_owned)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

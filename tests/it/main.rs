@@ -5,6 +5,7 @@ mod auth;
 mod chaos;
 mod cluster;
 mod compose;
+mod dashboard;
 mod deploy;
 mod faults;
 mod harness;

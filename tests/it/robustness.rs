@@ -59,7 +59,7 @@ async fn foreign_bytes_and_misplaced_envelopes_are_set_aside_and_every_reader_go
     let (status, body) = engine.post(&format!("/v1/deployments/{id}/start"), json!({})).await;
     assert_eq!(status, 202, "{body}");
     engine.wait_deployment(&id, "the deployment to run again", |v| v["status"] == "running").await;
-    let (status, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
+    let (status, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
     assert_eq!(status, 200, "the history leaves out what does not fit: {history}");
 
     // Each is in the dead-letter stream, with where it was found and why.
@@ -266,8 +266,8 @@ async fn a_pending_status_past_its_deadline_is_recorded_overdue_and_a_later_repo
     assert_eq!(entry["status"], "pending_deploy", "the status stays, the overdue is beside it: {view}");
     assert_eq!(entry["overdue"]["status"], "pending_deploy", "{view}");
     assert!(entry["overdue"]["waited_ms"].as_u64().unwrap() >= 1000, "{view}");
-    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
-    let noted = history.as_array().unwrap().iter().any(|h| {
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
+    let noted = history["items"].as_array().unwrap().iter().any(|h| {
         h["node"] == "edge-1" && h["note"].as_str().is_some_and(|n| n.starts_with("overdue: pending_deploy for "))
     });
     assert!(noted, "the history names the step and the wait: {history}");

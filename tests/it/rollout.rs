@@ -14,7 +14,7 @@ use crate::harness::{TestEngine, TestNode, IMAGE_1_0_0, TIMEOUT};
 fn waves_within(history: &Value, batch: usize) -> Vec<Vec<String>> {
     let settled = ["running", "failed", "stopped", "ready", "staged"];
     let (mut released, mut done, mut waves) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
-    for entry in history.as_array().unwrap() {
+    for entry in history["items"].as_array().unwrap() {
         if let Some(nodes) = entry["note"].as_str().and_then(|n| n.strip_prefix("rollout reaches ")) {
             let nodes: Vec<String> = nodes.split(", ").map(str::to_owned).collect();
             let under_way = released.difference(&done).count();
@@ -54,7 +54,7 @@ async fn a_phased_rollout_goes_a_batch_at_a_time_and_halts_on_failure() {
     assert_eq!(status, 201, "{launched}");
     let id = launched["id"].as_str().unwrap().to_owned();
     engine.wait_deployment(&id, "every node to run", |v| v["status"] == "running").await;
-    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
+    let (_, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
     let waves = waves_within(&history, 2);
     assert_eq!(waves.concat().into_iter().collect::<BTreeSet<_>>().len(), 4, "every node reached once: {waves:?}");
     assert!(waves.len() >= 2, "{waves:?}");
@@ -144,8 +144,8 @@ async fn an_update_that_fails_to_start_or_to_stay_running_goes_back_by_itself() 
             .await;
         assert!(view["rolled_back"].as_str().unwrap().contains(cause), "{view}");
         tests::eventually("1.0.0 to run in Docker again", TIMEOUT, || async { runs_1_0_0().await.then_some(()) }).await;
-        let (_, history) = engine.get(&format!("/v1/deployments/{id}/history")).await;
-        let note = history
+        let (_, history) = engine.get(&format!("/v1/deployments/{id}/history?limit=500")).await;
+        let note = history["items"]
             .as_array()
             .unwrap()
             .iter()

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+pub mod browser;
 pub mod chaos;
 mod fleet;
 mod gate;
