@@ -128,6 +128,8 @@ build_sample() { # version [name [command]]
 build_sample 1.0.0
 build_sample 1.1.0
 # Prints 450 numbered lines, then serves like the others: for the logs.
+# Only the node's metrics test runs it: it removes its local copy, so that a launch downloads it.
+build_sample 1.0.0 metered
 build_sample 1.0.0 logger '["/bin/sh", "-c", "i=1; while [ $i -le 450 ]; do echo line $i; i=$((i+1)); done; exec httpd -f -p 8080 -h /www"]'
 
 

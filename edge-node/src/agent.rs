@@ -248,6 +248,23 @@ pub enum Input {
     Reconnected,
 }
 
+impl Input {
+    /// For the outcome of a runtime step: whether it failed.
+    pub fn failed(&self) -> Option<bool> {
+        Some(match self {
+            Input::Pulled { result, .. }
+            | Input::Stopped { result, .. }
+            | Input::Removed { result, .. }
+            | Input::Retired { result, .. }
+            | Input::NetworkRemoved { result, .. } => result.is_err(),
+            Input::Created { result, .. } => result.is_err(),
+            Input::Started { result, .. } => result.is_err(),
+            Input::Refreshed { result, .. } => result.is_err(),
+            _ => return None,
+        })
+    }
+}
+
 /// How long each runtime step may take, in milliseconds, before it is reported failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {

@@ -72,6 +72,8 @@ pub struct DockerRuntime {
     policy: Policy,
     /// Where each container's files under `/run/secrets` are kept, in memory (`tmpfs`).
     secrets_dir: std::path::PathBuf,
+    /// Bytes its pulls downloaded.
+    pulled: std::sync::Arc<crate::metrics::PulledBytes>,
 }
 
 /// Where secret files are kept unless told otherwise: shared memory, never the disk.
@@ -88,7 +90,13 @@ impl DockerRuntime {
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
         docker.ping().await.map_err(unavailable)?;
         let secrets_dir = std::path::PathBuf::from(SECRETS_DIR);
-        Ok(DockerRuntime { docker, networks: Default::default(), policy: Policy::default(), secrets_dir })
+        Ok(DockerRuntime {
+            docker,
+            networks: Default::default(),
+            policy: Policy::default(),
+            secrets_dir,
+            pulled: Default::default(),
+        })
     }
 
     /// Binds only what `policy` allows once their links are resolved (none by default).
@@ -181,6 +189,10 @@ fn classify(step: Step, e: DockerError) -> RuntimeError {
 }
 
 impl ContainerRuntime for DockerRuntime {
+    fn pulled_bytes(&self) -> u64 {
+        self.pulled.get()
+    }
+
     async fn observe(&self, name: &str, image: &str) -> Result<Observed, RuntimeError> {
         let container = match self.docker.inspect_container(name, None).await {
             Ok(found) => {
@@ -217,6 +229,8 @@ impl ContainerRuntime for DockerRuntime {
             ..Default::default()
         };
         let mut progress = self.docker.create_image(Some(options), None, None);
+        // Each layer's size, as its download says: counted once the pull is over.
+        let mut layers: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
         while let Some(step) = progress.next().await {
             let step = step.map_err(|e| classify(Step::Pull, e))?;
             if let Some(detail) = step.error_detail {
@@ -225,8 +239,14 @@ impl ContainerRuntime for DockerRuntime {
             }
             if let (Some(status), Some(detail)) = (&step.status, &step.progress_detail) {
                 tracing::debug!(image, status, current = detail.current, total = detail.total, "pulling");
+                if let (Some(id), Some(total)) = (&step.id, detail.total.and_then(|t| u64::try_from(t).ok())) {
+                    if status == "Downloading" {
+                        layers.insert(id.clone(), total);
+                    }
+                }
             }
         }
+        self.pulled.add(layers.values().fold(0, |sum, size| sum.saturating_add(*size)));
         Ok(())
     }
 

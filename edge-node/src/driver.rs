@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use anyhow::Context;
 use async_nats::jetstream;
@@ -163,6 +164,17 @@ pub async fn run_on<R: ContainerRuntime>(
     let (local_tx, mut local_requests) = mpsc::channel::<(LocalRequest, oneshot::Sender<LocalReply>)>(8);
     let _local = control.map(|path| AbortOnDrop(tokio::spawn(serve_local(path, local_tx))));
     let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Input>();
+    let metrics = crate::metrics::NodeMetrics::default();
+    let steps = Steps { runtime: runtime.clone(), outcomes: outcomes_tx.clone(), metrics: metrics.clone() };
+    let _metrics = config.metrics.clone().map(|listen| {
+        let (metrics, outbox, runtime) = (metrics.clone(), outbox.clone(), runtime.clone());
+        let figures = move || metrics.encode(outbox.len(), runtime.pulled_bytes());
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listen, figures).await {
+                tracing::error!(error = %e, "the node's metrics are not served");
+            }
+        }))
+    });
     let mut agent = Agent::with_deadlines(&config.tenant, &config.node, config.deadlines)
         .on_host(config.policy.clone(), config.default_limits.clone());
     let started = tokio::time::Instant::now();
@@ -207,12 +219,12 @@ pub async fn run_on<R: ContainerRuntime>(
                     outbox.push(&config.node, &meta, &report, Utc::now())?;
                     sent.notify_one();
                 }
-                Action::Pull { deployment, service, image } => step(&runtime, &outcomes_tx, move |rt| async move {
+                Action::Pull { deployment, service, image } => steps.run("pull", move |rt| async move {
                     Input::Pulled { result: rt.pull(&image).await, deployment, service, image }
                 }),
                 Action::Create { deployment, service, spec } => {
                     let key = key.clone();
-                    step(&runtime, &outcomes_tx, move |rt| async move {
+                    steps.run("create", move |rt| async move {
                         let result = match opened(*spec.clone(), key.as_ref()) {
                             Ok(spec) => rt.create(&spec).await,
                             Err(e) => Err(e),
@@ -220,32 +232,26 @@ pub async fn run_on<R: ContainerRuntime>(
                         Input::Created { result, deployment, service, image: spec.image }
                     })
                 }
-                Action::Start { deployment, service, container } => {
-                    step(&runtime, &outcomes_tx, move |rt| async move {
-                        Input::Started { result: rt.start(&container).await, deployment, service, container }
-                    })
-                }
-                Action::Stop { deployment, service, container } => step(&runtime, &outcomes_tx, move |rt| async move {
+                Action::Start { deployment, service, container } => steps.run("start", move |rt| async move {
+                    Input::Started { result: rt.start(&container).await, deployment, service, container }
+                }),
+                Action::Stop { deployment, service, container } => steps.run("stop", move |rt| async move {
                     Input::Stopped { result: rt.stop(&container).await, deployment, service }
                 }),
-                Action::Refresh { deployment, service, image } => step(&runtime, &outcomes_tx, move |rt| async move {
+                Action::Refresh { deployment, service, image } => steps.run("refresh", move |rt| async move {
                     let result = match rt.pull_again(&image).await {
                         Ok(()) => rt.image_id(&image).await,
                         Err(e) => Err(e),
                     };
                     Input::Refreshed { result, deployment, service }
                 }),
-                Action::Retire { deployment, service, container } => {
-                    step(&runtime, &outcomes_tx, move |rt| async move {
-                        Input::Retired { result: rt.remove(&container, None).await, deployment, service }
-                    })
-                }
-                Action::Remove { deployment, service, container, image } => {
-                    step(&runtime, &outcomes_tx, move |rt| async move {
-                        Input::Removed { result: rt.remove(&container, Some(&image)).await, deployment, service }
-                    })
-                }
-                Action::RemoveNetwork { deployment, network } => step(&runtime, &outcomes_tx, move |rt| async move {
+                Action::Retire { deployment, service, container } => steps.run("retire", move |rt| async move {
+                    Input::Retired { result: rt.remove(&container, None).await, deployment, service }
+                }),
+                Action::Remove { deployment, service, container, image } => steps.run("remove", move |rt| async move {
+                    Input::Removed { result: rt.remove(&container, Some(&image)).await, deployment, service }
+                }),
+                Action::RemoveNetwork { deployment, network } => steps.run("remove_network", move |rt| async move {
                     Input::NetworkRemoved { result: rt.remove_network(&network).await, deployment }
                 }),
             }
@@ -338,6 +344,7 @@ pub async fn run_on<R: ContainerRuntime>(
                     // The first connection brings nothing back: no link was lost before it.
                     if std::mem::replace(&mut linked_before, true) {
                         relinked.notify_one();
+                        metrics.reconnected();
                     }
                     Input::Reconnected
                 }
@@ -591,17 +598,34 @@ async fn look_for_drift<R: ContainerRuntime>(
 }
 
 /// Runs one runtime step as a task; its outcome comes back to the loop as an input.
-fn step<R, F, Fut>(runtime: &Arc<R>, outcomes: &mpsc::UnboundedSender<Input>, run: F)
-where
-    R: ContainerRuntime,
-    F: FnOnce(Arc<R>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Input> + Send + 'static,
-{
-    let (runtime, outcomes) = (runtime.clone(), outcomes.clone());
-    tokio::spawn(async move {
-        // The loop only ends with the node; an outcome that finds it gone has nowhere to go.
-        let _ = outcomes.send(run(runtime).await);
-    });
+/// Where a runtime step's outcome goes, and what counts it.
+struct Steps<R> {
+    runtime: Arc<R>,
+    outcomes: mpsc::UnboundedSender<Input>,
+    metrics: crate::metrics::NodeMetrics,
+}
+
+impl<R: ContainerRuntime> Steps<R> {
+    /// Runs a step of `kind` in a task of its own; its outcome comes back to the loop.
+    fn run<F, Fut>(&self, kind: &'static str, run: F)
+    where
+        F: FnOnce(Arc<R>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Input> + Send + 'static,
+    {
+        let (runtime, outcomes, metrics) = (self.runtime.clone(), self.outcomes.clone(), self.metrics.clone());
+        tokio::spawn(
+            async move {
+                let began = std::time::Instant::now();
+                let outcome = run(runtime).await;
+                let failed = outcome.failed().unwrap_or(false);
+                metrics.step(kind, failed, began.elapsed().as_secs_f64());
+                tracing::debug!(kind, failed, "step done");
+                // The loop only ends with the node; an outcome that finds it gone has nowhere to go.
+                let _ = outcomes.send(outcome);
+            }
+            .instrument(tracing::debug_span!("step", kind)),
+        );
+    }
 }
 
 /// How many pieces of work are kept in one write, at most.

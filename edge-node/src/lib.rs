@@ -16,6 +16,7 @@ pub mod desired;
 pub mod docker;
 pub mod driver;
 pub mod local;
+pub mod metrics;
 pub mod outbox;
 pub mod runtime;
 pub mod sim;
@@ -49,6 +50,8 @@ pub struct NodeConfig {
     pub policy: events::policy::Policy,
     /// Each container's limits where its version sets none.
     pub default_limits: events::compose::Limits,
+    /// Where the node serves its figures, and the token a scrape presents; none: nowhere.
+    pub metrics: Option<metrics::MetricsListen>,
 }
 
 impl NodeConfig {
@@ -81,6 +84,7 @@ impl Default for NodeConfig {
             deadlines: agent::Deadlines::default(),
             policy: events::policy::Policy::default(),
             default_limits: events::compose::Limits::default(),
+            metrics: None,
         }
     }
 }

@@ -68,6 +68,12 @@ enum Command {
         /// A container's CPUs where its version sets none (`0.5`, `2`).
         #[arg(long, value_parser = parse_cpus)]
         default_cpus: Option<i64>,
+        /// Serve the node's figures (Prometheus text format) at `/metrics` on this address.
+        #[arg(long, requires = "metrics_token_file")]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// The bearer token a scrape must present (the file's first line).
+        #[arg(long, requires = "metrics_listen")]
+        metrics_token_file: Option<PathBuf>,
     },
     /// Make the node's key pair: the seed goes to OUT (mode 0600) and never leaves the node;
     /// the public key is printed, for `engine node enroll --public-key`.
@@ -139,6 +145,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             registries,
             default_memory,
             default_cpus,
+            metrics_listen,
+            metrics_token_file,
         } => {
             for (name, value) in [("--heartbeat", heartbeat), ("--reconcile", reconcile)] {
                 if !(0.1..=3600.0).contains(&value) {
@@ -154,6 +162,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = DockerRuntime::connect().await.context("connecting to Docker")?.confined_to(policy.clone());
             let default_limits =
                 events::compose::Limits { memory: default_memory, nano_cpus: default_cpus, pids: None };
+            let metrics = match metrics_listen.zip(metrics_token_file) {
+                Some((addr, file)) => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading the metrics token {}", file.display()))?;
+                    let token = text.lines().next().unwrap_or_default().trim().to_owned();
+                    if token.len() < 16 {
+                        anyhow::bail!("the metrics token in {} must be 16 characters or more", file.display());
+                    }
+                    Some(edge_node::metrics::MetricsListen { addr, token })
+                }
+                None => None,
+            };
             let config = NodeConfig {
                 nats_url: nats,
                 credentials: Some(credentials),
@@ -166,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 reconcile: std::time::Duration::from_secs_f64(reconcile),
                 policy,
                 default_limits,
+                metrics,
                 ..NodeConfig::default()
             };
             edge_node::driver::run(config, Arc::new(runtime)).await

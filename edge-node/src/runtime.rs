@@ -149,6 +149,11 @@ impl Sample {
 }
 
 pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Bytes of image layers downloaded since the runtime started, where it counts them.
+    fn pulled_bytes(&self) -> u64 {
+        0
+    }
+
     /// The container's state and counters now.
     fn sample(&self, id: &str) -> impl Future<Output = Result<Sample, RuntimeError>> + Send;
 

@@ -45,3 +45,73 @@ async fn the_engines_figures_move_after_a_launch_and_only_a_token_may_read_them(
     let refused = engine.http.get(engine.url("/metrics")).bearer_auth("not-a-token").send().await.unwrap();
     assert_eq!(refused.status(), 401);
 }
+
+/// Scrapes a node's figures with `token`: the status and the text.
+async fn scrape_node(addr: std::net::SocketAddr, token: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("the node's metrics answer");
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_figures_count_its_steps_pulls_outbox_and_reconnects_and_only_its_token_may_read_them() {
+    use crate::harness::TestNode;
+    // An image no other test runs, and none left on this Docker engine: the launch downloads it.
+    const METERED: &str = "127.0.0.1:5000/sample/metered:1.0.0";
+    let docker = tests::docker().await;
+    let remove = bollard::query_parameters::RemoveImageOptions { force: true, ..Default::default() };
+    let _ = docker.remove_image(METERED, Some(remove), None).await;
+
+    let mut nats = tests::NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    engine.publish_sample(METERED).await;
+    let data = tempfile::tempdir().unwrap();
+    let name = format!("m{}", tests::free_port());
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", tests::free_port()).parse().unwrap();
+    let token = "a-scrapers-token-of-some-length";
+    let listen = edge_node::metrics::MetricsListen { addr, token: token.to_owned() };
+    let config = edge_node::NodeConfig { metrics: Some(listen), ..TestNode::config(&nats.url(), &name, &data) };
+    let node = TestNode::start_with(config, &engine, data).await;
+
+    let before = eventually("the node's figures", TIMEOUT, || async {
+        let (status, text) = scrape_node(addr, token).await;
+        (status == 200).then_some(text)
+    })
+    .await;
+    assert_eq!(figure(&before, "edge_node_pulled_bytes"), Some(0.0), "{before}");
+    assert_eq!(figure(&before, "edge_node_pull_seconds_count"), Some(0.0), "{before}");
+    assert!(figure(&before, "edge_node_outbox_depth").is_some(), "{before}");
+
+    let id = launch(&engine, &node.name).await;
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let (_, after) = scrape_node(addr, token).await;
+    for step in ["pull", "create", "start"] {
+        let done = format!(r#"edge_node_steps_total{{kind="{step}",outcome="done"}}"#);
+        assert_eq!(figure(&after, &done), Some(1.0), "{step}: {after}");
+    }
+    assert_eq!(figure(&after, "edge_node_pull_seconds_count"), Some(1.0), "{after}");
+    assert!(figure(&after, "edge_node_pulled_bytes") > Some(100_000.0), "busybox came down: {after}");
+    let depth = eventually("the outbox to empty", TIMEOUT, || async {
+        let (_, text) = scrape_node(addr, token).await;
+        (figure(&text, "edge_node_outbox_depth") == Some(0.0)).then_some(())
+    });
+    depth.await;
+
+    // The link comes back once: counted.
+    assert_eq!(figure(&after, "edge_node_reconnects_total"), Some(0.0), "{after}");
+    nats.restart().await;
+    eventually("the reconnect to be counted", TIMEOUT, || async {
+        let (_, text) = scrape_node(addr, token).await;
+        (figure(&text, "edge_node_reconnects_total") >= Some(1.0)).then_some(())
+    })
+    .await;
+
+    for wrong in ["", "a-scrapers-token-of-some-lengtX", "not it"] {
+        let (status, _) = scrape_node(addr, wrong).await;
+        assert_eq!(status, 401, "token {wrong:?}");
+    }
+}

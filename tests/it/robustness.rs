@@ -127,12 +127,15 @@ async fn an_absurd_heartbeat_neither_stops_liveness_nor_keeps_a_silent_node_onli
     let subject = events::telemetry::subject("default", &node.name);
     store.client().publish(subject, serde_json::to_vec(&absurd).unwrap().into()).await.unwrap();
     store.client().flush().await.unwrap();
+    // The server has it: a beat the node makes from now on reaches the engine after it.
+    let flushed = chrono::Utc::now();
 
     // Liveness goes on: it takes the node's next beat...
     let name = node.name.clone();
     eventually("liveness to take the next real beat", TIMEOUT, || async {
         let (status, beat) = engine.get(&format!("/v1/nodes/{name}/telemetry")).await;
-        (status == 200 && beat["interval_ms"] == 300).then_some(())
+        let at = beat["at"].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok());
+        (status == 200 && beat["interval_ms"] == 300 && at.is_some_and(|at| at > flushed)).then_some(())
     })
     .await;
     // ...and once the node is gone for good, its silence is noticed.
