@@ -17,6 +17,7 @@ pub mod dead;
 pub mod seal;
 pub mod store;
 pub mod tail;
+pub mod trace;
 
 use std::path::PathBuf;
 

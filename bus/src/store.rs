@@ -178,10 +178,22 @@ impl Loaded {
 }
 
 /// A message to append: its dedup id and its encoded envelope.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Outgoing {
     pub msg_id: String,
     pub bytes: Bytes,
+    /// The correlation id of the command it comes from: its `traceparent` header's trace id.
+    pub trace: Option<uuid::Uuid>,
+}
+
+impl Outgoing {
+    fn build(self) -> (String, jetstream::message::PublishMessage) {
+        let mut publish = jetstream::message::PublishMessage::build().payload(self.bytes).message_id(&self.msg_id);
+        if let Some(trace) = self.trace {
+            publish = publish.header(crate::trace::HEADER, crate::trace::traceparent(trace, &self.msg_id).as_str());
+        }
+        (self.msg_id, publish)
+    }
 }
 
 #[derive(Clone)]
@@ -531,15 +543,11 @@ impl EventStore {
         let mut expected = expected_last;
         let mut sequences = Vec::with_capacity(messages.len());
         for message in messages {
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(message.bytes)
-                .message_id(&message.msg_id)
-                .expected_last_subject_sequence(expected);
+            let (msg_id, publish) = message.build();
+            let publish = publish.expected_last_subject_sequence(expected);
             let ack = self.js.send_publish(subject.to_owned(), publish).await.map_err(|e| failed(e.to_string()))?;
             match ack.await {
-                Ok(ack) if ack.duplicate => {
-                    return Err(AppendError::Duplicate { subject: subject.to_owned(), msg_id: message.msg_id })
-                }
+                Ok(ack) if ack.duplicate => return Err(AppendError::Duplicate { subject: subject.to_owned(), msg_id }),
                 Ok(ack) => {
                     expected = ack.sequence;
                     sequences.push(ack.sequence);
@@ -557,7 +565,7 @@ impl EventStore {
     /// writer, such as a node's reports.
     pub async fn publish(&self, subject: &str, message: Outgoing) -> Result<u64, AppendError> {
         let failed = |e: String| AppendError::Failed { subject: subject.to_owned(), reason: e };
-        let publish = jetstream::message::PublishMessage::build().payload(message.bytes).message_id(&message.msg_id);
+        let (_, publish) = message.build();
         let ack = self.js.send_publish(subject.to_owned(), publish).await.map_err(|e| failed(e.to_string()))?;
         Ok(ack.await.map_err(|e| failed(e.to_string()))?.sequence)
     }

@@ -696,7 +696,11 @@ pub async fn publish_outbox(
         let mut relink = false;
         let mut acks = Vec::with_capacity(pending.len());
         for report in pending {
-            let message = jetstream::message::PublishMessage::build().payload(report.bytes).message_id(&report.msg_id);
+            let traceparent = bus::trace::traceparent(report.trace, &report.msg_id);
+            let message = jetstream::message::PublishMessage::build()
+                .payload(report.bytes)
+                .message_id(&report.msg_id)
+                .header(bus::trace::HEADER, traceparent.as_str());
             match js.send_publish(subject.clone(), message).await {
                 Ok(ack) => acks.push((report.key, ack)),
                 Err(e) => {

@@ -16,6 +16,9 @@ use edge_node::NodeConfig;
 #[derive(Debug, Parser)]
 #[command(name = "edge-node", about = "The edge agent: runs deployments on Docker and reports back", version)]
 struct Cli {
+    /// Log lines as JSON objects, one a line (with each span's fields), for a log collector.
+    #[arg(long, global = true, env = "LOG_JSON")]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -243,10 +246,12 @@ fn main() -> ExitCode {
             }
         })
         .unwrap_or_else(|| "info,async_nats=warn".parse().expect("a valid default"));
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(filter)
-        .init();
+    let (json, text) = if cli.log_json {
+        (Some(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)), None)
+    } else {
+        (None, Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)))
+    };
+    tracing_subscriber::registry().with(json).with(text).with(filter).init();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,6 +33,8 @@ pub struct Pending {
     pub key: u64,
     pub msg_id: String,
     pub bytes: Bytes,
+    /// The correlation id of the work it answers: its `traceparent`'s trace id.
+    pub trace: Uuid,
 }
 
 impl Outbox {
@@ -93,6 +95,7 @@ impl Outbox {
                     key: number,
                     msg_id: envelope.id.to_string(),
                     bytes: Bytes::copy_from_slice(&bytes),
+                    trace: envelope.correlation_id,
                 }),
                 Err(error) => {
                     tracing::error!(error, "dropping a corrupt report from the outbox");

@@ -103,6 +103,7 @@ pub fn router(state: AppState, auth: Auth) -> Router {
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(auth, crate::auth::authenticate))
         .layer(axum::middleware::from_fn(json_only))
+        .layer(axum::middleware::from_fn(traced))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
@@ -127,6 +128,21 @@ async fn unknown_route(uri: axum::http::Uri) -> ApiError {
 
 async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, None, format!("`{}` does not take {method}", uri.path()))
+}
+
+/// Answers with the request's `traceparent`, when it has a valid one: its trace id is the
+/// correlation id of every event, work and report the call causes.
+async fn traced(request: Request, next: axum::middleware::Next) -> Response {
+    let traceparent = request
+        .headers()
+        .get(bus::trace::HEADER)
+        .filter(|v| v.to_str().ok().and_then(bus::trace::trace_id).is_some())
+        .cloned();
+    let mut response = next.run(request).await;
+    if let Some(traceparent) = traceparent {
+        response.headers_mut().insert(bus::trace::HEADER, traceparent);
+    }
+    response
 }
 
 /// Refuses a command that is not JSON (415), whatever its handler reads.

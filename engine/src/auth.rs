@@ -168,6 +168,8 @@ pub struct Caller {
     tenant: Option<String>,
     /// `idempotency-key`: makes a retried command harmless.
     idempotency_key: Option<Uuid>,
+    /// The trace id of a valid `traceparent`: the correlation id of the commands it causes.
+    trace: Option<Uuid>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -186,7 +188,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         };
         let tenant = header("x-tenant")?.map(str::to_owned);
         let idempotency_key = header("idempotency-key")?.map(idempotency_key).transpose()?;
-        Ok(Caller { principal, tenant, idempotency_key })
+        // A malformed trace context is ignored, as the W3C says.
+        let trace = header(bus::trace::HEADER).ok().flatten().and_then(bus::trace::trace_id);
+        Ok(Caller { principal, tenant, idempotency_key, trace })
     }
 }
 
@@ -226,6 +230,9 @@ impl Caller {
         if let Some(key) = self.idempotency_key {
             meta.command_id = key;
             meta.correlation_id = key;
+        }
+        if let Some(trace) = self.trace {
+            meta.correlation_id = trace;
         }
         Ok(meta)
     }

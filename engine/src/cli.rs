@@ -36,6 +36,9 @@ pub struct Cli {
     /// The certificate authority (PEM) of an engine whose API speaks HTTPS.
     #[arg(long, global = true, env = "ENGINE_CA")]
     ca: Option<PathBuf>,
+    /// Log lines as JSON objects, one a line (with each span's fields), for a log collector.
+    #[arg(long, global = true, env = "LOG_JSON")]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -396,6 +399,10 @@ fn humantime_secs(text: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
+    pub fn log_json(&self) -> bool {
+        self.log_json
+    }
+
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let http = match (&self.ca, self.api.starts_with("https:")) {
             (None, true) if !matches!(self.command, Command::Serve { .. } | Command::Trust(_)) => {

@@ -181,6 +181,11 @@ impl CommandHandler {
     }
 
     /// Decides `command` on aggregate `id` and appends what it decided.
+    #[tracing::instrument(
+        name = "command",
+        skip_all,
+        fields(aggregate = A::TYPE, id, tenant = %meta.tenant, correlation = %meta.correlation_id.simple()),
+    )]
     pub async fn execute<A: Aggregate>(
         &self,
         id: &str,
@@ -200,6 +205,11 @@ impl CommandHandler {
 
     /// Decides on `loaded`, which may already be stale: a conflict reloads and decides again,
     /// at most `max_attempts` times.
+    #[tracing::instrument(
+        name = "command",
+        skip_all,
+        fields(aggregate = A::TYPE, id, tenant = %meta.tenant, correlation = %meta.correlation_id.simple()),
+    )]
     pub async fn execute_from<A: Aggregate>(
         &self,
         loaded: Loaded,
@@ -274,7 +284,11 @@ impl CommandHandler {
             let outgoing = stored
                 .iter()
                 .enumerate()
-                .map(|(i, e)| Outgoing { msg_id: msg_id(meta, &subject, i), bytes: e.bytes.clone() })
+                .map(|(i, e)| Outgoing {
+                    msg_id: msg_id(meta, &subject, i),
+                    bytes: e.bytes.clone(),
+                    trace: Some(meta.correlation_id),
+                })
                 .collect();
             let appending = std::time::Instant::now();
             let appended = self.store.append(&subject, current.last_sequence, outgoing).await;

@@ -645,7 +645,8 @@ async fn append_chained(
             work,
             prev_hash,
         ));
-        let outgoing = Outgoing { msg_id: msg_id.clone(), bytes: Bytes::from(envelope.encode()) };
+        let trace = Some(envelope.correlation_id);
+        let outgoing = Outgoing { msg_id: msg_id.clone(), bytes: Bytes::from(envelope.encode()), trace };
         match store.append(subject, head.last_sequence, vec![outgoing]).await {
             Ok(_) | Err(AppendError::Duplicate { .. }) => return Ok(()),
             Err(AppendError::Conflict { .. }) => continue,

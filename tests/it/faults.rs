@@ -196,21 +196,37 @@ async fn a_staged_workload_is_applied_on_the_node_with_no_link_and_the_engine_he
 
 /// The edge-node binary as its own process, on its own sled directory, killed as a crash would;
 /// it finds the Docker engine through `docker_host` when set (a [`tests::DockerGate`]).
-struct NodeProcess {
-    name: String,
+pub(crate) struct NodeProcess {
+    pub(crate) name: String,
     url: String,
     data: tempfile::TempDir,
     docker_host: Option<String>,
     child: Option<tokio::process::Child>,
+    /// Its log lines are JSON objects (`--log-json`).
+    log_json: bool,
 }
 
 impl NodeProcess {
     async fn start(url: &str, engine: &TestEngine, docker_host: Option<String>) -> NodeProcess {
+        NodeProcess::start_logging(url, engine, docker_host, false).await
+    }
+
+    pub(crate) async fn start_logging(
+        url: &str,
+        engine: &TestEngine,
+        docker_host: Option<String>,
+        log_json: bool,
+    ) -> NodeProcess {
         let name = format!("p{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
         let data = tempfile::tempdir().unwrap();
-        let mut node = NodeProcess { name, url: url.to_owned(), data, docker_host, child: None };
+        let mut node = NodeProcess { name, url: url.to_owned(), data, docker_host, child: None, log_json };
         node.launch(engine).await;
         node
+    }
+
+    /// What the process logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("node.log")).unwrap_or_default()
     }
 
     async fn launch(&mut self, engine: &TestEngine) {
@@ -225,6 +241,9 @@ impl NodeProcess {
         let mut command = tokio::process::Command::new(tests::binary("edge-node"));
         if let Some(host) = &self.docker_host {
             command.env("DOCKER_HOST", host);
+        }
+        if self.log_json {
+            command.arg("--log-json").env("RUST_LOG", "info,edge_node=debug");
         }
         let child = command
             .args(["run", "--nats", &self.url, "--node", &self.name, "--heartbeat", "0.3", "--reconcile", "0.3"])

@@ -36,7 +36,7 @@ fn report(claimed_node: &str, deployment: &str, status: Status, key: Option<&nke
     if let Some(key) = key {
         envelope = envelope.signed(key);
     }
-    Outgoing { msg_id: id.to_string(), bytes: Bytes::from(envelope.encode()) }
+    Outgoing { msg_id: id.to_string(), bytes: Bytes::from(envelope.encode()), trace: None }
 }
 
 #[tokio::test]
@@ -55,7 +55,8 @@ async fn reports_that_cannot_be_applied_are_refused_and_the_rest_go_through() {
 
     let store = commands.store();
     let subject = events::subject::node_reports("default", "edge-1");
-    let garbage = Outgoing { msg_id: "garbage".into(), bytes: Bytes::from_static(b"\xc1 not messagepack") };
+    let garbage =
+        Outgoing { msg_id: "garbage".into(), bytes: Bytes::from_static(b"\xc1 not messagepack"), trace: None };
     let garbage = store.publish(&subject, garbage).await.unwrap();
     store.publish(&subject, report("edge-1", "no-such-deployment", Status::Running, Some(one))).await.unwrap();
     store.publish(&subject, report("edge-1", "bad.id", Status::Running, Some(one))).await.unwrap();

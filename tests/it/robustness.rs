@@ -44,7 +44,7 @@ async fn foreign_bytes_and_misplaced_envelopes_are_set_aside_and_every_reader_go
     ];
     let mut placed = BTreeSet::new();
     for (i, (subject, bytes)) in poisoned.iter().enumerate() {
-        let outgoing = Outgoing { msg_id: format!("poison-{i}"), bytes: bytes.clone() };
+        let outgoing = Outgoing { msg_id: format!("poison-{i}"), bytes: bytes.clone(), trace: None };
         placed.insert((subject.clone(), store.publish(subject, outgoing).await.unwrap()));
     }
     let telemetry = events::telemetry::subject("default", &node.name);
@@ -194,7 +194,7 @@ fn numbered_report(
     };
     let mut envelope = events::Envelope::new(id, time, events::report::AGGREGATE_TYPE, node, &meta, &report, None);
     envelope.order = Some(events::envelope::Order { epoch: 7, sequence });
-    Outgoing { msg_id: id.to_string(), bytes: envelope.signed(key).encode().into() }
+    Outgoing { msg_id: id.to_string(), bytes: envelope.signed(key).encode().into(), trace: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

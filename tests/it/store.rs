@@ -150,7 +150,8 @@ async fn a_stale_append_is_refused_and_stores_nothing() {
     let first = a.execute::<Application>("sample", &register, &meta()).await.unwrap();
     let subject = subject::aggregate("default", "application", "sample");
     let bytes = first.events[0].bytes.clone();
-    let err = a.store().append(&subject, 0, vec![Outgoing { msg_id: "other".into(), bytes }]).await.unwrap_err();
+    let err =
+        a.store().append(&subject, 0, vec![Outgoing { msg_id: "other".into(), bytes, trace: None }]).await.unwrap_err();
     assert!(matches!(err, AppendError::Conflict { .. }), "{err}");
     assert_eq!(stored(&a).await, 1);
 }
@@ -179,7 +180,7 @@ async fn a_message_sent_twice_with_one_msg_id_is_stored_once() {
     let a = handler(&nats).await;
     let register = ApplicationCommand::Register { name: "Sample".into() };
     let first = a.execute::<Application>("sample", &register, &meta()).await.unwrap();
-    let outgoing = Outgoing { msg_id: "report-1".into(), bytes: first.events[0].bytes.clone() };
+    let outgoing = Outgoing { msg_id: "report-1".into(), bytes: first.events[0].bytes.clone(), trace: None };
     let one = a.store().publish("ev.default.node.n1.state", outgoing.clone()).await.unwrap();
     let two = a.store().publish("ev.default.node.n1.state", outgoing).await.unwrap();
     assert_eq!(one, two, "the duplicate is acknowledged with the first one's sequence");
@@ -217,7 +218,7 @@ async fn a_subject_longer_than_one_read_batch_loads_whole_in_order_and_leaves_no
         let envelope =
             events::Envelope { id: uuid::Uuid::now_v7(), prev_hash: Some(chain_hash(&previous)), ..template.clone() };
         previous = envelope.encode().into();
-        let outgoing = Outgoing { msg_id: format!("long-{i}"), bytes: previous.clone() };
+        let outgoing = Outgoing { msg_id: format!("long-{i}"), bytes: previous.clone(), trace: None };
         last = a.store().append(&subject, last, vec![outgoing]).await.unwrap()[0];
     }
     // Other subjects interleaved must not leak in.

@@ -382,7 +382,10 @@ async fn a_report_signed_by_the_wrong_key_is_refused_and_named_by_verify() {
     let subject = events::subject::node_reports("default", &name);
     let store = crate::harness::handler(&nats).await.store().clone();
     let forged = store
-        .publish(&subject, bus::store::Outgoing { msg_id: envelope.id.to_string(), bytes: envelope.encode().into() })
+        .publish(
+            &subject,
+            bus::store::Outgoing { msg_id: envelope.id.to_string(), bytes: envelope.encode().into(), trace: None },
+        )
         .await
         .unwrap();
 
