@@ -19,7 +19,7 @@ use std::time::Duration;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -67,37 +67,87 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
 }
 
+/// The API's OpenAPI 3.1 document, made from the handlers themselves.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "edge-orchestrator engine API",
+        description = "Event-sourced orchestration of edge applications: the catalog, deployments, nodes, tenants and tokens. \
+            Every call but /healthz presents `Authorization: Bearer <id>.<secret>`. Errors are `{\"error\", \"field\"}`."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(ApiError))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let bearer = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("<id>.<secret>").build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(bearer));
+    }
+}
+
+/// Every route, each registered with its documentation: a route is in the document because
+/// it is in the router.
+fn documented() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(crate::auth::me))
+        .routes(routes!(register_application, list_applications))
+        .routes(routes!(get_application))
+        .routes(routes!(add_version))
+        .routes(routes!(publish))
+        .routes(routes!(launch, list_deployments))
+        .routes(routes!(get_deployment, uninstall))
+        .routes(routes!(stop))
+        .routes(routes!(start))
+        .routes(routes!(update))
+        .routes(routes!(force_update))
+        .routes(routes!(apply))
+        .routes(routes!(list_notifications))
+        .routes(routes!(summary))
+        .routes(routes!(deployment_history))
+        .routes(routes!(deployment_logs))
+        .routes(routes!(delete_tenant))
+        .routes(routes!(get_policy, set_policy))
+        .routes(routes!(list_nodes))
+        .routes(routes!(get_node))
+        .routes(routes!(node_telemetry))
+        .routes(routes!(enroll_node))
+        .routes(routes!(revoke_node))
+        .routes(routes!(subscriber_credential))
+        .routes(routes!(auditor_credential))
+        .routes(routes!(crate::auth::create_token))
+        .routes(routes!(crate::auth::revoke_token))
+}
+
+/// The API's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().split_for_parts().1
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "engine", summary = "`ok` while the engine serves (no token needed)",
+    security(()), responses((status = 200, content_type = "text/plain", body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
 pub fn router(state: AppState, auth: Auth) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .route("/v1/me", get(crate::auth::me))
-        .route("/v1/applications", post(register_application).get(list_applications))
-        .route("/v1/applications/{id}", get(get_application))
-        .route("/v1/applications/{id}/versions", post(add_version))
-        .route("/v1/applications/{id}/versions/{version}/publish", post(publish))
-        .route("/v1/deployments", post(launch).get(list_deployments))
-        .route("/v1/deployments/{id}", get(get_deployment).delete(uninstall))
-        .route("/v1/deployments/{id}/stop", post(stop))
-        .route("/v1/deployments/{id}/start", post(start))
-        .route("/v1/deployments/{id}/update", post(update))
-        .route("/v1/deployments/{id}/force-update", post(force_update))
-        .route("/v1/deployments/apply", post(apply))
-        .route("/v1/notifications", get(list_notifications))
-        .route("/v1/summary", get(summary))
-        .route("/v1/deployments/{id}/history", get(deployment_history))
-        .route("/v1/deployments/{id}/logs", get(deployment_logs))
-        .route("/v1/tenants/{id}", axum::routing::delete(delete_tenant))
-        .route("/v1/tenants/{id}/policy", get(get_policy).put(set_policy))
-        .route("/v1/nodes", get(list_nodes))
-        .route("/v1/nodes/{id}", get(get_node))
-        .route("/v1/nodes/{id}/telemetry", get(node_telemetry))
-        .route("/v1/nodes/{id}/enroll", post(enroll_node))
-        .route("/v1/nodes/{id}/revoke", post(revoke_node))
-        .route("/v1/credentials/subscriber", post(subscriber_credential))
-        .route("/v1/credentials/auditor", post(auditor_credential))
-        .route("/v1/tokens", post(crate::auth::create_token))
-        .route("/v1/tokens/{id}/revoke", post(crate::auth::revoke_token))
+    let (router, doc) = documented().split_for_parts();
+    let doc = bytes::Bytes::from(doc.to_pretty_json().unwrap_or_default());
+    let document = move || std::future::ready(([(axum::http::header::CONTENT_TYPE, "application/json")], doc.clone()));
+    router
+        .route("/openapi.json", get(document))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -165,7 +215,7 @@ async fn json_only(request: Request, next: axum::middleware::Next) -> Result<Res
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApiError {
     #[serde(skip)]
     status: StatusCode,
@@ -381,26 +431,28 @@ fn status_of(committed: &Committed) -> StatusCode {
 // ---------------------------------------------------------------------------------------------
 // Catalog
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "sample", "name": "Sample app"}))]
 pub struct RegisterApplication {
     pub id: String,
     pub name: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApplicationBody {
     pub id: String,
     pub name: String,
     pub versions: Vec<VersionBody>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VersionBody {
     pub version: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub image: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
     pub services: Vec<events::compose::Service>,
     #[serde(flatten)]
     pub settings: Settings,
@@ -442,6 +494,7 @@ async fn application_response(
     Ok((status, Json(application_body(id, &app))))
 }
 
+#[utoipa::path(post, path = "/v1/applications", tag = "catalog", summary = "Register an application (vendor)", request_body = RegisterApplication, responses((status = 201, body = ApplicationBody), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn register_application(
     State(state): State<AppState>,
     caller: Caller,
@@ -455,6 +508,7 @@ pub(crate) async fn register_application(
 }
 
 /// The tenant's applications, a page at a time by id: each name and its versions.
+#[utoipa::path(get, path = "/v1/applications", tag = "catalog", summary = "The catalog by id, a page at a time", params(("limit" = Option<usize>, Query, description = "1 to 500; 50 by default"), ("cursor" = Option<String>, Query, description = "The next_cursor of the page before")), responses((status = 200, body = Page<events::projection::catalog::CatalogEntry>), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn list_applications(
     State(state): State<AppState>,
     caller: Caller,
@@ -465,6 +519,7 @@ pub(crate) async fn list_applications(
     Ok(Json(state.catalog.list(&meta.tenant, cursor, limit)?))
 }
 
+#[utoipa::path(get, path = "/v1/applications/{id}", tag = "catalog", summary = "An application and its versions", params(("id" = String, Path, description = "The id")), responses((status = 200, body = ApplicationBody), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn get_application(
     State(state): State<AppState>,
     caller: Caller,
@@ -479,8 +534,9 @@ pub(crate) async fn get_application(
     Ok(Json(application_body(&id, &app)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"version": "1.0.0", "image": "127.0.0.1:5000/sample/app:1.0.0", "parameters": {"GREETING": "hello"}, "profiles": {"quiet": {"GREETING": "hi"}}}))]
 pub struct AddVersion {
     pub version: String,
     /// The image of a single-container version.
@@ -501,6 +557,7 @@ pub struct AddVersion {
     pub secrets: std::collections::BTreeSet<String>,
 }
 
+#[utoipa::path(post, path = "/v1/applications/{id}/versions", tag = "catalog", summary = "Add a draft version: one image, or a compose file (vendor)", request_body = AddVersion, params(("id" = String, Path, description = "The id")), responses((status = 201, body = ApplicationBody), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn add_version(
     State(state): State<AppState>,
     caller: Caller,
@@ -522,6 +579,7 @@ pub(crate) async fn add_version(
     application_response(&state, &meta.tenant, &id, status_of(&committed)).await
 }
 
+#[utoipa::path(post, path = "/v1/applications/{id}/versions/{version}/publish", tag = "catalog", summary = "Publish a version, each image pinned to its digest (vendor)", params(("id" = String, Path, description = "The id"), ("version" = String, Path, description = "The version")), responses((status = 200, body = ApplicationBody), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn publish(
     State(state): State<AppState>,
     caller: Caller,
@@ -550,8 +608,9 @@ fn unresolved(e: crate::registry::ResolveError) -> ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"application": "sample", "version": "1.0.0", "selector": {"site": "lab"}, "profile": "quiet", "overrides": {"GREETING": "hey"}, "staged": false, "rollout": {"batch": "25%", "max_failures": 1}}))]
 pub struct LaunchRequest {
     pub application: String,
     pub version: String,
@@ -580,6 +639,7 @@ pub struct LaunchRequest {
     /// Environment values never stored in clear: sealed under the tenant's key before the
     /// launch is stored, shown as `***`.
     #[serde(default)]
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub secrets: SecretValues,
 }
 
@@ -598,7 +658,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutRequest {
     pub batch: Batch,
@@ -607,7 +667,7 @@ pub struct RolloutRequest {
 }
 
 /// A number of nodes, or a percent of them written `"N%"`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Batch {
     Nodes(u32),
@@ -629,6 +689,7 @@ impl RolloutRequest {
     }
 }
 
+#[utoipa::path(post, path = "/v1/deployments", tag = "deployments", summary = "Launch a published version onto nodes or a selector (operator)", request_body = LaunchRequest, responses((status = 201, body = DeploymentAnswer), (status = 202, body = DeploymentAnswer, description = "Stored; the read model has not caught up yet"), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn launch(
     State(state): State<AppState>,
     caller: Caller,
@@ -712,6 +773,7 @@ async fn deployment_command(
     Ok((if status == StatusCode::CREATED { StatusCode::ACCEPTED } else { status }, body))
 }
 
+#[utoipa::path(post, path = "/v1/deployments/{id}/stop", tag = "deployments", summary = "Stop its containers on every node (operator)", params(("id" = String, Path, description = "The id")), responses((status = 202, body = DeploymentAnswer), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn stop(
     State(state): State<AppState>,
     caller: Caller,
@@ -720,6 +782,7 @@ pub(crate) async fn stop(
     deployment_command(&state, &caller, id, DeploymentCommand::Stop).await
 }
 
+#[utoipa::path(post, path = "/v1/deployments/{id}/start", tag = "deployments", summary = "Start its containers again (operator)", params(("id" = String, Path, description = "The id")), responses((status = 202, body = DeploymentAnswer), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn start(
     State(state): State<AppState>,
     caller: Caller,
@@ -728,8 +791,9 @@ pub(crate) async fn start(
     deployment_command(&state, &caller, id, DeploymentCommand::Start).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"version": "1.1.0", "rollout": {"batch": 2}, "rollback_within": 60}))]
 pub struct UpdateRequest {
     pub version: String,
     #[serde(default)]
@@ -744,6 +808,7 @@ pub struct UpdateRequest {
     pub rollback_within: Option<u32>,
 }
 
+#[utoipa::path(post, path = "/v1/deployments/{id}/update", tag = "deployments", summary = "Move to another published version (operator)", request_body = UpdateRequest, params(("id" = String, Path, description = "The id")), responses((status = 202, body = DeploymentAnswer), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -765,19 +830,20 @@ pub(crate) async fn update(
     deployment_command(&state, &caller, id, command).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"deployments": ["0192f6a1-0000-7000-8000-00000000002a"]}))]
 pub struct ApplyRequest {
     pub deployments: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApplyResponse {
     /// One answer per deployment, in the order asked.
     pub results: Vec<ApplyResult>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApplyResult {
     pub id: String,
     /// 202 when applied; otherwise the error for that deployment alone.
@@ -787,6 +853,7 @@ pub struct ApplyResult {
 }
 
 /// Applies several staged deployments at once; each succeeds or fails on its own.
+#[utoipa::path(post, path = "/v1/deployments/apply", tag = "deployments", summary = "Start staged deployments, each on its own (operator)", request_body = ApplyRequest, responses((status = 200, body = ApplyResponse), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn apply(
     State(state): State<AppState>,
     caller: Caller,
@@ -809,6 +876,7 @@ pub(crate) async fn apply(
 
 /// Resolves the version's tags again and moves every node to what they name now: only the
 /// containers whose digest changed are recreated.
+#[utoipa::path(post, path = "/v1/deployments/{id}/force-update", tag = "deployments", summary = "Take what the version's tags name now (operator)", params(("id" = String, Path, description = "The id")), responses((status = 202, body = DeploymentAnswer), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn force_update(
     State(state): State<AppState>,
     caller: Caller,
@@ -829,6 +897,7 @@ pub(crate) async fn force_update(
     deployment_command(&state, &caller, id, DeploymentCommand::ForceUpdate { digests }).await
 }
 
+#[utoipa::path(delete, path = "/v1/deployments/{id}", tag = "deployments", summary = "Uninstall: remove its containers from every node (operator)", params(("id" = String, Path, description = "The id")), responses((status = 202, body = DeploymentAnswer), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn uninstall(
     State(state): State<AppState>,
     caller: Caller,
@@ -838,7 +907,7 @@ pub(crate) async fn uninstall(
 }
 
 /// The answer to a deployment command: the deployment, once the read model shows the command.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeploymentAnswer {
     pub id: String,
     /// The stream sequence of the command's last event.
@@ -847,6 +916,7 @@ pub struct DeploymentAnswer {
     pub deployment: Option<DeploymentView>,
 }
 
+#[utoipa::path(get, path = "/v1/deployments/{id}", tag = "deployments", summary = "A deployment: each node's and container's status", params(("id" = String, Path, description = "The id")), responses((status = 200, body = DeploymentView), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn get_deployment(
     State(state): State<AppState>,
     caller: Caller,
@@ -866,6 +936,7 @@ pub use events::projection::history::HistoryEntry;
 /// Every status the deployment went through, on every node, in order: the log's own account,
 /// not the read model's latest. A page at a time: `cursor` is the stream sequence of the last
 /// entry seen.
+#[utoipa::path(get, path = "/v1/deployments/{id}/history", tag = "deployments", summary = "Every status it went through, from the log", params(("id" = String, Path, description = "The id"), ("limit" = Option<usize>, Query, description = "1 to 500; 50 by default"), ("cursor" = Option<String>, Query, description = "The next_cursor of the page before")), responses((status = 200, body = Page<HistoryEntry>), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn deployment_history(
     State(state): State<AppState>,
     caller: Caller,
@@ -930,13 +1001,15 @@ fn page_params<'q>(
     Ok((limit, query.get("cursor").map(String::as_str)))
 }
 
+#[utoipa::path(get, path = "/v1/deployments", tag = "deployments", summary = "Deployments in launch order, a page at a time, filtered", params(("limit" = Option<usize>, Query, description = "1 to 500; 50 by default"), ("cursor" = Option<String>, Query, description = "The next_cursor of the page before"), ("staged" = Option<bool>, Query,), ("status" = Option<events::Status>, Query,), ("application" = Option<String>, Query,), ("version" = Option<String>, Query,), ("node" = Option<String>, Query,), ("include_removed" = Option<bool>, Query,)), responses((status = 200, body = Page<DeploymentView>), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn list_deployments(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Page<DeploymentView>>, ApiError> {
     let meta = caller.meta(READERS)?;
-    let (limit, cursor) = page_params(&query, &["staged", "status"])?;
+    let filters = ["staged", "status", "application", "version", "node", "include_removed"];
+    let (limit, cursor) = page_params(&query, &filters)?;
     let bad = |field: &str, why: String| ApiError::new(StatusCode::BAD_REQUEST, Some(field), why);
     let staged = match query.get("staged").map(String::as_str) {
         None => None,
@@ -953,7 +1026,22 @@ pub(crate) async fn list_deployments(
                 .ok_or_else(|| bad("status", format!("status `{text}` is not one of the statuses")))?,
         ),
     };
-    let wanted = |d: &DeploymentView| staged.is_none_or(|s| d.staged == s) && status.is_none_or(|s| d.status == s);
+    let include_removed = match query.get("include_removed").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(bad("include_removed", format!("include_removed `{other}`: expected true or false")))
+        }
+    };
+    let (application, version, node) = (query.get("application"), query.get("version"), query.get("node"));
+    let wanted = |d: &DeploymentView| {
+        staged.is_none_or(|s| d.staged == s)
+            && status.is_none_or(|s| d.status == s)
+            && application.is_none_or(|a| &d.application == a)
+            && version.is_none_or(|v| &d.version == v)
+            && node.is_none_or(|n| state.deployments.targets(&meta.tenant, &d.id, n).unwrap_or(false))
+            && (include_removed || d.status != events::Status::Removed)
+    };
     let mut page = state.deployments.list(&meta.tenant, cursor, limit, wanted)?;
     for view in &mut page.items {
         state.nodes.mark_unreachable(view)?;
@@ -962,6 +1050,7 @@ pub(crate) async fn list_deployments(
 }
 
 /// Deployments running an older version than the newest published one of their application.
+#[utoipa::path(get, path = "/v1/notifications", tag = "deployments", summary = "Deployments running an older version than the newest published", params(("limit" = Option<usize>, Query, description = "1 to 500; 50 by default"), ("cursor" = Option<String>, Query, description = "The next_cursor of the page before")), responses((status = 200, body = Page<events::projection::notifications::Notification>), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn list_notifications(
     State(state): State<AppState>,
     caller: Caller,
@@ -975,7 +1064,7 @@ pub(crate) async fn list_notifications(
 // ---------------------------------------------------------------------------------------------
 // Nodes
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NodeBody {
     pub id: String,
     pub labels: events::node::Labels,
@@ -993,6 +1082,7 @@ pub struct NodeBody {
     pub last_refused: Option<events::node::Refused>,
 }
 
+#[utoipa::path(get, path = "/v1/nodes/{id}", tag = "nodes", summary = "A node: labels, state, last heard", params(("id" = String, Path, description = "The id")), responses((status = 200, body = NodeBody), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 async fn get_node(
     State(state): State<AppState>,
     caller: Caller,
@@ -1018,6 +1108,7 @@ async fn get_node(
 
 /// Counts (running, failed, pending, stopped, total) per deployment, per node and per
 /// application and version, over the tenant's deployments.
+#[utoipa::path(get, path = "/v1/summary", tag = "deployments", summary = "Counts per deployment, node, application and version", responses((status = 200, body = events::projection::summary::Summary), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn summary(
     State(state): State<AppState>,
     caller: Caller,
@@ -1029,6 +1120,7 @@ pub(crate) async fn summary(
 
 /// The engine's figures in Prometheus text format; the nodes and deployments counted are the
 /// caller's tenant's.
+#[utoipa::path(get, path = "/metrics", tag = "engine", summary = "The engine's figures in Prometheus text format", responses((status = 200, content_type = "text/plain", body = String), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let meta = caller.meta(READERS)?;
     let store = state.commands.store();
@@ -1059,7 +1151,7 @@ async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Respon
 /// How long the engine waits for a node to answer a logs request.
 const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LogsPage {
     pub node: String,
     pub containers: Vec<events::logs::ContainerLogs>,
@@ -1068,6 +1160,7 @@ pub struct LogsPage {
 }
 
 /// A page (200 lines) of a deployment's container logs on one node, fetched from the node.
+#[utoipa::path(get, path = "/v1/deployments/{id}/logs", tag = "deployments", summary = "200 lines of its containers' logs on one node", params(("id" = String, Path, description = "The id"), ("node" = Option<String>, Query,), ("cursor" = Option<String>, Query,)), responses((status = 200, body = LogsPage), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn deployment_logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -1118,6 +1211,7 @@ pub(crate) async fn deployment_logs(
 }
 
 /// The node's latest heartbeat: its containers' state, restarts, CPU and memory.
+#[utoipa::path(get, path = "/v1/nodes/{id}/telemetry", tag = "nodes", summary = "Its latest heartbeat", params(("id" = String, Path, description = "The id")), responses((status = 200, body = events::telemetry::Heartbeat), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 async fn node_telemetry(
     State(state): State<AppState>,
     caller: Caller,
@@ -1137,6 +1231,7 @@ async fn node_telemetry(
 /// The tenant's nodes, a page at a time by id: labels and state. `selector` (`key=value`
 /// pairs separated by commas) keeps the nodes a launch with that selector would reach now;
 /// `state` those in one state.
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", summary = "The nodes by id: labels and state; a selector previews its nodes", params(("limit" = Option<usize>, Query, description = "1 to 500; 50 by default"), ("cursor" = Option<String>, Query, description = "The next_cursor of the page before"), ("selector" = Option<String>, Query, description = "key=value pairs separated by commas"), ("state" = Option<String>, Query,)), responses((status = 200, body = Page<events::projection::nodes::NodeRecord>), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn list_nodes(
     State(state): State<AppState>,
     caller: Caller,
@@ -1199,6 +1294,7 @@ impl Rejection for TenantRejection {
 
 /// Deletes a tenant: its deployments are removed from every node, its read models forgotten,
 /// and no further command is taken for it.
+#[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", summary = "Delete a tenant (admin)", params(("id" = String, Path, description = "The id")), responses((status = 202, body = Object), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 async fn delete_tenant(
     State(state): State<AppState>,
     caller: Caller,
@@ -1213,6 +1309,7 @@ async fn delete_tenant(
 
 /// A tenant's workload policy: the host directories its versions may bind-mount and the
 /// registries their images may come from.
+#[utoipa::path(get, path = "/v1/tenants/{id}/policy", tag = "tenants", summary = "The tenant's workload policy", params(("id" = String, Path, description = "The id")), responses((status = 200, body = events::policy::Policy), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 async fn get_policy(
     State(state): State<AppState>,
     caller: Caller,
@@ -1225,6 +1322,7 @@ async fn get_policy(
 }
 
 /// Sets a tenant's workload policy, whole; versions added from then on are checked against it.
+#[utoipa::path(put, path = "/v1/tenants/{id}/policy", tag = "tenants", summary = "Set the tenant's workload policy, whole (admin)", request_body = events::policy::Policy, params(("id" = String, Path, description = "The id")), responses((status = 200, body = events::policy::Policy), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 async fn set_policy(
     State(state): State<AppState>,
     caller: Caller,
@@ -1245,9 +1343,10 @@ async fn set_policy(
 // ---------------------------------------------------------------------------------------------
 // Credentials
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EnrollBody {
+#[schema(example = json!({"labels": {"site": "lab"}, "public_key": "UCD5X6CUZYZUQNNWLCQDWBT6H3J3HPXMTZ3PJCVFNNJV74P5NM2WBKZJ"}))]
+pub struct EnrollBody {
     #[serde(default)]
     labels: Labels,
     /// The node's own public key (`edge-node keygen`): its seed never leaves the node.
@@ -1256,6 +1355,7 @@ struct EnrollBody {
 }
 
 /// Enrolls a node of the caller's tenant, or gives it a new key: answers its credentials.
+#[utoipa::path(post, path = "/v1/nodes/{id}/enroll", tag = "nodes", summary = "Enroll a node: its credentials (admin)", request_body = EnrollBody, params(("id" = String, Path, description = "The id")), responses((status = 201, body = Object, description = "The credentials: `creds` and the key"), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 async fn enroll_node(
     State(state): State<AppState>,
     caller: Caller,
@@ -1268,6 +1368,7 @@ async fn enroll_node(
     Ok((StatusCode::CREATED, Json(enrollment)))
 }
 
+#[utoipa::path(post, path = "/v1/nodes/{id}/revoke", tag = "nodes", summary = "Revoke a node's credential (admin)", params(("id" = String, Path, description = "The id")), responses((status = 200, body = Object), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 async fn revoke_node(
     State(state): State<AppState>,
     caller: Caller,
@@ -1279,9 +1380,10 @@ async fn revoke_node(
     Ok(Json(serde_json::json!({ "node": id, "revoked": key })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReaderBody {
+#[schema(example = json!({"name": "feed"}))]
+pub struct ReaderBody {
     /// Names the credential (and a subscriber's consumer); made up when absent.
     #[serde(default)]
     name: Option<String>,
@@ -1294,6 +1396,7 @@ fn reader_name(body: &ReaderBody) -> Result<String, ApiError> {
 }
 
 /// A credential that reads the caller's tenant's events through its own consumer.
+#[utoipa::path(post, path = "/v1/credentials/subscriber", tag = "credentials", summary = "A read-only credential for the tenant's events", request_body = ReaderBody, responses((status = 201, body = Object), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 async fn subscriber_credential(
     State(state): State<AppState>,
     caller: Caller,
@@ -1306,6 +1409,7 @@ async fn subscriber_credential(
 }
 
 /// A credential that reads every tenant's events and writes nothing.
+#[utoipa::path(post, path = "/v1/credentials/auditor", tag = "credentials", summary = "A read-only credential for every tenant's events", request_body = ReaderBody, responses((status = 201, body = Object), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 async fn auditor_credential(
     State(state): State<AppState>,
     caller: Caller,

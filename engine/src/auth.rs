@@ -250,7 +250,8 @@ impl Caller {
 }
 
 /// Who a token stands for, the tenant its calls act on and what it may do there.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"token": "0192f6a1000070008000000000000042", "subject": "otto", "tenant": "acme", "every_tenant": false, "roles": ["operator"]}))]
 pub struct Me {
     /// The token's id.
     pub token: String,
@@ -263,6 +264,7 @@ pub struct Me {
 }
 
 /// `GET /v1/me`: what the caller's token is.
+#[utoipa::path(get, path = "/v1/me", tag = "tokens", summary = "What the caller's token is", responses((status = 200, body = Me), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub async fn me(caller: Caller) -> Result<Json<Me>, ApiError> {
     let tenant = caller.tenant()?.to_owned();
     let Principal { id, grant } = caller.principal;
@@ -290,8 +292,9 @@ fn new_secret() -> (String, String) {
     (id, secret)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"subject": "otto", "tenant": "acme", "roles": ["operator", "auditor"]}))]
 pub struct CreateToken {
     /// Who the token stands for: the actor of everything it does.
     pub subject: String,
@@ -302,7 +305,8 @@ pub struct CreateToken {
 }
 
 /// A token as its maker receives it: the only time its secret is shown (never by `Debug`).
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0192f6a1000070008000000000000042", "token": "0192f6a1000070008000000000000042.c2VjcmV0", "subject": "otto", "tenant": "acme", "roles": ["operator"]}))]
 pub struct IssuedToken {
     pub id: String,
     /// `Authorization: Bearer <token>`.
@@ -353,6 +357,7 @@ pub async fn issue(
 
 /// `POST /v1/tokens`: an admin makes a token for its own tenant (or, holding a token of every
 /// tenant, for any tenant or for all).
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", summary = "Make a token; its secret is shown once (admin)", request_body = CreateToken, responses((status = 201, body = IssuedToken), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -381,6 +386,7 @@ pub async fn create_token(
 }
 
 /// `POST /v1/tokens/{id}/revoke`: an admin of the token's tenant (or of every tenant) revokes it.
+#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens", summary = "Revoke a token (admin)", params(("id" = String, Path, description = "The id")), responses((status = 200, body = Object), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub async fn revoke_token(
     State(state): State<AppState>,
     caller: Caller,

@@ -39,8 +39,55 @@ pub struct Cli {
     /// Log lines as JSON objects, one a line (with each span's fields), for a log collector.
     #[arg(long, global = true, env = "LOG_JSON")]
     log_json: bool,
+    /// How a read verb prints what it read: a table for people, or the API's JSON.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// `--watch`, and how long it follows.
+#[derive(Debug, clap::Args)]
+struct WatchArgs {
+    /// Follow the status until every node is running or failed.
+    #[arg(long)]
+    watch: bool,
+    /// How long `--watch` follows it.
+    #[arg(long, default_value = "120s", value_parser = humantime_secs)]
+    timeout: Duration,
+}
+
+/// What to launch, and where.
+#[derive(Debug, clap::Args)]
+struct LaunchArgs {
+    #[arg(long = "app")]
+    application: String,
+    #[arg(long)]
+    version: String,
+    /// A target node; repeat for several.
+    #[arg(long = "node", required_unless_present = "selector", conflicts_with = "selector")]
+    nodes: Vec<String>,
+    /// Every node with these labels (`key=value,key=value`), as nodes come and go; preview
+    /// which with `engine nodes --selector`.
+    #[arg(long)]
+    selector: Option<String>,
+    /// A profile of the version: a named set of parameter values.
+    #[arg(long)]
+    profile: Option<String>,
+    /// A parameter value over the defaults and the profile (`NAME=value`); repeat for several.
+    #[arg(long = "set", value_parser = key_value)]
+    overrides: Vec<(String, String)>,
+    /// A value the containers get that is never stored or shown in clear, sealed at once:
+    /// `NAME` takes it from this command's environment variable NAME (kept out of the
+    /// process list and the shell's history), `NAME=value` as given; repeat for several.
+    #[arg(long = "secret", value_parser = secret_value)]
+    secrets: Vec<(String, String)>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,55 +153,43 @@ enum Command {
     App(AppCommand),
     /// Launch a published version onto nodes.
     Launch {
-        #[arg(long = "app")]
-        application: String,
-        #[arg(long)]
-        version: String,
-        /// A target node; repeat for several.
-        #[arg(long = "node", required_unless_present = "selector", conflicts_with = "selector")]
-        nodes: Vec<String>,
-        /// Every node with these labels (`key=value,key=value`), as nodes come and go.
-        #[arg(long)]
-        selector: Option<String>,
+        #[command(flatten)]
+        what: LaunchArgs,
         #[command(flatten)]
         mode: ModeArgs,
         #[command(flatten)]
         rollout: RolloutArgs,
-        /// A profile of the version: a named set of parameter values.
-        #[arg(long)]
-        profile: Option<String>,
-        /// A parameter value over the defaults and the profile (`NAME=value`); repeat for several.
-        #[arg(long = "set", value_parser = key_value)]
-        overrides: Vec<(String, String)>,
-        /// A value the containers get that is never stored or shown in clear, sealed at once:
-        /// `NAME` takes it from this command's environment variable NAME (kept out of the
-        /// process list and the shell's history), `NAME=value` as given; repeat for several.
-        #[arg(long = "secret", value_parser = secret_value)]
-        secrets: Vec<(String, String)>,
-        /// Follow the status until every node is running or failed.
-        #[arg(long)]
-        watch: bool,
-        /// How long `--watch` follows it.
-        #[arg(long, default_value = "120s", value_parser = humantime_secs)]
-        timeout: Duration,
+        #[command(flatten)]
+        watch: WatchArgs,
+    },
+    /// Stage a published version on nodes: each downloads it and waits for `engine apply`
+    /// (what `launch --staged --instantly-apply false` does).
+    Stage {
+        #[command(flatten)]
+        what: LaunchArgs,
+        #[command(flatten)]
+        rollout: RolloutArgs,
+        #[command(flatten)]
+        watch: WatchArgs,
     },
     /// Stop a deployment's containers on every node; they and their images stay.
     Stop {
+        /// The deployment, or a prefix of its id only it has.
         id: String,
-        #[arg(long)]
-        watch: bool,
+        #[command(flatten)]
+        watch: WatchArgs,
     },
     /// Start a stopped deployment again.
     Start {
         id: String,
-        #[arg(long)]
-        watch: bool,
+        #[command(flatten)]
+        watch: WatchArgs,
     },
     /// Remove a deployment's containers from every node, and the images nothing else uses.
     Uninstall {
         id: String,
-        #[arg(long)]
-        watch: bool,
+        #[command(flatten)]
+        watch: WatchArgs,
     },
     /// Move a deployment to another published version: download first, switch after.
     Update {
@@ -169,22 +204,22 @@ enum Command {
         /// many seconds on a node.
         #[arg(long)]
         rollback_within: Option<u32>,
-        #[arg(long)]
-        watch: bool,
+        #[command(flatten)]
+        watch: WatchArgs,
     },
     /// Take what the version's tags name now (asked of the registry again); recreate only the
     /// containers whose digest changed.
     ForceUpdate {
         id: String,
-        #[arg(long)]
-        watch: bool,
+        #[command(flatten)]
+        watch: WatchArgs,
     },
     /// Start staged deployments, one or several at once.
     Apply {
         #[arg(required = true)]
         ids: Vec<String>,
-        #[arg(long)]
-        watch: bool,
+        #[command(flatten)]
+        watch: WatchArgs,
     },
     /// Counts (running, failed, pending, stopped, total) per deployment, node, application and version.
     Summary,
@@ -195,7 +230,7 @@ enum Command {
         #[arg(long)]
         cursor: Option<String>,
     },
-    /// List deployments, a page at a time.
+    /// List deployments, a page at a time; the removed only with `--all`.
     List {
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -205,9 +240,48 @@ enum Command {
         #[arg(long)]
         staged: Option<bool>,
         /// Only deployments in this status.
-        #[arg(long)]
+        #[arg(long, value_parser = status_name)]
         status: Option<String>,
+        /// Only deployments of this application.
+        #[arg(long = "app")]
+        application: Option<String>,
+        /// Only deployments of this version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Only deployments on this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// The removed deployments too.
+        #[arg(long)]
+        all: bool,
     },
+    /// The tenant's nodes, a page at a time: labels and state.
+    Nodes {
+        /// Only the nodes a launch with this selector (`key=value,key=value`) reaches now.
+        #[arg(long)]
+        selector: Option<String>,
+        /// Only the nodes in this state.
+        #[arg(long, value_parser = ["enrolled", "online", "offline", "unreachable", "revoked"])]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// The catalog: applications and their versions, a page at a time.
+    Apps {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Every status a deployment went through, on every node, from the log.
+    History { id: String },
+    /// Tenants: delete one (an admin's token is needed).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Print a shell's completion script: `engine completions bash > /etc/bash_completion.d/engine`.
+    Completions { shell: clap_complete::Shell },
     /// A page of a deployment's container logs (200 lines); `--all` follows the cursor to the end.
     Logs {
         id: String,
@@ -277,6 +351,18 @@ enum TrustCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Delete a tenant: its deployments are removed from every node and its read models
+    /// forgotten; no further command is taken for it.
+    Delete {
+        id: String,
+        /// Yes, delete it: nothing is done without.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Make a token; its secret is shown once. The tenant is `--tenant`, or every tenant with
     /// `--all-tenants`.
@@ -313,6 +399,8 @@ enum NodeCommand {
     },
     /// Revoke a node's credential: it is cut off and may not connect again.
     Revoke { node: String },
+    /// One node: labels, state, when it was last heard.
+    Get { node: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -405,7 +493,9 @@ impl Cli {
 
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let http = match (&self.ca, self.api.starts_with("https:")) {
-            (None, true) if !matches!(self.command, Command::Serve { .. } | Command::Trust(_)) => {
+            (None, true)
+                if !matches!(self.command, Command::Serve { .. } | Command::Trust(_) | Command::Completions { .. }) =>
+            {
                 anyhow::bail!(
                     "the API at {} speaks HTTPS: give its certificate authority with --ca or ENGINE_CA",
                     self.api
@@ -498,56 +588,24 @@ impl Cli {
                 print_json(&client.post(&format!("/v1/applications/{id}/versions"), body).await?)
             }
             Command::App(AppCommand::Publish { id, version }) => {
-                print_json(&client.post(&format!("/v1/applications/{id}/versions/{version}/publish"), json!({})).await?)
+                match client.post(&format!("/v1/applications/{id}/versions/{version}/publish"), json!({})).await {
+                    Err(e) if already(&e) => println!("{id} {version}: {}; nothing to do", failure_message(&e)),
+                    answer => print_json(&answer?),
+                }
             }
             Command::App(AppCommand::Show { id }) => print_json(&client.get(&format!("/v1/applications/{id}")).await?),
-            Command::Launch {
-                application,
-                version,
-                nodes,
-                selector,
-                mode,
-                rollout,
-                profile,
-                overrides,
-                secrets,
-                watch,
-                timeout,
-            } => {
-                let (overrides, secrets) = (string_map(overrides), string_map(secrets));
-                let mut body = json!({
-                    "application": application,
-                    "version": version,
-                    "staged": mode.staged,
-                    "instantly_apply": mode.instantly_apply,
-                    "profile": profile,
-                    "overrides": overrides,
-                    "rollout": rollout.json(),
-                    "secrets": secrets,
-                });
-                match selector {
-                    Some(selector) => {
-                        let mut labels = serde_json::Map::new();
-                        for pair in selector.split(',').filter(|p| !p.is_empty()) {
-                            let (k, v) = pair.split_once('=').with_context(|| format!("`{pair}` is not key=value"))?;
-                            labels.insert(k.to_owned(), Value::String(v.to_owned()));
-                        }
-                        body["selector"] = Value::Object(labels);
-                    }
-                    None => body["nodes"] = json!(nodes),
-                }
-                let launched = client.post("/v1/deployments", body).await?;
-                let id = launched["id"].as_str().context("the launch answer has no id")?.to_owned();
-                println!("launched deployment {id}");
-                if *watch {
-                    return client.watch(&id, *timeout, 0).await;
-                }
+            Command::Launch { what, mode, rollout, watch } => {
+                return client.launch(what, mode.staged, mode.instantly_apply, rollout, watch, "launched").await;
             }
-            Command::Stop { id, watch } => return client.request_change(id, "stop", *watch).await,
-            Command::Start { id, watch } => return client.request_change(id, "start", *watch).await,
-            Command::Uninstall { id, watch } => return client.request_change(id, "uninstall", *watch).await,
-            Command::ForceUpdate { id, watch } => return client.request_change(id, "force-update", *watch).await,
+            Command::Stage { what, rollout, watch } => {
+                return client.launch(what, true, false, rollout, watch, "staged").await;
+            }
+            Command::Stop { id, watch } => return client.request_change(id, "stop", watch).await,
+            Command::Start { id, watch } => return client.request_change(id, "start", watch).await,
+            Command::Uninstall { id, watch } => return client.request_change(id, "uninstall", watch).await,
+            Command::ForceUpdate { id, watch } => return client.request_change(id, "force-update", watch).await,
             Command::Update { id, version, mode, rollout, rollback_within, watch } => {
+                let id = client.deployment_id(id).await?;
                 let body = json!({
                     "version": version,
                     "staged": mode.staged,
@@ -555,11 +613,17 @@ impl Cli {
                     "rollout": rollout.json(),
                     "rollback_within": rollback_within,
                 });
-                let answer = client.post(&format!("/v1/deployments/{id}/update"), body).await?;
+                let answer = match client.post(&format!("/v1/deployments/{id}/update"), body).await {
+                    Err(e) if already(&e) => {
+                        println!("deployment {id}: {}; nothing to do", failure_message(&e));
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    answer => answer?,
+                };
                 let status = answer["deployment"]["status"].as_str().unwrap_or("unknown");
                 println!("update of deployment {id} to {version} requested: {status}");
-                if *watch {
-                    return client.watch(id, Duration::from_secs(120), since(&answer)).await;
+                if watch.watch {
+                    return client.watch(&id, watch.timeout, since(&answer)).await;
                 }
             }
             Command::Summary => {
@@ -608,11 +672,14 @@ impl Cli {
                         nodes.join(",")
                     );
                 }
-                if let Some(next) = page["next_cursor"].as_str() {
-                    println!("next page: --cursor {next}");
-                }
+                next_page(&page);
             }
             Command::Apply { ids, watch } => {
+                let mut resolved = Vec::with_capacity(ids.len());
+                for id in ids {
+                    resolved.push(client.deployment_id(id).await?);
+                }
+                let ids = &resolved;
                 let answer = client.post("/v1/deployments/apply", json!({ "deployments": ids })).await?;
                 let mut failed = false;
                 for result in answer["results"].as_array().into_iter().flatten() {
@@ -625,24 +692,35 @@ impl Cli {
                         }
                     }
                 }
-                if *watch {
+                if watch.watch {
                     for id in ids {
-                        if client.watch(id, Duration::from_secs(120), 0).await? != ExitCode::SUCCESS {
+                        if client.watch(id, watch.timeout, 0).await? != ExitCode::SUCCESS {
                             failed = true;
                         }
                     }
                 }
                 return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
             }
-            Command::List { limit, cursor, staged, status } => {
+            Command::List { limit, cursor, staged, status, application, version, node, all } => {
                 let mut path = paged("/v1/deployments", *limit, cursor.as_deref());
-                if let Some(staged) = staged {
-                    path.push_str(&format!("&staged={staged}"));
-                }
-                if let Some(status) = status {
-                    path.push_str(&format!("&status={status}"));
+                let filters = [
+                    ("staged", staged.map(|s| s.to_string())),
+                    ("status", status.clone()),
+                    ("application", application.clone()),
+                    ("version", version.clone()),
+                    ("node", node.clone()),
+                    ("include_removed", (!all).then(|| "false".to_owned())),
+                ];
+                for (name, value) in filters {
+                    if let Some(value) = value {
+                        path.push_str(&format!("&{name}={value}"));
+                    }
                 }
                 let page = client.get(&path).await?;
+                if self.output == Output::Json {
+                    print_json(&page);
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let items: Vec<DeploymentView> = serde_json::from_value(page["items"].clone())?;
                 println!("{:<36}  {:<16}  {:<10}  {:<14}  NODES", "ID", "APPLICATION", "VERSION", "STATUS");
                 for d in items {
@@ -655,9 +733,7 @@ impl Cli {
                         d.nodes.keys().cloned().collect::<Vec<_>>().join(",")
                     );
                 }
-                if let Some(next) = page["next_cursor"].as_str() {
-                    println!("next page: --cursor {next}");
-                }
+                next_page(&page);
             }
             Command::Logs { id, node, cursor, all } => {
                 let mut cursor = cursor.clone();
@@ -688,8 +764,89 @@ impl Cli {
                     break;
                 }
             }
-            Command::Get { id } => print_json(&client.get(&format!("/v1/deployments/{id}")).await?),
-            Command::Watch { id, timeout } => return client.watch(id, *timeout, 0).await,
+            Command::Get { id } => {
+                let id = client.deployment_id(id).await?;
+                print_json(&client.get(&format!("/v1/deployments/{id}")).await?)
+            }
+            Command::Watch { id, timeout } => {
+                let id = client.deployment_id(id).await?;
+                return client.watch(&id, *timeout, 0).await;
+            }
+            Command::Nodes { selector, state, limit, cursor } => {
+                let mut path = paged("/v1/nodes", *limit, cursor.as_deref());
+                for (name, value) in [("selector", selector), ("state", state)] {
+                    if let Some(value) = value {
+                        path.push_str(&format!("&{name}={}", encode(value)));
+                    }
+                }
+                let page = client.get(&path).await?;
+                if self.output == Output::Json {
+                    print_json(&page);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                println!("{:<24}  {:<12}  LABELS", "NODE", "STATE");
+                for n in page["items"].as_array().into_iter().flatten() {
+                    let labels: Vec<String> = n["labels"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect();
+                    let state = n["state"].as_str().unwrap_or("enrolled");
+                    println!("{:<24}  {:<12}  {}", n["id"].as_str().unwrap_or_default(), state, labels.join(","));
+                }
+                next_page(&page);
+            }
+            Command::Apps { limit, cursor } => {
+                let page = client.get(&paged("/v1/applications", *limit, cursor.as_deref())).await?;
+                if self.output == Output::Json {
+                    print_json(&page);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                println!("{:<20}  {:<24}  VERSIONS", "APPLICATION", "NAME");
+                for a in page["items"].as_array().into_iter().flatten() {
+                    let versions: Vec<String> = a["versions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|v| {
+                            let state = if v["published_at"].is_string() { "" } else { " (draft)" };
+                            format!("{}{state}", v["version"].as_str().unwrap_or_default())
+                        })
+                        .collect();
+                    let (id, name) = (a["id"].as_str().unwrap_or_default(), a["name"].as_str().unwrap_or_default());
+                    println!("{id:<20}  {name:<24}  {}", versions.join(", "));
+                }
+                next_page(&page);
+            }
+            Command::History { id } => {
+                let id = client.deployment_id(id).await?;
+                let history = client.history_after(&id, 0).await?;
+                if self.output == Output::Json {
+                    print_json(&serde_json::to_value(&history)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                for entry in &history {
+                    println!("{}", history_line(entry));
+                }
+            }
+            Command::Tenant(TenantCommand::Delete { id, yes }) => {
+                if !yes {
+                    anyhow::bail!(
+                        "deleting tenant `{id}` removes its deployments from every node: say `--yes` to do it"
+                    );
+                }
+                let answer = client.send(client.request(reqwest::Method::DELETE, &format!("/v1/tenants/{id}"))).await?;
+                println!("tenant {id} deleted (stream sequence {})", answer["sequence"]);
+            }
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                use std::io::Write;
+                let mut script = Vec::new();
+                clap_complete::generate(*shell, &mut Cli::command(), "engine", &mut script);
+                std::io::stdout().write_all(&script)?;
+            }
+            Command::Node(NodeCommand::Get { node }) => print_json(&client.get(&format!("/v1/nodes/{node}")).await?),
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -709,6 +866,103 @@ fn paged(path: &str, limit: usize, cursor: Option<&str>) -> String {
 
 fn print_json(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+fn next_page(page: &Value) {
+    if let Some(next) = page["next_cursor"].as_str() {
+        println!("next page: --cursor {next}");
+    }
+}
+
+/// `text` as one query value.
+fn encode(text: &str) -> String {
+    engine::url_encode(text)
+}
+
+/// One step of a history: when (with the zone), where, the status, who, the version, and
+/// what went wrong or each container's status.
+fn history_line(entry: &HistoryEntry) -> String {
+    let detail = match &entry.error {
+        Some(error) => format!("  {}: {}", error.code, error.message),
+        None => String::new(),
+    };
+    let node = entry.node.as_deref().unwrap_or("-");
+    // A compose deployment's containers, by service: what follows the node's name.
+    let containers: Vec<String> = entry
+        .containers
+        .iter()
+        .map(|(name, c)| {
+            let service = name.split_once(&format!("-{node}-")).map_or(name.as_str(), |(_, s)| s);
+            format!("{service} {}", c.status)
+        })
+        .collect();
+    let containers = if containers.len() > 1 { format!("  [{}]", containers.join(", ")) } else { String::new() };
+    let status = match (&entry.status, &entry.note) {
+        (Some(status), _) => status.to_string(),
+        (None, Some(note)) => note.clone(),
+        (None, None) => "-".to_owned(),
+    };
+    let version = entry.version.as_deref().unwrap_or("");
+    format!(
+        "{}  {node:<12} {status:<15} {version:<10} {:<14}{detail}{containers}",
+        entry.time.format("%Y-%m-%d %H:%M:%S%.3f %Z"),
+        entry.actor
+    )
+}
+
+/// What the API answered when it refused a call.
+#[derive(Debug)]
+struct ApiFailure {
+    status: reqwest::StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{}: {} (field `{field}`)", self.status, self.message),
+            None => write!(f, "{}: {}", self.status, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+/// True when the API refused because what was asked holds already (a stop of a stopped
+/// deployment, a publish of a published version, an update to the version it runs).
+fn already(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ApiFailure>()
+        .is_some_and(|f| f.status == reqwest::StatusCode::CONFLICT && f.message.contains("already"))
+}
+
+fn failure_message(e: &anyhow::Error) -> String {
+    e.downcast_ref::<ApiFailure>().map_or_else(|| e.to_string(), |f| f.message.clone())
+}
+
+/// A status by its name, or the statuses there are and the nearest of them.
+fn status_name(text: &str) -> Result<String, String> {
+    let names: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+    if names.contains(&text) {
+        return Ok(text.to_owned());
+    }
+    let nearest = names
+        .iter()
+        .map(|n| (strsim::levenshtein(text, n), *n))
+        .min()
+        .filter(|(distance, _)| *distance <= 3)
+        .map(|(_, n)| format!(" (did you mean `{n}`?)"))
+        .unwrap_or_default();
+    Err(format!("`{text}` is not a status{nearest}; the statuses are {}", names.join(", ")))
+}
+
+/// Clears a progress bar when its work ends, however it ends.
+struct ClearOnDrop(indicatif::ProgressBar);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
 }
 
 struct Client<'a> {
@@ -733,8 +987,9 @@ impl Client<'_> {
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let message = body["error"].as_str().unwrap_or("no message");
-            anyhow::bail!("{status}: {message}");
+            let message = body["error"].as_str().unwrap_or("no message").to_owned();
+            let field = body["field"].as_str().map(str::to_owned);
+            return Err(ApiFailure { status, message, field }.into());
         }
         Ok(body)
     }
@@ -747,19 +1002,90 @@ impl Client<'_> {
         self.send(self.request(reqwest::Method::POST, path).json(&body)).await
     }
 
-    /// Asks for a stop, a start or an uninstall, and follows it if asked to.
-    async fn request_change(&self, id: &str, verb: &str, watch: bool) -> anyhow::Result<ExitCode> {
+    /// Asks for a stop, a start or an uninstall, and follows it if asked to. Asking for what
+    /// already holds (a stop of a stopped deployment) says so, and is no failure.
+    async fn request_change(&self, id: &str, verb: &str, watch: &WatchArgs) -> anyhow::Result<ExitCode> {
+        let id = self.deployment_id(id).await?;
         let path = format!("/v1/deployments/{id}");
         let answer = match verb {
-            "uninstall" => self.send(self.request(reqwest::Method::DELETE, &path)).await?,
-            _ => self.post(&format!("{path}/{verb}"), json!({})).await?,
+            "uninstall" => self.send(self.request(reqwest::Method::DELETE, &path)).await,
+            _ => self.post(&format!("{path}/{verb}"), json!({})).await,
+        };
+        let answer = match answer {
+            Err(e) if already(&e) => {
+                println!("deployment {id}: {}; nothing to do", failure_message(&e));
+                return Ok(ExitCode::SUCCESS);
+            }
+            answer => answer?,
         };
         let status = answer["deployment"]["status"].as_str().unwrap_or("unknown");
         println!("{verb} of deployment {id} requested: {status}");
-        if watch {
-            return self.watch(id, Duration::from_secs(120), since(&answer)).await;
+        if watch.watch {
+            return self.watch(&id, watch.timeout, since(&answer)).await;
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// Launches (or stages) `what`, and follows it if asked to.
+    async fn launch(
+        &self,
+        what: &LaunchArgs,
+        staged: bool,
+        instantly_apply: bool,
+        rollout: &RolloutArgs,
+        watch: &WatchArgs,
+        verb: &str,
+    ) -> anyhow::Result<ExitCode> {
+        let mut body = json!({
+            "application": what.application,
+            "version": what.version,
+            "staged": staged,
+            "instantly_apply": instantly_apply,
+            "profile": what.profile,
+            "overrides": string_map(&what.overrides),
+            "rollout": rollout.json(),
+            "secrets": string_map(&what.secrets),
+        });
+        match &what.selector {
+            Some(selector) => {
+                let labels = engine::api::parse_selector(selector).map_err(|e| anyhow::anyhow!("--selector: {e}"))?;
+                body["selector"] = json!(labels);
+            }
+            None => body["nodes"] = json!(what.nodes),
+        }
+        let launched = self.post("/v1/deployments", body).await?;
+        let id = launched["id"].as_str().context("the launch answer has no id")?.to_owned();
+        println!("{verb} deployment {id}");
+        if watch.watch {
+            return self.watch(&id, watch.timeout, 0).await;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// The deployment `id` names: itself, or the one deployment whose id starts with it.
+    async fn deployment_id(&self, id: &str) -> anyhow::Result<String> {
+        if uuid::Uuid::parse_str(id).is_ok() {
+            return Ok(id.to_owned());
+        }
+        if id.is_empty() {
+            anyhow::bail!("name a deployment");
+        }
+        let mut found = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.get(&paged("/v1/deployments", 500, cursor.as_deref())).await?;
+            let ids = page["items"].as_array().into_iter().flatten().filter_map(|d| d["id"].as_str());
+            found.extend(ids.filter(|d| d.starts_with(id)).map(str::to_owned));
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => anyhow::bail!("no deployment's id starts with `{id}`"),
+            _ => anyhow::bail!("`{id}` starts the ids of several deployments: {}", found.join(", ")),
+        }
     }
 
     /// Every entry of a deployment's history after stream sequence `after`, page by page.
@@ -781,39 +1107,25 @@ impl Client<'_> {
     async fn watch(&self, id: &str, timeout: Duration, since: u64) -> anyhow::Result<ExitCode> {
         let started = tokio::time::Instant::now();
         let mut shown = since;
+        // Nodes settled of all, on a terminal (none when the output is not one).
+        let progress = indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template("{spinner} nodes settled {pos}/{len} [{bar:30}] {msg} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let _clear = ClearOnDrop(progress.clone());
         loop {
             let history = self.history_after(id, shown).await?;
             for entry in &history {
-                let detail = match &entry.error {
-                    Some(error) => format!("  {}: {}", error.code, error.message),
-                    None => String::new(),
-                };
-                let node = entry.node.as_deref().unwrap_or("-");
-                // A compose deployment's containers, by service: what follows the node's name.
-                let containers: Vec<String> = entry
-                    .containers
-                    .iter()
-                    .map(|(name, c)| {
-                        let service = name.split_once(&format!("-{node}-")).map_or(name.as_str(), |(_, s)| s);
-                        format!("{service} {}", c.status)
-                    })
-                    .collect();
-                let containers =
-                    if containers.len() > 1 { format!("  [{}]", containers.join(", ")) } else { String::new() };
-                let status = match (&entry.status, &entry.note) {
-                    (Some(status), _) => status.to_string(),
-                    (None, Some(note)) => note.clone(),
-                    (None, None) => "-".to_owned(),
-                };
-                println!(
-                    "{}  {node:<12} {status:<15} {:<14}{detail}{containers}",
-                    entry.time.format("%H:%M:%S%.3f"),
-                    entry.actor
-                );
+                progress.suspend(|| println!("{}", history_line(entry)));
                 shown = entry.sequence;
             }
             let view: DeploymentView = serde_json::from_value(self.get(&format!("/v1/deployments/{id}")).await?)?;
             let settled = view.nodes.values().all(|n| n.status.is_settled());
+            let done = view.nodes.values().filter(|n| n.status.is_settled()).count();
+            let failed = view.nodes.values().filter(|n| n.status == Status::Failed).count();
+            progress.set_length(view.nodes.len() as u64);
+            progress.set_position(done as u64);
+            progress.set_message(format!("{} {}, {failed} failed", view.version, view.status));
             if settled && shown > 0 {
                 if view.status != Status::Failed {
                     println!("deployment {id} is {} on {} node(s)", view.status, view.nodes.len());

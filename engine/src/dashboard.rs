@@ -67,6 +67,7 @@ pub fn router(api: AppState, auth: Auth, secure: bool) -> Router {
         .route("/updates", get(updates))
         .route("/updates/{id}", post(update_now))
         .route("/summaries", get(summaries))
+        .route("/reference", get(reference))
         .route("/tenant", post(switch_tenant))
         .layer(axum::middleware::from_fn_with_state(auth, crate::auth::authenticate))
         .layer(axum::middleware::from_fn(session));
@@ -285,19 +286,12 @@ fn query(params: &[(&str, Option<&String>)]) -> Query<HashMap<String, String>> {
 /// The address of the next page: `path` with `params` and the cursor.
 fn next_page(path: &str, params: &[(&str, Option<&String>)], cursor: Option<String>) -> Option<String> {
     let cursor = cursor?;
-    let mut pairs: Vec<String> =
-        params.iter().filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| format!("{k}={}", encode(v)))).collect();
-    pairs.push(format!("cursor={}", encode(&cursor)));
+    let mut pairs: Vec<String> = params
+        .iter()
+        .filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| format!("{k}={}", crate::url_encode(v))))
+        .collect();
+    pairs.push(format!("cursor={}", crate::url_encode(&cursor)));
     Some(format!("{path}?{}", pairs.join("&")))
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 async fn fleet(
@@ -714,6 +708,11 @@ async fn update_now(
     let response = api::update(State(state.api.clone()), caller, Path(id.clone()), Body(update_to(form.version))).await;
     answered(response.into_response()).await?;
     Ok(Redirect::to(&format!("/deployments/{id}")).into_response())
+}
+
+async fn reference(caller: Caller) -> Result<Html<String>, Failure> {
+    let doc = serde_json::to_value(api::openapi()).map_err(anyhow::Error::from)?;
+    render(&caller, "API reference", "/reference", view::reference(&doc)).await
 }
 
 async fn summaries(State(state): State<Dashboard>, caller: Caller) -> Result<Html<String>, Failure> {

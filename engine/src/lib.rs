@@ -92,6 +92,16 @@ impl Default for EngineConfig {
     }
 }
 
+/// `text` as one value of a URL's query: every byte but the unreserved ones percent-encoded.
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A client of the API: over HTTPS it trusts the certificate authority in `ca` (PEM) alone, and
 /// no authority at all without one.
 pub fn api_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {

@@ -6,6 +6,10 @@ use clap::Parser;
 
 mod cli;
 
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let logs = tracing_subscriber::fmt()
@@ -21,6 +25,8 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     match runtime.block_on(cli.run()) {
         Ok(code) => code,
+        // Read by `head` or the like, which stopped reading: done.
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -88,7 +88,7 @@ fn page<T: serde::de::DeserializeOwned>(
 }
 
 /// One page of a listing, and the cursor of the next one.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
@@ -149,6 +149,12 @@ impl Deployments {
             views.extend(self.get(tenant, id)?);
         }
         Ok(views)
+    }
+
+    /// Whether deployment `id` of `tenant` has (or had) `node` among its nodes.
+    pub fn targets(&self, tenant: &str, id: &str, node: &str) -> anyhow::Result<bool> {
+        let key = format!("{}{node}", deployments::nodes_prefix(tenant, id));
+        Ok(self.tree.contains_key(key)?)
     }
 
     /// How many deployments of `tenant` are in each status, from their headers alone (no node

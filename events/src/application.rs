@@ -21,6 +21,7 @@ pub struct Application {
 /// A version's parameters (environment variables with their defaults) and named profiles
 /// (sets of values for some of them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Settings {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, String>,

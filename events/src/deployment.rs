@@ -127,6 +127,7 @@ pub struct Target {
 /// `batch` percent of the targets, with `percent`), and stops releasing nodes once more than
 /// `max_failures` of those it released have failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rollout {
     pub batch: u32,
     #[serde(default, skip_serializing_if = "is_false")]
@@ -169,6 +170,7 @@ impl Mode {
 /// What a deployment should be doing on its nodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Desired {
     #[default]
     Running,

@@ -34,6 +34,7 @@ pub struct LogsReply {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerLogs {
     pub container: String,
     pub lines: Vec<String>,

@@ -33,6 +33,7 @@ pub struct Node {
 
 /// A report the engine refused: where it is in the log, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Refused {
     pub sequence: u64,
     pub reason: String,
@@ -40,6 +41,7 @@ pub struct Refused {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NodeState {
     Online,
     Offline,

@@ -16,6 +16,7 @@ pub const LOCAL_REGISTRY: &str = "127.0.0.1:5000";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Policy {
     /// Host directories a bind mount may come from (the directory itself, or below it).
     #[serde(default)]

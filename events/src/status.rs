@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// between a request and the node's first answer to it; the others are the node's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Status {
     PendingDeploy,
     PendingStart,
@@ -135,6 +136,7 @@ impl std::fmt::Display for Status {
 
 /// Where one container of a deployment stands on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerStatus {
     pub status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +148,7 @@ pub type Containers = std::collections::BTreeMap<String, ContainerStatus>;
 
 /// Why something failed: a stable code for programs, a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Failure {
     pub code: String,
     pub message: String,

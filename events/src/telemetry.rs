@@ -20,6 +20,7 @@ pub const MISSED_BEATS: u32 = 3;
 pub const MIN_SILENCE_MS: u64 = 2000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Heartbeat {
     pub tenant: String,
     pub node: String,
@@ -30,6 +31,7 @@ pub struct Heartbeat {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerTelemetry {
     pub deployment: String,
     pub container: String,

@@ -25,6 +25,7 @@ pub const FIRST_ADMIN: &str = "admin";
 /// What a token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Role {
     /// Tenants, tokens, node enrollment and credentials on the bus; and everything else.
     Admin,

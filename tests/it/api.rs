@@ -439,3 +439,102 @@ async fn an_unknown_route_a_wrong_method_and_a_broken_body_answer_the_api_error_
     assert_eq!((me["tenant"].as_str(), me["every_tenant"].as_bool()), (Some("default"), Some(true)), "{me}");
     assert_eq!(me["roles"], json!(["admin"]), "{me}");
 }
+
+/// Deserializes `example` into the type whose schema is named `schema`.
+fn into_its_type(schema: &str, example: Value) -> Result<(), String> {
+    use engine::api::*;
+    fn read<T: serde::de::DeserializeOwned>(example: Value) -> Result<(), String> {
+        serde_json::from_value::<T>(example).map(drop).map_err(|e| e.to_string())
+    }
+    match schema {
+        "RegisterApplication" => read::<RegisterApplication>(example),
+        "AddVersion" => read::<AddVersion>(example),
+        "LaunchRequest" => read::<LaunchRequest>(example),
+        "UpdateRequest" => read::<UpdateRequest>(example),
+        "ApplyRequest" => read::<ApplyRequest>(example),
+        "EnrollBody" => read::<EnrollBody>(example),
+        "ReaderBody" => read::<ReaderBody>(example),
+        "CreateToken" => read::<engine::auth::CreateToken>(example),
+        "IssuedToken" => read::<engine::auth::IssuedToken>(example),
+        "Me" => read::<engine::auth::Me>(example),
+        other => Err(format!("schema `{other}` has an example no test reads: add it here")),
+    }
+}
+
+#[tokio::test]
+async fn every_route_is_in_the_openapi_document_and_every_example_reads_as_its_type() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let (status, doc) = engine.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    assert_eq!(doc, serde_json::to_value(engine::api::openapi()).unwrap(), "served as made");
+
+    // Each documented route is one the engine serves: never the answer to an unknown route or
+    // a wrong method. The requests name ids no command takes (`no.such`) and bodies no command
+    // reads (`null`): they change nothing.
+    let paths = doc["paths"].as_object().unwrap();
+    let mut routes = Vec::new();
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            routes.push(format!("{} {path}", method.to_uppercase()));
+            let url = engine.url(&path.replace("{id}", "no.such").replace("{version}", "no.such"));
+            let request = engine.http.request(method.to_uppercase().parse().unwrap(), url);
+            let response = request.header("content-type", "application/json").body("null").send().await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            assert!(
+                status != 405 && !body.contains("no such route"),
+                "{method} {path}: documented, but the engine answers {status} {body}"
+            );
+        }
+    }
+    // And every route the engine serves is documented.
+    for route in [
+        "GET /healthz",
+        "GET /metrics",
+        "GET /v1/me",
+        "POST /v1/applications",
+        "GET /v1/applications",
+        "GET /v1/applications/{id}",
+        "POST /v1/applications/{id}/versions",
+        "POST /v1/applications/{id}/versions/{version}/publish",
+        "POST /v1/deployments",
+        "GET /v1/deployments",
+        "GET /v1/deployments/{id}",
+        "DELETE /v1/deployments/{id}",
+        "POST /v1/deployments/{id}/stop",
+        "POST /v1/deployments/{id}/start",
+        "POST /v1/deployments/{id}/update",
+        "POST /v1/deployments/{id}/force-update",
+        "POST /v1/deployments/apply",
+        "GET /v1/notifications",
+        "GET /v1/summary",
+        "GET /v1/deployments/{id}/history",
+        "GET /v1/deployments/{id}/logs",
+        "DELETE /v1/tenants/{id}",
+        "GET /v1/tenants/{id}/policy",
+        "PUT /v1/tenants/{id}/policy",
+        "GET /v1/nodes",
+        "GET /v1/nodes/{id}",
+        "GET /v1/nodes/{id}/telemetry",
+        "POST /v1/nodes/{id}/enroll",
+        "POST /v1/nodes/{id}/revoke",
+        "POST /v1/credentials/subscriber",
+        "POST /v1/credentials/auditor",
+        "POST /v1/tokens",
+        "POST /v1/tokens/{id}/revoke",
+    ] {
+        assert!(routes.iter().any(|r| r == route), "{route} is not in the document: {routes:?}");
+    }
+
+    // Every example in the document reads as the type it documents.
+    let mut read = 0;
+    for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+        if let Some(example) = schema.get("example") {
+            into_its_type(name, example.clone()).unwrap_or_else(|e| panic!("the example of {name}: {e}"));
+            read += 1;
+        }
+    }
+    assert!(read >= 8, "the request bodies have examples: {read}");
+}

@@ -166,6 +166,12 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
     assert!(summary.contains(&node.name) && summary.contains("sample@1.1.0"), "{summary}");
     browser.screenshot(&shots, "summaries").await;
 
+    // The API's reference, rendered from its OpenAPI document, with the launch's example.
+    b.goto(&format!("{base}/reference")).await.unwrap();
+    let launch = browser.wait_for("section[data-route='POST /v1/deployments']", PAGE).await.text().await.unwrap();
+    assert!(launch.contains("LaunchRequest") && launch.contains("\"selector\""), "{launch}");
+    browser.screenshot(&shots, "reference").await;
+
     // A token of every tenant switches tenants: another tenant has no node.
     b.find(Locator::Css("header input[name=tenant]")).await.unwrap().clear().await.unwrap();
     b.find(Locator::Css("header input[name=tenant]")).await.unwrap().send_keys("other").await.unwrap();

@@ -3,6 +3,7 @@
 mod api;
 mod auth;
 mod chaos;
+mod cli;
 mod cluster;
 mod compose;
 mod dashboard;

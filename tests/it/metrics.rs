@@ -62,13 +62,19 @@ async fn a_nodes_figures_count_its_steps_pulls_outbox_and_reconnects_and_only_it
     use crate::harness::TestNode;
     // An image no other test runs, and none left on this Docker engine: the launch downloads it.
     const METERED: &str = "127.0.0.1:5000/sample/metered:1.0.0";
-    let docker = tests::docker().await;
-    let remove = bollard::query_parameters::RemoveImageOptions { force: true, ..Default::default() };
-    let _ = docker.remove_image(METERED, Some(remove), None).await;
-
     let mut nats = tests::NatsServer::start().await;
     let engine = TestEngine::start(&nats).await;
     engine.publish_sample(METERED).await;
+    // Gone from this Docker engine, by tag and by digest (which a node's pull leaves).
+    let (_, app) = engine.get("/v1/applications/sample").await;
+    let digest = app["versions"][0]["digests"][METERED].as_str().expect("the version's digest").to_owned();
+    let docker = tests::docker().await;
+    for reference in [METERED.to_owned(), format!("127.0.0.1:5000/sample/metered@{digest}")] {
+        if let Ok(image) = docker.inspect_image(&reference).await {
+            let remove = bollard::query_parameters::RemoveImageOptions { force: true, ..Default::default() };
+            let _ = docker.remove_image(&image.id.unwrap_or_default(), Some(remove), None).await;
+        }
+    }
     let data = tempfile::tempdir().unwrap();
     let name = format!("m{}", tests::free_port());
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", tests::free_port()).parse().unwrap();

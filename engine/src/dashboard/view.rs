@@ -13,12 +13,13 @@ use events::Status;
 use crate::auth::Me;
 
 /// The pages of the navigation bar: path and name.
-const PAGES: [(&str, &str); 5] = [
+const PAGES: [(&str, &str); 6] = [
     ("/fleet", "Fleet"),
     ("/deployments", "Deployments"),
     ("/catalog", "Catalog"),
     ("/updates", "Updates"),
     ("/summaries", "Summaries"),
+    ("/reference", "API"),
 ];
 
 /// A whole page: the navigation, who is signed in and on which tenant, then `body`.
@@ -611,5 +612,50 @@ pub fn summaries(summary: &Summary) -> Markup {
             strong { (o.pending) } " pending, " strong { (o.stopped) } " stopped, of " strong { (o.total) } "." }
         section.card { (counts_table("Per application and version", "Application@version", &summary.by_application_version)) }
         section.card { (counts_table("Per node", "Node", &summary.by_node)) }
+    }
+}
+
+/// The API's reference, rendered from its OpenAPI document: each route, what it takes and
+/// what it answers, with the documented examples.
+pub fn reference(doc: &serde_json::Value) -> Markup {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let at = |v: &serde_json::Value, pointer: &str| v.pointer(pointer).map(text).unwrap_or_default();
+    let schema_name = |v: &serde_json::Value| {
+        let reference = v.pointer("/content/application~1json/schema/$ref").and_then(|r| r.as_str());
+        reference.and_then(|r| r.rsplit('/').next()).unwrap_or_default().to_owned()
+    };
+    let example = |name: &str| {
+        let found = doc.pointer(&format!("/components/schemas/{name}/example"));
+        found.map(|e| serde_json::to_string_pretty(e).unwrap_or_default())
+    };
+    let paths = doc.get("paths").and_then(|p| p.as_object()).cloned().unwrap_or_default();
+    html! {
+        h1 { "API reference" }
+        p { (at(doc, "/info/description")) " The document itself: " code { "GET /openapi.json" } " on the API (OpenAPI "
+            (text(&doc["openapi"])) ")." }
+        @for (path, item) in &paths {
+            @for (method, op) in item.as_object().into_iter().flatten() {
+                section.card data-route={ (method.to_uppercase()) " " (path) } {
+                    h2 { code { (method.to_uppercase()) " " (path) } }
+                    p { (text(&op["summary"])) " " span.muted { "(" (at(op, "/tags/0")) ")" } }
+                    @if let Some(params) = op["parameters"].as_array() {
+                        dl.facts { @for p in params { dt { code { (text(&p["name"])) } } dd { (text(&p["in"]))
+                            @if p["required"].as_bool() == Some(true) { ", required" } " " (text(&p["description"])) } } }
+                    }
+                    @let body = schema_name(&op["requestBody"]);
+                    @if !body.is_empty() {
+                        p { "Body: " code { (body) } }
+                        @if let Some(e) = example(&body) { pre.logs { (e) } }
+                    }
+                    p { "Answers: "
+                        @for (status, answer) in op["responses"].as_object().into_iter().flatten() {
+                            code { (status) } " " (text(&answer["description"]))
+                            @let named = schema_name(answer);
+                            @if !named.is_empty() { " (" code { (named) } ")" } "; "
+                        }
+                    }
+                }
+            }
+        }
     }
 }

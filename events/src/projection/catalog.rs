@@ -17,6 +17,7 @@ pub fn key(tenant: &str, application: &str) -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CatalogEntry {
     pub id: String,
     pub name: String,
@@ -25,6 +26,7 @@ pub struct CatalogEntry {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CatalogVersion {
     pub version: String,
     /// The image of a single-container version; empty for a compose version.

@@ -38,6 +38,7 @@ pub fn pending_reason(status: Status) -> Option<&'static str> {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentView {
     pub id: String,
     pub tenant: String,
@@ -65,6 +66,7 @@ pub struct DeploymentView {
     pub env: BTreeMap<String, String>,
     /// A compose version's services, as its containers get them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub services: Vec<Service>,
     /// The names of the values its containers get that are never shown: each is `***`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -85,6 +87,7 @@ pub struct DeploymentView {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeView {
     /// A target now; false for a node that left a selector deployment (kept for its history).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
@@ -122,6 +125,7 @@ pub struct NodeView {
 
 /// A status held past its deadline (`deployment_node.overdue`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Overdue {
     pub status: Status,
     /// How long the engine had waited, in milliseconds, when it said so.

@@ -13,6 +13,7 @@ use crate::status::{Containers, Failure, Status};
 
 /// One step of a deployment's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryEntry {
     pub sequence: u64,
     pub time: DateTime<Utc>,
@@ -29,6 +30,9 @@ pub struct HistoryEntry {
     /// Each container's status, when the node reported them.
     #[serde(skip_serializing_if = "Containers::is_empty", default)]
     pub containers: Containers,
+    /// The version the step is about: launched, updated to, rolled back to, or reported.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub version: Option<String>,
 }
 
 /// The step the event at `sequence` is in its deployment's history; none for an event of
@@ -45,13 +49,15 @@ pub fn entry(sequence: u64, envelope: &Envelope, fact: Fact) -> Option<HistoryEn
         error: None,
         note: None,
         containers: Containers::new(),
+        version: None,
     };
     let event = match fact {
         Fact::DeploymentNode { node, event, .. } => {
             match event {
-                DeploymentNodeEvent::StateReported { status, error, containers, .. } => {
+                DeploymentNodeEvent::StateReported { status, error, containers, version, .. } => {
                     (entry.node, entry.status, entry.error, entry.containers) =
                         (Some(node), Some(status), error, containers);
+                    entry.version = Some(version).filter(|v| !v.is_empty());
                 }
                 DeploymentNodeEvent::Overdue { status, waited_ms, .. } => {
                     let waited = waited_ms / 1000;
@@ -65,11 +71,15 @@ pub fn entry(sequence: u64, envelope: &Envelope, fact: Fact) -> Option<HistoryEn
         _ => return None,
     };
     match event {
-        DeploymentEvent::Launched { .. } => entry.status = Some(S::PendingDeploy),
+        DeploymentEvent::Launched { version, .. } => {
+            (entry.status, entry.version) = (Some(S::PendingDeploy), Some(version))
+        }
         DeploymentEvent::StopRequested { .. } => entry.status = Some(S::PendingStop),
         DeploymentEvent::StartRequested { .. } => entry.status = Some(S::PendingStart),
         DeploymentEvent::UninstallRequested { .. } => entry.status = Some(S::PendingRemove),
-        DeploymentEvent::UpdateRequested { .. } => entry.status = Some(S::PendingDeploy),
+        DeploymentEvent::UpdateRequested { version, .. } => {
+            (entry.status, entry.version) = (Some(S::PendingDeploy), Some(version))
+        }
         DeploymentEvent::ApplyRequested { .. } => entry.status = Some(S::PendingApply),
         DeploymentEvent::ForceUpdateRequested { .. } => entry.status = Some(S::PendingDeploy),
         DeploymentEvent::TargetAdded { node, .. } => (entry.node, entry.status) = (Some(node), Some(S::PendingDeploy)),
@@ -95,6 +105,7 @@ pub fn entry(sequence: u64, envelope: &Envelope, fact: Fact) -> Option<HistoryEn
         DeploymentEvent::RolledBack { version, reason, .. } => {
             entry.status = Some(S::PendingDeploy);
             entry.note = Some(format!("rolled back to {version}: {reason}"));
+            entry.version = Some(version);
         }
     }
     Some(entry)

@@ -42,6 +42,7 @@ pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeRecord {
     pub id: String,
     pub tenant: String,

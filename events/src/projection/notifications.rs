@@ -128,6 +128,7 @@ pub struct Tracked {
 
 /// "Deployment D on these nodes runs `current_version`; `available_version` is published."
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Notification {
     pub deployment: String,
     pub application: String,

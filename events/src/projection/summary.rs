@@ -9,6 +9,7 @@ use crate::projection::deployments::DeploymentView;
 use crate::status::Status;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Counts {
     pub running: u64,
     pub failed: u64,
@@ -33,6 +34,7 @@ impl Counts {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Summary {
     pub by_deployment: BTreeMap<String, Counts>,
     pub by_node: BTreeMap<String, Counts>,

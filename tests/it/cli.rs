@@ -1,0 +1,118 @@
+//! The operator command line, the `engine` binary itself, against a real engine and a real
+//! edge node on Docker.
+
+use serde_json::Value;
+
+use crate::harness::{Lab, TestEngine, IMAGE_1_0_0};
+
+/// Runs `engine ARGS` against `engine` with the tests' admin token: exit code, stdout, stderr.
+async fn engine_cli(engine: &TestEngine, args: &[&str]) -> (i32, String, String) {
+    let output = tokio::process::Command::new(tests::binary("engine"))
+        .env("ENGINE_API", format!("https://{}", engine.engine.api_addr))
+        .env("ENGINE_CA", engine.trust().ca())
+        .env("ENGINE_TOKEN", tests::ADMIN_TOKEN)
+        .env_remove("ENGINE_TENANT")
+        .args(args)
+        .output()
+        .await
+        .expect("the engine binary runs");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
+async fn ok(engine: &TestEngine, args: &[&str]) -> String {
+    let (code, out, err) = engine_cli(engine, args).await;
+    assert_eq!(code, 0, "engine {args:?}\nstdout: {out}\nstderr: {err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_goes_through_a_deployments_life_with_the_cli() {
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let node = node.name.as_str();
+
+    // The catalog and the fleet, as tables and as JSON; a selector previewed.
+    let apps = ok(&engine, &["apps"]).await;
+    assert!(apps.lines().any(|l| l.starts_with("sample") && l.contains("1.0.0")), "{apps}");
+    let nodes: Value =
+        serde_json::from_str(&ok(&engine, &["-o", "json", "nodes", "--selector", "site=lab"]).await).unwrap();
+    assert_eq!(nodes["items"][0]["id"], node, "{nodes}");
+    let none: Value =
+        serde_json::from_str(&ok(&engine, &["-o", "json", "nodes", "--selector", "site=moon"]).await).unwrap();
+    assert_eq!(none["items"], serde_json::json!([]), "{none}");
+    let shown: Value = serde_json::from_str(&ok(&engine, &["node", "get", node]).await).unwrap();
+    assert_eq!(shown["id"], node);
+
+    // Launch and follow it: each line says when, with the zone, and the version.
+    let launched = ok(
+        &engine,
+        &["launch", "--app", "sample", "--version", "1.0.0", "--node", node, "--watch", "--timeout", "120s"],
+    )
+    .await;
+    let id = launched.lines().next().and_then(|l| l.strip_prefix("launched deployment ")).expect(&launched).to_owned();
+    assert!(
+        launched.lines().any(|l| l.contains(" UTC ") && l.contains("running") && l.contains("1.0.0")),
+        "{launched}"
+    );
+    assert!(launched.trim_end().ends_with(&format!("deployment {id} is running on 1 node(s)")), "{launched}");
+
+    // Found by its filters, and by a prefix of its id.
+    let listed = ok(&engine, &["list", "--app", "sample", "--node", node, "--version", "1.0.0"]).await;
+    assert!(listed.contains(&id), "{listed}");
+    assert!(!ok(&engine, &["list", "--app", "other"]).await.contains(&id));
+    let prefix = &id[..13];
+    let stopped = ok(&engine, &["stop", prefix, "--watch", "--timeout", "120s"]).await;
+    assert!(stopped.contains(&format!("deployment {id} is stopped")), "{stopped}");
+    // Asking again for what holds is no failure.
+    let again = ok(&engine, &["stop", prefix]).await;
+    assert!(again.contains("already") && again.contains("nothing to do"), "{again}");
+    let republished = ok(&engine, &["app", "publish", "sample", "1.0.0"]).await;
+    assert!(republished.contains("nothing to do"), "{republished}");
+
+    let history = ok(&engine, &["history", prefix]).await;
+    let statuses: Vec<&str> = history.lines().filter_map(|l| l.split_whitespace().nth(4)).collect();
+    assert!(statuses.contains(&"running") && statuses.last() == Some(&"stopped"), "{history}");
+    let history: Value = serde_json::from_str(&ok(&engine, &["-o", "json", "history", &id]).await).unwrap();
+    assert!(history.as_array().unwrap().len() >= 6, "{history}");
+
+    // Removed deployments show with --all alone.
+    ok(&engine, &["uninstall", &id, "--watch"]).await;
+    assert!(!ok(&engine, &["list"]).await.contains(&id));
+    assert!(ok(&engine, &["list", "--all"]).await.contains(&id));
+
+    // Staged: downloaded, then applied.
+    let staged = ok(&engine, &["stage", "--app", "sample", "--version", "1.0.0", "--node", node, "--watch"]).await;
+    let staged_id = staged.lines().next().and_then(|l| l.strip_prefix("staged deployment ")).expect(&staged).to_owned();
+    assert!(staged.contains(&format!("deployment {staged_id} is staged")), "{staged}");
+    let applied = ok(&engine, &["apply", &staged_id[..13], "--watch"]).await;
+    assert!(applied.contains(&format!("deployment {staged_id} is running")), "{applied}");
+    ok(&engine, &["uninstall", &staged_id, "--watch"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_refuses_clearly_and_suggests_what_was_meant() {
+    let nats = tests::NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+
+    let (code, _, err) = engine_cli(&engine, &["list", "--status", "runing"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("did you mean `running`") && err.contains("pending_deploy"), "{err}");
+
+    let (code, _, err) = engine_cli(&engine, &["stop", "0000"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no deployment's id starts with `0000`"), "{err}");
+
+    let (code, _, err) = engine_cli(&engine, &["launch", "--app", "ghost", "--version", "1.0.0", "--node", "n1"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("422") && err.contains("application"), "the API's refusal, with its field: {err}");
+
+    let (code, _, err) = engine_cli(&engine, &["tenant", "delete", "other"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("--yes"), "{err}");
+    let deleted = ok(&engine, &["tenant", "delete", "other", "--yes"]).await;
+    assert!(deleted.contains("tenant other deleted"), "{deleted}");
+
+    let script = ok(&engine, &["completions", "bash"]).await;
+    assert!(script.contains("_engine()") && script.contains("launch"), "a bash completion script");
+}
