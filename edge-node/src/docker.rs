@@ -389,8 +389,14 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
-    async fn logs(&self, id: &str, offset: u64, limit: usize) -> Result<(Vec<String>, bool), RuntimeError> {
-        let options = LogsOptions { stdout: true, stderr: true, ..Default::default() };
+    async fn logs(
+        &self,
+        id: &str,
+        offset: u64,
+        limit: usize,
+        timestamps: bool,
+    ) -> Result<(Vec<String>, bool), RuntimeError> {
+        let options = LogsOptions { stdout: true, stderr: true, timestamps, ..Default::default() };
         let mut output = self.docker.logs(id, Some(options));
         // Read as far as the page and one line past it, never the whole log into memory.
         let mut page = Page::new(offset, limit);

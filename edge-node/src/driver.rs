@@ -526,7 +526,7 @@ async fn answer_logs<R: ContainerRuntime>(
                 let offset = request.cursor.get(&name).copied().unwrap_or(0);
                 // The engine asks for a page; no request makes the node read more than one.
                 let limit = request.limit.min(events::logs::PAGE_LINES);
-                pages.push(match runtime.logs(&reference, offset, limit).await {
+                pages.push(match runtime.logs(&reference, offset, limit, request.timestamps).await {
                     Ok((lines, more)) => {
                         let read = u64::try_from(lines.len()).unwrap_or(u64::MAX);
                         let next = more.then_some(offset.saturating_add(read));

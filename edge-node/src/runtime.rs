@@ -175,13 +175,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Starts it (a running container is left alone) and says how it is once started.
     fn start(&self, id: &str) -> impl Future<Output = Result<ContainerState, RuntimeError>> + Send;
 
-    /// Lines `offset..offset + limit` of the container's output (stdout and stderr), and
-    /// whether more follow.
+    /// Lines `offset..offset + limit` of the container's output (stdout and stderr), each
+    /// beginning with when it was written if `timestamps`, and whether more follow.
     fn logs(
         &self,
         id: &str,
         offset: u64,
         limit: usize,
+        timestamps: bool,
     ) -> impl Future<Output = Result<(Vec<String>, bool), RuntimeError>> + Send;
 
     /// Stops it (a stopped one is left alone).

@@ -136,7 +136,13 @@ impl ContainerRuntime for SimRuntime {
         Ok(ContainerState { image_id: format!("sim:{}", c.image), running: true, exit_code: None, error: None })
     }
 
-    async fn logs(&self, id: &str, _offset: u64, _limit: usize) -> Result<(Vec<String>, bool), RuntimeError> {
+    async fn logs(
+        &self,
+        id: &str,
+        _offset: u64,
+        _limit: usize,
+        _timestamps: bool,
+    ) -> Result<(Vec<String>, bool), RuntimeError> {
         let mut state = self.state.lock().unwrap();
         SimRuntime::by_ref(&mut state, id).ok_or_else(|| not_found(id))?;
         Ok((Vec::new(), false))

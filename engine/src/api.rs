@@ -1160,7 +1160,7 @@ pub struct LogsPage {
 }
 
 /// A page (200 lines) of a deployment's container logs on one node, fetched from the node.
-#[utoipa::path(get, path = "/v1/deployments/{id}/logs", tag = "deployments", summary = "200 lines of its containers' logs on one node", params(("id" = String, Path, description = "The id"), ("node" = Option<String>, Query,), ("cursor" = Option<String>, Query,)), responses((status = 200, body = LogsPage), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
+#[utoipa::path(get, path = "/v1/deployments/{id}/logs", tag = "deployments", summary = "200 lines of its containers' logs on one node", params(("id" = String, Path, description = "The id"), ("node" = Option<String>, Query,), ("cursor" = Option<String>, Query,), ("timestamps" = Option<bool>, Query,)), responses((status = 200, body = LogsPage), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 pub(crate) async fn deployment_logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -1170,9 +1170,14 @@ pub(crate) async fn deployment_logs(
     use events::logs::{LogsReply, LogsRequest};
     let meta = caller.meta(&[Role::Operator, Role::Auditor])?;
     let bad = |field: &str, why: String| ApiError::new(StatusCode::BAD_REQUEST, Some(field), why);
-    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "node" | "cursor")) {
-        return Err(bad(unknown, format!("unknown parameter `{unknown}`, expected `node` or `cursor`")));
+    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "node" | "cursor" | "timestamps")) {
+        return Err(bad(unknown, format!("unknown parameter `{unknown}`, expected `node`, `cursor` or `timestamps`")));
     }
+    let timestamps = match query.get("timestamps").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(bad("timestamps", format!("timestamps `{other}`: expected true or false"))),
+    };
     let view = state
         .deployments
         .get(&meta.tenant, &id)?
@@ -1187,7 +1192,7 @@ pub(crate) async fn deployment_logs(
         Some(text) => events::logs::decode_cursor(text).map_err(|e| bad("cursor", e))?,
         None => Default::default(),
     };
-    let request = LogsRequest { deployment: id, cursor, limit: events::logs::PAGE_LINES };
+    let request = LogsRequest { deployment: id, cursor, limit: events::logs::PAGE_LINES, timestamps };
     let payload = serde_json::to_vec(&request).map_err(anyhow::Error::from)?;
     let subject = events::logs::subject(&meta.tenant, &node);
     let answer = tokio::time::timeout(LOGS_TIMEOUT, state.commands.store().client().request(subject, payload.into()))

@@ -282,7 +282,8 @@ enum Command {
     Tenant(TenantCommand),
     /// Print a shell's completion script: `engine completions bash > /etc/bash_completion.d/engine`.
     Completions { shell: clap_complete::Shell },
-    /// A page of a deployment's container logs (200 lines); `--all` follows the cursor to the end.
+    /// A page of a deployment's container logs (200 lines); `--all` reads to the end, `--follow`
+    /// then waits for more. The cursor of the next page goes to stderr.
     Logs {
         id: String,
         #[arg(long)]
@@ -291,6 +292,15 @@ enum Command {
         cursor: Option<String>,
         #[arg(long)]
         all: bool,
+        /// Read to the end, then print each new line as it is written, until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last N lines of each container.
+        #[arg(long)]
+        tail: Option<usize>,
+        /// Each line begins with when it was written (RFC 3339).
+        #[arg(long, short = 't')]
+        timestamps: bool,
     },
     /// Show one deployment.
     Get { id: String },
@@ -453,6 +463,16 @@ enum AppCommand {
         /// restart policies.
         #[arg(long)]
         compose: Option<PathBuf>,
+        /// A parameter a launch may set, with its default (`NAME=default`); repeat for several.
+        #[arg(long = "param", value_parser = key_value)]
+        parameters: Vec<(String, String)>,
+        /// A named set of parameter values (`PROFILE:NAME=value`); repeat for several.
+        #[arg(long = "profile", value_parser = profile_value)]
+        profiles: Vec<(String, String, String)>,
+        /// A variable each launch must give sealed (`--secret` at launch), never in clear; repeat
+        /// for several.
+        #[arg(long = "secret")]
+        secrets: Vec<String>,
     },
     /// Publish a version: it becomes launchable and immutable, each image pinned to the digest
     /// its tag names now.
@@ -464,6 +484,13 @@ enum AppCommand {
 fn key_value(text: &str) -> Result<(String, String), String> {
     let (key, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not NAME=value"))?;
     Ok((key.to_owned(), value.to_owned()))
+}
+
+/// `PROFILE:NAME=value`.
+fn profile_value(text: &str) -> Result<(String, String, String), String> {
+    let (profile, pair) = text.split_once(':').ok_or_else(|| format!("`{text}` is not PROFILE:NAME=value"))?;
+    let (name, value) = key_value(pair)?;
+    Ok((profile.to_owned(), name, value))
 }
 
 /// `NAME=value`, or `NAME` with the value of the environment variable NAME.
@@ -579,11 +606,23 @@ impl Cli {
             Command::App(AppCommand::Register { id, name }) => {
                 print_json(&client.post("/v1/applications", json!({ "id": id, "name": name })).await?)
             }
-            Command::App(AppCommand::AddVersion { id, version, image, compose }) => {
-                let mut body = json!({"version": version, "image": image});
+            Command::App(AppCommand::AddVersion { id, version, image, compose, parameters, profiles, secrets }) => {
+                let mut named = serde_json::Map::new();
+                for (profile, name, value) in profiles {
+                    let values = named.entry(profile.clone()).or_insert_with(|| json!({}));
+                    values[name] = json!(value);
+                }
+                let mut body = json!({
+                    "version": version,
+                    "image": image,
+                    "parameters": string_map(parameters),
+                    "profiles": named,
+                    "secrets": secrets,
+                });
                 if let Some(path) = compose {
                     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                    body = json!({"version": version, "compose": text});
+                    body["compose"] = json!(text);
+                    body["image"] = Value::Null;
                 }
                 print_json(&client.post(&format!("/v1/applications/{id}/versions"), body).await?)
             }
@@ -735,34 +774,19 @@ impl Cli {
                 }
                 next_page(&page);
             }
-            Command::Logs { id, node, cursor, all } => {
-                let mut cursor = cursor.clone();
-                loop {
-                    let mut query = Vec::new();
-                    if let Some(node) = node {
-                        query.push(format!("node={node}"));
-                    }
-                    if let Some(cursor) = &cursor {
-                        query.push(format!("cursor={cursor}"));
-                    }
-                    let page = client.get(&format!("/v1/deployments/{id}/logs?{}", query.join("&"))).await?;
-                    for container in page["containers"].as_array().into_iter().flatten() {
-                        let name = container["container"].as_str().unwrap_or_default();
-                        if let Some(error) = container["error"]["message"].as_str() {
-                            println!("[{name}] error: {error}");
-                        }
-                        for line in container["lines"].as_array().into_iter().flatten() {
-                            println!("[{name}] {}", line.as_str().unwrap_or_default());
-                        }
-                    }
-                    cursor = page["next_cursor"].as_str().map(str::to_owned);
-                    match (&cursor, all) {
-                        (Some(_), true) => continue,
-                        (Some(next), false) => println!("next page: --cursor {next}"),
-                        (None, _) => {}
-                    }
-                    break;
-                }
+            Command::Logs { id, node, cursor, all, follow, tail, timestamps } => {
+                let id = client.deployment_id(id).await?;
+                return client
+                    .logs(
+                        &id,
+                        node.as_deref(),
+                        cursor.clone(),
+                        *all || *follow || tail.is_some(),
+                        *follow,
+                        *tail,
+                        *timestamps,
+                    )
+                    .await;
             }
             Command::Get { id } => {
                 let id = client.deployment_id(id).await?;
@@ -1088,6 +1112,84 @@ impl Client<'_> {
         }
     }
 
+    /// Prints a deployment's logs on one node: a page, or every page (`all`), then each new
+    /// line as it comes (`follow`); with `tail`, only the last lines of each container once read
+    /// to the end.
+    #[allow(clippy::too_many_arguments)]
+    async fn logs(
+        &self,
+        id: &str,
+        node: Option<&str>,
+        cursor: Option<String>,
+        all: bool,
+        follow: bool,
+        tail: Option<usize>,
+        timestamps: bool,
+    ) -> anyhow::Result<ExitCode> {
+        // Where each container's reading stands: the cursor's offsets, moved on by what is read.
+        let mut at = match &cursor {
+            Some(text) => events::logs::decode_cursor(text).map_err(|e| anyhow::anyhow!("--cursor: {e}"))?,
+            None => Default::default(),
+        };
+        let mut kept: std::collections::BTreeMap<String, std::collections::VecDeque<String>> = Default::default();
+        let mut caught_up = false;
+        loop {
+            let mut query = vec![format!("timestamps={timestamps}")];
+            if let Some(node) = node {
+                query.push(format!("node={}", encode(node)));
+            }
+            if let Some(cursor) = events::logs::encode_cursor(&at) {
+                query.push(format!("cursor={}", encode(&cursor)));
+            }
+            let page = self.get(&format!("/v1/deployments/{id}/logs?{}", query.join("&"))).await?;
+            for container in page["containers"].as_array().into_iter().flatten() {
+                let name = container["container"].as_str().unwrap_or_default().to_owned();
+                if let Some(error) = container["error"]["message"].as_str() {
+                    eprintln!("[{name}] error: {error}");
+                }
+                let lines: Vec<&str> =
+                    container["lines"].as_array().into_iter().flatten().filter_map(|l| l.as_str()).collect();
+                let read = at.entry(name.clone()).or_insert(0);
+                *read = read.saturating_add(lines.len() as u64);
+                match tail.filter(|_| !caught_up) {
+                    Some(n) => {
+                        let last = kept.entry(name.clone()).or_default();
+                        for line in lines {
+                            last.push_back(line.to_owned());
+                            if last.len() > n {
+                                last.pop_front();
+                            }
+                        }
+                    }
+                    None => {
+                        for line in lines {
+                            println!("[{name}] {line}");
+                        }
+                    }
+                }
+            }
+            let next = page["next_cursor"].as_str().map(str::to_owned);
+            if next.is_some() && all {
+                continue;
+            }
+            if !caught_up {
+                caught_up = true;
+                for (name, lines) in std::mem::take(&mut kept) {
+                    for line in lines {
+                        println!("[{name}] {line}");
+                    }
+                }
+            }
+            if !follow {
+                if let Some(next) = next {
+                    eprintln!("next page: --cursor {next}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Every entry of a deployment's history after stream sequence `after`, page by page.
     async fn history_after(&self, id: &str, after: u64) -> anyhow::Result<Vec<HistoryEntry>> {
         let mut entries = Vec::new();
@@ -1113,6 +1215,7 @@ impl Client<'_> {
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         let _clear = ClearOnDrop(progress.clone());
+        let mut waiting: std::collections::BTreeSet<(String, &str)> = std::collections::BTreeSet::new();
         loop {
             let history = self.history_after(id, shown).await?;
             for entry in &history {
@@ -1126,6 +1229,18 @@ impl Client<'_> {
             progress.set_length(view.nodes.len() as u64);
             progress.set_position(done as u64);
             progress.set_message(format!("{} {}, {failed} failed", view.version, view.status));
+            // A node the watch waits on that cannot answer: said once, with why.
+            for (node, n) in view.nodes.iter().filter(|(_, n)| !n.status.is_settled()) {
+                let why = match (n.revoked, n.unreachable, &n.overdue) {
+                    (true, _, _) => "its credential is revoked: it may not connect again",
+                    (_, true, _) => "it is unreachable: no heartbeat within three intervals",
+                    (_, _, Some(_)) => "it is overdue: past the engine's deadline for this step",
+                    _ => continue,
+                };
+                if waiting.insert((node.clone(), why)) {
+                    progress.suspend(|| println!("waiting on node {node}: {why} (it last said {})", n.status));
+                }
+            }
             if settled && shown > 0 {
                 if view.status != Status::Failed {
                     println!("deployment {id} is {} on {} node(s)", view.status, view.nodes.len());

@@ -101,8 +101,10 @@ const SERVICE_KEYS: &[&str] = &[
 ];
 
 /// Why a key the node does not honour is refused, when there is more to say than that.
-fn refusal(key: &str) -> &'static str {
-    match key {
+/// Why `key` is refused where `keys` are the keys honoured: what to do instead, or the
+/// nearest honoured key and the list of them.
+fn refusal(key: &str, keys: &[&str]) -> String {
+    let known = match key {
         "build" => "the edge node pulls images, it does not build them; give `image`",
         "networks" => "the services of a version share one network of their own; remove `networks`",
         "env_file" => "there is no file beside the compose file on the node; use `environment`",
@@ -110,8 +112,19 @@ fn refusal(key: &str) -> &'static str {
         "configs" => "not carried to the node; use `environment` or a volume",
         "deploy" => "placement and replicas are the engine's (launch on nodes or a label selector); only `deploy.resources.limits` is honoured",
         "extends" | "include" => "the compose file must stand alone",
-        _ => "the edge node does not honour this key",
+        _ => "",
+    };
+    if !known.is_empty() {
+        return known.to_owned();
     }
+    let nearest = keys
+        .iter()
+        .map(|k| (strsim::levenshtein(key, k), *k))
+        .min()
+        .filter(|(distance, _)| *distance <= 2)
+        .map(|(_, k)| format!(": did you mean `{k}`?"))
+        .unwrap_or_default();
+    format!("the edge node does not honour this key{nearest} (it honours {})", keys.join(", "))
 }
 
 fn supported(key: &str, keys: &[&str]) -> bool {
@@ -125,7 +138,7 @@ pub fn parse(text: &str) -> Result<Compose, ComposeError> {
     for key in top.keys() {
         let key = text_key(key, "(file)")?;
         if !supported(key, TOP_LEVEL) {
-            return Err(error(key, refusal(key)));
+            return Err(error(key, refusal(key, TOP_LEVEL)));
         }
     }
     let volumes = declared_volumes(top.get("volumes"))?;
@@ -217,7 +230,7 @@ fn service(
     for key in body.keys() {
         let key = text_key(key, &path)?;
         if !supported(key, SERVICE_KEYS) {
-            return Err(error(format!("{path}.{key}"), refusal(key)));
+            return Err(error(format!("{path}.{key}"), refusal(key, SERVICE_KEYS)));
         }
     }
     let at = |key: &str| format!("{path}.{key}");
@@ -305,7 +318,7 @@ fn limits(body: &serde_yaml::Mapping, path: &str) -> Result<Limits, ComposeError
         let only = |value: &Value, at: &str, key: &str| -> Result<Option<Value>, ComposeError> {
             let map = value.as_mapping().ok_or_else(|| error(at, "must be a mapping"))?;
             if let Some(other) = map.keys().filter_map(Value::as_str).find(|k| *k != key) {
-                return Err(error(format!("{at}.{other}"), refusal("deploy")));
+                return Err(error(format!("{at}.{other}"), refusal("deploy", SERVICE_KEYS)));
             }
             Ok(map.get(key).cloned())
         };
@@ -894,6 +907,11 @@ volumes:
                 "lone `$`",
             ),
             ("services: [\n", "(file)", "not YAML"),
+            (
+                "services:\n  web:\n    image: a\n    enviroment: {A: b}\n",
+                "services.web.enviroment",
+                "did you mean `environment`?",
+            ),
         ];
         for (text, path, message) in cases {
             let e = parse(text).unwrap_err();

@@ -23,6 +23,9 @@ pub struct LogsRequest {
     #[serde(default)]
     pub cursor: BTreeMap<String, u64>,
     pub limit: usize,
+    /// Each line begins with when the container wrote it (RFC 3339, by the node's clock).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timestamps: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

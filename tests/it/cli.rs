@@ -116,3 +116,67 @@ async fn the_cli_refuses_clearly_and_suggests_what_was_meant() {
     let script = ok(&engine, &["completions", "bash"]).await;
     assert!(script.contains("_engine()") && script.contains("launch"), "a bash completion script");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_read_their_tail_with_timestamps_and_a_watch_says_which_node_it_waits_on_and_why() {
+    let Lab { nats: _nats, engine, node } = Lab::start().await;
+    // A version with its parameters and profiles given as flags.
+    ok(&engine, &["app", "register", "logger", "--name", "Logger"]).await;
+    let image = "127.0.0.1:5000/sample/logger:1.0.0";
+    let added = ok(
+        &engine,
+        &[
+            "app",
+            "add-version",
+            "logger",
+            "1.0.0",
+            "--image",
+            image,
+            "--param",
+            "GREETING=hello",
+            "--profile",
+            "quiet:GREETING=hi",
+        ],
+    )
+    .await;
+    let added: Value = serde_json::from_str(&added).unwrap();
+    assert_eq!(added["versions"][0]["parameters"]["GREETING"], "hello", "{added}");
+    assert_eq!(added["versions"][0]["profiles"]["quiet"]["GREETING"], "hi", "{added}");
+    ok(&engine, &["app", "publish", "logger", "1.0.0"]).await;
+    let name = node.name.clone();
+    let launched = ok(
+        &engine,
+        &["launch", "--app", "logger", "--version", "1.0.0", "--node", &name, "--profile", "quiet", "--watch"],
+    )
+    .await;
+    let id = launched.lines().next().and_then(|l| l.strip_prefix("launched deployment ")).unwrap().to_owned();
+
+    // The last five of the 450 lines, each with when it was written; the next cursor on stderr.
+    let last = tests::eventually("the logger's last line", crate::harness::TIMEOUT, || async {
+        let out = ok(&engine, &["logs", &id, "--tail", "5", "--timestamps"]).await;
+        out.contains("line 450").then_some(out)
+    })
+    .await;
+    let lines: Vec<&str> = last.lines().collect();
+    assert_eq!(lines.len(), 5, "{last}");
+    for (line, n) in lines.iter().zip(446..) {
+        let (_, text) = line.split_once("] ").unwrap();
+        let (when, what) = text.split_once(' ').unwrap();
+        assert!(when.parse::<chrono::DateTime<chrono::Utc>>().is_ok(), "a timestamp first: {line}");
+        assert_eq!(what, format!("line {n}"));
+    }
+    let (code, out, err) = engine_cli(&engine, &["logs", &id]).await;
+    assert_eq!((code, out.lines().count()), (0, 200), "{err}");
+    assert!(err.starts_with("next page: --cursor "), "the cursor goes to stderr: {err}");
+
+    // The node goes silent: the watch of a new request says it waits on it, and why.
+    node.stop().await;
+    tests::eventually("the node to be unreachable", crate::harness::TIMEOUT, || async {
+        (engine.node_state(&name).await.as_deref() == Some("unreachable")).then_some(())
+    })
+    .await;
+    let (code, out, err) = engine_cli(&engine, &["stop", &id, "--watch", "--timeout", "5s"]).await;
+    assert_ne!(code, 0, "the stop cannot be carried out: {out}");
+    assert!(out.contains(&format!("waiting on node {name}: it is unreachable")), "{out}\n{err}");
+    assert!(err.contains("after 5s"), "{err}");
+}
