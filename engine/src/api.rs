@@ -104,9 +104,11 @@ fn documented() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(metrics))
         .routes(routes!(crate::auth::me))
         .routes(routes!(register_application, list_applications))
-        .routes(routes!(get_application))
         .routes(routes!(add_version))
         .routes(routes!(publish))
+        .routes(routes!(delete_version))
+        .routes(routes!(withdraw))
+        .routes(routes!(get_application, delete_application))
         .routes(routes!(launch, list_deployments))
         .routes(routes!(get_deployment, uninstall))
         .routes(routes!(stop))
@@ -300,6 +302,10 @@ impl Rejection for ApplicationRejection {
             R::InvalidCompose(_) => (StatusCode::UNPROCESSABLE_ENTITY, "compose"),
             R::PolicyDenied(v) if v.key == "image" => (StatusCode::UNPROCESSABLE_ENTITY, "image"),
             R::PolicyDenied(_) => (StatusCode::UNPROCESSABLE_ENTITY, "compose"),
+            R::PublishedNotDeleted { .. } | R::NotPublished { .. } | R::AlreadyWithdrawn { .. } => {
+                (StatusCode::CONFLICT, "version")
+            }
+            R::LiveDeployments(_) => (StatusCode::CONFLICT, "id"),
         }
     }
 }
@@ -312,7 +318,9 @@ impl Rejection for DeploymentRejection {
             R::InvalidSecret(_) | R::SecretIsParameter(_) => (StatusCode::UNPROCESSABLE_ENTITY, "secrets"),
             R::NotLaunched => (StatusCode::NOT_FOUND, "id"),
             R::UnknownApplication(_) => (StatusCode::UNPROCESSABLE_ENTITY, "application"),
-            R::UnknownVersion { .. } | R::VersionNotPublished { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "version"),
+            R::UnknownVersion { .. } | R::VersionNotPublished { .. } | R::VersionWithdrawn { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "version")
+            }
             R::NoNodes | R::UnknownNode(_) | R::DuplicateNode(_) | R::NotATarget(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "nodes")
             }
@@ -462,6 +470,9 @@ pub struct VersionBody {
     /// The digest each image's tag named when the version was published: what nodes run.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub digests: std::collections::BTreeMap<String, String>,
+    /// When it was withdrawn: no launch or update takes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withdrawn_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 fn application_body(id: &str, app: &Application) -> ApplicationBody {
@@ -479,6 +490,7 @@ fn application_body(id: &str, app: &Application) -> ApplicationBody {
                 published: v.published_at.is_some(),
                 published_at: v.published_at,
                 digests: v.digests.clone(),
+                withdrawn_at: v.withdrawn_at,
             })
             .collect(),
     }
@@ -596,6 +608,60 @@ pub(crate) async fn publish(
     let command = ApplicationCommand::Publish { version, digests };
     state.commands.execute::<Application>(&id, &command, &meta).await?;
     application_response(&state, &meta.tenant, &id, StatusCode::OK).await
+}
+
+#[utoipa::path(delete, path = "/v1/applications/{id}/versions/{version}", tag = "catalog", summary = "Delete a draft version (vendor)",
+    params(("id" = String, Path,), ("version" = String, Path,)), responses((status = 200, body = ApplicationBody), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
+pub(crate) async fn delete_version(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = live_meta(&state, &caller, &[Role::Vendor]).await?;
+    token("id", &id)?;
+    state.commands.execute::<Application>(&id, &ApplicationCommand::DeleteVersion { version }, &meta).await?;
+    application_response(&state, &meta.tenant, &id, StatusCode::OK).await
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "crashes on boards with 512 MB"}))]
+pub struct WithdrawRequest {
+    /// Why, for whoever reads the catalog and the log.
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[utoipa::path(post, path = "/v1/applications/{id}/versions/{version}/withdraw", tag = "catalog",
+    summary = "Withdraw (yank) a published version: no launch or update takes it; its deployments go on (vendor)",
+    request_body = WithdrawRequest, params(("id" = String, Path,), ("version" = String, Path,)),
+    responses((status = 200, body = ApplicationBody), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
+pub(crate) async fn withdraw(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, version)): Path<(String, String)>,
+    Body(body): Body<WithdrawRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = live_meta(&state, &caller, &[Role::Vendor]).await?;
+    token("id", &id)?;
+    let command = ApplicationCommand::Withdraw { version, reason: body.reason };
+    state.commands.execute::<Application>(&id, &command, &meta).await?;
+    application_response(&state, &meta.tenant, &id, StatusCode::OK).await
+}
+
+#[utoipa::path(delete, path = "/v1/applications/{id}", tag = "catalog",
+    summary = "Delete an application with no live deployment (vendor); its id may be registered again",
+    params(("id" = String, Path,)), responses((status = 200, body = Object), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
+pub(crate) async fn delete_application(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = live_meta(&state, &caller, &[Role::Vendor]).await?;
+    token("id", &id)?;
+    let live = state.notifications.live(&meta.tenant, &id)?;
+    state.commands.execute::<Application>(&id, &ApplicationCommand::Delete { live }, &meta).await?;
+    Ok(Json(serde_json::json!({ "application": id, "deleted": true })))
 }
 
 /// A tag the registry could not resolve: missing (422, naming the image), or the registry

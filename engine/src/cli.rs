@@ -479,6 +479,19 @@ enum AppCommand {
     Publish { id: String, version: String },
     /// Show an application and its versions.
     Show { id: String },
+    /// Delete a draft version (a published one is withdrawn instead).
+    DeleteVersion { id: String, version: String },
+    /// Withdraw (yank) a published version: no launch or update may take it; the deployments
+    /// that run it go on.
+    Withdraw {
+        id: String,
+        version: String,
+        /// Why, for whoever reads the catalog and the log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Delete an application that has no live deployment; its id may be registered again.
+    Delete { id: String },
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -631,6 +644,21 @@ impl Cli {
                     Err(e) if already(&e) => println!("{id} {version}: {}; nothing to do", failure_message(&e)),
                     answer => print_json(&answer?),
                 }
+            }
+            Command::App(AppCommand::DeleteVersion { id, version }) => {
+                let path = format!("/v1/applications/{id}/versions/{version}");
+                print_json(&client.send(client.request(reqwest::Method::DELETE, &path)).await?)
+            }
+            Command::App(AppCommand::Withdraw { id, version, reason }) => {
+                let path = format!("/v1/applications/{id}/versions/{version}/withdraw");
+                match client.post(&path, json!({ "reason": reason })).await {
+                    Err(e) if already(&e) => println!("{id} {version}: {}; nothing to do", failure_message(&e)),
+                    answer => print_json(&answer?),
+                }
+            }
+            Command::App(AppCommand::Delete { id }) => {
+                client.send(client.request(reqwest::Method::DELETE, &format!("/v1/applications/{id}"))).await?;
+                println!("application {id} deleted");
             }
             Command::App(AppCommand::Show { id }) => print_json(&client.get(&format!("/v1/applications/{id}")).await?),
             Command::Launch { what, mode, rollout, watch } => {

@@ -63,6 +63,8 @@ pub fn router(api: AppState, auth: Auth, secure: bool) -> Router {
         .route("/catalog", get(catalog).post(register))
         .route("/catalog/{id}/versions", post(add_version))
         .route("/catalog/{id}/versions/{version}/publish", post(publish))
+        .route("/catalog/{id}/versions/{version}/delete", post(delete_draft))
+        .route("/catalog/{id}/versions/{version}/withdraw", post(withdraw))
         .route("/launch", get(launch_form).post(launch))
         .route("/updates", get(updates))
         .route("/updates/{id}", post(update_now))
@@ -600,6 +602,25 @@ async fn publish(
     Path((id, version)): Path<(String, String)>,
 ) -> Result<Response, Failure> {
     let response = api::publish(State(state.api.clone()), caller.clone(), Path((id.clone(), version))).await;
+    catalog_after(&state, &caller, &id, answered(response.into_response()).await, &view::VersionForm::default()).await
+}
+
+async fn delete_draft(
+    State(state): State<Dashboard>,
+    caller: Caller,
+    Path((id, version)): Path<(String, String)>,
+) -> Result<Response, Failure> {
+    let response = api::delete_version(State(state.api.clone()), caller.clone(), Path((id.clone(), version))).await;
+    catalog_after(&state, &caller, &id, answered(response.into_response()).await, &view::VersionForm::default()).await
+}
+
+async fn withdraw(
+    State(state): State<Dashboard>,
+    caller: Caller,
+    Path((id, version)): Path<(String, String)>,
+) -> Result<Response, Failure> {
+    let body = Body(api::WithdrawRequest { reason: "withdrawn from the dashboard".to_owned() });
+    let response = api::withdraw(State(state.api.clone()), caller.clone(), Path((id.clone(), version)), body).await;
     catalog_after(&state, &caller, &id, answered(response.into_response()).await, &view::VersionForm::default()).await
 }
 

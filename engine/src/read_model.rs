@@ -24,7 +24,7 @@ pub const TREE: &str = "models";
 
 /// Which read models the tree holds: a tree written by an engine that kept others is cleared,
 /// and the projector folds the log again from its start.
-const MODELS: &[u8] = b"deployments nodes notifications catalog";
+const MODELS: &[u8] = b"deployments nodes notifications(published versions) catalog(withdrawn)";
 const MODELS_KEY: &[u8] = b"meta/models";
 
 /// The read models' tree in `db`. The trees of an engine that kept each model apart are
@@ -216,6 +216,15 @@ pub struct Notifications {
 impl Notifications {
     pub fn new(tree: sled::Tree) -> Notifications {
         Notifications { tree }
+    }
+
+    /// The deployments of `application` not uninstalled, by id.
+    pub fn live(&self, tenant: &str, application: &str) -> anyhow::Result<Vec<String>> {
+        let prefix = events::projection::notifications::tracked_prefix(tenant, application);
+        self.tree
+            .scan_prefix(&prefix)
+            .map(|e| Ok(String::from_utf8_lossy(e?.0.get(prefix.len()..).unwrap_or_default()).into_owned()))
+            .collect()
     }
 
     /// The notifications of `tenant`, by deployment id, `limit` a page, after `cursor`.

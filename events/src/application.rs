@@ -116,6 +116,8 @@ pub struct Version {
     pub published_at: Option<DateTime<Utc>>,
     /// The digest of each image's tag when it was published.
     pub digests: BTreeMap<String, String>,
+    /// When it was withdrawn: no launch or update takes it from then on.
+    pub withdrawn_at: Option<DateTime<Utc>>,
 }
 
 impl Application {
@@ -151,6 +153,21 @@ pub enum ApplicationCommand {
         version: String,
         digests: BTreeMap<String, String>,
     },
+    /// Deletes a draft version: a published one is withdrawn instead.
+    DeleteVersion {
+        version: String,
+    },
+    /// Withdraws (yanks) a published version: no launch or update may take it from then on;
+    /// the deployments that run it go on.
+    Withdraw {
+        version: String,
+        reason: String,
+    },
+    /// Deletes the application; `live` are its deployments not uninstalled, which the engine
+    /// looks up: refused while there is one.
+    Delete {
+        live: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,6 +191,19 @@ pub enum ApplicationEvent {
         #[serde(default, skip_serializing_if = "is_default")]
         settings: Settings,
     },
+    VersionDeleted {
+        version: String,
+    },
+    VersionWithdrawn {
+        version: String,
+        at: DateTime<Utc>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
+    },
+    /// The application is gone: its id may be registered again.
+    Deleted {
+        at: DateTime<Utc>,
+    },
     VersionPublished {
         version: String,
         published_at: DateTime<Utc>,
@@ -188,6 +218,9 @@ event_payload!(ApplicationEvent, "application", {
     Registered => "registered",
     VersionAdded => "version_added" @ 2,
     VersionPublished => "version_published",
+    VersionDeleted => "version_deleted",
+    VersionWithdrawn => "version_withdrawn",
+    Deleted => "deleted",
 }, upcast = upcast);
 
 /// Lifts a stored application event one version: `version_added` 1 had `image` whole.
@@ -259,6 +292,14 @@ pub enum ApplicationRejection {
     InvalidCompose(ComposeError),
     #[error("{0}")]
     PolicyDenied(Violation),
+    #[error("version {version} is published: withdraw it instead, and the deployments that run it go on")]
+    PublishedNotDeleted { version: String },
+    #[error("version {version} is not published: delete the draft instead")]
+    NotPublished { version: String },
+    #[error("version {version} is already withdrawn")]
+    AlreadyWithdrawn { version: String },
+    #[error("the application has live deployments ({}): uninstall them first", .0.join(", "))]
+    LiveDeployments(Vec<String>),
 }
 
 impl Aggregate for Application {
@@ -321,6 +362,28 @@ impl Aggregate for Application {
                     }
                 }
             }
+            C::DeleteVersion { version } => {
+                let version = canonical_version(version)?;
+                match self.versions.get(&version) {
+                    None => Err(R::UnknownVersion { version }),
+                    Some(v) if v.published_at.is_some() => Err(R::PublishedNotDeleted { version }),
+                    Some(_) => Ok(vec![ApplicationEvent::VersionDeleted { version }]),
+                }
+            }
+            C::Withdraw { version, reason } => {
+                let version = canonical_version(version)?;
+                match self.versions.get(&version) {
+                    None => Err(R::UnknownVersion { version }),
+                    Some(v) if v.published_at.is_none() => Err(R::NotPublished { version }),
+                    Some(v) if v.withdrawn_at.is_some() => Err(R::AlreadyWithdrawn { version }),
+                    Some(_) => {
+                        let reason = reason.trim().to_owned();
+                        Ok(vec![ApplicationEvent::VersionWithdrawn { version, at: ctx.now, reason }])
+                    }
+                }
+            }
+            C::Delete { live } if !live.is_empty() => Err(R::LiveDeployments(live.clone())),
+            C::Delete { .. } => Ok(vec![ApplicationEvent::Deleted { at: ctx.now }]),
         }
     }
 
@@ -338,9 +401,19 @@ impl Aggregate for Application {
                     settings: settings.clone(),
                     published_at: None,
                     digests: BTreeMap::new(),
+                    withdrawn_at: None,
                 };
                 self.versions.insert(version.clone(), entry);
             }
+            ApplicationEvent::VersionDeleted { version } => {
+                self.versions.remove(version);
+            }
+            ApplicationEvent::VersionWithdrawn { version, at, .. } => {
+                if let Some(v) = self.versions.get_mut(version) {
+                    v.withdrawn_at = Some(*at);
+                }
+            }
+            ApplicationEvent::Deleted { .. } => self = Application::default(),
             ApplicationEvent::VersionPublished { version, published_at, digests } => {
                 if let Some(v) = self.versions.get_mut(version) {
                     v.published_at = Some(*published_at);
@@ -460,6 +533,46 @@ mod tests {
     }
     fn added(v: &str) -> E {
         E::version_added(v, &format!("127.0.0.1:5000/sample/app:{v}"), vec![], Settings::default())
+    }
+
+    fn published_event(v: &str) -> E {
+        E::VersionPublished { version: v.into(), published_at: now(), digests: Default::default() }
+    }
+
+    #[test]
+    fn a_draft_is_deleted_and_a_published_version_is_withdrawn_not_deleted() {
+        given::<Application>([registered(), added("1.0.0")])
+            .when(C::DeleteVersion { version: "v1.0.0".into() })
+            .then([E::VersionDeleted { version: "1.0.0".into() }]);
+        given::<Application>([registered(), added("1.0.0"), published_event("1.0.0")])
+            .when(C::DeleteVersion { version: "1.0.0".into() })
+            .then_rejected(R::PublishedNotDeleted { version: "1.0.0".into() });
+        given::<Application>([registered(), added("1.0.0"), published_event("1.0.0")])
+            .when(C::Withdraw { version: "1.0.0".into(), reason: " broken ".into() })
+            .then([E::VersionWithdrawn { version: "1.0.0".into(), at: now(), reason: "broken".into() }]);
+        given::<Application>([registered(), added("1.0.0")])
+            .when(C::Withdraw { version: "1.0.0".into(), reason: String::new() })
+            .then_rejected(R::NotPublished { version: "1.0.0".into() });
+        let withdrawn = E::VersionWithdrawn { version: "1.0.0".into(), at: now(), reason: String::new() };
+        given::<Application>([registered(), added("1.0.0"), published_event("1.0.0"), withdrawn])
+            .when(C::Withdraw { version: "1.0.0".into(), reason: String::new() })
+            .then_rejected(R::AlreadyWithdrawn { version: "1.0.0".into() });
+        given::<Application>([registered()])
+            .when(C::DeleteVersion { version: "9.9.9".into() })
+            .then_rejected(R::UnknownVersion { version: "9.9.9".into() });
+    }
+
+    #[test]
+    fn an_application_with_live_deployments_is_not_deleted_and_one_deleted_may_be_registered_again() {
+        given::<Application>([registered(), added("1.0.0")])
+            .when(C::Delete { live: vec!["d1".into()] })
+            .then_rejected(R::LiveDeployments(vec!["d1".into()]));
+        given::<Application>([registered(), added("1.0.0")])
+            .when(C::Delete { live: vec![] })
+            .then([E::Deleted { at: now() }]);
+        given::<Application>([registered(), added("1.0.0"), E::Deleted { at: now() }])
+            .when(C::Register { name: "Sample".into() })
+            .then([E::Registered { name: "Sample".into() }]);
     }
 
     #[test]

@@ -503,6 +503,8 @@ pub enum DeploymentRejection {
     UnknownVersion { application: String, version: String },
     #[error("version {version} of `{application}` is not published")]
     VersionNotPublished { application: String, version: String },
+    #[error("version {version} of `{application}` is withdrawn: it may no longer be launched or updated to")]
+    VersionWithdrawn { application: String, version: String },
     #[error("at least one node is needed")]
     NoNodes,
     #[error("node `{0}` is not registered")]
@@ -898,6 +900,12 @@ fn published<'a>(
             version: found.version.clone(),
         });
     }
+    if found.withdrawn_at.is_some() {
+        return Err(DeploymentRejection::VersionWithdrawn {
+            application: name.to_owned(),
+            version: found.version.clone(),
+        });
+    }
     Ok(found)
 }
 
@@ -1130,6 +1138,17 @@ mod tests {
         given::<Deployment>([])
             .when(C::Launch(l))
             .then_rejected(R::VersionNotPublished { application: "sample".into(), version: "1.0.0".into() });
+    }
+
+    #[test]
+    fn launch_of_a_withdrawn_version_is_rejected() {
+        let mut l = launch(&["edge-1"]);
+        if let Some(v) = l.application.versions.get_mut("1.0.0") {
+            v.withdrawn_at = Some(now());
+        }
+        given::<Deployment>([])
+            .when(C::Launch(l))
+            .then_rejected(R::VersionWithdrawn { application: "sample".into(), version: "1.0.0".into() });
     }
 
     #[test]

@@ -455,6 +455,7 @@ fn into_its_type(schema: &str, example: Value) -> Result<(), String> {
         "EnrollBody" => read::<EnrollBody>(example),
         "ReaderBody" => read::<ReaderBody>(example),
         "CreateToken" => read::<engine::auth::CreateToken>(example),
+        "WithdrawRequest" => read::<WithdrawRequest>(example),
         "IssuedToken" => read::<engine::auth::IssuedToken>(example),
         "Me" => read::<engine::auth::Me>(example),
         other => Err(format!("schema `{other}` has an example no test reads: add it here")),
@@ -497,7 +498,10 @@ async fn every_route_is_in_the_openapi_document_and_every_example_reads_as_its_t
         "POST /v1/applications",
         "GET /v1/applications",
         "GET /v1/applications/{id}",
+        "DELETE /v1/applications/{id}",
         "POST /v1/applications/{id}/versions",
+        "DELETE /v1/applications/{id}/versions/{version}",
+        "POST /v1/applications/{id}/versions/{version}/withdraw",
         "POST /v1/applications/{id}/versions/{version}/publish",
         "POST /v1/deployments",
         "GET /v1/deployments",
@@ -537,4 +541,60 @@ async fn every_route_is_in_the_openapi_document_and_every_example_reads_as_its_t
         }
     }
     assert!(read >= 8, "the request bodies have examples: {read}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_shrinks_a_draft_deleted_a_version_withdrawn_and_an_application_deleted_once_nothing_runs_it() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let commands = handler(&nats).await;
+    seed(&commands, &["edge-1"]).await;
+    let versions = |app: &Value| -> Vec<String> {
+        app["versions"].as_array().unwrap().iter().map(|v| v["version"].as_str().unwrap().to_owned()).collect()
+    };
+
+    // A draft is deleted; a published version is not.
+    let draft = json!({"version": "1.1.0", "image": "127.0.0.1:5000/sample/app:1.1.0"});
+    assert_eq!(engine.post("/v1/applications/sample/versions", draft).await.0, 201);
+    let (status, app) = engine.delete("/v1/applications/sample/versions/1.1.0").await;
+    assert_eq!(status, 200, "{app}");
+    assert_eq!(versions(&app), ["1.0.0"]);
+    let (status, refused) = engine.delete("/v1/applications/sample/versions/1.0.0").await;
+    assert_eq!((status, refused["field"].as_str()), (409, Some("version")), "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("withdraw it instead"), "{refused}");
+
+    // Withdrawn: no launch takes it, and what runs it goes on.
+    let launch = json!({"application": "sample", "version": "1.0.0", "nodes": ["edge-1"]});
+    let (status, launched) = engine.post("/v1/deployments", launch.clone()).await;
+    assert_eq!(status, 201, "{launched}");
+    let id = launched["id"].as_str().unwrap().to_owned();
+    let (status, app) =
+        engine.post("/v1/applications/sample/versions/1.0.0/withdraw", json!({"reason": "broken"})).await;
+    assert_eq!(status, 200, "{app}");
+    assert!(app["versions"][0]["withdrawn_at"].is_string(), "{app}");
+    let (status, refused) = engine.post("/v1/deployments", launch).await;
+    assert_eq!((status, refused["field"].as_str()), (422, Some("version")), "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("withdrawn"), "{refused}");
+    let (status, view) = engine.get(&format!("/v1/deployments/{id}")).await;
+    assert_eq!((status, view["desired"].as_str()), (200, Some("running")), "{view}");
+    let (status, again) = engine.post("/v1/applications/sample/versions/1.0.0/withdraw", json!({})).await;
+    assert_eq!(status, 409, "{again}");
+    assert!(again["error"].as_str().unwrap().contains("already withdrawn"), "{again}");
+
+    // Deleted once nothing runs it, and its id free again.
+    let (status, refused) = engine.delete("/v1/applications/sample").await;
+    assert_eq!((status, refused["field"].as_str()), (409, Some("id")), "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains(&id), "names the live deployment: {refused}");
+    assert_eq!(engine.delete(&format!("/v1/deployments/{id}")).await.0, 202);
+    tests::eventually("the application to be deleted", crate::harness::TIMEOUT, || async {
+        (engine.delete("/v1/applications/sample").await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(engine.get("/v1/applications/sample").await.0, 404);
+    tests::eventually("the catalog to forget it", crate::harness::TIMEOUT, || async {
+        let (_, page) = engine.get("/v1/applications").await;
+        page["items"].as_array()?.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(engine.post("/v1/applications", json!({"id": "sample", "name": "Again"})).await.0, 201);
 }

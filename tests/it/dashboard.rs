@@ -91,7 +91,7 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
     browser.screenshot(&shots, "catalog-refused").await;
 
     // Launch 1.0.0 onto the node from the catalog.
-    b.find(Locator::Css("tr[data-version='1.0.0'] a.button")).await.unwrap().click().await.unwrap();
+    browser.wait_for("tr[data-version='1.0.0'] a.button", PAGE).await.click().await.unwrap();
     browser.wait_for(&format!("input[name=node][value='{}']", node.name), PAGE).await.click().await.unwrap();
     browser.screenshot(&shots, "launch").await;
     b.find(Locator::Css("form[action='/launch'] button[type=submit]")).await.unwrap().click().await.unwrap();
@@ -111,9 +111,9 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
     browser.screenshot(&shots, "deployment-running").await;
 
     // Its logs: 200 lines and a next page.
-    b.find(Locator::Css(&format!("#live tr.node[data-node='{}'] a", node.name))).await.unwrap().click().await.unwrap();
+    browser.wait_for(&format!("#live tr.node[data-node='{}'] a", node.name), PAGE).await.click().await.unwrap();
     tests::eventually("the logger's lines", TIMEOUT, || async {
-        let text = browser.wait_for("main", PAGE).await.text().await.ok()?;
+        let text = browser.wait_for("main#main", PAGE).await.text().await.ok()?;
         if text.contains("line 200") {
             return Some(());
         }
@@ -121,7 +121,7 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
         None
     })
     .await;
-    let lines = b.find(Locator::Css("pre.logs")).await.unwrap().text().await.unwrap();
+    let lines = browser.wait_for("pre.logs", PAGE).await.text().await.unwrap();
     assert_eq!(lines.lines().count(), 200, "a page of 200 lines");
     assert!(lines.starts_with("line 1\n"), "from the first line");
     browser.wait_for("a[rel=next]", PAGE).await;
@@ -129,7 +129,7 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
 
     // Stop it, confirmed first; the page follows it to stopped.
     b.goto(&format!("{base}{deployment}")).await.unwrap();
-    b.find(Locator::Css("a[href$='/confirm/stop']")).await.unwrap().click().await.unwrap();
+    browser.wait_for("a[href$='/confirm/stop']", PAGE).await.click().await.unwrap();
     browser.wait_for("form button.danger, form button[type=submit]", PAGE).await;
     assert_eq!(
         engine.get(&format!("/v1/deployments/{id}")).await.1["desired"],
@@ -137,7 +137,7 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
         "nothing before the confirmation"
     );
     browser.screenshot(&shots, "confirm-stop").await;
-    b.find(Locator::Css("main form button[type=submit]")).await.unwrap().click().await.unwrap();
+    browser.wait_for("main form button[type=submit]", PAGE).await.click().await.unwrap();
     browser.wait_for("body[data-sse=open]", PAGE).await;
     let loaded = load_id(&browser).await;
     browser.wait_for(&format!("#live tr.node[data-node='{}'][data-status=stopped]", node.name), TIMEOUT).await;
@@ -162,7 +162,7 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
     engine.wait_deployment(&id, "the update to 1.1.0", |v| v["version"] == "1.1.0").await;
 
     b.goto(&format!("{base}/summaries")).await.unwrap();
-    let summary = browser.wait_for("main", PAGE).await.text().await.unwrap();
+    let summary = browser.wait_for("main#main", PAGE).await.text().await.unwrap();
     assert!(summary.contains(&node.name) && summary.contains("sample@1.1.0"), "{summary}");
     browser.screenshot(&shots, "summaries").await;
 
@@ -178,7 +178,7 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
     b.find(Locator::Css("form[action='/tenant'] button")).await.unwrap().click().await.unwrap();
     let tenant = browser.wait_for("#tenant", PAGE).await.text().await.unwrap();
     assert_eq!(tenant, "other");
-    let fleet = browser.wait_for("main", PAGE).await.text().await.unwrap();
+    let fleet = browser.wait_for("main#main", PAGE).await.text().await.unwrap();
     assert!(fleet.contains("No node is enrolled"), "{fleet}");
     browser.screenshot(&shots, "fleet-other-tenant").await;
 

@@ -62,17 +62,25 @@ impl Browser {
         Browser { client, driver, _scratch: scratch }
     }
 
-    /// The element `css` finds, once it is there (within `timeout`).
+    /// The element `css` finds, once it is there (within `timeout`). A page the browser could
+    /// not load because the machine's network changed under it (Docker adds and removes
+    /// interfaces as containers come and go: `ERR_NETWORK_CHANGED`) is loaded again.
     pub async fn wait_for(&self, css: &str, timeout: Duration) -> fantoccini::elements::Element {
-        let found =
-            self.client.wait().at_most(timeout).every(Duration::from_millis(50)).for_element(Locator::Css(css)).await;
-        match found {
-            Ok(element) => element,
-            Err(e) => {
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await {
+                return element;
+            }
+            let failed_load = "return document.body !== null && document.body.classList.contains('neterror')";
+            if self.client.execute(failed_load, vec![]).await.ok().and_then(|v| v.as_bool()) == Some(true) {
+                let _ = self.client.refresh().await;
+            }
+            if started.elapsed() >= timeout {
                 let url = self.client.current_url().await.map(|u| u.to_string()).unwrap_or_default();
                 let shown = self.client.source().await.unwrap_or_default();
-                panic!("`{css}` did not show within {timeout:?} ({e}); at {url}:\n{shown}")
+                panic!("`{css}` did not show within {timeout:?}; at {url}:\n{shown}")
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -474,17 +474,25 @@ pub fn catalog(
                                 tr data-version=(v.version) {
                                     th scope="row" { (v.version) }
                                     td { @if v.image.is_empty() { "compose: " (v.services.join(", ")) } @else { code { (v.image) } } }
-                                    td { @match &v.published_at {
-                                        Some(at) => { (badge("published", "published")) " " (time(at)) }
-                                        None => (badge("draft", "draft")),
+                                    td { @match (&v.published_at, &v.withdrawn_at) {
+                                        (_, Some(at)) => { (badge("failed", "withdrawn")) " " (time(at)) }
+                                        (Some(at), None) => { (badge("published", "published")) " " (time(at)) }
+                                        (None, None) => (badge("draft", "draft")),
                                     } }
-                                    td {
+                                    td.actions {
+                                        @let at = format!("/catalog/{}/versions/{}", entry.id, v.version);
                                         @if v.published_at.is_none() {
-                                            form method="post" action={ "/catalog/" (entry.id) "/versions/" (v.version) "/publish" } {
+                                            form method="post" action={ (at) "/publish" } {
                                                 button.secondary type="submit" { "Publish " (v.version) }
                                             }
-                                        } @else {
+                                            form method="post" action={ (at) "/delete" } {
+                                                button.danger type="submit" { "Delete draft " (v.version) }
+                                            }
+                                        } @else if v.withdrawn_at.is_none() {
                                             a.button.secondary href={ "/launch?application=" (entry.id) "&version=" (v.version) } { "Launch " (v.version) }
+                                            form method="post" action={ (at) "/withdraw" } {
+                                                button.danger type="submit" { "Withdraw " (v.version) }
+                                            }
                                         }
                                     }
                                 }

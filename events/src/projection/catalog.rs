@@ -37,12 +37,19 @@ pub struct CatalogVersion {
     pub services: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_at: Option<DateTime<Utc>>,
+    /// When it was withdrawn: no launch or update takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn_at: Option<DateTime<Utc>>,
 }
 
 /// Folds an application's event into its entry.
 pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<(), ModelError> {
     let Fact::Application(event) = fact else { return Ok(()) };
     let key = key(&envelope.tenant, &envelope.aggregate_id);
+    if let ApplicationEvent::Deleted { .. } = event {
+        store.remove(&key);
+        return Ok(());
+    }
     let entry = store.get::<CatalogEntry>(&key)?;
     if let Some(entry) = apply(entry, &envelope.aggregate_id, event) {
         store.put(key, entry);
@@ -62,7 +69,17 @@ fn apply(entry: Option<CatalogEntry>, id: &str, event: &ApplicationEvent) -> Opt
                 (false, false) => format!("{repository}:{tag}"),
             };
             let services = services.iter().map(|s| s.name.clone()).collect();
-            entry.versions.push(CatalogVersion { version: version.clone(), image, services, published_at: None });
+            let version = version.clone();
+            entry.versions.push(CatalogVersion { version, image, services, published_at: None, withdrawn_at: None });
+            Some(entry)
+        }
+        (Some(mut entry), ApplicationEvent::VersionDeleted { version }) => {
+            entry.versions.retain(|v| &v.version != version);
+            Some(entry)
+        }
+        (Some(mut entry), ApplicationEvent::VersionWithdrawn { version, at, .. }) => {
+            let found = entry.versions.iter_mut().find(|v| &v.version == version)?;
+            found.withdrawn_at = Some(*at);
             Some(entry)
         }
         (Some(mut entry), ApplicationEvent::VersionPublished { version, published_at, .. }) => {

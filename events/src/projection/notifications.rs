@@ -16,11 +16,16 @@ use crate::envelope::Envelope;
 use crate::projection::{Fact, ModelError, Store};
 
 /// The prefixes of its keys that hold a tenant's: a tenant's deletion clears them.
-pub const TENANT_PREFIXES: &[&str] = &["a/", "i/", "t/"];
+pub const TENANT_PREFIXES: &[&str] = &["a/", "i/", "t/", "v/"];
 
 /// The key of an application's newest published version.
 pub fn key(tenant: &str, application: &str) -> String {
     format!("a/{tenant}/{application}")
+}
+
+/// The key of an application's published versions not withdrawn, with when each was published.
+fn published_key(tenant: &str, application: &str) -> String {
+    format!("v/{tenant}/{application}")
 }
 
 /// The prefix of the keys of an application's live deployments, each followed by its id: one
@@ -39,10 +44,18 @@ pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<
     let tenant = &envelope.tenant;
     match fact {
         Fact::Application(event) => {
+            let versions_key = published_key(tenant, &envelope.aggregate_id);
+            let before = store.get::<BTreeMap<String, DateTime<Utc>>>(&versions_key)?.unwrap_or_default();
+            let Some(published) = published_after(before, event) else { return Ok(()) };
+            // The newest of them is what the deployments on older versions are told of.
             let key = key(tenant, &envelope.aggregate_id);
-            let latest = store.get::<Published>(&key)?;
-            if let Some(newer) = publish(latest.as_ref(), event) {
-                store.put(key, newer);
+            match newest(&published) {
+                Some(latest) => store.put(key, latest),
+                None => store.remove(&key),
+            }
+            match published.is_empty() {
+                true => store.remove(&versions_key),
+                false => store.put(versions_key, published),
             }
             Ok(())
         }
@@ -73,11 +86,29 @@ pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<
 }
 
 /// The newest published version after `event`, if it changed.
-fn publish(latest: Option<&Published>, event: &ApplicationEvent) -> Option<Published> {
-    let ApplicationEvent::VersionPublished { version, published_at, .. } = event else { return None };
-    latest
-        .is_none_or(|latest| newer(version, &latest.version))
-        .then(|| Published { version: version.clone(), published_at: *published_at })
+fn published_after(
+    mut published: BTreeMap<String, DateTime<Utc>>,
+    event: &ApplicationEvent,
+) -> Option<BTreeMap<String, DateTime<Utc>>> {
+    match event {
+        ApplicationEvent::VersionPublished { version, published_at, .. } => {
+            published.insert(version.clone(), *published_at);
+        }
+        ApplicationEvent::VersionWithdrawn { version, .. } => {
+            published.remove(version);
+        }
+        ApplicationEvent::Deleted { .. } => published.clear(),
+        ApplicationEvent::Registered { .. }
+        | ApplicationEvent::VersionAdded { .. }
+        | ApplicationEvent::VersionDeleted { .. } => return None,
+    }
+    Some(published)
+}
+
+/// The newest of the published versions, by semver.
+fn newest(published: &BTreeMap<String, DateTime<Utc>>) -> Option<Published> {
+    let (version, at) = published.iter().reduce(|a, b| if newer(b.0, a.0) { b } else { a })?;
+    Some(Published { version: version.clone(), published_at: *at })
 }
 
 /// A live deployment as `event` leaves it; none once uninstalled.
@@ -110,6 +141,9 @@ fn track(tracked: Option<Tracked>, event: &DeploymentEvent) -> Option<Tracked> {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ApplicationUpdates {
     pub latest: Option<Published>,
+    /// Its published versions not withdrawn, with when each was published.
+    #[serde(default)]
+    pub published: BTreeMap<String, DateTime<Utc>>,
     /// Live deployments of the application, by id.
     pub deployments: BTreeMap<String, Tracked>,
 }
@@ -148,8 +182,9 @@ pub fn newer(a: &str, b: &str) -> bool {
 
 impl ApplicationUpdates {
     pub fn apply_application(&mut self, event: &ApplicationEvent) {
-        if let Some(newer) = publish(self.latest.as_ref(), event) {
-            self.latest = Some(newer);
+        if let Some(published) = published_after(self.published.clone(), event) {
+            self.latest = newest(&published);
+            self.published = published;
         }
     }
 
@@ -218,6 +253,27 @@ mod tests {
         state.apply_application(&published("2.0.0"));
         state.apply_application(&published("1.5.0"));
         assert_eq!(state.latest.as_ref().map(|l| l.version.as_str()), Some("2.0.0"));
+    }
+
+    #[test]
+    fn withdrawing_the_newest_version_tells_of_the_newest_left_and_none_once_none_is() {
+        let mut state = ApplicationUpdates::default();
+        state.apply_application(&published("1.0.0"));
+        state.apply_application(&published("1.1.0"));
+        state.apply_deployment("d1", &launched("1.0.0"));
+        let withdrawn = |version: &str| ApplicationEvent::VersionWithdrawn {
+            version: version.into(),
+            at: now(),
+            reason: "broken".into(),
+        };
+        state.apply_application(&withdrawn("1.1.0"));
+        assert_eq!(state.latest.as_ref().map(|l| l.version.as_str()), Some("1.0.0"));
+        assert_eq!(available(&state), [], "d1 runs the newest left");
+        state.apply_application(&withdrawn("1.0.0"));
+        assert_eq!(state.latest, None);
+        state.apply_application(&published("1.2.0"));
+        state.apply_application(&ApplicationEvent::Deleted { at: now() });
+        assert_eq!(state.latest, None, "a deleted application tells of nothing");
     }
 
     #[test]
