@@ -872,6 +872,13 @@ pub struct UpdateRequest {
     /// this many seconds on a node.
     #[serde(default)]
     pub rollback_within: Option<u32>,
+    /// A profile in place of the deployment's; with the same version, what fixes a launch in
+    /// place.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Parameter values in place of the deployment's overrides, whole.
+    #[serde(default)]
+    pub overrides: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[utoipa::path(post, path = "/v1/deployments/{id}/update", tag = "deployments", summary = "Move to another published version (operator)", request_body = UpdateRequest, params(("id" = String, Path, description = "The id")), responses((status = 202, body = DeploymentAnswer), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
@@ -892,7 +899,12 @@ pub(crate) async fn update(
     let mode = Mode { staged: body.staged, instantly_apply: body.instantly_apply };
     let rollout = body.rollout.as_ref().map(RolloutRequest::rollout).transpose()?;
     let rollback_within = body.rollback_within;
-    let command = DeploymentCommand::Update { application, version: body.version, mode, rollout, rollback_within };
+    let reconfigure = (body.profile.is_some() || body.overrides.is_some()).then(|| events::deployment::Reconfigure {
+        profile: body.profile.or_else(|| deployment.profile.clone()),
+        overrides: body.overrides.unwrap_or_else(|| deployment.overrides.clone()),
+    });
+    let version = body.version;
+    let command = DeploymentCommand::Update { application, version, mode, rollout, rollback_within, reconfigure };
     deployment_command(&state, &caller, id, command).await
 }
 

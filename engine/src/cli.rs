@@ -52,6 +52,30 @@ enum Output {
     Json,
 }
 
+/// New values for a deployment: they replace its profile, its overrides, or both.
+#[derive(Debug, clap::Args)]
+struct ValuesArgs {
+    /// A profile of the version, in place of the deployment's.
+    #[arg(long)]
+    profile: Option<String>,
+    /// A parameter value (`NAME=value`); repeat for several. Given, they replace the
+    /// deployment's overrides whole.
+    #[arg(long = "set", value_parser = key_value)]
+    overrides: Vec<(String, String)>,
+}
+
+impl ValuesArgs {
+    /// The fields of an update's body that carry them.
+    fn json(&self, body: &mut Value) {
+        if let Some(profile) = &self.profile {
+            body["profile"] = json!(profile);
+        }
+        if !self.overrides.is_empty() {
+            body["overrides"] = json!(string_map(&self.overrides));
+        }
+    }
+}
+
 /// `--watch`, and how long it follows.
 #[derive(Debug, clap::Args)]
 struct WatchArgs {
@@ -204,6 +228,17 @@ enum Command {
         /// many seconds on a node.
         #[arg(long)]
         rollback_within: Option<u32>,
+        #[command(flatten)]
+        values: ValuesArgs,
+        #[command(flatten)]
+        watch: WatchArgs,
+    },
+    /// Run the version a deployment has again with another profile or other values: a failed
+    /// launch fixed in place.
+    Redeploy {
+        id: String,
+        #[command(flatten)]
+        values: ValuesArgs,
         #[command(flatten)]
         watch: WatchArgs,
     },
@@ -671,15 +706,38 @@ impl Cli {
             Command::Start { id, watch } => return client.request_change(id, "start", watch).await,
             Command::Uninstall { id, watch } => return client.request_change(id, "uninstall", watch).await,
             Command::ForceUpdate { id, watch } => return client.request_change(id, "force-update", watch).await,
-            Command::Update { id, version, mode, rollout, rollback_within, watch } => {
+            Command::Redeploy { id, values, watch } => {
+                if values.profile.is_none() && values.overrides.is_empty() {
+                    anyhow::bail!("give the new values: --profile, --set NAME=value, or both");
+                }
                 let id = client.deployment_id(id).await?;
-                let body = json!({
+                let view = client.get(&format!("/v1/deployments/{id}")).await?;
+                let version = view["version"].as_str().context("the deployment has no version")?.to_owned();
+                let mut body = json!({ "version": version });
+                values.json(&mut body);
+                let answer = match client.post(&format!("/v1/deployments/{id}/update"), body).await {
+                    Err(e) if already(&e) => {
+                        println!("deployment {id}: {}; nothing to do", failure_message(&e));
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    answer => answer?,
+                };
+                let status = answer["deployment"]["status"].as_str().unwrap_or("unknown");
+                println!("redeploy of deployment {id} at {version} requested: {status}");
+                if watch.watch {
+                    return client.watch(&id, watch.timeout, since(&answer)).await;
+                }
+            }
+            Command::Update { id, version, mode, rollout, rollback_within, values, watch } => {
+                let id = client.deployment_id(id).await?;
+                let mut body = json!({
                     "version": version,
                     "staged": mode.staged,
                     "instantly_apply": mode.instantly_apply,
                     "rollout": rollout.json(),
                     "rollback_within": rollback_within,
                 });
+                values.json(&mut body);
                 let answer = match client.post(&format!("/v1/deployments/{id}/update"), body).await {
                     Err(e) if already(&e) => {
                         println!("deployment {id}: {}; nothing to do", failure_message(&e));

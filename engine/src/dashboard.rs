@@ -514,7 +514,15 @@ async fn act(
 }
 
 fn update_to(version: String) -> api::UpdateRequest {
-    api::UpdateRequest { version, staged: false, instantly_apply: true, rollout: None, rollback_within: None }
+    api::UpdateRequest {
+        version,
+        staged: false,
+        instantly_apply: true,
+        rollout: None,
+        rollback_within: None,
+        profile: None,
+        overrides: None,
+    }
 }
 
 async fn catalog_page(

@@ -255,6 +255,15 @@ impl Launch {
     }
 }
 
+/// A deployment's profile and overrides, given anew with an update.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconfigure {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeploymentCommand {
     Launch(Launch),
@@ -274,6 +283,9 @@ pub enum DeploymentCommand {
         /// Go back to the current version if the new one fails to start, or stops running
         /// within this many seconds on a node.
         rollback_within: Option<u32>,
+        /// A new profile and overrides, in place of the deployment's: the same version with
+        /// other values is an update too (a failed launch fixed in place).
+        reconfigure: Option<Reconfigure>,
     },
     /// Start what was staged.
     Apply,
@@ -369,6 +381,9 @@ pub enum DeploymentEvent {
         /// Seconds the new version must stay running on a node, or it goes back.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rollback_within: Option<u32>,
+        /// The profile and overrides the deployment has from now on, when the update gave them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reconfigured: Option<Reconfigure>,
         at: DateTime<Utc>,
     },
     /// An update that failed went back to the version that ran before.
@@ -640,17 +655,22 @@ impl Aggregate for Deployment {
                 }
                 _ => vec![],
             }),
-            DeploymentCommand::Update { application, version, mode, rollout, rollback_within } => {
+            DeploymentCommand::Update { application, version, mode, rollout, rollback_within, reconfigure } => {
                 let target = published(&self.application, application, version)?;
                 check_mode(*mode)?;
                 rollout.as_ref().map(Rollout::check).transpose()?;
-                let env = target.settings.resolve(self.profile.as_deref(), &self.overrides).map_err(R::Settings)?;
+                let (profile, overrides) = match reconfigure {
+                    Some(r) => (r.profile.as_deref(), &r.overrides),
+                    None => (self.profile.as_deref(), &self.overrides),
+                };
+                let env = target.settings.resolve(profile, overrides).map_err(R::Settings)?;
                 if let Some(name) = target.settings.missing_secret(&self.secrets) {
                     return Err(R::Settings(SettingsError::MissingSecret(name.clone())));
                 }
                 let services = target.resolve_services(&env).map_err(R::Compose)?;
-                if target.version == self.version {
-                    return Err(R::AlreadyDesired("at that version"));
+                let same_values = profile == self.profile.as_deref() && overrides == &self.overrides;
+                if target.version == self.version && same_values {
+                    return Err(R::AlreadyDesired("at that version, with those values"));
                 }
                 self.with_next_wave(DeploymentEvent::UpdateRequested {
                     from_version: self.version.clone(),
@@ -661,6 +681,7 @@ impl Aggregate for Deployment {
                     services,
                     rollout: *rollout,
                     rollback_within: *rollback_within,
+                    reconfigured: reconfigure.clone(),
                     at: ctx.now,
                 })
             }
@@ -779,8 +800,13 @@ impl Aggregate for Deployment {
                 services,
                 rollout,
                 rollback_within,
+                reconfigured,
                 at: _,
             } => {
+                if let Some(r) = reconfigured {
+                    self.profile = r.profile.clone();
+                    self.overrides = r.overrides.clone();
+                }
                 let previous = Target {
                     version: self.version.clone(),
                     image: self.image.clone(),
@@ -1255,6 +1281,7 @@ mod tests {
             mode: Mode::default(),
             rollout: Default::default(),
             rollback_within: Default::default(),
+            reconfigure: None,
         }
     }
 
@@ -1550,6 +1577,7 @@ mod tests {
             mode: STAGED,
             rollout: Default::default(),
             rollback_within: Default::default(),
+            reconfigure: None,
         };
         let state = given::<Deployment>([launched()]).when(command).then([E::UpdateRequested {
             from_version: "1.0.0".into(),
@@ -1561,8 +1589,38 @@ mod tests {
             services: Default::default(),
             rollout: Default::default(),
             rollback_within: Default::default(),
+            reconfigured: None,
         }]);
         assert!(state.awaiting_apply);
+    }
+
+    #[test]
+    fn an_update_to_the_same_version_takes_a_new_profile_and_overrides_and_keeps_them() {
+        let application = catalog_with_settings();
+        let mut l = launch(&["edge-1"]);
+        l.application = application.clone();
+        let launched = given::<Deployment>([]).when(C::Launch(l)).events();
+        let again = |reconfigure: Option<Reconfigure>| C::Update {
+            application: application.clone(),
+            version: "1.0.0".into(),
+            mode: Mode::default(),
+            rollout: None,
+            rollback_within: None,
+            reconfigure,
+        };
+        given::<Deployment>(launched.clone())
+            .when(again(None))
+            .then_rejected(R::AlreadyDesired("at that version, with those values"));
+        let test = Reconfigure { profile: Some("test".into()), overrides: [("GREETING".into(), "hi".into())].into() };
+        let updated = given::<Deployment>(launched.clone()).when(again(Some(test.clone()))).events();
+        let state = Deployment::fold(&[launched.clone(), updated].concat());
+        assert_eq!((state.profile.as_deref(), state.overrides.clone()), (Some("test"), test.overrides.clone()));
+        assert_eq!(state.env.get("MODE").map(String::as_str), Some("test"));
+        assert_eq!(state.env.get("GREETING").map(String::as_str), Some("hi"));
+        let unknown = Reconfigure { profile: Some("nope".into()), overrides: Default::default() };
+        given::<Deployment>(launched)
+            .when(again(Some(unknown)))
+            .then_rejected(R::Settings(SettingsError::UnknownProfile("nope".into())));
     }
 
     #[test]
@@ -1579,6 +1637,7 @@ mod tests {
                     services: Default::default(),
                     rollout: Default::default(),
                     rollback_within: Default::default(),
+                    reconfigured: None,
                 },
             ]);
         assert_eq!((state.version.as_str(), state.desired), ("1.1.0", Desired::Running));
@@ -1603,7 +1662,7 @@ mod tests {
     fn update_to_the_current_version_is_rejected() {
         given::<Deployment>([launched()])
             .when(update(&[("1.0.0", true)], "1.0.0"))
-            .then_rejected(R::AlreadyDesired("at that version"));
+            .then_rejected(R::AlreadyDesired("at that version, with those values"));
     }
 
     #[test]
@@ -1790,6 +1849,7 @@ mod tests {
             services: vec![],
             rollout: None,
             rollback_within: Some(within),
+            reconfigured: None,
             at: now(),
         }
     }

@@ -103,6 +103,7 @@ fn deployments() -> Vec<DeploymentEvent> {
             services: vec![],
             rollout,
             rollback_within: Some(30),
+            reconfigured: None,
             at: at(),
         },
         DeploymentEvent::RolledBack {

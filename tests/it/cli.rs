@@ -118,7 +118,7 @@ async fn the_cli_refuses_clearly_and_suggests_what_was_meant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_read_their_tail_with_timestamps_and_a_watch_says_which_node_it_waits_on_and_why() {
+async fn a_version_with_values_is_redeployed_in_place_its_logs_tail_and_a_watch_names_the_node_it_waits_on() {
     let Lab { nats: _nats, engine, node } = Lab::start().await;
     // A version with its parameters and profiles given as flags.
     ok(&engine, &["app", "register", "logger", "--name", "Logger"]).await;
@@ -168,6 +168,23 @@ async fn logs_read_their_tail_with_timestamps_and_a_watch_says_which_node_it_wai
     let (code, out, err) = engine_cli(&engine, &["logs", &id]).await;
     assert_eq!((code, out.lines().count()), (0, 200), "{err}");
     assert!(err.starts_with("next page: --cursor "), "the cursor goes to stderr: {err}");
+
+    // Run again in place with other values: the containers get them.
+    let redeployed = ok(&engine, &["redeploy", &id, "--set", "GREETING=hey", "--watch"]).await;
+    assert!(redeployed.contains(&format!("deployment {id} is running")), "{redeployed}");
+    let (_, view) = engine.get(&format!("/v1/deployments/{id}")).await;
+    assert_eq!((view["env"]["GREETING"].as_str(), view["profile"].as_str()), (Some("hey"), Some("quiet")), "{view}");
+    let docker = tests::docker().await;
+    let env = tests::eventually("the container made with the new values", crate::harness::TIMEOUT, || async {
+        let name = format!("logger-{id}-{name}");
+        let inspected = docker.inspect_container(&name, None).await.ok()?;
+        let env = inspected.config?.env?;
+        env.contains(&"GREETING=hey".to_owned()).then_some(env)
+    })
+    .await;
+    assert!(env.contains(&"GREETING=hey".to_owned()), "{env:?}");
+    let again = ok(&engine, &["redeploy", &id, "--set", "GREETING=hey"]).await;
+    assert!(again.contains("nothing to do"), "{again}");
 
     // The node goes silent: the watch of a new request says it waits on it, and why.
     node.stop().await;

@@ -345,8 +345,11 @@ fn deployment(store: &mut impl Store, envelope: &Envelope, event: &DeploymentEve
         DeploymentEvent::StopRequested { .. } => Some((Desired::Stopped, Status::PendingStop)),
         DeploymentEvent::StartRequested { .. } => Some((Desired::Running, Status::PendingStart)),
         DeploymentEvent::UninstallRequested { .. } => Some((Desired::Removed, Status::PendingRemove)),
-        DeploymentEvent::UpdateRequested { version, image, mode, env, services, rollout, .. } => {
+        DeploymentEvent::UpdateRequested { version, image, mode, env, services, rollout, reconfigured, .. } => {
             let view = &mut open.header.view;
+            if let Some(r) = reconfigured {
+                view.profile = r.profile.clone();
+            }
             (view.env, view.services) = (env.clone(), services.clone());
             (view.rollout, view.rollout_halted) = (*rollout, None);
             (view.version, view.image) = (version.clone(), image.clone());

@@ -292,6 +292,7 @@ mod tests {
             services: Default::default(),
             rollout: Default::default(),
             rollback_within: Default::default(),
+            reconfigured: None,
         };
         state.apply_deployment("d1", &update);
         state.apply_deployment("d2", &DeploymentEvent::UninstallRequested { at: now() });
