@@ -60,6 +60,19 @@ pub async fn each_event(
     .await
 }
 
+/// A bar of events read out of `last`, on stderr when it is a terminal (hidden otherwise).
+pub fn progress_bar(last: u64) -> indicatif::ProgressBar {
+    let progress = match std::io::stderr().is_terminal() {
+        true => indicatif::ProgressBar::new(last),
+        false => indicatif::ProgressBar::hidden(),
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events, {per_sec}, {eta} left")
+            .expect("a valid template"),
+    );
+    progress
+}
+
 /// Like [`each_event`], handing `each` every message, whether it fits or not; returns how many
 /// there were.
 pub async fn each_message(
@@ -71,14 +84,7 @@ pub async fn each_message(
     if last < from.max(1) {
         return Ok(0);
     }
-    let progress = match std::io::stderr().is_terminal() {
-        true => indicatif::ProgressBar::new(last),
-        false => indicatif::ProgressBar::hidden(),
-    };
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events, {per_sec}, {eta} left")
-            .expect("a valid template"),
-    );
+    let progress = progress_bar(last);
     let messages = bus::tail::tail(store, from).await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
     let mut messages = std::pin::pin!(messages);
     let mut count: u64 = 0;

@@ -29,7 +29,19 @@ pub async fn rebuild(store: &EventStore, dir: &Path) -> anyhow::Result<Rebuilt> 
     let (deployments, nodes) = (Deployments::new(models.clone()), Nodes::new(models.clone()));
     let until = store.last_sequence().await?;
     let config = ProjectorConfig { batch_size: 1000 };
-    let events = projector::rebuild(store, &models, &config, until).await?;
+    // On a terminal, how far the fold has come: its checkpoint, read as it moves.
+    let progress = crate::progress_bar(until);
+    let watched = (progress.clone(), models.clone());
+    let follow = tokio::spawn(async move {
+        loop {
+            watched.0.set_position(projector::checkpoint(&watched.1).unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let events = projector::rebuild(store, &models, &config, until).await;
+    follow.abort();
+    progress.finish_and_clear();
+    let events = events?;
     db.flush_async().await?;
     Ok(Rebuilt { deployments, nodes, events, took: started.elapsed() })
 }

@@ -109,7 +109,13 @@ async fn a_simulated_fleet_under_chaos_ends_with_the_engine_saying_what_every_no
             differences.extend(nodes.iter().filter_map(|n| disagreement(&engine, id, n)));
             views.push(view);
         }
-        if differences.is_empty() {
+        // Agreed, and settled: a node may say the truth while a step is under way.
+        let settled = views.iter().all(|view| {
+            nodes
+                .iter()
+                .all(|n| ["running", "stopped"].contains(&view["nodes"][&n.name]["status"].as_str().unwrap_or("")))
+        });
+        if differences.is_empty() && settled {
             break views;
         }
         if Instant::now() > deadline {
