@@ -74,6 +74,30 @@ pub struct DockerRuntime {
     secrets_dir: std::path::PathBuf,
     /// Bytes its pulls downloaded.
     pulled: std::sync::Arc<crate::metrics::PulledBytes>,
+    /// The pulls under way: by image, each layer's bytes come so far and its size.
+    pulling: std::sync::Arc<std::sync::Mutex<Pulling>>,
+}
+
+/// Each image being pulled: by layer, the bytes come so far and the layer's size.
+type Pulling = std::collections::BTreeMap<String, std::collections::BTreeMap<String, (u64, u64)>>;
+
+/// Forgets an image's pull when it ends, however it ends.
+struct PullUnderWay<'a> {
+    pulling: &'a std::sync::Mutex<Pulling>,
+    image: String,
+}
+
+impl PullUnderWay<'_> {
+    fn layer(&self, layer: &str, bytes: u64, total: u64) {
+        let mut pulling = self.pulling.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pulling.entry(self.image.clone()).or_default().insert(layer.to_owned(), (bytes, total));
+    }
+}
+
+impl Drop for PullUnderWay<'_> {
+    fn drop(&mut self) {
+        self.pulling.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.image);
+    }
 }
 
 /// Where secret files are kept unless told otherwise: shared memory, never the disk.
@@ -96,6 +120,7 @@ impl DockerRuntime {
             policy: Policy::default(),
             secrets_dir,
             pulled: Default::default(),
+            pulling: Default::default(),
         })
     }
 
@@ -193,6 +218,17 @@ impl ContainerRuntime for DockerRuntime {
         self.pulled.get()
     }
 
+    fn pulls(&self) -> Vec<events::telemetry::Pull> {
+        let pulling = self.pulling.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pulling
+            .iter()
+            .map(|(image, layers)| {
+                let sum = |pick: fn(&(u64, u64)) -> u64| layers.values().map(pick).fold(0, u64::saturating_add);
+                events::telemetry::Pull { image: image.clone(), bytes: sum(|l| l.0), total: sum(|l| l.1) }
+            })
+            .collect()
+    }
+
     async fn observe(&self, name: &str, image: &str) -> Result<Observed, RuntimeError> {
         let container = match self.docker.inspect_container(name, None).await {
             Ok(found) => {
@@ -231,17 +267,25 @@ impl ContainerRuntime for DockerRuntime {
         let mut progress = self.docker.create_image(Some(options), None, None);
         // Each layer's size, as its download says: counted once the pull is over.
         let mut layers: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let under_way = PullUnderWay { pulling: &self.pulling, image: image.to_owned() };
         while let Some(step) = progress.next().await {
             let step = step.map_err(|e| classify(Step::Pull, e))?;
             if let Some(detail) = step.error_detail {
                 let message = detail.message.unwrap_or_else(|| "the pull failed".to_owned());
                 return Err(classify(Step::Pull, DockerError::DockerStreamError { error: message }));
             }
+            if let (Some("Download complete"), Some(id)) = (step.status.as_deref(), &step.id) {
+                if let Some(size) = layers.get(id) {
+                    under_way.layer(id, *size, *size);
+                }
+            }
             if let (Some(status), Some(detail)) = (&step.status, &step.progress_detail) {
                 tracing::debug!(image, status, current = detail.current, total = detail.total, "pulling");
                 if let (Some(id), Some(total)) = (&step.id, detail.total.and_then(|t| u64::try_from(t).ok())) {
                     if status == "Downloading" {
                         layers.insert(id.clone(), total);
+                        let bytes = detail.current.and_then(|c| u64::try_from(c).ok()).unwrap_or(0);
+                        under_way.layer(id, bytes, total);
                     }
                 }
             }

@@ -154,6 +154,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         0
     }
 
+    /// The images being downloaded now, and how far each has come.
+    fn pulls(&self) -> Vec<events::telemetry::Pull> {
+        Vec::new()
+    }
+
     /// The container's state and counters now.
     fn sample(&self, id: &str) -> impl Future<Output = Result<Sample, RuntimeError>> + Send;
 

@@ -32,7 +32,7 @@ pub async fn beat<R: ContainerRuntime>(
 ) {
     let subject = events::telemetry::subject(&config.tenant, &config.node);
     let samples = Samples::default();
-    let sampler = tokio::spawn(sample(runtime, config.heartbeat, watched.clone(), samples.clone()));
+    let sampler = tokio::spawn(sample(runtime.clone(), config.heartbeat, watched.clone(), samples.clone()));
     let _sampler = crate::driver::AbortOnDrop(sampler);
     let mut ticks = tokio::time::interval(config.heartbeat);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -55,6 +55,7 @@ pub async fn beat<R: ContainerRuntime>(
             at: Utc::now(),
             interval_ms: u64::try_from(config.heartbeat.as_millis()).unwrap_or(u64::MAX),
             containers: telemetry,
+            pulls: runtime.pulls(),
         };
         let payload = serde_json::to_vec(&heartbeat).expect("a heartbeat always serializes");
         // Telemetry is best effort: a beat lost on a cut link is replaced by the next one.

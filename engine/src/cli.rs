@@ -1276,6 +1276,41 @@ impl Client<'_> {
         }
     }
 
+    /// How far the nodes downloading the deployment's images have come, from their heartbeats:
+    /// each quarter of a node's download is said once; the sum goes on the progress bar.
+    async fn pulls(
+        &self,
+        view: &DeploymentView,
+        said: &mut std::collections::BTreeMap<String, u64>,
+        progress: &indicatif::ProgressBar,
+    ) -> String {
+        let mut images: Vec<&str> = view.services.iter().map(|s| s.image.as_str()).collect();
+        images.push(&view.image);
+        let (mut bytes, mut total) = (0u64, 0u64);
+        for (node, _) in view.nodes.iter().filter(|(_, n)| n.status == Status::Downloading) {
+            let Ok(beat) = self.get(&format!("/v1/nodes/{node}/telemetry")).await else { continue };
+            let pulls = beat["pulls"].as_array().into_iter().flatten();
+            let mine = pulls.filter(|p| p["image"].as_str().is_some_and(|i| images.contains(&i)));
+            let (node_bytes, node_total) = mine.fold((0u64, 0u64), |(b, t), p| {
+                (b.saturating_add(p["bytes"].as_u64().unwrap_or(0)), t.saturating_add(p["total"].as_u64().unwrap_or(0)))
+            });
+            if node_total == 0 {
+                continue;
+            }
+            let quarter = node_bytes.saturating_mul(4) / node_total;
+            if quarter > said.get(node).copied().unwrap_or(0) {
+                said.insert(node.clone(), quarter);
+                let (b, t) = (indicatif::HumanBytes(node_bytes), indicatif::HumanBytes(node_total));
+                progress.suspend(|| println!("{node}: pulled {b} of {t}"));
+            }
+            (bytes, total) = (bytes.saturating_add(node_bytes), total.saturating_add(node_total));
+        }
+        match total {
+            0 => String::new(),
+            _ => format!(", pulling {} of {}", indicatif::HumanBytes(bytes), indicatif::HumanBytes(total)),
+        }
+    }
+
     /// Every entry of a deployment's history after stream sequence `after`, page by page.
     async fn history_after(&self, id: &str, after: u64) -> anyhow::Result<Vec<HistoryEntry>> {
         let mut entries = Vec::new();
@@ -1302,6 +1337,8 @@ impl Client<'_> {
         );
         let _clear = ClearOnDrop(progress.clone());
         let mut waiting: std::collections::BTreeSet<(String, &str)> = std::collections::BTreeSet::new();
+        // Per node, the quarters of its download said so far.
+        let mut pulled: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
         loop {
             let history = self.history_after(id, shown).await?;
             for entry in &history {
@@ -1314,7 +1351,8 @@ impl Client<'_> {
             let failed = view.nodes.values().filter(|n| n.status == Status::Failed).count();
             progress.set_length(view.nodes.len() as u64);
             progress.set_position(done as u64);
-            progress.set_message(format!("{} {}, {failed} failed", view.version, view.status));
+            let pulling = self.pulls(&view, &mut pulled, &progress).await;
+            progress.set_message(format!("{} {}, {failed} failed{pulling}", view.version, view.status));
             // A node the watch waits on that cannot answer: said once, with why.
             for (node, n) in view.nodes.iter().filter(|(_, n)| !n.status.is_settled()) {
                 let why = match (n.revoked, n.unreachable, &n.overdue) {

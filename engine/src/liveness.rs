@@ -173,6 +173,7 @@ fn expect_known_nodes(liveness: &Liveness, nodes: &crate::read_model::Nodes) -> 
             at: now,
             interval_ms: ASSUMED_INTERVAL_MS,
             containers: vec![],
+            pulls: vec![],
         };
         latest.entry((record.tenant, record.id)).or_insert(Seen {
             heartbeat,

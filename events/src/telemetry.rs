@@ -28,6 +28,19 @@ pub struct Heartbeat {
     /// The node's rate: the next heartbeat is due this many milliseconds later.
     pub interval_ms: u64,
     pub containers: Vec<ContainerTelemetry>,
+    /// The images it is downloading now, and how far each has come.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pulls: Vec<Pull>,
+}
+
+/// An image being downloaded: the bytes of its layers come so far, of those it knows the
+/// size of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Pull {
+    pub image: String,
+    pub bytes: u64,
+    pub total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,7 +80,7 @@ mod tests {
     use crate::testing::now;
 
     fn beat(interval_ms: u64) -> Heartbeat {
-        Heartbeat { tenant: "t".into(), node: "n".into(), at: now(), interval_ms, containers: vec![] }
+        Heartbeat { tenant: "t".into(), node: "n".into(), at: now(), interval_ms, containers: vec![], pulls: vec![] }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The engine's figures, scraped as Prometheus scrapes them.
 
+use std::time::Duration;
+
 use tests::eventually;
 
 use crate::harness::{launch, Lab, TestEngine, IMAGE_1_0_0, TIMEOUT};
@@ -58,7 +60,7 @@ async fn scrape_node(addr: std::net::SocketAddr, token: &str) -> (u16, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nodes_figures_count_its_steps_pulls_outbox_and_reconnects_and_only_its_token_may_read_them() {
+async fn a_node_says_its_pull_as_it_goes_and_its_figures_count_steps_pulls_outbox_and_reconnects_for_its_token_alone() {
     use crate::harness::TestNode;
     // An image no other test runs, and none left on this Docker engine: the launch downloads it.
     const METERED: &str = "127.0.0.1:5000/sample/metered:1.0.0";
@@ -70,6 +72,17 @@ async fn a_nodes_figures_count_its_steps_pulls_outbox_and_reconnects_and_only_it
     let digest = app["versions"][0]["digests"][METERED].as_str().expect("the version's digest").to_owned();
     let docker = tests::docker().await;
     for reference in [METERED.to_owned(), format!("127.0.0.1:5000/sample/metered@{digest}")] {
+        // What an earlier run left of it goes first: an image a container uses stays.
+        let filters = [("ancestor".to_owned(), vec![reference.clone()])].into_iter().collect();
+        let options = bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        for container in docker.list_containers(Some(options)).await.unwrap_or_default() {
+            let remove = bollard::query_parameters::RemoveContainerOptions { force: true, ..Default::default() };
+            let _ = docker.remove_container(&container.id.unwrap_or_default(), Some(remove)).await;
+        }
         if let Ok(image) = docker.inspect_image(&reference).await {
             let remove = bollard::query_parameters::RemoveImageOptions { force: true, ..Default::default() };
             let _ = docker.remove_image(&image.id.unwrap_or_default(), Some(remove), None).await;
@@ -81,7 +94,13 @@ async fn a_nodes_figures_count_its_steps_pulls_outbox_and_reconnects_and_only_it
     let token = "a-scrapers-token-of-some-length";
     let listen = edge_node::metrics::MetricsListen { addr, token: token.to_owned() };
     let config = edge_node::NodeConfig { metrics: Some(listen), ..TestNode::config(&nats.url(), &name, &data) };
-    let node = TestNode::start_with(config, &engine, data).await;
+    // The node reaches Docker through a gate that will bring its pull's progress back slowly.
+    let sockets = tempfile::tempdir().unwrap();
+    let gate = tests::DockerGate::to(&tests::docker_socket(), sockets.path()).await;
+    let gated = sockets.path().join("docker-gate.sock");
+    let through_gate =
+        bollard::Docker::connect_with_unix(gated.to_str().unwrap(), 120, bollard::API_DEFAULT_VERSION).unwrap();
+    let node = TestNode::start_on_docker(config, &engine, data, through_gate).await;
 
     let before = eventually("the node's figures", TIMEOUT, || async {
         let (status, text) = scrape_node(addr, token).await;
@@ -92,8 +111,38 @@ async fn a_nodes_figures_count_its_steps_pulls_outbox_and_reconnects_and_only_it
     assert_eq!(figure(&before, "edge_node_pull_seconds_count"), Some(0.0), "{before}");
     assert!(figure(&before, "edge_node_outbox_depth").is_some(), "{before}");
 
+    gate.slow_answers(64, Duration::from_millis(50));
     let id = launch(&engine, &node.name).await;
+    // Followed from the command line, which says how far the node's download has come.
+    let watch = tokio::process::Command::new(tests::binary("engine"))
+        .env("ENGINE_API", format!("https://{}", engine.engine.api_addr))
+        .env("ENGINE_CA", engine.trust().ca())
+        .env("ENGINE_TOKEN", tests::ADMIN_TOKEN)
+        .args(["watch", &id, "--timeout", "120s"])
+        .output();
+    let watched = tokio::spawn(watch);
+    // The node's heartbeats say its pull while it is under way: the bytes come of all of them
+    // (how many steps Docker reports between none and all is its own).
+    let telemetry = format!("/v1/nodes/{}/telemetry", node.name);
+    let pull = eventually("a heartbeat to show the pull under way", TIMEOUT, || async {
+        let (_, beat) = engine.get(&telemetry).await;
+        let pull = beat["pulls"].as_array()?.first()?.clone();
+        let (bytes, total) = (pull["bytes"].as_u64()?, pull["total"].as_u64()?);
+        (bytes > 0 && bytes <= total).then_some(pull)
+    })
+    .await;
+    assert!(pull["image"].as_str().unwrap().starts_with(METERED), "{pull}");
     engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    gate.slow_answers(64 * 1024, Duration::ZERO);
+    let watched = watched.await.unwrap().unwrap();
+    let said = String::from_utf8_lossy(&watched.stdout);
+    assert!(watched.status.success(), "{said}");
+    assert!(said.lines().any(|l| l.starts_with(&format!("{}: pulled ", node.name))), "{said}");
+    eventually("the heartbeats to show no pull once it runs", TIMEOUT, || async {
+        let (_, beat) = engine.get(&telemetry).await;
+        (beat["interval_ms"].is_u64() && beat.get("pulls").is_none()).then_some(())
+    })
+    .await;
     let (_, after) = scrape_node(addr, token).await;
     for step in ["pull", "create", "start"] {
         let done = format!(r#"edge_node_steps_total{{kind="{step}",outcome="done"}}"#);

@@ -24,6 +24,8 @@ struct Hold {
 pub struct DockerGate {
     path: PathBuf,
     hold: watch::Sender<Hold>,
+    /// While set, answers trickle back this many bytes at a time, each after this pause.
+    pace: watch::Sender<Option<(usize, std::time::Duration)>>,
     held: Arc<Mutex<Vec<String>>>,
     accept: AbortHandle,
 }
@@ -34,15 +36,16 @@ impl DockerGate {
         let path = dir.join("docker-gate.sock");
         let listener = UnixListener::bind(&path).expect("the gate's socket");
         let (hold, watching) = watch::channel(Hold::default());
+        let (pace, pacing) = watch::channel(None);
         let held = Arc::new(Mutex::new(Vec::new()));
         let (docker, shared) = (docker.to_owned(), held.clone());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = UnixStream::connect(&docker).await else { continue };
-                tokio::spawn(forward(client, server, watching.clone(), shared.clone()));
+                tokio::spawn(forward(client, server, watching.clone(), pacing.clone(), shared.clone()));
             }
         });
-        DockerGate { path, hold, held, accept: accept.abort_handle() }
+        DockerGate { path, hold, pace, held, accept: accept.abort_handle() }
     }
 
     /// `unix://…`: where a client finds the Docker engine through the gate.
@@ -55,6 +58,12 @@ impl DockerGate {
     /// [`open`]: DockerGate::open
     pub fn hold(&self, method: &str, piece: &str) {
         self.hold.send_replace(Hold { rule: Some((method.to_owned(), piece.to_owned())) });
+    }
+
+    /// From now on, Docker's answers come back `bytes` at a time, each after `pause`: a pull's
+    /// progress reaches the node as a slow link would bring it.
+    pub fn slow_answers(&self, bytes: usize, pause: std::time::Duration) {
+        self.pace.send_replace(Some((bytes.max(1), pause)));
     }
 
     /// Lets every request through, those held first.
@@ -81,12 +90,24 @@ async fn forward(
     client: UnixStream,
     server: UnixStream,
     mut hold: watch::Receiver<Hold>,
+    pace: watch::Receiver<Option<(usize, std::time::Duration)>>,
     held: Arc<Mutex<Vec<String>>>,
 ) {
     let (client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let answers = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let paced = *pace.borrow();
+            let room = paced.map_or(buffer.len(), |(bytes, _)| bytes.min(buffer.len()));
+            let Ok(read) = server_read.read(&mut buffer[..room]).await else { break };
+            if read == 0 || client_write.write_all(&buffer[..read]).await.is_err() {
+                break;
+            }
+            if let Some((_, pause)) = paced {
+                tokio::time::sleep(pause).await;
+            }
+        }
         let _ = client_write.shutdown().await;
     });
     let mut client = BufReader::new(client_read);
