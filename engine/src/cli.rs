@@ -715,18 +715,7 @@ impl Cli {
                 let version = view["version"].as_str().context("the deployment has no version")?.to_owned();
                 let mut body = json!({ "version": version });
                 values.json(&mut body);
-                let answer = match client.post(&format!("/v1/deployments/{id}/update"), body).await {
-                    Err(e) if already(&e) => {
-                        println!("deployment {id}: {}; nothing to do", failure_message(&e));
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    answer => answer?,
-                };
-                let status = answer["deployment"]["status"].as_str().unwrap_or("unknown");
-                println!("redeploy of deployment {id} at {version} requested: {status}");
-                if watch.watch {
-                    return client.watch(&id, watch.timeout, since(&answer)).await;
-                }
+                return client.update(&id, body, &format!("redeploy of deployment {id} at {version}"), watch).await;
             }
             Command::Update { id, version, mode, rollout, rollback_within, values, watch } => {
                 let id = client.deployment_id(id).await?;
@@ -738,18 +727,7 @@ impl Cli {
                     "rollback_within": rollback_within,
                 });
                 values.json(&mut body);
-                let answer = match client.post(&format!("/v1/deployments/{id}/update"), body).await {
-                    Err(e) if already(&e) => {
-                        println!("deployment {id}: {}; nothing to do", failure_message(&e));
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    answer => answer?,
-                };
-                let status = answer["deployment"]["status"].as_str().unwrap_or("unknown");
-                println!("update of deployment {id} to {version} requested: {status}");
-                if watch.watch {
-                    return client.watch(&id, watch.timeout, since(&answer)).await;
-                }
+                return client.update(&id, body, &format!("update of deployment {id} to {version}"), watch).await;
             }
             Command::Summary => {
                 let summary = client.get("/v1/summary").await?;
@@ -1132,6 +1110,24 @@ impl Client<'_> {
         println!("{verb} of deployment {id} requested: {status}");
         if watch.watch {
             return self.watch(&id, watch.timeout, since(&answer)).await;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Asks for an update (`what` says which), and follows it if asked to; one that changes
+    /// nothing says so, and is no failure.
+    async fn update(&self, id: &str, body: Value, what: &str, watch: &WatchArgs) -> anyhow::Result<ExitCode> {
+        let answer = match self.post(&format!("/v1/deployments/{id}/update"), body).await {
+            Err(e) if already(&e) => {
+                println!("deployment {id}: {}; nothing to do", failure_message(&e));
+                return Ok(ExitCode::SUCCESS);
+            }
+            answer => answer?,
+        };
+        let status = answer["deployment"]["status"].as_str().unwrap_or("unknown");
+        println!("{what} requested: {status}");
+        if watch.watch {
+            return self.watch(id, watch.timeout, since(&answer)).await;
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -62,9 +62,7 @@ pub fn router(api: AppState, auth: Auth, secure: bool) -> Router {
         .route("/deployments/{id}/{action}", post(act))
         .route("/catalog", get(catalog).post(register))
         .route("/catalog/{id}/versions", post(add_version))
-        .route("/catalog/{id}/versions/{version}/publish", post(publish))
-        .route("/catalog/{id}/versions/{version}/delete", post(delete_draft))
-        .route("/catalog/{id}/versions/{version}/withdraw", post(withdraw))
+        .route("/catalog/{id}/versions/{version}/{action}", post(version_action))
         .route("/launch", get(launch_form).post(launch))
         .route("/updates", get(updates))
         .route("/updates/{id}", post(update_now))
@@ -604,32 +602,23 @@ async fn add_version(
     catalog_after(&state, &caller, &id, answered(response.into_response()).await, &form).await
 }
 
-async fn publish(
+/// Publishes, deletes (a draft) or withdraws a version, then shows the catalog again.
+async fn version_action(
     State(state): State<Dashboard>,
     caller: Caller,
-    Path((id, version)): Path<(String, String)>,
+    Path((id, version, action)): Path<(String, String, String)>,
 ) -> Result<Response, Failure> {
-    let response = api::publish(State(state.api.clone()), caller.clone(), Path((id.clone(), version))).await;
-    catalog_after(&state, &caller, &id, answered(response.into_response()).await, &view::VersionForm::default()).await
-}
-
-async fn delete_draft(
-    State(state): State<Dashboard>,
-    caller: Caller,
-    Path((id, version)): Path<(String, String)>,
-) -> Result<Response, Failure> {
-    let response = api::delete_version(State(state.api.clone()), caller.clone(), Path((id.clone(), version))).await;
-    catalog_after(&state, &caller, &id, answered(response.into_response()).await, &view::VersionForm::default()).await
-}
-
-async fn withdraw(
-    State(state): State<Dashboard>,
-    caller: Caller,
-    Path((id, version)): Path<(String, String)>,
-) -> Result<Response, Failure> {
-    let body = Body(api::WithdrawRequest { reason: "withdrawn from the dashboard".to_owned() });
-    let response = api::withdraw(State(state.api.clone()), caller.clone(), Path((id.clone(), version)), body).await;
-    catalog_after(&state, &caller, &id, answered(response.into_response()).await, &view::VersionForm::default()).await
+    let (api, path) = (State(state.api.clone()), Path((id.clone(), version)));
+    let response = match action.as_str() {
+        "publish" => api::publish(api, caller.clone(), path).await.into_response(),
+        "delete" => api::delete_version(api, caller.clone(), path).await.into_response(),
+        "withdraw" => {
+            let body = Body(api::WithdrawRequest { reason: "withdrawn from the dashboard".to_owned() });
+            api::withdraw(api, caller.clone(), path, body).await.into_response()
+        }
+        other => return Err(Failure::new(StatusCode::NOT_FOUND, format!("no action `{other}` on a version"))),
+    };
+    catalog_after(&state, &caller, &id, answered(response).await, &view::VersionForm::default()).await
 }
 
 #[derive(Debug, Deserialize)]

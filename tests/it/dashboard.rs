@@ -90,6 +90,17 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
     assert_eq!(typed.prop("value").await.unwrap().as_deref(), Some("Not An Image!"), "what was typed stays");
     browser.screenshot(&shots, "catalog-refused").await;
 
+    // Fixed, the draft is added; then deleted.
+    typed.clear().await.unwrap();
+    typed.send_keys(LOGGER).await.unwrap();
+    b.find(Locator::Css(add)).await.unwrap().click().await.unwrap();
+    browser.wait_for("tr[data-version='2.0.0'] .badge.draft", PAGE).await;
+    browser.wait_for("form[action='/catalog/sample/versions/2.0.0/delete'] button", PAGE).await.click().await.unwrap();
+    browser.wait_for("tr[data-version='1.0.0']", PAGE).await;
+    assert!(b.find(Locator::Css("tr[data-version='2.0.0']")).await.is_err(), "the draft is gone");
+    let (_, app) = engine.get("/v1/applications/sample").await;
+    assert_eq!(app["versions"].as_array().unwrap().len(), 1, "{app}");
+
     // Launch 1.0.0 onto the node from the catalog.
     browser.wait_for("tr[data-version='1.0.0'] a.button", PAGE).await.click().await.unwrap();
     browser.wait_for(&format!("input[name=node][value='{}']", node.name), PAGE).await.click().await.unwrap();

@@ -22,18 +22,25 @@ const PAGES: [(&str, &str); 6] = [
     ("/reference", "API"),
 ];
 
+/// A page's head: its title, the stylesheet, and the script where the page follows the log.
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · edge orchestration" }
+            link rel="stylesheet" href="/assets/dashboard.css";
+            @if script { script src="/assets/dashboard.js" defer {} }
+        }
+    }
+}
+
 /// A whole page: the navigation, who is signed in and on which tenant, then `body`.
 pub fn page(title: &str, current: &str, me: &Me, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · edge orchestration" }
-                link rel="stylesheet" href="/assets/dashboard.css";
-                script src="/assets/dashboard.js" defer {}
-            }
+            (head(title, true))
             body {
                 a.skip href="#main" { "Skip to the content" }
                 header.top {
@@ -69,12 +76,7 @@ pub fn sign_in(error: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · edge orchestration" }
-                link rel="stylesheet" href="/assets/dashboard.css";
-            }
+            (head("Sign in", false))
             body {
                 main #main {
                     h1 { "Sign in" }
@@ -103,8 +105,7 @@ pub fn failure(status: u16, message: &str) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head { meta charset="utf-8"; title { "Error " (status) }
-                link rel="stylesheet" href="/assets/dashboard.css"; }
+            (head(&format!("Error {status}"), false))
             body { main #main {
                 h1 { "Error " (status) }
                 p.notice.error role="alert" { (message) }
