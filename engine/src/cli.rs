@@ -1034,13 +1034,7 @@ fn status_name(text: &str) -> Result<String, String> {
     if names.contains(&text) {
         return Ok(text.to_owned());
     }
-    let nearest = names
-        .iter()
-        .map(|n| (strsim::levenshtein(text, n), *n))
-        .min()
-        .filter(|(distance, _)| *distance <= 3)
-        .map(|(_, n)| format!(" (did you mean `{n}`?)"))
-        .unwrap_or_default();
+    let nearest = events::nearest(text, &names, 3).map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default();
     Err(format!("`{text}` is not a status{nearest}; the statuses are {}", names.join(", ")))
 }
 

@@ -117,13 +117,7 @@ fn refusal(key: &str, keys: &[&str]) -> String {
     if !known.is_empty() {
         return known.to_owned();
     }
-    let nearest = keys
-        .iter()
-        .map(|k| (strsim::levenshtein(key, k), *k))
-        .min()
-        .filter(|(distance, _)| *distance <= 2)
-        .map(|(_, k)| format!(": did you mean `{k}`?"))
-        .unwrap_or_default();
+    let nearest = crate::nearest(key, keys, 2).map(|k| format!(": did you mean `{k}`?")).unwrap_or_default();
     format!("the edge node does not honour this key{nearest} (it honours {})", keys.join(", "))
 }
 

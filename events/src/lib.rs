@@ -61,3 +61,9 @@ pub fn redact(value: &mut serde_json::Value) {
 }
 pub use envelope::{DecodeError, Envelope, Sign, SignatureError};
 pub use status::{ContainerStatus, Containers, Failure, Status};
+
+/// The word of `among` nearest to `word`, if one is within `distance` edits of it: what "did
+/// you mean" suggests.
+pub fn nearest<'a>(word: &str, among: &[&'a str], distance: usize) -> Option<&'a str> {
+    among.iter().map(|w| (strsim::levenshtein(word, w), *w)).filter(|(d, _)| *d <= distance).min().map(|(_, w)| w)
+}
