@@ -104,7 +104,8 @@ vendor app publish sample 1.0.0
 say "an operator may not publish: that is the vendor's role"
 operator app publish sample v1.1.0 2>&1 | sed 's/^/  /' || true
 
-say "operator: launch sample 1.0.0 on $node, watching its status"
+say "operator: which nodes a selector reaches now, then launch sample 1.0.0 on $node, watching its status"
+operator nodes --selector site=lab
 operator launch --app sample --version 1.0.0 --node "$node" --watch
 
 id=$(operator list --limit 1 | awk 'NR==2 {print $1}')
@@ -114,7 +115,7 @@ operator stop "$id" --watch
 operator start "$id" --watch
 
 say "operator: launch a second copy staged: downloaded now, started on apply"
-staged_out=$(operator launch --app sample --version 1.0.0 --node "$node" --staged --instantly-apply false)
+staged_out=$(operator stage --app sample --version 1.0.0 --node "$node")
 echo "$staged_out"
 staged_id=$(echo "$staged_out" | awk '{print $3}')
 for _ in $(seq 1 100); do
