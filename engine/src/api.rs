@@ -788,6 +788,7 @@ pub(crate) async fn launch(
         }
     };
     let application: Application = state.commands.state(&meta.tenant, &body.application).await?;
+    let known = KnownValues::of(&application, &body.version);
     // With an idempotency key, the deployment id is the key: a retried launch finds it.
     let id = meta.command_id.to_string();
     let secrets = state.keys.seal(&meta.tenant, &id, &body.secrets.0).await?;
@@ -804,8 +805,45 @@ pub(crate) async fn launch(
         rollout: body.rollout.as_ref().map(RolloutRequest::rollout).transpose()?,
         secrets,
     });
-    let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await?;
+    let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await.map_err(|e| known.explain(e))?;
     deployment_response(&state, &meta.tenant, id, &committed).await
+}
+
+/// The profiles and parameters a version has: what an error about one names, with the nearest.
+struct KnownValues {
+    profiles: Vec<String>,
+    parameters: Vec<String>,
+}
+
+impl KnownValues {
+    fn of(application: &Application, version: &str) -> KnownValues {
+        let settings = application.version(version).map(|v| v.settings.clone()).unwrap_or_default();
+        KnownValues {
+            profiles: settings.profiles.into_keys().collect(),
+            parameters: settings.parameters.into_keys().collect(),
+        }
+    }
+
+    /// The API's error for `e`; one about a profile or a parameter lists the valid ones.
+    fn explain(&self, e: CommandError<DeploymentRejection>) -> ApiError {
+        use events::application::SettingsError as S;
+        let (field, wrong, known, kind) = match &e {
+            CommandError::Rejected(DeploymentRejection::Settings(S::UnknownProfile(p))) => {
+                ("profile", p, &self.profiles, "profiles")
+            }
+            CommandError::Rejected(DeploymentRejection::Settings(S::UnknownParameter(p))) => {
+                ("overrides", p, &self.parameters, "parameters")
+            }
+            _ => return e.into(),
+        };
+        let names: Vec<&str> = known.iter().map(String::as_str).collect();
+        let nearest = events::nearest(wrong, &names, 3).map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default();
+        let listed = match names.is_empty() {
+            true => format!("the version has no {kind}"),
+            false => format!("its {kind}: {}", names.join(", ")),
+        };
+        ApiError::invalid(field, format!("{e}{nearest}; {listed}"))
+    }
 }
 
 /// Answers a deployment command with the deployment as the read model shows it once it has
@@ -825,15 +863,17 @@ async fn deployment_response(
     Ok((status_of(committed), Json(DeploymentAnswer { id, sequence, deployment: view })))
 }
 
+/// Carries out a deployment command; `explain` makes the API's error of one refused.
 async fn deployment_command(
     state: &AppState,
     caller: &Caller,
     id: String,
     command: DeploymentCommand,
+    explain: &(dyn Fn(CommandError<DeploymentRejection>) -> ApiError + Sync),
 ) -> Result<(StatusCode, Json<DeploymentAnswer>), ApiError> {
     let meta = live_meta(state, caller, &[Role::Operator]).await?;
     check_token("id", &id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, Some("id"), e))?;
-    let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await?;
+    let committed = state.commands.execute::<Deployment>(&id, &command, &meta).await.map_err(explain)?;
     let (status, body) = deployment_response(state, &meta.tenant, id, &committed).await?;
     // The request is accepted; the nodes carry it out.
     Ok((if status == StatusCode::CREATED { StatusCode::ACCEPTED } else { status }, body))
@@ -845,7 +885,7 @@ pub(crate) async fn stop(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    deployment_command(&state, &caller, id, DeploymentCommand::Stop).await
+    deployment_command(&state, &caller, id, DeploymentCommand::Stop, &ApiError::from).await
 }
 
 #[utoipa::path(post, path = "/v1/deployments/{id}/start", tag = "deployments", summary = "Start its containers again (operator)", params(("id" = String, Path, description = "The id")), responses((status = 202, body = DeploymentAnswer), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
@@ -854,7 +894,7 @@ pub(crate) async fn start(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    deployment_command(&state, &caller, id, DeploymentCommand::Start).await
+    deployment_command(&state, &caller, id, DeploymentCommand::Start, &ApiError::from).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -904,8 +944,9 @@ pub(crate) async fn update(
         overrides: body.overrides.unwrap_or_else(|| deployment.overrides.clone()),
     });
     let version = body.version;
+    let known = KnownValues::of(&application, &version);
     let command = DeploymentCommand::Update { application, version, mode, rollout, rollback_within, reconfigure };
-    deployment_command(&state, &caller, id, command).await
+    deployment_command(&state, &caller, id, command, &|e| known.explain(e)).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -943,10 +984,11 @@ pub(crate) async fn apply(
     }
     let mut results = Vec::with_capacity(body.deployments.len());
     for id in body.deployments {
-        let result = match deployment_command(&state, &caller, id.clone(), DeploymentCommand::Apply).await {
-            Ok((status, _)) => ApplyResult { id, status: status.as_u16(), error: None },
-            Err(e) => ApplyResult { id, status: e.status.as_u16(), error: Some(e.error) },
-        };
+        let result =
+            match deployment_command(&state, &caller, id.clone(), DeploymentCommand::Apply, &ApiError::from).await {
+                Ok((status, _)) => ApplyResult { id, status: status.as_u16(), error: None },
+                Err(e) => ApplyResult { id, status: e.status.as_u16(), error: Some(e.error) },
+            };
         results.push(result);
     }
     Ok(Json(ApplyResponse { results }))
@@ -972,7 +1014,7 @@ pub(crate) async fn force_update(
                 resolved.into_iter().map(|(image, d)| (events::application::unpinned(&image).to_owned(), d)).collect();
         }
     }
-    deployment_command(&state, &caller, id, DeploymentCommand::ForceUpdate { digests }).await
+    deployment_command(&state, &caller, id, DeploymentCommand::ForceUpdate { digests }, &ApiError::from).await
 }
 
 #[utoipa::path(delete, path = "/v1/deployments/{id}", tag = "deployments", summary = "Uninstall: remove its containers from every node (operator)", params(("id" = String, Path, description = "The id")), responses((status = 202, body = DeploymentAnswer), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
@@ -981,7 +1023,7 @@ pub(crate) async fn uninstall(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    deployment_command(&state, &caller, id, DeploymentCommand::Uninstall).await
+    deployment_command(&state, &caller, id, DeploymentCommand::Uninstall, &ApiError::from).await
 }
 
 /// The answer to a deployment command: the deployment, once the read model shows the command.

@@ -731,6 +731,10 @@ impl Cli {
             }
             Command::Summary => {
                 let summary = client.get("/v1/summary").await?;
+                if self.output == Output::Json {
+                    print_json(&summary);
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let groups = [
                     ("DEPLOYMENT", "by_deployment"),
                     ("NODE", "by_node"),
@@ -757,6 +761,10 @@ impl Cli {
             }
             Command::Notifications { limit, cursor } => {
                 let page = client.get(&paged("/v1/notifications", *limit, cursor.as_deref())).await?;
+                if self.output == Output::Json {
+                    print_json(&page);
+                    return Ok(ExitCode::SUCCESS);
+                }
                 println!(
                     "{:<36}  {:<16}  {:<10}  {:<10}  {:<24}  NODES",
                     "DEPLOYMENT", "APPLICATION", "RUNS", "AVAILABLE", "PUBLISHED"
@@ -1218,6 +1226,11 @@ impl Client<'_> {
                 query.push(format!("cursor={}", encode(&cursor)));
             }
             let page = self.get(&format!("/v1/deployments/{id}/logs?{}", query.join("&"))).await?;
+            // As JSON: each page the API answered, one a line.
+            let json = self.cli.output == Output::Json;
+            if json {
+                println!("{page}");
+            }
             for container in page["containers"].as_array().into_iter().flatten() {
                 let name = container["container"].as_str().unwrap_or_default().to_owned();
                 if let Some(error) = container["error"]["message"].as_str() {
@@ -1227,6 +1240,9 @@ impl Client<'_> {
                     container["lines"].as_array().into_iter().flatten().filter_map(|l| l.as_str()).collect();
                 let read = at.entry(name.clone()).or_insert(0);
                 *read = read.saturating_add(lines.len() as u64);
+                if json {
+                    continue;
+                }
                 match tail.filter(|_| !caught_up) {
                     Some(n) => {
                         let last = kept.entry(name.clone()).or_default();

@@ -144,6 +144,18 @@ async fn a_version_with_values_is_redeployed_in_place_its_logs_tail_and_a_watch_
     assert_eq!(added["versions"][0]["profiles"]["quiet"]["GREETING"], "hi", "{added}");
     ok(&engine, &["app", "publish", "logger", "1.0.0"]).await;
     let name = node.name.clone();
+    // A profile or a parameter the version does not have: the valid ones, and the nearest.
+    let (code, _, err) = engine_cli(
+        &engine,
+        &["launch", "--app", "logger", "--version", "1.0.0", "--node", &name, "--profile", "quite"],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("did you mean `quiet`?") && err.contains("its profiles: quiet"), "{err}");
+    let set = ["launch", "--app", "logger", "--version", "1.0.0", "--node", &name, "--set", "GREETNG=x"];
+    let (code, _, err) = engine_cli(&engine, &set).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("did you mean `GREETING`?") && err.contains("(field `overrides`)"), "{err}");
     let launched = ok(
         &engine,
         &["launch", "--app", "logger", "--version", "1.0.0", "--node", &name, "--profile", "quiet", "--watch"],
@@ -167,6 +179,10 @@ async fn a_version_with_values_is_redeployed_in_place_its_logs_tail_and_a_watch_
     }
     let (code, out, err) = engine_cli(&engine, &["logs", &id]).await;
     assert_eq!((code, out.lines().count()), (0, 200), "{err}");
+    let page: Value = serde_json::from_str(&ok(&engine, &["-o", "json", "logs", &id]).await).unwrap();
+    assert_eq!(page["containers"][0]["lines"].as_array().map(Vec::len), Some(200), "the API's page: {page}");
+    let summary: Value = serde_json::from_str(&ok(&engine, &["-o", "json", "summary"]).await).unwrap();
+    assert_eq!(summary["by_application_version"]["logger@1.0.0"]["running"], 1, "{summary}");
     assert!(err.starts_with("next page: --cursor "), "the cursor goes to stderr: {err}");
 
     // Run again in place with other values: the containers get them.

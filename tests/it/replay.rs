@@ -252,3 +252,33 @@ async fn an_event_stored_at_an_older_version_is_lifted_when_read_by_the_engine_a
     assert_eq!(text.lines().filter(|l| l.ends_with("it is not signed")).count(), 2, "{text}");
     assert!(text.contains("0 broken chain(s), 2 unsigned or forged event(s), 0 set aside"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_whose_reader_stops_reading_ends_quietly() {
+    use tokio::io::AsyncBufReadExt;
+    let nats = NatsServer::start().await;
+    let engine = crate::harness::TestEngine::start(&nats).await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let (mut command, _creds) = replay_command(&nats, &["tail", "--from", "1"]);
+    let mut tail = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Read one line, as `replay tail | head -n 1` does, and stop reading.
+    let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().expect("a first line");
+    serde_json::from_str::<Value>(&first).unwrap();
+    drop(lines);
+    // The next line it writes finds no reader: it ends, without an error.
+    let (status, stderr) = tokio::time::timeout(crate::harness::TIMEOUT, async {
+        let mut stderr = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut tail.stderr.take().unwrap(), &mut stderr).await.unwrap();
+        (tail.wait().await.unwrap(), stderr)
+    })
+    .await
+    .expect("the tail to end once nobody reads it");
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+}
