@@ -35,6 +35,15 @@ async fn path_of(browser: &Browser) -> String {
     browser.client.current_url().await.unwrap().path().to_owned()
 }
 
+/// Every control of the page has a label a screen reader says, and every image a text.
+async fn assert_labelled(browser: &Browser, page: &str) {
+    let unlabelled = "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]\
+        .filter(e => e.labels.length === 0 && !e.getAttribute('aria-label'))\
+        .map(e => e.outerHTML)";
+    let found = browser.client.execute(unlabelled, vec![]).await.unwrap();
+    assert_eq!(found, json!([]), "controls without a label on {page}");
+}
+
 async fn load_id(browser: &Browser) -> String {
     browser.client.execute("return window.__loadId", vec![]).await.unwrap().as_str().unwrap().to_owned()
 }
@@ -59,9 +68,11 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
     let refused = browser.wait_for("#token-error", PAGE).await.text().await.unwrap();
     assert!(refused.contains("unknown, wrong or revoked"), "{refused}");
 
-    b.find(Locator::Id("token")).await.unwrap().send_keys(tests::ADMIN_TOKEN).await.unwrap();
-    b.find(Locator::Css("form button[type=submit]")).await.unwrap().click().await.unwrap();
+    // Signed in from the keyboard alone: the token typed, then Enter.
+    let token = browser.wait_for("#token", PAGE).await;
+    token.send_keys(&format!("{}\u{E007}", tests::ADMIN_TOKEN)).await.unwrap();
     browser.wait_for("nav a[aria-current=page][href='/deployments']", PAGE).await;
+    assert_labelled(&browser, "deployments").await;
 
     // The fleet: the node, online, with its labels.
     tests::eventually("the node to show online", TIMEOUT, || async {
@@ -78,6 +89,7 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
     b.goto(&format!("{base}/catalog")).await.unwrap();
     browser.wait_for("section[aria-labelledby=app-sample]", PAGE).await;
     browser.screenshot(&shots, "catalog").await;
+    assert_labelled(&browser, "catalog").await;
     b.find(Locator::Css("section[aria-labelledby=app-sample] details summary")).await.unwrap().click().await.unwrap();
     b.find(Locator::Id("sample-version")).await.unwrap().send_keys("2.0.0").await.unwrap();
     b.find(Locator::Id("sample-image")).await.unwrap().send_keys("Not An Image!").await.unwrap();
@@ -105,6 +117,7 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
     browser.wait_for("tr[data-version='1.0.0'] a.button", PAGE).await.click().await.unwrap();
     browser.wait_for(&format!("input[name=node][value='{}']", node.name), PAGE).await.click().await.unwrap();
     browser.screenshot(&shots, "launch").await;
+    assert_labelled(&browser, "launch").await;
     b.find(Locator::Css("form[action='/launch'] button[type=submit]")).await.unwrap().click().await.unwrap();
 
     // Its page follows it to running with no reload.
