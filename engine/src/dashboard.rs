@@ -312,7 +312,8 @@ async fn fleet(
                 heard: heard.as_ref().map(|h| h.received),
                 running: containers.iter().filter(|c| c.state == "running").count(),
                 containers: containers.len(),
-                cpu_percent: containers.iter().map(|c| c.cpu_percent).sum(),
+                // From 0.0, not the -0.0 an empty float sum starts from.
+                cpu_percent: containers.iter().map(|c| c.cpu_percent).fold(0.0, |sum, c| sum + c),
                 memory_bytes: containers.iter().map(|c| c.memory_bytes).fold(0, u64::saturating_add),
                 record,
             }
