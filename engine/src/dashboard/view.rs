@@ -480,7 +480,7 @@ pub fn catalog(
                                         (Some(at), None) => { (badge("published", "published")) " " (time(at)) }
                                         (None, None) => (badge("draft", "draft")),
                                     } }
-                                    td.actions {
+                                    td { div.actions.in-table {
                                         @let at = format!("/catalog/{}/versions/{}", entry.id, v.version);
                                         @if v.published_at.is_none() {
                                             form method="post" action={ (at) "/publish" } {
@@ -495,7 +495,7 @@ pub fn catalog(
                                                 button.danger type="submit" { "Withdraw " (v.version) }
                                             }
                                         }
-                                    }
+                                    } }
                                 }
                             }
                         }
