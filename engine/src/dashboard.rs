@@ -352,6 +352,18 @@ async fn view_of(state: &Dashboard, caller: &Caller, id: &str) -> Result<Deploym
     Ok(api::get_deployment(State(state.api.clone()), caller.clone(), Path(id.to_owned())).await?.0)
 }
 
+/// A page of a deployment's history, after `cursor`.
+async fn history_page(
+    state: &Dashboard,
+    caller: &Caller,
+    id: &str,
+    cursor: Option<&String>,
+) -> Result<crate::read_model::Page<events::projection::history::HistoryEntry>, ApiError> {
+    let mut history_query = query(&[("cursor", cursor)]);
+    history_query.0.insert("limit".to_owned(), "100".to_owned());
+    Ok(api::deployment_history(State(state.api.clone()), caller.clone(), Path(id.to_owned()), history_query).await?.0)
+}
+
 async fn deployment(
     State(state): State<Dashboard>,
     caller: Caller,
@@ -359,11 +371,7 @@ async fn deployment(
     Query(asked): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, Failure> {
     let view = view_of(&state, &caller, &id).await?;
-    let cursor = asked.get("history");
-    let mut history_query = query(&[("cursor", cursor)]);
-    history_query.0.insert("limit".to_owned(), "100".to_owned());
-    let history =
-        api::deployment_history(State(state.api.clone()), caller.clone(), Path(id.clone()), history_query).await?.0;
+    let history = history_page(&state, &caller, &id, asked.get("history")).await?;
     let next = history.next_cursor.map(|c| format!("/deployments/{id}?history={c}#history"));
     let title = format!("{} {}", view.application, view.id);
     render(&caller, &title, "/deployments", view::deployment(&view, &history.items, next)).await
@@ -416,11 +424,15 @@ async fn live(
                 Ok(view) => view::live(&view).into_string(),
                 Err(e) => format!("<p class=\"notice error\">{}</p>", maud::html! { (e.message) }.into_string()),
             };
-            let event = Event::default().event("view").data(html);
-            Some((Ok(event), (watching, state, caller, id, first)))
+            let mut events = vec![Ok(Event::default().event("view").data(html))];
+            if let Ok(history) = history_page(&state, &caller, &id, None).await {
+                let timeline = view::timeline(&history.items).into_string();
+                events.push(Ok(Event::default().event("history").data(timeline)));
+            }
+            Some((futures::stream::iter(events), (watching, state, caller, id, first)))
         },
     );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(futures::StreamExt::flatten(stream)).keep_alive(KeepAlive::default()))
 }
 
 async fn logs(

@@ -128,6 +128,8 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
     let running = format!("#live tr.node[data-node='{}'][data-status=running]", node.name);
     browser.wait_for(&running, TIMEOUT).await;
     browser.wait_for("#live tr.container[data-status=running]", PAGE).await;
+    // The history follows too: the node's steps, as the log records them.
+    browser.wait_for("#timeline [data-status=running]", PAGE).await;
     assert_eq!(load_id(&browser).await, loaded, "the status came without a reload");
     let (_, view) = engine.get(&format!("/v1/deployments/{id}")).await;
     assert_eq!(view["status"], "running", "the API agrees: {view}");

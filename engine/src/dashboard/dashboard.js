@@ -12,4 +12,8 @@ window.__loadId = Math.random().toString(36).slice(2);
   events.addEventListener("view", (event) => {
     live.innerHTML = event.data;
   });
+  const timeline = document.querySelector("#timeline[data-live]");
+  events.addEventListener("history", (event) => {
+    if (timeline) timeline.innerHTML = event.data;
+  });
 })();

@@ -349,20 +349,27 @@ pub fn deployment(view: &DeploymentView, history: &[HistoryEntry], history_next:
         }
         section.card aria-labelledby="history" {
             h2 #history { "History" }
-            ol.timeline {
-                @for e in history {
-                    li {
-                        span { (time(&e.time)) }
-                        span { code { (e.node.as_deref().unwrap_or("all")) } }
-                        span { @if let Some(s) = e.status { (status_badge(s)) } }
-                        span { (e.actor)
-                            @if let Some(note) = &e.note { " · " (note) }
-                            @if let Some(err) = &e.error { " · " code { (err.code) } ": " (err.message) }
-                        }
-                    }
+            // Followed live on the first page; a later page stays as it was read.
+            ol.timeline #timeline data-live=[history_next.is_none().then_some("true")] { (timeline(history)) }
+            (pager(history_next))
+        }
+    }
+}
+
+/// The steps of a deployment's history, oldest first.
+pub fn timeline(history: &[HistoryEntry]) -> Markup {
+    html! {
+        @for e in history {
+            li {
+                span { (time(&e.time)) }
+                span { code { (e.node.as_deref().unwrap_or("all")) } }
+                span { @if let Some(s) = e.status { (status_badge(s)) } }
+                span { (e.actor)
+                    @if let Some(v) = &e.version { " · " (v) }
+                    @if let Some(note) = &e.note { " · " (note) }
+                    @if let Some(err) = &e.error { " · " code { (err.code) } ": " (err.message) }
                 }
             }
-            (pager(history_next))
         }
     }
 }
