@@ -21,6 +21,7 @@ pub mod deployment_node;
 pub mod envelope;
 pub mod fit;
 pub mod logs;
+pub mod margo;
 pub mod node;
 pub mod policy;
 pub mod projection;

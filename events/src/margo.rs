@@ -1,0 +1,344 @@
+//! Margo's deployment status (the Workload Management API 1.0.0, `deployment-status`): what a
+//! Margo device reports of each `ApplicationDeployment`, read and checked, and its states mapped
+//! onto this project's status model, both ways.
+//!
+//! The overall state MUST be the most severe of the components' states. The specification
+//! writes the precedence `failed > removing > installing > pending > removing > installed`,
+//! naming `removing` twice and `removed` not at all; it is read here as
+//! `failed > removing > installing > pending > removed > installed`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::{Failure, Status};
+
+/// A Margo deployment state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MargoState {
+    Pending,
+    Installing,
+    Installed,
+    Removing,
+    Removed,
+    Failed,
+}
+
+impl MargoState {
+    pub const ALL: [MargoState; 6] = [
+        MargoState::Pending,
+        MargoState::Installing,
+        MargoState::Installed,
+        MargoState::Removing,
+        MargoState::Removed,
+        MargoState::Failed,
+    ];
+
+    /// How severe the state is: the overall state is the component state with the highest.
+    pub fn severity(self) -> u8 {
+        match self {
+            MargoState::Installed => 0,
+            MargoState::Removed => 1,
+            MargoState::Pending => 2,
+            MargoState::Installing => 3,
+            MargoState::Removing => 4,
+            MargoState::Failed => 5,
+        }
+    }
+
+    /// The status it is in this project's model.
+    pub fn status(self) -> Status {
+        match self {
+            MargoState::Pending => Status::Received,
+            MargoState::Installing => Status::Deploying,
+            MargoState::Installed => Status::Running,
+            MargoState::Removing => Status::Removing,
+            MargoState::Removed => Status::Removed,
+            MargoState::Failed => Status::Failed,
+        }
+    }
+
+    /// The Margo state a status of this project's model is, for a Margo device's view.
+    pub fn of(status: Status) -> MargoState {
+        use Status as S;
+        match status {
+            S::PendingDeploy | S::PendingStart | S::PendingStop | S::PendingApply | S::Received | S::Processing => {
+                MargoState::Pending
+            }
+            S::PendingRemove | S::Removing => MargoState::Removing,
+            S::Downloading | S::Ready | S::Staged | S::Deploying | S::Starting => MargoState::Installing,
+            // Margo has no stopped state: what is stopped is installed.
+            S::Running | S::Stopping | S::Stopped => MargoState::Installed,
+            S::Removed => MargoState::Removed,
+            S::Failed => MargoState::Failed,
+        }
+    }
+}
+
+/// An error as Margo reports it: a code, where it came from (the device, the deployment or a
+/// component), and a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MargoError {
+    pub code: String,
+    pub source: String,
+    pub message: String,
+}
+
+impl MargoError {
+    /// None for the empty error a device may send beside a state that is not failed.
+    fn given(error: Option<&MargoError>) -> Option<&MargoError> {
+        error.filter(|e| !(e.code.is_empty() && e.source.is_empty() && e.message.is_empty()))
+    }
+
+    /// The failure it is in this project's model: the code keeps where it came from.
+    pub fn failure(&self) -> Failure {
+        let code = match self.source.is_empty() {
+            true => format!("margo:{}", self.code),
+            false => format!("margo:{}:{}", self.source, self.code),
+        };
+        Failure { code, message: self.message.clone() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverallStatus {
+    pub state: MargoState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<MargoError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    pub name: String,
+    pub state: MargoState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<MargoError>,
+}
+
+/// `POST /api/v1/deployments/{deploymentId}/status`: a device's report of one deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentStatus {
+    pub deployment_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    pub status: OverallStatus,
+    pub components: Vec<ComponentStatus>,
+}
+
+/// Why a report that is well-formed JSON cannot be taken: Margo's 422.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatusRejection {
+    #[error("deploymentId `{body}` is not the deployment of the route, `{route}`")]
+    OtherDeployment { route: String, body: String },
+    #[error("component `{0}` is not a component of the deployment")]
+    UnknownComponent(String),
+    #[error("component `{0}` is reported more than once")]
+    DuplicateComponent(String),
+    #[error("component `{0}` of the deployment is missing: each has one entry")]
+    MissingComponent(String),
+    #[error("the overall state is {reported:?}, but the most severe of the components' is {expected:?}")]
+    OverallNotMostSevere { reported: MargoState, expected: MargoState },
+    #[error("{at} is failed without an error")]
+    FailedWithoutError { at: String },
+}
+
+impl StatusRejection {
+    /// The attribute of the report it is about.
+    pub fn field(&self) -> &'static str {
+        match self {
+            StatusRejection::OtherDeployment { .. } => "deploymentId",
+            StatusRejection::OverallNotMostSevere { .. } => "status.state",
+            StatusRejection::FailedWithoutError { at } if at == "status" => "status.error",
+            _ => "components",
+        }
+    }
+}
+
+/// What a checked report says, in this project's model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reported {
+    pub status: Status,
+    pub error: Option<Failure>,
+    /// Each component's status and error, by name.
+    pub components: Vec<(String, Status, Option<Failure>)>,
+}
+
+/// The most severe of `states`; `installed` for none.
+pub fn most_severe(states: impl IntoIterator<Item = MargoState>) -> MargoState {
+    states.into_iter().max_by_key(|s| s.severity()).unwrap_or(MargoState::Installed)
+}
+
+impl DeploymentStatus {
+    /// Checks the report against the route's deployment and the components its manifest
+    /// names, and says it in this project's model.
+    pub fn check(&self, deployment: &str, components: &[String]) -> Result<Reported, StatusRejection> {
+        if self.deployment_id != deployment {
+            return Err(StatusRejection::OtherDeployment {
+                route: deployment.to_owned(),
+                body: self.deployment_id.clone(),
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &self.components {
+            if !components.contains(&c.name) {
+                return Err(StatusRejection::UnknownComponent(c.name.clone()));
+            }
+            if !seen.insert(c.name.as_str()) {
+                return Err(StatusRejection::DuplicateComponent(c.name.clone()));
+            }
+            if c.state == MargoState::Failed && MargoError::given(c.error.as_ref()).is_none() {
+                return Err(StatusRejection::FailedWithoutError { at: format!("component `{}`", c.name) });
+            }
+        }
+        if let Some(missing) = components.iter().find(|name| !seen.contains(name.as_str())) {
+            return Err(StatusRejection::MissingComponent(missing.clone()));
+        }
+        let expected = most_severe(self.components.iter().map(|c| c.state));
+        if self.status.state != expected {
+            return Err(StatusRejection::OverallNotMostSevere { reported: self.status.state, expected });
+        }
+        let overall_error = MargoError::given(self.status.error.as_ref());
+        // A failed deployment names why: its own error, else its first failed component's.
+        let first_failed = self.components.iter().find_map(|c| MargoError::given(c.error.as_ref()));
+        let error = match self.status.state {
+            MargoState::Failed => overall_error.or(first_failed).map(MargoError::failure),
+            _ => None,
+        };
+        if self.status.state == MargoState::Failed && error.is_none() {
+            return Err(StatusRejection::FailedWithoutError { at: "status".to_owned() });
+        }
+        let components = self
+            .components
+            .iter()
+            .map(|c| {
+                let error = MargoError::given(c.error.as_ref()).filter(|_| c.state == MargoState::Failed);
+                (c.name.clone(), c.state.status(), error.map(MargoError::failure))
+            })
+            .collect();
+        Ok(Reported { status: self.status.state.status(), error, components })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example request of the specification's `deployment-status` page, in its shape.
+    const EXAMPLE: &str = r#"{
+        "deploymentId": "a3e2f5dc-912e-494f-8395-52cf3769bc06",
+        "deviceId": "plant-alfa-zone1-edge01",
+        "status": {"state": "pending", "error": {"code": "", "source": "", "message": ""}},
+        "components": [
+            {"name": "digitron-orchestrator", "state": "pending", "error": {"code": "", "source": "", "message": ""}},
+            {"name": "database-services", "state": "pending", "error": {"code": "", "source": "", "message": ""}}
+        ]
+    }"#;
+
+    const DEPLOYMENT: &str = "a3e2f5dc-912e-494f-8395-52cf3769bc06";
+
+    fn components() -> Vec<String> {
+        vec!["digitron-orchestrator".into(), "database-services".into()]
+    }
+
+    fn example() -> DeploymentStatus {
+        serde_json::from_str(EXAMPLE).unwrap()
+    }
+
+    #[test]
+    fn the_specifications_example_reads_and_is_pending_with_no_error() {
+        let reported = example().check(DEPLOYMENT, &components()).unwrap();
+        assert_eq!((reported.status, reported.error), (Status::Received, None));
+        assert_eq!(reported.components.len(), 2);
+    }
+
+    #[test]
+    fn the_overall_state_is_the_most_severe_by_the_specifications_precedence() {
+        use MargoState as M;
+        let order = [M::Failed, M::Removing, M::Installing, M::Pending, M::Removed, M::Installed];
+        for (i, more) in order.iter().enumerate() {
+            for less in order.iter().skip(i) {
+                assert_eq!(most_severe([*less, *more]), *more, "{more:?} over {less:?}");
+            }
+        }
+        let mut report = example();
+        report.components[0].state = M::Installed;
+        report.components[1].state = M::Installing;
+        report.status.state = M::Installed;
+        let refused = report.check(DEPLOYMENT, &components()).unwrap_err();
+        assert_eq!(refused, StatusRejection::OverallNotMostSevere { reported: M::Installed, expected: M::Installing });
+        assert_eq!(refused.field(), "status.state");
+        report.status.state = M::Installing;
+        assert_eq!(report.check(DEPLOYMENT, &components()).unwrap().status, Status::Deploying);
+    }
+
+    #[test]
+    fn a_failed_component_reaches_the_model_with_its_code_source_and_message() {
+        let mut report = example();
+        report.components[1].state = MargoState::Failed;
+        report.components[1].error = Some(MargoError {
+            code: "E42".into(),
+            source: "database-services".into(),
+            message: "the volume is full".into(),
+        });
+        report.status.state = MargoState::Failed;
+        let reported = report.check(DEPLOYMENT, &components()).unwrap();
+        let failure = Failure { code: "margo:database-services:E42".into(), message: "the volume is full".into() };
+        assert_eq!((reported.status, reported.error.clone()), (Status::Failed, Some(failure.clone())));
+        assert_eq!(reported.components[1], ("database-services".into(), Status::Failed, Some(failure)));
+        assert_eq!(reported.components[0].2, None, "a pending component carries no error");
+    }
+
+    #[test]
+    fn a_report_that_does_not_fit_its_deployment_is_refused_naming_why() {
+        type Change = fn(&mut DeploymentStatus);
+        let cases: [(Change, StatusRejection); 5] = [
+            (
+                |r| r.deployment_id = "other".into(),
+                StatusRejection::OtherDeployment { route: DEPLOYMENT.into(), body: "other".into() },
+            ),
+            (|r| r.components[0].name = "ghost".into(), StatusRejection::UnknownComponent("ghost".into())),
+            (
+                |r| r.components[1].name = "digitron-orchestrator".into(),
+                StatusRejection::DuplicateComponent("digitron-orchestrator".into()),
+            ),
+            (
+                |r| {
+                    r.components.pop();
+                },
+                StatusRejection::MissingComponent("database-services".into()),
+            ),
+            (
+                |r| {
+                    r.components[0].state = MargoState::Failed;
+                    r.status.state = MargoState::Failed;
+                },
+                StatusRejection::FailedWithoutError { at: "component `digitron-orchestrator`".into() },
+            ),
+        ];
+        for (change, expected) in cases {
+            let mut report = example();
+            change(&mut report);
+            assert_eq!(report.check(DEPLOYMENT, &components()).unwrap_err(), expected);
+        }
+    }
+
+    #[test]
+    fn a_malformed_report_does_not_read() {
+        for text in [
+            r#"{"deploymentId": "d", "status": {"state": "sleeping"}, "components": []}"#,
+            r#"{"deploymentId": "d", "components": []}"#,
+            r#"{"deploymentId": "d", "status": {"state": "pending"}, "components": [], "extra": 1}"#,
+        ] {
+            assert!(serde_json::from_str::<DeploymentStatus>(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn every_state_maps_to_a_status_and_back() {
+        for state in MargoState::ALL {
+            assert_eq!(MargoState::of(state.status()), state, "{state:?}");
+        }
+        assert_eq!(MargoState::of(Status::Stopped), MargoState::Installed);
+        assert_eq!(MargoState::of(Status::Downloading), MargoState::Installing);
+    }
+}
