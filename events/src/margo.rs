@@ -1,6 +1,7 @@
-//! Margo's deployment status (the Workload Management API 1.0.0, `deployment-status`): what a
-//! Margo device reports of each `ApplicationDeployment`, read and checked, and its states mapped
-//! onto this project's status model, both ways.
+//! Margo's Workload Management API 1.0.0, the parts that are data: a device's deployment status
+//! (`DeploymentStatusManifest`) read and checked, its states mapped onto this project's status
+//! model both ways; and the desired state manifest a device polls (`UnsignedAppStateManifest`),
+//! each `ApplicationDeployment` referenced by the digest of its exact bytes.
 //!
 //! The overall state MUST be the most severe of the components' states. The specification
 //! writes the precedence `failed > removing > installing > pending > removing > installed`,
@@ -114,10 +115,19 @@ pub struct ComponentStatus {
     pub error: Option<MargoError>,
 }
 
-/// `POST /api/v1/deployments/{deploymentId}/status`: a device's report of one deployment.
+/// The kind a status report declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StatusKind {
+    DeploymentStatusManifest,
+}
+
+/// `POST /api/v1/clients/{clientId}/deployments/{deploymentId}/status`: a device's report of
+/// one deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentStatus {
+    pub api_version: String,
+    pub kind: StatusKind,
     pub deployment_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
@@ -219,12 +229,96 @@ impl DeploymentStatus {
     }
 }
 
+/// The media type of the state manifest.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.margo.manifest.v1+json";
+/// The media type of the bundle of every `ApplicationDeployment` of a device.
+pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.margo.bundle.v1+tar+gzip";
+
+/// The digest of `bytes` as Margo writes one: `sha256:` and the hex of the hash.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// `GET /api/v1/clients/{clientId}/deployments`: everything a device should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateManifest {
+    /// Rises with every change, never back: a device refuses an older one.
+    pub manifest_version: std::num::NonZeroU64,
+    /// Every deployment in one archive; `null` (never absent, never empty) with none.
+    pub bundle: Option<BundleRef>,
+    pub deployments: Vec<DeploymentRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleRef {
+    pub media_type: String,
+    pub digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentRef {
+    pub deployment_id: String,
+    pub digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    pub url: String,
+}
+
+impl StateManifest {
+    /// The manifest of `client` at `version`: each deployment's `ApplicationDeployment` YAML
+    /// (its exact bytes) referenced by its digest where the device fetches it, and the bundle
+    /// (its digest and size) when there is a deployment.
+    pub fn of(
+        client: &str,
+        version: std::num::NonZeroU64,
+        deployments: &[(String, Vec<u8>)],
+        bundle: Option<(String, u64)>,
+    ) -> StateManifest {
+        let deployments: Vec<DeploymentRef> = deployments
+            .iter()
+            .map(|(id, yaml)| {
+                let digest = digest(yaml);
+                DeploymentRef {
+                    url: format!("/api/v1/clients/{client}/deployments/{id}/{digest}"),
+                    deployment_id: id.clone(),
+                    size_bytes: u64::try_from(yaml.len()).ok(),
+                    digest,
+                }
+            })
+            .collect();
+        let bundle = bundle.filter(|_| !deployments.is_empty()).map(|(digest, size)| BundleRef {
+            media_type: BUNDLE_MEDIA_TYPE.to_owned(),
+            url: format!("/api/v1/clients/{client}/bundles/{digest}"),
+            digest,
+            size_bytes: Some(size),
+        });
+        StateManifest { manifest_version: version, bundle, deployments }
+    }
+
+    /// The exact bytes served, and the ETag they have: their digest, quoted.
+    pub fn served(&self) -> (Vec<u8>, String) {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        let etag = format!("\"{}\"", digest(&bytes));
+        (bytes, etag)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The example request of the specification's `deployment-status` page, in its shape.
+    /// The example request of the specification's `deployment-status` page, with the
+    /// `apiVersion` and `kind` the 1.0.0 OpenAPI document requires.
     const EXAMPLE: &str = r#"{
+        "apiVersion": "margo.org/v1-alpha1",
+        "kind": "DeploymentStatusManifest",
         "deploymentId": "a3e2f5dc-912e-494f-8395-52cf3769bc06",
         "deviceId": "plant-alfa-zone1-edge01",
         "status": {"state": "pending", "error": {"code": "", "source": "", "message": ""}},
@@ -324,13 +418,51 @@ mod tests {
 
     #[test]
     fn a_malformed_report_does_not_read() {
+        let head = r#""apiVersion": "v1", "kind": "DeploymentStatusManifest", "deploymentId": "d""#;
         for text in [
-            r#"{"deploymentId": "d", "status": {"state": "sleeping"}, "components": []}"#,
-            r#"{"deploymentId": "d", "components": []}"#,
-            r#"{"deploymentId": "d", "status": {"state": "pending"}, "components": [], "extra": 1}"#,
+            format!(r#"{{{head}, "status": {{"state": "sleeping"}}, "components": []}}"#),
+            format!(r#"{{{head}, "components": []}}"#),
+            format!(r#"{{{head}, "status": {{"state": "pending"}}, "components": [], "extra": 1}}"#),
+            r#"{"apiVersion": "v1", "kind": "Other", "deploymentId": "d", "status": {"state": "pending"}, "components": []}"#
+                .to_owned(),
+            r#"{"deploymentId": "d", "status": {"state": "pending"}, "components": []}"#.to_owned(),
         ] {
-            assert!(serde_json::from_str::<DeploymentStatus>(text).is_err(), "{text}");
+            assert!(serde_json::from_str::<DeploymentStatus>(&text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn a_manifest_references_each_deployment_by_the_digest_of_its_exact_bytes() {
+        let version = std::num::NonZeroU64::new(7).unwrap();
+        let yaml = b"apiVersion: margo.org/v1-alpha1\nkind: ApplicationDeployment\n".to_vec();
+        let manifest =
+            StateManifest::of("dev-1", version, &[("d1".into(), yaml.clone())], Some(("sha256:ab".into(), 9)));
+        let reference = &manifest.deployments[0];
+        assert_eq!(reference.digest, digest(&yaml));
+        assert!(reference.digest.starts_with("sha256:") && reference.digest.len() == 7 + 64);
+        assert_eq!(reference.url, format!("/api/v1/clients/dev-1/deployments/d1/{}", reference.digest));
+        assert_eq!(reference.size_bytes, Some(yaml.len() as u64));
+        let bundle = manifest.bundle.clone().unwrap();
+        assert_eq!(
+            (bundle.media_type.as_str(), bundle.url.as_str()),
+            (BUNDLE_MEDIA_TYPE, "/api/v1/clients/dev-1/bundles/sha256:ab")
+        );
+        let json: serde_json::Value = serde_json::from_slice(&manifest.served().0).unwrap();
+        assert_eq!(json["manifestVersion"], 7);
+        assert_eq!(json["deployments"][0]["deploymentId"], "d1");
+        let (bytes, etag) = manifest.served();
+        assert_eq!(etag, format!("\"{}\"", digest(&bytes)), "the ETag is the digest of what is served");
+    }
+
+    #[test]
+    fn a_manifest_with_no_deployment_has_a_null_bundle_never_an_empty_one() {
+        let version = std::num::NonZeroU64::MIN;
+        let manifest = StateManifest::of("dev-1", version, &[], Some(("sha256:ab".into(), 9)));
+        let json: serde_json::Value = serde_json::from_slice(&manifest.served().0).unwrap();
+        assert_eq!(json, serde_json::json!({"manifestVersion": 1, "bundle": null, "deployments": []}));
+        // A manifest at version 0 does not read: the range is 1 to 2^64-1.
+        assert!(serde_json::from_str::<StateManifest>(r#"{"manifestVersion": 0, "bundle": null, "deployments": []}"#)
+            .is_err());
     }
 
     #[test]
