@@ -164,7 +164,7 @@ pub fn router(state: AppState, auth: Auth) -> Router {
 
 /// What a call whose handler panicked gets: a 500 in the API's own shape, never a dropped
 /// connection. The panic is logged; the engine goes on.
-fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+pub(crate) fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     let what = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -659,6 +659,12 @@ pub(crate) async fn delete_application(
 ) -> Result<impl IntoResponse, ApiError> {
     let meta = live_meta(&state, &caller, &[Role::Vendor]).await?;
     token("id", &id)?;
+    // What runs it is read once the read models hold the whole log: a launch just made counts.
+    let last = state.commands.store().last_sequence().await.map_err(anyhow::Error::from)?;
+    if !crate::projector::wait_for(state.deployments.tree(), last, READ_YOUR_WRITE).await? {
+        let error = "the read models are behind the log: ask again shortly";
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, error));
+    }
     let live = state.notifications.live(&meta.tenant, &id)?;
     state.commands.execute::<Application>(&id, &ApplicationCommand::Delete { live }, &meta).await?;
     Ok(Json(serde_json::json!({ "application": id, "deleted": true })))
@@ -1154,15 +1160,26 @@ pub(crate) async fn list_deployments(
         }
     };
     let (application, version, node) = (query.get("application"), query.get("version"), query.get("node"));
+    // A read model that fails while the list is filtered fails the call, never hides a deployment.
+    let failed = std::cell::RefCell::new(None::<anyhow::Error>);
     let wanted = |d: &DeploymentView| {
         staged.is_none_or(|s| d.staged == s)
             && status.is_none_or(|s| d.status == s)
             && application.is_none_or(|a| &d.application == a)
             && version.is_none_or(|v| &d.version == v)
-            && node.is_none_or(|n| state.deployments.targets(&meta.tenant, &d.id, n).unwrap_or(false))
+            && node.is_none_or(|n| match state.deployments.targets(&meta.tenant, &d.id, n) {
+                Ok(targets) => targets,
+                Err(e) => {
+                    failed.borrow_mut().get_or_insert(e);
+                    false
+                }
+            })
             && (include_removed || d.status != events::Status::Removed)
     };
     let mut page = state.deployments.list(&meta.tenant, cursor, limit, wanted)?;
+    if let Some(e) = failed.into_inner() {
+        return Err(e.into());
+    }
     for view in &mut page.items {
         state.nodes.mark_unreachable(view)?;
     }
@@ -1383,15 +1400,10 @@ pub(crate) async fn list_nodes(
 
 /// A node state by its name; `enrolled` is a node not yet heard.
 fn node_state(text: &str) -> Option<Option<events::node::NodeState>> {
-    use events::node::NodeState as S;
-    Some(match text {
-        "enrolled" => None,
-        "online" => Some(S::Online),
-        "offline" => Some(S::Offline),
-        "unreachable" => Some(S::Unreachable),
-        "revoked" => Some(S::Revoked),
-        _ => return None,
-    })
+    match text {
+        "enrolled" => Some(None),
+        _ => serde_json::from_value(serde_json::Value::String(text.to_owned())).ok().map(Some),
+    }
 }
 
 /// `key=value` pairs separated by commas.

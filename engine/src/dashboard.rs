@@ -38,6 +38,8 @@ mod view;
 
 const SESSION: &str = "session";
 const TENANT: &str = "tenant";
+/// How long a live stream runs before the browser must open it again, presenting its token.
+const STREAM_FOR: Duration = Duration::from_secs(60);
 /// Rows of a listing page.
 const PAGE: &str = "50";
 
@@ -85,7 +87,9 @@ pub fn router(api: AppState, auth: Auth, secure: bool) -> Router {
         .layer(axum::middleware::from_fn(same_origin))
         .layer(axum::middleware::from_fn(hardened))
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, api::REQUEST_TIMEOUT))
         .layer(tower::limit::ConcurrencyLimitLayer::new(api::MAX_CONCURRENT))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(api::panicked))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -116,7 +120,12 @@ async fn same_origin(request: Request, next: axum::middleware::Next) -> Response
             .or_else(|| request.uri().authority().map(|a| a.as_str()))
             .unwrap_or_default();
         let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
-        let same = origin.is_none_or(|o| o.split_once("://").is_some_and(|(_, rest)| rest == host));
+        // Without an `Origin`, a browser's own word on where the form came from.
+        let fetched_here = headers.get("sec-fetch-site").is_some_and(|s| s == "same-origin");
+        let same = match origin {
+            Some(o) => o.split_once("://").is_some_and(|(_, rest)| rest == host),
+            None => fetched_here,
+        };
         if !same {
             let origin = origin.unwrap_or_default();
             let why = format!("a form from {origin} is not taken here ({host})");
@@ -133,8 +142,11 @@ fn cookies(headers: &HeaderMap) -> HashMap<String, String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        .fold(HashMap::new(), |mut kept, (k, v)| {
+            // The first of a name wins: a browser sends the most specific cookie first.
+            kept.entry(k.to_owned()).or_insert_with(|| v.to_owned());
+            kept
+        })
 }
 
 /// Turns the session cookie into the API's bearer token (and the tenant cookie into
@@ -372,7 +384,7 @@ async fn deployment(
 ) -> Result<Html<String>, Failure> {
     let view = view_of(&state, &caller, &id).await?;
     let history = history_page(&state, &caller, &id, asked.get("history")).await?;
-    let next = history.next_cursor.map(|c| format!("/deployments/{id}?history={c}#history"));
+    let next = history.next_cursor.map(|c| format!("/deployments/{id}?history={}#history", crate::url_encode(&c)));
     let title = format!("{} {}", view.application, view.id);
     render(&caller, &title, "/deployments", view::deployment(&view, &history.items, next)).await
 }
@@ -432,7 +444,9 @@ async fn live(
             Some((futures::stream::iter(events), (watching, state, caller, id, first)))
         },
     );
-    Ok(Sse::new(futures::StreamExt::flatten(stream)).keep_alive(KeepAlive::default()))
+    // A stream ends within a minute: the browser opens it again, and the token is checked again.
+    let stream = futures::StreamExt::take_until(futures::StreamExt::flatten(stream), tokio::time::sleep(STREAM_FOR));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 async fn logs(

@@ -121,6 +121,8 @@ pub struct Target {
     pub image: String,
     pub env: BTreeMap<String, String>,
     pub services: Vec<Service>,
+    /// The profile and overrides it was resolved with.
+    pub values: Reconfigure,
 }
 
 /// A phased rollout: a launch or an update reaches at most `batch` nodes at a time (or
@@ -395,6 +397,9 @@ pub enum DeploymentEvent {
         env: BTreeMap<String, String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         services: Vec<Service>,
+        /// The profile and overrides it goes back to, when the update had changed them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reconfigured: Option<Reconfigure>,
         reason: String,
         at: DateTime<Utc>,
     },
@@ -803,16 +808,17 @@ impl Aggregate for Deployment {
                 reconfigured,
                 at: _,
             } => {
-                if let Some(r) = reconfigured {
-                    self.profile = r.profile.clone();
-                    self.overrides = r.overrides.clone();
-                }
                 let previous = Target {
                     version: self.version.clone(),
                     image: self.image.clone(),
                     env: self.env.clone(),
                     services: self.services.clone(),
+                    values: Reconfigure { profile: self.profile.clone(), overrides: self.overrides.clone() },
                 };
+                if let Some(r) = reconfigured {
+                    self.profile = r.profile.clone();
+                    self.overrides = r.overrides.clone();
+                }
                 self.guard = rollback_within.map(|within_secs| Guard { within_secs, previous });
                 self.env = env.clone();
                 self.services = services.clone();
@@ -830,7 +836,11 @@ impl Aggregate for Deployment {
                 }
                 self.request(Desired::Running, Status::PendingDeploy);
             }
-            DeploymentEvent::RolledBack { version, image, env, services, .. } => {
+            DeploymentEvent::RolledBack { version, image, env, services, reconfigured, .. } => {
+                if let Some(r) = reconfigured {
+                    self.profile = r.profile.clone();
+                    self.overrides = r.overrides.clone();
+                }
                 (self.version, self.image) = (version.clone(), image.clone());
                 (self.env, self.services) = (env.clone(), services.clone());
                 (self.guard, self.rollout, self.halted) = (None, None, None);
@@ -1035,6 +1045,8 @@ impl Deployment {
             image: previous.image,
             env: previous.env,
             services: previous.services,
+            reconfigured: (previous.values.profile != self.profile || previous.values.overrides != self.overrides)
+                .then_some(previous.values),
             reason,
             at,
         })
@@ -1861,6 +1873,7 @@ mod tests {
             image: "127.0.0.1:5000/sample/app:1.0.0".into(),
             env: BTreeMap::new(),
             services: vec![],
+            reconfigured: None,
             reason: reason.into(),
             at: now(),
         }
@@ -1887,6 +1900,23 @@ mod tests {
     }
 
     #[test]
+    fn a_guarded_update_with_new_values_goes_back_to_the_values_before_too() {
+        let mut update = guarded_update(30);
+        let values = Reconfigure { profile: Some("test".into()), overrides: [("MODE".into(), "x".into())].into() };
+        if let E::UpdateRequested { reconfigured, .. } = &mut update {
+            *reconfigured = Some(values.clone());
+        }
+        let failure = Failure { code: "image_not_found".into(), message: "manifest unknown".into() };
+        let events = given::<Deployment>([launched(), update.clone()])
+            .when(report("edge-1", Status::Failed, Some(failure)))
+            .events();
+        let Some(E::RolledBack { reconfigured, .. }) = events.last() else { panic!("{events:?}") };
+        assert_eq!(reconfigured, &Some(Reconfigure::default()), "back to no profile and no overrides");
+        let state = Deployment::fold(&[vec![launched(), update], events].concat());
+        assert_eq!((state.profile, state.overrides), (None, BTreeMap::new()));
+    }
+
+    #[test]
     fn a_guarded_update_goes_back_if_it_stops_too_soon_and_stays_once_proven() {
         let running = E::NodesSettled {
             nodes: vec![Settled { node: "edge-1".into(), status: Status::Running, error: None, reported_at: now() }],
@@ -1910,6 +1940,7 @@ mod tests {
             image,
             env,
             services,
+            reconfigured: None,
             reason: "c of 1.1.0 was stopped on edge-1 within 30 s".into(),
             at: now() + chrono::Duration::seconds(10),
         };

@@ -112,6 +112,7 @@ fn deployments() -> Vec<DeploymentEvent> {
             image: "127.0.0.1:5000/sample/app:1.0.0".into(),
             env: BTreeMap::new(),
             services: vec![],
+            reconfigured: None,
             reason: "1.1.0 did not start on edge-1".into(),
             at: at(),
         },

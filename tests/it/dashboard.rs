@@ -156,14 +156,14 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
     // Stop it, confirmed first; the page follows it to stopped.
     b.goto(&format!("{base}{deployment}")).await.unwrap();
     browser.wait_for("a[href$='/confirm/stop']", PAGE).await.click().await.unwrap();
-    browser.wait_for("form button.danger, form button[type=submit]", PAGE).await;
+    browser.wait_for("form[action$='/stop'] button[type=submit]", PAGE).await;
     assert_eq!(
         engine.get(&format!("/v1/deployments/{id}")).await.1["desired"],
         "running",
         "nothing before the confirmation"
     );
     browser.screenshot(&shots, "confirm-stop").await;
-    browser.wait_for("main form button[type=submit]", PAGE).await.click().await.unwrap();
+    browser.wait_for("form[action$='/stop'] button[type=submit]", PAGE).await.click().await.unwrap();
     browser.wait_for("body[data-sse=open]", PAGE).await;
     let loaded = load_id(&browser).await;
     browser.wait_for(&format!("#live tr.node[data-node='{}'][data-status=stopped]", node.name), TIMEOUT).await;
@@ -202,8 +202,11 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
     b.find(Locator::Css("header input[name=tenant]")).await.unwrap().clear().await.unwrap();
     b.find(Locator::Css("header input[name=tenant]")).await.unwrap().send_keys("other").await.unwrap();
     b.find(Locator::Css("form[action='/tenant'] button")).await.unwrap().click().await.unwrap();
-    let tenant = browser.wait_for("#tenant", PAGE).await.text().await.unwrap();
-    assert_eq!(tenant, "other");
+    browser.wait_for("nav a[aria-current=page][href='/fleet']", PAGE).await;
+    tests::eventually("the page of the other tenant", TIMEOUT, || async {
+        (browser.wait_for("#tenant", PAGE).await.text().await.ok()? == "other").then_some(())
+    })
+    .await;
     let fleet = browser.wait_for("main#main", PAGE).await.text().await.unwrap();
     assert!(fleet.contains("No node is enrolled"), "{fleet}");
     browser.screenshot(&shots, "fleet-other-tenant").await;
@@ -233,7 +236,12 @@ async fn the_dashboard_lets_in_no_one_without_a_token_and_takes_no_form_from_ano
 
     // Signing in sets a cookie scripts cannot read and other sites never send.
     let form = [("token", tests::ADMIN_TOKEN)];
-    let answer = http.post(format!("{base}/signin")).form(&form).send().await.unwrap();
+    // A sign-in from another site, or from nowhere a browser names, is refused.
+    for (name, value) in [("origin", "https://elsewhere.example"), ("x-nothing", "")] {
+        let forged = http.post(format!("{base}/signin")).header(name, value).form(&form).send().await.unwrap();
+        assert_eq!(forged.status().as_u16(), 403, "{name}");
+    }
+    let answer = http.post(format!("{base}/signin")).header("origin", &base).form(&form).send().await.unwrap();
     assert_eq!(answer.status().as_u16(), 303);
     let cookie = answer.headers()["set-cookie"].to_str().unwrap().to_owned();
     for attribute in ["HttpOnly", "SameSite=Strict", "Secure"] {

@@ -294,7 +294,7 @@ pub fn live(view: &DeploymentView) -> Markup {
                         }
                         td { @if let Some(e) = &n.error { code { (e.code) } ": " (e.message) } }
                         td { (time(&n.updated_at)) }
-                        td { a href={ "/deployments/" (view.id) "/logs?node=" (node) } { "Logs" } }
+                        td { a href={ "/deployments/" (view.id) "/logs?node=" (crate::url_encode(node)) } { "Logs" } }
                     }
                     @for (name, c) in &n.containers {
                         tr.container data-container=(name) data-status=(c.status.as_str()) {
@@ -497,7 +497,7 @@ pub fn catalog(
                                                 button.danger type="submit" { "Delete draft " (v.version) }
                                             }
                                         } @else if v.withdrawn_at.is_none() {
-                                            a.button.secondary href={ "/launch?application=" (entry.id) "&version=" (v.version) } { "Launch " (v.version) }
+                                            a.button.secondary href={ "/launch?application=" (crate::url_encode(&entry.id)) "&version=" (crate::url_encode(&v.version)) } { "Launch " (v.version) }
                                             form method="post" action={ (at) "/withdraw" } {
                                                 button.danger type="submit" { "Withdraw " (v.version) }
                                             }

@@ -362,7 +362,10 @@ fn deployment(store: &mut impl Store, envelope: &Envelope, event: &DeploymentEve
             }
             Some((Desired::Running, Status::PendingDeploy))
         }
-        DeploymentEvent::RolledBack { version, image, env, services, reason, .. } => {
+        DeploymentEvent::RolledBack { version, image, env, services, reason, reconfigured, .. } => {
+            if let Some(r) = reconfigured {
+                open.header.view.profile = r.profile.clone();
+            }
             let view = &mut open.header.view;
             (view.version, view.image) = (version.clone(), image.clone());
             (view.env, view.services) = (env.clone(), services.clone());
