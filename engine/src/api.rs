@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use events::application::{Application, ApplicationCommand, ApplicationRejection, Settings, SettingsError};
 use events::deployment::{Deployment, DeploymentCommand, DeploymentRejection, Launch, Mode};
-use events::node::{Labels, Node, NodeRejection};
+use events::node::{Labels, Node, NodeCommand, NodeRejection};
 use events::projection::deployments::DeploymentView;
 use events::subject::check_token;
 use events::tenant::{Tenant, TenantCommand, TenantRejection};
@@ -105,6 +105,7 @@ fn documented() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(crate::auth::me))
         .routes(routes!(register_application, list_applications))
         .routes(routes!(add_version))
+        .routes(routes!(add_margo_version))
         .routes(routes!(publish))
         .routes(routes!(delete_version))
         .routes(routes!(withdraw))
@@ -127,6 +128,8 @@ fn documented() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(node_telemetry))
         .routes(routes!(enroll_node))
         .routes(routes!(revoke_node))
+        .routes(routes!(admit_margo))
+        .routes(routes!(unregister_margo))
         .routes(routes!(subscriber_credential))
         .routes(routes!(auditor_credential))
         .routes(routes!(crate::auth::create_token))
@@ -347,6 +350,9 @@ impl Rejection for NodeRejection {
             R::InvalidKey(_) => (StatusCode::UNPROCESSABLE_ENTITY, "public_key"),
             R::KeyRevoked(_) | R::KeyInUse(_) => (StatusCode::CONFLICT, "public_key"),
             R::Revoked => (StatusCode::CONFLICT, "id"),
+            R::InvalidFingerprint(_) => (StatusCode::UNPROCESSABLE_ENTITY, "fingerprint"),
+            R::NativeNode | R::MargoDevice => (StatusCode::CONFLICT, "id"),
+            R::NotAdmitted(_) => (StatusCode::FORBIDDEN, "certificate"),
         }
     }
 }
@@ -587,8 +593,53 @@ pub(crate) async fn add_version(
         (Some(_), Some(_)) => return Err(ApiError::invalid("compose", "give `image` or `compose`, not both")),
         (None, None) => return Err(ApiError::invalid("image", "give `image`, or `compose` for several containers")),
     };
-    let committed = state.commands.execute::<Application>(&id, &command, &meta).await?;
-    application_response(&state, &meta.tenant, &id, status_of(&committed)).await
+    add(&state, &meta, &id, command).await
+}
+
+/// Adds a version to application `id`: the application as it is then.
+async fn add(
+    state: &AppState,
+    meta: &CommandMeta,
+    id: &str,
+    command: ApplicationCommand,
+) -> Result<(StatusCode, Json<ApplicationBody>), ApiError> {
+    let committed = state.commands.execute::<Application>(id, &command, meta).await?;
+    application_response(state, &meta.tenant, id, status_of(&committed)).await
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"description": "apiVersion: margo.org/v1-alpha1\nkind: ApplicationDescription\n...", "packages": {"sample-docker": "services:\n  web:\n    image: 127.0.0.1:5000/sample/app:1.0.0\n"}}))]
+pub struct AddMargoVersion {
+    /// The application description, `margo.yaml` (YAML text).
+    pub description: String,
+    /// The compose file of each component of its `compose` profile, by component name: what
+    /// each package holds.
+    #[serde(default)]
+    pub packages: std::collections::BTreeMap<String, String>,
+}
+
+/// Adds a draft compose version from a Margo application description: its `compose` profile,
+/// its parameters and its required resources (see `events::margo::description`).
+#[utoipa::path(post, path = "/v1/applications/{id}/versions/margo", tag = "catalog", summary = "Add a draft version from a Margo application description (vendor)", request_body = AddMargoVersion, params(("id" = String, Path, description = "The id")), responses((status = 201, body = ApplicationBody), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
+pub(crate) async fn add_margo_version(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<AddMargoVersion>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (meta, tenant) = live_tenant(&state, &caller, &[Role::Vendor]).await?;
+    token("id", &id)?;
+    let described = events::margo::description::read(&id, &body.description, &body.packages)
+        .map_err(|refused| ApiError::invalid(&refused.field, refused.message))?;
+    let settings = Settings { parameters: described.parameters, ..Settings::default() };
+    let command = ApplicationCommand::AddComposeVersion {
+        version: described.version,
+        compose: described.compose,
+        settings,
+        policy: tenant.policy,
+    };
+    add(&state, &meta, &id, command).await
 }
 
 #[utoipa::path(post, path = "/v1/applications/{id}/versions/{version}/publish", tag = "catalog", summary = "Publish a version, each image pinned to its digest (vendor)", params(("id" = String, Path, description = "The id"), ("version" = String, Path, description = "The version")), responses((status = 200, body = ApplicationBody), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
@@ -1217,6 +1268,9 @@ pub struct NodeBody {
     pub refused_reports: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_refused: Option<events::node::Refused>,
+    /// A Margo device's certificate fingerprint: it runs no edge node and polls the Margo API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub margo: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/nodes/{id}", tag = "nodes", summary = "A node: labels, state, last heard", params(("id" = String, Path, description = "The id")), responses((status = 200, body = NodeBody), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
@@ -1240,6 +1294,7 @@ async fn get_node(
         clock_skew_ms: heard.map(|h| h.clock_skew_ms),
         refused_reports: node.refused_reports,
         last_refused: node.last_refused,
+        margo: node.margo.map(|m| m.fingerprint),
     }))
 }
 
@@ -1515,6 +1570,47 @@ async fn revoke_node(
     token("id", &id)?;
     let key = state.issuer.revoke(&id, &meta).await?;
     Ok(Json(serde_json::json!({ "node": id, "revoked": key })))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"fingerprint": "sha256:4f2a0c6e2b8d1f3a5c7e9b0d2f4a6c8e0b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a", "labels": {"site": "plant-7"}}))]
+pub struct AdmitBody {
+    /// `sha256:` and the hexadecimal SHA-256 of the device's X.509 certificate (DER).
+    fingerprint: String,
+    /// The engine's labels for it, over those its capabilities give.
+    #[serde(default)]
+    labels: Labels,
+}
+
+/// Admits a Margo device as node `id` of the caller's tenant: the certificate with this
+/// fingerprint may onboard through the Workload Fleet Manager API.
+#[utoipa::path(post, path = "/v1/nodes/{id}/margo", tag = "nodes", summary = "Admit a Margo device by its certificate (admin)", request_body = AdmitBody, params(("id" = String, Path, description = "The id")), responses((status = 201, body = Object), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
+async fn admit_margo(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<AdmitBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = live_meta(&state, &caller, &[Role::Admin]).await?;
+    token("id", &id)?;
+    let fingerprint = body.fingerprint.to_ascii_lowercase();
+    let command = NodeCommand::AdmitMargo { fingerprint: fingerprint.clone(), labels: body.labels };
+    state.commands.execute::<Node>(&id, &command, &meta).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "node": id, "fingerprint": fingerprint }))))
+}
+
+/// Unregisters the Margo device `id`: its certificate is refused from now on.
+#[utoipa::path(delete, path = "/v1/nodes/{id}/margo", tag = "nodes", summary = "Unregister a Margo device (admin)", params(("id" = String, Path, description = "The id")), responses((status = 200, body = Object), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
+async fn unregister_margo(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let meta = caller.meta(&[Role::Admin])?;
+    token("id", &id)?;
+    state.commands.execute::<Node>(&id, &NodeCommand::UnregisterMargo, &meta).await?;
+    Ok(Json(serde_json::json!({ "node": id, "unregistered": true })))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

@@ -131,6 +131,14 @@ enum Command {
         /// Serve no dashboard.
         #[arg(long)]
         no_dashboard: bool,
+        /// Serve Margo devices: where the Workload Fleet Manager API listens (HTTPS, with the
+        /// API's certificate).
+        #[arg(long)]
+        margo: Option<SocketAddr>,
+        /// How often Margo devices poll, in seconds: three polls missed, a device is
+        /// unreachable.
+        #[arg(long, default_value_t = 30)]
+        margo_poll_interval: u64,
         #[arg(long, default_value = "engine-data")]
         data_dir: PathBuf,
         /// Copies of every event across a JetStream cluster: 3 survives a server's loss.
@@ -586,6 +594,8 @@ impl Cli {
                 listen,
                 dashboard,
                 no_dashboard,
+                margo,
+                margo_poll_interval,
                 data_dir,
                 replicas,
                 tls_cert,
@@ -606,6 +616,8 @@ impl Cli {
                     trust_dir: trust.clone(),
                     listen: *listen,
                     dashboard: (!no_dashboard).then_some(*dashboard),
+                    margo: *margo,
+                    margo_poll_interval: Duration::from_secs(*margo_poll_interval),
                     data_dir: data_dir.clone(),
                     rate_limit: engine::auth::RateLimit { per_second: *rate_limit, burst: *rate_burst },
                     tls: Some(tls),

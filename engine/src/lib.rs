@@ -30,6 +30,7 @@ pub mod read_model;
 pub mod registry;
 pub mod secrets;
 pub mod trust;
+pub mod wfm;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -66,6 +67,12 @@ pub struct EngineConfig {
     pub deadlines: events::status::Deadlines,
     /// Where the web dashboard listens (port 0 picks a free one); none: no dashboard.
     pub dashboard: Option<SocketAddr>,
+    /// Where the Margo Workload Fleet Manager API listens (port 0 picks a free one), over the
+    /// API's TLS; none: no Margo device is served.
+    pub margo: Option<SocketAddr>,
+    /// How often Margo devices are expected to poll: three polls missed, a device is
+    /// unreachable.
+    pub margo_poll_interval: Duration,
 }
 
 /// The API's certificate chain and private key, as PEM files.
@@ -88,6 +95,8 @@ impl Default for EngineConfig {
             tls: None,
             deadlines: events::status::Deadlines::default(),
             dashboard: None,
+            margo: None,
+            margo_poll_interval: Duration::from_secs(30),
         }
     }
 }
@@ -132,6 +141,8 @@ pub struct Engine {
     pub api_addr: SocketAddr,
     /// Where the dashboard listens, when it does.
     pub dashboard_addr: Option<SocketAddr>,
+    /// Where the Margo Workload Fleet Manager API listens, when it does.
+    pub margo_addr: Option<SocketAddr>,
     pub commands: CommandHandler,
     pub deployments: Deployments,
     pub notifications: Notifications,
@@ -215,6 +226,18 @@ impl Engine {
             dashboard_addr = Some(listener.local_addr()?);
             servers.push((listener, dashboard::router(state, auth, tls.is_some()), "the dashboard"));
         }
+        let mut margo_addr = None;
+        if let Some(addr) = config.margo {
+            anyhow::ensure!(tls.is_some(), "the Margo API is served over TLS alone: give the API a certificate");
+            let listener =
+                std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr} (the Margo API)"))?;
+            listener.set_nonblocking(true)?;
+            margo_addr = Some(listener.local_addr()?);
+            let ca = std::fs::read_to_string(trust.ca())
+                .with_context(|| format!("reading the certificate authority {}", trust.ca().display()))?;
+            let wfm = wfm::Wfm::new(commands.clone(), models.clone(), ca, config.margo_poll_interval);
+            servers.push((listener, wfm::router(wfm), "the Margo API"));
+        }
 
         let mut tasks = JoinSet::new();
         let (s, m, p) = (store.clone(), models, config.projector);
@@ -256,6 +279,7 @@ impl Engine {
         Ok(Engine {
             api_addr,
             dashboard_addr,
+            margo_addr,
             commands,
             deployments,
             notifications,

@@ -800,20 +800,20 @@ async fn ingest_one(
 }
 
 /// What a node said of one deployment.
-struct StateReport {
-    version: String,
-    status: events::Status,
-    error: Option<events::Failure>,
-    containers: events::Containers,
-    reported_at: chrono::DateTime<chrono::Utc>,
-    order: Option<events::envelope::Order>,
+pub(crate) struct StateReport {
+    pub(crate) version: String,
+    pub(crate) status: events::Status,
+    pub(crate) error: Option<events::Failure>,
+    pub(crate) containers: events::Containers,
+    pub(crate) reported_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) order: Option<events::envelope::Order>,
 }
 
 /// Records `report` on the aggregate of the (deployment, node) pair, checked against what the
 /// deployment asks of the node. That is read from this engine's fold of the deployment, which
 /// costs nothing but may be behind the log: what it refused, or found to change nothing, is
 /// decided again on the deployment as the log has it.
-async fn report_state(
+pub(crate) async fn report_state(
     handler: &CommandHandler,
     meta: &CommandMeta,
     deployment: &str,

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::status::{Failure, Status};
 
+pub mod description;
+
 /// A Margo deployment state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -310,6 +312,224 @@ impl StateManifest {
     }
 }
 
+/// The `apiVersion` of the documents this engine writes.
+pub const API_VERSION: &str = "margo.org/v1-alpha1";
+
+/// The namespace of the UUIDs Margo knows deployments by.
+const DEPLOYMENT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d61_7267_6f2d_6465_706c_6f79_6d65_6e74);
+
+/// Margo's id of a deployment (`metadata.annotations.id`, a UUID): the same for the same tenant
+/// and deployment, on every device.
+pub fn deployment_id(tenant: &str, deployment: &str) -> String {
+    uuid::Uuid::new_v5(&DEPLOYMENT_NAMESPACE, format!("{tenant}/{deployment}").as_bytes()).to_string()
+}
+
+/// A name as Margo allows it for an application id or a component: lowercase letters, digits
+/// and dashes.
+pub fn margo_name(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-') => c,
+            _ => '-',
+        })
+        .take(200)
+        .collect();
+    if name.is_empty() {
+        "app".to_owned()
+    } else {
+        name
+    }
+}
+
+/// One deployment as a device fetches it: the `ApplicationDeployment` YAML and the compose
+/// package its one component points at, each by the digest of its exact bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Margo's id of the deployment.
+    pub id: String,
+    pub yaml: Vec<u8>,
+    pub package: Vec<u8>,
+}
+
+/// Renders `assigned`, deployment `deployment` of `tenant` on device `node` (client `client`):
+/// one `compose` component, named after the application, whose package is a compose file of
+/// its services served at `/api/v1/clients/{client}/packages/{digest}`. Its environment is
+/// given as the deployment's parameters too, each targeting that component.
+pub fn render(
+    client: &str,
+    tenant: &str,
+    node: &str,
+    deployment: &str,
+    assigned: &crate::projection::margo::Assigned,
+) -> Rendered {
+    let component = margo_name(&assigned.application);
+    let package = compose_package(&component, assigned);
+    let id = deployment_id(tenant, deployment);
+    let parameters = assigned
+        .env
+        .iter()
+        .map(|(name, value)| {
+            let target = Target { pointer: format!("ENV.{name}"), components: vec![component.clone()] };
+            (name.clone(), Parameter { value: value.clone(), targets: vec![target] })
+        })
+        .collect();
+    let document = AppDeployment {
+        api_version: API_VERSION,
+        kind: "ApplicationDeployment",
+        metadata: AppMetadata {
+            annotations: Annotations { application_id: margo_name(&assigned.application), id: id.clone() },
+            name: deployment.to_owned(),
+            namespace: tenant.to_owned(),
+            device_id: node.to_owned(),
+        },
+        spec: AppSpec {
+            deployment_profile: Profile {
+                kind: "compose",
+                components: vec![Component {
+                    name: component,
+                    properties: ComponentProperties {
+                        package_location: format!("/api/v1/clients/{client}/packages/{}", digest(&package)),
+                        revision: assigned.version.clone(),
+                    },
+                }],
+            },
+            parameters,
+        },
+    };
+    let yaml = serde_yaml::to_string(&document).unwrap_or_default().into_bytes();
+    Rendered { id, yaml, package }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AppDeployment {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: AppMetadata,
+    spec: AppSpec,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AppMetadata {
+    annotations: Annotations,
+    name: String,
+    namespace: String,
+    device_id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Annotations {
+    application_id: String,
+    id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AppSpec {
+    deployment_profile: Profile,
+    parameters: std::collections::BTreeMap<String, Parameter>,
+}
+
+#[derive(Serialize)]
+struct Profile {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    components: Vec<Component>,
+}
+
+#[derive(Serialize)]
+struct Component {
+    name: String,
+    properties: ComponentProperties,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ComponentProperties {
+    package_location: String,
+    revision: String,
+}
+
+#[derive(Serialize)]
+struct Parameter {
+    value: String,
+    targets: Vec<Target>,
+}
+
+#[derive(Serialize)]
+struct Target {
+    pointer: String,
+    components: Vec<String>,
+}
+
+/// The compose file of a deployment's services (a single image is one service, named after
+/// the component). Secrets are not in it: they are sealed for native nodes alone.
+fn compose_package(component: &str, assigned: &crate::projection::margo::Assigned) -> Vec<u8> {
+    use std::collections::BTreeMap;
+    let services = crate::work::containers(&assigned.image, &assigned.env, &assigned.services);
+    let mut volumes = BTreeMap::new();
+    let services: BTreeMap<String, ComposeService> = services
+        .into_iter()
+        .map(|service| {
+            for volume in &service.volumes {
+                if let Some((source, _)) = volume.split_once(':').filter(|(s, _)| !s.starts_with(['/', '.', '~'])) {
+                    volumes.insert(source.to_owned(), BTreeMap::<String, String>::new());
+                }
+            }
+            let name = if service.name.is_empty() { component.to_owned() } else { service.name.clone() };
+            let cpus = service.limits.nano_cpus.map(|nano| format!("{:.3}", nano as f64 / 1e9));
+            let service = ComposeService {
+                image: service.image,
+                command: service.command,
+                environment: service.environment,
+                ports: service.ports,
+                volumes: service.volumes,
+                restart: service.restart,
+                depends_on: service.depends_on,
+                mem_limit: service.limits.memory,
+                cpus,
+                pids_limit: service.limits.pids,
+            };
+            (name, service)
+        })
+        .collect();
+    let file = ComposeFile { services, volumes };
+    serde_yaml::to_string(&file).unwrap_or_default().into_bytes()
+}
+
+#[derive(Serialize)]
+struct ComposeFile {
+    services: std::collections::BTreeMap<String, ComposeService>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    volumes: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Serialize)]
+struct ComposeService {
+    image: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    command: Vec<String>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    environment: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ports: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    volumes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    depends_on: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mem_limit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpus: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pids_limit: Option<i64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +556,39 @@ mod tests {
 
     fn example() -> DeploymentStatus {
         serde_json::from_str(EXAMPLE).unwrap()
+    }
+
+    #[test]
+    fn a_deployment_renders_as_an_application_deployment_whose_package_is_addressed_by_its_digest() {
+        let assigned = crate::projection::margo::Assigned {
+            application: "Sample_App".into(),
+            version: "1.1.0".into(),
+            image: "127.0.0.1:5000/sample/app:1.1.0".into(),
+            env: [("GREETING".to_owned(), "hi".to_owned())].into(),
+            services: vec![],
+            staged: false,
+            stopped: false,
+            removed: false,
+        };
+        let rendered = render("c1", "acme", "dev-1", "d1", &assigned);
+        assert_eq!(rendered.id, deployment_id("acme", "d1"));
+        assert_eq!(render("c1", "acme", "dev-1", "d1", &assigned), rendered, "the same bytes each time");
+        let document: serde_yaml::Value = serde_yaml::from_slice(&rendered.yaml).unwrap();
+        assert_eq!(document["kind"], "ApplicationDeployment");
+        assert_eq!(document["metadata"]["annotations"]["id"].as_str(), Some(rendered.id.as_str()));
+        assert_eq!(document["metadata"]["annotations"]["applicationId"], "sample-app");
+        assert_eq!(document["metadata"]["deviceId"], "dev-1");
+        let profile = &document["spec"]["deploymentProfile"];
+        assert_eq!(profile["type"], "compose");
+        let component = &profile["components"][0];
+        let location = format!("/api/v1/clients/c1/packages/{}", digest(&rendered.package));
+        assert_eq!(component["properties"]["packageLocation"].as_str(), Some(location.as_str()));
+        let target = &document["spec"]["parameters"]["GREETING"]["targets"][0];
+        assert_eq!(target["pointer"], "ENV.GREETING");
+        assert_eq!(target["components"][0], component["name"]);
+        let compose = crate::compose::parse(std::str::from_utf8(&rendered.package).unwrap()).unwrap();
+        assert_eq!(compose.services[0].image, assigned.image);
+        assert_eq!(compose.services[0].environment["GREETING"], "hi");
     }
 
     #[test]

@@ -29,6 +29,19 @@ pub struct Node {
     /// Reports on its subject the engine refused, and the last of them.
     pub refused_reports: u64,
     pub last_refused: Option<Refused>,
+    /// A Margo device's identity: the certificate it was admitted by, and once it onboarded
+    /// the certificate itself and the client id it was given. None for a native node.
+    pub margo: Option<MargoIdentity>,
+}
+
+/// How the engine knows a Margo device: by its X.509 certificate, not by a NATS key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MargoIdentity {
+    /// `sha256:<hex>` of the certificate's DER bytes, as the operator admitted it.
+    pub fingerprint: String,
+    /// Its certificate (base64 DER) and client id, once it onboarded with it.
+    pub certificate: Option<String>,
+    pub client_id: Option<String>,
 }
 
 /// A report the engine refused: where it is in the log, and why.
@@ -75,6 +88,21 @@ pub enum NodeCommand {
         state: NodeState,
     },
     Heartbeat,
+    /// Admits a Margo device as this node: the certificate with `fingerprint` may onboard, and
+    /// `labels` are the engine's word over the capabilities it reports.
+    AdmitMargo {
+        fingerprint: String,
+        labels: Labels,
+    },
+    /// The admitted device onboarded with its certificate (base64 DER), proving it holds the
+    /// key; it is given `client_id`.
+    OnboardMargo {
+        fingerprint: String,
+        certificate: String,
+        client_id: String,
+    },
+    /// The device unregistered (or was unregistered): its certificate is refused from now on.
+    UnregisterMargo,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,6 +138,22 @@ pub enum NodeEvent {
         sequence: u64,
         reason: String,
     },
+    /// A Margo device was admitted as this node, by the fingerprint of its certificate.
+    MargoAdmitted {
+        fingerprint: String,
+        labels: Labels,
+    },
+    /// The admitted device onboarded: its certificate (base64 DER) and the client id it was
+    /// given.
+    MargoOnboarded {
+        fingerprint: String,
+        certificate: String,
+        client_id: String,
+    },
+    /// The device was unregistered: the certificate with `fingerprint` is refused from now on.
+    MargoUnregistered {
+        fingerprint: String,
+    },
 }
 
 event_payload!(NodeEvent, "node", {
@@ -121,6 +165,9 @@ event_payload!(NodeEvent, "node", {
     StateChanged => "state_changed",
     HeartbeatRecorded => "heartbeat_recorded",
     ReportRefused => "report_refused",
+    MargoAdmitted => "margo_admitted",
+    MargoOnboarded => "margo_onboarded",
+    MargoUnregistered => "margo_unregistered",
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,6 +186,21 @@ pub enum NodeRejection {
     NotEnrolled,
     #[error("the node's credential was revoked")]
     Revoked,
+    #[error("`{0}` is not a certificate fingerprint: give `sha256:` and 64 hexadecimal digits")]
+    InvalidFingerprint(String),
+    #[error("the node is a native edge node with a NATS key, not a Margo device")]
+    NativeNode,
+    #[error("the node is a Margo device: it has no NATS key")]
+    MargoDevice,
+    #[error("no Margo device was admitted with the certificate `{0}`")]
+    NotAdmitted(String),
+}
+
+/// Whether `fingerprint` reads as `sha256:` and 64 lowercase hexadecimal digits.
+pub fn is_fingerprint(fingerprint: &str) -> bool {
+    fingerprint
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 /// Whether `key` reads as a user public key (`U` and 55 more base32 characters); whether it
@@ -168,6 +230,7 @@ impl Aggregate for Node {
 
     fn decide(&self, command: &NodeCommand, ctx: &Ctx) -> Result<Vec<NodeEvent>, NodeRejection> {
         match command {
+            NodeCommand::Enroll { .. } if self.margo.is_some() && !self.revoked() => Err(NodeRejection::MargoDevice),
             NodeCommand::Enroll { public_key, labels } => {
                 for key in labels.keys() {
                     check_token("key", key).map_err(NodeRejection::InvalidLabel)?;
@@ -202,7 +265,48 @@ impl Aggregate for Node {
                 Some(_) if self.revoked() => Ok(vec![]),
                 Some(key) => Ok(vec![NodeEvent::Revoked { public_key: key.clone() }]),
             },
+            NodeCommand::AdmitMargo { .. } if self.key.is_some() => Err(NodeRejection::NativeNode),
+            NodeCommand::AdmitMargo { fingerprint, labels } => {
+                for key in labels.keys() {
+                    check_token("key", key).map_err(NodeRejection::InvalidLabel)?;
+                }
+                if !is_fingerprint(fingerprint) {
+                    return Err(NodeRejection::InvalidFingerprint(fingerprint.clone()));
+                }
+                let same = self.margo.as_ref().is_some_and(|m| m.fingerprint == *fingerprint);
+                Ok(match same && self.enrolled_labels == *labels && !self.revoked() {
+                    true => vec![],
+                    false => {
+                        vec![NodeEvent::MargoAdmitted { fingerprint: fingerprint.clone(), labels: labels.clone() }]
+                    }
+                })
+            }
             _ if self.revoked() => Err(NodeRejection::Revoked),
+            NodeCommand::OnboardMargo { fingerprint, certificate, client_id } => {
+                match &self.margo {
+                    Some(margo) if margo.fingerprint == *fingerprint => {}
+                    _ => return Err(NodeRejection::NotAdmitted(fingerprint.clone())),
+                }
+                let mut events = Vec::new();
+                let onboarded = self.margo.as_ref().is_some_and(|m| {
+                    m.certificate.as_ref() == Some(certificate) && m.client_id.as_ref() == Some(client_id)
+                });
+                if !onboarded {
+                    events.push(NodeEvent::MargoOnboarded {
+                        fingerprint: fingerprint.clone(),
+                        certificate: certificate.clone(),
+                        client_id: client_id.clone(),
+                    });
+                }
+                if !self.registered {
+                    events.push(NodeEvent::Registered { labels: self.enrolled_labels.clone() });
+                }
+                Ok(events)
+            }
+            NodeCommand::UnregisterMargo => match &self.margo {
+                Some(margo) => Ok(vec![NodeEvent::MargoUnregistered { fingerprint: margo.fingerprint.clone() }]),
+                None => Err(NodeRejection::NotEnrolled),
+            },
             NodeCommand::Register { labels } => {
                 for key in labels.keys() {
                     check_token("key", key).map_err(NodeRejection::InvalidLabel)?;
@@ -258,6 +362,22 @@ impl Aggregate for Node {
                 self.refused_reports = self.refused_reports.saturating_add(1);
                 self.last_refused = Some(Refused { sequence: *sequence, reason: reason.clone() });
             }
+            NodeEvent::MargoAdmitted { fingerprint, labels } => {
+                self.margo = Some(MargoIdentity { fingerprint: fingerprint.clone(), ..MargoIdentity::default() });
+                self.enrolled_labels = labels.clone();
+                if self.revoked() {
+                    self.state = None;
+                }
+            }
+            NodeEvent::MargoOnboarded { fingerprint, certificate, client_id } => {
+                self.margo = Some(MargoIdentity {
+                    fingerprint: fingerprint.clone(),
+                    certificate: Some(certificate.clone()),
+                    client_id: Some(client_id.clone()),
+                });
+                self.state = Some(NodeState::Online);
+            }
+            NodeEvent::MargoUnregistered { .. } => self.state = Some(NodeState::Revoked),
         }
         self
     }

@@ -13,6 +13,7 @@
 //! | `nodes` | `n/<tenant>/<node>`: a node's labels and state; `r/<key>`: each key ever revoked, which no deletion forgets |
 //! | `notifications` | `a/<tenant>/<application>`: its newest published version not withdrawn; `v/<tenant>/<application>`: its published versions not withdrawn; `t/<tenant>/<application>/<deployment>`: each of its live deployments; `i/<tenant>/<deployment>`: the deployment's application |
 //! | `catalog` | `c/<tenant>/<application>`: its name and versions, draft or published |
+//! | `margo` | `m/n/<tenant>/<node>`: a Margo device and the deployments it must hold; `m/c/<client>` and `m/f/<fingerprint>`: where a device is, by client id and by certificate |
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -27,12 +28,15 @@ use crate::tenant::TenantEvent;
 pub mod catalog;
 pub mod deployments;
 pub mod history;
+pub mod margo;
 pub mod nodes;
 pub mod notifications;
 pub mod summary;
 
-/// The subjects the read models fold: every aggregate's (not the node work and reports).
-pub const SUBJECTS: [&str; 2] = [crate::subject::ALL_AGGREGATES, crate::subject::ALL_DEPLOYMENT_NODES];
+/// The subjects the read models fold: every aggregate's, and the work addressed to nodes (of
+/// which only a Margo device's is decoded); not the nodes' reports.
+pub const SUBJECTS: [&str; 3] =
+    [crate::subject::ALL_AGGREGATES, crate::subject::ALL_DEPLOYMENT_NODES, crate::subject::ALL_NODE_WORK];
 
 /// A read model's store failed: the fold cannot go on.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -82,6 +86,9 @@ pub enum Fact {
     },
     Node(NodeEvent),
     Tenant(TenantEvent),
+    /// Work addressed to the node the envelope's aggregate id names: its payload is decoded
+    /// only when that node is a Margo device (`margo`).
+    NodeWork,
     /// Folded by no read model: its payload is not decoded.
     Other,
 }
@@ -100,6 +107,7 @@ impl Fact {
             },
             crate::node::Node::TYPE => Fact::Node(envelope.event()?),
             crate::tenant::Tenant::TYPE => Fact::Tenant(envelope.event()?),
+            crate::work::AGGREGATE_TYPE => Fact::NodeWork,
             _ => Fact::Other,
         })
     }
@@ -108,11 +116,13 @@ impl Fact {
 /// Folds one event into every read model. A tenant's deletion clears what each keeps of it.
 pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<(), ModelError> {
     if let Fact::Tenant(TenantEvent::Deleted { .. }) = fact {
+        margo::forget_tenant(store, &envelope.tenant)?;
         let prefixes = deployments::TENANT_PREFIXES
             .iter()
             .chain(nodes::TENANT_PREFIXES)
             .chain(notifications::TENANT_PREFIXES)
-            .chain(catalog::TENANT_PREFIXES);
+            .chain(catalog::TENANT_PREFIXES)
+            .chain(margo::TENANT_PREFIXES);
         for prefix in prefixes {
             store.remove_prefix(&format!("{prefix}{}/", envelope.tenant))?;
         }
@@ -121,7 +131,8 @@ pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<
     deployments::fold(store, envelope, fact)?;
     nodes::fold(store, envelope, fact)?;
     notifications::fold(store, envelope, fact)?;
-    catalog::fold(store, envelope, fact)
+    catalog::fold(store, envelope, fact)?;
+    margo::fold(store, envelope, fact)
 }
 
 /// A [`Store`] in memory, for `replay at` and tests.

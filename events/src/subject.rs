@@ -17,6 +17,8 @@ pub const ALL_TENANTS: &str = "ev.*.tenant.*";
 /// The node aggregates only (their work and report subjects have a fifth token).
 pub const ALL_NODES: &str = "ev.*.node.*";
 pub const ALL_NODE_REPORTS: &str = "ev.*.node.*.state";
+/// The work addressed to every node.
+pub const ALL_NODE_WORK: &str = "ev.*.node.*.desired";
 /// Every (deployment, node) pair: `ev.<tenant>.deployment_node.<deployment>.<node>`.
 pub const ALL_DEPLOYMENT_NODES: &str = "ev.*.deployment_node.*.*";
 

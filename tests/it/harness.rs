@@ -22,9 +22,9 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 pub struct TestEngine {
     pub engine: Engine,
     pub http: reqwest::Client,
-    nats_url: String,
+    /// What it was started with, and is started again with.
+    config: EngineConfig,
     trust: engine::trust::Trust,
-    replicas: usize,
     data: tempfile::TempDir,
 }
 
@@ -49,10 +49,10 @@ impl TestEngine {
         let data = tempfile::tempdir().unwrap();
         let mut config = Self::config(nats_url, trust, replicas, &data);
         change(&mut config);
-        let engine = Engine::start(config).await.expect("the engine starts");
+        let engine = Engine::start(config.clone()).await.expect("the engine starts");
         let trust = trust.clone();
         let http = tests::admin_client(&engine.commands, &trust.ca()).await;
-        TestEngine { engine, http, nats_url: nats_url.to_owned(), trust, replicas, data }
+        TestEngine { engine, http, config, trust, data }
     }
 
     fn config(nats_url: &str, trust: &engine::trust::Trust, replicas: usize, data: &tempfile::TempDir) -> EngineConfig {
@@ -69,14 +69,14 @@ impl TestEngine {
 
     /// Stops the engine and starts it again on the same read models (a new API port).
     pub async fn restart(self) -> TestEngine {
-        let TestEngine { engine, http, nats_url, trust, replicas, data } = self;
+        let TestEngine { engine, http, config, trust, data } = self;
         drop(engine);
         // The stopped engine's tasks let go of the sled directory as they wind down.
         let engine = tests::eventually("the engine to start again", TIMEOUT, || async {
-            Engine::start(Self::config(&nats_url, &trust, replicas, &data)).await.ok()
+            Engine::start(config.clone()).await.ok()
         })
         .await;
-        TestEngine { engine, http, nats_url, trust, replicas, data }
+        TestEngine { engine, http, config, trust, data }
     }
 
     /// The engine's data directory (its read models, and the first admin token's file).

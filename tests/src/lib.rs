@@ -17,6 +17,7 @@ pub mod chaos;
 mod fleet;
 mod gate;
 mod link;
+pub mod margo;
 pub use fleet::{SimFleet, SimMember};
 pub use gate::DockerGate;
 pub use link::Link;

@@ -60,6 +60,10 @@ pub struct NodeRecord {
     pub refused_reports: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_refused: Option<Refused>,
+    /// A Margo device's certificate fingerprint: it runs no edge node, and polls the engine's
+    /// Workload Fleet Manager API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margo: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -87,6 +91,7 @@ fn apply(record: Option<NodeRecord>, envelope: &Envelope, event: &NodeEvent) -> 
             revoked_keys: Default::default(),
             refused_reports: 0,
             last_refused: None,
+            margo: None,
             updated_at: envelope.time,
         },
     };
@@ -108,6 +113,14 @@ fn apply(record: Option<NodeRecord>, envelope: &Envelope, event: &NodeEvent) -> 
         NodeEvent::HeartbeatRecorded { .. } => {}
         NodeEvent::LabelsChanged { labels } => record.labels = labels.clone(),
         NodeEvent::StateChanged { state } => record.state = Some(*state),
+        NodeEvent::MargoAdmitted { fingerprint, .. } => {
+            record.margo = Some(fingerprint.clone());
+            if record.state == Some(NodeState::Revoked) {
+                record.state = None;
+            }
+        }
+        NodeEvent::MargoOnboarded { .. } => record.state = Some(NodeState::Online),
+        NodeEvent::MargoUnregistered { .. } => record.state = Some(NodeState::Revoked),
         NodeEvent::ReportRefused { sequence, reason } => {
             record.refused_reports = record.refused_reports.saturating_add(1);
             record.last_refused = Some(Refused { sequence: *sequence, reason: reason.clone() });
