@@ -92,8 +92,18 @@ impl Api {
     /// An engine on `nats_url` (one server or a cluster's members) trusted by `trust`, whose
     /// streams keep `replicas`.
     pub async fn start_on(nats_url: &str, trust: &engine::trust::Trust, replicas: usize) -> Api {
+        Api::start_with(nats_url, trust, replicas, |_| {}).await
+    }
+
+    /// An engine as [`Api::start_on`] makes it, its configuration changed by `change`.
+    pub async fn start_with(
+        nats_url: &str,
+        trust: &engine::trust::Trust,
+        replicas: usize,
+        change: impl FnOnce(&mut EngineConfig),
+    ) -> Api {
         let data = tempfile::tempdir().expect("a temporary directory");
-        let config = EngineConfig {
+        let mut config = EngineConfig {
             nats_url: nats_url.to_owned(),
             trust_dir: trust.dir().to_owned(),
             listen: "127.0.0.1:0".parse().expect("a loopback address"),
@@ -102,6 +112,7 @@ impl Api {
             tls: Some(engine::trust::Trust::server_tls(trust.dir())),
             ..EngineConfig::default()
         };
+        change(&mut config);
         let engine = Engine::start(config.clone()).await.expect("the engine starts");
         let url = format!("https://{}", engine.api_addr);
         let (nats_url, ca) = (nats_url.to_owned(), trust.ca());

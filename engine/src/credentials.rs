@@ -242,9 +242,12 @@ async fn carry_out(
             trust.push_account(system, &revocations(nodes)?).await?;
             tracing::info!(tenant, node, "revocations sent to the servers");
         }
+        // A Margo device holds no NATS key: its deployments are told, as of a revoked node's.
+        NodeEvent::MargoUnregistered { .. } => {}
         _ => return Ok(()),
     }
-    if let NodeEvent::Revoked { .. } = envelope.event::<NodeEvent>()? {
+    let event = envelope.event::<NodeEvent>()?;
+    if let NodeEvent::Revoked { .. } = event {
         use async_nats::jetstream::stream::ConsumerErrorKind as consumer_error;
         // Its work consumer goes with it: nothing is held on the server for a node that is cut
         // off. A node enrolled again gets a new one, from the start of its work.
@@ -258,6 +261,8 @@ async fn carry_out(
                 ) => {}
             Err(e) => anyhow::bail!("removing the consumer of revoked node {node}: {e}"),
         }
+    }
+    if let NodeEvent::Revoked { .. } | NodeEvent::MargoUnregistered { .. } = event {
         let meta = CommandMeta {
             actor: envelope.actor.clone(),
             correlation_id: envelope.correlation_id,

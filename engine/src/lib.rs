@@ -257,8 +257,8 @@ impl Engine {
         tasks.spawn(supervise("credentials", move || {
             credentials::run(c.clone(), d.clone(), n.clone(), t.clone(), system.clone(), keys.clone())
         }));
-        let (c, l, n) = (commands.clone(), liveness.clone(), nodes.clone());
-        tasks.spawn(supervise("liveness", move || liveness::run(c.clone(), l.clone(), n.clone())));
+        let (c, l, n, every) = (commands.clone(), liveness.clone(), nodes.clone(), config.margo_poll_interval);
+        tasks.spawn(supervise("liveness", move || liveness::run(c.clone(), l.clone(), n.clone(), every)));
         let (c, d, limits) = (commands.clone(), deployments.clone(), config.deadlines);
         tasks.spawn(supervise("deadlines", move || deadlines::run(c.clone(), d.clone(), limits)));
         let mut handles = Vec::new();

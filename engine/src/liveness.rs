@@ -100,8 +100,15 @@ pub async fn open_stream(js: &jetstream::Context, replicas: usize) -> anyhow::Re
 /// Follows the heartbeats and records each node's changes of reachability, forever. Nodes the
 /// read model knows as online are expected from the start: one that never beats again after an
 /// engine restart turns unreachable too.
-pub async fn run(handler: CommandHandler, liveness: Liveness, nodes: crate::read_model::Nodes) -> anyhow::Result<()> {
-    expect_known_nodes(&liveness, &nodes)?;
+///
+/// A Margo device's polls are its heartbeats (`crate::wfm`), expected every `margo_interval`.
+pub async fn run(
+    handler: CommandHandler,
+    liveness: Liveness,
+    nodes: crate::read_model::Nodes,
+    margo_interval: Duration,
+) -> anyhow::Result<()> {
+    expect_known_nodes(&liveness, &nodes, margo_interval)?;
     let client = handler.store().client().clone();
     let mut beats = client.subscribe(events::telemetry::ALL).await?;
     let mut checks = tokio::time::interval(CHECK_EVERY);
@@ -159,8 +166,14 @@ pub async fn run(handler: CommandHandler, liveness: Liveness, nodes: crate::read
     }
 }
 
-/// Counts every node last known online as just heard from, at the default rate.
-fn expect_known_nodes(liveness: &Liveness, nodes: &crate::read_model::Nodes) -> anyhow::Result<()> {
+/// Counts every node last known online as just heard from, at the default rate (a Margo
+/// device at the rate it polls).
+fn expect_known_nodes(
+    liveness: &Liveness,
+    nodes: &crate::read_model::Nodes,
+    margo_interval: Duration,
+) -> anyhow::Result<()> {
+    let margo_interval_ms = u64::try_from(margo_interval.as_millis()).unwrap_or(u64::MAX);
     let now = Utc::now();
     let mut latest = liveness.latest.write().expect("the liveness map is never poisoned");
     for record in nodes.all()? {
@@ -171,7 +184,7 @@ fn expect_known_nodes(liveness: &Liveness, nodes: &crate::read_model::Nodes) -> 
             tenant: record.tenant.clone(),
             node: record.id.clone(),
             at: now,
-            interval_ms: ASSUMED_INTERVAL_MS,
+            interval_ms: if record.margo.is_some() { margo_interval_ms } else { ASSUMED_INTERVAL_MS },
             containers: vec![],
             pulls: vec![],
         };

@@ -102,10 +102,17 @@ struct Served {
     version: u64,
     manifest: Vec<u8>,
     etag: String,
-    /// Each listed deployment: this engine's id, and what the device fetches of it.
-    deployments: Vec<(String, Rendered)>,
+    /// Each listed deployment: this engine's id, its version, and what the device fetches of it.
+    deployments: Vec<Listed>,
     /// The bundle's digest and bytes; none without deployments.
     bundle: Option<(String, Vec<u8>)>,
+}
+
+/// A deployment as a manifest lists it.
+struct Listed {
+    deployment: String,
+    version: String,
+    rendered: Rendered,
 }
 
 /// A refusal, answered as `{"error": ...}`.
@@ -155,8 +162,12 @@ impl Wfm {
 
     /// The device `client` names, once the call is shown to be signed by its certificate.
     fn authenticate(&self, client: &str, call: &Call) -> Result<Device, WfmError> {
-        let refused =
-            || WfmError::new(StatusCode::FORBIDDEN, format!("client `{client}` is not known or was unregistered"));
+        // A call that is not signed at all says nothing of which clients exist.
+        call.signature()?;
+        let refused = || {
+            self.lock().remove(client);
+            WfmError::new(StatusCode::FORBIDDEN, format!("client `{client}` is not known or was unregistered"))
+        };
         let here: DeviceRef = self.model(&client_key(client))?.ok_or_else(refused)?;
         let device: Device = self.model(&key(&here.tenant, &here.node))?.ok_or_else(refused)?;
         if device.unregistered || device.client_id.as_deref() != Some(client) {
@@ -195,10 +206,12 @@ impl Wfm {
         if let Some(served) = self.lock().get(&client).filter(|s| s.version == device.manifest_version) {
             return Ok(served.clone());
         }
-        let deployments: Vec<(String, Rendered)> = device
+        let deployments: Vec<Listed> = device
             .listed()
-            .map(|(id, assigned)| {
-                (id.clone(), events::margo::render(&client, &device.tenant, &device.node, id, assigned))
+            .map(|(id, assigned)| Listed {
+                deployment: id.clone(),
+                version: assigned.version.clone(),
+                rendered: events::margo::render(&client, &device.tenant, &device.node, id, assigned),
             })
             .collect();
         let bundle = match deployments.is_empty() {
@@ -209,7 +222,8 @@ impl Wfm {
             }
         };
         let version = std::num::NonZeroU64::new(device.manifest_version).unwrap_or(std::num::NonZeroU64::MIN);
-        let listed: Vec<(String, Vec<u8>)> = deployments.iter().map(|(_, r)| (r.id.clone(), r.yaml.clone())).collect();
+        let listed: Vec<(String, Vec<u8>)> =
+            deployments.iter().map(|l| (l.rendered.id.clone(), l.rendered.yaml.clone())).collect();
         let sized = bundle.as_ref().map(|(digest, bytes)| (digest.clone(), u64::try_from(bytes.len()).unwrap_or(0)));
         let (manifest, etag) = StateManifest::of(&client, version, &listed, sized).served();
         let served = Arc::new(Served { version: device.manifest_version, manifest, etag, deployments, bundle });
@@ -235,11 +249,11 @@ impl Wfm {
 
 /// The bundle: a gzip-compressed tar of every deployment's YAML, `<deploymentId>.yaml`, made
 /// the same way each time (no times, no owners), so its digest holds.
-fn bundle(deployments: &[(String, Rendered)]) -> std::io::Result<Vec<u8>> {
+fn bundle(deployments: &[Listed]) -> std::io::Result<Vec<u8>> {
     let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut tar = tar::Builder::new(gzip);
     tar.mode(tar::HeaderMode::Deterministic);
-    for (_, rendered) in deployments {
+    for Listed { rendered, .. } in deployments {
         let mut header = tar::Header::new_ustar();
         header.set_size(u64::try_from(rendered.yaml.len()).unwrap_or(0));
         header.set_mode(0o644);
@@ -260,17 +274,7 @@ struct Call {
 impl Call {
     /// Checks the call's signature against the certificate `der`.
     fn verify(&self, der: &[u8]) -> Result<(), WfmError> {
-        let bad = |what: &str| WfmError::new(StatusCode::BAD_REQUEST, format!("X-Payload-Signature: {what}"));
-        let value = self
-            .headers
-            .get(SIGNATURE_HEADER)
-            .ok_or_else(|| bad("missing: sign each call with the device's certificate key"))?;
-        let value = value.to_str().map_err(|_| bad("not text"))?;
-        let (key, signature) =
-            value.split_once(';').ok_or_else(|| bad("give `public_key;digital_signature`, both base64"))?;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let key = b64.decode(key.trim()).map_err(|_| bad("the public key is not base64"))?;
-        let signature = b64.decode(signature.trim()).map_err(|_| bad("the signature is not base64"))?;
+        let (key, signature) = self.signature()?;
         let unverified =
             |why: &str| WfmError::new(StatusCode::UNAUTHORIZED, format!("signature verification failed: {why}"));
         let der = rustls::pki_types::CertificateDer::from(der);
@@ -284,6 +288,22 @@ impl Call {
             true => Ok(()),
             false => Err(unverified("sign the method, the path and the body with the certificate's key")),
         }
+    }
+
+    /// The public key and the signature the call carries, or a 400 saying what is amiss.
+    fn signature(&self) -> Result<(Vec<u8>, Vec<u8>), WfmError> {
+        let bad = |what: &str| WfmError::new(StatusCode::BAD_REQUEST, format!("X-Payload-Signature: {what}"));
+        let value = self
+            .headers
+            .get(SIGNATURE_HEADER)
+            .ok_or_else(|| bad("missing: sign each call with the device's certificate key"))?;
+        let value = value.to_str().map_err(|_| bad("not text"))?;
+        let (key, signature) =
+            value.split_once(';').ok_or_else(|| bad("give `public_key;digital_signature`, both base64"))?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let key = b64.decode(key.trim()).map_err(|_| bad("the public key is not base64"))?;
+        let signature = b64.decode(signature.trim()).map_err(|_| bad("the signature is not base64"))?;
+        Ok((key, signature))
     }
 }
 
@@ -364,12 +384,6 @@ fn certificate_der(given: &str) -> Result<Vec<u8>, WfmError> {
     Ok(der)
 }
 
-/// The client id a device is given: the same for the same node, whatever its certificate.
-fn client_id(here: &DeviceRef) -> String {
-    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d61_7267_6f2d_636c_6965_6e74_2d69_6400);
-    uuid::Uuid::new_v5(&NAMESPACE, format!("{}/{}", here.tenant, here.node).as_bytes()).to_string()
-}
-
 async fn onboard(State(wfm): State<Wfm>, call: Call) -> Result<Response, WfmError> {
     let request: OnboardingRequest = document(&call.body, "OnboardingRequest")?;
     let OnboardingKind::OnboardingRequest = request.kind;
@@ -379,20 +393,28 @@ async fn onboard(State(wfm): State<Wfm>, call: Call) -> Result<Response, WfmErro
     let rejected =
         || WfmError::new(StatusCode::FORBIDDEN, "Client rejected: no device was admitted with this certificate");
     let here: DeviceRef = wfm.model(&fingerprint_key(&fingerprint))?.ok_or_else(rejected)?;
-    let client = client_id(&here);
+    let certificate = base64::engine::general_purpose::STANDARD.encode(&der);
+    // A client id no one can guess; the same one when the same certificate onboards again.
+    let node: Node = wfm.inner.commands.state(&here.tenant, &here.node).await.map_err(anyhow::Error::from)?;
+    let client = node
+        .margo
+        .filter(|m| m.certificate.as_ref() == Some(&certificate))
+        .and_then(|m| m.client_id)
+        .unwrap_or_else(|| uuid::Builder::from_random_bytes(rand::random()).into_uuid().to_string());
     let meta = CommandMeta::new(&here.tenant, &format!("margo:{}", here.node));
-    let command = NodeCommand::OnboardMargo {
-        fingerprint,
-        certificate: base64::engine::general_purpose::STANDARD.encode(&der),
-        client_id: client.clone(),
-    };
+    let command = NodeCommand::OnboardMargo { fingerprint, certificate, client_id: client.clone() };
     let committed = match wfm.inner.commands.execute::<Node>(&here.node, &command, &meta).await {
         Ok(committed) => committed,
-        Err(CommandError::Rejected(NodeRejection::NotAdmitted(_) | NodeRejection::Revoked)) => return Err(rejected()),
+        Err(CommandError::Rejected(
+            NodeRejection::NotAdmitted(_) | NodeRejection::Revoked | NodeRejection::NativeNode,
+        )) => return Err(rejected()),
         Err(e) => return Err(anyhow::Error::from(e).into()),
     };
     wfm.folded(&committed).await?;
     tracing::info!(tenant = here.tenant, node = here.node, client, "margo: a device onboarded");
+    if let Some(device) = wfm.model::<Device>(&key(&here.tenant, &here.node))? {
+        wfm.heard(&device);
+    }
     Ok((StatusCode::CREATED, axum::Json(serde_json::json!({ "clientId": client }))).into_response())
 }
 
@@ -527,8 +549,14 @@ fn labels_of(properties: &Properties, device: &str) -> Result<Labels, WfmError> 
             labels.insert(format!("{field}-{kind}"), "true".into());
         }
     }
+    if let Some((key, value)) = labels.iter().find(|(_, v)| v.len() > LABEL_LENGTH || v.chars().any(char::is_control)) {
+        return Err(invalid(key, format!("`{value}` is over {LABEL_LENGTH} characters or holds control characters")));
+    }
     Ok(labels)
 }
+
+/// The longest label value a capability may give.
+const LABEL_LENGTH: usize = 128;
 
 async fn capabilities(
     State(wfm): State<Wfm>,
@@ -562,12 +590,15 @@ async fn unregister(
         return Err(WfmError::new(StatusCode::NOT_FOUND, format!("device `{device_id}` is not this client's")));
     }
     let meta = CommandMeta::new(&device.tenant, &format!("margo:{}", device.node));
-    let committed = wfm
-        .inner
-        .commands
-        .execute::<Node>(&device.node, &NodeCommand::UnregisterMargo, &meta)
-        .await
-        .map_err(anyhow::Error::from)?;
+    let committed =
+        wfm.inner.commands.execute::<Node>(&device.node, &NodeCommand::UnregisterMargo, &meta).await.map_err(|e| {
+            match e {
+                CommandError::Rejected(NodeRejection::Revoked) => {
+                    WfmError::new(StatusCode::FORBIDDEN, "the device was unregistered")
+                }
+                e => anyhow::Error::from(e).into(),
+            }
+        })?;
     // Refused from the next call on.
     wfm.folded(&committed).await?;
     tracing::info!(tenant = device.tenant, node = device.node, "margo: a device unregistered");
@@ -657,7 +688,7 @@ async fn deployment(
     call: Call,
 ) -> Result<Response, WfmError> {
     let yaml = |served: &Served| {
-        let mut rendered = served.deployments.iter().map(|(_, r)| r);
+        let mut rendered = served.deployments.iter().map(|l| &l.rendered);
         rendered.find(|r| r.id == deployment && events::margo::digest(&r.yaml) == digest).map(|r| r.yaml.clone())
     };
     fetch(&wfm, &client, &call, &digest, "application/yaml", yaml)
@@ -669,7 +700,7 @@ async fn package(
     call: Call,
 ) -> Result<Response, WfmError> {
     let package = |served: &Served| {
-        let mut rendered = served.deployments.iter().map(|(_, r)| r);
+        let mut rendered = served.deployments.iter().map(|l| &l.rendered);
         rendered.find(|r| events::margo::digest(&r.package) == digest).map(|r| r.package.clone())
     };
     fetch(&wfm, &client, &call, &digest, "application/yaml", package)
@@ -715,8 +746,14 @@ async fn status(
         containers.clear();
     }
     let meta = CommandMeta::new(&device.tenant, &format!("margo:{}", device.node));
+    // The version of the manifest it was last served: what it speaks of, not what was asked
+    // since (after a restart of the engine, what is asked now).
+    let served = wfm
+        .lock()
+        .get(&client)
+        .and_then(|s| s.deployments.iter().find(|l| l.deployment == *ours).map(|l| l.version.clone()));
     let report = crate::worker::StateReport {
-        version: String::new(),
+        version: served.unwrap_or_else(|| assigned.version.clone()),
         status: reported.status,
         error: reported.error,
         containers,

@@ -569,6 +569,7 @@ mod tests {
             staged: false,
             stopped: false,
             removed: false,
+            next: None,
         };
         let rendered = render("c1", "acme", "dev-1", "d1", &assigned);
         assert_eq!(rendered.id, deployment_id("acme", "d1"));

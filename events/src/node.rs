@@ -282,6 +282,7 @@ impl Aggregate for Node {
                 })
             }
             _ if self.revoked() => Err(NodeRejection::Revoked),
+            NodeCommand::OnboardMargo { .. } if self.key.is_some() => Err(NodeRejection::NativeNode),
             NodeCommand::OnboardMargo { fingerprint, certificate, client_id } => {
                 match &self.margo {
                     Some(margo) if margo.fingerprint == *fingerprint => {}
@@ -342,6 +343,8 @@ impl Aggregate for Node {
             NodeEvent::Enrolled { public_key, labels } => {
                 self.key = Some(public_key.clone());
                 self.enrolled_labels = labels.clone();
+                // A Margo device enrolled as a native node is one from then on.
+                self.margo = None;
                 if self.revoked() {
                     self.state = None;
                 }

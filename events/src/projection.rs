@@ -5,7 +5,8 @@
 //! clears (`deployments`, `nodes`, `notifications`, `catalog`). They all live in one key-value store
 //! ([`Store`]: a sled tree in the engine, memory in `replay at`), are fed by one reader, and
 //! [`fold`] takes each event to every one of them: the event is decoded once ([`Fact`]), and
-//! the payload of an event no read model folds (node work and reports) is never decoded.
+//! the payload of an event no read model folds (the nodes' reports, and the work addressed
+//! to a native node) is never decoded.
 //!
 //! | model | keys |
 //! |---|---|

@@ -15,6 +15,7 @@ async fn engine(nats: &NatsServer) -> TestEngine {
     TestEngine::start_with(&nats.url(), nats.trust(), 1, |config| {
         config.margo = Some("127.0.0.1:0".parse().unwrap());
         config.margo_poll_interval = Duration::from_secs(1);
+        config.dashboard = Some("127.0.0.1:0".parse().unwrap());
     })
     .await
 }
@@ -133,6 +134,11 @@ async fn the_specifications_refusals_unknown_certificate_bad_signature_malformed
 
     let device = onboarded(&engine, "margo-1").await;
     let path = device.manifest_path();
+
+    // Its certificate is its own: admitted as another node, it is refused.
+    let again = json!({"fingerprint": device.fingerprint()});
+    let (status, body) = engine.post("/v1/nodes/margo-2/margo", again).await;
+    assert_eq!((status, body["field"].as_str()), (409, Some("fingerprint")), "{body}");
     let http = engine::api_client(Some(&engine.trust().ca())).unwrap();
     let url = format!("{}{path}", base(&engine));
 
@@ -414,4 +420,51 @@ async fn a_vendor_adds_a_version_from_a_margo_description_and_a_device_is_served
     let compose = &held.components[0].1;
     assert_eq!(compose["services"]["web"]["environment"]["GREETING"], "hi");
     assert_eq!(held.document["spec"]["parameters"]["GREETING"]["targets"][0]["pointer"], "ENV.GREETING");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_stops_polling_turns_unreachable_and_its_next_poll_brings_it_back() {
+    let nats = NatsServer::start().await;
+    let engine = engine(&nats).await;
+    let mut device = onboarded(&engine, "margo-l").await;
+    device.poll().await.unwrap();
+    // It polls every second (the engine's expectation): three missed, it is unreachable.
+    eventually("the silent device to be unreachable", TIMEOUT, || async {
+        (engine.node_state("margo-l").await.as_deref() == Some("unreachable")).then_some(())
+    })
+    .await;
+    let (_, node) = engine.get("/v1/nodes/margo-l").await;
+    assert!(node["last_heartbeat"].is_string(), "its last poll is when it was last heard: {node}");
+    device.poll().await.unwrap();
+    eventually("the device to be online again", TIMEOUT, || async {
+        (engine.node_state("margo-l").await.as_deref() == Some("online")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summaries_and_the_dashboards_fleet_count_a_margo_device_as_a_node() {
+    let nats = NatsServer::start().await;
+    let engine = engine(&nats).await;
+    let mut device = onboarded(&engine, "margo-s").await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let id = launch_on(&engine, &["margo-s"]).await;
+    next_change(&mut device, None).await;
+    engine.wait_deployment(&id, "the device to run it", |v| v["nodes"]["margo-s"]["status"] == "running").await;
+
+    let (status, summary) = engine.get("/v1/summary").await;
+    assert_eq!(status, 200);
+    assert!(summary.to_string().contains("margo-s"), "the summary counts it per node: {summary}");
+
+    let base = format!("https://{}", engine.engine.dashboard_addr.expect("the dashboard listens"));
+    let http = engine::api_client_builder(Some(&engine.trust().ca()))
+        .unwrap()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = [("token", tests::ADMIN_TOKEN)];
+    let signed_in = http.post(format!("{base}/signin")).header("origin", &base).form(&form).send().await.unwrap();
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let page = http.get(format!("{base}/fleet")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("margo-s") && page.contains("Margo device"), "{page}");
 }

@@ -67,6 +67,12 @@ impl MargoDevice {
     /// A device named `name` that trusts the CA in `ca` (PEM file) and speaks to the Workload
     /// Fleet Manager at `base` (`https://host:port`).
     pub fn new(name: &str, base: &str, ca: &std::path::Path) -> MargoDevice {
+        MargoDevice::with_client(name, base, engine::api_client(Some(ca)).expect("an HTTPS client"))
+    }
+
+    /// A device as [`MargoDevice::new`] makes it, speaking through `http` (which trusts the CA):
+    /// a fleet of them may share one client.
+    pub fn with_client(name: &str, base: &str, http: reqwest::Client) -> MargoDevice {
         let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a key is made");
         let mut params = rcgen::CertificateParams::new(vec![format!("{name}.devices.example")]).expect("params");
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
@@ -77,7 +83,6 @@ impl MargoDevice {
             &ring::rand::SystemRandom::new(),
         )
         .expect("the key reads");
-        let http = engine::api_client(Some(ca)).expect("an HTTPS client");
         MargoDevice {
             name: name.to_owned(),
             base: base.to_owned(),

@@ -177,13 +177,21 @@ pub fn fleet(nodes: &[NodeLine], next: Option<String>) -> Markup {
                     @for n in nodes {
                         @let state = n.record.state.map_or("enrolled".to_owned(), |s| format!("{s:?}").to_lowercase());
                         tr data-node=(n.record.id) {
-                            th scope="row" { code { (n.record.id) } }
+                            th scope="row" {
+                                code { (n.record.id) }
+                                @if let Some(fingerprint) = &n.record.margo { " " span.muted title=(fingerprint) { "Margo device" } }
+                            }
                             td { (labels(&n.record.labels)) }
                             td { (badge(&state, &state)) }
                             td { @match &n.heard { Some(at) => (time(at)), None => span.muted { "not since the engine started" } } }
-                            td.num { (n.running) " of " (n.containers) }
-                            td.num { (format!("{:.1} %", n.cpu_percent)) }
-                            td.num { (bytes(n.memory_bytes)) }
+                            @if n.record.margo.is_some() {
+                                // A Margo device polls; it says nothing of its containers' use.
+                                td.num colspan="3" { span.muted { "not reported by Margo devices" } }
+                            } @else {
+                                td.num { (n.running) " of " (n.containers) }
+                                td.num { (format!("{:.1} %", n.cpu_percent)) }
+                                td.num { (bytes(n.memory_bytes)) }
+                            }
                         }
                     }
                 }

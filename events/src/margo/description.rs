@@ -347,4 +347,22 @@ parameters:
         }
         assert_eq!(read("other", DESCRIPTION, &packages()).unwrap_err().field, "metadata.id");
     }
+
+    proptest::proptest! {
+        /// What a vendor sends may be anything: it is read or refused, never a panic.
+        #[test]
+        fn any_description_or_package_is_read_or_refused(
+            at in 0..DESCRIPTION.len(),
+            cut in 0..40usize,
+            insert in ".{0,12}",
+            package in ".{0,120}",
+        ) {
+            let mut description = DESCRIPTION.to_owned();
+            let at = (0..=at).rev().find(|i| description.is_char_boundary(*i)).unwrap_or(0);
+            let end = (at..=at.saturating_add(cut).min(description.len())).rev().find(|i| description.is_char_boundary(*i)).unwrap_or(at);
+            description.replace_range(at..end, &insert);
+            let packages = [("digitron-docker".to_owned(), package)].into();
+            let _ = read("digitron", &description, &packages);
+        }
+    }
 }

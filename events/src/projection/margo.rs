@@ -86,6 +86,9 @@ pub struct Assigned {
     /// Uninstalled: kept so that the device's report of its removal still finds it.
     #[serde(default)]
     pub removed: bool,
+    /// A version staged to replace this one at `apply`: until then the device keeps this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Box<Assigned>>,
 }
 
 impl Assigned {
@@ -146,12 +149,23 @@ fn fold_node(store: &mut impl Store, envelope: &Envelope, event: &NodeEvent) -> 
                 deployments: BTreeMap::new(),
             });
             if device.fingerprint != *fingerprint {
-                store.remove(&fingerprint_key(&device.fingerprint));
+                forget_fingerprint(store, &device.fingerprint, &here)?;
                 device.certificate = None;
             }
             device.fingerprint = fingerprint.clone();
             device.unregistered = false;
-            store.put(fingerprint_key(fingerprint), here);
+            // The first device admitted by a certificate keeps it while it is registered: an
+            // admission of the same certificate elsewhere finds no device (the API refuses it).
+            let holder = store.get::<DeviceRef>(&fingerprint_key(fingerprint))?;
+            let held_elsewhere = match holder.filter(|holder| *holder != here) {
+                Some(holder) => store
+                    .get::<Device>(&self::key(&holder.tenant, &holder.node))?
+                    .is_some_and(|other| !other.unregistered && other.fingerprint == *fingerprint),
+                None => false,
+            };
+            if !held_elsewhere {
+                store.put(fingerprint_key(fingerprint), here);
+            }
             store.put(key, device);
         }
         NodeEvent::MargoOnboarded { certificate, client_id, .. } => {
@@ -179,18 +193,34 @@ fn apply(device: &mut Device, work: NodeWork) {
     match work {
         NodeWork::Deploy { deployment, application, version, image, mode, env, services, .. } => {
             let staged = mode.staged && !mode.instantly_apply;
-            let assigned =
-                Assigned { application, version, image, env, services, staged, stopped: false, removed: false };
+            let assigned = Assigned {
+                application,
+                version,
+                image,
+                env,
+                services,
+                staged,
+                stopped: false,
+                removed: false,
+                next: None,
+            };
             device.deployments.insert(deployment, assigned);
         }
         NodeWork::Update { deployment, version, image, mode, env, services, .. } => {
             if let Some(assigned) = device.deployments.get_mut(&deployment) {
-                let staged = mode.staged && !mode.instantly_apply;
-                *assigned = Assigned { version, image, env, services, staged, ..assigned.clone() };
+                let updated = Assigned { version, image, env, services, next: None, ..assigned.clone() };
+                match mode.staged && !mode.instantly_apply {
+                    // The running version stays listed until the apply.
+                    true if assigned.listed() => assigned.next = Some(Box::new(updated)),
+                    staged => *assigned = Assigned { staged, ..updated },
+                }
             }
         }
         NodeWork::Apply { deployment } => {
             if let Some(assigned) = device.deployments.get_mut(&deployment) {
+                if let Some(next) = assigned.next.take() {
+                    *assigned = Assigned { stopped: assigned.stopped, ..*next };
+                }
                 assigned.staged = false;
             }
         }
@@ -211,11 +241,21 @@ fn set_stopped(device: &mut Device, deployment: &str, stopped: bool) {
     }
 }
 
+/// Removes the index of `fingerprint` if it names the device `here`.
+fn forget_fingerprint(store: &mut impl Store, fingerprint: &str, here: &DeviceRef) -> Result<(), ModelError> {
+    let key = fingerprint_key(fingerprint);
+    if store.get::<DeviceRef>(&key)?.as_ref() == Some(here) {
+        store.remove(&key);
+    }
+    Ok(())
+}
+
 /// Removes the indexes of every device of `tenant`, before its prefixes are cleared.
 pub fn forget_tenant(store: &mut impl Store, tenant: &str) -> Result<(), ModelError> {
     for key in store.keys(&format!("m/n/{tenant}/"))? {
         if let Some(device) = store.get::<Device>(&key)? {
-            store.remove(&fingerprint_key(&device.fingerprint));
+            let here = DeviceRef { tenant: device.tenant.clone(), node: device.node.clone() };
+            forget_fingerprint(store, &device.fingerprint, &here)?;
             if let Some(client) = &device.client_id {
                 store.remove(&client_key(client));
             }
@@ -325,6 +365,52 @@ mod tests {
         assert_eq!(device(&mut store).manifest_version, 1);
         fold_all(&mut store, &[envelope(crate::work::AGGREGATE_TYPE, &NodeWork::Apply { deployment: "d1".into() })]);
         assert_eq!(device(&mut store).listed().count(), 1);
+    }
+
+    #[test]
+    fn a_staged_update_keeps_the_running_version_listed_until_applied() {
+        let mut store = MemoryStore::default();
+        fold_all(&mut store, &onboarded());
+        fold_all(&mut store, &[deploy("d1", "1.0.0", Mode::default())]);
+        let update = NodeWork::Update {
+            deployment: "d1".into(),
+            version: "1.1.0".into(),
+            image: "127.0.0.1:5000/sample/app:1.1.0".into(),
+            mode: Mode { staged: true, instantly_apply: false },
+            env: Default::default(),
+            services: vec![],
+            secrets: Default::default(),
+        };
+        fold_all(&mut store, &[envelope(crate::work::AGGREGATE_TYPE, &update)]);
+        let listed = |store: &mut MemoryStore| -> Vec<String> {
+            device(store).listed().map(|(_, a)| a.version.clone()).collect()
+        };
+        assert_eq!(listed(&mut store), ["1.0.0"], "the running version stays until the apply");
+        fold_all(&mut store, &[envelope(crate::work::AGGREGATE_TYPE, &NodeWork::Apply { deployment: "d1".into() })]);
+        assert_eq!(listed(&mut store), ["1.1.0"]);
+    }
+
+    #[test]
+    fn a_certificate_admitted_in_another_tenant_too_stays_with_the_first_device() {
+        let mut store = MemoryStore::default();
+        fold_all(&mut store, &onboarded());
+        let mut other =
+            envelope("node", &NodeEvent::MargoAdmitted { fingerprint: FINGERPRINT.into(), labels: Default::default() });
+        other.tenant = "rival".into();
+        fold_all(&mut store, &[other]);
+        let holder = store.get::<DeviceRef>(&fingerprint_key(FINGERPRINT)).unwrap();
+        assert_eq!(holder, Some(DeviceRef { tenant: "acme".into(), node: "dev-1".into() }));
+        let deleted = {
+            let mut e = envelope("tenant", &crate::tenant::TenantEvent::Deleted { at: now() });
+            e.tenant = "rival".into();
+            e.aggregate_id = "rival".into();
+            e
+        };
+        fold_all(&mut store, &[deleted]);
+        assert!(
+            store.get::<DeviceRef>(&fingerprint_key(FINGERPRINT)).unwrap().is_some(),
+            "the rival's deletion keeps it"
+        );
     }
 
     #[test]
