@@ -89,7 +89,14 @@ struct Inner {
     poll_interval: Duration,
     /// The manifest last served to each client, with what it references.
     served: Mutex<HashMap<String, Arc<Served>>>,
+    /// Each client's budget of calls that append to the log (capabilities, status, unregister):
+    /// no device can grow the log as fast as it can send.
+    writes: governor::DefaultKeyedRateLimiter<String>,
 }
+
+/// A device's calls that append to the log: this many a second, in bursts of [`WRITE_BURST`].
+const WRITES_PER_SECOND: u32 = 20;
+const WRITE_BURST: u32 = 100;
 
 impl std::fmt::Debug for Wfm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,7 +156,12 @@ impl From<sled::Error> for WfmError {
 
 impl Wfm {
     pub fn new(commands: CommandHandler, models: sled::Tree, ca: String, poll_interval: Duration) -> Wfm {
-        let inner = Inner { commands, models, ca, poll_interval, served: Mutex::default() };
+        let quota = governor::Quota::per_second(
+            std::num::NonZeroU32::new(WRITES_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN),
+        )
+        .allow_burst(std::num::NonZeroU32::new(WRITE_BURST).unwrap_or(std::num::NonZeroU32::MIN));
+        let writes = governor::DefaultKeyedRateLimiter::keyed(quota);
+        let inner = Inner { commands, models, ca, poll_interval, served: Mutex::default(), writes };
         Wfm { inner: Arc::new(inner) }
     }
 
@@ -178,6 +190,17 @@ impl Wfm {
         call.verify(&der)?;
         self.heard(&device);
         Ok(device)
+    }
+
+    /// Takes one write from `client`'s budget, or answers 429.
+    fn write_budget(&self, client: &str) -> Result<(), WfmError> {
+        match self.inner.writes.check_key(&client.to_owned()) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(WfmError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("over {WRITES_PER_SECOND} reports a second: send fewer"),
+            )),
+        }
     }
 
     /// Publishes a heartbeat for `device`: its poll is all the engine hears of it.
@@ -564,6 +587,7 @@ async fn capabilities(
     call: Call,
 ) -> Result<Response, WfmError> {
     let device = wfm.authenticate(&client, &call)?;
+    wfm.write_budget(&client)?;
     let manifest: CapabilitiesManifest = document(&call.body, "DeviceCapabilitiesManifest")?;
     let CapabilitiesKind::DeviceCapabilitiesManifest = manifest.kind;
     let labels = labels_of(&manifest.properties, &device_id)?;
@@ -584,6 +608,7 @@ async fn unregister(
     call: Call,
 ) -> Result<Response, WfmError> {
     let device = wfm.authenticate(&client, &call)?;
+    wfm.write_budget(&client)?;
     let node: Node = wfm.inner.commands.state(&device.tenant, &device.node).await.map_err(anyhow::Error::from)?;
     let known = node.labels.get("device-id").map_or(device.node.as_str(), String::as_str);
     if known != device_id {
@@ -721,6 +746,7 @@ async fn status(
     call: Call,
 ) -> Result<Response, WfmError> {
     let device = wfm.authenticate(&client, &call)?;
+    wfm.write_budget(&client)?;
     let report: DeploymentStatus = document(&call.body, "DeploymentStatusManifest")?;
     let found =
         device.deployments.iter().find(|(id, _)| events::margo::deployment_id(&device.tenant, id) == deployment);
