@@ -15,6 +15,7 @@ pub mod consume;
 pub mod creds;
 pub mod dead;
 pub mod seal;
+pub mod settings;
 pub mod store;
 pub mod tail;
 pub mod trace;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use edge_node::docker::DockerRuntime;
 use edge_node::local::{self, LocalReply, LocalRequest};
@@ -19,6 +19,10 @@ struct Cli {
     /// Log lines as JSON objects, one a line (with each span's fields), for a log collector.
     #[arg(long, global = true, env = "LOG_JSON")]
     log_json: bool,
+    /// A TOML file of `run`'s settings, by flag name (`data-dir = "/var/lib/edge-node"`,
+    /// `[label]` for the labels): the environment and the flags override it.
+    #[arg(long, global = true, env = "EDGE_NODE_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,56 +32,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent.
-    Run {
-        #[arg(long, env = "NATS_URL", default_value = "tls://127.0.0.1:4222")]
-        nats: String,
-        /// The node's credentials (`engine node enroll`).
-        #[arg(long, env = "EDGE_NODE_CREDS")]
-        creds: PathBuf,
-        /// The node's seed, when the credentials hold only its JWT (`edge-node keygen`).
-        #[arg(long, env = "EDGE_NODE_KEY")]
-        key: Option<PathBuf>,
-        /// The certificate authority of the servers' certificates.
-        #[arg(long, env = "NATS_CA")]
-        ca: Option<PathBuf>,
-        #[arg(long, default_value = "default")]
-        tenant: String,
-        #[arg(long)]
-        node: String,
-        /// A label `key=value`; repeat for several.
-        #[arg(long = "label", value_parser = parse_label)]
-        labels: Vec<(String, String)>,
-        #[arg(long, default_value = "edge-node-data")]
-        data_dir: PathBuf,
-        /// Seconds between heartbeats (with the containers' telemetry).
-        #[arg(long, default_value_t = 5.0)]
-        heartbeat: f64,
-        /// Seconds between looks at the containers (drift) and at the steps under way
-        /// (deadlines).
-        #[arg(long, default_value_t = 5.0)]
-        reconcile: f64,
-        /// A host directory deployments may bind-mount (itself or below); repeat for several.
-        /// None by default; `/`, the Docker socket, `/etc`, `/proc`, `/sys`, `/dev` and the
-        /// like never.
-        #[arg(long = "allow-bind")]
-        allow_binds: Vec<String>,
-        /// A registry images may come from (`host[:port]`, `docker.io` for Docker Hub); repeat
-        /// for several.
-        #[arg(long = "registry", default_value = events::policy::LOCAL_REGISTRY)]
-        registries: Vec<String>,
-        /// A container's memory where its version sets none (`512m`, `1g`).
-        #[arg(long, value_parser = events::compose::parse_size)]
-        default_memory: Option<i64>,
-        /// A container's CPUs where its version sets none (`0.5`, `2`).
-        #[arg(long, value_parser = parse_cpus)]
-        default_cpus: Option<i64>,
-        /// Serve the node's figures (Prometheus text format) at `/metrics` on this address.
-        #[arg(long, requires = "metrics_token_file")]
-        metrics_listen: Option<std::net::SocketAddr>,
-        /// The bearer token a scrape must present (the file's first line).
-        #[arg(long, requires = "metrics_listen")]
-        metrics_token_file: Option<PathBuf>,
-    },
+    Run(RunArgs),
+    /// The settings `run` would take, from its file, environment and flags.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Make the node's key pair: the seed goes to OUT (mode 0600) and never leaves the node;
     /// the public key is printed, for `engine node enroll --public-key`.
     Keygen {
@@ -87,6 +45,69 @@ enum Command {
     /// The workloads of the agent running on this machine; works with no link to the engine.
     #[command(subcommand)]
     Workloads(Workloads),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective settings as TOML (paths to secrets, never their contents).
+    Show(RunArgs),
+}
+
+/// What `run` takes.
+#[derive(Debug, Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct RunArgs {
+    #[arg(long, env = "NATS_URL", default_value = "tls://127.0.0.1:4222")]
+    nats: String,
+    /// The node's credentials (`engine node enroll`).
+    #[arg(long, env = "EDGE_NODE_CREDS")]
+    creds: PathBuf,
+    /// The node's seed, when the credentials hold only its JWT (`edge-node keygen`).
+    #[arg(long, env = "EDGE_NODE_KEY")]
+    key: Option<PathBuf>,
+    /// The certificate authority of the servers' certificates.
+    #[arg(long, env = "NATS_CA")]
+    ca: Option<PathBuf>,
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    #[arg(long)]
+    node: String,
+    /// A label `key=value`; repeat for several.
+    #[arg(long = "label", value_parser = parse_label)]
+    #[serde(rename = "label", serialize_with = "as_table")]
+    labels: Vec<(String, String)>,
+    #[arg(long, default_value = "edge-node-data")]
+    data_dir: PathBuf,
+    /// Seconds between heartbeats (with the containers' telemetry).
+    #[arg(long, default_value_t = 5.0)]
+    heartbeat: f64,
+    /// Seconds between looks at the containers (drift) and at the steps under way
+    /// (deadlines).
+    #[arg(long, default_value_t = 5.0)]
+    reconcile: f64,
+    /// A host directory deployments may bind-mount (itself or below); repeat for several.
+    /// None by default; `/`, the Docker socket, `/etc`, `/proc`, `/sys`, `/dev` and the
+    /// like never.
+    #[arg(long = "allow-bind")]
+    #[serde(rename = "allow-bind")]
+    allow_binds: Vec<String>,
+    /// A registry images may come from (`host[:port]`, `docker.io` for Docker Hub); repeat
+    /// for several.
+    #[arg(long = "registry", default_value = events::policy::LOCAL_REGISTRY)]
+    #[serde(rename = "registry")]
+    registries: Vec<String>,
+    /// A container's memory where its version sets none (`512m`, `1g`).
+    #[arg(long, value_parser = events::compose::parse_size)]
+    default_memory: Option<i64>,
+    /// A container's CPUs where its version sets none (`0.5`, `2`).
+    #[arg(long, value_parser = parse_cpus)]
+    default_cpus: Option<i64>,
+    /// Serve the node's figures (Prometheus text format) at `/metrics` on this address.
+    #[arg(long, requires = "metrics_token_file")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// The bearer token a scrape must present (the file's first line).
+    #[arg(long, requires = "metrics_listen")]
+    metrics_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,7 +154,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.public_key());
             Ok(())
         }
-        Command::Run {
+        Command::Config(ConfigCommand::Show(args)) => {
+            let toml::Value::Table(mut shown) = toml::Value::try_from(&args).context("the settings as TOML")? else {
+                anyhow::bail!("the settings are not a table");
+            };
+            // A setting not given is not written.
+            shown.retain(|_, v| !matches!(v, toml::Value::Array(a) if a.is_empty()));
+            print!("{}", toml::to_string(&shown).context("the settings as TOML")?);
+            Ok(())
+        }
+        Command::Run(RunArgs {
             nats,
             creds,
             key,
@@ -150,7 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             default_cpus,
             metrics_listen,
             metrics_token_file,
-        } => {
+        }) => {
             for (name, value) in [("--heartbeat", heartbeat), ("--reconcile", reconcile)] {
                 if !(0.1..=3600.0).contains(&value) {
                     anyhow::bail!("{name} must be 0.1 to 3600 seconds, not {value}");
@@ -230,8 +260,36 @@ fn answer(reply: LocalReply) -> anyhow::Result<()> {
     }
 }
 
+/// The labels as a TOML table, as a settings file gives them.
+fn as_table<S: serde::Serializer>(labels: &[(String, String)], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(labels.iter().map(|(k, v)| (k, v)))
+}
+
+/// The command line, over the settings file `--config` (or `EDGE_NODE_CONFIG`) names.
+fn parse() -> anyhow::Result<Cli> {
+    let args: Vec<String> = std::env::args().collect();
+    let mut command = Cli::command();
+    if let Some(path) = bus::settings::path_in(&args, "EDGE_NODE_CONFIG") {
+        let table = bus::settings::read(&path)?;
+        let run = command.find_subcommand("run").cloned().context("the run command")?;
+        let run = bus::settings::defaults_from(run, &table, &path)?;
+        let show = command.find_subcommand("config").and_then(|c| c.find_subcommand("show")).cloned();
+        let show = bus::settings::defaults_from(show.context("the config show command")?, &table, &path)?;
+        command =
+            command.mut_subcommand("run", |_| run).mut_subcommand("config", |c| c.mut_subcommand("show", |_| show));
+    }
+    let matches = command.get_matches_from(args);
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     // `RUST_LOG` as a list of `target=level` (`info,edge_node=debug`): the node keeps no

@@ -42,8 +42,36 @@ pub struct Cli {
     /// How a read verb prints what it read: a table for people, or the API's JSON.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// A TOML file of `serve`'s settings, by flag name: the environment and the flags override
+    /// it.
+    #[arg(long, global = true, env = "ENGINE_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The command line, over the settings file `--config` (or `ENGINE_CONFIG`) names. With
+/// `serve --print-config`, prints the settings it would run with and exits.
+pub fn parse() -> anyhow::Result<Cli> {
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<String> = std::env::args().collect();
+    let mut command = Cli::command();
+    if let Some(path) = bus::settings::path_in(&args, "ENGINE_CONFIG") {
+        let table = bus::settings::read(&path)?;
+        let serve = command.find_subcommand("serve").cloned().context("the serve command")?;
+        let serve = bus::settings::defaults_from(serve, &table, &path)?;
+        command = command.mut_subcommand("serve", |_| serve);
+    }
+    let matches = command.clone().get_matches_from(args);
+    if let (Some(("serve", given)), Some(serve)) = (matches.subcommand(), command.find_subcommand("serve")) {
+        if given.get_flag("print_config") {
+            let mut shown = bus::settings::shown(serve, given);
+            shown.remove("print-config");
+            print!("{}", toml::to_string(&shown).context("the settings as TOML")?);
+            std::process::exit(0);
+        }
+    }
+    Ok(Cli::from_arg_matches(&matches)?)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -116,8 +144,13 @@ struct LaunchArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the engine: API, projectors, router and report ingestor.
+    /// Run the engine: API, projectors, router and report ingestor. Its settings may come from
+    /// a TOML file (`--config`, or `ENGINE_CONFIG`), each key a flag's name; the environment
+    /// and the flags override it.
     Serve {
+        /// Print the settings it would run with, as a file of that form, and stop.
+        #[arg(long)]
+        print_config: bool,
         #[arg(long, env = "NATS_URL", default_value = "tls://127.0.0.1:4222")]
         nats: String,
         /// The trust directory made by `engine trust init`.
@@ -589,6 +622,7 @@ impl Cli {
         let client = Client { http, cli: &self };
         match &self.command {
             Command::Serve {
+                print_config: _,
                 nats,
                 trust,
                 listen,

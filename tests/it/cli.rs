@@ -213,3 +213,91 @@ async fn a_version_with_values_is_redeployed_in_place_its_logs_tail_and_a_watch_
     assert!(out.contains(&format!("waiting on node {name}: it is unreachable")), "{out}\n{err}");
     assert!(err.contains("after 5s"), "{err}");
 }
+
+/// What the binary `name` says to `args`, with the environment `env` over this one less the
+/// settings variables, and whether it succeeded.
+fn binary_says(name: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let output = std::process::Command::new(tests::binary(name))
+        .args(args)
+        .env_remove("NATS_URL")
+        .env_remove("EDGE_NODE_CONFIG")
+        .env_remove("ENGINE_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+fn edge_node_config(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    binary_says("edge-node", args, env)
+}
+
+#[test]
+fn the_edge_nodes_settings_file_is_overridden_by_the_environment_and_the_flags_and_shown_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    let written = "node = \"board-7\"\ncreds = \"/etc/edge-node/node.creds\"\ndata-dir = \"/var/lib/edge-node\"\n\
+                   heartbeat = 2.5\nnats = \"tls://127.0.0.1:14222\"\n[label]\nsite = \"north\"\n";
+    std::fs::write(&file, written).unwrap();
+    let path = file.to_str().unwrap();
+
+    let (ok, shown) = edge_node_config(&["config", "show", "--config", path], &[]);
+    assert!(ok, "{shown}");
+    for line in [
+        "node = \"board-7\"",
+        "data-dir = \"/var/lib/edge-node\"",
+        "heartbeat = 2.5",
+        "site = \"north\"",
+        "tenant = \"default\"",
+    ] {
+        assert!(shown.contains(line), "{line} in {shown}");
+    }
+    // The environment over the file, a flag over both; the file named by the environment too.
+    let env = [("NATS_URL", "tls://127.0.0.1:24222"), ("EDGE_NODE_CONFIG", path)];
+    let (_, shown) = edge_node_config(&["config", "show"], &env);
+    assert!(shown.contains("nats = \"tls://127.0.0.1:24222\""), "{shown}");
+    let (_, shown) = edge_node_config(&["config", "show", "--nats", "tls://127.0.0.1:34222"], &env);
+    assert!(shown.contains("nats = \"tls://127.0.0.1:34222\""), "{shown}");
+
+    // What it shows is a settings file that gives the same settings.
+    let (_, first) = edge_node_config(&["config", "show", "--config", path], &[]);
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &first).unwrap();
+    let (ok, second) = edge_node_config(&["config", "show", "--config", again.to_str().unwrap()], &[]);
+    assert!(ok && first == second, "{first}\n---\n{second}");
+
+    // A key no setting has is refused, naming it and the settings there are.
+    std::fs::write(&file, "heartbeet = 2\n").unwrap();
+    let (ok, said) = edge_node_config(&["config", "show", "--config", path], &[]);
+    assert!(!ok && said.contains("`heartbeet` is not a setting") && said.contains("heartbeat"), "{said}");
+}
+
+#[test]
+fn the_engines_settings_file_is_overridden_by_the_environment_and_the_flags_and_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("engine.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:19080\"\nreplicas = 3\nno-dashboard = true\nmargo = \"127.0.0.1:19443\"\n",
+    )
+    .unwrap();
+    let print = |args: &[&str], env: &[(&str, &str)]| binary_says("engine", args, env);
+    let path = file.to_str().unwrap();
+    let (ok, shown) = print(&["serve", "--config", path, "--print-config"], &[("NATS_URL", "tls://127.0.0.1:14222")]);
+    assert!(ok, "{shown}");
+    for line in [
+        "listen = \"127.0.0.1:19080\"",
+        "replicas = \"3\"",
+        "no-dashboard = true",
+        "margo = \"127.0.0.1:19443\"",
+        "nats = \"tls://127.0.0.1:14222\"",
+    ] {
+        assert!(shown.contains(line), "{line} in {shown}");
+    }
+    let (_, shown) = print(&["serve", "--print-config", "--replicas", "5"], &[("ENGINE_CONFIG", path)]);
+    assert!(shown.contains("replicas = \"5\"") && shown.contains("listen = \"127.0.0.1:19080\""), "{shown}");
+    std::fs::write(&file, "listne = \"127.0.0.1:1\"\n").unwrap();
+    let (ok, said) = print(&["serve", "--config", path, "--print-config"], &[]);
+    assert!(!ok && said.contains("`listne` is not a setting of `serve`"), "{said}");
+}

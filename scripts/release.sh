@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The edge node's release binaries for the boards fleets run: x86_64, aarch64 (Raspberry Pi 4/5,
+# Jetson, most gateways) and armv7 (older Pis and gateways), each built with the release
+# profile (small: fat LTO, one codegen unit, stripped) and written with its SHA-256 under
+# target/release-artifacts/. It installs what is missing the way setup does: Debian's cross C
+# compilers (ring has C code to build) and the rustup targets.
+#
+#   scripts/release.sh                 # every target
+#   TARGETS="aarch64-unknown-linux-gnu" scripts/release.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+say() { printf '\033[1;34m[release]\033[0m %s\n' "$*"; }
+
+targets="${TARGETS:-x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf}"
+out="$root/target/release-artifacts"
+mkdir -p "$out"
+
+# The C cross compiler of a target, and the Debian package that has it.
+cross_cc() {
+  case "$1" in
+    x86_64-unknown-linux-gnu) echo "" ;;
+    aarch64-unknown-linux-gnu) echo "aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu" ;;
+    armv7-unknown-linux-gnueabihf) echo "arm-linux-gnueabihf-gcc gcc-arm-linux-gnueabihf" ;;
+    *) echo "unknown target $1" >&2; exit 2 ;;
+  esac
+}
+
+missing=()
+for target in $targets; do
+  read -r cc package <<<"$(cross_cc "$target")"
+  if [ -n "${cc:-}" ] && ! command -v "$cc" >/dev/null; then
+    missing+=("$package")
+  fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing ${missing[*]}"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" libc6-dev >/dev/null
+fi
+
+installed=$(rustup target list --installed)
+for target in $targets; do
+  if ! grep -qx "$target" <<<"$installed"; then
+    say "adding the rustup target $target"
+    rustup target add "$target" >/dev/null
+  fi
+done
+
+for target in $targets; do
+  read -r cc _ <<<"$(cross_cc "$target")"
+  env_target=$(tr 'a-z-' 'A-Z_' <<<"$target")
+  if [ -n "${cc:-}" ]; then
+    export "CARGO_TARGET_${env_target}_LINKER=$cc"
+    export "CC_${target//-/_}=$cc"
+  fi
+  say "building the edge node for $target"
+  cargo build --release --locked -p edge-node --target "$target"
+  arch=${target%%-*}
+  cp "target/$target/release/edge-node" "$out/edge-node-$arch"
+done
+
+cd "$out"
+sha256sum edge-node-* >SHA256SUMS
+say "written to target/release-artifacts/:"
+while read -r sum file; do
+  printf '  %-24s %8s bytes  sha256 %s\n' "$file" "$(stat -c %s "$file")" "$sum"
+done <SHA256SUMS
