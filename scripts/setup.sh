@@ -17,6 +17,8 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The edge node's unit is checked by systemd-analyze.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The dashboard's tests drive a headless Chromium through its WebDriver.
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium chromium-driver fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then

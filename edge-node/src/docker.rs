@@ -124,6 +124,20 @@ impl DockerRuntime {
         })
     }
 
+    /// Removes every container of `node` (by its label), running or not: how many.
+    pub async fn remove_node(&self, node: &str) -> Result<usize, RuntimeError> {
+        let filters = [("label".to_owned(), vec![format!("{}={node}", crate::runtime::NODE_LABEL)])].into();
+        let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+        let containers = self.docker.list_containers(Some(options)).await.map_err(|e| classify(Step::Other, e))?;
+        let mut removed: usize = 0;
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            self.docker.remove_container(&id, Some(options)).await.map_err(|e| classify(Step::Other, e))?;
+            removed = removed.saturating_add(1);
+        }
+        Ok(removed)
+    }
+
     /// Binds only what `policy` allows once their links are resolved (none by default).
     pub fn confined_to(mut self, policy: Policy) -> DockerRuntime {
         self.policy = policy;

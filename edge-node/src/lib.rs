@@ -15,6 +15,7 @@ pub mod agent;
 pub mod desired;
 pub mod docker;
 pub mod driver;
+pub mod install;
 pub mod local;
 pub mod metrics;
 pub mod outbox;

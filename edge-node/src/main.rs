@@ -45,6 +45,40 @@ enum Command {
     /// The workloads of the agent running on this machine; works with no link to the engine.
     #[command(subcommand)]
     Workloads(Workloads),
+    /// Install the node as a systemd service: the binary, its key pair (made here), its
+    /// enrollment with the engine, its settings and its unit.
+    Install {
+        /// The engine's API.
+        #[arg(long)]
+        engine: String,
+        /// An admin API token, to enroll the node with.
+        #[arg(long, env = "ENGINE_TOKEN", hide_env_values = true)]
+        enroll: String,
+        /// The certificate authority of the engine's API and of the servers (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long, default_value = "tls://127.0.0.1:4222")]
+        nats: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long)]
+        node: String,
+        /// A label `key=value`; repeat for several.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Where the files go (a scratch directory to try it).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+    /// Remove the service, its binary and its settings; keep its data and workloads unless
+    /// `--purge`.
+    Uninstall {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Remove its data and its containers too.
+        #[arg(long)]
+        purge: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -223,6 +257,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..NodeConfig::default()
             };
             edge_node::driver::run(config, Arc::new(runtime)).await
+        }
+        Command::Install { engine, enroll, ca, nats, tenant, node, labels, root } => {
+            events::subject::check_token("node", &node).map_err(anyhow::Error::msg)?;
+            let binary = std::env::current_exe().context("finding this binary")?;
+            let plan = edge_node::install::Plan { root, engine, token: enroll, ca, nats, tenant, node, labels, binary };
+            for written in edge_node::install::install(&plan).await? {
+                println!("wrote {} ({:o})", written.path.display(), written.mode);
+            }
+            if plan.root == std::path::Path::new("/") {
+                println!("start it: systemctl daemon-reload && systemctl enable --now {}", edge_node::install::SERVICE);
+            }
+            Ok(())
+        }
+        Command::Uninstall { root, purge } => {
+            let settings = root.join(edge_node::install::CONFIG_DIR).join("config.toml");
+            let node = bus::settings::read(&settings)
+                .ok()
+                .and_then(|t| t.get("node").and_then(|n| n.as_str()).map(str::to_owned));
+            for removed in edge_node::install::uninstall(&root, purge)? {
+                println!("removed {}", removed.display());
+            }
+            if let (true, Some(node)) = (purge, node) {
+                let removed =
+                    DockerRuntime::connect().await.context("connecting to Docker")?.remove_node(&node).await?;
+                println!("removed {removed} containers of node {node}");
+            }
+            Ok(())
         }
         Command::Workloads(Workloads::List { data_dir }) => {
             let reply = local::ask(&data_dir, &LocalRequest::List)?;

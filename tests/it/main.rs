@@ -11,6 +11,7 @@ mod deploy;
 pub(crate) mod faults;
 mod harness;
 mod ingest;
+mod install;
 mod margo;
 mod metrics;
 mod policy;

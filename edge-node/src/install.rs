@@ -1,0 +1,214 @@
+//! The edge node installed as a systemd service, and removed again.
+//!
+//! `install` places the binary, makes the node's key pair (the seed, mode 0600, never leaves
+//! the machine), enrolls its public key with the engine's API (an admin token), and writes the
+//! credentials, the CA, a settings file and a unit. Everything is written under a root
+//! directory, `/` in production and a scratch directory in tests.
+//!
+//! The unit runs the node as a user systemd makes for it (`DynamicUser`) in the `docker`
+//! group, not as root: its key and credentials reach it through `LoadCredential` (only the
+//! service reads them), its data lives in its `StateDirectory`, and the rest of the system is
+//! read-only to it. It starts after the network and Docker, and again after a failure.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// The service's name.
+pub const SERVICE: &str = "edge-node";
+
+/// Where each installed file goes, under the root.
+pub const BINARY: &str = "usr/local/bin/edge-node";
+pub const CONFIG_DIR: &str = "etc/edge-node";
+pub const DATA_DIR: &str = "var/lib/edge-node";
+pub const UNIT: &str = "etc/systemd/system/edge-node.service";
+
+/// What an install needs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Where the files go: `/`, or a scratch directory.
+    pub root: PathBuf,
+    /// The engine's API (`https://host:8080`) and an admin token for it.
+    pub engine: String,
+    pub token: String,
+    /// The CA of the engine's API and of the servers (PEM).
+    pub ca: PathBuf,
+    pub nats: String,
+    pub tenant: String,
+    pub node: String,
+    pub labels: Vec<(String, String)>,
+    /// The binary to place: this one.
+    pub binary: PathBuf,
+}
+
+/// A file `install` wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub path: PathBuf,
+    pub mode: u32,
+}
+
+fn write(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<Written> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("making {}", dir.display()))?;
+    }
+    // Made with its mode, so a secret is never readable by others, not even for a moment.
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(contents).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(Written { path: path.to_owned(), mode })
+}
+
+/// The settings file: what `edge-node run` takes when run by hand as root. The unit gives the
+/// key, the credentials and the data directory its own way (flags override the file).
+pub fn settings(plan: &Plan) -> anyhow::Result<String> {
+    let dir = Path::new("/").join(CONFIG_DIR);
+    let mut table = toml::Table::new();
+    let text = |s: &str| toml::Value::String(s.to_owned());
+    table.insert("nats".into(), text(&plan.nats));
+    table.insert("tenant".into(), text(&plan.tenant));
+    table.insert("node".into(), text(&plan.node));
+    table.insert("ca".into(), text(&dir.join("ca.pem").display().to_string()));
+    table.insert("creds".into(), text(&dir.join("node.creds").display().to_string()));
+    table.insert("key".into(), text(&dir.join("node.nk").display().to_string()));
+    table.insert("data-dir".into(), text(&Path::new("/").join(DATA_DIR).display().to_string()));
+    let labels: toml::Table = plan.labels.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+    table.insert("label".into(), toml::Value::Table(labels));
+    Ok(toml::to_string(&table)?)
+}
+
+/// The systemd unit.
+pub fn unit() -> String {
+    format!(
+        "[Unit]
+Description=edge-node: runs this machine's deployments on Docker and reports to the engine
+Documentation=https://127.0.0.1/edge-node
+After=network-online.target docker.service
+Wants=network-online.target
+Requires=docker.service
+
+[Service]
+Type=exec
+ExecStart=/{BINARY} --config /{CONFIG_DIR}/config.toml run --creds ${{CREDENTIALS_DIRECTORY}}/node.creds --key ${{CREDENTIALS_DIRECTORY}}/node.nk --data-dir ${{STATE_DIRECTORY}}
+Restart=on-failure
+RestartSec=5
+# Not root: a user of its own, in the group that may use the Docker socket.
+DynamicUser=yes
+SupplementaryGroups=docker
+LoadCredential=node.creds:/{CONFIG_DIR}/node.creds
+LoadCredential=node.nk:/{CONFIG_DIR}/node.nk
+StateDirectory={SERVICE}
+StateDirectoryMode=0700
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+CapabilityBoundingSet=
+UMask=0077
+
+[Install]
+WantedBy=multi-user.target
+"
+    )
+}
+
+/// Installs the node as `plan` says; the files written, in order.
+pub async fn install(plan: &Plan) -> anyhow::Result<Vec<Written>> {
+    let root = &plan.root;
+    let config = root.join(CONFIG_DIR);
+    let mut written = Vec::new();
+
+    let binary = std::fs::read(&plan.binary).with_context(|| format!("reading {}", plan.binary.display()))?;
+    written.push(write(&root.join(BINARY), &binary, 0o755)?);
+    let ca = std::fs::read(&plan.ca).with_context(|| format!("reading the CA {}", plan.ca.display()))?;
+    written.push(write(&config.join("ca.pem"), &ca, 0o644)?);
+
+    // The key is made here and only its public half leaves.
+    let key = nkeys::KeyPair::new_user();
+    let seed = key.seed().map_err(|e| anyhow::anyhow!("a new key has no seed: {e}"))?;
+    written.push(write(&config.join("node.nk"), format!("{seed}\n").as_bytes(), 0o600)?);
+    let creds = enroll(plan, &key.public_key()).await?;
+    written.push(write(&config.join("node.creds"), creds.as_bytes(), 0o600)?);
+
+    written.push(write(&config.join("config.toml"), settings(plan)?.as_bytes(), 0o644)?);
+    written.push(write(&root.join(UNIT), unit().as_bytes(), 0o644)?);
+    let data = root.join(DATA_DIR);
+    std::fs::create_dir_all(&data).with_context(|| format!("making {}", data.display()))?;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+    Ok(written)
+}
+
+/// Enrolls `public_key` as the plan's node: the credentials the engine answers.
+async fn enroll(plan: &Plan, public_key: &str) -> anyhow::Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&plan.ca)
+        .with_context(|| format!("reading the CA {}", plan.ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("reading {}", plan.ca.display()))?)?;
+    }
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let http = reqwest::Client::builder().use_preconfigured_tls(tls).build()?;
+    let labels: serde_json::Map<String, serde_json::Value> =
+        plan.labels.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+    let url = format!("{}/v1/nodes/{}/enroll", plan.engine.trim_end_matches('/'), plan.node);
+    let response = http
+        .post(&url)
+        .bearer_auth(&plan.token)
+        .header("x-tenant", &plan.tenant)
+        .json(&serde_json::json!({ "public_key": public_key, "labels": labels }))
+        .send()
+        .await
+        .with_context(|| format!("asking {url}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!(
+            "the engine refused the enrollment ({status}): {}",
+            body.get("error").and_then(|e| e.as_str()).unwrap_or("no reason given")
+        );
+    }
+    body.get("creds").and_then(|c| c.as_str()).map(str::to_owned).context("the engine's answer has no credentials")
+}
+
+/// Removes what `install` placed under `root`; the node's data (and so its workloads' state)
+/// too with `purge`. The files removed.
+pub fn uninstall(root: &Path, purge: bool) -> anyhow::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for file in [root.join(UNIT), root.join(BINARY)] {
+        if file.exists() {
+            std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+            removed.push(file);
+        }
+    }
+    let mut dirs = vec![root.join(CONFIG_DIR)];
+    if purge {
+        dirs.push(root.join(DATA_DIR));
+    }
+    for dir in dirs {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            removed.push(dir);
+        }
+    }
+    Ok(removed)
+}
