@@ -7,6 +7,7 @@
 #
 #   scripts/release.sh                 # every target
 #   TARGETS="aarch64-unknown-linux-gnu" scripts/release.sh
+#   PROFILE=cross OUT=target/cross scripts/release.sh   # quick builds, for the tests under qemu
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -14,7 +15,8 @@ cd "$root"
 say() { printf '\033[1;34m[release]\033[0m %s\n' "$*"; }
 
 targets="${TARGETS:-x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf}"
-out="$root/target/release-artifacts"
+profile="${PROFILE:-release}"
+out="$root/${OUT:-target/release-artifacts}"
 mkdir -p "$out"
 
 # The C cross compiler of a target, and the Debian package that has it.
@@ -56,14 +58,14 @@ for target in $targets; do
     export "CC_${target//-/_}=$cc"
   fi
   say "building the edge node for $target"
-  cargo build --release --locked -p edge-node --target "$target"
+  cargo build --profile "$profile" --locked -p edge-node --target "$target"
   arch=${target%%-*}
-  cp "target/$target/release/edge-node" "$out/edge-node-$arch"
+  cp "target/$target/$profile/edge-node" "$out/edge-node-$arch"
 done
 
 cd "$out"
 sha256sum edge-node-* >SHA256SUMS
-say "written to target/release-artifacts/:"
+say "written to ${OUT:-target/release-artifacts}/:"
 while read -r sum file; do
   printf '  %-24s %8s bytes  sha256 %s\n' "$file" "$(stat -c %s "$file")" "$sum"
 done <SHA256SUMS

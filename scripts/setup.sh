@@ -19,6 +19,8 @@ command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The edge node's unit is checked by systemd-analyze.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The edge node built for aarch64 and armv7 runs under qemu-user in the tests.
+command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
 # The dashboard's tests drive a headless Chromium through its WebDriver.
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium chromium-driver fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then

@@ -15,6 +15,9 @@ trap 'rm -f "$log"' EXIT
 export PROPTEST_CASES=${PROPTEST_CASES:-4000} RUST_BACKTRACE=${RUST_BACKTRACE:-0}
 # The fault tests run the binaries themselves (a node killed with SIGKILL, its command line).
 cargo build --workspace --bins --locked
+# The edge node for aarch64 and armv7, which tests/it/cross.rs runs under qemu-user.
+PROFILE=cross OUT=target/cross TARGETS="aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf" \
+  bash scripts/release.sh
 set +e
 cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

@@ -6,6 +6,7 @@ mod chaos;
 mod cli;
 mod cluster;
 mod compose;
+mod cross;
 mod dashboard;
 mod deploy;
 pub(crate) mod faults;
