@@ -358,6 +358,9 @@ enum Command {
     Tenant(TenantCommand),
     /// Print a shell's completion script: `engine completions bash > /etc/bash_completion.d/engine`.
     Completions { shell: clap_complete::Shell },
+    /// Whether the engine at `--api` serves (its `/healthz`): exit 0 if it does, 1 if not. The
+    /// container image's health check.
+    Health,
     /// A page of a deployment's container logs (200 lines); `--all` reads to the end, `--follow`
     /// then waits for more. The cursor of the next page goes to stderr.
     Logs {
@@ -989,6 +992,21 @@ impl Cli {
                 std::io::stdout().write_all(&script)?;
             }
             Command::Node(NodeCommand::Get { node }) => print_json(&client.get(&format!("/v1/nodes/{node}")).await?),
+            Command::Health => {
+                let url = format!("{}/healthz", self.api.trim_end_matches('/'));
+                let answer = client.http.get(&url).timeout(Duration::from_secs(5)).send().await;
+                return Ok(match answer {
+                    Ok(answer) if answer.status().is_success() => ExitCode::SUCCESS,
+                    Ok(answer) => {
+                        eprintln!("{url} answered {}", answer.status());
+                        ExitCode::FAILURE
+                    }
+                    Err(e) => {
+                        eprintln!("{url}: {e}");
+                        ExitCode::FAILURE
+                    }
+                });
+            }
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -301,3 +301,25 @@ fn the_engines_settings_file_is_overridden_by_the_environment_and_the_flags_and_
     let (ok, said) = print(&["serve", "--config", path, "--print-config"], &[]);
     assert!(!ok && said.contains("`listne` is not a setting of `serve`"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_health_says_whether_the_engine_serves() {
+    let nats = tests::NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let ca = engine.trust().ca();
+    let health = |api: String| {
+        let ca = ca.clone();
+        async move {
+            let output = tokio::process::Command::new(tests::binary("engine"))
+                .args(["--api", &api, "--ca", ca.to_str().unwrap(), "health"])
+                .env_remove("ENGINE_CONFIG")
+                .output()
+                .await
+                .unwrap();
+            output.status.success()
+        }
+    };
+    assert!(health(engine.url("")).await, "the engine serves");
+    let closed = format!("https://127.0.0.1:{}", tests::free_port());
+    assert!(!health(closed).await, "nothing serves there");
+}
