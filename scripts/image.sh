@@ -32,9 +32,12 @@ context="$root/target/image"
 rm -rf "$context"
 mkdir -p "$context"
 cp "target/$target/release/engine" "$context/engine"
+# Its data directory, owned by the user it runs as (a volume mounted there takes its owner).
+mkdir -p "$context/data"
 cat >"$context/Dockerfile" <<'EOF'
 FROM scratch
 COPY engine /engine
+COPY --chown=65534:65534 data /data
 # nobody: the engine needs no privilege; its data and trust directories are volumes.
 USER 65534:65534
 ENV ENGINE_CA=/trust/ca.pem

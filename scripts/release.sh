@@ -23,23 +23,24 @@ mkdir -p "$out"
 cross_cc() {
   case "$1" in
     x86_64-unknown-linux-gnu) echo "" ;;
-    aarch64-unknown-linux-gnu) echo "aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu" ;;
-    armv7-unknown-linux-gnueabihf) echo "arm-linux-gnueabihf-gcc gcc-arm-linux-gnueabihf" ;;
+    aarch64-unknown-linux-gnu) echo "aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
+    armv7-unknown-linux-gnueabihf) echo "arm-linux-gnueabihf-gcc gcc-arm-linux-gnueabihf libc6-dev-armhf-cross" ;;
     *) echo "unknown target $1" >&2; exit 2 ;;
   esac
 }
 
 missing=()
 for target in $targets; do
-  read -r cc package <<<"$(cross_cc "$target")"
+  read -r cc packages <<<"$(cross_cc "$target")"
   if [ -n "${cc:-}" ] && ! command -v "$cc" >/dev/null; then
-    missing+=("$package")
+    read -r -a more <<<"$packages"
+    missing+=("${more[@]}")
   fi
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing ${missing[*]}"
   apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" libc6-dev >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 installed=$(rustup target list --installed)

@@ -21,6 +21,9 @@ pub enum SettingsError {
     Shape { path: String, key: String, expected: &'static str },
 }
 
+/// Flags that are not settings: what a file gives them is refused, and they are not shown.
+const NOT_SETTINGS: [&str; 5] = ["config", "help", "version", "print-config", "log-json"];
+
 /// The file `path`, read as TOML.
 pub fn read(path: &Path) -> Result<toml::Table, SettingsError> {
     let shown = path.display().to_string();
@@ -38,9 +41,14 @@ pub fn defaults_from(
     let shown = path.display().to_string();
     for (key, value) in table {
         let wanted = key.replace('_', "-");
-        let found = command.get_arguments().find(|a| a.get_long() == Some(wanted.as_str())).map(|a| a.get_id().clone());
+        let found = command
+            .get_arguments()
+            .filter(|a| a.get_long().is_some_and(|long| !NOT_SETTINGS.contains(&long)))
+            .find(|a| a.get_long() == Some(wanted.as_str()))
+            .map(|a| a.get_id().clone());
         let Some(id) = found else {
-            let mut known: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
+            let mut known: Vec<&str> =
+                command.get_arguments().filter_map(|a| a.get_long()).filter(|l| !NOT_SETTINGS.contains(l)).collect();
             known.sort_unstable();
             return Err(SettingsError::Unknown {
                 path: shown,
@@ -84,7 +92,7 @@ pub fn shown(command: &clap::Command, matches: &clap::ArgMatches) -> toml::Table
     let mut table = toml::Table::new();
     for arg in command.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
-        if ["config", "help", "version"].contains(&long) {
+        if NOT_SETTINGS.contains(&long) {
             continue;
         }
         let Ok(Some(raw)) = matches.try_get_raw(arg.get_id().as_str()) else { continue };

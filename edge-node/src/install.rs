@@ -131,6 +131,9 @@ WantedBy=multi-user.target
 pub async fn install(plan: &Plan) -> anyhow::Result<Vec<Written>> {
     let root = &plan.root;
     let config = root.join(CONFIG_DIR);
+    if config.join("config.toml").exists() {
+        anyhow::bail!("an edge node is installed under {} already: uninstall it first", root.display());
+    }
     let mut written = Vec::new();
 
     let binary = std::fs::read(&plan.binary).with_context(|| format!("reading {}", plan.binary.display()))?;
@@ -138,11 +141,12 @@ pub async fn install(plan: &Plan) -> anyhow::Result<Vec<Written>> {
     let ca = std::fs::read(&plan.ca).with_context(|| format!("reading the CA {}", plan.ca.display()))?;
     written.push(write(&config.join("ca.pem"), &ca, 0o644)?);
 
-    // The key is made here and only its public half leaves.
+    // The key is made here and only its public half leaves; both files are written once the
+    // engine has enrolled it, so a refused enrollment leaves no key without credentials.
     let key = nkeys::KeyPair::new_user();
     let seed = key.seed().map_err(|e| anyhow::anyhow!("a new key has no seed: {e}"))?;
-    written.push(write(&config.join("node.nk"), format!("{seed}\n").as_bytes(), 0o600)?);
     let creds = enroll(plan, &key.public_key()).await?;
+    written.push(write(&config.join("node.nk"), format!("{seed}\n").as_bytes(), 0o600)?);
     written.push(write(&config.join("node.creds"), creds.as_bytes(), 0o600)?);
 
     written.push(write(&config.join("config.toml"), settings(plan)?.as_bytes(), 0o644)?);
@@ -167,7 +171,12 @@ async fn enroll(plan: &Plan, public_key: &str) -> anyhow::Result<String> {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-    let http = reqwest::Client::builder().use_preconfigured_tls(tls).build()?;
+    // The admin token goes over TLS alone, to the CA's own certificate.
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .https_only(true)
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
     let labels: serde_json::Map<String, serde_json::Value> =
         plan.labels.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
     let url = format!("{}/v1/nodes/{}/enroll", plan.engine.trim_end_matches('/'), plan.node);
@@ -190,25 +199,54 @@ async fn enroll(plan: &Plan, public_key: &str) -> anyhow::Result<String> {
     body.get("creds").and_then(|c| c.as_str()).map(str::to_owned).context("the engine's answer has no credentials")
 }
 
-/// Removes what `install` placed under `root`; the node's data (and so its workloads' state)
-/// too with `purge`. The files removed.
+/// The files `install` writes in the settings directory.
+const CONFIG_FILES: [&str; 4] = ["ca.pem", "node.nk", "node.creds", "config.toml"];
+
+/// Stops and disables the service on this machine, if systemd runs it.
+pub fn stop_service() -> anyhow::Result<()> {
+    if !Path::new("/run/systemd/system").exists() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("systemctl")
+        .args(["disable", "--now", SERVICE])
+        .status()
+        .context("running systemctl")?;
+    if !status.success() {
+        tracing::warn!(%status, "systemctl disable --now {SERVICE}");
+    }
+    Ok(())
+}
+
+/// Removes what `install` placed under `root` (other files in its settings directory stay);
+/// the node's data (and so its workloads' state) too with `purge`. The paths removed.
 pub fn uninstall(root: &Path, purge: bool) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for file in [root.join(UNIT), root.join(BINARY)] {
+    let config = root.join(CONFIG_DIR);
+    let files = [root.join(UNIT), root.join(BINARY)].into_iter().chain(CONFIG_FILES.iter().map(|f| config.join(f)));
+    for file in files {
         if file.exists() {
             std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
             removed.push(file);
         }
     }
-    let mut dirs = vec![root.join(CONFIG_DIR)];
-    if purge {
-        dirs.push(root.join(DATA_DIR));
+    // Gone once empty.
+    if std::fs::remove_dir(&config).is_ok() {
+        removed.push(config);
     }
-    for dir in dirs {
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-            removed.push(dir);
+    if purge {
+        // A DynamicUser's state lives under /var/lib/private, the data directory a link to it.
+        for data in [root.join(DATA_DIR), root.join("var/lib/private").join(SERVICE)] {
+            match std::fs::symlink_metadata(&data) {
+                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&data),
+                Ok(_) => std::fs::remove_file(&data),
+                Err(_) => continue,
+            }
+            .with_context(|| format!("removing {}", data.display()))?;
+            removed.push(data);
         }
+    }
+    if root == Path::new("/") && Path::new("/run/systemd/system").exists() {
+        let _ = std::process::Command::new("systemctl").arg("daemon-reload").status();
     }
     Ok(removed)
 }

@@ -51,7 +51,8 @@ enum Command {
         /// The engine's API.
         #[arg(long)]
         engine: String,
-        /// An admin API token, to enroll the node with.
+        /// An admin API token, to enroll the node with: best from the environment, out of the
+        /// process list.
         #[arg(long, env = "ENGINE_TOKEN", hide_env_values = true)]
         enroll: String,
         /// The certificate authority of the engine's API and of the servers (PEM).
@@ -78,6 +79,9 @@ enum Command {
         /// Remove its data and its containers too.
         #[arg(long)]
         purge: bool,
+        /// The node whose containers `--purge` removes, when its settings are gone already.
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
@@ -88,8 +92,7 @@ enum ConfigCommand {
 }
 
 /// What `run` takes.
-#[derive(Debug, Args, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Args)]
 struct RunArgs {
     #[arg(long, env = "NATS_URL", default_value = "tls://127.0.0.1:4222")]
     nats: String,
@@ -108,7 +111,6 @@ struct RunArgs {
     node: String,
     /// A label `key=value`; repeat for several.
     #[arg(long = "label", value_parser = parse_label)]
-    #[serde(rename = "label", serialize_with = "as_table")]
     labels: Vec<(String, String)>,
     #[arg(long, default_value = "edge-node-data")]
     data_dir: PathBuf,
@@ -123,12 +125,10 @@ struct RunArgs {
     /// None by default; `/`, the Docker socket, `/etc`, `/proc`, `/sys`, `/dev` and the
     /// like never.
     #[arg(long = "allow-bind")]
-    #[serde(rename = "allow-bind")]
     allow_binds: Vec<String>,
     /// A registry images may come from (`host[:port]`, `docker.io` for Docker Hub); repeat
     /// for several.
     #[arg(long = "registry", default_value = events::policy::LOCAL_REGISTRY)]
-    #[serde(rename = "registry")]
     registries: Vec<String>,
     /// A container's memory where its version sets none (`512m`, `1g`).
     #[arg(long, value_parser = events::compose::parse_size)]
@@ -188,15 +188,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.public_key());
             Ok(())
         }
-        Command::Config(ConfigCommand::Show(args)) => {
-            let toml::Value::Table(mut shown) = toml::Value::try_from(&args).context("the settings as TOML")? else {
-                anyhow::bail!("the settings are not a table");
-            };
-            // A setting not given is not written.
-            shown.retain(|_, v| !matches!(v, toml::Value::Array(a) if a.is_empty()));
-            print!("{}", toml::to_string(&shown).context("the settings as TOML")?);
-            Ok(())
-        }
+        // Printed as it was given (`main`), so that it reads back the same.
+        Command::Config(ConfigCommand::Show(_)) => Ok(()),
         Command::Run(RunArgs {
             nats,
             creds,
@@ -229,8 +222,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = DockerRuntime::connect().await.context("connecting to Docker")?.confined_to(policy.clone());
             let default_limits =
                 events::compose::Limits { memory: default_memory, nano_cpus: default_cpus, pids: None };
-            let metrics = match metrics_listen.zip(metrics_token_file) {
-                Some((addr, file)) => {
+            let metrics = match (metrics_listen, metrics_token_file) {
+                (Some(_), None) | (None, Some(_)) => {
+                    anyhow::bail!("--metrics-listen and --metrics-token-file go together: give both or neither")
+                }
+                (Some(addr), Some(file)) => {
                     let text = std::fs::read_to_string(&file)
                         .with_context(|| format!("reading the metrics token {}", file.display()))?;
                     let token = text.lines().next().unwrap_or_default().trim().to_owned();
@@ -239,7 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     Some(edge_node::metrics::MetricsListen { addr, token })
                 }
-                None => None,
+                (None, None) => None,
             };
             let config = NodeConfig {
                 nats_url: nats,
@@ -270,18 +266,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Uninstall { root, purge } => {
+        Command::Uninstall { root, purge, node } => {
             let settings = root.join(edge_node::install::CONFIG_DIR).join("config.toml");
-            let node = bus::settings::read(&settings)
-                .ok()
-                .and_then(|t| t.get("node").and_then(|n| n.as_str()).map(str::to_owned));
-            for removed in edge_node::install::uninstall(&root, purge)? {
-                println!("removed {}", removed.display());
+            let installed = match bus::settings::read(&settings) {
+                Ok(table) => table.get("node").and_then(|n| n.as_str()).map(str::to_owned),
+                Err(_) => None,
+            };
+            if root == std::path::Path::new("/") {
+                edge_node::install::stop_service()?;
             }
-            if let (true, Some(node)) = (purge, node) {
+            // The containers first: a failure leaves everything in place to try again.
+            if purge {
+                let node = node.or(installed).context("--purge: give --node, the settings are gone")?;
                 let removed =
                     DockerRuntime::connect().await.context("connecting to Docker")?.remove_node(&node).await?;
                 println!("removed {removed} containers of node {node}");
+            }
+            for removed in edge_node::install::uninstall(&root, purge)? {
+                println!("removed {}", removed.display());
             }
             Ok(())
         }
@@ -321,11 +323,6 @@ fn answer(reply: LocalReply) -> anyhow::Result<()> {
     }
 }
 
-/// The labels as a TOML table, as a settings file gives them.
-fn as_table<S: serde::Serializer>(labels: &[(String, String)], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_map(labels.iter().map(|(k, v)| (k, v)))
-}
-
 /// The command line, over the settings file `--config` (or `EDGE_NODE_CONFIG`) names.
 fn parse() -> anyhow::Result<Cli> {
     let args: Vec<String> = std::env::args().collect();
@@ -339,7 +336,14 @@ fn parse() -> anyhow::Result<Cli> {
         command =
             command.mut_subcommand("run", |_| run).mut_subcommand("config", |c| c.mut_subcommand("show", |_| show));
     }
-    let matches = command.get_matches_from(args);
+    let matches = command.clone().get_matches_from(args);
+    if let Some(("config", config)) = matches.subcommand() {
+        if let (Some(("show", given)), Some(show)) =
+            (config.subcommand(), command.find_subcommand("config").and_then(|c| c.find_subcommand("show")))
+        {
+            print!("{}", toml::to_string(&bus::settings::shown(show, given)).context("the settings as TOML")?);
+        }
+    }
     Ok(Cli::from_arg_matches(&matches)?)
 }
 

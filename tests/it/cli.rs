@@ -242,14 +242,15 @@ fn the_edge_nodes_settings_file_is_overridden_by_the_environment_and_the_flags_a
     std::fs::write(&file, written).unwrap();
     let path = file.to_str().unwrap();
 
-    let (ok, shown) = edge_node_config(&["config", "show", "--config", path], &[]);
+    let (ok, shown) = edge_node_config(&["config", "show", "--config", path, "--default-cpus", "0.5"], &[]);
     assert!(ok, "{shown}");
     for line in [
         "node = \"board-7\"",
         "data-dir = \"/var/lib/edge-node\"",
-        "heartbeat = 2.5",
-        "site = \"north\"",
+        "heartbeat = \"2.5\"",
+        "label = [\"site=north\"]",
         "tenant = \"default\"",
+        "default-cpus = \"0.5\"",
     ] {
         assert!(shown.contains(line), "{line} in {shown}");
     }
@@ -261,7 +262,7 @@ fn the_edge_nodes_settings_file_is_overridden_by_the_environment_and_the_flags_a
     assert!(shown.contains("nats = \"tls://127.0.0.1:34222\""), "{shown}");
 
     // What it shows is a settings file that gives the same settings.
-    let (_, first) = edge_node_config(&["config", "show", "--config", path], &[]);
+    let (_, first) = edge_node_config(&["config", "show", "--config", path, "--default-cpus", "0.5"], &[]);
     let again = dir.path().join("again.toml");
     std::fs::write(&again, &first).unwrap();
     let (ok, second) = edge_node_config(&["config", "show", "--config", again.to_str().unwrap()], &[]);

@@ -14,7 +14,11 @@ fn mode(path: &Path) -> u32 {
 }
 
 fn edge_node(args: &[&str]) -> String {
-    let output = std::process::Command::new(tests::binary("edge-node")).args(args).output().unwrap();
+    let output = std::process::Command::new(tests::binary("edge-node"))
+        .args(args)
+        .env("ENGINE_TOKEN", tests::ADMIN_TOKEN)
+        .output()
+        .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "edge-node {args:?}: {text}");
     text
@@ -34,8 +38,6 @@ async fn install_writes_every_file_with_its_mode_the_unit_verifies_the_node_runs
         root.to_str().unwrap(),
         "--engine",
         &api,
-        "--enroll",
-        tests::ADMIN_TOKEN,
         "--ca",
         ca.to_str().unwrap(),
         "--nats",
@@ -126,12 +128,31 @@ async fn install_writes_every_file_with_its_mode_the_unit_verifies_the_node_runs
     .await;
     node.kill().await.unwrap();
 
+    // A second install over it is refused.
+    let again = std::process::Command::new(tests::binary("edge-node"))
+        .args(["install", "--root", root.to_str().unwrap(), "--engine", &api, "--ca", ca.to_str().unwrap()])
+        .args(["--node", "installed-2"])
+        .env("ENGINE_TOKEN", tests::ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("installed"));
+
+    // A file of the operator's in its settings directory is kept.
+    std::fs::write(config.join("metrics.token"), "kept").unwrap();
     // Uninstalled: its files go, its data stays; purged, its data goes too.
     edge_node(&["uninstall", "--root", root.to_str().unwrap()]);
-    for file in ["usr/local/bin/edge-node", "etc/edge-node", "etc/systemd/system/edge-node.service"] {
+    let removed = [
+        "usr/local/bin/edge-node",
+        "etc/edge-node/node.nk",
+        "etc/edge-node/config.toml",
+        "etc/systemd/system/edge-node.service",
+    ];
+    for file in removed {
         assert!(!root.join(file).exists(), "{file} is removed");
     }
+    assert!(config.join("metrics.token").exists(), "what install did not write stays");
     assert!(root.join("var/lib/edge-node").exists(), "the data is kept");
-    edge_node(&["uninstall", "--root", root.to_str().unwrap(), "--purge"]);
+    // Its settings gone, --purge is told the node whose containers it removes.
+    edge_node(&["uninstall", "--root", root.to_str().unwrap(), "--purge", "--node", "installed-1"]);
     assert!(!root.join("var/lib/edge-node").exists(), "purged");
 }
