@@ -55,11 +55,13 @@ async fn next_change(device: &mut MargoDevice, docker: Option<&bollard::Docker>)
     polled
 }
 
-/// Polls until the manifest changes, as a device does.
+/// Polls until the manifest changes what the device holds, as a device does (a first poll
+/// may find a manifest that changes nothing yet).
 async fn changed(device: &mut MargoDevice) -> Polled {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         match device.poll().await.expect("the manifest is sound") {
+            Polled::Changed { changed, removed, .. } if changed.is_empty() && removed.is_empty() => {}
             Polled::NotModified => {}
             changed => return changed,
         }
@@ -259,12 +261,7 @@ async fn a_failed_component_reaches_the_view_with_its_margo_error_and_each_statu
     let mut device = onboarded(&engine, "margo-f").await;
     engine.publish_sample(IMAGE_1_0_0).await;
     let id = launch_on(&engine, &["margo-f"]).await;
-    let polled = loop {
-        match changed(&mut device).await {
-            Polled::Changed { changed, .. } if !changed.is_empty() => break changed,
-            _ => {}
-        }
-    };
+    let Polled::Changed { changed: polled, .. } = changed(&mut device).await else { unreachable!() };
     let margo_id = polled[0].clone();
     let component = device.held[&margo_id].components[0].0.clone();
 
