@@ -213,8 +213,13 @@ async fn an_operator_signs_in_launches_watches_it_run_live_reads_its_logs_and_st
 
     b.find(Locator::Css("form[action='/signout'] button")).await.unwrap().click().await.unwrap();
     browser.wait_for("#token", PAGE).await;
-    b.goto(&format!("{base}/deployments")).await.unwrap();
-    assert_eq!(path_of(&browser).await, "/signin", "signed out, the pages are closed");
+    // Signed out, the pages are closed: a page asked for is the sign-in page (asked again
+    // while the browser may still be taking the sign-out's answer in).
+    tests::eventually("a page asked for after signing out to be the sign-in page", TIMEOUT, || async {
+        b.goto(&format!("{base}/deployments")).await.ok()?;
+        (path_of(&browser).await == "/signin").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
