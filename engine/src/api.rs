@@ -1595,21 +1595,13 @@ async fn admit_margo(
     let meta = live_meta(&state, &caller, &[Role::Admin]).await?;
     token("id", &id)?;
     let fingerprint = body.fingerprint.to_ascii_lowercase();
-    // A certificate is one device's, in one tenant, while that device is registered.
-    use events::projection::margo::{fingerprint_key, key, Device, DeviceRef};
+    // A certificate is one registered device's, in one tenant.
     let tree = state.nodes.tree();
-    let read = |key: &str| -> anyhow::Result<Option<sled::IVec>> { Ok(tree.get(key)?) };
-    if let Some(holder) = read(&fingerprint_key(&fingerprint))? {
-        let holder: DeviceRef = serde_json::from_slice(&holder).map_err(anyhow::Error::from)?;
-        let device = read(&key(&holder.tenant, &holder.node))?
-            .map(|d| serde_json::from_slice::<Device>(&d))
-            .transpose()
-            .map_err(anyhow::Error::from)?;
-        let elsewhere = holder.tenant != meta.tenant || holder.node != id;
-        if elsewhere && device.is_some_and(|d| !d.unregistered && d.fingerprint == fingerprint) {
-            let error = "this certificate is another node's: unregister that one first";
-            return Err(ApiError::new(StatusCode::CONFLICT, Some("fingerprint"), error));
-        }
+    let holder = events::projection::margo::holder(&mut crate::projector::Overlay::new(tree), &fingerprint)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if holder.is_some_and(|h| h.tenant != meta.tenant || h.node != id) {
+        let error = "this certificate is another node's: unregister that one first";
+        return Err(ApiError::new(StatusCode::CONFLICT, Some("fingerprint"), error));
     }
     let command = NodeCommand::AdmitMargo { fingerprint: fingerprint.clone(), labels: body.labels };
     let committed = state.commands.execute::<Node>(&id, &command, &meta).await?;

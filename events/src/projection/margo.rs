@@ -156,13 +156,7 @@ fn fold_node(store: &mut impl Store, envelope: &Envelope, event: &NodeEvent) -> 
             device.unregistered = false;
             // The first device admitted by a certificate keeps it while it is registered: an
             // admission of the same certificate elsewhere finds no device (the API refuses it).
-            let holder = store.get::<DeviceRef>(&fingerprint_key(fingerprint))?;
-            let held_elsewhere = match holder.filter(|holder| *holder != here) {
-                Some(holder) => store
-                    .get::<Device>(&self::key(&holder.tenant, &holder.node))?
-                    .is_some_and(|other| !other.unregistered && other.fingerprint == *fingerprint),
-                None => false,
-            };
+            let held_elsewhere = holder(store, fingerprint)?.is_some_and(|holder| holder != here);
             if !held_elsewhere {
                 store.put(fingerprint_key(fingerprint), here);
             }
@@ -239,6 +233,14 @@ fn set_stopped(device: &mut Device, deployment: &str, stopped: bool) {
     if let Some(assigned) = device.deployments.get_mut(deployment) {
         assigned.stopped = stopped;
     }
+}
+
+/// The registered device the certificate with `fingerprint` is held by, if any: a
+/// certificate is one registered device's.
+pub fn holder(store: &mut impl Store, fingerprint: &str) -> Result<Option<DeviceRef>, ModelError> {
+    let Some(holder) = store.get::<DeviceRef>(&fingerprint_key(fingerprint))? else { return Ok(None) };
+    let device = store.get::<Device>(&key(&holder.tenant, &holder.node))?;
+    Ok(device.is_some_and(|d| !d.unregistered && d.fingerprint == fingerprint).then_some(holder))
 }
 
 /// Removes the index of `fingerprint` if it names the device `here`.
