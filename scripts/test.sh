@@ -18,6 +18,9 @@ cargo build --workspace --bins --locked
 # The edge node for aarch64 and armv7, which tests/it/cross.rs runs under qemu-user.
 PROFILE=cross OUT=target/cross TARGETS="aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf" \
   bash scripts/release.sh
+# The engine's and nats-server's images, which tests/it/production.rs runs as a cluster
+# through deploy/compose.yaml (scripts/cluster.sh).
+PROFILE=cross bash scripts/image.sh >/dev/null
 set +e
 cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

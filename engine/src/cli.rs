@@ -611,10 +611,12 @@ impl Cli {
     }
 
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        // Commands that call no API need no client of it, nor the CA one would trust (which
+        // `trust init` may be about to make).
+        let local = matches!(self.command, Command::Serve { .. } | Command::Trust(_) | Command::Completions { .. });
         let http = match (&self.ca, self.api.starts_with("https:")) {
-            (None, true)
-                if !matches!(self.command, Command::Serve { .. } | Command::Trust(_) | Command::Completions { .. }) =>
-            {
+            _ if local => engine::api_client(None)?,
+            (None, true) => {
                 anyhow::bail!(
                     "the API at {} speaks HTTPS: give its certificate authority with --ca or ENGINE_CA",
                     self.api

@@ -564,7 +564,9 @@ fn certificates(dir: &Path, hosts: &[&str]) -> Result<(), TrustError> {
     let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
     let mut server = rcgen::CertificateParams::new(names).map_err(failed)?;
     server.distinguished_name.push(rcgen::DnType::CommonName, "nats-server");
-    server.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    // A client's too: the members of a cluster present it to one another on their routes.
+    server.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let server_key = rcgen::KeyPair::generate().map_err(failed)?;
     let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key).map_err(failed)?;
 

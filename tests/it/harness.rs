@@ -19,84 +19,16 @@ pub const IMAGE_1_0_0: &str = "127.0.0.1:5000/sample/app:1.0.0";
 pub const IMAGE_1_1_0: &str = "127.0.0.1:5000/sample/app:1.1.0";
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 
-pub struct TestEngine {
-    pub engine: Engine,
+/// An engine's API as a client reaches it: the in-process engine's, or a cluster's.
+pub struct Api {
     pub http: reqwest::Client,
-    /// What it was started with, and is started again with.
-    config: EngineConfig,
-    trust: engine::trust::Trust,
-    data: tempfile::TempDir,
+    /// `https://host:port`.
+    pub base: String,
 }
 
-impl TestEngine {
-    pub async fn start(nats: &NatsServer) -> TestEngine {
-        TestEngine::start_on(&nats.url(), nats.trust(), 1).await
-    }
-
-    /// An engine on `nats_url` (one server or a cluster's list) trusted by `trust`, whose
-    /// streams keep `replicas`.
-    pub async fn start_on(nats_url: &str, trust: &engine::trust::Trust, replicas: usize) -> TestEngine {
-        TestEngine::start_with(nats_url, trust, replicas, |_| {}).await
-    }
-
-    /// An engine as [`TestEngine::start_on`] makes it, its configuration changed by `change`.
-    pub async fn start_with(
-        nats_url: &str,
-        trust: &engine::trust::Trust,
-        replicas: usize,
-        change: impl FnOnce(&mut EngineConfig),
-    ) -> TestEngine {
-        let data = tempfile::tempdir().unwrap();
-        let mut config = Self::config(nats_url, trust, replicas, &data);
-        change(&mut config);
-        let engine = Engine::start(config.clone()).await.expect("the engine starts");
-        let trust = trust.clone();
-        let http = tests::admin_client(&engine.commands, &trust.ca()).await;
-        TestEngine { engine, http, config, trust, data }
-    }
-
-    fn config(nats_url: &str, trust: &engine::trust::Trust, replicas: usize, data: &tempfile::TempDir) -> EngineConfig {
-        EngineConfig {
-            nats_url: nats_url.to_owned(),
-            trust_dir: trust.dir().to_owned(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: data.path().join("read-models"),
-            store: bus::store::StoreConfig { replicas, ..Default::default() },
-            tls: Some(engine::trust::Trust::server_tls(trust.dir())),
-            ..EngineConfig::default()
-        }
-    }
-
-    /// Stops the engine and starts it again on the same read models (a new API port).
-    pub async fn restart(self) -> TestEngine {
-        let TestEngine { engine, http, config, trust, data } = self;
-        drop(engine);
-        // The stopped engine's tasks let go of the sled directory as they wind down.
-        let engine = tests::eventually("the engine to start again", TIMEOUT, || async {
-            Engine::start(config.clone()).await.ok()
-        })
-        .await;
-        TestEngine { engine, http, config, trust, data }
-    }
-
-    /// The engine's data directory (its read models, and the first admin token's file).
-    pub fn data_dir(&self) -> std::path::PathBuf {
-        self.data.path().join("read-models")
-    }
-
-    /// The trust directory the engine and its servers share.
-    pub fn trust(&self) -> &engine::trust::Trust {
-        &self.trust
-    }
-
-    /// Enrolls `node` of tenant `default` with a key made by the engine: its credentials.
-    pub async fn enroll(&self, node: &str) -> bus::Credentials {
-        let enrolled = self.engine.issuer.enroll(node, Labels::new(), None, &meta()).await.expect("the node enrolls");
-        bus::Credentials::parse(&enrolled.creds, None).expect("the engine's credentials parse")
-    }
-
+impl Api {
     pub fn url(&self, path: &str) -> String {
-        format!("https://{}{path}", self.engine.api_addr)
+        format!("{}{path}", self.base)
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -136,6 +68,95 @@ impl TestEngine {
         body["state"].as_str().map(str::to_owned)
     }
 
+    /// Polls the deployment until `ready` says yes; returns the view.
+    pub async fn wait_deployment(&self, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        tests::eventually(what, TIMEOUT, || async {
+            let (status, view) = self.get(&format!("/v1/deployments/{id}")).await;
+            (status == 200 && ready(&view)).then_some(view)
+        })
+        .await
+    }
+}
+
+pub struct TestEngine {
+    pub engine: Engine,
+    /// Its API, through [`ADMIN_TOKEN`](tests::ADMIN_TOKEN); the engine derefs to it.
+    pub api: Api,
+    /// What it was started with, and is started again with.
+    config: EngineConfig,
+    trust: engine::trust::Trust,
+    data: tempfile::TempDir,
+}
+
+impl TestEngine {
+    pub async fn start(nats: &NatsServer) -> TestEngine {
+        TestEngine::start_on(&nats.url(), nats.trust(), 1).await
+    }
+
+    /// An engine on `nats_url` (one server or a cluster's list) trusted by `trust`, whose
+    /// streams keep `replicas`.
+    pub async fn start_on(nats_url: &str, trust: &engine::trust::Trust, replicas: usize) -> TestEngine {
+        TestEngine::start_with(nats_url, trust, replicas, |_| {}).await
+    }
+
+    /// An engine as [`TestEngine::start_on`] makes it, its configuration changed by `change`.
+    pub async fn start_with(
+        nats_url: &str,
+        trust: &engine::trust::Trust,
+        replicas: usize,
+        change: impl FnOnce(&mut EngineConfig),
+    ) -> TestEngine {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = Self::config(nats_url, trust, replicas, &data);
+        change(&mut config);
+        let engine = Engine::start(config.clone()).await.expect("the engine starts");
+        let trust = trust.clone();
+        let http = tests::admin_client(&engine.commands, &trust.ca()).await;
+        let api = Api { http, base: format!("https://{}", engine.api_addr) };
+        TestEngine { engine, api, config, trust, data }
+    }
+
+    fn config(nats_url: &str, trust: &engine::trust::Trust, replicas: usize, data: &tempfile::TempDir) -> EngineConfig {
+        EngineConfig {
+            nats_url: nats_url.to_owned(),
+            trust_dir: trust.dir().to_owned(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data.path().join("read-models"),
+            store: bus::store::StoreConfig { replicas, ..Default::default() },
+            tls: Some(engine::trust::Trust::server_tls(trust.dir())),
+            ..EngineConfig::default()
+        }
+    }
+
+    /// Stops the engine and starts it again on the same read models (a new API port).
+    pub async fn restart(self) -> TestEngine {
+        let TestEngine { engine, api, config, trust, data } = self;
+        drop(engine);
+        // The stopped engine's tasks let go of the sled directory as they wind down.
+        let engine = tests::eventually("the engine to start again", TIMEOUT, || async {
+            Engine::start(config.clone()).await.ok()
+        })
+        .await;
+        let api = Api { http: api.http, base: format!("https://{}", engine.api_addr) };
+        TestEngine { engine, api, config, trust, data }
+    }
+
+    /// The engine's data directory (its read models, and the first admin token's file).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.data.path().join("read-models")
+    }
+
+    /// The trust directory the engine and its servers share.
+    pub fn trust(&self) -> &engine::trust::Trust {
+        &self.trust
+    }
+
+    /// Enrolls `node` of tenant `default` with a key made by the engine: its credentials.
+    pub async fn enroll(&self, node: &str) -> bus::Credentials {
+        let enrolled = self.engine.issuer.enroll(node, Labels::new(), None, &meta()).await.expect("the node enrolls");
+        bus::Credentials::parse(&enrolled.creds, None).expect("the engine's credentials parse")
+    }
+
     /// Checks that a fresh engine, folding the whole log into new read models, comes to show
     /// each of `ids` exactly as this one does (both may still be folding the last events).
     pub async fn matches_a_fresh_rebuild(&self, nats: &NatsServer, ids: &[String]) {
@@ -153,14 +174,13 @@ impl TestEngine {
             }
         }
     }
+}
 
-    /// Polls the deployment until `ready` says yes; returns the view.
-    pub async fn wait_deployment(&self, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-        tests::eventually(what, TIMEOUT, || async {
-            let (status, view) = self.get(&format!("/v1/deployments/{id}")).await;
-            (status == 200 && ready(&view)).then_some(view)
-        })
-        .await
+impl std::ops::Deref for TestEngine {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 

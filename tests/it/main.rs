@@ -16,6 +16,7 @@ mod install;
 mod margo;
 mod metrics;
 mod policy;
+mod production;
 mod projector;
 mod replay;
 mod robustness;
