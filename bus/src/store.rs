@@ -131,9 +131,32 @@ impl StoredEvent {
     }
 }
 
+/// The headers a message was published with, in order: those the server adds to a direct
+/// get's answer (`Nats-Sequence`, `Nats-Subject`, `Nats-Time-Stamp`, ...) left out.
+fn own_headers(headers: Option<&async_nats::HeaderMap>) -> Vec<(String, String)> {
+    const SERVERS: [&str; 7] = [
+        "Nats-Stream",
+        "Nats-Sequence",
+        "Nats-Subject",
+        "Nats-Time-Stamp",
+        "Nats-Num-Pending",
+        "Nats-Last-Sequence",
+        "Nats-UpTo-Sequence",
+    ];
+    let Some(headers) = headers else { return Vec::new() };
+    let mut own: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(name, _)| !SERVERS.iter().any(|s| s.eq_ignore_ascii_case(name.as_ref())))
+        .flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.as_str().to_owned())))
+        .collect();
+    own.sort();
+    own
+}
+
 impl From<async_nats::jetstream::message::StreamMessage> for RawMessage {
     fn from(message: async_nats::jetstream::message::StreamMessage) -> RawMessage {
         RawMessage {
+            headers: own_headers(Some(&message.headers)),
             sequence: message.sequence,
             subject: message.subject.to_string(),
             payload: message.payload,
@@ -150,6 +173,8 @@ pub struct RawMessage {
     pub payload: Bytes,
     /// Messages on the filter after this one, when the server says.
     pub pending: Option<u64>,
+    /// The headers it was published with (its id, its trace), sorted.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The events of one subject, and the sequence an append must expect.
@@ -524,7 +549,8 @@ impl EventStore {
                 .ok_or_else(|| failed("a reply without Nats-Sequence".to_owned()))?;
             let subject = header("Nats-Subject").unwrap_or_default();
             let pending = header("Nats-Num-Pending").and_then(|v| v.parse::<u64>().ok());
-            messages.push(RawMessage { sequence, subject, payload: reply.payload, pending });
+            let headers = own_headers(reply.headers.as_ref());
+            messages.push(RawMessage { sequence, subject, payload: reply.payload, pending, headers });
         }
         Ok(messages)
     }

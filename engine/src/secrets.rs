@@ -81,6 +81,30 @@ impl TenantKeys {
         }
     }
 
+    /// Every tenant's key, as the bucket holds it (a shredded one is gone): for a backup.
+    pub async fn export(&self) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        use futures::TryStreamExt;
+        let tenants: Vec<String> = self.kv.keys().await.context("listing the tenants' keys")?.try_collect().await?;
+        let mut keys = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            if let Some(bytes) =
+                self.kv.get(&tenant).await.with_context(|| format!("reading tenant `{tenant}`'s key"))?
+            {
+                keys.push((tenant, bytes.to_vec()));
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Puts back a tenant's key a backup held; refused unless it is one.
+    pub async fn import(&self, tenant: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        TenantKey::from_bytes(bytes)
+            .with_context(|| format!("tenant `{tenant}`'s key is {} bytes, not 32", bytes.len()))?;
+        self.kv.put(tenant, bytes.to_vec().into()).await.with_context(|| format!("storing tenant `{tenant}`'s key"))?;
+        Ok(())
+    }
+
     /// Destroys the tenant's key, and with it every value sealed under it.
     pub async fn shred(&self, tenant: &str) -> anyhow::Result<()> {
         self.kv.purge(tenant).await.with_context(|| format!("destroying tenant `{tenant}`'s key"))?;

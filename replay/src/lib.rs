@@ -9,6 +9,7 @@
 
 pub mod at;
 pub mod audit;
+pub mod backup;
 pub mod rebuild;
 pub mod verify;
 

@@ -4,6 +4,8 @@
 
 use std::process::ExitCode;
 
+use std::os::unix::fs::OpenOptionsExt;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -41,6 +43,25 @@ enum Command {
         /// for several (keys rotate). The log cannot vouch for its own writer.
         #[arg(long = "engine-key", required = true)]
         engine_keys: Vec<String>,
+    },
+    /// Write every message of the log up to now, in order, to a file (JSON lines, mode 0600):
+    /// an auditor's credential reads it. With `--keys` (and the engine's credential) the
+    /// tenants' keys go in too, without which sealed secrets never open again: keep that file
+    /// as the trust directory is kept.
+    Backup {
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Put a backup back into an empty stream (made with `--replicas`), checked whole first;
+    /// the engine's credential (`trust/engine.creds`) writes it. Then `replay verify` and,
+    /// once an engine runs on it, `replay check`.
+    Restore {
+        #[arg(long)]
+        from: std::path::PathBuf,
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
     /// Fold the whole log into fresh read models, by the engine's projection code.
     Rebuild {
@@ -123,10 +144,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         inbox_prefix: None,
     };
     let client = connection.connect_with(connection.options()).await?;
+    if let Command::Restore { from, replicas } = &cli.command {
+        let open = || std::fs::File::open(from).map(std::io::BufReader::new);
+        let (stream, counts) = replay::backup::check(open().with_context(|| format!("opening {}", from.display()))?)
+            .with_context(|| format!("{} cannot be restored", from.display()))?;
+        let config = StoreConfig { stream: cli.stream.clone(), replicas: *replicas, ..Default::default() };
+        let store = EventStore::open(client, &config).await?;
+        let keys = engine::secrets::TenantKeys::open(store.jetstream(), *replicas).await?;
+        let restored = replay::backup::restore(&store, &keys, open()?).await?;
+        println!(
+            "restored {} messages of {stream} and {} tenants' keys into {} (of {} and {} in the backup)",
+            restored.messages, restored.keys, cli.stream, counts.messages, counts.keys
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     // It writes nothing, not even a consumer: it reads by direct gets.
     let config = StoreConfig { stream: cli.stream.clone(), ..Default::default() };
     let store = EventStore::open_existing(client, connection.api_prefix(), &config).await?.reading_by_direct_get();
     match cli.command {
+        Command::Backup { out, keys } => {
+            let keys = match keys {
+                true => Some(engine::secrets::TenantKeys::open(store.jetstream(), 1).await?),
+                false => None,
+            };
+            // Written beside its place and moved there whole: a backup cut short never looks
+            // like one.
+            let partial = out.with_extension("partial");
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&partial)
+                .with_context(|| format!("writing {}", partial.display()))?;
+            let mut writer = std::io::BufWriter::new(file);
+            let counts = replay::backup::backup(&store, keys.as_ref(), &mut writer).await?;
+            writer.into_inner()?.sync_all()?;
+            std::fs::rename(&partial, &out).with_context(|| format!("writing {}", out.display()))?;
+            println!("backed up {} messages and {} tenants' keys to {}", counts.messages, counts.keys, out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { .. } => unreachable!("a restore returned before the stream was opened for reading"),
         Command::Verify { engine_keys } => {
             let mut chains = Chains::default();
             let mut signatures = Signatures::new(engine_keys);

@@ -5,7 +5,7 @@ use bus::store::{EventStore, StoreConfig, StoredEvent};
 use serde_json::{json, Value};
 use tests::NatsServer;
 
-use crate::harness::{launch, Lab, IMAGE_1_0_0};
+use crate::harness::{launch, Lab, TestEngine, IMAGE_1_0_0};
 
 /// Runs the `replay` binary against `nats`; its exit code and what it printed.
 /// `replay` with `args`, on `nats` with an auditor's credential (kept in the file returned).
@@ -286,4 +286,90 @@ async fn a_tail_whose_reader_stops_reading_ends_quietly() {
     .expect("the tail to end once nobody reads it");
     assert!(status.success(), "{status}: {stderr}");
     assert!(!stderr.contains("error"), "{stderr}");
+}
+
+/// Runs `replay` on `nats` with the engine's own credential: its exit code, stdout and stderr.
+async fn replay_as_engine(nats: &NatsServer, args: &[&str]) -> (i32, String, String) {
+    let output = tokio::process::Command::new(tests::binary("replay"))
+        .args(args)
+        .args(["--nats", &nats.url()])
+        .arg("--creds")
+        .arg(nats.trust().dir().join("engine.creds"))
+        .arg("--ca")
+        .arg(nats.trust().ca())
+        .output()
+        .await
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_put_back_into_an_empty_stream_verifies_and_an_engine_on_it_shows_the_same() {
+    use std::os::unix::fs::PermissionsExt;
+    let Lab { nats, engine, node } = Lab::start().await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    // A secret, sealed under the tenant's key: the backup keeps the key, or it never opens again.
+    let body = json!({"application": "sample", "version": "1.0.0", "nodes": [&node.name], "secrets": {"DB_PASSWORD": "s3cret"}});
+    let (status, launched) = engine.post("/v1/deployments", body).await;
+    assert_eq!(status, 201, "{launched}");
+    let id = launched["id"].as_str().unwrap().to_owned();
+    let running = engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let stored = history(&nats).await.len();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.backup");
+    let path = file.display().to_string();
+    let (code, said, errors) = replay_as_engine(&nats, &["backup", "--out", &path, "--keys"]).await;
+    assert_eq!(code, 0, "{said}{errors}");
+    assert!(said.contains(&format!("backed up {stored} messages and 1 tenants' keys")), "{said}");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "the keys are secrets");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains("s3cret"), "the secret is sealed in the backup as in the log");
+
+    // A backup cut short, or altered, is refused whole: nothing is written, so the whole one
+    // goes in after it.
+    let target = NatsServer::beside(&nats).await;
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = dir.path().join("cut.backup");
+    std::fs::write(&cut, lines[..lines.len() - 1].join("\n")).unwrap();
+    let (code, _, errors) = replay_as_engine(&target, &["restore", "--from", &cut.display().to_string()]).await;
+    assert!(code == 2 && errors.contains("no `end` line: it was cut short"), "{errors}");
+    let mut reordered = lines.clone();
+    reordered.swap(2, 3);
+    let swapped = dir.path().join("swapped.backup");
+    std::fs::write(&swapped, reordered.join("\n")).unwrap();
+    let (code, _, errors) = replay_as_engine(&target, &["restore", "--from", &swapped.display().to_string()]).await;
+    assert!(code == 2 && errors.contains("line 4: sequence 2 does not follow 3"), "{errors}");
+
+    let (code, said, errors) = replay_as_engine(&target, &["restore", "--from", &path]).await;
+    assert_eq!(code, 0, "{said}{errors}");
+    assert!(said.contains(&format!("restored {stored} messages of EVENTS and 1 tenants' keys")), "{said}");
+    let (code, _, errors) = replay_as_engine(&target, &["restore", "--from", &path]).await;
+    assert!(code == 2 && errors.contains("holds messages"), "a second restore is refused: {errors}");
+
+    // Every chain and signature holds on the copy, and an engine on it folds what the first
+    // one showed; the tenant's key came along.
+    let engine_key = nats.trust().facts().engine.clone();
+    let (code, text) = replay(&target, &["verify", "--engine-key", &engine_key]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("{stored} messages on")) && text.contains(" 0 broken chain(s), 0 unsigned"),
+        "{text}"
+    );
+    let restored = TestEngine::start(&target).await;
+    restored.wait_deployment(&id, "the restored engine to show the deployment", |v| v == &running).await;
+    let ca = nats.trust().ca().display().to_string();
+    let api = restored.url("");
+    let (code, text) =
+        replay(&target, &["check", "--engine-api", &api, "--engine-token", tests::ADMIN_TOKEN, "--engine-ca", &ca])
+            .await;
+    assert_eq!(code, 0, "{text}");
+    let mut keys = Vec::new();
+    for server in [&nats, &target] {
+        let js = async_nats::jetstream::new(server.client().await);
+        keys.push(engine::secrets::TenantKeys::open(&js, 1).await.unwrap().export().await.unwrap());
+    }
+    assert!(keys[0].len() == 1 && keys[0] == keys[1], "the tenant's key came along");
+    node.stop().await;
 }

@@ -96,6 +96,15 @@ impl NatsServer {
         server
     }
 
+    /// A new server with a store of its own, trusting what `other` trusts: where a backup of
+    /// `other`'s log is put back.
+    pub async fn beside(other: &NatsServer) -> NatsServer {
+        let store = tempfile::tempdir().expect("a temporary directory");
+        let mut server = NatsServer::configured(store, other.trust.clone(), "", Vec::new());
+        server.launch().await;
+        server
+    }
+
     /// A server of `trust`, not started, whose configuration has `more` as well.
     fn configured(
         store: tempfile::TempDir,
