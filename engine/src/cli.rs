@@ -437,6 +437,16 @@ enum TrustCommand {
         #[arg(long = "host", default_values = ["127.0.0.1", "localhost"])]
         hosts: Vec<String>,
     },
+    /// Make the servers' certificate anew in DIR, with a new key, signed by its authority:
+    /// whatever trusts `ca.pem` trusts it. nats-server takes it on a reload (SIGHUP), an
+    /// engine's API on a restart.
+    Renew {
+        #[arg(long)]
+        dir: PathBuf,
+        /// A name or address the certificate is valid for; repeat for several.
+        #[arg(long = "host", default_values = ["127.0.0.1", "localhost"])]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -668,6 +678,11 @@ impl Cli {
                     ..EngineConfig::default()
                 };
                 Engine::start(config).await?.wait().await?;
+            }
+            Command::Trust(TrustCommand::Renew { dir, hosts }) => {
+                let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+                engine::trust::Trust::load(dir)?.renew_server_certificate(&hosts)?;
+                println!("renewed the servers' certificate in {} for {}", dir.display(), hosts.join(", "));
             }
             Command::Trust(TrustCommand::Init { dir, hosts }) => {
                 let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();

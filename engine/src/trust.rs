@@ -319,6 +319,17 @@ impl Trust {
         crate::ApiTls { cert: dir.join(SERVER_CERT), key: dir.join(SERVER_KEY) }
     }
 
+    /// Makes the servers' certificate anew, for `hosts` and with a new key, signed by the
+    /// authority on file: clients that trust `ca.pem` trust it. nats-server takes it on a
+    /// reload (SIGHUP), an engine's API on a restart.
+    pub fn renew_server_certificate(&self, hosts: &[&str]) -> Result<(), TrustError> {
+        let path = self.dir.join(CA_KEY);
+        let pem = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let ca_key = rcgen::KeyPair::from_pem(&pem).map_err(certificate)?;
+        let ca_cert = authority()?.self_signed(&ca_key).map_err(certificate)?;
+        server_certificate(&self.dir, hosts, &ca_cert, &ca_key)
+    }
+
     /// nats-server's configuration file, as `init` wrote it.
     pub fn server_config_file(&self) -> PathBuf {
         self.dir.join(SERVER_CONFIG)
@@ -552,28 +563,52 @@ fn user(signing: &KeyPair, account: &str, public_key: &str, name: &str, permissi
 }
 
 /// A certificate authority, and a server certificate it signed for `hosts`.
-fn certificates(dir: &Path, hosts: &[&str]) -> Result<(), TrustError> {
-    let failed = |e: rcgen::Error| TrustError::Certificate(e.to_string());
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+/// The certificate authority's description: made once by `init`, and again with its key to
+/// sign a renewed server certificate (the same name and key: what it signs chains to `ca.pem`).
+fn authority() -> Result<rcgen::CertificateParams, TrustError> {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(certificate)?;
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca.distinguished_name.push(rcgen::DnType::CommonName, "edge-orchestrator local CA");
     ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-    let ca_key = rcgen::KeyPair::generate().map_err(failed)?;
-    let ca_cert = ca.self_signed(&ca_key).map_err(failed)?;
+    Ok(ca)
+}
 
+fn certificate(e: rcgen::Error) -> TrustError {
+    TrustError::Certificate(e.to_string())
+}
+
+/// Writes a server certificate for `hosts` with a new key, signed by the authority, into `dir`:
+/// the key first, each file whole (written aside, then moved), so a server reading them finds
+/// the old pair or the new one.
+fn server_certificate(
+    dir: &Path,
+    hosts: &[&str],
+    ca_cert: &rcgen::Certificate,
+    ca_key: &rcgen::KeyPair,
+) -> Result<(), TrustError> {
     let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
-    let mut server = rcgen::CertificateParams::new(names).map_err(failed)?;
+    let mut server = rcgen::CertificateParams::new(names).map_err(certificate)?;
     server.distinguished_name.push(rcgen::DnType::CommonName, "nats-server");
     // A client's too: the members of a cluster present it to one another on their routes.
     server.extended_key_usages =
         vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let server_key = rcgen::KeyPair::generate().map_err(failed)?;
-    let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key).map_err(failed)?;
+    let server_key = rcgen::KeyPair::generate().map_err(certificate)?;
+    let server_cert = server.signed_by(&server_key, ca_cert, ca_key).map_err(certificate)?;
+    let aside = |name: &str| dir.join(format!(".{name}.new"));
+    secret(&aside(SERVER_KEY), &server_key.serialize_pem())?;
+    std::fs::write(aside(SERVER_CERT), server_cert.pem()).map_err(io(&aside(SERVER_CERT)))?;
+    for name in [SERVER_KEY, SERVER_CERT] {
+        std::fs::rename(aside(name), dir.join(name)).map_err(io(&dir.join(name)))?;
+    }
+    Ok(())
+}
 
+fn certificates(dir: &Path, hosts: &[&str]) -> Result<(), TrustError> {
+    let ca_key = rcgen::KeyPair::generate().map_err(certificate)?;
+    let ca_cert = authority()?.self_signed(&ca_key).map_err(certificate)?;
     std::fs::write(dir.join(CA), ca_cert.pem()).map_err(io(&dir.join(CA)))?;
     secret(&dir.join(CA_KEY), &ca_key.serialize_pem())?;
-    std::fs::write(dir.join(SERVER_CERT), server_cert.pem()).map_err(io(&dir.join(SERVER_CERT)))?;
-    secret(&dir.join(SERVER_KEY), &server_key.serialize_pem())
+    server_certificate(dir, hosts, &ca_cert, &ca_key)
 }
 
 #[cfg(test)]

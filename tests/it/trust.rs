@@ -516,3 +516,25 @@ async fn a_key_is_one_nodes_and_a_revocation_outlives_its_tenant() {
     .await;
     assert!(refused(theirs).await, "a revoked key stays refused after its tenant is deleted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_server_certificate_is_trusted_through_the_same_authority_by_nats_and_api_clients() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut nats = NatsServer::start().await;
+    let dir = nats.trust().dir().to_owned();
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let (cert, key, ca) = (read("server.pem"), read("server-key.pem"), read("ca.pem"));
+    nats.trust().renew_server_certificate(&["127.0.0.1", "localhost"]).unwrap();
+    assert!(read("server.pem") != cert && read("server-key.pem") != key, "a new certificate with a new key");
+    assert_eq!(read("ca.pem"), ca, "the same authority");
+    let mode = std::fs::metadata(dir.join("server-key.pem")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the new key is private");
+
+    // Started again, the server presents the new certificate, which clients trusting ca.pem
+    // accept; so does the engine's API, presenting it too.
+    nats.restart().await;
+    let client = nats.client().await;
+    assert!(jetstream::new(client).query_account().await.is_ok(), "a client trusting the authority connects");
+    let engine = TestEngine::start(&nats).await;
+    assert_eq!(engine.get("/v1/nodes").await.0, 200, "the API's certificate is trusted through the same authority");
+}
