@@ -1,4 +1,4 @@
-//! The edge node installed as a systemd service, and removed again.
+//! The edge node installed as a systemd service, upgraded in place, and removed again.
 //!
 //! `install` places the binary, makes the node's key pair (the seed, mode 0600, never leaves
 //! the machine), enrolls its public key with the engine's API (an admin token), and writes the
@@ -197,6 +197,40 @@ async fn enroll(plan: &Plan, public_key: &str) -> anyhow::Result<String> {
         );
     }
     body.get("creds").and_then(|c| c.as_str()).map(str::to_owned).context("the engine's answer has no credentials")
+}
+
+/// Places `binary` as the node installed under `root`, whole (written beside the old one, then
+/// moved over it): the service finds one or the other, and its settings, key and data stay.
+/// Refused unless a node is installed there and `binary` is an edge node that runs here.
+pub fn upgrade(root: &Path, binary: &Path) -> anyhow::Result<(Written, String)> {
+    if !root.join(CONFIG_DIR).join("config.toml").exists() {
+        anyhow::bail!("no edge node is installed under {}: install it first", root.display());
+    }
+    let output = std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", binary.display()))?;
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if !output.status.success() || !version.starts_with("edge-node ") {
+        anyhow::bail!("{} is not an edge node that runs here (it says `{version}`)", binary.display());
+    }
+    let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let target = root.join(BINARY);
+    let aside = target.with_extension("new");
+    write(&aside, &bytes, 0o755)?;
+    std::fs::rename(&aside, &target).with_context(|| format!("moving the new binary to {}", target.display()))?;
+    Ok((Written { path: target, mode: 0o755 }, version))
+}
+
+/// Restarts the service on this machine if systemd runs it: whether it did.
+pub fn restart_service() -> anyhow::Result<bool> {
+    if !Path::new("/run/systemd/system").exists() {
+        return Ok(false);
+    }
+    let status =
+        std::process::Command::new("systemctl").args(["try-restart", SERVICE]).status().context("running systemctl")?;
+    anyhow::ensure!(status.success(), "systemctl try-restart {SERVICE}: {status}");
+    Ok(true)
 }
 
 /// The files `install` writes in the settings directory.

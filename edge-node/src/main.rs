@@ -71,6 +71,15 @@ enum Command {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// Put a new binary in place of the installed one and restart the service: its settings,
+    /// key, data and workloads stay, and what happened while it restarted waits for it.
+    Upgrade {
+        /// The new edge node binary (for this machine's architecture).
+        #[arg(long)]
+        binary: PathBuf,
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Remove the service, its binary and its settings; keep its data and workloads unless
     /// `--purge`.
     Uninstall {
@@ -263,6 +272,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if plan.root == std::path::Path::new("/") {
                 println!("start it: systemctl daemon-reload && systemctl enable --now {}", edge_node::install::SERVICE);
+            }
+            Ok(())
+        }
+        Command::Upgrade { binary, root } => {
+            let (written, version) = edge_node::install::upgrade(&root, &binary)?;
+            println!("wrote {} ({:o}): {version}", written.path.display(), written.mode);
+            if root == std::path::Path::new("/") && edge_node::install::restart_service()? {
+                println!("restarted {}", edge_node::install::SERVICE);
+            } else {
+                println!("start it again: systemctl restart {}", edge_node::install::SERVICE);
             }
             Ok(())
         }

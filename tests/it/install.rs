@@ -108,22 +108,54 @@ async fn install_writes_every_file_with_its_mode_the_unit_verifies_the_node_runs
 
     // The installed node, run as the unit runs it (its files given by flags), comes online.
     let binary = root.join("usr/local/bin/edge-node");
-    let mut node = tokio::process::Command::new(&binary)
-        .args(["--config", config.join("config.toml").to_str().unwrap(), "run"])
-        .args([
-            "--creds",
-            config.join("node.creds").to_str().unwrap(),
-            "--key",
-            config.join("node.nk").to_str().unwrap(),
-        ])
-        .args(["--ca", config.join("ca.pem").to_str().unwrap()])
-        .args(["--data-dir", root.join("var/lib/edge-node").to_str().unwrap(), "--heartbeat", "0.5"])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    eventually("the installed node to be online", TIMEOUT, || async {
+    let start = || {
+        tokio::process::Command::new(&binary)
+            .args(["--config", config.join("config.toml").to_str().unwrap(), "run"])
+            .args([
+                "--creds",
+                config.join("node.creds").to_str().unwrap(),
+                "--key",
+                config.join("node.nk").to_str().unwrap(),
+            ])
+            .args(["--ca", config.join("ca.pem").to_str().unwrap()])
+            .args(["--data-dir", root.join("var/lib/edge-node").to_str().unwrap(), "--heartbeat", "0.5"])
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut node = start();
+    let heard = eventually("the installed node to be online", TIMEOUT, || async {
         let (status, body) = engine.get("/v1/nodes/installed-1").await;
-        (status == 200 && body["state"] == "online" && body["labels"]["site"] == "lab").then_some(())
+        let online = status == 200 && body["state"] == "online" && body["labels"]["site"] == "lab";
+        online.then(|| body["last_heartbeat"].as_str().unwrap().to_owned())
+    })
+    .await;
+    node.kill().await.unwrap();
+
+    // Upgraded: a new binary in its place (this build, with bytes of its own appended), its
+    // settings and key as they were; what is not an edge node is refused, changing nothing.
+    let newer = scratch.path().join("edge-node-newer");
+    let mut bytes = std::fs::read(tests::binary("edge-node")).unwrap();
+    bytes.extend_from_slice(b"\0a newer build");
+    std::fs::write(&newer, &bytes).unwrap();
+    std::fs::set_permissions(&newer, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let key = std::fs::read(config.join("node.nk")).unwrap();
+    let wrong = std::process::Command::new(tests::binary("edge-node"))
+        .args(["upgrade", "--root", root.to_str().unwrap(), "--binary", tests::binary("replay").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("is not an edge node"));
+    assert_eq!(std::fs::read(&binary).unwrap(), std::fs::read(tests::binary("edge-node")).unwrap(), "unchanged");
+    let said = edge_node(&["upgrade", "--root", root.to_str().unwrap(), "--binary", newer.to_str().unwrap()]);
+    assert!(said.contains("edge-node 0.1.0"), "{said}");
+    assert_eq!(std::fs::read(&binary).unwrap(), bytes, "the new binary is in place");
+    assert_eq!(mode(&binary), 0o755);
+    assert_eq!(std::fs::read(config.join("node.nk")).unwrap(), key, "its key stays");
+    // Started again, the upgraded node is heard from again with what it had.
+    let mut node = start();
+    eventually("the upgraded node to be heard from", TIMEOUT, || async {
+        let (_, body) = engine.get("/v1/nodes/installed-1").await;
+        (body["state"] == "online" && body["last_heartbeat"].as_str() > Some(heard.as_str())).then_some(())
     })
     .await;
     node.kill().await.unwrap();
