@@ -19,28 +19,39 @@ struct Cluster {
     ports: Vec<(String, u16)>,
 }
 
+/// What a run of a script on a cluster prints, checked to have succeeded.
+fn run(mut command: Command) -> String {
+    let output = command.output().expect("the script runs");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{command:?} failed:\n{said}");
+    said
+}
+
 impl Cluster {
-    fn up() -> Cluster {
+    /// A cluster's settings, not started: `project` and free ports.
+    fn new(project: &str) -> Cluster {
         let names = ["NATS_PORT_1", "NATS_PORT_2", "NATS_PORT_3", "NATS_MONITOR_PORT_1", "NATS_MONITOR_PORT_2"]
             .into_iter()
             .chain(["NATS_MONITOR_PORT_3", "ENGINE_PORT_1", "ENGINE_PORT_2", "DASHBOARD_PORT_1", "DASHBOARD_PORT_2"]);
-        let cluster = Cluster {
-            name: format!("eo-test-{}", std::process::id()),
+        Cluster {
+            name: format!("{project}-{}", std::process::id()),
             dir: tempfile::tempdir().unwrap(),
             ports: names.map(|name| (name.to_owned(), free_port())).collect(),
-        };
-        let output = cluster.script(&[]).output().expect("scripts/cluster.sh runs");
-        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        assert!(output.status.success(), "scripts/cluster.sh failed:\n{said}");
+        }
+    }
+
+    fn up() -> Cluster {
+        let cluster = Cluster::new("eo-test");
+        let said = run(cluster.script("cluster.sh", &[]));
         assert!(said.contains("healthy: nats-1, nats-2, nats-3"), "{said}");
         cluster
     }
 
-    /// `scripts/cluster.sh ARGS` for this cluster, on the images `scripts/image.sh` built.
-    fn script(&self, args: &[&str]) -> Command {
+    /// `scripts/SCRIPT ARGS` for this cluster, on the images `scripts/image.sh` built.
+    fn script(&self, script: &str, args: &[&str]) -> Command {
         let mut command = Command::new("bash");
         command
-            .arg(tests::root().join("scripts/cluster.sh"))
+            .arg(tests::root().join("scripts").join(script))
             .args(args)
             .env("CLUSTER_NAME", &self.name)
             .env("CLUSTER_DIR", self.dir.path())
@@ -87,7 +98,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self.script(&["down"]).output();
+        let _ = self.script("cluster.sh", &["down"]).output();
     }
 }
 
@@ -191,4 +202,20 @@ async fn the_compose_cluster_is_healthy_and_a_deployment_goes_on_with_an_engine_
     second.wait_deployment(&id, "the deployment to be removed", |v| v["nodes"][&name]["status"] == "removed").await;
     node.kill().await.unwrap();
     tests::remove_node_leftovers(&docker, edge_node::runtime::NODE_LABEL, &name).await.unwrap();
+}
+
+#[test]
+fn every_command_of_operations_md_runs_as_written_on_a_cluster() {
+    // scripts/operations.sh starts its cluster, runs each `sh` block of OPERATIONS.md in order
+    // (sizing, monitoring, a node installed, a backup, the upgrades, the rotations, the loss of
+    // every server's volume and the restore, checked by `replay verify` and `replay check`),
+    // stopping at the first command that fails, and takes the cluster down.
+    let cluster = Cluster::new("eo-operations");
+    let said = run(cluster.script("operations.sh", &[]));
+    let blocks = std::fs::read_to_string(tests::root().join("OPERATIONS.md")).unwrap().matches("```sh\n").count();
+    assert!(said.contains(&format!("running the {blocks} blocks of OPERATIONS.md")), "{said}");
+    assert!(said.contains("every command of OPERATIONS.md ran"), "{said}");
+    let verified = said.contains(" 0 broken chain(s), 0 unsigned or forged event(s), 0 set aside");
+    assert!(verified && said.contains("restored "), "replay verify after the restore: {said}");
+    assert!(said.contains("0 difference(s) between the log and the engine"), "replay check after the restore: {said}");
 }
