@@ -1426,11 +1426,16 @@ impl Client<'_> {
         let mut waiting: std::collections::BTreeSet<(String, &str)> = std::collections::BTreeSet::new();
         // Per node, the quarters of its download said so far.
         let mut pulled: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        // Per node, the last status printed.
+        let mut told: std::collections::BTreeMap<String, Status> = std::collections::BTreeMap::new();
         loop {
             let history = self.history_after(id, shown).await?;
             for entry in &history {
                 progress.suspend(|| println!("{}", history_line(entry)));
                 shown = entry.sequence;
+                if let (Some(node), Some(status)) = (&entry.node, entry.status) {
+                    told.insert(node.clone(), status);
+                }
             }
             let view: DeploymentView = serde_json::from_value(self.get(&format!("/v1/deployments/{id}")).await?)?;
             let settled = view.nodes.values().all(|n| n.status.is_settled());
@@ -1452,7 +1457,10 @@ impl Client<'_> {
                     progress.suspend(|| println!("waiting on node {node}: {why} (it last said {})", n.status));
                 }
             }
-            if settled && shown > 0 {
+            // The history is folded apart from the view, maybe a moment after it: the watch ends
+            // once each node it printed has had its last status printed too.
+            let caught_up = told.iter().all(|(node, status)| view.nodes.get(node).is_none_or(|n| n.status == *status));
+            if settled && shown > 0 && caught_up {
                 if view.status != Status::Failed {
                     println!("deployment {id} is {} on {} node(s)", view.status, view.nodes.len());
                     return Ok(ExitCode::SUCCESS);

@@ -1,11 +1,12 @@
 //! The edge node built for aarch64 and armv7 (`scripts/release.sh`, which `scripts/test.sh`
 //! runs into `target/cross/`), run under qemu-user against the real nats-server and dockerd:
-//! each enrolls, takes a deployment to `running`, goes on through a cut link, and removes it.
+//! each installs itself as a service into a scratch root (making its key and enrolling it),
+//! takes a deployment to `running`, goes on through a cut link, removes it, and is uninstalled.
 
 use serde_json::json;
 use tests::{docker, eventually, Link, NatsServer};
 
-use crate::harness::{launch, meta, TestEngine, IMAGE_1_0_0, TIMEOUT};
+use crate::harness::{launch, TestEngine, IMAGE_1_0_0, TIMEOUT};
 
 /// A foreign architecture: the binary's suffix, qemu's emulator and the target's libraries.
 struct Arch {
@@ -17,7 +18,7 @@ struct Arch {
 const AARCH64: Arch = Arch { name: "aarch64", qemu: "qemu-aarch64-static", sysroot: "/usr/aarch64-linux-gnu" };
 const ARMV7: Arch = Arch { name: "armv7", qemu: "qemu-arm-static", sysroot: "/usr/arm-linux-gnueabihf" };
 
-async fn a_node_under_qemu_runs_a_deployment_through_a_cut_link(arch: Arch) {
+async fn a_node_under_qemu_installs_runs_a_deployment_through_a_cut_link_and_uninstalls(arch: Arch) {
     let binary = tests::root().join("target/cross").join(format!("edge-node-{}", arch.name));
     assert!(binary.exists(), "no {}: scripts/test.sh builds it", binary.display());
     let nats = NatsServer::start().await;
@@ -26,21 +27,32 @@ async fn a_node_under_qemu_runs_a_deployment_through_a_cut_link(arch: Arch) {
     let link = Link::to(&format!("127.0.0.1:{}", nats.port())).await;
     let data = tempfile::tempdir().unwrap();
     let name = format!("{}-{}", arch.name, std::process::id());
-    let creds = data.path().join("node.creds");
-    let enrolled = engine.engine.issuer.enroll(&name, Default::default(), None, &meta()).await.expect("it enrolls");
-    std::fs::write(&creds, enrolled.creds).unwrap();
+    // Under qemu-user, with the target's libraries.
+    let emulated = |binary: &std::path::Path| {
+        let mut command = tokio::process::Command::new(arch.qemu);
+        command.arg("-L").arg(arch.sysroot).arg(binary);
+        command
+    };
+    // Installed as on a board, into a scratch root: it makes its key and enrolls it.
+    let root = data.path().join("root");
+    let ca = engine.trust().ca();
+    let installed = emulated(&binary)
+        .args(["install", "--root", root.to_str().unwrap(), "--engine", &engine.url(""), "--nats", &link.url()])
+        .args(["--ca", ca.to_str().unwrap(), "--node", &name])
+        .env("ENGINE_TOKEN", tests::ADMIN_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(installed.status.success(), "{}", String::from_utf8_lossy(&installed.stderr));
+    let config = root.join("etc/edge-node");
+    assert_eq!(std::fs::read(root.join("usr/local/bin/edge-node")).unwrap(), std::fs::read(&binary).unwrap());
+    // Run as its unit runs it, its files given by flags.
     let log = std::fs::File::create(data.path().join("node.log")).unwrap();
-    let mut node = tokio::process::Command::new(arch.qemu)
-        .arg("-L")
-        .arg(arch.sysroot)
-        .arg(&binary)
-        .args(["run", "--nats", &link.url(), "--node", &name, "--heartbeat", "0.5", "--reconcile", "0.5"])
-        .arg("--creds")
-        .arg(&creds)
-        .arg("--ca")
-        .arg(engine.trust().ca())
-        .arg("--data-dir")
-        .arg(data.path().join("node"))
+    let mut node = emulated(&root.join("usr/local/bin/edge-node"))
+        .args(["--config", config.join("config.toml").to_str().unwrap(), "run", "--heartbeat", "0.5"])
+        .args(["--reconcile", "0.5", "--creds", config.join("node.creds").to_str().unwrap()])
+        .args(["--key", config.join("node.nk").to_str().unwrap(), "--ca", config.join("ca.pem").to_str().unwrap()])
+        .args(["--data-dir", root.join("var/lib/edge-node").to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -72,15 +84,25 @@ async fn a_node_under_qemu_runs_a_deployment_through_a_cut_link(arch: Arch) {
     })
     .await;
     node.kill().await.unwrap();
+
+    // Uninstalled, and purged: every file it wrote goes.
+    let uninstalled =
+        emulated(&binary).args(["uninstall", "--root", root.to_str().unwrap(), "--purge"]).output().await.unwrap();
+    assert!(uninstalled.status.success(), "{}", String::from_utf8_lossy(&uninstalled.stderr));
+    for file in
+        ["usr/local/bin/edge-node", "etc/edge-node", "etc/systemd/system/edge-node.service", "var/lib/edge-node"]
+    {
+        assert!(!root.join(file).exists(), "{file} is removed");
+    }
     tests::remove_node_leftovers(&docker, edge_node::runtime::NODE_LABEL, &name).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_aarch64_edge_node_under_qemu_runs_a_deployment_through_a_cut_link() {
-    a_node_under_qemu_runs_a_deployment_through_a_cut_link(AARCH64).await;
+async fn an_aarch64_edge_node_under_qemu_installs_runs_a_deployment_through_a_cut_link_and_uninstalls() {
+    a_node_under_qemu_installs_runs_a_deployment_through_a_cut_link_and_uninstalls(AARCH64).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_armv7_edge_node_under_qemu_runs_a_deployment_through_a_cut_link() {
-    a_node_under_qemu_runs_a_deployment_through_a_cut_link(ARMV7).await;
+async fn an_armv7_edge_node_under_qemu_installs_runs_a_deployment_through_a_cut_link_and_uninstalls() {
+    a_node_under_qemu_installs_runs_a_deployment_through_a_cut_link_and_uninstalls(ARMV7).await;
 }
