@@ -2,11 +2,14 @@
 # The edge node's release binaries for the boards fleets run: x86_64, aarch64 (Raspberry Pi 4/5,
 # Jetson, most gateways) and armv7 (older Pis and gateways), each built with the release
 # profile (small: fat LTO, one codegen unit, stripped) and written with its SHA-256 under
-# target/release-artifacts/. It installs what is missing the way setup does: Debian's cross C
-# compilers (ring has C code to build) and the rustup targets.
+# target/release-artifacts/. x86_64 and aarch64 are static (musl): they run on any Linux of
+# their architecture. armv7 links glibc (2.36 or later on the board): the standard library of
+# Rust's armv7 musl target cannot be had here. It installs what is missing the way setup does:
+# Debian's C compilers (ring has C code to build; Rust's musl targets bring their own libc, so
+# the glibc cross compiler links aarch64's) and the rustup targets.
 #
 #   scripts/release.sh                 # every target
-#   TARGETS="aarch64-unknown-linux-gnu" scripts/release.sh
+#   TARGETS="aarch64-unknown-linux-musl" scripts/release.sh
 #   PROFILE=cross OUT=target/cross scripts/release.sh   # quick builds, for the tests under qemu
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,7 +17,7 @@ cd "$root"
 
 say() { printf '\033[1;34m[release]\033[0m %s\n' "$*"; }
 
-targets="${TARGETS:-x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf}"
+targets="${TARGETS:-x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf}"
 profile="${PROFILE:-release}"
 out="$root/${OUT:-target/release-artifacts}"
 mkdir -p "$out"
@@ -23,7 +26,9 @@ mkdir -p "$out"
 cross_cc() {
   case "$1" in
     x86_64-unknown-linux-gnu) echo "" ;;
-    aarch64-unknown-linux-gnu) echo "aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
+    x86_64-unknown-linux-musl) echo "musl-gcc musl-tools" ;;
+    aarch64-unknown-linux-gnu | aarch64-unknown-linux-musl)
+      echo "aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
     armv7-unknown-linux-gnueabihf) echo "arm-linux-gnueabihf-gcc gcc-arm-linux-gnueabihf libc6-dev-armhf-cross" ;;
     *) echo "unknown target $1" >&2; exit 2 ;;
   esac
@@ -43,20 +48,24 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-installed=$(rustup target list --installed)
 for target in $targets; do
-  if ! grep -qx "$target" <<<"$installed"; then
-    say "adding the rustup target $target"
-    rustup target add "$target" >/dev/null
-  fi
+  # The download of a target's standard library sometimes fails midway: try again.
+  for try in 1 2 3; do
+    rustup target list --installed | grep -qx "$target" && break
+    say "adding the rustup target $target (try $try)"
+    rustup target add "$target" >/dev/null || sleep 2
+  done
+  rustup target list --installed | grep -qx "$target" || { say "could not add the rustup target $target"; exit 1; }
 done
 
 for target in $targets; do
   read -r cc _ <<<"$(cross_cc "$target")"
   env_target=$(tr 'a-z-' 'A-Z_' <<<"$target")
   if [ -n "${cc:-}" ]; then
-    export "CARGO_TARGET_${env_target}_LINKER=$cc"
     export "CC_${target//-/_}=$cc"
+    # musl-gcc would link against its own dynamic loader: rustc links x86_64's musl static
+    # with the host's cc, as it does by default.
+    [ "$cc" = musl-gcc ] || export "CARGO_TARGET_${env_target}_LINKER=$cc"
   fi
   say "building the edge node for $target"
   cargo build --profile "$profile" --locked -p edge-node --target "$target"

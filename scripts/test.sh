@@ -15,8 +15,9 @@ trap 'rm -f "$log"' EXIT
 export PROPTEST_CASES=${PROPTEST_CASES:-4000} RUST_BACKTRACE=${RUST_BACKTRACE:-0}
 # The fault tests run the binaries themselves (a node killed with SIGKILL, its command line).
 cargo build --workspace --bins --locked
-# The edge node for aarch64 and armv7, which tests/it/cross.rs runs under qemu-user.
-PROFILE=cross OUT=target/cross TARGETS="aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf" \
+# The edge node's release targets (x86_64 and aarch64 static), which tests/it/cross.rs runs
+# (the foreign ones under qemu-user).
+PROFILE=cross OUT=target/cross TARGETS="x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf" \
   bash scripts/release.sh
 # The engine's and nats-server's images, which tests/it/production.rs runs as a cluster
 # through deploy/compose.yaml (scripts/cluster.sh).

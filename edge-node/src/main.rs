@@ -51,8 +51,8 @@ enum Command {
         /// The engine's API.
         #[arg(long)]
         engine: String,
-        /// An admin API token, to enroll the node with: best from the environment, out of the
-        /// process list.
+        /// An installer's API token (`engine token create --role installer`), or an admin's, to
+        /// enroll the node's key with: best from the environment, out of the process list.
         #[arg(long, env = "ENGINE_TOKEN", hide_env_values = true)]
         enroll: String,
         /// The certificate authority of the engine's API and of the servers (PEM).

@@ -1546,16 +1546,29 @@ pub struct EnrollBody {
     public_key: Option<String>,
 }
 
-/// Enrolls a node of the caller's tenant, or gives it a new key: answers its credentials.
-#[utoipa::path(post, path = "/v1/nodes/{id}/enroll", tag = "nodes", summary = "Enroll a node: its credentials (admin)", request_body = EnrollBody, params(("id" = String, Path, description = "The id")), responses((status = 201, body = Object, description = "The credentials: `creds` and the key"), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
+/// Enrolls a node of the caller's tenant, or gives it a new key: answers its credentials. An
+/// installer's token enrolls only a node never enrolled, with a key the node made itself.
+#[utoipa::path(post, path = "/v1/nodes/{id}/enroll", tag = "nodes", summary = "Enroll a node: its credentials (admin, or installer for a new node)", request_body = EnrollBody, params(("id" = String, Path, description = "The id")), responses((status = 201, body = Object, description = "The credentials: `creds` and the key"), (status = "4XX", description = "Refused: `error` says why, `field` names what was wrong", body = ApiError)))]
 async fn enroll_node(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<EnrollBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = live_meta(&state, &caller, &[Role::Admin]).await?;
+    let meta = live_meta(&state, &caller, &[Role::Installer]).await?;
     token("id", &id)?;
+    if !caller.is(Role::Admin) {
+        // No key of the engine's making that the installer would hold, and no node taken over.
+        if body.public_key.is_none() {
+            let error = "an installer's token enrolls a node with the key it made: give `public_key`";
+            return Err(ApiError::new(StatusCode::FORBIDDEN, Some("public_key"), error.to_owned()));
+        }
+        let node: Node = state.commands.state(&meta.tenant, &id).await?;
+        if node.key.is_some() || !node.revoked_keys.is_empty() || node.margo.is_some() {
+            let error = format!("node `{id}` was enrolled before: only an admin enrolls it again");
+            return Err(ApiError::new(StatusCode::FORBIDDEN, None, error));
+        }
+    }
     let enrollment = state.issuer.enroll(&id, body.labels, body.public_key, &meta).await?;
     Ok((StatusCode::CREATED, Json(enrollment)))
 }

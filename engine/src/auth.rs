@@ -212,6 +212,11 @@ impl Caller {
         Ok(tenant)
     }
 
+    /// Whether the caller's token has `role`.
+    pub fn is(&self, role: Role) -> bool {
+        self.principal.grant.roles.contains(&role)
+    }
+
     /// The metadata of a call on the caller's tenant by one of `roles` (or an admin), or 403.
     pub fn meta(&self, roles: &[Role]) -> Result<CommandMeta, ApiError> {
         let tenant = self.tenant()?.to_owned();

@@ -469,7 +469,7 @@ enum TokenCommand {
         /// Who the token stands for: the actor recorded in every event it causes.
         #[arg(long)]
         subject: String,
-        /// A role: admin, vendor, operator or auditor; repeat for several.
+        /// A role: admin, vendor, operator, auditor or installer; repeat for several.
         #[arg(long = "role", required = true)]
         roles: Vec<events::token::Role>,
         /// A token of every tenant (only another such token may make one).

@@ -35,6 +35,9 @@ pub enum Role {
     Operator,
     /// Reads only: deployments, nodes, the catalog, history, logs.
     Auditor,
+    /// Enrolls a node never enrolled, with the key it made itself (`edge-node install`), and
+    /// nothing else.
+    Installer,
 }
 
 impl std::str::FromStr for Role {
@@ -46,7 +49,8 @@ impl std::str::FromStr for Role {
             "vendor" => Ok(Role::Vendor),
             "operator" => Ok(Role::Operator),
             "auditor" => Ok(Role::Auditor),
-            _ => Err(format!("no role `{s}`: use admin, vendor, operator or auditor")),
+            "installer" => Ok(Role::Installer),
+            _ => Err(format!("no role `{s}`: use admin, vendor, operator, auditor or installer")),
         }
     }
 }
@@ -58,6 +62,7 @@ impl std::fmt::Display for Role {
             Role::Vendor => "vendor",
             Role::Operator => "operator",
             Role::Auditor => "auditor",
+            Role::Installer => "installer",
         })
     }
 }

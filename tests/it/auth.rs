@@ -261,3 +261,47 @@ async fn the_api_speaks_https_only_with_the_certificate_it_was_given() {
     let (status, _) = engine.get("/healthz").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_installers_token_enrolls_a_new_node_with_the_key_it_made_and_nothing_else() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let commands = handler(&nats).await;
+    let ca = nats.trust().ca();
+    let installer = bearer_client(&token(&engine, "installer@plant-7", Some("default"), &["installer"]).await, &ca);
+    let ask = |method: Method, path: &str, body: Value| {
+        let request = installer.request(method, engine.url(path)).header("x-tenant", "default").json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let key = nkeys::KeyPair::new_user().public_key();
+
+    // A node never enrolled, with the key the board made: enrolled.
+    let (status, body) = ask(Method::POST, "/v1/nodes/board-1/enroll", json!({"public_key": key})).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(body["creds"].as_str().is_some_and(|c| c.contains("BEGIN NATS USER JWT")), "{body}");
+
+    // Refused, storing nothing: a node enrolled before (by it or by an admin), a key of the
+    // engine's making, and every other call.
+    engine.post("/v1/nodes/board-2/enroll", json!({})).await;
+    let before = stored(&commands).await;
+    let other = nkeys::KeyPair::new_user().public_key();
+    for node in ["board-1", "board-2"] {
+        let (status, body) = ask(Method::POST, &format!("/v1/nodes/{node}/enroll"), json!({"public_key": other})).await;
+        assert_eq!(status, 403, "{node} taken over: {body}");
+        assert!(body["error"].as_str().unwrap().contains("only an admin enrolls it again"), "{body}");
+    }
+    let (status, body) = ask(Method::POST, "/v1/nodes/board-3/enroll", json!({})).await;
+    assert_eq!((status, body["field"].as_str()), (403, Some("public_key")), "{body}");
+    for (method, path, body) in [
+        (Method::GET, "/v1/nodes", Value::Null),
+        (Method::POST, "/v1/nodes/board-1/revoke", json!({})),
+        (Method::POST, "/v1/deployments", body_for("/v1/deployments")),
+        (Method::POST, "/v1/tokens", json!({"subject": "i", "tenant": "default", "roles": ["admin"]})),
+    ] {
+        assert_eq!(ask(method.clone(), path, body).await.0, 403, "{method} {path}");
+    }
+    assert_eq!(stored(&commands).await, before, "nothing refused was stored");
+}

@@ -1,5 +1,6 @@
 //! The edge node built for aarch64 and armv7 (`scripts/release.sh`, which `scripts/test.sh`
-//! runs into `target/cross/`), run under qemu-user against the real nats-server and dockerd:
+//! runs into `target/cross/`), run under qemu-user against the real nats-server and dockerd
+//! (and the static x86_64 one, natively):
 //! each installs itself as a service into a scratch root (making its key and enrolling it),
 //! takes a deployment to `running`, goes on through a cut link, removes it, and is uninstalled.
 
@@ -8,30 +9,42 @@ use tests::{docker, eventually, Link, NatsServer};
 
 use crate::harness::{launch, TestEngine, IMAGE_1_0_0, TIMEOUT};
 
-/// A foreign architecture: the binary's suffix, qemu's emulator and the target's libraries.
+/// An architecture of the release: the binary's suffix, qemu's emulator and the target's
+/// libraries (for a foreign one), and whether the binary is static (musl).
 struct Arch {
     name: &'static str,
-    qemu: &'static str,
-    sysroot: &'static str,
+    qemu: Option<(&'static str, &'static str)>,
+    linked_statically: bool,
 }
 
-const AARCH64: Arch = Arch { name: "aarch64", qemu: "qemu-aarch64-static", sysroot: "/usr/aarch64-linux-gnu" };
-const ARMV7: Arch = Arch { name: "armv7", qemu: "qemu-arm-static", sysroot: "/usr/arm-linux-gnueabihf" };
+const AARCH64: Arch =
+    Arch { name: "aarch64", qemu: Some(("qemu-aarch64-static", "/usr/aarch64-linux-gnu")), linked_statically: true };
+const ARMV7: Arch =
+    Arch { name: "armv7", qemu: Some(("qemu-arm-static", "/usr/arm-linux-gnueabihf")), linked_statically: false };
+const X86_64: Arch = Arch { name: "x86_64", qemu: None, linked_statically: true };
 
-async fn a_node_under_qemu_installs_runs_a_deployment_through_a_cut_link_and_uninstalls(arch: Arch) {
+async fn a_release_node_installs_runs_a_deployment_through_a_cut_link_and_uninstalls(arch: Arch) {
     let binary = tests::root().join("target/cross").join(format!("edge-node-{}", arch.name));
     assert!(binary.exists(), "no {}: scripts/test.sh builds it", binary.display());
+    // A dynamic executable names its loader (PT_INTERP: `/lib/ld-linux-...`, `/lib/ld-musl-...`);
+    // a static one none.
+    let bytes = std::fs::read(&binary).unwrap();
+    let loader = bytes.windows(8).any(|w| w == b"/lib/ld-");
+    assert_eq!(!loader, arch.linked_statically, "{} is static: {}", binary.display(), arch.linked_statically);
     let nats = NatsServer::start().await;
     let engine = TestEngine::start(&nats).await;
     engine.publish_sample(IMAGE_1_0_0).await;
     let link = Link::to(&format!("127.0.0.1:{}", nats.port())).await;
     let data = tempfile::tempdir().unwrap();
     let name = format!("{}-{}", arch.name, std::process::id());
-    // Under qemu-user, with the target's libraries.
-    let emulated = |binary: &std::path::Path| {
-        let mut command = tokio::process::Command::new(arch.qemu);
-        command.arg("-L").arg(arch.sysroot).arg(binary);
-        command
+    // Under qemu-user, with the target's libraries, when it is foreign.
+    let emulated = |binary: &std::path::Path| match arch.qemu {
+        Some((qemu, sysroot)) => {
+            let mut command = tokio::process::Command::new(qemu);
+            command.arg("-L").arg(sysroot).arg(binary);
+            command
+        }
+        None => tokio::process::Command::new(binary),
     };
     // Installed as on a board, into a scratch root: it makes its key and enrolls it.
     let root = data.path().join("root");
@@ -99,10 +112,15 @@ async fn a_node_under_qemu_installs_runs_a_deployment_through_a_cut_link_and_uni
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aarch64_edge_node_under_qemu_installs_runs_a_deployment_through_a_cut_link_and_uninstalls() {
-    a_node_under_qemu_installs_runs_a_deployment_through_a_cut_link_and_uninstalls(AARCH64).await;
+    a_release_node_installs_runs_a_deployment_through_a_cut_link_and_uninstalls(AARCH64).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_armv7_edge_node_under_qemu_installs_runs_a_deployment_through_a_cut_link_and_uninstalls() {
-    a_node_under_qemu_installs_runs_a_deployment_through_a_cut_link_and_uninstalls(ARMV7).await;
+    a_release_node_installs_runs_a_deployment_through_a_cut_link_and_uninstalls(ARMV7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_x86_64_edge_node_installs_runs_a_deployment_through_a_cut_link_and_uninstalls() {
+    a_release_node_installs_runs_a_deployment_through_a_cut_link_and_uninstalls(X86_64).await;
 }
