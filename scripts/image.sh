@@ -43,10 +43,15 @@ version=$(cargo metadata --no-deps --format-version 1 | python3 -c 'import json,
 build() {
   local image="127.0.0.1:5000/edge-orchestrator/$1:$2"
   say "building $image"
-  local said
+  local said old
+  old=$(docker images -q "$image")
   # (Run in a command substitution, where errexit does not hold: each step says if it failed.)
   said=$(docker build -q -t "$image" "$root/target/image/$1" 2>&1) || { echo "$said" >&2; return 1; }
   docker push -q "$image" >/dev/null || return 1
+  # The build it replaced, left without a name, goes (unless a container still runs it).
+  if [ -n "$old" ] && [ "$old" != "$(docker images -q "$image")" ]; then
+    docker rmi "$old" >/dev/null 2>&1 || true
+  fi
   echo "$image"
 }
 # context NAME: a fresh build context, with the data directories (each owned, in the image,

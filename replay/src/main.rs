@@ -149,6 +149,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let (stream, counts) = replay::backup::check(open().with_context(|| format!("opening {}", from.display()))?)
             .with_context(|| format!("{} cannot be restored", from.display()))?;
         let config = StoreConfig { stream: cli.stream.clone(), replicas: *replicas, ..Default::default() };
+        // A cluster just started answers once its members have elected a leader.
+        let js = async_nats::jetstream::new(client.clone());
+        let mut waited = 0;
+        while let Err(e) = js.query_account().await {
+            anyhow::ensure!(waited < 60, "JetStream does not answer after {waited} s: {e}");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            waited += 1;
+        }
         let store = EventStore::open(client, &config).await?;
         let keys = engine::secrets::TenantKeys::open(store.jetstream(), *replicas).await?;
         let restored = replay::backup::restore(&store, &keys, open()?).await?;
