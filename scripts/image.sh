@@ -21,18 +21,9 @@ say() { printf '\033[1;34m[image]\033[0m %s\n' "$*" >&2; }
 profile=${PROFILE:-release}
 
 target=x86_64-unknown-linux-musl
-if ! command -v musl-gcc >/dev/null; then
-  say "installing musl-tools"
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null
-fi
-# The download of a target's standard library sometimes fails midway: try again.
-for try in 1 2 3; do
-  rustup target list --installed | grep -qx "$target" && break
-  say "adding the rustup target $target (try $try)"
-  rustup target add "$target" >/dev/null || sleep 2
-done
-rustup target list --installed | grep -qx "$target" || { say "could not add the rustup target $target"; exit 1; }
+# shellcheck source=scripts/toolchain.sh
+source scripts/toolchain.sh
+toolchain "$target"
 
 say "building the engine for $target (static, profile $profile)"
 CC_x86_64_unknown_linux_musl=musl-gcc cargo build --profile "$profile" --locked -p engine --target "$target"
