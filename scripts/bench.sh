@@ -13,9 +13,9 @@ runs="${RUNS:-3}"
 figures="$root/target/bench-figures.jsonl"
 mkdir -p target
 rm -f "$figures"
-# The edge-node binary on its own, as it ships: built with the benches, it would take on the
-# features they need.
-cargo build --release --locked -p edge-node
+# The edge-node binary on its own, as it ships (static, the edge profile): built with the
+# benches, it would take on the features they need.
+TARGETS=x86_64-unknown-linux-musl bash scripts/release.sh
 cargo build --release --locked -p benches --benches --bins
 for run in $(seq 1 "$runs"); do
   echo "== run $run of $runs"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The edge node's release binaries for the boards fleets run: x86_64, aarch64 (Raspberry Pi 4/5,
-# Jetson, most gateways) and armv7 (older Pis and gateways), each built with the release
-# profile (small: fat LTO, one codegen unit, stripped) and written with its SHA-256 under
+# Jetson, most gateways) and armv7 (older Pis and gateways), each built with the edge profile
+# (small: the release profile's fat LTO, one codegen unit and stripped symbols; a panic aborts)
+# and written with its SHA-256 under
 # target/release-artifacts/. x86_64 and aarch64 are static (musl): they run on any Linux of
 # their architecture. armv7 links glibc (2.36 or later on the board): the standard library of
 # Rust's armv7 musl target cannot be had here. It installs what is missing the way setup does:
@@ -18,7 +19,7 @@ cd "$root"
 say() { printf '\033[1;34m[release]\033[0m %s\n' "$*"; }
 
 targets="${TARGETS:-x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf}"
-profile="${PROFILE:-release}"
+profile="${PROFILE:-edge}"
 out="$root/${OUT:-target/release-artifacts}"
 mkdir -p "$out"
 

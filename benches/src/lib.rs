@@ -139,17 +139,23 @@ impl Api {
         bus::Credentials::parse(&enrolled.creds, None).expect("the engine's credentials parse")
     }
 
-    /// Enrolls `size` simulated nodes (`sim-00000`, ...) and waits until the engine has made
-    /// each one's consumer: their names and credentials. Says how long each took, as the
-    /// benches that call it print their figures.
+    /// Enrolls `size` simulated nodes (`sim-00000`, ...), [`ENROLLING_AT_ONCE`] at a time, and
+    /// waits until the engine has made each one's consumer: their names and credentials. Says
+    /// how long each took, as the benches that call it print their figures.
     #[allow(clippy::print_stdout)]
     pub async fn enroll_fleet(&self, size: usize) -> Vec<(String, bus::Credentials)> {
+        use futures::StreamExt;
         let started = Instant::now();
-        let mut enrolled = Vec::with_capacity(size);
-        for i in 0..size {
-            let node = format!("sim-{i:05}");
-            enrolled.push((node.clone(), self.enroll(&node).await));
-        }
+        // A few at once: each is a command on its own node, with a key pair and a JWT made.
+        let enrolled: Vec<(String, bus::Credentials)> = futures::stream::iter(0..size)
+            .map(|i| async move {
+                let node = format!("sim-{i:05}");
+                let credentials = self.enroll(&node).await;
+                (node, credentials)
+            })
+            .buffered(ENROLLING_AT_ONCE)
+            .collect()
+            .await;
         println!("  {size} nodes enrolled in {:.1?}", started.elapsed());
         // Each node's consumer is made by the engine; a node connects once it is there.
         let stream = self.engine.commands.store().stream().clone();
@@ -244,7 +250,7 @@ pub async fn sim_node(
     tokio::spawn(edge_node::driver::run(config, runtime))
 }
 
-/// The `edge-node` release binary as a process of its own, node `name` (enrolled by `api`) on
+/// The `edge-node` binary as it ships, as a process of its own, node `name` (enrolled by `api`) on
 /// the project's Docker engine, its state under `data`; `extra` arguments after `run`'s own.
 /// `scripts/bench.sh` builds the binary first.
 pub async fn edge_node_process(api: &Api, name: &str, data: &Path, extra: &[&str]) -> tokio::process::Child {
@@ -267,9 +273,10 @@ pub async fn edge_node_process(api: &Api, name: &str, data: &Path, extra: &[&str
         .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()))
 }
 
-/// The `edge-node` release binary, which `scripts/bench.sh` builds.
+/// The `edge-node` binary as it ships for x86_64 (`scripts/release.sh`), which
+/// `scripts/bench.sh` builds.
 pub fn edge_node_binary() -> std::path::PathBuf {
-    let binary = tests::root().join("target/release/edge-node");
+    let binary = tests::root().join("target/release-artifacts/edge-node-x86_64");
     assert!(binary.exists(), "no {}: run scripts/bench.sh, which builds it", binary.display());
     binary
 }
@@ -319,6 +326,9 @@ pub fn memory_mb(pid: u32, field: &str) -> f64 {
         .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok());
     kb.unwrap_or(0.0) / 1024.0
 }
+
+/// How many nodes [`Api::enroll_fleet`] enrolls at once.
+pub const ENROLLING_AT_ONCE: usize = 16;
 
 /// The environment variable that makes a bench binary run a [`FleetProcess`]'s nodes instead of
 /// its bench: the path of their description.

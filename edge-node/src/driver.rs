@@ -62,6 +62,11 @@ pub enum LinkEvent {
     Revoked,
 }
 
+/// The connection's read buffer to begin with (the client's default is 64 KiB): it grows when
+/// a burst of work needs more. A node's messages are small, and a simulated fleet holds
+/// thousands of connections.
+const READ_BUFFER: u16 = 8 * 1024;
+
 /// The node's own connection, and what it says of its link.
 pub async fn connect(config: &NodeConfig) -> anyhow::Result<(async_nats::Client, mpsc::UnboundedReceiver<LinkEvent>)> {
     let (links_tx, links) = mpsc::unbounded_channel::<LinkEvent>();
@@ -83,6 +88,7 @@ pub async fn connect(config: &NodeConfig) -> anyhow::Result<(async_nats::Client,
         // On a bad link, try again soon: a second at most between attempts, so a healed
         // link is used within a second.
         .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64).saturating_mul(100).min(1000)))
+        .read_buffer_capacity(READ_BUFFER)
         .retry_on_initial_connect();
     let client = connection.connect_with(options).await?;
     Ok((client, links))
@@ -403,7 +409,7 @@ async fn take_work(
     tracing::debug!(node = config.node, pieces = messages.len(), "work taken");
     for message in &messages {
         let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-        match events::fit::read(&message.subject, &message.payload) {
+        match events::fit::read_only::<NodeWork>(&message.subject, &message.payload, events::work::AGGREGATE_TYPE) {
             Ok(envelope) => {
                 if let Some(work) = accept(&envelope, config, actor, causes).and_then(as_work) {
                     taken.push((work, envelope, sequence));

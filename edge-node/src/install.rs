@@ -171,25 +171,15 @@ async fn enroll(plan: &Plan, public_key: &str) -> anyhow::Result<String> {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-    // The admin token goes over TLS alone, to the CA's own certificate.
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .https_only(true)
-        .timeout(std::time::Duration::from_secs(30))
-        .build()?;
     let labels: serde_json::Map<String, serde_json::Value> =
         plan.labels.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
     let url = format!("{}/v1/nodes/{}/enroll", plan.engine.trim_end_matches('/'), plan.node);
-    let response = http
-        .post(&url)
-        .bearer_auth(&plan.token)
-        .header("x-tenant", &plan.tenant)
-        .json(&serde_json::json!({ "public_key": public_key, "labels": labels }))
-        .send()
+    let request = serde_json::json!({ "public_key": public_key, "labels": labels });
+    let (status, body) = tokio::time::timeout(ENROLL_TIMEOUT, post(&url, tls, plan, &request))
         .await
+        .map_err(|_| anyhow::anyhow!("asking {url}: no answer in {} s", ENROLL_TIMEOUT.as_secs()))?
         .with_context(|| format!("asking {url}"))?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if !status.is_success() {
         anyhow::bail!(
             "the engine refused the enrollment ({status}): {}",
@@ -197,6 +187,43 @@ async fn enroll(plan: &Plan, public_key: &str) -> anyhow::Result<String> {
         );
     }
     body.get("creds").and_then(|c| c.as_str()).map(str::to_owned).context("the engine's answer has no credentials")
+}
+
+/// How long the enrollment may take, from the connection to the answer.
+const ENROLL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Posts `body` as JSON to `url` (https only: the token goes over TLS alone, to the CA's own
+/// certificate) with the plan's token and tenant: the answer's status and body.
+async fn post(
+    url: &str,
+    tls: rustls::ClientConfig,
+    plan: &Plan,
+    body: &serde_json::Value,
+) -> anyhow::Result<(hyper::StatusCode, bytes::Bytes)> {
+    use http_body_util::BodyExt;
+    use hyper::header;
+    let uri: hyper::Uri = url.parse().with_context(|| format!("{url} is not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        anyhow::bail!("{url}: the engine is asked over https only");
+    }
+    let authority = uri.authority().context("the URL names no host")?.clone();
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), authority.port_u16().unwrap_or(443))).await?;
+    let name = rustls::pki_types::ServerName::try_from(host)?;
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(header::HOST, authority.as_str())
+        .header(header::AUTHORIZATION, format!("Bearer {}", plan.token))
+        .header("x-tenant", &plan.tenant)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(serde_json::to_vec(body)?)))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    connection.abort();
+    Ok((status, body))
 }
 
 /// Places `binary` as the node installed under `root`, whole (written beside the old one, then

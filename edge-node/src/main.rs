@@ -394,6 +394,13 @@ fn main() -> ExitCode {
         (None, Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)))
     };
     tracing_subscriber::registry().with(json).with(text).with(filter).init();
+    // A panic in any task ends the node, whatever the build's panic strategy: a task dead
+    // beside live ones (reports no longer sent while heartbeats go on) would be a node that
+    // lies about itself. Its service starts it again from what it keeps on disk.
+    std::panic::set_hook(Box::new(|panic| {
+        tracing::error!(%panic, "the edge node panicked and stops");
+        std::process::abort();
+    }));
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,

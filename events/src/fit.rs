@@ -31,6 +31,25 @@ pub fn read(subject: &str, bytes: &[u8]) -> Result<Envelope, Unfit> {
     Ok(envelope)
 }
 
+/// [`read`] for a reader of one aggregate type alone (an edge node reads its work): the
+/// message must be placed on its own subject, of `aggregate_type`, with a payload that decodes
+/// as `E`. Nothing of the other types' events is needed, nor kept in the reader's binary.
+pub fn read_only<E: crate::aggregate::EventPayload>(
+    subject: &str,
+    bytes: &[u8],
+    aggregate_type: &str,
+) -> Result<Envelope, Unfit> {
+    let envelope = Envelope::decode(bytes).map_err(Unfit::NotAnEvent)?;
+    placed(subject, &envelope)?;
+    if envelope.aggregate_type != aggregate_type {
+        return Err(Unfit::Misplaced {
+            claimed: format!("{}/{}/{}", envelope.tenant, envelope.aggregate_type, envelope.aggregate_id),
+        });
+    }
+    envelope.event::<E>().map_err(Unfit::Payload)?;
+    Ok(envelope)
+}
+
 /// Checks that `envelope` belongs on `subject` ([`placed`]) and that its payload is an event
 /// of the type the subject holds.
 pub fn check(subject: &str, envelope: &Envelope) -> Result<(), Unfit> {
@@ -108,5 +127,29 @@ mod tests {
         assert!(matches!(check("ev.acme.deployment.d1", &deployment), Err(Unfit::Payload(_))));
         let stranger = envelope("acme", "gadget", "g1");
         assert_eq!(check("ev.acme.gadget.g1", &stranger), Err(Unfit::UnknownType("gadget".into())));
+    }
+
+    #[test]
+    fn a_reader_of_one_type_takes_its_own_and_names_the_rest() {
+        use crate::tenant::TenantEvent;
+        let fitting = envelope("acme", "tenant", "acme");
+        assert_eq!(read_only::<TenantEvent>("ev.acme.tenant.acme", &fitting.encode(), "tenant"), Ok(fitting.clone()));
+        assert_eq!(
+            read_only::<TenantEvent>("ev.acme.tenant.acme", &fitting.encode(), crate::work::AGGREGATE_TYPE),
+            Err(Unfit::Misplaced { claimed: "acme/tenant/acme".into() })
+        );
+        assert_eq!(
+            read_only::<TenantEvent>("ev.acme.tenant.other", &fitting.encode(), "tenant"),
+            Err(Unfit::Misplaced { claimed: "acme/tenant/acme".into() })
+        );
+        let work = Envelope { aggregate_type: "node_work".into(), ..envelope("acme", "node_work", "n1") };
+        assert!(matches!(
+            read_only::<crate::work::NodeWork>("ev.acme.node.n1.desired", &work.encode(), crate::work::AGGREGATE_TYPE),
+            Err(Unfit::Payload(_))
+        ));
+        assert!(matches!(
+            read_only::<TenantEvent>("ev.acme.tenant.acme", b"\x01", "tenant"),
+            Err(Unfit::NotAnEvent(_))
+        ));
     }
 }
