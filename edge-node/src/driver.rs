@@ -62,11 +62,6 @@ pub enum LinkEvent {
     Revoked,
 }
 
-/// The connection's read buffer to begin with (the client's default is 64 KiB): it grows when
-/// a burst of work needs more. A node's messages are small, and a simulated fleet holds
-/// thousands of connections.
-const READ_BUFFER: u16 = 8 * 1024;
-
 /// The node's own connection, and what it says of its link.
 pub async fn connect(config: &NodeConfig) -> anyhow::Result<(async_nats::Client, mpsc::UnboundedReceiver<LinkEvent>)> {
     let (links_tx, links) = mpsc::unbounded_channel::<LinkEvent>();
@@ -88,7 +83,6 @@ pub async fn connect(config: &NodeConfig) -> anyhow::Result<(async_nats::Client,
         // On a bad link, try again soon: a second at most between attempts, so a healed
         // link is used within a second.
         .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64).saturating_mul(100).min(1000)))
-        .read_buffer_capacity(READ_BUFFER)
         .retry_on_initial_connect();
     let client = connection.connect_with(options).await?;
     Ok((client, links))
