@@ -9,8 +9,9 @@
 //! # Batches
 //!
 //! A batch is committed when full ([`ProjectorConfig::batch_size`]); when the reader has
-//! caught up with the stream, as long as commits take under a fifth of the projector's time;
-//! and at the latest when the stream pauses for a millisecond. A value changed by several events of a
+//! caught up with the stream, as long as commits take under a fifth of the projector's time
+//! (a batch held back by that is committed once it allows, if nothing comes meanwhile); and at
+//! the latest when the stream pauses for a millisecond. A value changed by several events of a
 //! batch (a deployment's header, with each report) stays decoded until the batch is committed
 //! ([`Overlay`]).
 //!
@@ -227,6 +228,8 @@ async fn fold(
     let mut batch = Overlay::new(&tree);
     let mut in_batch = 0usize;
     let mut last = 0;
+    // How many messages followed the last one read, as far as the reader knew.
+    let mut pending_last = u64::MAX;
     let mut read = 0u64;
     let mut pace = Pace::default();
     loop {
@@ -237,7 +240,9 @@ async fn fold(
         let next = if in_batch == 0 {
             messages.next().await
         } else {
-            match tokio::time::timeout(IDLE_COMMIT, messages.next()).await {
+            // Caught up, a batch held back by the pace is committed as soon as the pace allows.
+            let wait = if pending_last == 0 { pace.until_early().min(IDLE_COMMIT) } else { IDLE_COMMIT };
+            match tokio::time::timeout(wait, messages.next()).await {
                 Ok(next) => next,
                 Err(_) => {
                     pace.commit(std::mem::replace(&mut batch, Overlay::new(&tree)), last)?;
@@ -248,7 +253,7 @@ async fn fold(
         };
         let Some(message) = next else { break };
         let (sequence, pending) = (message.sequence, message.pending);
-        last = sequence;
+        (last, pending_last) = (sequence, pending);
         let folded =
             events::projection::SUBJECTS.iter().any(|pattern| events::subject::matches(pattern, &message.subject));
         if folded {
@@ -296,7 +301,12 @@ impl Default for Pace {
 impl Pace {
     /// True once four times the last commit's cost has passed since it ended.
     fn may_commit_early(&self) -> bool {
-        self.ended.elapsed() >= self.cost.saturating_mul(4)
+        self.until_early().is_zero()
+    }
+
+    /// How long until [`Pace::may_commit_early`] holds.
+    fn until_early(&self) -> Duration {
+        self.cost.saturating_mul(4).saturating_sub(self.ended.elapsed())
     }
 
     fn commit(&mut self, batch: Overlay<'_>, checkpoint: u64) -> Result<(), ModelError> {
