@@ -88,16 +88,13 @@ impl Issuer {
             }
         };
         // A key belongs to one node, ever: revocations are by key, account-wide.
-        let elsewhere = self.nodes.all().map_err(|e| {
+        let holder = self.nodes.holder(&public_key).map_err(|e| {
             bus::store::StoreError::from(bus::store::ReadError::Failed {
-                what: "the nodes".into(),
+                what: "the keys held".into(),
                 reason: format!("{e:#}"),
             })
         })?;
-        let taken = elsewhere
-            .iter()
-            .filter(|n| !(n.tenant == meta.tenant && n.id == node))
-            .any(|n| n.key.as_deref() == Some(public_key.as_str()) || n.revoked_keys.contains_key(&public_key));
+        let taken = holder.is_some_and(|h| !(h.tenant == meta.tenant && h.node == node));
         if taken {
             return Err(CommandError::Rejected(NodeRejection::KeyInUse(public_key)));
         }

@@ -24,7 +24,7 @@ pub const TREE: &str = "models";
 
 /// Which read models the tree holds: a tree written by an engine that kept others is cleared,
 /// and the projector folds the log again from its start.
-const MODELS: &[u8] = b"deployments nodes notifications(published versions) catalog(withdrawn)";
+const MODELS: &[u8] = b"deployments nodes(keys held) notifications(published versions) catalog(withdrawn)";
 const MODELS_KEY: &[u8] = b"meta/models";
 
 /// The read models' tree in `db`. The trees of an engine that kept each model apart are
@@ -292,6 +292,12 @@ impl Nodes {
                 Ok((key, serde_json::from_slice(&at)?))
             })
             .collect()
+    }
+
+    /// The node `key` was enrolled for, if it ever was: one lookup, however many nodes.
+    pub fn holder(&self, key: &str) -> anyhow::Result<Option<events::projection::nodes::Holder>> {
+        let held = events::projection::nodes::holder_key(key);
+        Ok(self.tree.get(held)?.map(|bytes| serde_json::from_slice(&bytes)).transpose()?)
     }
 
     /// Node `id` of `tenant`, if it is known.

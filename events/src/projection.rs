@@ -11,7 +11,7 @@
 //! | model | keys |
 //! |---|---|
 //! | `deployments` | `d/<tenant>/<deployment>`: the deployment and how many of its nodes are in each status; `p/<tenant>/<deployment>/<node>`: one node's view |
-//! | `nodes` | `n/<tenant>/<node>`: a node's labels and state; `r/<key>`: each key ever revoked, which no deletion forgets |
+//! | `nodes` | `n/<tenant>/<node>`: a node's labels and state; `r/<key>`: each key ever revoked, and `k/<key>`: the node each key was enrolled for, which no deletion forgets |
 //! | `notifications` | `a/<tenant>/<application>`: its newest published version not withdrawn; `v/<tenant>/<application>`: its published versions not withdrawn; `t/<tenant>/<application>/<deployment>`: each of its live deployments; `i/<tenant>/<deployment>`: the deployment's application |
 //! | `catalog` | `c/<tenant>/<application>`: its name and versions, draft or published |
 //! | `margo` | `m/n/<tenant>/<node>`: a Margo device and the deployments it must hold; `m/c/<client>` and `m/f/<fingerprint>`: where a device is, by client id and by certificate |

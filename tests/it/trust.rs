@@ -472,7 +472,7 @@ async fn an_auditor_reads_every_tenant_and_writes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_is_one_nodes_and_a_revocation_outlives_its_tenant() {
+async fn a_key_is_one_nodes_ever_and_a_revocation_outlives_its_tenant() {
     let nats = NatsServer::start().await;
     let engine = TestEngine::start(&nats).await;
     let theirs = engine.enroll("node-a").await;
@@ -514,7 +514,14 @@ async fn a_key_is_one_nodes_and_a_revocation_outlives_its_tenant() {
         refused(node_c.clone()).await.then_some(())
     })
     .await;
-    assert!(refused(theirs).await, "a revoked key stays refused after its tenant is deleted");
+    assert!(refused(theirs.clone()).await, "a revoked key stays refused after its tenant is deleted");
+    // Nor is node-a's key ever enrolled for another node, its tenant gone.
+    let body = serde_json::json!({"public_key": theirs.public_key()});
+    let response = engine.http.post(engine.url("/v1/nodes/node-d/enroll")).header("x-tenant", "other").json(&body);
+    let response = response.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!((status, body["field"].as_str()), (409, Some("public_key")), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,8 @@ use crate::node::{Labels, NodeEvent, NodeState, Refused};
 use crate::projection::{Fact, ModelError, Store};
 
 /// The prefixes of its keys that hold a tenant's nodes: a tenant's deletion clears them. The
-/// revoked keys (`r/`) stay: the servers must go on refusing them.
+/// revoked keys (`r/`) stay: the servers must go on refusing them; and so do the keys held
+/// (`k/`): a key is never enrolled for another node.
 pub const TENANT_PREFIXES: &[&str] = &["n/"];
 
 /// The key of a node's record.
@@ -23,9 +24,29 @@ pub fn revoked_key(key: &str) -> String {
     format!("r/{key}")
 }
 
-/// Folds a node's event into its record, and a revoked key into the revocation list.
+/// The key under which a node key is kept with the node first enrolled with it: a key belongs
+/// to one node, ever, so no deletion forgets it.
+pub fn holder_key(key: &str) -> String {
+    format!("k/{key}")
+}
+
+/// The node a key was first enrolled for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub tenant: String,
+    pub node: String,
+}
+
+/// Folds a node's event into its record, its key into the keys held, and a revoked key into
+/// the revocation list.
 pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<(), ModelError> {
     let Fact::Node(event) = fact else { return Ok(()) };
+    if let NodeEvent::Enrolled { public_key, .. } = event {
+        let held = holder_key(public_key);
+        if store.get::<Holder>(&held)?.is_none() {
+            store.put(held, Holder { tenant: envelope.tenant.clone(), node: envelope.aggregate_id.clone() });
+        }
+    }
     match event {
         // The server refuses the key's JWTs issued at or before this second: one more, so that a
         // JWT minted in the second of its revocation is refused too.
