@@ -157,6 +157,7 @@ impl Api {
             .collect()
             .await;
         println!("  {size} nodes enrolled in {:.1?}", started.elapsed());
+        record(&format!("fleet_{size}_enrolled_s"), started.elapsed().as_secs_f64());
         // Each node's consumer is made by the engine; a node connects once it is there.
         let stream = self.engine.commands.store().stream().clone();
         tests::eventually("every node's consumer", Duration::from_secs(1800), || async {
