@@ -92,11 +92,9 @@ async fn each_node_running(api: &Api, id: &str, from: u64, called: DateTime<Utc>
     .await
     .expect("the log is read");
     assert_eq!(running.len(), size, "every node's running is in the log");
-    let mut seconds: Vec<f64> =
-        running.values().map(|t| (*t - called).num_microseconds().unwrap_or(0) as f64 / 1e6).collect();
-    seconds.sort_by(f64::total_cmp);
-    let at = |q: f64| seconds.get(((seconds.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
-    (at(0.5), at(0.99))
+    let times = running.values().map(|t| (*t - called).to_std().unwrap_or_default()).collect();
+    let figures = benches::Figures::from(times, Duration::from_secs(1));
+    (figures.p50.as_secs_f64(), figures.p99.as_secs_f64())
 }
 
 /// The CPU time used so far by the engine (this process), the simulated nodes and nats-server.

@@ -188,3 +188,33 @@ async fn install_writes_every_file_with_its_mode_the_unit_verifies_the_node_runs
     edge_node(&["uninstall", "--root", root.to_str().unwrap(), "--purge", "--node", "installed-1"]);
     assert!(!root.join("var/lib/edge-node").exists(), "purged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_the_engine_refuses_or_over_plain_http_installs_no_key() {
+    let nats = NatsServer::start().await;
+    let engine = TestEngine::start(&nats).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().to_str().unwrap();
+    let ca = engine.trust().ca();
+    let install = |url: &str, token: &str| {
+        std::process::Command::new(tests::binary("edge-node"))
+            .args(["install", "--root", root, "--engine", url, "--ca", ca.to_str().unwrap(), "--node", "refused-1"])
+            .env("ENGINE_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let no_key = || !scratch.path().join("etc/edge-node/node.nk").exists();
+
+    let refused = install(&engine.url(""), "not-a-token");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("the engine refused the enrollment (401"), "{said}");
+    assert!(no_key(), "a refused enrollment leaves no key");
+
+    let plain = engine.url("").replacen("https://", "http://", 1);
+    let refused = install(&plain, tests::ADMIN_TOKEN);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("https only"), "{said}");
+    assert!(no_key(), "the token never goes over plain HTTP");
+    let (_, body) = engine.get("/v1/nodes/refused-1").await;
+    assert!(body["error"].is_string(), "never enrolled: {body}");
+}

@@ -476,14 +476,21 @@ async fn a_key_is_one_nodes_ever_and_a_revocation_outlives_its_tenant() {
     let nats = NatsServer::start().await;
     let engine = TestEngine::start(&nats).await;
     let theirs = engine.enroll("node-a").await;
+    // Enrolling `node` of `tenant` with node-a's key is refused, naming the key.
+    let taken = |tenant: &'static str, node: &'static str| {
+        let body = serde_json::json!({"public_key": theirs.public_key()});
+        let url = engine.url(&format!("/v1/nodes/{node}/enroll"));
+        let request = engine.http.post(url).header("x-tenant", tenant).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!((status, body["field"].as_str()), (409, Some("public_key")), "{tenant}/{node}: {body}");
+        }
+    };
     // Another node, of this tenant or another, may not take node-a's key.
     for tenant in ["default", "other"] {
-        let body = serde_json::json!({"public_key": theirs.public_key()});
-        let response = engine.http.post(engine.url("/v1/nodes/node-b/enroll")).header("x-tenant", tenant).json(&body);
-        let response = response.send().await.unwrap();
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap();
-        assert_eq!((status, body["field"].as_str()), (409, Some("public_key")), "{tenant}: {body}");
+        taken(tenant, "node-b").await;
     }
 
     // A subscriber of each tenant with the same name: two consumers, two inboxes.
@@ -516,12 +523,7 @@ async fn a_key_is_one_nodes_ever_and_a_revocation_outlives_its_tenant() {
     .await;
     assert!(refused(theirs.clone()).await, "a revoked key stays refused after its tenant is deleted");
     // Nor is node-a's key ever enrolled for another node, its tenant gone.
-    let body = serde_json::json!({"public_key": theirs.public_key()});
-    let response = engine.http.post(engine.url("/v1/nodes/node-d/enroll")).header("x-tenant", "other").json(&body);
-    let response = response.send().await.unwrap();
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!((status, body["field"].as_str()), (409, Some("public_key")), "{body}");
+    taken("other", "node-d").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
