@@ -249,6 +249,24 @@ pub enum Input {
 }
 
 impl Input {
+    /// The deployment it concerns: all of them for [`Input::Tick`] and [`Input::Reconnected`].
+    fn deployment(&self) -> Option<&str> {
+        match self {
+            Input::Work(work) => Some(work.deployment()),
+            Input::Recovered { deployment, .. }
+            | Input::Pulled { deployment, .. }
+            | Input::Created { deployment, .. }
+            | Input::Started { deployment, .. }
+            | Input::Stopped { deployment, .. }
+            | Input::Removed { deployment, .. }
+            | Input::Retired { deployment, .. }
+            | Input::Refreshed { deployment, .. }
+            | Input::NetworkRemoved { deployment, .. } => Some(deployment),
+            Input::Observed { check, .. } => Some(&check.deployment),
+            Input::Tick { .. } | Input::Reconnected => None,
+        }
+    }
+
     /// For the outcome of a runtime step: whether it failed.
     pub fn failed(&self) -> Option<bool> {
         Some(match self {
@@ -370,6 +388,17 @@ enum Step {
     Drop,
 }
 
+/// The containers of `w` that exist.
+fn watched_of(w: &Workload) -> impl Iterator<Item = crate::telemetry::Watched> + '_ {
+    w.units.values().filter_map(|u| {
+        Some(crate::telemetry::Watched {
+            deployment: w.deployment.clone(),
+            name: u.name.clone(),
+            reference: u.container.clone()?,
+        })
+    })
+}
+
 #[derive(Debug)]
 pub struct Agent {
     node: String,
@@ -383,6 +412,9 @@ pub struct Agent {
     default_limits: Limits,
     /// The last time a tick brought.
     now: u64,
+    /// Whether the containers [`Agent::watched`] lists may have changed since the driver last
+    /// asked: a node with many deployments does not list them all again after every input.
+    watched_changed: bool,
 }
 
 impl Agent {
@@ -400,6 +432,7 @@ impl Agent {
             policy: Policy::default(),
             default_limits: Limits::default(),
             now: 0,
+            watched_changed: true,
         }
     }
 
@@ -487,6 +520,7 @@ impl Agent {
     /// is then folded in the order it was written.
     pub fn let_go(&mut self, deployment: &str) {
         self.workloads.remove(deployment);
+        self.watched_changed = true;
     }
 
     /// Whether a forced update of the deployment is still under way.
@@ -496,16 +530,18 @@ impl Agent {
 
     /// The containers that exist, for telemetry.
     pub fn watched(&self) -> Vec<crate::telemetry::Watched> {
-        let units = self.workloads.values().flat_map(|w| w.units.values().map(move |u| (w, u)));
-        units
-            .filter_map(|(w, u)| {
-                Some(crate::telemetry::Watched {
-                    deployment: w.deployment.clone(),
-                    name: u.name.clone(),
-                    reference: u.container.clone()?,
-                })
-            })
-            .collect()
+        self.workloads.values().flat_map(watched_of).collect()
+    }
+
+    /// Whether the containers [`Agent::watched`] lists may have changed since this was last
+    /// asked.
+    pub fn watched_changed(&mut self) -> bool {
+        std::mem::take(&mut self.watched_changed)
+    }
+
+    /// The containers of `deployment` that exist.
+    fn watched_in(&self, deployment: &str) -> Vec<crate::telemetry::Watched> {
+        self.workloads.get(deployment).map(|w| watched_of(w).collect()).unwrap_or_default()
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -517,6 +553,7 @@ impl Agent {
     /// and says which containers to look for. The driver answers with [`Input::Recovered`].
     pub fn recover(&mut self, works: Vec<NodeWork>) -> Option<(String, Vec<Lookup>)> {
         let deployment = works.first()?.deployment().to_owned();
+        self.watched_changed = true;
         for work in works {
             self.record(work);
         }
@@ -535,6 +572,19 @@ impl Agent {
     }
 
     pub fn handle(&mut self, input: Input) {
+        // An input concerns one deployment, but for the clock's and the link's.
+        let Some(deployment) = input.deployment().map(str::to_owned) else {
+            self.watched_changed = true;
+            return self.take(input);
+        };
+        let before = self.watched_in(&deployment);
+        self.take(input);
+        if self.watched_in(&deployment) != before {
+            self.watched_changed = true;
+        }
+    }
+
+    fn take(&mut self, input: Input) {
         let deployment = match input {
             Input::Tick { now } => return self.tick(now),
             Input::Reconnected => {
@@ -1347,6 +1397,27 @@ mod tests {
         agent.handle(started("c1", Ok(up())));
         drain(&mut agent);
         agent
+    }
+
+    #[test]
+    fn the_containers_watched_are_said_changed_only_when_one_is_made_or_goes() {
+        let mut agent = agent();
+        assert!(agent.watched_changed(), "a new agent is listed once");
+        assert!(!agent.watched_changed(), "and then not again");
+        agent.handle(deploy());
+        agent.handle(pulled(IMAGE, Ok(())));
+        assert!(!agent.watched_changed(), "work and a pull make no container");
+        agent.handle(created(IMAGE, Ok("c1".into())));
+        assert!(agent.watched_changed(), "a container made");
+        assert_eq!(agent.watched().iter().map(|w| w.reference.as_str()).collect::<Vec<_>>(), ["c1"]);
+        agent.handle(started("c1", Ok(up())));
+        assert!(!agent.watched_changed(), "started: the same container");
+        let (check, observed) = (agent.to_observe().remove(0), Observed { container: None, ..Observed::default() });
+        agent.handle(Input::Observed { check, observed });
+        assert!(agent.watched_changed(), "the container removed behind the node's back");
+        assert!(agent.watched().is_empty(), "{:?}", agent.watched());
+        agent.handle(Input::Tick { now: 1 });
+        assert!(agent.watched_changed(), "a tick may fail steps of any deployment");
     }
 
     #[test]

@@ -196,12 +196,14 @@ pub async fn run_on<R: ContainerRuntime>(
     let mut late: BTreeSet<String> = BTreeSet::new();
 
     loop {
-        watched_tx.send_if_modified(|watched| {
-            let now = agent.watched();
-            let changed = *watched != now;
-            *watched = now;
-            changed
-        });
+        if agent.watched_changed() {
+            watched_tx.send_if_modified(|watched| {
+                let now = agent.watched();
+                let changed = *watched != now;
+                *watched = now;
+                changed
+            });
+        }
         while let Some(action) = agent.poll_action() {
             match action {
                 Action::Report(report) => {
