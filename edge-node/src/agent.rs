@@ -45,7 +45,7 @@
 //! when the node was killed, is not looked for after the restart; named volumes of compose
 //! versions are never removed.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use events::compose::{self, Limits, Mount, Service};
 use events::deployment::Desired;
@@ -249,7 +249,7 @@ pub enum Input {
 }
 
 impl Input {
-    /// The deployment it concerns: all of them for [`Input::Tick`] and [`Input::Reconnected`].
+    /// The deployment it concerns: none for [`Input::Tick`] and [`Input::Reconnected`].
     fn deployment(&self) -> Option<&str> {
         match self {
             Input::Work(work) => Some(work.deployment()),
@@ -412,9 +412,10 @@ pub struct Agent {
     default_limits: Limits,
     /// The last time a tick brought.
     now: u64,
-    /// Whether the containers [`Agent::watched`] lists may have changed since the driver last
-    /// asked: a node with many deployments does not list them all again after every input.
-    watched_changed: bool,
+    /// The deployments whose containers may have changed since [`Agent::update_watched`] was
+    /// last called; `None` for all of them. A node with many deployments does not list them
+    /// all again after every input.
+    watched_touched: Option<BTreeSet<String>>,
 }
 
 impl Agent {
@@ -432,7 +433,7 @@ impl Agent {
             policy: Policy::default(),
             default_limits: Limits::default(),
             now: 0,
-            watched_changed: true,
+            watched_touched: None,
         }
     }
 
@@ -520,7 +521,7 @@ impl Agent {
     /// is then folded in the order it was written.
     pub fn let_go(&mut self, deployment: &str) {
         self.workloads.remove(deployment);
-        self.watched_changed = true;
+        self.touch(deployment);
     }
 
     /// Whether a forced update of the deployment is still under way.
@@ -533,10 +534,31 @@ impl Agent {
         self.workloads.values().flat_map(watched_of).collect()
     }
 
-    /// Whether the containers [`Agent::watched`] lists may have changed since this was last
-    /// asked.
-    pub fn watched_changed(&mut self) -> bool {
-        std::mem::take(&mut self.watched_changed)
+    /// Brings `watched` up to date with the containers that exist, looking only at the
+    /// deployments touched since it was last called; says whether anything changed.
+    pub fn update_watched(&mut self, watched: &mut crate::telemetry::WatchedByDeployment) -> bool {
+        let touched = match self.watched_touched.replace(BTreeSet::new()) {
+            Some(touched) => touched,
+            None => watched.keys().chain(self.workloads.keys()).cloned().collect(),
+        };
+        let mut changed = false;
+        for deployment in touched {
+            let now = self.watched_in(&deployment);
+            if now.is_empty() {
+                changed |= watched.remove(&deployment).is_some();
+            } else if watched.get(&deployment) != Some(&now) {
+                watched.insert(deployment, now);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Marks `deployment`'s containers to be looked at again by [`Agent::update_watched`].
+    fn touch(&mut self, deployment: &str) {
+        if let Some(touched) = &mut self.watched_touched {
+            touched.insert(deployment.to_owned());
+        }
     }
 
     /// The containers of `deployment` that exist.
@@ -553,7 +575,7 @@ impl Agent {
     /// and says which containers to look for. The driver answers with [`Input::Recovered`].
     pub fn recover(&mut self, works: Vec<NodeWork>) -> Option<(String, Vec<Lookup>)> {
         let deployment = works.first()?.deployment().to_owned();
-        self.watched_changed = true;
+        self.touch(&deployment);
         for work in works {
             self.record(work);
         }
@@ -572,16 +594,19 @@ impl Agent {
     }
 
     pub fn handle(&mut self, input: Input) {
-        // An input concerns one deployment, but for the clock's and the link's.
-        let Some(deployment) = input.deployment().map(str::to_owned) else {
-            self.watched_changed = true;
-            return self.take(input);
-        };
-        let before = self.watched_in(&deployment);
-        self.take(input);
-        if self.watched_in(&deployment) != before {
-            self.watched_changed = true;
+        // An input concerns one deployment, but for the clock's (which may fail a step of
+        // any) and the link's (which changes no container).
+        match &input {
+            Input::Tick { .. } => self.watched_touched = None,
+            Input::Reconnected => {}
+            _ => {
+                if let Some(deployment) = input.deployment() {
+                    let deployment = deployment.to_owned();
+                    self.touch(&deployment);
+                }
+            }
         }
+        self.take(input);
     }
 
     fn take(&mut self, input: Input) {
@@ -1400,24 +1425,32 @@ mod tests {
     }
 
     #[test]
-    fn the_containers_watched_are_said_changed_only_when_one_is_made_or_goes() {
+    fn the_containers_watched_change_with_the_deployments_an_input_touched() {
         let mut agent = agent();
-        assert!(agent.watched_changed(), "a new agent is listed once");
-        assert!(!agent.watched_changed(), "and then not again");
+        let mut watched = crate::telemetry::WatchedByDeployment::new();
+        assert!(!agent.update_watched(&mut watched), "nothing to watch yet");
         agent.handle(deploy());
         agent.handle(pulled(IMAGE, Ok(())));
-        assert!(!agent.watched_changed(), "work and a pull make no container");
+        assert!(!agent.update_watched(&mut watched), "work and a pull make no container");
         agent.handle(created(IMAGE, Ok("c1".into())));
-        assert!(agent.watched_changed(), "a container made");
-        assert_eq!(agent.watched().iter().map(|w| w.reference.as_str()).collect::<Vec<_>>(), ["c1"]);
+        assert!(agent.update_watched(&mut watched), "a container made");
+        let references = |watched: &crate::telemetry::WatchedByDeployment| {
+            watched.values().flatten().map(|w| w.reference.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(references(&watched), ["c1"]);
+        assert_eq!(watched.values().flatten().cloned().collect::<Vec<_>>(), agent.watched());
         agent.handle(started("c1", Ok(up())));
-        assert!(!agent.watched_changed(), "started: the same container");
+        assert!(!agent.update_watched(&mut watched), "started: the same container");
         let (check, observed) = (agent.to_observe().remove(0), Observed { container: None, ..Observed::default() });
         agent.handle(Input::Observed { check, observed });
-        assert!(agent.watched_changed(), "the container removed behind the node's back");
-        assert!(agent.watched().is_empty(), "{:?}", agent.watched());
+        assert!(agent.update_watched(&mut watched), "the container removed behind the node's back");
+        assert!(watched.is_empty(), "{watched:?}");
+        // A list changed behind the agent's back is mended at the next tick, which looks at
+        // every deployment.
+        watched.insert("gone".into(), agent.watched());
         agent.handle(Input::Tick { now: 1 });
-        assert!(agent.watched_changed(), "a tick may fail steps of any deployment");
+        assert!(agent.update_watched(&mut watched));
+        assert!(watched.is_empty(), "{watched:?}");
     }
 
     #[test]

@@ -151,7 +151,7 @@ pub async fn run_on<R: ContainerRuntime>(
     let publisher =
         tokio::spawn(publish_outbox(js.clone(), outbox.clone(), sent.clone(), relinked.clone(), config.clone()));
     let _publisher = AbortOnDrop(publisher);
-    let (watched_tx, watched) = tokio::sync::watch::channel(Vec::new());
+    let (watched_tx, watched) = tokio::sync::watch::channel(crate::telemetry::WatchedByDeployment::new());
     let heartbeat = tokio::spawn(crate::telemetry::beat(client.clone(), runtime.clone(), config.clone(), watched));
     let _heartbeat = AbortOnDrop(heartbeat);
 
@@ -196,14 +196,7 @@ pub async fn run_on<R: ContainerRuntime>(
     let mut late: BTreeSet<String> = BTreeSet::new();
 
     loop {
-        if agent.watched_changed() {
-            watched_tx.send_if_modified(|watched| {
-                let now = agent.watched();
-                let changed = *watched != now;
-                *watched = now;
-                changed
-            });
-        }
+        watched_tx.send_if_modified(|watched| agent.update_watched(watched));
         while let Some(action) = agent.poll_action() {
             match action {
                 Action::Report(report) => {

@@ -4,7 +4,7 @@
 //! the beat: sampling runs apart, several containers at once, and each beat lists every container
 //! with its latest sample, or says it has none yet.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -22,13 +22,22 @@ pub struct Watched {
     pub reference: String,
 }
 
+/// The containers watched, by deployment: the driver changes the deployments an input touched
+/// alone ([`crate::agent::Agent::update_watched`]).
+pub type WatchedByDeployment = BTreeMap<String, Vec<Watched>>;
+
+/// Every container in `watched`.
+fn all_of(watched: &watch::Receiver<WatchedByDeployment>) -> Vec<Watched> {
+    watched.borrow().values().flatten().cloned().collect()
+}
+
 /// Sends a heartbeat every `config.heartbeat` until the node stops. Every container watched is
 /// in every heartbeat: with its latest sample, or marked as not sampled yet.
 pub async fn beat<R: ContainerRuntime>(
     client: async_nats::Client,
     runtime: Arc<R>,
     config: NodeConfig,
-    watched: watch::Receiver<Vec<Watched>>,
+    watched: watch::Receiver<WatchedByDeployment>,
 ) {
     let subject = events::telemetry::subject(&config.tenant, &config.node);
     let samples = Samples::default();
@@ -38,7 +47,7 @@ pub async fn beat<R: ContainerRuntime>(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let containers = watched.borrow().clone();
+        let containers = all_of(&watched);
         let telemetry = {
             let samples = samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             containers
@@ -104,7 +113,7 @@ fn telemetry_of(container: Watched, sampled: Option<&(Sample, f64)>) -> Containe
 async fn sample<R: ContainerRuntime>(
     runtime: Arc<R>,
     every: std::time::Duration,
-    watched: watch::Receiver<Vec<Watched>>,
+    watched: watch::Receiver<WatchedByDeployment>,
     samples: Samples,
 ) {
     use futures::StreamExt;
@@ -112,11 +121,9 @@ async fn sample<R: ContainerRuntime>(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let containers = watched.borrow().clone();
-        samples
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|name, _| containers.iter().any(|c| container_key(c) == *name));
+        let containers = all_of(&watched);
+        let keys: HashSet<String> = containers.iter().map(container_key).collect();
+        samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|name, _| keys.contains(name));
         futures::stream::iter(containers)
             .for_each_concurrent(SAMPLED_AT_ONCE, |container| {
                 let (runtime, samples) = (runtime.clone(), samples.clone());
