@@ -97,6 +97,9 @@ async fn each_node_running(api: &Api, id: &str, from: u64, called: DateTime<Utc>
     (figures.p50.as_secs_f64(), figures.p99.as_secs_f64())
 }
 
+/// How long the fleet is watched doing nothing before the launch.
+const IDLE: Duration = Duration::from_secs(10);
+
 /// The CPU time used so far by the engine (this process), the simulated nodes and nats-server.
 struct CpuShares([f64; 3]);
 
@@ -132,6 +135,12 @@ async fn fleet(size: usize) {
         .await;
     api.post("/v1/applications/sample/versions/2.0.0/publish", json!({})).await;
     let fleet = start_fleet(&nats, &api, size).await;
+
+    // What the fleet costs doing nothing: each node's heartbeat and its pull held on the server.
+    let cpu = CpuShares::now(&nats, &fleet);
+    tokio::time::sleep(IDLE).await;
+    println!("  idle for {} s", IDLE.as_secs());
+    cpu.print(&nats, &fleet, IDLE);
 
     let cpu = CpuShares::now(&nats, &fleet);
     let before = api.engine.commands.store().last_sequence().await.expect("the stream's last sequence");

@@ -250,6 +250,70 @@ mod tests {
         }
     }
 
+    /// A store that counts the reads of the values listing a deployment's nodes for its
+    /// notifications.
+    #[derive(Default)]
+    struct Counting {
+        store: MemoryStore,
+        reads: usize,
+    }
+
+    impl Store for Counting {
+        fn get<T: Value>(&mut self, key: &str) -> Result<Option<T>, ModelError> {
+            self.reads += usize::from(key.starts_with("t/"));
+            self.store.get(key)
+        }
+
+        fn take<T: Value>(&mut self, key: &str) -> Result<Option<T>, ModelError> {
+            self.reads += usize::from(key.starts_with("t/"));
+            self.store.take(key)
+        }
+
+        fn put<T: Value>(&mut self, key: String, value: T) {
+            self.store.put(key, value)
+        }
+
+        fn remove(&mut self, key: &str) {
+            self.store.remove(key)
+        }
+
+        fn keys(&mut self, prefix: &str) -> Result<Vec<String>, ModelError> {
+            self.store.keys(prefix)
+        }
+    }
+
+    #[test]
+    fn a_deployments_events_that_change_nothing_tracked_never_read_its_list_of_nodes() {
+        let mut store = Counting::default();
+        let fold_one = |store: &mut Counting, event: &DeploymentEvent| {
+            let envelope = envelope("acme", "deployment", "d1", event);
+            fold(store, &envelope, &Fact::of(&envelope).unwrap()).unwrap();
+        };
+        fold_one(&mut store, &crate::testing::launched("1.0.0", &["edge-1", "edge-2"]));
+        assert_eq!(store.reads, 0, "a launch tracks the deployment anew");
+        fold_one(&mut store, &DeploymentEvent::WaveReleased { nodes: vec!["edge-1".into()] });
+        fold_one(&mut store, &DeploymentEvent::StopRequested { at: now() });
+        fold_one(&mut store, &DeploymentEvent::NodesSettled { nodes: vec![] });
+        assert_eq!(store.reads, 0, "waves, stops and settled nodes change nothing tracked");
+        let rolled_back = DeploymentEvent::RolledBack {
+            from_version: "1.0.0".into(),
+            version: "0.9.0".into(),
+            image: "x".into(),
+            env: Default::default(),
+            services: Default::default(),
+            reconfigured: None,
+            reason: "failed".into(),
+            at: now(),
+        };
+        fold_one(&mut store, &rolled_back);
+        assert_eq!(store.reads, 1, "a rollback changes the version tracked");
+        let tracked: notifications::Tracked =
+            store.store.get("t/acme/sample/d1").unwrap().expect("the deployment is tracked");
+        assert_eq!((tracked.version.as_str(), tracked.nodes.len()), ("0.9.0", 2));
+        fold_one(&mut store, &DeploymentEvent::UninstallRequested { at: now() });
+        assert_eq!(store.store.get::<notifications::Tracked>("t/acme/sample/d1").unwrap(), None);
+    }
+
     #[test]
     fn a_tenants_deletion_clears_what_every_model_keeps_of_it_but_the_revoked_keys() {
         let mut store = MemoryStore::default();

@@ -60,6 +60,9 @@ pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<
             Ok(())
         }
         Fact::Deployment(event) => {
+            // Most of a deployment's events change nothing tracked: its value, which lists every
+            // node of the deployment, is read for the few that do.
+            let Some(change) = Change::of(event) else { return Ok(()) };
             let index = index(tenant, &envelope.aggregate_id);
             let application = match event {
                 DeploymentEvent::Launched { application, .. } => {
@@ -72,11 +75,15 @@ pub fn fold(store: &mut impl Store, envelope: &Envelope, fact: &Fact) -> Result<
                 },
             };
             let key = format!("{}{}", tracked_prefix(tenant, &application), envelope.aggregate_id);
-            let tracked = store.get::<Tracked>(&key)?;
-            match track(tracked.clone(), event) {
-                Some(now) if Some(&now) != tracked.as_ref() => store.put(key, now),
-                Some(_) => {}
-                None if tracked.is_some() => store.remove(&key),
+            let tracked = match change {
+                // A launch tracks the deployment anew, whatever was tracked.
+                Change::Launched(_) => None,
+                _ => store.take::<Tracked>(&key)?,
+            };
+            let was = tracked.is_some();
+            match change.apply(tracked) {
+                Some(now) => store.put(key, now),
+                None if was => store.remove(&key),
                 None => {}
             }
             Ok(())
@@ -111,29 +118,48 @@ fn newest(published: &BTreeMap<String, DateTime<Utc>>) -> Option<Published> {
     Some(Published { version: version.clone(), published_at: *at })
 }
 
-/// A live deployment as `event` leaves it; none once uninstalled.
-fn track(tracked: Option<Tracked>, event: &DeploymentEvent) -> Option<Tracked> {
-    match event {
-        DeploymentEvent::Launched { version, nodes, .. } => {
-            Some(Tracked { version: version.clone(), nodes: nodes.clone() })
+/// What a deployment's event changes of what is tracked of it.
+enum Change<'a> {
+    Launched(Tracked),
+    /// Updated or rolled back to a version.
+    Version(&'a str),
+    Uninstalled,
+}
+
+impl<'a> Change<'a> {
+    /// `None` for an event that leaves what is tracked as it is.
+    fn of(event: &'a DeploymentEvent) -> Option<Change<'a>> {
+        match event {
+            DeploymentEvent::Launched { version, nodes, .. } => {
+                Some(Change::Launched(Tracked { version: version.clone(), nodes: nodes.clone() }))
+            }
+            DeploymentEvent::UpdateRequested { version, .. } | DeploymentEvent::RolledBack { version, .. } => {
+                Some(Change::Version(version))
+            }
+            DeploymentEvent::UninstallRequested { .. } => Some(Change::Uninstalled),
+            DeploymentEvent::StopRequested { .. }
+            | DeploymentEvent::StartRequested { .. }
+            | DeploymentEvent::ApplyRequested { .. }
+            | DeploymentEvent::DriftDetected { .. }
+            | DeploymentEvent::AppliedLocally { .. }
+            | DeploymentEvent::WaveReleased { .. }
+            | DeploymentEvent::RolloutHalted { .. }
+            | DeploymentEvent::NodeRevoked { .. }
+            | DeploymentEvent::ForceUpdateRequested { .. }
+            | DeploymentEvent::TargetAdded { .. }
+            | DeploymentEvent::TargetRemoved { .. }
+            | DeploymentEvent::NodeStateReported { .. }
+            | DeploymentEvent::NodesSettled { .. } => None,
         }
-        DeploymentEvent::UpdateRequested { version, .. } | DeploymentEvent::RolledBack { version, .. } => {
-            tracked.map(|t| Tracked { version: version.clone(), ..t })
+    }
+
+    /// What is tracked once changed; none once uninstalled.
+    fn apply(self, tracked: Option<Tracked>) -> Option<Tracked> {
+        match self {
+            Change::Launched(now) => Some(now),
+            Change::Version(version) => tracked.map(|t| Tracked { version: version.to_owned(), ..t }),
+            Change::Uninstalled => None,
         }
-        DeploymentEvent::UninstallRequested { .. } => None,
-        DeploymentEvent::StopRequested { .. }
-        | DeploymentEvent::StartRequested { .. }
-        | DeploymentEvent::ApplyRequested { .. }
-        | DeploymentEvent::DriftDetected { .. }
-        | DeploymentEvent::AppliedLocally { .. }
-        | DeploymentEvent::WaveReleased { .. }
-        | DeploymentEvent::RolloutHalted { .. }
-        | DeploymentEvent::NodeRevoked { .. }
-        | DeploymentEvent::ForceUpdateRequested { .. }
-        | DeploymentEvent::TargetAdded { .. }
-        | DeploymentEvent::TargetRemoved { .. }
-        | DeploymentEvent::NodeStateReported { .. }
-        | DeploymentEvent::NodesSettled { .. } => tracked,
     }
 }
 
@@ -190,10 +216,10 @@ impl ApplicationUpdates {
 
     /// Folds an event of deployment `id`, which belongs to this application.
     pub fn apply_deployment(&mut self, id: &str, event: &DeploymentEvent) {
-        match track(self.deployments.remove(id), event) {
-            Some(tracked) => self.deployments.insert(id.to_owned(), tracked),
-            None => None,
-        };
+        let Some(change) = Change::of(event) else { return };
+        if let Some(tracked) = change.apply(self.deployments.remove(id)) {
+            self.deployments.insert(id.to_owned(), tracked);
+        }
     }
 
     /// The notifications of this application's deployments, by deployment id.
