@@ -24,7 +24,7 @@ pub const TREE: &str = "models";
 
 /// Which read models the tree holds: a tree written by an engine that kept others is cleared,
 /// and the projector folds the log again from its start.
-const MODELS: &[u8] = b"deployments nodes(keys held) notifications(published versions) catalog(withdrawn)";
+const MODELS: &[u8] = b"deployments nodes(keys held) notifications(published versions, targets) catalog(withdrawn)";
 const MODELS_KEY: &[u8] = b"meta/models";
 
 /// The read models' tree in `db`. The trees of an engine that kept each model apart are

@@ -123,6 +123,11 @@ enum Change<'a> {
     Launched(Tracked),
     /// Updated or rolled back to a version.
     Version(&'a str),
+    /// A node added to its targets, or removed from them.
+    Target {
+        node: &'a str,
+        added: bool,
+    },
     Uninstalled,
 }
 
@@ -136,6 +141,8 @@ impl<'a> Change<'a> {
             DeploymentEvent::UpdateRequested { version, .. } | DeploymentEvent::RolledBack { version, .. } => {
                 Some(Change::Version(version))
             }
+            DeploymentEvent::TargetAdded { node, .. } => Some(Change::Target { node, added: true }),
+            DeploymentEvent::TargetRemoved { node, .. } => Some(Change::Target { node, added: false }),
             DeploymentEvent::UninstallRequested { .. } => Some(Change::Uninstalled),
             DeploymentEvent::StopRequested { .. }
             | DeploymentEvent::StartRequested { .. }
@@ -146,8 +153,6 @@ impl<'a> Change<'a> {
             | DeploymentEvent::RolloutHalted { .. }
             | DeploymentEvent::NodeRevoked { .. }
             | DeploymentEvent::ForceUpdateRequested { .. }
-            | DeploymentEvent::TargetAdded { .. }
-            | DeploymentEvent::TargetRemoved { .. }
             | DeploymentEvent::NodeStateReported { .. }
             | DeploymentEvent::NodesSettled { .. } => None,
         }
@@ -158,6 +163,13 @@ impl<'a> Change<'a> {
         match self {
             Change::Launched(now) => Some(now),
             Change::Version(version) => tracked.map(|t| Tracked { version: version.to_owned(), ..t }),
+            Change::Target { node, added } => tracked.map(|mut t| {
+                t.nodes.retain(|n| n != node);
+                if added {
+                    t.nodes.push(node.to_owned());
+                }
+                t
+            }),
             Change::Uninstalled => None,
         }
     }
@@ -323,6 +335,22 @@ mod tests {
         state.apply_deployment("d1", &update);
         state.apply_deployment("d2", &DeploymentEvent::UninstallRequested { at: now() });
         assert_eq!(available(&state), []);
+    }
+
+    #[test]
+    fn a_notification_names_the_nodes_the_deployment_targets_now() {
+        let mut state = ApplicationUpdates::default();
+        state.apply_deployment("d1", &crate::testing::launched("1.0.0", &["edge-1", "edge-2"]));
+        state.apply_application(&published("1.1.0"));
+        let target = |node: &str, added: bool| match added {
+            true => DeploymentEvent::TargetAdded { node: node.into(), reason: "labels".into() },
+            false => DeploymentEvent::TargetRemoved { node: node.into(), reason: "labels".into() },
+        };
+        state.apply_deployment("d1", &target("edge-3", true));
+        state.apply_deployment("d1", &target("edge-1", false));
+        state.apply_deployment("d1", &target("edge-3", true));
+        let nodes: Vec<Vec<String>> = state.notifications("sample").into_iter().map(|n| n.nodes).collect();
+        assert_eq!(nodes, [["edge-2", "edge-3"]], "added once however often it is added");
     }
 
     #[test]
