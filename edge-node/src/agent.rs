@@ -596,15 +596,10 @@ impl Agent {
     pub fn handle(&mut self, input: Input) {
         // An input concerns one deployment, but for the clock's (which may fail a step of
         // any) and the link's (which changes no container).
-        match &input {
-            Input::Tick { .. } => self.watched_touched = None,
-            Input::Reconnected => {}
-            _ => {
-                if let Some(deployment) = input.deployment() {
-                    let deployment = deployment.to_owned();
-                    self.touch(&deployment);
-                }
-            }
+        match input.deployment() {
+            Some(deployment) => self.touch(deployment),
+            None if matches!(input, Input::Tick { .. }) => self.watched_touched = None,
+            None => {}
         }
         self.take(input);
     }
