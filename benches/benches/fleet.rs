@@ -136,7 +136,8 @@ async fn fleet(size: usize) {
     api.post("/v1/applications/sample/versions/2.0.0/publish", json!({})).await;
     let fleet = start_fleet(&nats, &api, size).await;
 
-    // What the fleet costs doing nothing: each node's heartbeat and its pull held on the server.
+    // What the fleet costs doing nothing: each node's pull held on the server (the simulated
+    // nodes send their heartbeat once an hour).
     let cpu = CpuShares::now(&nats, &fleet);
     tokio::time::sleep(IDLE).await;
     println!("  idle for {} s", IDLE.as_secs());

@@ -529,11 +529,6 @@ impl Agent {
         self.workloads.get(deployment).is_some_and(|w| w.units.values().any(|u| u.refreshing))
     }
 
-    /// The containers that exist, for telemetry.
-    pub fn watched(&self) -> Vec<crate::telemetry::Watched> {
-        self.workloads.values().flat_map(watched_of).collect()
-    }
-
     /// Brings `watched` up to date with the containers that exist, looking only at the
     /// deployments touched since it was last called; says whether anything changed.
     pub fn update_watched(&mut self, watched: &mut crate::telemetry::WatchedByDeployment) -> bool {
@@ -1433,7 +1428,6 @@ mod tests {
             watched.values().flatten().map(|w| w.reference.clone()).collect::<Vec<_>>()
         };
         assert_eq!(references(&watched), ["c1"]);
-        assert_eq!(watched.values().flatten().cloned().collect::<Vec<_>>(), agent.watched());
         agent.handle(started("c1", Ok(up())));
         assert!(!agent.update_watched(&mut watched), "started: the same container");
         let (check, observed) = (agent.to_observe().remove(0), Observed { container: None, ..Observed::default() });
@@ -1442,7 +1436,8 @@ mod tests {
         assert!(watched.is_empty(), "{watched:?}");
         // A list changed behind the agent's back is mended at the next tick, which looks at
         // every deployment.
-        watched.insert("gone".into(), agent.watched());
+        let stray = crate::telemetry::Watched { deployment: "gone".into(), name: "c".into(), reference: "c9".into() };
+        watched.insert("gone".into(), vec![stray]);
         agent.handle(Input::Tick { now: 1 });
         assert!(agent.update_watched(&mut watched));
         assert!(watched.is_empty(), "{watched:?}");

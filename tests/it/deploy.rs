@@ -613,6 +613,17 @@ async fn a_selector_launch_follows_nodes_as_they_join_and_change_labels() {
             ("removed".to_owned(), first.name.clone(), format!("node `{}` no longer matches site=lab", first.name)),
         ]
     );
+
+    // A newer version published: its notification names the nodes the deployment targets now.
+    let version = json!({"version": "1.1.0", "image": IMAGE_1_1_0});
+    assert_eq!(engine.post("/v1/applications/sample/versions", version).await.0, 201);
+    assert_eq!(engine.post("/v1/applications/sample/versions/1.1.0/publish", json!({})).await.0, 200);
+    let shown = eventually("a notification for 1.1.0", TIMEOUT, || async {
+        let (_, page) = engine.get("/v1/notifications").await;
+        page["items"].as_array().filter(|items| items.len() == 1).map(|items| items[0].clone())
+    })
+    .await;
+    assert_eq!(shown["nodes"], json!([joined.name]), "{shown}");
     for node in [first, other, joined] {
         node.stop().await;
     }
