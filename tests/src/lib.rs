@@ -285,12 +285,28 @@ pub async fn docker() -> bollard::Docker {
     docker
 }
 
-/// Removes every container carrying `label=value`, even running ones.
+/// Removes every container carrying `label=value`, even running ones. One already gone is
+/// fine; one another party (the node itself) is removing is waited for until it is gone.
 pub async fn remove_containers(docker: &bollard::Docker, label: &str, value: &str) -> anyhow::Result<()> {
+    use bollard::errors::Error::DockerResponseServerError;
     for container in containers(docker, label, value).await? {
         let id = container.id.context("a container without id")?;
         let options = bollard::query_parameters::RemoveContainerOptions { force: true, ..Default::default() };
-        docker.remove_container(&id, Some(options)).await?;
+        match docker.remove_container(&id, Some(options)).await {
+            Ok(()) | Err(DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(DockerResponseServerError { status_code: 409, .. }) => {
+                eventually(
+                    &format!("container {id}, removed by another, to be gone"),
+                    Duration::from_secs(60),
+                    || async {
+                        let gone = docker.inspect_container(&id, None).await;
+                        matches!(gone, Err(DockerResponseServerError { status_code: 404, .. })).then_some(())
+                    },
+                )
+                .await
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
