@@ -16,10 +16,12 @@ use events::work::NodeWork;
 use serde_json::json;
 use tests::NatsServer;
 
-/// One launch, timed: its deployment, and when the call began and the read model said `running`.
+/// One launch, timed: its deployment, when the call began, how long the call took to answer
+/// (with the deployment as the read model shows it), and when the read model said `running`.
 struct Timed {
     id: String,
     called: DateTime<Utc>,
+    answered: Duration,
     shown: DateTime<Utc>,
 }
 
@@ -36,6 +38,7 @@ async fn launch_to_running(api: &Api, node: &str, launches: usize) -> (Figures, 
         let (t, called) = (Instant::now(), Utc::now());
         let launched =
             api.post("/v1/deployments", json!({"application": "sample", "version": "1.0.0", "nodes": [node]})).await;
+        let answered = t.elapsed();
         let id = launched["id"].as_str().expect("a deployment id");
         while !matches!(api.engine.deployments.status("default", id), Ok(Some((events::Status::Running, _)))) {
             tokio::time::timeout(Duration::from_secs(60), &mut changes)
@@ -44,7 +47,7 @@ async fn launch_to_running(api: &Api, node: &str, launches: usize) -> (Figures, 
                 .expect("the read models are open");
         }
         latencies.push(t.elapsed());
-        timed.push(Timed { id: id.to_owned(), called, shown: Utc::now() });
+        timed.push(Timed { id: id.to_owned(), called, answered, shown: Utc::now() });
     }
     (Figures::from(latencies, start.elapsed()), timed)
 }
@@ -101,7 +104,9 @@ async fn hops(api: &Api, node: &str, launches: &[Timed]) {
             values.push((marks[i + 1] - marks[i]).num_microseconds().unwrap_or(0) as f64 / 1000.0);
         }
     }
-    for (name, mut values) in spans {
+    let answered = launches.iter().map(|l| l.answered.as_secs_f64() * 1000.0).collect();
+    for (name, mut values) in std::iter::once(("the API call, answered (the deployment shown)", answered)).chain(spans)
+    {
         values.sort_by(f64::total_cmp);
         let at = |q: f64| values.get(((values.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
         println!("  {name:<42} p50 {:>6.2} ms   p99 {:>6.2} ms", at(0.5), at(0.99));

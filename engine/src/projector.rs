@@ -319,17 +319,52 @@ impl Pace {
 }
 
 /// Waits until `tree` has folded the stream up to `sequence`; false if `timeout` passed first.
+/// Woken by each commit (every commit writes the checkpoint), not by a timer.
 pub async fn wait_for(tree: &sled::Tree, sequence: u64, timeout: Duration) -> Result<bool, StoreError> {
-    let started = tokio::time::Instant::now();
-    loop {
-        if checkpoint(tree).map_err(|e| ReadError::Failed { what: "a checkpoint".into(), reason: e.to_string() })?
-            >= sequence
-        {
-            return Ok(true);
+    let folded = || {
+        checkpoint(tree)
+            .map(|checkpoint| checkpoint >= sequence)
+            .map_err(|e| ReadError::Failed { what: "a checkpoint".into(), reason: e.to_string() })
+    };
+    // Told of the commits from before the first look, so that one in between still wakes it.
+    // Each is taken as it comes: sled holds at most 1,024 for a subscriber, then makes the
+    // projector wait.
+    let mut commits = tree.watch_prefix(CHECKPOINT_KEY);
+    let reached = async {
+        // Until folded, or the read models are closed.
+        while !folded()? {
+            if (&mut commits).await.is_none() {
+                break;
+            }
         }
-        if started.elapsed() >= timeout {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        folded()
+    };
+    match tokio::time::timeout(timeout, reached).await {
+        Ok(reached) => Ok(reached?),
+        Err(_) => Ok(folded()?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_wait_ends_with_the_commit_that_reaches_its_sequence_and_not_with_an_earlier_one() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("models").unwrap();
+        let (early, late) = (wait_for(&tree, 7, Duration::from_secs(60)), wait_for(&tree, 8, Duration::from_secs(60)));
+        let writer = tree.clone();
+        let commits = async move {
+            for checkpoint in [3, 7] {
+                tokio::task::yield_now().await;
+                Overlay::new(&writer).commit(checkpoint).unwrap();
+            }
+        };
+        let (early, late, ()) = tokio::join!(early, tokio::time::timeout(Duration::from_millis(300), late), commits);
+        assert!(early.unwrap(), "folded up to 7 once 7 is committed");
+        assert!(late.is_err(), "still waiting for 8: {late:?}");
+        assert!(!wait_for(&tree, 8, Duration::from_millis(20)).await.unwrap(), "not folded within its time");
+        assert!(wait_for(&tree, 7, Duration::ZERO).await.unwrap(), "already folded: no wait");
     }
 }
