@@ -83,9 +83,10 @@ impl Desired {
         Ok(Desired { db: db.clone(), tree: db.open_tree(format!("{prefix}desired"))? })
     }
 
-    /// Keeps pieces of work (deployment, envelope, stream sequence), durably and in one write,
-    /// before they are acked, and says what became of each. Sequence 0 is work made on the
-    /// node itself: always in order.
+    /// Keeps pieces of work (deployment, envelope, stream sequence) in one write, and says what
+    /// became of each; durable with the database's next flush, which the caller makes before
+    /// it acks them or acts on them. Sequence 0 is work made on the node itself: always in
+    /// order.
     pub fn keep(&self, pieces: &[(&str, &Envelope, u64)]) -> sled::Result<Vec<Kept>> {
         let mut batch = sled::Batch::default();
         let mut seen = HashSet::new();
@@ -129,7 +130,6 @@ impl Desired {
             kept.push(outcome);
         }
         self.tree.apply_batch(batch)?;
-        self.db.flush()?;
         Ok(kept)
     }
 

@@ -10,10 +10,11 @@
 //! (`crate::desired`) and only then acked; a crash in between brings it again, and its stream
 //! sequence shows it was handled.
 //!
-//! Each status report is written to the outbox (flushed), signed by the node's key, and
-//! published from there with its event id as `Nats-Msg-Id`. On the reconcile clock (5 s by
-//! default) the agent gets a `Tick`, and one task at a time looks up every settled container
-//! for drift. When the link comes back the agent says every status again; a revoked credential
+//! Each status report is written to the outbox, signed by the node's key, and on disk before
+//! any step after it begins (one flush for the work taken and the reports the agent makes of
+//! it, before the work is acked), then published from there with its event id as
+//! `Nats-Msg-Id`. On the reconcile clock (5 s by default) the agent gets a `Tick`, and one task
+//! at a time looks up every settled container for drift. When the link comes back the agent says every status again; a revoked credential
 //! stops the node. Log requests on `logs.<tenant>.<node>` are answered a page per container.
 //!
 //! [`run_on`] runs a node on a connection and a sled database it may share with other nodes:
@@ -195,9 +196,19 @@ pub async fn run_on<R: ContainerRuntime>(
     // work, in order, once no step of it is under way.
     let mut late: BTreeSet<String> = BTreeSet::new();
 
+    // Work kept but not yet acked: acked once on disk, with the reports it caused.
+    let mut unacked: Vec<jetstream::Message> = Vec::new();
     loop {
         watched_tx.send_if_modified(|watched| agent.update_watched(watched));
+        // Reports written since the last flush. The work taken and the reports the agent makes
+        // of it go to disk in one flush, before any step they lead to begins, before the work
+        // is acked and before the reports are sent.
+        let mut written = !unacked.is_empty();
         while let Some(action) = agent.poll_action() {
+            if written && !matches!(action, Action::Report(_)) {
+                durable(&outbox, &sent, &mut unacked).await?;
+                written = false;
+            }
             match action {
                 Action::Report(report) => {
                     if let NodeReport::DeploymentState { deployment, status: Status::Removed, .. } = &report {
@@ -211,8 +222,8 @@ pub async fn run_on<R: ContainerRuntime>(
                         NodeReport::Online { .. } | NodeReport::WorkSetAside { .. } => None,
                     }
                     .unwrap_or_else(|| meta.clone());
-                    outbox.push(&config.node, &meta, &report, Utc::now())?;
-                    sent.notify_one();
+                    outbox.write(&config.node, &meta, &report, Utc::now())?;
+                    written = true;
                 }
                 Action::Pull { deployment, service, image } => steps.run("pull", move |rt| async move {
                     Input::Pulled { result: rt.pull(&image).await, deployment, service, image }
@@ -251,6 +262,9 @@ pub async fn run_on<R: ContainerRuntime>(
                 }),
             }
         }
+        if written {
+            durable(&outbox, &sent, &mut unacked).await?;
+        }
         let ready: Vec<String> = late.iter().filter(|d| !agent.busy(d)).cloned().collect();
         let mut refolded = false;
         for deployment in ready {
@@ -285,7 +299,8 @@ pub async fn run_on<R: ContainerRuntime>(
                     }
                     let behind = messages.last().and_then(|m| m.info().ok()).map_or(0, |info| info.pending);
                     let taking = std::mem::take(&mut messages);
-                    take_work(&desired, &outbox, taking, &config, &actor, &mut causes, &mut pieces).await?;
+                    take_work(&desired, &outbox, &taking, &config, &actor, &mut causes, &mut pieces)?;
+                    unacked.extend(taking);
                     if behind == 0 || began.elapsed() > CATCHING_UP_AT_MOST {
                         break;
                     }
@@ -324,6 +339,7 @@ pub async fn run_on<R: ContainerRuntime>(
                             desired.keep(&[(&deployment, &envelope, 0)])?;
                             causes.insert(deployment.clone(), local.clone());
                             let applied = NodeReport::AppliedLocally { deployment: deployment.clone() };
+                            // The work and its report, in one flush.
                             outbox.push(&config.node, &local, &applied, Utc::now())?;
                             sent.notify_one();
                             agent.handle(Input::Work(work));
@@ -382,13 +398,14 @@ pub async fn run_on<R: ContainerRuntime>(
     }
 }
 
-/// Keeps `messages` of work in the work log, in one write, then acks them; adds each piece of
-/// work to `pieces` with what became of it. A message that is not work for this node
-/// (`events::fit`) is set aside: logged, and reported to the engine, which keeps a copy.
-async fn take_work(
+/// Keeps `messages` of work in the work log, in one write (acked once flushed, by
+/// [`durable`]); adds each piece of work to `pieces` with what became of it. A message that is
+/// not work for this node (`events::fit`) is set aside: logged, and reported to the engine,
+/// which keeps a copy.
+fn take_work(
     desired: &Desired,
     outbox: &Outbox,
-    messages: Vec<jetstream::Message>,
+    messages: &[jetstream::Message],
     config: &NodeConfig,
     actor: &str,
     causes: &mut HashMap<String, Metadata>,
@@ -396,7 +413,7 @@ async fn take_work(
 ) -> anyhow::Result<()> {
     let mut taken = Vec::with_capacity(messages.len());
     tracing::debug!(node = config.node, pieces = messages.len(), "work taken");
-    for message in &messages {
+    for message in messages {
         let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         match events::fit::read_only::<NodeWork>(&message.subject, &message.payload, events::work::AGGREGATE_TYPE) {
             Ok(envelope) => {
@@ -414,20 +431,27 @@ async fn take_work(
                     causation_id: id,
                 };
                 let report = NodeReport::WorkSetAside { sequence, reason: unfit.to_string() };
-                outbox.push(&config.node, &meta, &report, Utc::now())?;
+                outbox.write(&config.node, &meta, &report, Utc::now())?;
             }
         }
     }
     let offered: Vec<_> = taken.iter().map(|(work, e, sequence)| (work.deployment(), e, *sequence)).collect();
     let kept = desired.keep(&offered)?;
-    // Kept (or refused) first, acked after: a crash in between brings it again. An ack lost
-    // with the link brings it again too, and it is recognised then.
-    for message in &messages {
+    pieces.extend(taken.into_iter().map(|(work, _, _)| work).zip(kept));
+    Ok(())
+}
+
+/// Flushes what was written (the work log's and the outbox's), then wakes the publisher and
+/// acks the work kept: a crash before the flush brings the work again, and no report it caused
+/// was sent. An ack lost with the link brings the work again too, and it is recognised then.
+async fn durable(outbox: &Outbox, sent: &Notify, unacked: &mut Vec<jetstream::Message>) -> anyhow::Result<()> {
+    outbox.flush()?;
+    sent.notify_one();
+    for message in unacked.drain(..) {
         if let Err(e) = message.ack().await {
             tracing::warn!(error = %e, "acking work");
         }
     }
-    pieces.extend(taken.into_iter().map(|(work, _, _)| work).zip(kept));
     Ok(())
 }
 
@@ -681,6 +705,13 @@ pub async fn publish_outbox(
         };
         if pending.is_empty() {
             let _ = tokio::time::timeout(Duration::from_secs(1), sent.notified()).await;
+            continue;
+        }
+        // What leaves is on disk first (nothing to do when the loop flushed it already): a
+        // crash never takes back a report the engine has.
+        if let Err(e) = outbox.flush() {
+            tracing::error!(error = %e, "flushing the outbox");
+            tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
         // Sent together, oldest first, and each removed once acknowledged. From the first that

@@ -50,8 +50,20 @@ impl Outbox {
         Ok(Outbox { db: db.clone(), pending, meta, epoch: u64::from_be_bytes(epoch), signer })
     }
 
-    /// Wraps `report` in an envelope chained to the node's previous report and stores it.
+    /// Wraps `report` in an envelope chained to the node's previous report and stores it,
+    /// durably.
     pub fn push(&self, node: &str, meta: &Metadata, report: &NodeReport, now: DateTime<Utc>) -> anyhow::Result<Uuid> {
+        let id = self.write(node, meta, report, now)?;
+        // On disk before anything else happens: a crash after this loses no report.
+        self.db.flush()?;
+        Ok(id)
+    }
+
+    /// Wraps `report` in an envelope chained to the node's previous report and stores it, on
+    /// disk with the database's next flush ([`Outbox::flush`]), which the caller makes before
+    /// anything the report tells of happens. The publisher flushes too before it sends, so no
+    /// report leaves that a crash could take back.
+    pub fn write(&self, node: &str, meta: &Metadata, report: &NodeReport, now: DateTime<Utc>) -> anyhow::Result<Uuid> {
         let prev_hash = self.meta.get(LAST_HASH)?.map(|h| String::from_utf8_lossy(&h).into_owned());
         let id = Uuid::now_v7();
         let key = self.db.generate_id()?;
@@ -71,8 +83,6 @@ impl Outbox {
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| anyhow::anyhow!("writing the outbox: {e:?}"))?;
-        // On disk before anything else happens: a crash after this loses no report.
-        self.db.flush()?;
         Ok(id)
     }
 
@@ -110,8 +120,9 @@ impl Outbox {
         self.pending.remove(key.to_be_bytes()).map(|_| ())
     }
 
-    /// Makes the removals durable: a crash then sends none of them again (beyond the server's
-    /// window of duplicates, one sent again would be stored twice).
+    /// Makes what was written and removed durable (the work log's too: they share the
+    /// database): a report written is then kept through a crash, and one removed is not sent
+    /// again (beyond the server's window of duplicates, one sent again would be stored twice).
     pub fn flush(&self) -> sled::Result<()> {
         self.db.flush().map(drop)
     }
