@@ -104,13 +104,20 @@ async fn hops(api: &Api, node: &str, launches: &[Timed]) {
             values.push((marks[i + 1] - marks[i]).num_microseconds().unwrap_or(0) as f64 / 1000.0);
         }
     }
-    let answered = launches.iter().map(|l| l.answered.as_secs_f64() * 1000.0).collect();
+    let mut answered: Vec<f64> = launches.iter().map(|l| l.answered.as_secs_f64() * 1000.0).collect();
+    answered.sort_by(f64::total_cmp);
+    benches::record("launch_answered_p50_ms_sim", quantile(&answered, 0.5));
+    benches::record("launch_answered_p99_ms_sim", quantile(&answered, 0.99));
     for (name, mut values) in std::iter::once(("the API call, answered (the deployment shown)", answered)).chain(spans)
     {
         values.sort_by(f64::total_cmp);
-        let at = |q: f64| values.get(((values.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
-        println!("  {name:<42} p50 {:>6.2} ms   p99 {:>6.2} ms", at(0.5), at(0.99));
+        println!("  {name:<42} p50 {:>6.2} ms   p99 {:>6.2} ms", quantile(&values, 0.5), quantile(&values, 0.99));
     }
+}
+
+/// The value at quantile `q` of `sorted`.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default()
 }
 
 #[tokio::main]
