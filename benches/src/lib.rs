@@ -342,6 +342,21 @@ const FLEET_CHILD: &str = "BENCH_SIM_FLEET";
 pub struct FleetProcess {
     child: tokio::process::Child,
     _description: tempfile::NamedTempFile,
+    /// The nodes' state, on tmpfs: removed once the process is gone (its own cleanup never
+    /// runs, since it is killed).
+    _data: tempfile::TempDir,
+}
+
+impl Drop for FleetProcess {
+    fn drop(&mut self) {
+        // Gone before its state is removed, so that nothing is written there meanwhile.
+        if self.child.start_kill().is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
 }
 
 impl FleetProcess {
@@ -360,7 +375,9 @@ impl FleetProcess {
                 (name.clone(), bus::Credentials::format(c.jwt(), Some(seed.as_str())))
             })
             .collect();
-        let description = json!({"nats_url": nats_url, "ca": ca, "labels": labels, "nodes": nodes});
+        let data = tests::tmpfs_dir();
+        let description =
+            json!({"nats_url": nats_url, "ca": ca, "labels": labels, "nodes": nodes, "data": data.path()});
         let file = tempfile::NamedTempFile::new().expect("a temporary file");
         std::fs::write(file.path(), description.to_string()).expect("writing the fleet's description");
         let child = tokio::process::Command::new(std::env::current_exe().expect("this bench's binary"))
@@ -368,7 +385,7 @@ impl FleetProcess {
             .kill_on_drop(true)
             .spawn()
             .expect("starting the fleet's process");
-        FleetProcess { child, _description: file }
+        FleetProcess { child, _description: file, _data: data }
     }
 
     /// The process's id, for its memory.
@@ -391,7 +408,9 @@ impl FleetProcess {
             .into_iter()
             .map(|(name, creds)| (name, bus::Credentials::parse(&creds, None).expect("a node's credentials")))
             .collect();
-        let _fleet = tests::SimFleet::start(&field("nats_url"), Path::new(&field("ca")), enrolled, &labels).await;
+        let (data, ca) = (field("data"), field("ca"));
+        let _fleet =
+            tests::SimFleet::start_in(Path::new(&data), &field("nats_url"), Path::new(&ca), enrolled, &labels).await;
         std::future::pending::<()>().await;
         true
     }

@@ -27,7 +27,8 @@ pub struct SimMember {
 #[derive(Debug)]
 pub struct SimFleet {
     pub nodes: Vec<SimMember>,
-    _data: tempfile::TempDir,
+    /// Their state on tmpfs, removed with the fleet; `None` when the caller keeps it.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl SimFleet {
@@ -40,12 +41,26 @@ impl SimFleet {
         enrolled: Vec<(String, bus::Credentials)>,
         labels: &Labels,
     ) -> SimFleet {
-        let data = tempfile::tempdir_in("/dev/shm").expect("a directory on tmpfs");
+        let data = tmpfs_dir();
+        let mut fleet = SimFleet::start_in(data.path(), nats_url, ca, enrolled, labels).await;
+        fleet._data = Some(data);
+        fleet
+    }
+
+    /// The same, the nodes' state under `data`, which the caller removes: a process of
+    /// simulated nodes is killed, and only its parent can clean up after it.
+    pub async fn start_in(
+        data: &Path,
+        nats_url: &str,
+        ca: &Path,
+        enrolled: Vec<(String, bus::Credentials)>,
+        labels: &Labels,
+    ) -> SimFleet {
         let mut nodes = Vec::with_capacity(enrolled.len());
         let mut db = None;
         for (i, (name, credentials)) in enrolled.into_iter().enumerate() {
             if i % NODES_PER_DATABASE == 0 {
-                let path = data.path().join(format!("db-{}", i / NODES_PER_DATABASE));
+                let path = data.join(format!("db-{}", i / NODES_PER_DATABASE));
                 db = Some(sled::Config::new().path(path).flush_every_ms(None).open().expect("a sled of the fleet"));
             }
             let config = NodeConfig {
@@ -54,7 +69,7 @@ impl SimFleet {
                 ca: Some(ca.to_owned()),
                 node: name.clone(),
                 labels: labels.clone(),
-                data_dir: data.path().join(&name),
+                data_dir: data.join(&name),
                 heartbeat: Duration::from_secs(3600),
                 reconcile: Duration::from_secs(3600),
                 ..NodeConfig::default()
@@ -72,8 +87,13 @@ impl SimFleet {
             });
             nodes.push(SimMember { name, runtime, task });
         }
-        SimFleet { nodes, _data: data }
+        SimFleet { nodes, _data: None }
     }
+}
+
+/// A directory on tmpfs for a fleet's state, removed when dropped.
+pub fn tmpfs_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm").expect("a directory on tmpfs")
 }
 
 impl Drop for SimFleet {

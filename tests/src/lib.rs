@@ -18,7 +18,7 @@ mod fleet;
 mod gate;
 mod link;
 pub mod margo;
-pub use fleet::{SimFleet, SimMember};
+pub use fleet::{tmpfs_dir, SimFleet, SimMember};
 pub use gate::DockerGate;
 pub use link::Link;
 
