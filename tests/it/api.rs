@@ -1,6 +1,8 @@
 //! The HTTP API on a real nats-server: bad input is refused with a 4xx naming the field, and
 //! nothing is stored.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 use tests::NatsServer;
 
@@ -207,6 +209,12 @@ async fn a_launch_retried_with_its_idempotency_key_is_stored_once() {
     let first = launch().await.unwrap();
     assert_eq!(first.status().as_u16(), 201);
     let first: Value = first.json().await.unwrap();
+    // The router writes the node's work after the answer: counted once it is there.
+    let work = events::subject::node_desired("default", "edge-1");
+    tests::eventually("the launch's work written", Duration::from_secs(30), || async {
+        commands.store().load(&work).await.ok().filter(|loaded| !loaded.events.is_empty())
+    })
+    .await;
     let before = stored(&commands).await;
     let second = launch().await.unwrap();
     assert_eq!(second.status().as_u16(), 200);
