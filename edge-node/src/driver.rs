@@ -14,8 +14,9 @@
 //! any step after it begins (one flush for the work taken and the reports the agent makes of
 //! it, before the work is acked), then published from there with its event id as
 //! `Nats-Msg-Id`. On the reconcile clock (5 s by default) the agent gets a `Tick`, and one task
-//! at a time looks up every settled container for drift. When the link comes back the agent says every status again; a revoked credential
-//! stops the node. Log requests on `logs.<tenant>.<node>` are answered a page per container.
+//! at a time looks up every settled container for drift. When the link comes back the agent
+//! says every status again; a revoked credential stops the node. Log requests on
+//! `logs.<tenant>.<node>` are answered a page per container.
 //!
 //! [`run_on`] runs a node on a connection and a sled database it may share with other nodes:
 //! the fleet benchmark and the chaos test run thousands in one process.
@@ -339,7 +340,7 @@ pub async fn run_on<R: ContainerRuntime>(
                             desired.keep(&[(&deployment, &envelope, 0)])?;
                             causes.insert(deployment.clone(), local.clone());
                             let applied = NodeReport::AppliedLocally { deployment: deployment.clone() };
-                            // The work and its report, in one flush.
+                            // The work and its report, in the report's flush.
                             outbox.push(&config.node, &local, &applied, Utc::now())?;
                             sent.notify_one();
                             agent.handle(Input::Work(work));
