@@ -267,8 +267,8 @@ const RETRIES_IN_PLACE: usize = 7;
 
 /// Translates deployment events into work on the subject of each target node.
 pub async fn route(store: EventStore, keys: TenantKeys) -> anyhow::Result<()> {
-    let folds = Folds::default();
-    let router = Router { store: &store, folds: &folds, keys: &keys };
+    let (folds, heads) = (Folds::default(), Heads::default());
+    let router = Router { store: &store, folds: &folds, heads: &heads, keys: &keys };
     consume(&store, "router", events::subject::ALL_DEPLOYMENTS, |_, event| route_one(&router, event)).await
 }
 
@@ -276,6 +276,7 @@ pub async fn route(store: EventStore, keys: TenantKeys) -> anyhow::Result<()> {
 struct Router<'a> {
     store: &'a EventStore,
     folds: &'a Folds,
+    heads: &'a Heads,
     keys: &'a TenantKeys,
 }
 
@@ -356,7 +357,7 @@ async fn route_one(router: &Router<'_>, stored: StoredEvent) -> anyhow::Result<(
         _ => BTreeMap::new(),
     };
     let each = for_each_node(router, envelope, &work, &secrets, nodes).await?;
-    send(store, envelope, each).await
+    send(router, envelope, each).await
 }
 
 /// `work` for each of `nodes`, with the deployment's `secrets` (sealed under the tenant's key)
@@ -390,7 +391,7 @@ async fn for_each_node(
 /// Appends work caused by `envelope` to each node's subject: a node's pieces of work, each
 /// with its message id, in order; many nodes at a time.
 async fn send(
-    store: &EventStore,
+    router: &Router<'_>,
     envelope: &Envelope,
     each: Vec<(Vec<(String, NodeWork)>, String)>,
 ) -> anyhow::Result<()> {
@@ -398,7 +399,7 @@ async fn send(
     let appends = each.into_iter().map(|(works, node)| async move {
         let subject = events::subject::node_desired(&envelope.tenant, &node);
         for (msg_id, work) in works {
-            append_chained(store, &subject, &node, meta, &work, msg_id).await?;
+            append_chained(router, &subject, &node, meta, &work, msg_id).await?;
         }
         anyhow::Ok(())
     });
@@ -513,7 +514,7 @@ async fn send_current(router: &Router<'_>, stored: &StoredEvent, nodes: &[String
             works.push((format!("{}:{node}:stop", envelope.id), NodeWork::Stop { deployment: deployment.clone() }));
         }
     }
-    send(router.store, envelope, each).await
+    send(router, envelope, each).await
 }
 
 /// The nodes the deployment of `stored` targets, as of that event.
@@ -624,18 +625,26 @@ async fn change_target(
     Ok(())
 }
 
-/// Appends one work event to a node's subject, chained to the last one there.
+/// Appends one work event to a node's subject, chained to the last one there: the head this
+/// router last wrote there, or read from the log when it knows none or another writer came
+/// between (the append's conflict says so).
 async fn append_chained(
-    store: &EventStore,
+    router: &Router<'_>,
     subject: &str,
     node: &str,
     meta: &Metadata,
     work: &NodeWork,
     msg_id: String,
 ) -> anyhow::Result<()> {
+    let store = router.store;
     for _ in 0..ROUTE_ATTEMPTS {
-        let head = store.head(subject).await?;
-        let prev_hash = head.last.as_ref().map(|e| chain_hash(&e.bytes));
+        let (last_sequence, prev_hash) = match router.heads.get(subject) {
+            Some(known) => known,
+            None => {
+                let head = store.head(subject).await?;
+                (head.last_sequence, head.last.as_ref().map(|e| chain_hash(&e.bytes)))
+            }
+        };
         let envelope = store.seal(Envelope::new(
             Uuid::now_v7(),
             chrono::Utc::now(),
@@ -646,15 +655,60 @@ async fn append_chained(
             prev_hash,
         ));
         let trace = Some(envelope.correlation_id);
-        let outgoing = Outgoing { msg_id: msg_id.clone(), bytes: Bytes::from(envelope.encode()), trace };
-        match store.append(subject, head.last_sequence, vec![outgoing]).await {
-            Ok(_) | Err(AppendError::Duplicate { .. }) => return Ok(()),
-            Err(AppendError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
+        let bytes = Bytes::from(envelope.encode());
+        let hash = chain_hash(&bytes);
+        let outgoing = Outgoing { msg_id: msg_id.clone(), bytes, trace };
+        match store.append(subject, last_sequence, vec![outgoing]).await {
+            Ok(sequences) => {
+                match sequences.first() {
+                    Some(&sequence) => router.heads.set(subject, sequence, hash),
+                    None => router.heads.forget(subject),
+                }
+                return Ok(());
+            }
+            // Stored before, by this router or another: where the head is now is not known.
+            Err(AppendError::Duplicate { .. }) => {
+                router.heads.forget(subject);
+                return Ok(());
+            }
+            Err(AppendError::Conflict { .. }) => router.heads.forget(subject),
+            Err(e) => {
+                router.heads.forget(subject);
+                return Err(e.into());
+            }
         }
     }
     anyhow::bail!("gave up after {ROUTE_ATTEMPTS} conflicting writes to {subject}")
 }
+
+/// The last sequence and chain hash of each node's work subject, as this router last wrote
+/// them: a node's next work is appended without reading its subject first. Only ever a guess,
+/// as the append expects that sequence; forgotten on any doubt.
+#[derive(Debug, Default)]
+struct Heads(std::sync::Mutex<HashMap<String, (u64, String)>>);
+
+impl Heads {
+    fn get(&self, subject: &str) -> Option<(u64, Option<String>)> {
+        let heads = self.0.lock().expect("the heads are not poisoned");
+        heads.get(subject).map(|(sequence, hash)| (*sequence, Some(hash.clone())))
+    }
+
+    fn set(&self, subject: &str, sequence: u64, hash: String) {
+        let mut heads = self.0.lock().expect("the heads are not poisoned");
+        // Bounded: past this many nodes, heads are read again from the log.
+        if heads.len() >= KNOWN_HEADS && !heads.contains_key(subject) {
+            heads.clear();
+        }
+        heads.insert(subject.to_owned(), (sequence, hash));
+    }
+
+    fn forget(&self, subject: &str) {
+        self.0.lock().expect("the heads are not poisoned").remove(subject);
+    }
+}
+
+/// Node work subjects whose head the router keeps (about 150 bytes each).
+const KNOWN_HEADS: usize = 200_000;
 
 /// Conflicts on a node's work subject tolerated before the event is left for redelivery.
 const ROUTE_ATTEMPTS: u32 = 8;

@@ -492,3 +492,55 @@ async fn telemetry_keeps_at_most_its_limit_of_beats_per_node() {
     let newest = stream.get_last_raw_message_by_subject(&subject).await.unwrap();
     assert_eq!(&newest.payload[..], b"last");
 }
+
+/// The router appends a node's next work after the last it wrote there without reading the
+/// subject again; another writer (a second engine) coming between must not break the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_another_writer_appended_between_two_of_the_routers_is_chained_after_it() {
+    use events::envelope::{chain_hash, Metadata};
+    use events::work::{self, NodeWork};
+
+    let Lab { nats, engine, node } = Lab::start().await;
+    engine.publish_sample(IMAGE_1_0_0).await;
+    let id = launch(&engine, &node.name).await;
+    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+
+    // Work for a deployment the node does not hold, signed by the engine's key and chained to
+    // the subject's last event, as another engine would write it.
+    let store = handler(&nats).await.store().clone();
+    let subject = events::subject::node_desired("default", &node.name);
+    let head = store.head(&subject).await.unwrap();
+    let meta = Metadata {
+        tenant: "default".to_owned(),
+        actor: "engine:router".to_owned(),
+        correlation_id: uuid::Uuid::now_v7(),
+        causation_id: uuid::Uuid::now_v7(),
+    };
+    let ghost = NodeWork::Remove { deployment: "ghost".to_owned() };
+    let prev_hash = head.last.as_ref().map(|e| chain_hash(&e.bytes));
+    let envelope = store.seal(events::Envelope::new(
+        uuid::Uuid::now_v7(),
+        chrono::Utc::now(),
+        work::AGGREGATE_TYPE,
+        &node.name,
+        &meta,
+        &ghost,
+        prev_hash,
+    ));
+    let outgoing = Outgoing { msg_id: "another-engine".to_owned(), bytes: Bytes::from(envelope.encode()), trace: None };
+    store.append(&subject, head.last_sequence, vec![outgoing]).await.unwrap();
+
+    // The router's next work for the node reaches it, after the other writer's.
+    let (status, body) = engine.post(&format!("/v1/deployments/{id}/stop"), json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    engine.wait_deployment(&id, "the deployment to stop", |v| v["nodes"][&node.name]["status"] == "stopped").await;
+    let loaded = store.load(&subject).await.unwrap();
+    let kinds: Vec<NodeWork> = loaded.events.iter().map(|e| e.envelope.event::<NodeWork>().unwrap()).collect();
+    let at = kinds.iter().position(|w| *w == ghost).expect("the other writer's work");
+    assert!(matches!(&kinds[at + 1..], [NodeWork::Stop { deployment }] if *deployment == id), "{kinds:?}");
+    for pair in loaded.events.windows(2) {
+        assert_eq!(pair[1].envelope.prev_hash.as_deref(), Some(chain_hash(&pair[0].bytes).as_str()), "{kinds:?}");
+    }
+    let (code, out) = replay(&nats, &["verify", "--engine-key", &nats.trust().facts().engine]).await;
+    assert_eq!(code, 0, "{out}");
+}
