@@ -7,11 +7,13 @@
 
 #![allow(clippy::print_stdout)]
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use benches::{Api, Figures};
 use chrono::{DateTime, Utc};
 use events::deployment_node::DeploymentNodeEvent;
+use events::report::NodeReport;
 use events::work::NodeWork;
 use serde_json::json;
 use tests::NatsServer;
@@ -57,12 +59,22 @@ async fn launch_to_running(api: &Api, node: &str, launches: usize) -> (Figures, 
 async fn hops(api: &Api, node: &str, launches: &[Timed]) {
     let store = api.engine.commands.store();
     let work = store.load(&events::subject::node_desired("default", node)).await.expect("the node's work");
+    // When the node wrote each report into its outbox, by its clock (this machine's).
+    let mut written: HashMap<(String, events::Status), DateTime<Utc>> = HashMap::new();
+    let reports = store.load_matching(&events::subject::node_reports("default", node), 1).await.expect("the reports");
+    for report in reports {
+        if let Ok(NodeReport::DeploymentState { deployment, status, .. }) = report.envelope.event::<NodeReport>() {
+            written.entry((deployment, status)).or_insert(report.envelope.time);
+        }
+    }
     let mut spans: Vec<(&str, Vec<f64>)> = [
         "API call to launched",
         "launched to work written",
-        "work written to the node's first report",
-        "first report to running, on the node",
-        "running reported to recorded on the pair",
+        "work written to the first report written",
+        "the first report written to taken in",
+        "the first report taken in to running written",
+        "running written to taken in",
+        "running taken in to recorded on the pair",
         "recorded to shown by the read model",
     ]
     .into_iter()
@@ -74,7 +86,7 @@ async fn hops(api: &Api, node: &str, launches: &[Timed]) {
         else {
             continue;
         };
-        let written = work.events.iter().find(|e| {
+        let sent = work.events.iter().find(|e| {
             matches!(e.envelope.event::<NodeWork>(), Ok(NodeWork::Deploy { deployment, .. }) if deployment == launch.id)
         });
         let pair =
@@ -92,14 +104,27 @@ async fn hops(api: &Api, node: &str, launches: &[Timed]) {
                 _ => None,
             })
             .collect();
-        let (Some(written), Some(first), Some(running)) = (
-            written.map(|e| e.envelope.time),
-            reports.first(),
-            reports.iter().find(|r| r.2 == events::Status::Running),
-        ) else {
+        let (Some(sent), Some(first), Some(running)) =
+            (sent.map(|e| e.envelope.time), reports.first(), reports.iter().find(|r| r.2 == events::Status::Running))
+        else {
             continue;
         };
-        let marks = [launch.called, launched, written, first.0, running.0, running.1, launch.shown];
+        let (Some(&first_written), Some(&running_written)) =
+            (written.get(&(launch.id.clone(), first.2)), written.get(&(launch.id.clone(), events::Status::Running)))
+        else {
+            continue;
+        };
+        let marks = [
+            launch.called,
+            launched,
+            sent,
+            first_written,
+            first.0,
+            running_written,
+            running.0,
+            running.1,
+            launch.shown,
+        ];
         for (i, (_, values)) in spans.iter_mut().enumerate() {
             values.push((marks[i + 1] - marks[i]).num_microseconds().unwrap_or(0) as f64 / 1000.0);
         }

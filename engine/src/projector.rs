@@ -10,8 +10,10 @@
 //!
 //! A batch is committed when full ([`ProjectorConfig::batch_size`]); when the reader has
 //! caught up with the stream, as long as commits take under a fifth of the projector's time
-//! (a batch held back by that is committed once it allows, if nothing comes meanwhile); and at
-//! the latest when the stream pauses for a millisecond. A value changed by several events of a
+//! (a batch held back by that is committed once it allows, if nothing comes meanwhile), or
+//! at once if the batch changed a deployment's status or made a new one, which readers wait
+//! for (`events::projection::Store::show_now`); and at the latest when the stream pauses for
+//! a millisecond. A value changed by several events of a
 //! batch (a deployment's header, with each report) stays decoded until the batch is committed
 //! ([`Overlay`]).
 //!
@@ -49,6 +51,8 @@ const IDLE_COMMIT: Duration = Duration::from_millis(1);
 pub struct Overlay<'a> {
     tree: &'a sled::Tree,
     values: BTreeMap<String, Kept>,
+    /// The batch holds a change readers wait for ([`Store::show_now`]).
+    urgent: bool,
 }
 
 /// A value of a batch: `None` once removed; `written` when the commit must store it.
@@ -91,7 +95,7 @@ fn model_error(e: impl std::fmt::Display) -> ModelError {
 impl<'a> Overlay<'a> {
     /// A batch over `tree`; one that is never committed reads the read models as they are.
     pub fn new(tree: &'a sled::Tree) -> Self {
-        Overlay { tree, values: BTreeMap::new() }
+        Overlay { tree, values: BTreeMap::new(), urgent: false }
     }
 
     /// Writes the changes and the checkpoint in one atomic batch.
@@ -149,6 +153,10 @@ impl Store for Overlay<'_> {
 
     fn remove(&mut self, key: &str) {
         self.values.insert(key.to_owned(), Kept { value: None, written: true });
+    }
+
+    fn show_now(&mut self) {
+        self.urgent = true;
     }
 
     fn keys(&mut self, prefix: &str) -> Result<Vec<String>, ModelError> {
@@ -277,7 +285,7 @@ async fn fold(
             batch.commit(sequence)?;
             return Ok(read);
         }
-        if in_batch >= config.batch_size || (pending == 0 && pace.may_commit_early()) {
+        if in_batch >= config.batch_size || (pending == 0 && (batch.urgent || pace.may_commit_early())) {
             pace.commit(std::mem::replace(&mut batch, Overlay::new(&tree)), sequence)?;
             in_batch = 0;
         }

@@ -67,6 +67,11 @@ pub trait Store {
     /// Every key that starts with `prefix`, in order.
     fn keys(&mut self, prefix: &str) -> Result<Vec<String>, ModelError>;
 
+    /// Says that what was just folded is a change readers wait for (a deployment's status):
+    /// the live projector commits it as soon as it has caught up with the stream, however
+    /// recently it committed last. Other changes keep its pace.
+    fn show_now(&mut self) {}
+
     fn remove_prefix(&mut self, prefix: &str) -> Result<(), ModelError> {
         for key in self.keys(prefix)? {
             self.remove(&key);
@@ -251,11 +256,12 @@ mod tests {
     }
 
     /// A store that counts the reads of the values listing a deployment's nodes for its
-    /// notifications.
+    /// notifications, and the changes folds ask to show at once.
     #[derive(Default)]
     struct Counting {
         store: MemoryStore,
         reads: usize,
+        shown: usize,
     }
 
     impl Store for Counting {
@@ -280,6 +286,33 @@ mod tests {
         fn keys(&mut self, prefix: &str) -> Result<Vec<String>, ModelError> {
             self.store.keys(prefix)
         }
+
+        fn show_now(&mut self) {
+            self.shown += 1;
+        }
+    }
+
+    #[test]
+    fn a_new_deployment_and_each_change_of_its_status_are_shown_at_once_and_nothing_else() {
+        let mut store = Counting::default();
+        let mut fold_one = |event: &DeploymentEvent| {
+            let envelope = envelope("acme", "deployment", "d1", event);
+            fold(&mut store, &envelope, &Fact::of(&envelope).unwrap()).unwrap();
+            store.shown
+        };
+        let running = |node: &str| DeploymentEvent::NodeStateReported {
+            node: node.into(),
+            status: crate::Status::Running,
+            error: None,
+            reported_at: now(),
+            containers: Default::default(),
+        };
+        assert_eq!(fold_one(&crate::testing::launched("1.0.0", &["edge-1", "edge-2"])), 1, "a new deployment");
+        assert_eq!(fold_one(&running("edge-1")), 1, "one node of two running: still pending_deploy");
+        assert_eq!(fold_one(&running("edge-2")), 2, "both running: running");
+        assert_eq!(fold_one(&running("edge-2")), 2, "the same again: no change");
+        assert_eq!(fold_one(&DeploymentEvent::NodesSettled { nodes: vec![] }), 2, "no change");
+        assert_eq!(fold_one(&DeploymentEvent::StopRequested { at: now() }), 3, "pending_stop");
     }
 
     #[test]

@@ -277,11 +277,16 @@ impl<S: Store> Open<'_, S> {
         Ok(())
     }
 
-    /// Writes the header back, its status rolled up from its nodes'.
+    /// Writes the header back, its status rolled up from its nodes'. A status that changed is
+    /// shown at once ([`Store::show_now`]).
     fn close(mut self, at: DateTime<Utc>) -> Result<(), ModelError> {
         let view = &mut self.header.view;
+        let before = view.status;
         view.status = Status::roll_up(self.header.counts.keys().copied()).unwrap_or(Status::PendingDeploy);
         view.updated_at = at;
+        if view.status != before {
+            self.store.show_now();
+        }
         self.store.put(key(&self.tenant, &self.id), self.header);
         Ok(())
     }
@@ -305,6 +310,8 @@ fn deployment(store: &mut impl Store, envelope: &Envelope, event: &DeploymentEve
     } = event
     {
         store.remove_prefix(&nodes_prefix(&tenant, &id))?;
+        // A new deployment is shown at once, like a change of status.
+        store.show_now();
         let view = DeploymentView {
             id: id.clone(),
             tenant: tenant.clone(),
