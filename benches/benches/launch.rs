@@ -59,21 +59,26 @@ async fn launch_to_running(api: &Api, node: &str, launches: usize) -> (Figures, 
 async fn hops(api: &Api, node: &str, launches: &[Timed]) {
     let store = api.engine.commands.store();
     let work = store.load(&events::subject::node_desired("default", node)).await.expect("the node's work");
-    // When the node wrote each report into its outbox, by its clock (this machine's).
-    let mut written: HashMap<(String, events::Status), DateTime<Utc>> = HashMap::new();
+    // When the node wrote each report into its outbox, by its clock (this machine's), and when
+    // the server stored it.
+    let mut written: HashMap<(String, events::Status), (DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
     let reports = store.load_matching(&events::subject::node_reports("default", node), 1).await.expect("the reports");
     for report in reports {
         if let Ok(NodeReport::DeploymentState { deployment, status, .. }) = report.envelope.event::<NodeReport>() {
-            written.entry((deployment, status)).or_insert(report.envelope.time);
+            let Ok(raw) = store.stream().direct_get(report.sequence).await else { continue };
+            let stored = DateTime::<Utc>::from_timestamp_nanos(raw.time.unix_timestamp_nanos() as i64);
+            written.entry((deployment, status)).or_insert((report.envelope.time, stored));
         }
     }
     let mut spans: Vec<(&str, Vec<f64>)> = [
         "API call to launched",
         "launched to work written",
         "work written to the first report written",
-        "the first report written to taken in",
+        "the first report written to stored",
+        "the first report stored to taken in",
         "the first report taken in to running written",
-        "running written to taken in",
+        "running written to stored",
+        "running stored to taken in",
         "running taken in to recorded on the pair",
         "recorded to shown by the read model",
     ]
@@ -118,9 +123,11 @@ async fn hops(api: &Api, node: &str, launches: &[Timed]) {
             launch.called,
             launched,
             sent,
-            first_written,
+            first_written.0,
+            first_written.1,
             first.0,
-            running_written,
+            running_written.0,
+            running_written.1,
             running.0,
             running.1,
             launch.shown,
