@@ -26,11 +26,11 @@
 //!
 //! # Commands of several events
 //!
-//! Their events are appended one by one, each expecting the previous one's sequence:
-//! JetStream's atomic batches do not allow `Nats-Msg-Id`, which idempotency rests on. A crash
+//! Their events are appended one by one, each expecting the previous one's sequence. A crash
 //! between two appends, or another writer coming between them ([`CommandError::Interrupted`]),
 //! leaves the first events alone, which is a valid history; the rest of the command is not
-//! retried and the caller is told.
+//! retried and the caller is told. The stream does not allow atomic batches
+//! (`allow_atomic`), which would store them all or none in one round trip.
 
 use std::any::Any;
 use std::collections::HashMap;

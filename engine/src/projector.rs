@@ -13,9 +13,8 @@
 //! (a batch held back by that is committed once it allows, if nothing comes meanwhile), or
 //! at once if the batch changed a deployment's status or made a new one, which readers wait
 //! for (`events::projection::Store::show_now`); and at the latest when the stream pauses for
-//! a millisecond. A value changed by several events of a
-//! batch (a deployment's header, with each report) stays decoded until the batch is committed
-//! ([`Overlay`]).
+//! a millisecond. A value changed by several events of a batch (a deployment's header, with
+//! each report) stays decoded until the batch is committed ([`Overlay`]).
 //!
 //! # No filter
 //!

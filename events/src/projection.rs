@@ -223,11 +223,9 @@ mod tests {
         Envelope::new(Uuid::from_u128(1), now(), aggregate_type, id, &meta, event, None)
     }
 
-    /// Folds every event of `tenant` named here into `store`: a node, its revocation, a
-    /// published version, a launch and a node's report of it.
-    fn history(store: &mut MemoryStore, tenant: &str) {
-        let launched = crate::testing::launched("1.0.0", &["edge-1"]);
-        let reported = DeploymentNodeEvent::StateReported {
+    /// A node's report of 1.0.0 running, as recorded on its (deployment, node) pair.
+    fn running_reported() -> DeploymentNodeEvent {
+        DeploymentNodeEvent::StateReported {
             version: "1.0.0".into(),
             status: Status::Running,
             error: None,
@@ -235,7 +233,14 @@ mod tests {
             reported_at: now(),
             requests: 1,
             order: None,
-        };
+        }
+    }
+
+    /// Folds every event of `tenant` named here into `store`: a node, its revocation, a
+    /// published version, a launch and a node's report of it.
+    fn history(store: &mut MemoryStore, tenant: &str) {
+        let launched = crate::testing::launched("1.0.0", &["edge-1"]);
+        let reported = running_reported();
         let published = ApplicationEvent::VersionPublished {
             version: "1.1.0".into(),
             published_at: now(),
@@ -295,24 +300,20 @@ mod tests {
     #[test]
     fn a_new_deployment_and_each_change_of_its_status_are_shown_at_once_and_nothing_else() {
         let mut store = Counting::default();
-        let mut fold_one = |event: &DeploymentEvent| {
-            let envelope = envelope("acme", "deployment", "d1", event);
+        let mut fold_one = |envelope: Envelope| {
             fold(&mut store, &envelope, &Fact::of(&envelope).unwrap()).unwrap();
             store.shown
         };
-        let running = |node: &str| DeploymentEvent::NodeStateReported {
-            node: node.into(),
-            status: crate::Status::Running,
-            error: None,
-            reported_at: now(),
-            containers: Default::default(),
-        };
-        assert_eq!(fold_one(&crate::testing::launched("1.0.0", &["edge-1", "edge-2"])), 1, "a new deployment");
-        assert_eq!(fold_one(&running("edge-1")), 1, "one node of two running: still pending_deploy");
-        assert_eq!(fold_one(&running("edge-2")), 2, "both running: running");
-        assert_eq!(fold_one(&running("edge-2")), 2, "the same again: no change");
-        assert_eq!(fold_one(&DeploymentEvent::NodesSettled { nodes: vec![] }), 2, "no change");
-        assert_eq!(fold_one(&DeploymentEvent::StopRequested { at: now() }), 3, "pending_stop");
+        let deployment = |event: &DeploymentEvent| envelope("acme", "deployment", "d1", event);
+        // A node's report as the engine records it now, on the (deployment, node) pair.
+        let running = |node: &str| envelope("acme", "deployment_node", &format!("d1.{node}"), &running_reported());
+        let launched = crate::testing::launched("1.0.0", &["edge-1", "edge-2"]);
+        assert_eq!(fold_one(deployment(&launched)), 1, "a new deployment");
+        assert_eq!(fold_one(running("edge-1")), 1, "one node of two running: still pending_deploy");
+        assert_eq!(fold_one(running("edge-2")), 2, "both running: running");
+        assert_eq!(fold_one(running("edge-2")), 2, "the same again: no change");
+        assert_eq!(fold_one(deployment(&DeploymentEvent::NodesSettled { nodes: vec![] })), 2, "no change");
+        assert_eq!(fold_one(deployment(&DeploymentEvent::StopRequested { at: now() })), 3, "pending_stop");
     }
 
     #[test]

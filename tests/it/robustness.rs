@@ -1,5 +1,6 @@
 //! Whatever arrives on the bus, no reader stops: what does not fit is set aside as a dead letter,
-//! and the engine's view of a node is measured on the engine's clock.
+//! work another writer put on a node's subject is chained after, and the engine's view of a
+//! node is measured on the engine's clock.
 
 use std::collections::BTreeSet;
 
