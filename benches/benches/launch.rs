@@ -139,13 +139,13 @@ async fn hops(api: &Api, node: &str, launches: &[Timed]) {
     // The call's own time, answered with the deployment as the read model shows it.
     let answered = Figures::from(launches.iter().map(|l| l.answered).collect(), Duration::from_secs(1));
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("  {:<42} p50 {:>6.2} ms   p99 {:>6.2} ms", "the API call, answered", ms(answered.p50), ms(answered.p99));
+    println!("  {:<46} p50 {:>6.2} ms   p99 {:>6.2} ms", "the API call, answered", ms(answered.p50), ms(answered.p99));
     benches::record("launch_answered_p50_ms_sim", ms(answered.p50));
     benches::record("launch_answered_p99_ms_sim", ms(answered.p99));
     for (name, mut values) in spans {
         values.sort_by(f64::total_cmp);
         let at = |q: f64| values.get(((values.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
-        println!("  {name:<42} p50 {:>6.2} ms   p99 {:>6.2} ms", at(0.5), at(0.99));
+        println!("  {name:<46} p50 {:>6.2} ms   p99 {:>6.2} ms", at(0.5), at(0.99));
     }
 }
 

@@ -209,10 +209,7 @@ async fn uninstall_keeps_an_image_another_deployment_still_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_takes_up_its_deployments_from_its_local_state() {
-    let Lab { nats, engine, node } = Lab::start().await;
-    engine.publish_sample(IMAGE_1_0_0).await;
-    let id = launch(&engine, &node.name).await;
-    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let (Lab { nats, engine, node }, id) = Lab::running().await;
     let docker = docker().await;
     let before = tests::containers(&docker, DEPLOYMENT_LABEL, &id).await.unwrap();
 
@@ -493,10 +490,7 @@ async fn logs_are_read_through_the_engine_a_page_of_200_lines_at_a_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_turns_unreachable_without_touching_its_deployments_state() {
-    let Lab { nats, engine, node } = Lab::start().await;
-    engine.publish_sample(IMAGE_1_0_0).await;
-    let id = launch(&engine, &node.name).await;
-    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let (Lab { nats, engine, node }, id) = Lab::running().await;
 
     // Heartbeats carry the containers' telemetry.
     let telemetry = eventually("a heartbeat with the container", TIMEOUT, || async {

@@ -94,11 +94,8 @@ async fn drifts(engine: &TestEngine, id: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_stopped_or_removed_behind_the_nodes_back_is_put_back_and_the_drift_recorded() {
-    let Lab { nats: _nats, engine, node } = Lab::start().await;
+    let (Lab { nats: _nats, engine, node }, id) = Lab::running().await;
     let docker = docker().await;
-    engine.publish_sample(IMAGE_1_0_0).await;
-    let id = launch(&engine, &node.name).await;
-    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
     let name = format!("sample-{id}-{}", node.name);
     let first = in_docker(&docker, &id).await[0].0.clone();
 

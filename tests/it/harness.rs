@@ -408,6 +408,15 @@ impl Lab {
         let node = TestNode::start(&nats, &engine).await;
         Lab { nats, engine, node }
     }
+
+    /// A lab whose node runs `sample` 1.0.0, and that deployment's id.
+    pub async fn running() -> (Lab, String) {
+        let lab = Lab::start().await;
+        lab.engine.publish_sample(IMAGE_1_0_0).await;
+        let id = launch(&lab.engine, &lab.node.name).await;
+        lab.engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+        (lab, id)
+    }
 }
 
 pub async fn launch(engine: &TestEngine, node: &str) -> String {

@@ -5,7 +5,7 @@ use bus::store::{EventStore, StoreConfig, StoredEvent};
 use serde_json::{json, Value};
 use tests::NatsServer;
 
-use crate::harness::{launch, Lab, TestEngine, IMAGE_1_0_0};
+use crate::harness::{Lab, TestEngine, IMAGE_1_0_0};
 
 /// Runs the `replay` binary against `nats`; its exit code and what it printed.
 /// `replay` with `args`, on `nats` with an auditor's credential (kept in the file returned).
@@ -59,11 +59,8 @@ async fn copy_of(events: &[(String, bytes::Bytes)]) -> NatsServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_alone_gives_the_audit_trail_and_the_read_models_and_names_what_was_tampered_with() {
-    let Lab { nats, engine, node } = Lab::start().await;
+    let (Lab { nats, engine, node }, id) = Lab::running().await;
     let engine_key = nats.trust().facts().engine.clone();
-    engine.publish_sample(IMAGE_1_0_0).await;
-    let id = launch(&engine, &node.name).await;
-    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
 
     // The trail of the deployment, as JSON lines: the operator launched, the node answered.
     let (code, text) = replay(&nats, &["audit", "--deployment", &id, "--format", "json"]).await;

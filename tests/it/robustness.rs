@@ -14,10 +14,7 @@ use crate::replay::replay;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_bytes_and_misplaced_envelopes_are_set_aside_and_every_reader_goes_on() {
-    let Lab { nats, engine, node } = Lab::start().await;
-    engine.publish_sample(IMAGE_1_0_0).await;
-    let id = launch(&engine, &node.name).await;
-    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let (Lab { nats, engine, node }, id) = Lab::running().await;
 
     // What a bug, an old writer or a stolen credential could put on each kind of subject the
     // engine, the node and `replay` read: bytes that are not an envelope, and a real envelope
@@ -501,10 +498,7 @@ async fn work_another_writer_appended_between_two_of_the_routers_is_chained_afte
     use events::envelope::{chain_hash, Metadata};
     use events::work::{self, NodeWork};
 
-    let Lab { nats, engine, node } = Lab::start().await;
-    engine.publish_sample(IMAGE_1_0_0).await;
-    let id = launch(&engine, &node.name).await;
-    engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let (Lab { nats, engine, node }, id) = Lab::running().await;
 
     // Work for a deployment the node does not hold, signed by the engine's key and chained to
     // the subject's last event, as another engine would write it.

@@ -59,10 +59,7 @@ async fn two_tenants() -> (NatsServer, TestEngine) {
 
 /// A test's own server, engine and node, with the sample application running on it.
 async fn running() -> (Lab, String) {
-    let lab = Lab::start().await;
-    lab.engine.publish_sample(IMAGE_1_0_0).await;
-    let id = launch(&lab.engine, &lab.node.name).await;
-    lab.engine.wait_deployment(&id, "the deployment to run", |v| v["status"] == "running").await;
+    let (lab, id) = Lab::running().await;
     (lab, id)
 }
 
